@@ -1,0 +1,298 @@
+//! Audit records: one JSON object per line for every deny and would-deny (and, at debug
+//! level, every miss), written by a thread of their own so a slow sink (a full pipe to
+//! journald) never holds up an exec.
+//!
+//! Records are not logs: they are a versioned, documented struct ([`AuditRecord`], field
+//! `v`) meant for machines (SIEM, `driftlock tune`); operational logs go to stderr through
+//! `log` and can be filtered or dropped. Every byte string (paths, command lines, comm) is
+//! in the lossless escaped form of [`crate::escape`], so a hostile file name can neither
+//! break the line nor hide its real bytes.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::Mode;
+use crate::baseline::hash_fd;
+use crate::escape::escape_bytes;
+use crate::kernel::procfs::ProcessInfo;
+use crate::verdict::{Reason, Verdict};
+
+/// Version of the record format.
+pub const RECORD_VERSION: u32 = 1;
+
+/// One process in the chain that led to an exec.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessRecord {
+    /// Process id.
+    pub pid: i32,
+    /// Parent process id.
+    pub ppid: i32,
+    /// User id.
+    pub uid: u32,
+    /// comm (escaped).
+    pub comm: String,
+    /// Executable (escaped), if readable.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub exe: Option<String>,
+    /// Arguments (each escaped).
+    pub cmdline: Vec<String>,
+}
+
+impl From<&ProcessInfo> for ProcessRecord {
+    fn from(p: &ProcessInfo) -> Self {
+        ProcessRecord {
+            pid: p.pid,
+            ppid: p.ppid,
+            uid: p.uid,
+            comm: escape_bytes(&p.comm),
+            exe: p.exe.as_deref().map(escape_bytes),
+            cmdline: if p.cmdline.is_empty() {
+                Vec::new()
+            } else {
+                p.cmdline.split(|b| *b == 0).map(escape_bytes).collect()
+            },
+        }
+    }
+}
+
+/// An audit record (format version [`RECORD_VERSION`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditRecord {
+    /// Format version.
+    pub v: u32,
+    /// RFC 3339 UTC time.
+    pub time: String,
+    /// Unit (container) id.
+    pub unit: String,
+    /// Image key (escaped).
+    pub image_key: String,
+    /// Unit mode.
+    pub mode: Mode,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: Reason,
+    /// Path of the executed file as the daemon sees it (escaped; " (deleted)" for unlinked).
+    pub path: Option<String>,
+    /// Thread that called exec.
+    pub tid: i32,
+    /// Its process (the program that asked to exec, before the exec).
+    pub pid: Option<i32>,
+    /// Parent process id.
+    pub ppid: Option<i32>,
+    /// User id.
+    pub uid: Option<u32>,
+    /// comm of the exec'ing process (escaped).
+    pub comm: Option<String>,
+    /// Command line of the exec'ing process (escaped arguments).
+    pub cmdline: Vec<String>,
+    /// The exec'ing process and its ancestors, nearest first.
+    pub chain: Vec<ProcessRecord>,
+    /// BLAKE3 of the content (hex).
+    pub blake3: Option<String>,
+    /// SHA-256 of the content (hex).
+    pub sha256: Option<String>,
+    /// Size in bytes.
+    pub size: Option<u64>,
+}
+
+impl AuditRecord {
+    /// The JSON line (without newline).
+    pub fn to_json(&self) -> String {
+        // Serializing a struct of strings and numbers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A record on its way to the sinks, with the file to take a SHA-256 of.
+#[derive(Debug)]
+pub struct AuditJob {
+    /// The record.
+    pub record: AuditRecord,
+    /// A duplicate of the event's fd, for the SHA-256 (read after the exec was answered).
+    pub file: Option<OwnedFd>,
+}
+
+/// Where records go.
+#[derive(Debug, Default)]
+pub struct AuditSinks {
+    /// Write to stdout (journald under systemd).
+    pub stdout: bool,
+    /// Also append to this file.
+    pub file: Option<File>,
+}
+
+/// Counters of the audit writer.
+#[derive(Debug, Default)]
+pub struct AuditCounters {
+    /// Records written.
+    pub written: AtomicU64,
+    /// Records dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Write failures.
+    pub write_errors: AtomicU64,
+}
+
+/// The sending side used by the engine.
+#[derive(Debug, Clone)]
+pub struct AuditQueue {
+    tx: crossbeam_channel::Sender<AuditJob>,
+    counters: Arc<AuditCounters>,
+}
+
+impl AuditQueue {
+    /// Queues a record; never blocks (a full queue drops and counts).
+    pub fn send(&self, job: AuditJob) {
+        if self.tx.try_send(job).is_err() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The writer's counters.
+    pub fn counters(&self) -> &AuditCounters {
+        &self.counters
+    }
+}
+
+/// Records waiting at most (bounded memory).
+pub const QUEUE_CAPACITY: usize = 16 * 1024;
+
+/// Starts the writer thread. It ends when every [`AuditQueue`] is dropped.
+pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHandle<()>) {
+    let (tx, rx) = crossbeam_channel::bounded::<AuditJob>(QUEUE_CAPACITY);
+    let counters = Arc::new(AuditCounters::default());
+    let c = Arc::clone(&counters);
+    let handle = std::thread::Builder::new()
+        .name("driftlock-audit".into())
+        .spawn(move || {
+            let mut buf = Vec::new();
+            for mut job in rx {
+                if let (Some(fd), None) = (job.file.as_ref(), job.record.sha256.as_ref()) {
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                    if let Ok(d) = hash_fd(fd.as_fd(), &mut buf, true, Some(deadline)) {
+                        job.record.sha256 = d.sha256.map(hex::encode);
+                        job.record
+                            .blake3
+                            .get_or_insert_with(|| d.blake3.to_string());
+                        job.record.size.get_or_insert(d.stat.size);
+                    }
+                }
+                drop(job.file.take());
+                let mut line = job.record.to_json();
+                line.push('\n');
+                let mut ok = true;
+                if sinks.stdout {
+                    let mut out = std::io::stdout().lock();
+                    ok &= out
+                        .write_all(line.as_bytes())
+                        .and_then(|_| out.flush())
+                        .is_ok();
+                }
+                if let Some(f) = sinks.file.as_mut() {
+                    ok &= f.write_all(line.as_bytes()).is_ok();
+                }
+                if ok {
+                    c.written.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    c.write_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    let handle = match handle {
+        Ok(h) => h,
+        // Spawning fails only when the process is out of threads or memory at startup.
+        Err(e) => {
+            log::error!("cannot start the audit writer: {e}");
+            std::thread::spawn(|| {})
+        }
+    };
+    (AuditQueue { tx, counters }, handle)
+}
+
+/// Formats a wall-clock time as RFC 3339 UTC with microseconds.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = if month <= 2 { y + 1 } else { y };
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_micros()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn rfc3339_known_values() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456)),
+            "2023-11-14T22:13:20.123456Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn hostile_bytes_stay_on_one_line_and_round_trip() {
+        let p = ProcessInfo {
+            pid: 5,
+            ppid: 1,
+            uid: 0,
+            comm: b"a\nb".to_vec(),
+            cmdline: b"sh\0-c\0x\ny\xff".to_vec(),
+            exe: None,
+        };
+        let rec = AuditRecord {
+            v: RECORD_VERSION,
+            time: rfc3339(UNIX_EPOCH),
+            unit: "u".into(),
+            image_key: escape_bytes(b"k"),
+            mode: Mode::Enforce,
+            verdict: Verdict::Deny,
+            reason: Reason::NotInBaseline,
+            path: Some(escape_bytes(b"/tmp/evil\nname\xff")),
+            tid: 5,
+            pid: Some(5),
+            ppid: Some(1),
+            uid: Some(0),
+            comm: Some(escape_bytes(&p.comm)),
+            cmdline: ProcessRecord::from(&p).cmdline,
+            chain: vec![ProcessRecord::from(&p)],
+            blake3: None,
+            sha256: None,
+            size: None,
+        };
+        let line = rec.to_json();
+        assert!(!line.contains('\n'));
+        assert!(line.contains("\"verdict\":\"deny\""));
+        let back: AuditRecord = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, rec);
+        let path = crate::escape::unescape(back.path.as_deref().unwrap()).unwrap();
+        assert_eq!(path, b"/tmp/evil\nname\xff");
+        assert_eq!(back.cmdline, vec!["sh", "-c", "x\\x0ay\\xff"]);
+    }
+}

@@ -1,0 +1,171 @@
+//! Hashing a file through an already-open fd.
+//!
+//! Why through the fd and never by re-opening the path: at an exec event the fd is the very
+//! file being executed; a path can be swapped (rename, symlink) between the event and our
+//! open. `pread` leaves the fd's offset alone and no `mmap` is used, so a file truncated
+//! while we read it yields a short read, not a SIGBUS that would kill the daemon.
+
+use std::os::fd::BorrowedFd;
+use std::time::Instant;
+
+use sha2::Digest as _;
+
+use super::Digest;
+use crate::kernel::{FileStat, KernelError, stat_fd};
+
+/// The digests of one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileDigests {
+    /// BLAKE3 of the content.
+    pub blake3: Digest,
+    /// SHA-256, when asked for (audit records: responders look payloads up by SHA-256).
+    pub sha256: Option<[u8; 32]>,
+    /// The file's stat before reading (identity and fingerprint).
+    pub stat: FileStat,
+}
+
+/// Why a file could not be hashed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// `statx` on the fd failed.
+    #[error("stat failed: {0}")]
+    Stat(#[from] KernelError),
+    /// A read failed.
+    #[error("read failed at offset {offset}: {source}")]
+    Read {
+        /// Where.
+        offset: u64,
+        /// The system error.
+        #[source]
+        source: nix::Error,
+    },
+    /// The content or metadata changed while being read.
+    #[error("file changed while being hashed")]
+    Changed,
+    /// Not a regular file.
+    #[error("not a regular file")]
+    NotRegular,
+    /// The time budget ran out.
+    #[error("hash time budget exceeded after {0} bytes")]
+    Deadline(u64),
+}
+
+/// Size of the read buffer: large enough for BLAKE3's SIMD paths.
+pub const HASH_BUFFER: usize = 256 * 1024;
+
+/// Hashes the regular file behind `fd` with BLAKE3 (and SHA-256 if `with_sha256`).
+///
+/// The file is stat'ed before and after reading; if the size, mtime or ctime moved, or the
+/// bytes read differ from the size, the result is [`HashError::Changed`]. `buf` is reused
+/// across calls to avoid an allocation per file. `deadline` bounds the time spent.
+pub fn hash_fd(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    with_sha256: bool,
+    deadline: Option<Instant>,
+) -> Result<FileDigests, HashError> {
+    let before = stat_fd(fd)?;
+    if !before.is_regular() {
+        return Err(HashError::NotRegular);
+    }
+    if buf.len() < HASH_BUFFER {
+        buf.resize(HASH_BUFFER, 0);
+    }
+    let mut blake = blake3::Hasher::new();
+    let mut sha = with_sha256.then(sha2::Sha256::new);
+    let mut offset: u64 = 0;
+    loop {
+        if let Some(d) = deadline {
+            if Instant::now() > d {
+                return Err(HashError::Deadline(offset));
+            }
+        }
+        let Ok(pos) = i64::try_from(offset) else {
+            return Err(HashError::Changed);
+        };
+        let n = match nix::sys::uio::pread(fd, &mut buf[..], pos) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(nix::Error::EINTR) => continue,
+            Err(source) => return Err(HashError::Read { offset, source }),
+        };
+        blake.update(&buf[..n]);
+        if let Some(s) = sha.as_mut() {
+            s.update(&buf[..n]);
+        }
+        offset += n as u64;
+    }
+    let after = stat_fd(fd)?;
+    if offset != before.size || !same_content_fingerprint(&before, &after) {
+        return Err(HashError::Changed);
+    }
+    Ok(FileDigests {
+        blake3: blake.finalize().into(),
+        sha256: sha.map(|s| s.finalize().into()),
+        stat: before,
+    })
+}
+
+/// True if nothing visible in `stat` says the content changed between `a` and `b`.
+pub fn same_content_fingerprint(a: &FileStat, b: &FileStat) -> bool {
+    a.dev == b.dev && a.ino == b.ino && a.size == b.size && a.mtime == b.mtime && a.ctime == b.ctime
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn hashes_match_reference() {
+        let mut f = tempfile();
+        let data: Vec<u8> = (0..(HASH_BUFFER * 2 + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        f.write_all(&data).unwrap();
+        let mut buf = Vec::new();
+        let d = hash_fd(f.as_fd(), &mut buf, true, None).unwrap();
+        assert_eq!(d.blake3, blake3::hash(&data).into());
+        let sha: [u8; 32] = sha2::Sha256::digest(&data).into();
+        assert_eq!(d.sha256, Some(sha));
+        assert_eq!(d.stat.size, data.len() as u64);
+    }
+
+    #[test]
+    fn expired_deadline_is_an_error() {
+        let mut f = tempfile();
+        f.write_all(b"abc").unwrap();
+        let past = Instant::now() - std::time::Duration::from_secs(1);
+        assert!(matches!(
+            hash_fd(f.as_fd(), &mut Vec::new(), false, Some(past)),
+            Err(HashError::Deadline(0))
+        ));
+    }
+
+    #[test]
+    fn directory_is_not_regular() {
+        let d = std::fs::File::open("/").unwrap();
+        assert!(matches!(
+            hash_fd(d.as_fd(), &mut Vec::new(), false, None),
+            Err(HashError::NotRegular)
+        ));
+    }
+
+    pub(crate) fn tempfile() -> std::fs::File {
+        let path = std::env::temp_dir().join(format!(
+            "driftlock-hash-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
+    }
+}

@@ -1,0 +1,258 @@
+//! The per-image baseline: which program contents a container may execute.
+//!
+//! A baseline is the set of BLAKE3 digests of every regular file with an exec bit in the
+//! image's rootfs, plus the path, size and mode each was found at (for people: `show`,
+//! `diff`, audit context). The verdict depends on content only (DESIGN invariant 2): a copy
+//! of an image binary under another name is the same program; a modified image binary is
+//! not.
+
+pub mod format;
+pub mod hash;
+pub mod snapshot;
+pub mod store;
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+pub use format::FormatError;
+pub use hash::{FileDigests, HashError, hash_fd};
+pub use snapshot::{Snapshot, SnapshotError, SnapshotFileError, snapshot};
+pub use store::{BaselineStore, StoreError};
+
+/// A BLAKE3 digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Digest(pub [u8; 32]);
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Digest({self})")
+    }
+}
+
+impl std::str::FromStr for Digest {
+    type Err = hex::FromHexError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out)?;
+        Ok(Digest(out))
+    }
+}
+
+impl From<blake3::Hash> for Digest {
+    fn from(h: blake3::Hash) -> Self {
+        Digest(*h.as_bytes())
+    }
+}
+
+/// Digests are uniformly random already: hashing them again is wasted work.
+#[derive(Default)]
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8).take(1) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(b);
+        }
+    }
+}
+
+/// One executable found in the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaselineEntry {
+    /// Path relative to the rootfs, starting with `/`, as raw bytes.
+    pub path: Vec<u8>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// BLAKE3 of the content.
+    pub blake3: Digest,
+}
+
+/// A per-image baseline.
+#[derive(Debug, Clone)]
+pub struct Baseline {
+    key: Vec<u8>,
+    source: Vec<u8>,
+    created: u64,
+    entries: Vec<BaselineEntry>,
+    index: HashSet<Digest, BuildHasherDefault<DigestHasher>>,
+}
+
+impl PartialEq for Baseline {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.source == other.source
+            && self.created == other.created
+            && self.entries == other.entries
+    }
+}
+
+impl Baseline {
+    /// Builds a baseline; entries are sorted by path so the file form is deterministic.
+    pub fn new(
+        key: Vec<u8>,
+        source: Vec<u8>,
+        created: u64,
+        mut entries: Vec<BaselineEntry>,
+    ) -> Self {
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let index = entries.iter().map(|e| e.blake3).collect();
+        Self {
+            key,
+            source,
+            created,
+            entries,
+            index,
+        }
+    }
+
+    /// The image key the baseline belongs to.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+    /// The rootfs path it was taken from (informational).
+    pub fn source(&self) -> &[u8] {
+        &self.source
+    }
+    /// Creation time, seconds since the epoch.
+    pub fn created(&self) -> u64 {
+        self.created
+    }
+    /// The entries, sorted by path.
+    pub fn entries(&self) -> &[BaselineEntry] {
+        &self.entries
+    }
+    /// Number of distinct contents.
+    pub fn distinct_contents(&self) -> usize {
+        self.index.len()
+    }
+    /// True if a program with this content may run.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.index.contains(digest)
+    }
+    /// An image path that holds this content, if any (for records and `explain`).
+    pub fn path_of(&self, digest: &Digest) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|e| e.blake3 == *digest)
+            .map(|e| e.path.as_slice())
+    }
+
+    /// Differences from `self` to `other`, by path.
+    pub fn diff<'a>(&'a self, other: &'a Baseline) -> BaselineDiff<'a> {
+        let mine: HashMap<&[u8], &BaselineEntry> = self
+            .entries
+            .iter()
+            .map(|e| (e.path.as_slice(), e))
+            .collect();
+        let theirs: HashMap<&[u8], &BaselineEntry> = other
+            .entries
+            .iter()
+            .map(|e| (e.path.as_slice(), e))
+            .collect();
+        let mut diff = BaselineDiff::default();
+        for e in &self.entries {
+            match theirs.get(e.path.as_slice()) {
+                None => diff.removed.push(e),
+                Some(o) if o.blake3 != e.blake3 || o.mode != e.mode => diff.changed.push((e, o)),
+                Some(_) => {}
+            }
+        }
+        for e in &other.entries {
+            if !mine.contains_key(e.path.as_slice()) {
+                diff.added.push(e);
+            }
+        }
+        diff
+    }
+}
+
+/// What changed between two baselines.
+#[derive(Debug, Default)]
+pub struct BaselineDiff<'a> {
+    /// Paths only in the second.
+    pub added: Vec<&'a BaselineEntry>,
+    /// Paths only in the first.
+    pub removed: Vec<&'a BaselineEntry>,
+    /// Paths in both with different content or mode (first, second).
+    pub changed: Vec<(&'a BaselineEntry, &'a BaselineEntry)>,
+}
+
+impl BaselineDiff<'_> {
+    /// True if the baselines hold the same paths with the same contents.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn test_entry(path: &str, content: &[u8]) -> BaselineEntry {
+    BaselineEntry {
+        path: path.as_bytes().to_vec(),
+        size: content.len() as u64,
+        mode: 0o755,
+        blake3: blake3::hash(content).into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_is_by_content_not_name() {
+        let b = Baseline::new(
+            b"k".to_vec(),
+            b"/r".to_vec(),
+            0,
+            vec![test_entry("/bin/sh", b"sh"), test_entry("/bin/ls", b"ls")],
+        );
+        assert!(b.contains(&blake3::hash(b"sh").into()));
+        assert!(!b.contains(&blake3::hash(b"payload").into()));
+        assert_eq!(
+            b.path_of(&blake3::hash(b"ls").into()),
+            Some(&b"/bin/ls"[..])
+        );
+        assert_eq!(b.entries()[0].path, b"/bin/ls");
+    }
+
+    #[test]
+    fn diff_reports_added_removed_changed() {
+        let a = Baseline::new(
+            vec![],
+            vec![],
+            0,
+            vec![test_entry("/a", b"1"), test_entry("/b", b"2")],
+        );
+        let b = Baseline::new(
+            vec![],
+            vec![],
+            0,
+            vec![test_entry("/b", b"3"), test_entry("/c", b"4")],
+        );
+        let d = a.diff(&b);
+        assert_eq!(d.removed.len(), 1);
+        assert_eq!(d.added.len(), 1);
+        assert_eq!(d.changed.len(), 1);
+        assert!(a.diff(&a).is_empty());
+    }
+
+    #[test]
+    fn digest_hex_round_trip() {
+        let d: Digest = blake3::hash(b"x").into();
+        assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
+        assert!("zz".parse::<Digest>().is_err());
+    }
+}

@@ -1,0 +1,338 @@
+//! Snapshot: walk a rootfs and hash every executable, on all cores.
+//!
+//! The walk opens every directory and file with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)` relative to the rootfs, so it never follows a
+//! symlink (not even in a parent component swapped during the walk) and never crosses into
+//! another mount: a tmpfs or bind mount inside the rootfs is covered by its own mark, not
+//! by the image's baseline. One thread walks while the others hash, so directory I/O and
+//! hashing overlap.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use nix::dir::{Dir, Type};
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{FileStat as NixStat, Mode as NixMode, SFlag, fstatat};
+
+use super::hash::{HashError, hash_fd};
+use super::{Baseline, BaselineEntry};
+use crate::escape::escape_bytes;
+
+/// A file that could not be taken into the baseline (it will be denied if executed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFileError {
+    /// Path relative to the rootfs.
+    pub path: Vec<u8>,
+    /// What went wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for SnapshotFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", escape_bytes(&self.path), self.reason)
+    }
+}
+
+/// A snapshot that could not be taken at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The rootfs could not be opened.
+    #[error("cannot open rootfs {}: {source}", escape_bytes(path.as_os_str().as_bytes()))]
+    Root {
+        /// The rootfs.
+        path: PathBuf,
+        /// The system error.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// The result of a snapshot.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The baseline.
+    pub baseline: Baseline,
+    /// Files skipped with a reason.
+    pub errors: Vec<SnapshotFileError>,
+    /// Bytes hashed.
+    pub bytes: u64,
+    /// Wall time.
+    pub elapsed: std::time::Duration,
+}
+
+const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_BENEATH
+    .union(ResolveFlag::RESOLVE_NO_SYMLINKS)
+    .union(ResolveFlag::RESOLVE_NO_XDEV);
+
+fn open_beneath(root: &OwnedFd, rel: &[u8], extra: OFlag) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | extra)
+        .resolve(RESOLVE);
+    // The root itself is "."; every other path is relative ("bin/sh").
+    let rel = if rel.is_empty() { &b"."[..] } else { rel };
+    openat2(root.as_fd(), OsStr::from_bytes(rel), how)
+}
+
+struct Job {
+    rel: Vec<u8>,
+}
+
+enum Outcome {
+    Entry(BaselineEntry),
+    Skipped(SnapshotFileError),
+}
+
+/// Walks `root` and hashes every regular file with an exec bit. `threads` hashing threads
+/// (0 = one per core) run beside the walker.
+pub fn snapshot(root: &Path, key: Vec<u8>, threads: usize) -> Result<Snapshot, SnapshotError> {
+    let started = Instant::now();
+    let root_fd = nix::fcntl::open(
+        root,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        NixMode::empty(),
+    )
+    .map_err(|source| SnapshotError::Root {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let threads = if threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        threads
+    };
+    let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(1024);
+    let (out_tx, out_rx) = crossbeam_channel::unbounded::<(Outcome, u64)>();
+
+    let mut walk_errors = Vec::new();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let job_rx = job_rx.clone();
+            let out_tx = out_tx.clone();
+            let root_fd = &root_fd;
+            scope.spawn(move || {
+                let mut buf = Vec::new();
+                for job in job_rx {
+                    let result = hash_one(root_fd, &job.rel, &mut buf);
+                    if out_tx.send(result).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(job_rx);
+        drop(out_tx);
+        walk(&root_fd, &job_tx, &mut walk_errors);
+        drop(job_tx);
+    });
+
+    let mut entries = Vec::new();
+    let mut errors = walk_errors;
+    let mut bytes = 0;
+    for (outcome, n) in out_rx.try_iter() {
+        bytes += n;
+        match outcome {
+            Outcome::Entry(e) => entries.push(e),
+            Outcome::Skipped(e) => errors.push(e),
+        }
+    }
+    errors.sort_by(|a, b| a.path.cmp(&b.path));
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Ok(Snapshot {
+        baseline: Baseline::new(key, root.as_os_str().as_bytes().to_vec(), created, entries),
+        errors,
+        bytes,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn is_executable(st: &NixStat) -> bool {
+    st.st_mode & 0o111 != 0
+}
+
+fn walk(
+    root: &OwnedFd,
+    jobs: &crossbeam_channel::Sender<Job>,
+    errors: &mut Vec<SnapshotFileError>,
+) {
+    let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
+    let root_dev = nix::sys::stat::fstat(root.as_fd()).map(|s| s.st_dev).ok();
+    while let Some(dir_rel) = stack.pop() {
+        let skip = |errors: &mut Vec<SnapshotFileError>, rel: &[u8], reason: String| {
+            errors.push(SnapshotFileError {
+                path: display_path(rel),
+                reason,
+            })
+        };
+        let dir_fd = match open_beneath(root, &dir_rel, OFlag::O_DIRECTORY) {
+            Ok(fd) => fd,
+            // A mount point inside the rootfs: another filesystem, covered by its own mark.
+            Err(nix::Error::EXDEV) => continue,
+            Err(e) => {
+                skip(errors, &dir_rel, format!("cannot open directory: {e}"));
+                continue;
+            }
+        };
+        let Ok(dup) = dir_fd.try_clone() else {
+            skip(errors, &dir_rel, "cannot duplicate directory fd".into());
+            continue;
+        };
+        let mut dir = match Dir::from_fd(dup) {
+            Ok(d) => d,
+            Err(e) => {
+                skip(errors, &dir_rel, format!("cannot read directory: {e}"));
+                continue;
+            }
+        };
+        for entry in dir.iter() {
+            let Ok(entry) = entry else {
+                skip(errors, &dir_rel, "error while reading directory".into());
+                break;
+            };
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let mut rel = dir_rel.clone();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(name);
+            let kind = match entry.file_type() {
+                Some(t) => Some(t),
+                None => fstatat(
+                    dir_fd.as_fd(),
+                    OsStr::from_bytes(name),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .ok()
+                .map(|st| {
+                    match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+                        SFlag::S_IFDIR => Type::Directory,
+                        SFlag::S_IFREG => Type::File,
+                        _ => Type::Symlink,
+                    }
+                }),
+            };
+            match kind {
+                Some(Type::Directory) => stack.push(rel),
+                Some(Type::File) => {
+                    // Only files with an exec bit: stat here to avoid queuing data files.
+                    match fstatat(
+                        dir_fd.as_fd(),
+                        OsStr::from_bytes(name),
+                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                    ) {
+                        Ok(st) if is_executable(&st) && Some(st.st_dev) == root_dev => {
+                            if jobs.send(Job { rel }).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => skip(errors, &rel, format!("cannot stat: {e}")),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn display_path(rel: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(rel.len() + 1);
+    p.push(b'/');
+    p.extend_from_slice(rel);
+    p
+}
+
+fn hash_one(root: &OwnedFd, rel: &[u8], buf: &mut Vec<u8>) -> (Outcome, u64) {
+    let path = display_path(rel);
+    let skipped = |reason: String| {
+        (
+            Outcome::Skipped(SnapshotFileError {
+                path: path.clone(),
+                reason,
+            }),
+            0,
+        )
+    };
+    // O_NONBLOCK: a FIFO swapped in for the file must not block the open.
+    let fd = match open_beneath(root, rel, OFlag::O_NONBLOCK) {
+        Ok(fd) => fd,
+        Err(e) => return skipped(format!("cannot open: {e}")),
+    };
+    match hash_fd(fd.as_fd(), buf, false, None) {
+        Ok(d) if d.stat.mode & 0o111 != 0 => (
+            Outcome::Entry(BaselineEntry {
+                path: path.clone(),
+                size: d.stat.size,
+                mode: d.stat.mode & 0o7777,
+                blake3: d.blake3,
+            }),
+            d.stat.size,
+        ),
+        Ok(_) => skipped("exec bit removed during the snapshot".into()),
+        Err(HashError::NotRegular) => {
+            skipped("replaced by a non-regular file during the snapshot".into())
+        }
+        Err(e) => skipped(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    fn tree() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "driftlock-snap-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bin/sub")).unwrap();
+        let write = |p: &str, data: &[u8], mode: u32| {
+            let path = dir.join(p);
+            std::fs::write(&path, data).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write("bin/sh", b"shell", 0o755);
+        write("bin/sub/tool", b"tool", 0o700);
+        write("bin/data", b"data", 0o644);
+        write("bin/odd\nname\u{7f}", b"odd", 0o755);
+        symlink("/bin/true", dir.join("bin/link")).unwrap();
+        symlink("../..", dir.join("bin/up")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn takes_executables_only_and_never_follows_symlinks() {
+        let dir = tree();
+        let snap = snapshot(&dir, b"k".to_vec(), 2).unwrap();
+        let paths: Vec<&[u8]> = snap
+            .baseline
+            .entries()
+            .iter()
+            .map(|e| e.path.as_slice())
+            .collect();
+        assert_eq!(
+            paths,
+            vec![&b"/bin/odd\nname\x7f"[..], b"/bin/sh", b"/bin/sub/tool"]
+        );
+        assert!(snap.errors.is_empty(), "{:?}", snap.errors);
+        assert!(snap.baseline.contains(&blake3::hash(b"shell").into()));
+        assert_eq!(snap.baseline.entries()[2].mode, 0o700);
+        assert_eq!(snap.bytes, 3 + 5 + 4);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_root_is_an_error() {
+        assert!(snapshot(Path::new("/nonexistent/driftlock"), vec![], 1).is_err());
+    }
+}

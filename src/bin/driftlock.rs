@@ -1,0 +1,17 @@
+//! The `driftlock` command: parse arguments, set up logging, run one library function.
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = driftlock::cli::Cli::parse();
+    env_logger::Builder::new()
+        .parse_filters(&cli.log_level)
+        .format_timestamp_micros()
+        .init();
+    match driftlock::cli::run(cli) {
+        Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(err) => {
+            eprintln!("driftlock: {:#}", anyhow::Error::from(err));
+            std::process::ExitCode::from(2)
+        }
+    }
+}

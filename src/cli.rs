@@ -1,0 +1,427 @@
+//! The command line: argument definitions and the commands behind them.
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::Mode;
+use crate::baseline::{Baseline, FormatError, format, snapshot, store::write_atomic};
+use crate::daemon::{DaemonConfig, DaemonError};
+use crate::engine::EngineConfig;
+use crate::escape::escape_bytes;
+use crate::ipc::client::{ClientError, request};
+use crate::ipc::{ArmRequest, Reply, Request};
+
+/// driftlock: stop container drift.
+///
+/// A container may execute a program only if the program's content (BLAKE3) is in the
+/// baseline snapshotted from its image. The daemon answers fanotify exec permission events
+/// for every armed container; `arm` and `disarm` are how units reach it.
+#[derive(Debug, Parser)]
+#[command(name = "driftlock", version, propagate_version = true)]
+pub struct Cli {
+    /// Log level for operational logs on stderr (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "info", env = "DRIFTLOCK_LOG")]
+    pub log_level: String,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the enforcement daemon (needs root: CAP_SYS_ADMIN for fanotify).
+    Daemon(DaemonArgs),
+    /// Protect a unit: snapshot (or load) the baseline of ROOTFS and mark it and every --mount.
+    ///
+    /// Returns only when the marks are in place. Each path must be a mount point.
+    Arm(ArmArgs),
+    /// Stop protecting a unit.
+    Disarm {
+        /// Unit id.
+        #[arg(long)]
+        id: String,
+        /// The daemon's socket.
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// List armed units with their mode and counters.
+    Status {
+        /// Print JSON for tools.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's socket.
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Work with baseline files.
+    #[command(subcommand)]
+    Baseline(BaselineCommand),
+}
+
+/// The socket flag shared by client commands.
+#[derive(Debug, clap::Args)]
+pub struct SocketArg {
+    /// The daemon's socket.
+    #[arg(long, default_value = crate::DEFAULT_SOCKET, env = "DRIFTLOCK_SOCKET")]
+    pub socket: PathBuf,
+}
+
+/// `driftlock daemon` flags.
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// Unix socket to listen on (created mode 0600).
+    #[arg(long, default_value = crate::DEFAULT_SOCKET, env = "DRIFTLOCK_SOCKET")]
+    pub socket: PathBuf,
+    /// State directory: the baseline store lives in STATE_DIR/baselines.
+    #[arg(long, default_value = crate::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Mode for units that do not ask for one.
+    #[arg(long, value_enum, default_value_t = Mode::Enforce)]
+    pub mode: Mode,
+    /// Audit records: `-` for stdout only, or a FILE to append to as well as stdout.
+    #[arg(long, default_value = "-")]
+    pub audit_log: PathBuf,
+    /// Hashing threads for execs that miss the cache (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub hash_workers: usize,
+    /// How long an exec may wait for its file to be hashed before policy answers
+    /// (deny in enforce mode), in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub hash_timeout_ms: u64,
+    /// Files cached per unit.
+    #[arg(long, default_value_t = 65_536)]
+    pub cache_capacity: usize,
+    /// Threads per baseline snapshot (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub snapshot_threads: usize,
+    /// Also record every cache miss that was allowed (verbose; for tuning and debugging).
+    #[arg(long)]
+    pub record_misses: bool,
+}
+
+/// `driftlock arm` flags.
+#[derive(Debug, clap::Args)]
+pub struct ArmArgs {
+    /// Unit id (container id): 1-128 characters from A-Z a-z 0-9 . _ - : @.
+    #[arg(long)]
+    pub id: String,
+    /// The unit's root filesystem (a mount point, e.g. the container's overlay).
+    #[arg(long)]
+    pub rootfs: PathBuf,
+    /// Another mount point of the unit (tmpfs, volume, bind mount); repeatable.
+    #[arg(long = "mount")]
+    pub mounts: Vec<PathBuf>,
+    /// Mode for this unit (default: the daemon's).
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Image key the baseline is stored under (default: an overlay's lower layers; a plain
+    /// directory is snapshotted at every arm).
+    #[arg(long)]
+    pub image_key: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's socket.
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+/// `driftlock baseline ...`.
+#[derive(Debug, Subcommand)]
+pub enum BaselineCommand {
+    /// Snapshot ROOTFS: hash every regular file with an exec bit (no symlinks followed, no
+    /// other filesystems entered).
+    Snapshot {
+        /// Root of the tree.
+        rootfs: PathBuf,
+        /// Write the baseline here (default: print it to stdout).
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        /// Image key recorded in the file (default: the rootfs path).
+        #[arg(long)]
+        key: Option<String>,
+        /// Hashing threads (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Print a baseline file for people (verifies it first).
+    Show {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Compare two baseline files by path; exit status 1 if they differ.
+    Diff {
+        /// First file.
+        a: PathBuf,
+        /// Second file.
+        b: PathBuf,
+    },
+}
+
+/// Errors of CLI commands.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Talking to the daemon.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Running the daemon.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    /// A baseline file.
+    #[error("{}: {source}", path.display())]
+    Baseline {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: FormatError,
+    },
+    /// Reading or writing a file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Other.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs a parsed command line; returns the process exit status.
+pub fn run(cli: Cli) -> Result<i32, CliError> {
+    match cli.command {
+        Command::Daemon(a) => {
+            crate::daemon::run(DaemonConfig {
+                socket: a.socket,
+                state_dir: a.state_dir,
+                mode: a.mode,
+                audit_log: (a.audit_log != Path::new("-")).then_some(a.audit_log),
+                engine: EngineConfig {
+                    hash_workers: if a.hash_workers == 0 {
+                        EngineConfig::default().hash_workers
+                    } else {
+                        a.hash_workers
+                    },
+                    hash_timeout: Duration::from_millis(a.hash_timeout_ms.max(1)),
+                    cache_capacity: a.cache_capacity,
+                    record_misses: a.record_misses,
+                },
+                snapshot_threads: a.snapshot_threads,
+            })?;
+            Ok(0)
+        }
+        Command::Arm(a) => arm(a),
+        Command::Disarm { id, socket } => {
+            match request(
+                &socket.socket,
+                &Request::Disarm { id },
+                Duration::from_secs(30),
+            )? {
+                Reply::Disarmed(s) => println!(
+                    "disarmed {} (allowed {}, denied {}, would-deny {})",
+                    s.id, s.counters.allowed, s.counters.denied, s.counters.would_deny
+                ),
+                other => return Err(unexpected(&other)),
+            }
+            Ok(0)
+        }
+        Command::Status { json, socket } => status(&socket.socket, json),
+        Command::Baseline(b) => baseline(b),
+    }
+}
+
+fn unexpected(reply: &Reply) -> CliError {
+    CliError::Other(format!("unexpected reply from the daemon: {reply:?}"))
+}
+
+fn path_arg(p: &Path) -> String {
+    escape_bytes(p.as_os_str().as_bytes())
+}
+
+fn arm(a: ArmArgs) -> Result<i32, CliError> {
+    let req = Request::Arm(ArmRequest {
+        id: a.id,
+        rootfs: path_arg(&a.rootfs),
+        mounts: a.mounts.iter().map(|p| path_arg(p)).collect(),
+        mode: a.mode,
+        image_key: a.image_key.map(|k| escape_bytes(k.as_bytes())),
+    });
+    // A first snapshot of a large image can take a while.
+    let reply = request(&a.socket.socket, &req, Duration::from_secs(600))?;
+    let Reply::Armed(r) = reply else {
+        return Err(unexpected(&reply));
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+        return Ok(0);
+    }
+    println!(
+        "armed {} ({} mode): baseline {:?} with {} contents in {:.1} ms{}",
+        r.id,
+        r.mode,
+        r.baseline,
+        r.baseline_contents,
+        r.baseline_ms,
+        if r.snapshot_skipped > 0 {
+            format!(", {} files skipped", r.snapshot_skipped)
+        } else {
+            String::new()
+        }
+    );
+    for m in &r.marks {
+        println!("  {} mark on {} ({})", m.kind, path_arg(&m.path), m.fstype);
+    }
+    Ok(0)
+}
+
+fn status(socket: &Path, json: bool) -> Result<i32, CliError> {
+    let reply = request(socket, &Request::Status, Duration::from_secs(30))?;
+    let Reply::Status(s) = reply else {
+        return Err(unexpected(&reply));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+        return Ok(0);
+    }
+    if s.units.is_empty() {
+        println!("no armed units");
+    } else {
+        println!(
+            "{:<24} {:<8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>6}  IMAGE",
+            "UNIT", "MODE", "ALLOWED", "DENIED", "WOULD-DENY", "HITS", "MISSES", "MARKS"
+        );
+        for u in &s.units {
+            println!(
+                "{:<24} {:<8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>6}  {}",
+                u.id,
+                u.mode.to_string(),
+                u.counters.allowed,
+                u.counters.denied,
+                u.counters.would_deny,
+                u.cache.hits,
+                u.cache.misses,
+                u.marks.len(),
+                u.image_key
+            );
+        }
+    }
+    println!(
+        "events {} (permission {}, audit notices {}, close-write {}), overflows {}, unattributed {}, in flight {}, unanswered drops {}",
+        s.stats.events,
+        s.stats.permission_events,
+        s.stats.exec_notices,
+        s.stats.close_writes,
+        s.stats.overflows,
+        s.stats.unattributed,
+        s.in_flight,
+        s.stats.unanswered_drops
+    );
+    Ok(0)
+}
+
+fn read_baseline(path: &Path) -> Result<Baseline, CliError> {
+    let data = std::fs::read(path).map_err(|source| CliError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    format::decode(&data).map_err(|source| CliError::Baseline {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn baseline(cmd: BaselineCommand) -> Result<i32, CliError> {
+    match cmd {
+        BaselineCommand::Snapshot {
+            rootfs,
+            output,
+            key,
+            threads,
+        } => {
+            let key = key.map_or_else(
+                || rootfs.as_os_str().as_bytes().to_vec(),
+                String::into_bytes,
+            );
+            let snap =
+                snapshot(&rootfs, key, threads).map_err(|e| CliError::Other(e.to_string()))?;
+            for e in &snap.errors {
+                eprintln!("skipped {e}");
+            }
+            let secs = snap.elapsed.as_secs_f64();
+            eprintln!(
+                "{} executables, {} distinct, {:.1} MB in {:.3} s ({:.0} MB/s), {} skipped",
+                snap.baseline.entries().len(),
+                snap.baseline.distinct_contents(),
+                snap.bytes as f64 / 1e6,
+                secs,
+                snap.bytes as f64 / 1e6 / secs.max(1e-9),
+                snap.errors.len()
+            );
+            let bytes = format::encode(&snap.baseline);
+            match output {
+                Some(path) => {
+                    write_atomic(&path, &bytes).map_err(|e| CliError::Other(e.to_string()))?
+                }
+                None => std::io::stdout()
+                    .write_all(&bytes)
+                    .map_err(|source| CliError::Io {
+                        path: "-".into(),
+                        source,
+                    })?,
+            }
+            Ok(0)
+        }
+        BaselineCommand::Show { file } => {
+            let b = read_baseline(&file)?;
+            println!("key:      {}", escape_bytes(b.key()));
+            println!("source:   {}", escape_bytes(b.source()));
+            println!(
+                "created:  {}",
+                crate::audit::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(b.created()))
+            );
+            println!(
+                "entries:  {} ({} distinct contents)",
+                b.entries().len(),
+                b.distinct_contents()
+            );
+            for e in b.entries() {
+                println!(
+                    "{}  {:>10}  {:04o}  {}",
+                    e.blake3,
+                    e.size,
+                    e.mode,
+                    escape_bytes(&e.path)
+                );
+            }
+            Ok(0)
+        }
+        BaselineCommand::Diff { a, b } => {
+            let (ba, bb) = (read_baseline(&a)?, read_baseline(&b)?);
+            let d = ba.diff(&bb);
+            for e in &d.removed {
+                println!("- {}  {}", e.blake3, escape_bytes(&e.path));
+            }
+            for e in &d.added {
+                println!("+ {}  {}", e.blake3, escape_bytes(&e.path));
+            }
+            for (x, y) in &d.changed {
+                println!("~ {} -> {}  {}", x.blake3, y.blake3, escape_bytes(&x.path));
+            }
+            eprintln!(
+                "{} removed, {} added, {} changed",
+                d.removed.len(),
+                d.added.len(),
+                d.changed.len()
+            );
+            Ok(if d.is_empty() { 0 } else { 1 })
+        }
+    }
+}

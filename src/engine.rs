@@ -1,0 +1,881 @@
+//! The event loop: read a batch → attribute to a unit → cache → hash workers on a miss →
+//! decide → answer → audit.
+//!
+//! One thread owns the registry, every unit's cache and the in-flight table, so the hot
+//! path takes no lock: arm, disarm and status requests arrive as [`Command`]s on a channel
+//! and wake the loop. An allowed cache hit costs one `statx`, two hash-map lookups and the
+//! response `write`; it allocates nothing, reads no `/proc` file and logs nothing.
+//!
+//! Misses go to hashing workers over a channel (each gets a duplicate of the event's fd),
+//! so a slow or huge file never holds up other execs. Each waiting event has its own
+//! deadline; when it passes, the event is answered by policy (deny in enforce mode) and
+//! the worker's late result is still used to fill the cache. Every permission event is
+//! a [`PendingPermission`], which answers on drop: no path can leave one unanswered.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::Mode;
+use crate::audit::{AuditJob, AuditQueue, AuditRecord, ProcessRecord, RECORD_VERSION, rfc3339};
+use crate::baseline::hash::same_content_fingerprint;
+use crate::baseline::{Baseline, Digest, HashError, hash_fd};
+use crate::escape::escape_bytes;
+use crate::kernel::{
+    Answer, EventMask, FileStat, Gate, KernelError, Mark, MarkKind, PendingPermission, RawEvent,
+    Respond, Wake, procfs, stat_fd, unanswered_drops,
+};
+use crate::registry::{PlannedMark, Registry, Unit, UnitCounters, UnitHandle, UnitStatus};
+use crate::verdict::cache::now as wall_now;
+use crate::verdict::{FileKey, Finding, Reason, Verdict, VerdictCache, decide};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Hashing threads. Zero starts none, so every miss is answered by its time budget
+    /// (used by tests to make timeouts deterministic).
+    pub hash_workers: usize,
+    /// How long an exec may wait for its file to be hashed before policy answers.
+    pub hash_timeout: Duration,
+    /// Files cached per unit.
+    pub cache_capacity: usize,
+    /// Emit an `allow` record for every miss (debug aid).
+    pub record_misses: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            hash_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            hash_timeout: Duration::from_secs(2),
+            cache_capacity: 65_536,
+            record_misses: false,
+        }
+    }
+}
+
+/// Errors reported to the engine's clients.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Another unit already has this id.
+    #[error("a unit with id {0:?} is already armed (disarm it first)")]
+    DuplicateId(String),
+    /// No unit with this id.
+    #[error("no armed unit with id {0:?}")]
+    UnknownId(String),
+    /// A filesystem or mount is already armed for another unit.
+    #[error("{path} is already armed for unit {owner:?}")]
+    Conflict {
+        /// The mark path (escaped).
+        path: String,
+        /// The unit that holds it.
+        owner: String,
+    },
+    /// Placing a mark failed (the unit was rolled back).
+    #[error(transparent)]
+    Mark(#[from] KernelError),
+    /// The engine thread is gone.
+    #[error("the event loop is not running")]
+    Stopped,
+    /// The engine did not reply in time.
+    #[error("the event loop did not reply within {0:?}")]
+    Timeout(Duration),
+}
+
+/// What `arm` needs.
+#[derive(Debug, Clone)]
+pub struct UnitSpec {
+    /// Unit id.
+    pub id: String,
+    /// Image key.
+    pub image_key: Vec<u8>,
+    /// Mode.
+    pub mode: Mode,
+    /// Baseline.
+    pub baseline: Arc<Baseline>,
+    /// Planned marks.
+    pub marks: Vec<PlannedMark>,
+}
+
+/// Whole-engine counters.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct EngineStats {
+    /// Events read.
+    pub events: u64,
+    /// Permission events answered.
+    pub permission_events: u64,
+    /// Exec notifications (audit mode).
+    pub exec_notices: u64,
+    /// Close-after-write notifications.
+    pub close_writes: u64,
+    /// Queue overflows (every cache was flushed).
+    pub overflows: u64,
+    /// Events on no armed unit (a unit disarmed meanwhile); allowed.
+    pub unattributed: u64,
+    /// Failures to answer (the kernel refused the response).
+    pub respond_errors: u64,
+    /// Events whose file could not be stat'ed.
+    pub stat_errors: u64,
+    /// Permission events answered by drop instead of an explicit decision.
+    pub unanswered_drops: u64,
+    /// Records queued for the audit writer.
+    pub records: u64,
+}
+
+/// A snapshot of the engine for `driftlock status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EngineStatus {
+    /// Armed units.
+    pub units: Vec<UnitStatus>,
+    /// Counters.
+    pub stats: EngineStats,
+    /// Files being hashed now.
+    pub in_flight: usize,
+}
+
+/// A request to the engine thread.
+pub enum Command {
+    /// Arm a unit.
+    Arm(UnitSpec, Sender<Result<Vec<PlannedMark>, EngineError>>),
+    /// Disarm a unit.
+    Disarm(String, Sender<Result<UnitStatus, EngineError>>),
+    /// Report status.
+    Status(Sender<EngineStatus>),
+    /// Stop after answering everything in flight.
+    Shutdown,
+}
+
+/// A cloneable handle for talking to the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: Sender<Command>,
+    waker: Arc<dyn Wake>,
+    timeout: Duration,
+}
+
+impl EngineHandle {
+    fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, EngineError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.tx.send(make(tx)).map_err(|_| EngineError::Stopped)?;
+        self.waker.wake();
+        rx.recv_timeout(self.timeout).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => EngineError::Timeout(self.timeout),
+            crossbeam_channel::RecvTimeoutError::Disconnected => EngineError::Stopped,
+        })
+    }
+    /// Arms a unit; returns once its marks are in place.
+    pub fn arm(&self, spec: UnitSpec) -> Result<Vec<PlannedMark>, EngineError> {
+        self.call(|tx| Command::Arm(spec, tx))?
+    }
+    /// Disarms a unit; returns its final status.
+    pub fn disarm(&self, id: &str) -> Result<UnitStatus, EngineError> {
+        self.call(|tx| Command::Disarm(id.to_string(), tx))?
+    }
+    /// Current status.
+    pub fn status(&self) -> Result<EngineStatus, EngineError> {
+        self.call(Command::Status)
+    }
+    /// Asks the engine to stop.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+        self.waker.wake();
+    }
+}
+
+/// An exec event waiting for a verdict.
+enum ExecEvent {
+    /// Enforce mode: the exec is blocked until answered.
+    Permission(PendingPermission),
+    /// Audit mode: the exec already proceeds; the fd is kept for the record.
+    Notice(OwnedFd),
+}
+
+impl ExecEvent {
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            ExecEvent::Permission(p) => p.fd(),
+            ExecEvent::Notice(fd) => Some(fd.as_fd()),
+        }
+    }
+}
+
+struct Waiter {
+    event: ExecEvent,
+    tid: i32,
+    deadline: Instant,
+}
+
+struct InFlight {
+    seq: u64,
+    stat: FileStat,
+    via: MarkKind,
+    /// A close-after-write was seen while hashing: the result may describe old content.
+    tainted: bool,
+    waiters: Vec<Waiter>,
+}
+
+struct HashJob {
+    seq: u64,
+    key: (UnitHandle, FileKey),
+    fd: OwnedFd,
+    deadline: Instant,
+}
+
+struct HashDone {
+    seq: u64,
+    key: (UnitHandle, FileKey),
+    started: crate::kernel::Timestamp,
+    result: Result<crate::baseline::FileDigests, HashError>,
+}
+
+/// The event loop.
+pub struct Engine<G: Gate> {
+    gate: G,
+    responder: Arc<dyn Respond>,
+    registry: Registry,
+    commands: Receiver<Command>,
+    jobs: Option<Sender<HashJob>>,
+    /// Kept so sending a job never fails, even with no workers.
+    _job_queue: Receiver<HashJob>,
+    results: Receiver<HashDone>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    in_flight: HashMap<(UnitHandle, FileKey), InFlight>,
+    audit: AuditQueue,
+    batch: Vec<RawEvent>,
+    stats: EngineStats,
+    config: EngineConfig,
+    next_seq: u64,
+    /// Called after every loop iteration (the systemd watchdog feeds on it).
+    heartbeat: Option<Box<dyn FnMut() + Send>>,
+}
+
+/// The longest a clean stop waits for hashes in progress.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a worker keeps hashing one file after its exec was answered by policy.
+const WORKER_HARD_LIMIT: Duration = Duration::from_secs(120);
+
+impl<G: Gate> Engine<G> {
+    /// Builds the engine and its hashing workers.
+    pub fn new(gate: G, config: EngineConfig, audit: AuditQueue) -> (Self, EngineHandle) {
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<HashJob>();
+        let (res_tx, res_rx) = crossbeam_channel::unbounded::<HashDone>();
+        let waker = gate.waker();
+        let mut workers = Vec::new();
+        for i in 0..config.hash_workers {
+            let job_rx = job_rx.clone();
+            let res_tx = res_tx.clone();
+            let waker = Arc::clone(&waker);
+            let spawned = std::thread::Builder::new()
+                .name(format!("driftlock-hash-{i}"))
+                .spawn(move || hash_worker(job_rx, res_tx, waker));
+            match spawned {
+                Ok(h) => workers.push(h),
+                Err(e) => log::error!("cannot start hash worker {i}: {e}"),
+            }
+        }
+        let handle = EngineHandle {
+            tx: cmd_tx,
+            waker,
+            timeout: Duration::from_secs(60),
+        };
+        let engine = Self {
+            responder: gate.responder(),
+            gate,
+            registry: Registry::default(),
+            commands: cmd_rx,
+            jobs: Some(job_tx),
+            _job_queue: job_rx,
+            results: res_rx,
+            workers,
+            in_flight: HashMap::new(),
+            audit,
+            batch: Vec::with_capacity(512),
+            stats: EngineStats::default(),
+            config,
+            next_seq: 0,
+            heartbeat: None,
+        };
+        (engine, handle)
+    }
+
+    /// Sets a function called once per loop iteration.
+    pub fn set_heartbeat(&mut self, f: Box<dyn FnMut() + Send>) {
+        self.heartbeat = Some(f);
+    }
+
+    /// Runs until [`EngineHandle::shutdown`]; answers everything in flight before returning.
+    pub fn run(mut self) -> Result<(), KernelError> {
+        loop {
+            let timeout = self.next_timeout();
+            match self.gate.next_batch(timeout, &mut self.batch) {
+                Ok(()) => {}
+                Err(err @ KernelError::Version { .. }) => {
+                    self.process_batch();
+                    return Err(err);
+                }
+                Err(err) => {
+                    // EMFILE and the like: answer what we have, back off, keep serving.
+                    log::error!("{err}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            self.process_batch();
+            while let Ok(done) = self.results.try_recv() {
+                self.handle_result(done);
+            }
+            self.expire(Instant::now());
+            while let Ok(cmd) = self.commands.try_recv() {
+                if matches!(cmd, Command::Shutdown) {
+                    self.drain_for_shutdown();
+                    return Ok(());
+                }
+                self.handle_command(cmd);
+            }
+            if let Some(hb) = self.heartbeat.as_mut() {
+                hb();
+            }
+        }
+    }
+
+    fn process_batch(&mut self) {
+        let mut batch = std::mem::take(&mut self.batch);
+        for ev in batch.drain(..) {
+            self.handle_event(ev);
+        }
+        self.batch = batch;
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let earliest = self
+            .in_flight
+            .values()
+            .flat_map(|f| f.waiters.iter().map(|w| w.deadline))
+            .min();
+        let tick = Duration::from_secs(1);
+        Some(match earliest {
+            Some(d) => d.saturating_duration_since(Instant::now()).min(tick),
+            None => tick,
+        })
+    }
+
+    fn handle_event(&mut self, ev: RawEvent) {
+        self.stats.events += 1;
+        if ev.is_overflow() {
+            // Invalidations may have been lost: nothing cached can be trusted.
+            self.stats.overflows += 1;
+            log::error!("fanotify queue overflow: flushing every verdict cache");
+            for (_, unit) in self.registry.iter_mut() {
+                unit.cache.clear();
+            }
+            for f in self.in_flight.values_mut() {
+                f.tainted = true;
+            }
+            return;
+        }
+        let (permission, notice, close_write) =
+            (ev.is_permission(), ev.is_exec_notice(), ev.is_close_write());
+        let Some(fd) = ev.fd else { return };
+        let event = if permission {
+            self.stats.permission_events += 1;
+            Some(ExecEvent::Permission(PendingPermission::new(
+                fd,
+                Arc::clone(&self.responder),
+                Answer::Deny,
+            )))
+        } else if notice {
+            self.stats.exec_notices += 1;
+            Some(ExecEvent::Notice(fd))
+        } else {
+            // A pure close-after-write: only the invalidation below matters.
+            let stat = stat_fd(fd.as_fd());
+            if let Ok(stat) = stat {
+                self.stats.close_writes += 1;
+                self.invalidate(&stat);
+            } else {
+                self.stats.stat_errors += 1;
+            }
+            return;
+        };
+        let Some(event) = event else { return };
+        let Some(stat) = event.fd().and_then(|fd| stat_fd(fd).ok()) else {
+            // Cannot identify the file: fail closed (the drop answers Deny).
+            self.stats.stat_errors += 1;
+            return;
+        };
+        if close_write {
+            self.stats.close_writes += 1;
+            self.invalidate(&stat);
+        }
+        let Some(attr) = self.registry.attribute(&stat) else {
+            self.stats.unattributed += 1;
+            self.answer(event, Answer::Allow);
+            return;
+        };
+        // Only a filesystem mark sees every writer of the file (a mount mark misses writes
+        // through other mounts of the same filesystem), so only there is a cached finding safe.
+        if attr.via == MarkKind::Filesystem {
+            if let Some(unit) = self.registry.get_mut(attr.unit) {
+                if let Some(hit) = unit.cache.lookup(&stat) {
+                    self.finish(
+                        attr.unit,
+                        event,
+                        ev.tid,
+                        hit.finding,
+                        Some(hit.blake3),
+                        &stat,
+                        true,
+                    );
+                    return;
+                }
+            }
+        }
+        self.start_hash(attr.unit, attr.via, stat, event, ev.tid);
+    }
+
+    fn invalidate(&mut self, stat: &FileStat) {
+        let Some(attr) = self.registry.attribute(stat) else {
+            return;
+        };
+        let key = FileKey::from(stat);
+        if let Some(unit) = self.registry.get_mut(attr.unit) {
+            unit.cache.invalidate(key);
+        }
+        if let Some(f) = self.in_flight.get_mut(&(attr.unit, key)) {
+            f.tainted = true;
+        }
+    }
+
+    fn start_hash(
+        &mut self,
+        unit: UnitHandle,
+        via: MarkKind,
+        stat: FileStat,
+        event: ExecEvent,
+        tid: i32,
+    ) {
+        let key = (unit, FileKey::from(&stat));
+        let deadline = Instant::now() + self.config.hash_timeout;
+        let waiter = Waiter {
+            event,
+            tid,
+            deadline,
+        };
+        if let Some(f) = self.in_flight.get_mut(&key) {
+            if f.stat == stat || f.tainted {
+                f.waiters.push(waiter);
+                return;
+            }
+            // Same inode, other fingerprint: the file changed since that hash started.
+            f.tainted = true;
+            f.stat = stat;
+            f.waiters.push(waiter);
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut flight = InFlight {
+            seq,
+            stat,
+            via,
+            tainted: false,
+            waiters: vec![waiter],
+        };
+        if !self.dispatch(key, &mut flight) {
+            return;
+        }
+        self.in_flight.insert(key, flight);
+    }
+
+    /// Sends a hash job for `flight`; on failure answers its waiters (unreadable).
+    fn dispatch(&mut self, key: (UnitHandle, FileKey), flight: &mut InFlight) -> bool {
+        let dup = flight
+            .waiters
+            .first()
+            .and_then(|w| w.event.fd())
+            .and_then(|fd| fd.try_clone_to_owned().ok());
+        let sent = match (dup, self.jobs.as_ref()) {
+            (Some(fd), Some(jobs)) => jobs
+                .send(HashJob {
+                    seq: flight.seq,
+                    key,
+                    fd,
+                    deadline: Instant::now() + WORKER_HARD_LIMIT,
+                })
+                .is_ok(),
+            _ => false,
+        };
+        if !sent {
+            let stat = flight.stat;
+            for w in flight.waiters.drain(..) {
+                self.finish(
+                    key.0,
+                    w.event,
+                    w.tid,
+                    Finding::Unverifiable(Reason::Unreadable),
+                    None,
+                    &stat,
+                    false,
+                );
+            }
+        }
+        sent
+    }
+
+    fn handle_result(&mut self, done: HashDone) {
+        let Some(mut flight) = self.in_flight.remove(&done.key) else {
+            return;
+        };
+        if flight.seq != done.seq {
+            self.in_flight.insert(done.key, flight);
+            return;
+        }
+        let (unit_h, file_key) = done.key;
+        if let Some(unit) = self.registry.get_mut(unit_h) {
+            unit.counters.hashed += 1;
+        }
+        if flight.tainted {
+            // The content may have changed after the hash began: hash again for whoever
+            // still waits, and cache nothing from this run.
+            if flight.waiters.is_empty() {
+                return;
+            }
+            flight.tainted = false;
+            flight.seq = self.next_seq;
+            self.next_seq += 1;
+            if self.dispatch(done.key, &mut flight) {
+                self.in_flight.insert(done.key, flight);
+            }
+            return;
+        }
+        let (finding, digest) = match &done.result {
+            Ok(d)
+                if d.stat.ino == file_key.ino
+                    && same_content_fingerprint(&d.stat, &flight.stat) =>
+            {
+                let found = self
+                    .registry
+                    .get(unit_h)
+                    .map(|u| u.baseline.contains(&d.blake3));
+                match found {
+                    Some(true) => (Finding::InBaseline, Some(d.blake3)),
+                    Some(false) => (Finding::NotInBaseline, Some(d.blake3)),
+                    None => (Finding::InBaseline, Some(d.blake3)), // unit disarmed meanwhile
+                }
+            }
+            // Changed between the exec event and the hash (or during it): deny.
+            Ok(d) => (
+                Finding::Unverifiable(Reason::ChangedDuringHash),
+                Some(d.blake3),
+            ),
+            Err(HashError::Changed) => (Finding::Unverifiable(Reason::ChangedDuringHash), None),
+            Err(HashError::Deadline(_)) => (Finding::Unverifiable(Reason::HashTimeout), None),
+            Err(e) => {
+                log::warn!("hashing an exec'd file failed: {e}");
+                (Finding::Unverifiable(Reason::Unreadable), None)
+            }
+        };
+        if flight.via == MarkKind::Filesystem {
+            if let (Some(unit), Some(d)) = (self.registry.get_mut(unit_h), digest) {
+                unit.cache.insert(&flight.stat, finding, d, done.started);
+            }
+        }
+        let stat = flight.stat;
+        for w in flight.waiters.drain(..) {
+            self.finish(unit_h, w.event, w.tid, finding, digest, &stat, false);
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        let mut expired = Vec::new();
+        for (key, f) in self.in_flight.iter_mut() {
+            let mut i = 0;
+            while i < f.waiters.len() {
+                if f.waiters[i].deadline <= now {
+                    expired.push((key.0, f.waiters.swap_remove(i), f.stat));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        for (unit, w, stat) in expired {
+            if let Some(u) = self.registry.get_mut(unit) {
+                u.counters.hash_timeouts += 1;
+            }
+            self.finish(
+                unit,
+                w.event,
+                w.tid,
+                Finding::Unverifiable(Reason::HashTimeout),
+                None,
+                &stat,
+                false,
+            );
+        }
+    }
+
+    fn answer(&mut self, event: ExecEvent, answer: Answer) {
+        if let ExecEvent::Permission(p) = event {
+            if let Err(e) = p.answer(answer) {
+                self.stats.respond_errors += 1;
+                log::error!("{e}");
+            }
+        }
+    }
+
+    /// Decides for one event, answers it, and records a deny / would-deny.
+    fn finish(
+        &mut self,
+        unit_h: UnitHandle,
+        event: ExecEvent,
+        tid: i32,
+        finding: Finding,
+        digest: Option<Digest>,
+        stat: &FileStat,
+        from_cache: bool,
+    ) {
+        let Some(unit) = self.registry.get_mut(unit_h) else {
+            // Disarmed while the file was hashed: the container is going away.
+            self.answer(event, Answer::Allow);
+            return;
+        };
+        let (verdict, answer) = decide(unit.mode, finding);
+        bump(&mut unit.counters, verdict);
+        if verdict == Verdict::Allow && (from_cache || !self.config.record_misses) {
+            self.answer(event, answer);
+            return;
+        }
+        // Off the hot path: gather the context while the exec is still held.
+        let record = build_record(unit, verdict, finding.reason(), &event, tid, digest, stat);
+        let file = event.fd().and_then(|fd| fd.try_clone_to_owned().ok());
+        self.answer(event, answer);
+        self.stats.records += 1;
+        self.audit.send(AuditJob { record, file });
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Arm(spec, reply) => {
+                let r = self.arm(spec);
+                let _ = reply.send(r);
+            }
+            Command::Disarm(id, reply) => {
+                let r = self.disarm(&id);
+                let _ = reply.send(r);
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn mark_of(planned: &PlannedMark, mode: Mode) -> Mark {
+        Mark {
+            path: planned.path.clone(),
+            kind: planned.kind,
+            mask: match mode {
+                Mode::Enforce => EventMask::Enforce,
+                Mode::Audit => EventMask::Audit,
+            },
+        }
+    }
+
+    fn arm(&mut self, spec: UnitSpec) -> Result<Vec<PlannedMark>, EngineError> {
+        if self.registry.find_id(&spec.id).is_some() {
+            return Err(EngineError::DuplicateId(spec.id));
+        }
+        while let Some(owner) = self.registry.conflict(&spec.marks) {
+            let stale = self.registry.get(owner).is_some_and(|u| {
+                !u.marks
+                    .iter()
+                    .all(|m| self.gate.mark_is_live(&m.path, m.mnt_id))
+            });
+            if !stale {
+                let owner_id = self
+                    .registry
+                    .get(owner)
+                    .map(|u| u.id.clone())
+                    .unwrap_or_default();
+                let path = spec
+                    .marks
+                    .iter()
+                    .find(|m| self.registry.conflict(std::slice::from_ref(m)) == Some(owner))
+                    .map(|m| escape_bytes(m.path.as_os_str().as_encoded_bytes()))
+                    .unwrap_or_default();
+                return Err(EngineError::Conflict {
+                    path,
+                    owner: owner_id,
+                });
+            }
+            // Its filesystems are gone (the container exited without a disarm) and their
+            // device numbers were reused: drop the stale unit and its cache.
+            if let Some(u) = self.registry.remove(owner) {
+                log::warn!(
+                    "unit {:?} was stale (its mounts are gone); dropped it",
+                    u.id
+                );
+            }
+        }
+        let marks = spec.marks.clone();
+        let unit = Unit {
+            id: spec.id.clone(),
+            image_key: spec.image_key,
+            mode: spec.mode,
+            baseline: spec.baseline,
+            marks: marks.clone(),
+            cache: VerdictCache::new(self.config.cache_capacity),
+            counters: UnitCounters::default(),
+        };
+        // Registered before marking, so the first event can be attributed.
+        let handle = self.registry.insert(unit);
+        for (i, m) in marks.iter().enumerate() {
+            if let Err(e) = self.gate.mark(&Self::mark_of(m, spec.mode), true) {
+                for placed in &marks[..i] {
+                    let _ = self.gate.mark(&Self::mark_of(placed, spec.mode), false);
+                }
+                self.registry.remove(handle);
+                return Err(e.into());
+            }
+        }
+        log::info!(
+            "armed unit {:?} ({} mode, {} marks)",
+            spec.id,
+            spec.mode,
+            marks.len()
+        );
+        Ok(marks)
+    }
+
+    fn disarm(&mut self, id: &str) -> Result<UnitStatus, EngineError> {
+        let handle = self
+            .registry
+            .find_id(id)
+            .ok_or_else(|| EngineError::UnknownId(id.to_string()))?;
+        let Some(unit) = self.registry.remove(handle) else {
+            return Err(EngineError::UnknownId(id.to_string()));
+        };
+        for m in &unit.marks {
+            // Only remove a mark if the path still leads to the mount we marked: a path
+            // whose mount is gone may now lead to another filesystem.
+            if self.gate.mark_is_live(&m.path, m.mnt_id) {
+                if let Err(e) = self.gate.mark(&Self::mark_of(m, unit.mode), false) {
+                    log::warn!("{e}");
+                }
+            }
+        }
+        log::info!("disarmed unit {id:?}");
+        Ok(unit.status())
+    }
+
+    fn status(&self) -> EngineStatus {
+        let mut units: Vec<UnitStatus> = self.registry.iter().map(|(_, u)| u.status()).collect();
+        units.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut stats = self.stats;
+        stats.unanswered_drops = unanswered_drops();
+        EngineStatus {
+            units,
+            stats,
+            in_flight: self.in_flight.len(),
+        }
+    }
+
+    fn drain_for_shutdown(&mut self) {
+        // Give running hashes a short while to finish, then answer the rest by policy.
+        let until = Instant::now() + self.config.hash_timeout.min(SHUTDOWN_GRACE);
+        while self.in_flight.values().any(|f| !f.waiters.is_empty()) && Instant::now() < until {
+            if let Ok(done) = self.results.recv_timeout(Duration::from_millis(50)) {
+                self.handle_result(done);
+            }
+        }
+        self.expire(Instant::now() + Duration::from_secs(3600));
+        self.in_flight.clear();
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            // Workers stuck on a slow file are left behind; the process is exiting.
+            if w.is_finished() {
+                let _ = w.join();
+            }
+        }
+    }
+}
+
+fn bump(c: &mut UnitCounters, v: Verdict) {
+    match v {
+        Verdict::Allow => c.allowed += 1,
+        Verdict::Deny => c.denied += 1,
+        Verdict::WouldDeny => c.would_deny += 1,
+    }
+}
+
+fn build_record(
+    unit: &Unit,
+    verdict: Verdict,
+    reason: Reason,
+    event: &ExecEvent,
+    tid: i32,
+    digest: Option<Digest>,
+    stat: &FileStat,
+) -> AuditRecord {
+    let path = event.fd().and_then(procfs::fd_path);
+    let proc_info = procfs::read_process(tid);
+    let chain: Vec<ProcessRecord> = proc_info
+        .as_ref()
+        .map(|p| procfs::parent_chain(p.pid, 16, None))
+        .unwrap_or_default()
+        .iter()
+        .map(ProcessRecord::from)
+        .collect();
+    let me = proc_info.as_ref().map(ProcessRecord::from);
+    AuditRecord {
+        v: RECORD_VERSION,
+        time: rfc3339(SystemTime::now()),
+        unit: unit.id.clone(),
+        image_key: escape_bytes(&unit.image_key),
+        mode: unit.mode,
+        verdict,
+        reason,
+        path: path.as_deref().map(escape_bytes),
+        tid,
+        pid: proc_info.as_ref().map(|p| p.pid),
+        ppid: proc_info.as_ref().map(|p| p.ppid),
+        uid: proc_info.as_ref().map(|p| p.uid),
+        comm: me.as_ref().map(|m| m.comm.clone()),
+        cmdline: me.map(|m| m.cmdline).unwrap_or_default(),
+        chain,
+        blake3: digest.map(|d| d.to_string()),
+        sha256: None,
+        size: Some(stat.size),
+    }
+}
+
+fn hash_worker(jobs: Receiver<HashJob>, results: Sender<HashDone>, waker: Arc<dyn Wake>) {
+    let mut buf = Vec::new();
+    for job in jobs {
+        let started = wall_now();
+        let result = hash_fd(job.fd.as_fd(), &mut buf, false, Some(job.deadline));
+        drop(job.fd);
+        if results
+            .send(HashDone {
+                seq: job.seq,
+                key: job.key,
+                started,
+                result,
+            })
+            .is_err()
+        {
+            break;
+        }
+        waker.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests;

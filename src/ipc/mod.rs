@@ -1,0 +1,218 @@
+//! The daemon's socket protocol, version 1: one JSON object per line each way.
+//!
+//! ```text
+//! → {"v":1,"op":"arm","id":"c1","rootfs":"/run/c1/rootfs","mounts":["/run/c1/rootfs/tmp"],"mode":"enforce"}
+//! ← {"v":1,"ok":true,"result":{...}}
+//! ← {"v":1,"ok":false,"error":"..."}
+//! ```
+//!
+//! Paths travel in the lossless escaped form of [`crate::escape`], since JSON strings
+//! cannot carry arbitrary bytes. Requests of another version are refused with a message
+//! naming both versions.
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Mode;
+use crate::engine::EngineStatus;
+use crate::registry::{PlannedMark, UnitStatus};
+
+/// Protocol version spoken by this build.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 1 << 20;
+
+/// A request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    /// Protect a unit.
+    Arm(ArmRequest),
+    /// Stop protecting a unit.
+    Disarm {
+        /// Unit id.
+        id: String,
+    },
+    /// Report armed units and counters.
+    Status,
+    /// Liveness check.
+    Ping,
+}
+
+/// Parameters of `arm`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArmRequest {
+    /// Unit id.
+    pub id: String,
+    /// Rootfs mount point (escaped bytes).
+    pub rootfs: String,
+    /// Further mount points of the unit (escaped bytes).
+    #[serde(default)]
+    pub mounts: Vec<String>,
+    /// Mode; the daemon's default if absent.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Image key (escaped bytes); derived from the rootfs if absent.
+    #[serde(default)]
+    pub image_key: Option<String>,
+}
+
+/// The result of a successful `arm`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArmResult {
+    /// Unit id.
+    pub id: String,
+    /// Mode in force.
+    pub mode: Mode,
+    /// Image key (escaped).
+    pub image_key: String,
+    /// Where the baseline came from.
+    pub baseline: crate::baseline::store::Provenance,
+    /// Distinct executable contents in the baseline.
+    pub baseline_contents: usize,
+    /// Files the snapshot skipped (they will be denied).
+    pub snapshot_skipped: usize,
+    /// Time spent obtaining the baseline, ms.
+    pub baseline_ms: f64,
+    /// Marks placed.
+    pub marks: Vec<PlannedMark>,
+}
+
+/// A reply payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    /// After arm.
+    Armed(ArmResult),
+    /// After disarm: the unit's final status.
+    Disarmed(UnitStatus),
+    /// After status.
+    Status(EngineStatus),
+    /// After ping.
+    Pong {
+        /// Daemon version.
+        version: String,
+    },
+}
+
+/// The envelope on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    /// Protocol version.
+    pub v: u32,
+    /// Success.
+    pub ok: bool,
+    /// Payload on success.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub result: Option<serde_json::Value>,
+    /// Message on failure.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+impl Response {
+    /// A success.
+    pub fn ok(reply: &Reply) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            ok: true,
+            result: serde_json::to_value(reply).ok(),
+            error: None,
+        }
+    }
+    /// A failure.
+    pub fn err(message: impl Into<String>) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            ok: false,
+            result: None,
+            error: Some(message.into()),
+        }
+    }
+}
+
+/// Why a request line was refused before reaching a handler.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// Not JSON.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// Missing or other version.
+    #[error(
+        "protocol version {found:?} is not supported (this daemon speaks version {PROTOCOL_VERSION})"
+    )]
+    Version {
+        /// What the client sent.
+        found: Option<u64>,
+    },
+}
+
+/// Parses one request line.
+pub fn parse_request(line: &[u8]) -> Result<Request, ProtocolError> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let version = value
+        .as_object_mut()
+        .and_then(|o| o.remove("v"))
+        .and_then(|v| v.as_u64());
+    if version != Some(u64::from(PROTOCOL_VERSION)) {
+        return Err(ProtocolError::Version { found: version });
+    }
+    serde_json::from_value(value).map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
+/// Encodes a request line (with the version and a trailing newline).
+pub fn encode_request(req: &Request) -> Vec<u8> {
+    let mut value = serde_json::to_value(req).unwrap_or(serde_json::Value::Null);
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("v".into(), PROTOCOL_VERSION.into());
+    }
+    let mut line = serde_json::to_vec(&value).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_version_check() {
+        let req = Request::Arm(ArmRequest {
+            id: "c1".into(),
+            rootfs: crate::escape::escape_bytes(b"/run/x\n\xff"),
+            mounts: vec!["/run/x/tmp".into()],
+            mode: Some(Mode::Audit),
+            image_key: None,
+        });
+        let line = encode_request(&req);
+        assert_eq!(parse_request(&line[..line.len() - 1]).unwrap(), req);
+        assert_eq!(
+            parse_request(br#"{"op":"ping"}"#),
+            Err(ProtocolError::Version { found: None })
+        );
+        assert_eq!(
+            parse_request(br#"{"v":2,"op":"ping"}"#),
+            Err(ProtocolError::Version { found: Some(2) })
+        );
+        assert!(matches!(
+            parse_request(b"\xff garbage"),
+            Err(ProtocolError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_request(br#"{"v":1,"op":"reboot"}"#),
+            Err(ProtocolError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_request(br#"{"v":1,"op":"arm","id":"x","rootfs":"/r","evil":1}"#),
+            Err(ProtocolError::Malformed(_))
+        ));
+        assert_eq!(
+            parse_request(br#"{"v":1,"op":"status"}"#),
+            Ok(Request::Status)
+        );
+    }
+}

@@ -1,0 +1,476 @@
+//! The fanotify group: marks, a zero-allocation batch reader, and permission answers.
+//!
+//! Why not `nix::sys::fanotify::Fanotify::read_events`: it allocates a `Vec` per read and
+//! its event type panics in `Drop` if a close fails, and nothing on the event path may
+//! panic. nix is still used for `fanotify_init`, `fanotify_mark` and the response write
+//! (typed flags, `Result`s); only the metadata parsing is ours.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::fanotify::{
+    EventFFlags, Fanotify, FanotifyResponse, InitFlags, MarkFlags, MaskFlags, Response,
+};
+
+use super::KernelError;
+
+/// The answer to a permission event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Let the exec proceed.
+    Allow,
+    /// Fail the exec with EPERM.
+    Deny,
+}
+
+/// Something that can answer a permission event by its fd.
+pub trait Respond: Send + Sync {
+    /// Writes one response (the kernel takes exactly one per `write`).
+    fn respond(&self, fd: BorrowedFd<'_>, answer: Answer) -> Result<(), KernelError>;
+}
+
+/// Something that interrupts a blocked [`Gate::next_batch`].
+pub trait Wake: Send + Sync {
+    /// Makes the current or next `next_batch` return promptly.
+    fn wake(&self);
+}
+
+static UNANSWERED_DROPS: AtomicU64 = AtomicU64::new(0);
+
+/// How many permission events were answered by [`PendingPermission`]'s `Drop` (with the
+/// default answer) instead of an explicit decision. Nonzero means a code path forgot an
+/// event; the kernel was still answered.
+pub fn unanswered_drops() -> u64 {
+    UNANSWERED_DROPS.load(Ordering::Relaxed)
+}
+
+/// A permission event that must be answered exactly once.
+///
+/// Answering consumes the value; dropping it unanswered answers with the default chosen
+/// when it was created (deny in enforce mode) and counts it in [`unanswered_drops`]. So an
+/// event can be neither forgotten nor answered twice. The fd is closed only after the
+/// answer is written: the kernel matches a response by fd *number*, and a closed number
+/// can be reused by the next event.
+pub struct PendingPermission {
+    fd: Option<OwnedFd>,
+    responder: Arc<dyn Respond>,
+    default: Answer,
+}
+
+impl std::fmt::Debug for PendingPermission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingPermission")
+            .field("fd", &self.fd)
+            .field("default", &self.default)
+            .finish()
+    }
+}
+
+impl PendingPermission {
+    /// Wraps the fd of a permission event.
+    pub fn new(fd: OwnedFd, responder: Arc<dyn Respond>, default: Answer) -> Self {
+        Self {
+            fd: Some(fd),
+            responder,
+            default,
+        }
+    }
+
+    /// The event's fd (the file being executed, opened by the kernel for us).
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Changes the answer given if this value is dropped unanswered.
+    pub fn set_default(&mut self, default: Answer) {
+        self.default = default;
+    }
+
+    /// Answers the event and closes its fd.
+    pub fn answer(mut self, answer: Answer) -> Result<(), KernelError> {
+        match self.fd.take() {
+            Some(fd) => self.responder.respond(fd.as_fd(), answer),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for PendingPermission {
+    fn drop(&mut self) {
+        if let Some(fd) = self.fd.take() {
+            UNANSWERED_DROPS.fetch_add(1, Ordering::Relaxed);
+            if let Err(err) = self.responder.respond(fd.as_fd(), self.default) {
+                log::error!("answering a dropped permission event failed: {err}");
+            }
+        }
+    }
+}
+
+/// One event as read from the group.
+#[derive(Debug)]
+pub struct RawEvent {
+    /// `FAN_*` bits.
+    pub mask: u64,
+    /// The event's fd; `None` for a queue overflow.
+    pub fd: Option<OwnedFd>,
+    /// Thread id of the process that caused the event (`FAN_REPORT_TID`).
+    pub tid: i32,
+}
+
+impl RawEvent {
+    /// A permission event (must be answered).
+    pub fn is_permission(&self) -> bool {
+        self.mask & libc::FAN_OPEN_EXEC_PERM != 0
+    }
+    /// An exec notification (audit mode, never blocks the exec).
+    pub fn is_exec_notice(&self) -> bool {
+        self.mask & libc::FAN_OPEN_EXEC != 0
+    }
+    /// A file opened for writing was closed: its content may have changed.
+    pub fn is_close_write(&self) -> bool {
+        self.mask & libc::FAN_CLOSE_WRITE != 0
+    }
+    /// The kernel dropped events (queue overflow).
+    pub fn is_overflow(&self) -> bool {
+        self.mask & libc::FAN_Q_OVERFLOW != 0
+    }
+}
+
+/// What a mark is placed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MarkKind {
+    /// The whole filesystem (superblock): every mount of it, in every namespace.
+    Filesystem,
+    /// One mount only (a bind mount of a host directory shares the host's superblock).
+    Mount,
+}
+
+impl std::fmt::Display for MarkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MarkKind::Filesystem => "filesystem",
+            MarkKind::Mount => "mount",
+        })
+    }
+}
+
+/// Which events a mark asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventMask {
+    /// `FAN_OPEN_EXEC_PERM`: every exec waits for our answer.
+    Enforce,
+    /// `FAN_OPEN_EXEC` notifications: audit mode records what enforce would deny and never
+    /// holds an exec, so an audit rollout cannot stall a node.
+    Audit,
+}
+
+impl EventMask {
+    fn bits(self) -> MaskFlags {
+        // FAN_CLOSE_WRITE in both modes: every writer, including one writing through a
+        // shared mmap (which on tmpfs changes no timestamp), must close before the file can
+        // be executed (exec fails with ETXTBSY while a writer is open), and its close event
+        // is queued before the exec's event, so the cache sees it first.
+        match self {
+            EventMask::Enforce => MaskFlags::FAN_OPEN_EXEC_PERM | MaskFlags::FAN_CLOSE_WRITE,
+            EventMask::Audit => MaskFlags::FAN_OPEN_EXEC | MaskFlags::FAN_CLOSE_WRITE,
+        }
+    }
+}
+
+/// A mark request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    /// A mount point in the daemon's mount namespace.
+    pub path: PathBuf,
+    /// Filesystem or mount mark.
+    pub kind: MarkKind,
+    /// Events wanted.
+    pub mask: EventMask,
+}
+
+/// The kernel as the engine sees it.
+pub trait Gate: Send + 'static {
+    /// Waits up to `timeout` (forever if `None`) for events and appends them to `out`.
+    /// Returns with `out` unchanged on timeout or when woken.
+    fn next_batch(
+        &mut self,
+        timeout: Option<Duration>,
+        out: &mut Vec<RawEvent>,
+    ) -> Result<(), KernelError>;
+    /// The responder for permission events read from this gate.
+    fn responder(&self) -> Arc<dyn Respond>;
+    /// A handle that interrupts `next_batch`.
+    fn waker(&self) -> Arc<dyn Wake>;
+    /// Adds (`add`) or removes a mark.
+    fn mark(&self, mark: &Mark, add: bool) -> Result<(), KernelError>;
+    /// True if `path` still leads to the mount with id `mnt_id` (as [`super::stat_fd`]
+    /// reports it): false once the unit's mount is gone and the path leads elsewhere.
+    fn mark_is_live(&self, path: &std::path::Path, mnt_id: u64) -> bool {
+        super::stat_path(path).is_ok_and(|s| s.mnt_id == mnt_id)
+    }
+}
+
+struct GroupResponder {
+    group: Arc<Fanotify>,
+}
+
+impl Respond for GroupResponder {
+    fn respond(&self, fd: BorrowedFd<'_>, answer: Answer) -> Result<(), KernelError> {
+        let response = match answer {
+            Answer::Allow => Response::FAN_ALLOW,
+            Answer::Deny => Response::FAN_DENY,
+        };
+        self.group
+            .write_response(FanotifyResponse::new(fd, response))
+            .map_err(KernelError::Respond)
+    }
+}
+
+struct EventFdWaker(EventFd);
+
+impl Wake for EventFdWaker {
+    fn wake(&self) {
+        // EAGAIN means the counter is already nonzero: the engine is being woken anyway.
+        let _ = self.0.write(1);
+    }
+}
+
+/// Bytes read per `read(2)` of the group: up to ~340 events, each of which opens an fd.
+const READ_BUFFER: usize = 8192;
+
+/// The real gate: one fanotify group of class content.
+pub struct FanotifyGate {
+    group: Arc<Fanotify>,
+    waker: Arc<EventFdWaker>,
+    buf: Box<[u8; READ_BUFFER]>,
+}
+
+impl FanotifyGate {
+    /// Creates the group (`FAN_CLASS_CONTENT`, thread ids, unlimited queue and marks).
+    pub fn new() -> Result<Self, KernelError> {
+        let flags = InitFlags::FAN_CLASS_CONTENT
+            | InitFlags::FAN_CLOEXEC
+            | InitFlags::FAN_NONBLOCK
+            | InitFlags::FAN_UNLIMITED_QUEUE
+            | InitFlags::FAN_UNLIMITED_MARKS
+            | InitFlags::FAN_REPORT_TID;
+        let event_flags = EventFFlags::O_RDONLY
+            | EventFFlags::O_LARGEFILE
+            | EventFFlags::O_CLOEXEC
+            | EventFFlags::O_NOATIME;
+        let group = Fanotify::init(flags, event_flags).map_err(|source| KernelError::Init {
+            hint: match source {
+                Errno::EPERM => "needs CAP_SYS_ADMIN (run the daemon as root)".into(),
+                Errno::ENOSYS => "the kernel lacks fanotify (CONFIG_FANOTIFY)".into(),
+                Errno::EINVAL => {
+                    "the kernel lacks permission events (CONFIG_FANOTIFY_ACCESS_PERMISSIONS) \
+                     or FAN_REPORT_TID (needs Linux 5.9+)"
+                        .into()
+                }
+                Errno::EMFILE => "too many fanotify groups or open files".into(),
+                other => other.desc().into(),
+            },
+            source,
+        })?;
+        let eventfd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(KernelError::Poll)?;
+        Ok(Self {
+            group: Arc::new(group),
+            waker: Arc::new(EventFdWaker(eventfd)),
+            buf: Box::new([0u8; READ_BUFFER]),
+        })
+    }
+
+    /// Reads whatever is queued (non-blocking) into `out`.
+    fn read_available(&mut self, out: &mut Vec<RawEvent>) -> Result<(), KernelError> {
+        let n = match nix::unistd::read(self.group.as_fd(), &mut self.buf[..]) {
+            Ok(n) => n,
+            Err(Errno::EAGAIN | Errno::EINTR) => return Ok(()),
+            Err(err) => return Err(KernelError::Read(err)),
+        };
+        parse_events(&self.buf[..n], out)
+    }
+}
+
+const METADATA_LEN: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
+
+/// Parses the events in `buf`, taking ownership of each event's fd at once so that none
+/// leaks even when a later record is malformed.
+fn parse_events(buf: &[u8], out: &mut Vec<RawEvent>) -> Result<(), KernelError> {
+    let mut offset = 0;
+    let mut result = Ok(());
+    while buf.len() - offset >= METADATA_LEN {
+        // SAFETY: at least METADATA_LEN bytes remain at `offset`; read_unaligned copies the
+        // plain-old-data struct without alignment requirements.
+        let meta: libc::fanotify_event_metadata = unsafe {
+            std::ptr::read_unaligned(
+                buf.as_ptr()
+                    .add(offset)
+                    .cast::<libc::fanotify_event_metadata>(),
+            )
+        };
+        let fd = if meta.fd >= 0 {
+            // SAFETY: the kernel installed this fd in our table for this event and nothing
+            // else refers to it; from here on OwnedFd is its only owner.
+            Some(unsafe { OwnedFd::from_raw_fd(meta.fd) })
+        } else {
+            None
+        };
+        if meta.vers != libc::FANOTIFY_METADATA_VERSION && result.is_ok() {
+            result = Err(KernelError::Version {
+                found: meta.vers,
+                expected: libc::FANOTIFY_METADATA_VERSION,
+            });
+        }
+        out.push(RawEvent {
+            mask: meta.mask,
+            fd,
+            tid: meta.pid,
+        });
+        let len = meta.event_len as usize;
+        if len < METADATA_LEN {
+            break;
+        }
+        offset = offset.saturating_add(len);
+        if offset > buf.len() {
+            break;
+        }
+    }
+    result
+}
+
+impl Gate for FanotifyGate {
+    fn next_batch(
+        &mut self,
+        timeout: Option<Duration>,
+        out: &mut Vec<RawEvent>,
+    ) -> Result<(), KernelError> {
+        let timeout = match timeout {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                PollTimeout::try_from(d.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let (group_ready, woken) = {
+            let mut fds = [
+                PollFd::new(self.group.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.waker.0.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => return Ok(()),
+                Err(err) => return Err(KernelError::Poll(err)),
+            }
+            let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), ready(&fds[1]))
+        };
+        if woken {
+            let _ = self.waker.0.read();
+        }
+        if group_ready {
+            self.read_available(out)?;
+        }
+        Ok(())
+    }
+
+    fn responder(&self) -> Arc<dyn Respond> {
+        Arc::new(GroupResponder {
+            group: Arc::clone(&self.group),
+        })
+    }
+
+    fn waker(&self) -> Arc<dyn Wake> {
+        self.waker.clone()
+    }
+
+    fn mark(&self, mark: &Mark, add: bool) -> Result<(), KernelError> {
+        let mut flags = if add {
+            MarkFlags::FAN_MARK_ADD
+        } else {
+            MarkFlags::FAN_MARK_REMOVE
+        };
+        flags |= match mark.kind {
+            MarkKind::Filesystem => MarkFlags::FAN_MARK_FILESYSTEM,
+            MarkKind::Mount => MarkFlags::FAN_MARK_MOUNT,
+        };
+        let cwd = nix::fcntl::AT_FDCWD;
+        self.group
+            .mark(flags, mark.mask.bits(), cwd, Some(mark.path.as_path()))
+            .map_err(|source| KernelError::Mark {
+                action: if add { "add" } else { "remove" },
+                kind: mark.kind,
+                path: mark.path.clone(),
+                source,
+            })
+    }
+}
+
+impl AsRawFd for FanotifyGate {
+    fn as_raw_fd(&self) -> i32 {
+        self.group.as_fd().as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(mask: u64, fd: i32, pid: i32, vers: u8) -> Vec<u8> {
+        let m = libc::fanotify_event_metadata {
+            event_len: METADATA_LEN as u32,
+            vers,
+            reserved: 0,
+            metadata_len: METADATA_LEN as u16,
+            mask,
+            fd,
+            pid,
+        };
+        // SAFETY (test): viewing a POD struct as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&m as *const libc::fanotify_event_metadata).cast::<u8>(),
+                METADATA_LEN,
+            )
+        };
+        bytes.to_vec()
+    }
+
+    #[test]
+    fn parses_batches_and_overflow() {
+        let mut buf = meta(
+            libc::FAN_Q_OVERFLOW,
+            libc::FAN_NOFD,
+            0,
+            libc::FANOTIFY_METADATA_VERSION,
+        );
+        buf.extend(meta(
+            libc::FAN_Q_OVERFLOW,
+            libc::FAN_NOFD,
+            7,
+            libc::FANOTIFY_METADATA_VERSION,
+        ));
+        buf.extend([0u8; 5]); // trailing garbage shorter than a record is ignored
+        let mut out = Vec::new();
+        parse_events(&buf, &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(out[0].is_overflow() && out[0].fd.is_none());
+        assert_eq!(out[1].tid, 7);
+    }
+
+    #[test]
+    fn wrong_version_is_an_error_not_a_panic() {
+        let buf = meta(libc::FAN_Q_OVERFLOW, libc::FAN_NOFD, 0, 99);
+        let mut out = Vec::new();
+        assert!(matches!(
+            parse_events(&buf, &mut out),
+            Err(KernelError::Version { found: 99, .. })
+        ));
+    }
+}

@@ -1,0 +1,68 @@
+//! The kernel interface: the only module that holds `unsafe` or makes raw system calls.
+//!
+//! Everything above this module talks to the kernel through the [`Gate`] trait (read a batch
+//! of events, answer one, place or remove a mark) and a few plain functions (`statx` on an
+//! fd or a path, `/proc` readers, mount table). The engine is generic over [`Gate`], so its
+//! verdict logic, cache invalidation and answer-exactly-once guarantee are unit-tested with
+//! a fake gate and no root; the root tests under `tests/` exercise [`FanotifyGate`].
+#![allow(unsafe_code)]
+
+mod fanotify;
+pub mod mountinfo;
+pub mod procfs;
+mod stat;
+
+pub use fanotify::{
+    Answer, EventMask, FanotifyGate, Gate, Mark, MarkKind, PendingPermission, RawEvent, Respond,
+    Wake, unanswered_drops,
+};
+pub use stat::{FileStat, PathStat, Timestamp, stat_fd, stat_path};
+
+use std::path::PathBuf;
+
+/// Errors from the kernel interface.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// `fanotify_init` failed.
+    #[error("fanotify_init failed: {hint}")]
+    Init {
+        /// What the operator can do about it.
+        hint: String,
+        /// The system error.
+        #[source]
+        source: nix::Error,
+    },
+    /// A mark could not be placed or removed.
+    #[error("cannot {action} {kind} mark on {path}: {source}", path = crate::escape::escape_bytes(path.as_os_str().as_encoded_bytes()))]
+    Mark {
+        /// "add" or "remove".
+        action: &'static str,
+        /// Filesystem or mount.
+        kind: MarkKind,
+        /// The marked path.
+        path: PathBuf,
+        /// The system error.
+        #[source]
+        source: nix::Error,
+    },
+    /// Reading events from the fanotify group failed.
+    #[error("reading fanotify events failed: {0}")]
+    Read(#[source] nix::Error),
+    /// The kernel speaks a fanotify metadata version this build does not know.
+    #[error("fanotify metadata version {found}, expected {expected}")]
+    Version {
+        /// Version in the event.
+        found: u8,
+        /// Version compiled in.
+        expected: u8,
+    },
+    /// Writing a permission response failed.
+    #[error("answering a permission event failed: {0}")]
+    Respond(#[source] nix::Error),
+    /// `poll` on the group failed.
+    #[error("waiting for fanotify events failed: {0}")]
+    Poll(#[source] nix::Error),
+    /// `statx` failed.
+    #[error("statx failed: {0}")]
+    Stat(#[source] nix::Error),
+}

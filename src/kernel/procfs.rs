@@ -1,0 +1,114 @@
+//! `/proc` readers for audit context. Never on the allow hot path: only for denied,
+//! would-deny and (at debug level) missed execs. Every read tolerates the process having
+//! gone away; the record then says what is known.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+
+/// What `/proc` tells about one thread's process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Thread group id (the process id).
+    pub pid: i32,
+    /// Parent process id.
+    pub ppid: i32,
+    /// Real user id.
+    pub uid: u32,
+    /// `comm` (raw bytes, at most 15).
+    pub comm: Vec<u8>,
+    /// Command line, arguments separated by NUL.
+    pub cmdline: Vec<u8>,
+    /// Target of `/proc/<pid>/exe`.
+    pub exe: Option<Vec<u8>>,
+}
+
+fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .map(str::trim)
+}
+
+fn trim_newline(mut v: Vec<u8>) -> Vec<u8> {
+    if v.last() == Some(&b'\n') {
+        v.pop();
+    }
+    v
+}
+
+/// Reads the process context of thread `tid`; `None` if it has exited.
+pub fn read_process(tid: i32) -> Option<ProcessInfo> {
+    if tid <= 0 {
+        return None;
+    }
+    let base = format!("/proc/{tid}");
+    let status = std::fs::read_to_string(format!("{base}/status")).ok()?;
+    let num = |k| status_field(&status, k).and_then(|v| v.parse::<i32>().ok());
+    let uid = status_field(&status, "Uid")
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(u32::MAX);
+    Some(ProcessInfo {
+        pid: num("Tgid").unwrap_or(tid),
+        ppid: num("PPid").unwrap_or(0),
+        uid,
+        comm: std::fs::read(format!("{base}/comm"))
+            .map(trim_newline)
+            .unwrap_or_default(),
+        cmdline: std::fs::read(format!("{base}/cmdline"))
+            .map(|mut v| {
+                while v.last() == Some(&0) {
+                    v.pop();
+                }
+                v
+            })
+            .unwrap_or_default(),
+        exe: std::fs::read_link(format!("{base}/exe"))
+            .ok()
+            .map(|p| p.as_os_str().as_bytes().to_vec()),
+    })
+}
+
+/// Walks parents from `pid` upwards, at most `max` steps, stopping at pid 1 or at `stop`.
+pub fn parent_chain(mut pid: i32, max: usize, stop: Option<i32>) -> Vec<ProcessInfo> {
+    let mut chain = Vec::new();
+    while pid > 1 && chain.len() < max {
+        let Some(info) = read_process(pid) else { break };
+        let next = info.ppid;
+        chain.push(info);
+        if Some(pid) == stop {
+            break;
+        }
+        pid = next;
+    }
+    chain
+}
+
+/// The path the kernel reports for one of our fds (`/proc/self/fd/N`), as bytes. A file
+/// that was unlinked carries the kernel's " (deleted)" suffix.
+pub fn fd_path(fd: BorrowedFd<'_>) -> Option<Vec<u8>> {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .ok()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_process() {
+        let me = read_process(std::process::id() as i32).unwrap();
+        assert_eq!(me.pid, std::process::id() as i32);
+        assert!(!me.comm.is_empty());
+        assert!(me.exe.is_some());
+        let chain = parent_chain(me.pid, 4, None);
+        assert_eq!(chain.first().map(|p| p.pid), Some(me.pid));
+    }
+
+    #[test]
+    fn missing_process_is_none() {
+        assert!(read_process(-1).is_none());
+        assert!(read_process(i32::MAX).is_none());
+    }
+}

@@ -1,0 +1,59 @@
+//! driftlock: container drift prevention.
+//!
+//! A container may execute a program only if the program's *content* (BLAKE3) is in the
+//! baseline snapshotted from its image. The data flows through the modules in this order:
+//!
+//! 1. [`ipc`]: `driftlock arm` (later the OCI hook) asks the daemon to protect a unit
+//!    (a container: its rootfs and mounts) over a root-only Unix socket.
+//! 2. [`registry`]: plans the marks for a unit (filesystem mark where every mount of the
+//!    filesystem lies inside the unit, mount mark elsewhere, never the host root) and maps
+//!    file identities back to units.
+//! 3. [`baseline`]: the per-image baseline: snapshot (walk + parallel hash), the on-disk
+//!    format, the atomic, verified store.
+//! 4. [`kernel`]: the only `unsafe`: fanotify group, marks, pending permission events that
+//!    answer on drop, `statx`, `/proc` and mount table readers.
+//! 5. [`verdict`]: the verdict cache (identity → verdict, invalidated by content changes)
+//!    and the pure policy `decide()`.
+//! 6. [`engine`]: read a batch → attribute to a unit → cache → hash workers on a miss →
+//!    decide → answer → audit.
+//! 7. [`audit`]: versioned JSON-lines records for deny / would-deny, written off the event
+//!    thread.
+//! 8. [`daemon`]: wires the above together; [`cli`] is the command line.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod audit;
+pub mod baseline;
+pub mod cli;
+pub mod daemon;
+pub mod engine;
+pub mod escape;
+pub mod ipc;
+pub mod kernel;
+pub mod registry;
+pub mod verdict;
+
+/// Default path of the daemon's socket.
+pub const DEFAULT_SOCKET: &str = "/run/driftlock/driftlock.sock";
+/// Default state directory (baselines, armed units).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/driftlock";
+
+/// Protection mode of a unit.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Deny execs whose content is not in the baseline.
+    Enforce,
+    /// Allow everything, record what enforce mode would deny.
+    Audit,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        })
+    }
+}

@@ -1,0 +1,424 @@
+//! Armed units (containers) and how a file identity is attributed to one.
+//!
+//! Mark choice. A filesystem mark covers every mount of a superblock in every namespace,
+//! which is what a container's overlay rootfs and its private tmpfs mounts need (the
+//! container sees them through mounts in its own namespace). It is used only when every
+//! mount of that filesystem visible to the daemon lies inside the unit; otherwise (a bind
+//! mount of a host directory shares the host's superblock) only that mount is marked, so
+//! nothing outside the container is gated. The host's root filesystem is never given a
+//! filesystem mark, and its root mount is never marked at all.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::Mode;
+use crate::baseline::Baseline;
+use crate::escape::escape_bytes;
+use crate::kernel::mountinfo::{MountEntry, is_within};
+use crate::kernel::{FileStat, MarkKind, PathStat};
+use crate::verdict::VerdictCache;
+use crate::verdict::cache::CacheStats;
+
+/// Why a unit's marks cannot be planned.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// The path is not a mount point: marking its mount would gate unrelated files.
+    #[error(
+        "{} is not a mount point; driftlock marks whole mounts (mount the rootfs, tmpfs or volume there first)",
+        show(path)
+    )]
+    NotAMountPoint {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The path is the host's root mount.
+    #[error(
+        "refusing to mark {}: it is the host's root mount (every exec on the node would wait for driftlock)",
+        show(path)
+    )]
+    HostRoot {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The mount was not found in the mount table.
+    #[error(
+        "{} is not in /proc/self/mountinfo (is it in another mount namespace?)",
+        show(path)
+    )]
+    UnknownMount {
+        /// The path.
+        path: PathBuf,
+    },
+}
+
+fn show(p: &Path) -> String {
+    escape_bytes(p.as_os_str().as_encoded_bytes())
+}
+
+/// One mark of a unit, as planned and as placed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlannedMark {
+    /// Mount point (daemon's namespace).
+    pub path: PathBuf,
+    /// Filesystem or mount mark.
+    pub kind: MarkKind,
+    /// Device of the filesystem.
+    pub dev: u64,
+    /// Mount id reported by `statx` on event fds (unique id on 6.8+).
+    pub mnt_id: u64,
+    /// Filesystem type.
+    pub fstype: String,
+}
+
+/// Plans the marks for a unit whose paths are `paths` (each with its `statx`).
+pub fn plan_marks(
+    paths: &[(PathBuf, PathStat)],
+    mounts: &[MountEntry],
+) -> Result<Vec<PlannedMark>, PlanError> {
+    let root_dev = mounts
+        .iter()
+        .find(|m| m.mount_point == Path::new("/"))
+        .map(|m| m.dev);
+    let unit_paths: Vec<&Path> = paths.iter().map(|(p, _)| p.as_path()).collect();
+    let mut plan: Vec<PlannedMark> = Vec::new();
+    for (path, st) in paths {
+        let entry = mounts
+            .iter()
+            .rev() // the last mount on a mount point is the visible one
+            .find(|m| m.mount_id == st.mnt_id_legacy)
+            .ok_or_else(|| PlanError::UnknownMount { path: path.clone() })?;
+        if entry.mount_point == Path::new("/") {
+            return Err(PlanError::HostRoot { path: path.clone() });
+        }
+        if entry.mount_point != *path {
+            return Err(PlanError::NotAMountPoint { path: path.clone() });
+        }
+        let all_inside = mounts
+            .iter()
+            .filter(|m| m.dev == entry.dev)
+            .all(|m| unit_paths.iter().any(|u| is_within(&m.mount_point, u)));
+        let kind = if all_inside && Some(entry.dev) != root_dev {
+            MarkKind::Filesystem
+        } else {
+            MarkKind::Mount
+        };
+        let duplicate = plan.iter().any(|p| match (p.kind, kind) {
+            (MarkKind::Filesystem, MarkKind::Filesystem) => p.dev == st.dev,
+            (MarkKind::Mount, MarkKind::Mount) => p.mnt_id == st.mnt_id,
+            _ => false,
+        });
+        if !duplicate {
+            plan.push(PlannedMark {
+                path: path.clone(),
+                kind,
+                dev: st.dev,
+                mnt_id: st.mnt_id,
+                fstype: entry.fstype.clone(),
+            });
+        }
+    }
+    Ok(plan)
+}
+
+/// Per-unit counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UnitCounters {
+    /// Execs allowed.
+    pub allowed: u64,
+    /// Execs denied.
+    pub denied: u64,
+    /// Execs enforce mode would have denied (audit mode).
+    pub would_deny: u64,
+    /// Files hashed at exec time.
+    pub hashed: u64,
+    /// Decisions made by policy because hashing exceeded its time budget.
+    pub hash_timeouts: u64,
+}
+
+/// An armed unit.
+#[derive(Debug)]
+pub struct Unit {
+    /// Operator-chosen id (container id).
+    pub id: String,
+    /// The image key its baseline belongs to.
+    pub image_key: Vec<u8>,
+    /// Enforce or audit.
+    pub mode: Mode,
+    /// The baseline.
+    pub baseline: Arc<Baseline>,
+    /// Marks placed for it.
+    pub marks: Vec<PlannedMark>,
+    /// Its verdict cache.
+    pub cache: VerdictCache,
+    /// Its counters.
+    pub counters: UnitCounters,
+}
+
+/// Handle of a unit inside the registry (stable while the unit is armed).
+pub type UnitHandle = u64;
+
+/// Armed units, with the maps that attribute an event's file to one of them.
+#[derive(Debug, Default)]
+pub struct Registry {
+    units: HashMap<UnitHandle, Unit>,
+    by_dev: HashMap<u64, UnitHandle>,
+    by_mnt: HashMap<u64, UnitHandle>,
+    next: UnitHandle,
+}
+
+/// How an event was attributed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attribution {
+    /// The unit.
+    pub unit: UnitHandle,
+    /// Through a filesystem mark (all writers visible) or a mount mark.
+    pub via: MarkKind,
+}
+
+impl Registry {
+    /// The unit an event's file belongs to. A mount mark is more specific than a
+    /// filesystem mark, so it is looked up first.
+    pub fn attribute(&self, stat: &FileStat) -> Option<Attribution> {
+        if let Some(u) = self.by_mnt.get(&stat.mnt_id) {
+            return Some(Attribution {
+                unit: *u,
+                via: MarkKind::Mount,
+            });
+        }
+        self.by_dev.get(&stat.dev).map(|u| Attribution {
+            unit: *u,
+            via: MarkKind::Filesystem,
+        })
+    }
+
+    /// The unit that already claims one of `marks`, if any.
+    pub fn conflict(&self, marks: &[PlannedMark]) -> Option<UnitHandle> {
+        marks.iter().find_map(|m| match m.kind {
+            MarkKind::Filesystem => self.by_dev.get(&m.dev).copied(),
+            MarkKind::Mount => self.by_mnt.get(&m.mnt_id).copied(),
+        })
+    }
+
+    /// Adds a unit and its attribution entries.
+    pub fn insert(&mut self, unit: Unit) -> UnitHandle {
+        let handle = self.next;
+        self.next += 1;
+        for m in &unit.marks {
+            match m.kind {
+                MarkKind::Filesystem => self.by_dev.insert(m.dev, handle),
+                MarkKind::Mount => self.by_mnt.insert(m.mnt_id, handle),
+            };
+        }
+        self.units.insert(handle, unit);
+        handle
+    }
+
+    /// Removes a unit (with its cache).
+    pub fn remove(&mut self, handle: UnitHandle) -> Option<Unit> {
+        let unit = self.units.remove(&handle)?;
+        self.by_dev.retain(|_, h| *h != handle);
+        self.by_mnt.retain(|_, h| *h != handle);
+        Some(unit)
+    }
+
+    /// The unit with this id.
+    pub fn find_id(&self, id: &str) -> Option<UnitHandle> {
+        self.units.iter().find(|(_, u)| u.id == id).map(|(h, _)| *h)
+    }
+
+    /// A unit by handle.
+    pub fn get(&self, handle: UnitHandle) -> Option<&Unit> {
+        self.units.get(&handle)
+    }
+
+    /// A unit by handle, mutably.
+    pub fn get_mut(&mut self, handle: UnitHandle) -> Option<&mut Unit> {
+        self.units.get_mut(&handle)
+    }
+
+    /// All units.
+    pub fn iter(&self) -> impl Iterator<Item = (&UnitHandle, &Unit)> {
+        self.units.iter()
+    }
+
+    /// All units, mutably.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&UnitHandle, &mut Unit)> {
+        self.units.iter_mut()
+    }
+
+    /// Number of armed units.
+    pub fn len(&self) -> usize {
+        self.units.len()
+    }
+
+    /// True if nothing is armed.
+    pub fn is_empty(&self) -> bool {
+        self.units.is_empty()
+    }
+}
+
+/// A unit's status, for `driftlock status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct UnitStatus {
+    /// Id.
+    pub id: String,
+    /// Image key (escaped).
+    pub image_key: String,
+    /// Mode.
+    pub mode: Mode,
+    /// Distinct contents in the baseline.
+    pub baseline_contents: usize,
+    /// Marks.
+    pub marks: Vec<PlannedMark>,
+    /// Counters.
+    pub counters: UnitCounters,
+    /// Cache counters.
+    pub cache: CacheStats,
+    /// Cache entries.
+    pub cache_entries: usize,
+}
+
+impl Unit {
+    /// The unit's status.
+    pub fn status(&self) -> UnitStatus {
+        UnitStatus {
+            id: self.id.clone(),
+            image_key: escape_bytes(&self.image_key),
+            mode: self.mode,
+            baseline_contents: self.baseline.distinct_contents(),
+            marks: self.marks.clone(),
+            counters: self.counters,
+            cache: self.cache.stats(),
+            cache_entries: self.cache.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::mountinfo::parse_mountinfo;
+
+    const TABLE: &[u8] = b"1 0 254:1 / / rw - ext4 /dev/vda rw\n\
+        10 1 0:40 / /t rw - tmpfs tmpfs rw\n\
+        11 10 0:41 / /t/rootfs rw - overlay overlay rw,lowerdir=/t/l\n\
+        12 11 0:42 / /t/rootfs/tmp rw - tmpfs tmpfs rw\n\
+        13 11 0:40 /vol /t/rootfs/vol rw - tmpfs tmpfs rw\n\
+        14 11 254:1 /srv/data /t/rootfs/data rw - ext4 /dev/vda rw\n\
+        15 11 0:42 / /t/rootfs/run rw - tmpfs tmpfs rw\n";
+
+    fn st(dev: (u32, u32), legacy: u64) -> PathStat {
+        PathStat {
+            dev: libc::makedev(dev.0, dev.1),
+            mnt_id_legacy: legacy,
+            mnt_id: 1000 + legacy,
+        }
+    }
+
+    #[test]
+    fn filesystem_marks_inside_the_unit_mount_marks_for_shared_filesystems() {
+        let mounts = parse_mountinfo(TABLE).unwrap();
+        let paths = vec![
+            (PathBuf::from("/t/rootfs"), st((0, 41), 11)),
+            (PathBuf::from("/t/rootfs/tmp"), st((0, 42), 12)),
+            (PathBuf::from("/t/rootfs/vol"), st((0, 40), 13)),
+            (PathBuf::from("/t/rootfs/data"), st((254, 1), 14)),
+            (PathBuf::from("/t/rootfs/run"), st((0, 42), 15)),
+        ];
+        let plan = plan_marks(&paths, &mounts).unwrap();
+        let kinds: Vec<(&str, MarkKind)> = plan
+            .iter()
+            .map(|m| (m.path.to_str().unwrap(), m.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("/t/rootfs", MarkKind::Filesystem),
+                ("/t/rootfs/tmp", MarkKind::Filesystem),
+                // the base tmpfs is also mounted at /t, outside the unit
+                ("/t/rootfs/vol", MarkKind::Mount),
+                // a bind mount of a host directory on the root filesystem
+                ("/t/rootfs/data", MarkKind::Mount),
+                // /run shares /tmp's filesystem: one filesystem mark covers both
+            ]
+        );
+    }
+
+    #[test]
+    fn host_root_and_non_mount_points_are_refused() {
+        let mounts = parse_mountinfo(TABLE).unwrap();
+        assert_eq!(
+            plan_marks(&[(PathBuf::from("/"), st((254, 1), 1))], &mounts),
+            Err(PlanError::HostRoot { path: "/".into() })
+        );
+        assert_eq!(
+            plan_marks(&[(PathBuf::from("/srv"), st((254, 1), 1))], &mounts),
+            Err(PlanError::HostRoot {
+                path: "/srv".into()
+            })
+        );
+        assert_eq!(
+            plan_marks(
+                &[(PathBuf::from("/t/rootfs/bin"), st((0, 41), 11))],
+                &mounts
+            ),
+            Err(PlanError::NotAMountPoint {
+                path: "/t/rootfs/bin".into()
+            })
+        );
+        assert!(matches!(
+            plan_marks(&[(PathBuf::from("/x"), st((0, 99), 99))], &mounts),
+            Err(PlanError::UnknownMount { .. })
+        ));
+    }
+
+    #[test]
+    fn attribution_prefers_mount_marks() {
+        let mut r = Registry::default();
+        let base = Arc::new(Baseline::new(vec![], vec![], 0, vec![]));
+        let mk = |id: &str, marks| Unit {
+            id: id.into(),
+            image_key: vec![],
+            mode: Mode::Enforce,
+            baseline: base.clone(),
+            marks,
+            cache: VerdictCache::new(4),
+            counters: UnitCounters::default(),
+        };
+        let fs = PlannedMark {
+            path: "/a".into(),
+            kind: MarkKind::Filesystem,
+            dev: 5,
+            mnt_id: 50,
+            fstype: "tmpfs".into(),
+        };
+        let mnt = PlannedMark {
+            path: "/b".into(),
+            kind: MarkKind::Mount,
+            dev: 5,
+            mnt_id: 51,
+            fstype: "tmpfs".into(),
+        };
+        let a = r.insert(mk("a", vec![fs.clone()]));
+        let b = r.insert(mk("b", vec![mnt.clone()]));
+        let file = |dev, mnt_id| FileStat {
+            dev,
+            mnt_id,
+            ..Default::default()
+        };
+        assert_eq!(r.attribute(&file(5, 50)).map(|x| x.unit), Some(a));
+        assert_eq!(
+            r.attribute(&file(5, 51)),
+            Some(Attribution {
+                unit: b,
+                via: MarkKind::Mount
+            })
+        );
+        assert_eq!(r.attribute(&file(6, 50)), None);
+        assert_eq!(r.conflict(&[fs]), Some(a));
+        r.remove(a);
+        assert_eq!(r.attribute(&file(5, 50)), None);
+        assert_eq!(r.find_id("b"), Some(b));
+    }
+}

@@ -1,0 +1,8 @@
+//! Verdicts: the cache of what was found about a file, and the policy that turns a finding
+//! into an answer for a unit's mode.
+
+pub mod cache;
+pub mod policy;
+
+pub use cache::{FileKey, VerdictCache};
+pub use policy::{Finding, Reason, Verdict, decide};
