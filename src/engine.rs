@@ -202,6 +202,25 @@ impl ExecEvent {
     }
 }
 
+/// What was established about a file's content, and how.
+#[derive(Clone, Copy)]
+struct Judgement {
+    finding: Finding,
+    digest: Option<Digest>,
+    /// Answered from the cache (never recorded when allowed).
+    from_cache: bool,
+}
+
+impl Judgement {
+    fn hashed(finding: Finding, digest: Option<Digest>) -> Self {
+        Self {
+            finding,
+            digest,
+            from_cache: false,
+        }
+    }
+}
+
 struct Waiter {
     event: ExecEvent,
     tid: i32,
@@ -425,10 +444,12 @@ impl<G: Gate> Engine<G> {
                         attr.unit,
                         event,
                         ev.tid,
-                        hit.finding,
-                        Some(hit.blake3),
+                        Judgement {
+                            finding: hit.finding,
+                            digest: Some(hit.blake3),
+                            from_cache: true,
+                        },
                         &stat,
-                        true,
                     );
                     return;
                 }
@@ -516,10 +537,8 @@ impl<G: Gate> Engine<G> {
                     key.0,
                     w.event,
                     w.tid,
-                    Finding::Unverifiable(Reason::Unreadable),
-                    None,
+                    Judgement::hashed(Finding::Unverifiable(Reason::Unreadable), None),
                     &stat,
-                    false,
                 );
             }
         }
@@ -586,7 +605,13 @@ impl<G: Gate> Engine<G> {
         }
         let stat = flight.stat;
         for w in flight.waiters.drain(..) {
-            self.finish(unit_h, w.event, w.tid, finding, digest, &stat, false);
+            self.finish(
+                unit_h,
+                w.event,
+                w.tid,
+                Judgement::hashed(finding, digest),
+                &stat,
+            );
         }
     }
 
@@ -613,10 +638,8 @@ impl<G: Gate> Engine<G> {
                 unit,
                 w.event,
                 w.tid,
-                Finding::Unverifiable(Reason::HashTimeout),
-                None,
+                Judgement::hashed(Finding::Unverifiable(Reason::HashTimeout), None),
                 &stat,
-                false,
             );
         }
     }
@@ -636,11 +659,14 @@ impl<G: Gate> Engine<G> {
         unit_h: UnitHandle,
         event: ExecEvent,
         tid: i32,
-        finding: Finding,
-        digest: Option<Digest>,
+        judged: Judgement,
         stat: &FileStat,
-        from_cache: bool,
     ) {
+        let Judgement {
+            finding,
+            digest,
+            from_cache,
+        } = judged;
         let Some(unit) = self.registry.get_mut(unit_h) else {
             // Disarmed while the file was hashed: the container is going away.
             self.answer(event, Answer::Allow);
@@ -828,7 +854,7 @@ fn build_record(
     let proc_info = procfs::read_process(tid);
     let chain: Vec<ProcessRecord> = proc_info
         .as_ref()
-        .map(|p| procfs::parent_chain(p.pid, 16, None))
+        .map(|p| procfs::parent_chain(p.pid, crate::audit::MAX_CHAIN, None))
         .unwrap_or_default()
         .iter()
         .map(ProcessRecord::from)

@@ -20,6 +20,9 @@ use crate::escape::escape_bytes;
 use crate::kernel::procfs::ProcessInfo;
 use crate::verdict::{Reason, Verdict};
 
+/// Processes kept in a record's chain.
+pub const MAX_CHAIN: usize = 8;
+
 /// Version of the record format.
 pub const RECORD_VERSION: u32 = 1;
 
@@ -37,9 +40,15 @@ pub struct ProcessRecord {
     /// Executable (escaped), if readable.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub exe: Option<String>,
-    /// Arguments (each escaped).
+    /// Arguments (each escaped), at most [`MAX_CMDLINE`] bytes of them.
     pub cmdline: Vec<String>,
+    /// True if `cmdline` was cut at [`MAX_CMDLINE`] bytes.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub cmdline_truncated: bool,
 }
+
+/// Bytes of a command line kept in a record (some programs carry huge argument lists).
+pub const MAX_CMDLINE: usize = 4096;
 
 impl From<&ProcessInfo> for ProcessRecord {
     fn from(p: &ProcessInfo) -> Self {
@@ -52,8 +61,12 @@ impl From<&ProcessInfo> for ProcessRecord {
             cmdline: if p.cmdline.is_empty() {
                 Vec::new()
             } else {
-                p.cmdline.split(|b| *b == 0).map(escape_bytes).collect()
+                p.cmdline[..p.cmdline.len().min(MAX_CMDLINE)]
+                    .split(|b| *b == 0)
+                    .map(escape_bytes)
+                    .collect()
             },
+            cmdline_truncated: p.cmdline.len() > MAX_CMDLINE,
         }
     }
 }
@@ -87,9 +100,9 @@ pub struct AuditRecord {
     pub uid: Option<u32>,
     /// comm of the exec'ing process (escaped).
     pub comm: Option<String>,
-    /// Command line of the exec'ing process (escaped arguments).
+    /// Command line of the exec'ing process (escaped arguments, at most [`MAX_CMDLINE`] bytes).
     pub cmdline: Vec<String>,
-    /// The exec'ing process and its ancestors, nearest first.
+    /// The exec'ing process and its ancestors, nearest first (at most [`MAX_CHAIN`]).
     pub chain: Vec<ProcessRecord>,
     /// BLAKE3 of the content (hex).
     pub blake3: Option<String>,
@@ -294,5 +307,11 @@ mod tests {
         let path = crate::escape::unescape(back.path.as_deref().unwrap()).unwrap();
         assert_eq!(path, b"/tmp/evil\nname\xff");
         assert_eq!(back.cmdline, vec!["sh", "-c", "x\\x0ay\\xff"]);
+        let long = ProcessInfo {
+            cmdline: vec![b'a'; MAX_CMDLINE * 3],
+            ..p
+        };
+        let r = ProcessRecord::from(&long);
+        assert!(r.cmdline_truncated && r.cmdline[0].len() == MAX_CMDLINE);
     }
 }

@@ -1,0 +1,332 @@
+//! The enforcement core against the real kernel (issue 2).
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::Command;
+
+use nix::mount::{MsFlags, mount};
+
+use crate::support::*;
+
+#[test]
+fn image_binary_runs_payload_in_tmp_is_denied_copy_runs_modified_is_denied() {
+    if !root_or_skip("core") {
+        return;
+    }
+    let mut sb = Sandbox::new("core");
+    sb.start_daemon(&[]);
+    let out = sb.arm("c1", &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("filesystem mark on"), "{text}");
+
+    assert_eq!(
+        exec(&sb.rootfs.join("bin/true")),
+        Ok(0),
+        "image binary must run"
+    );
+    assert_eq!(
+        exec(&sb.rootfs.join("bin/true")),
+        Ok(0),
+        "and again, from the cache"
+    );
+
+    let payload = sb.tmp.join("kdevtmpfsi");
+    sb.install(PAYLOAD_SOURCE, &payload);
+    assert_eq!(exec(&payload), EPERM, "a new binary in /tmp must get EPERM");
+
+    let copy = sb.tmp.join("renamed-true");
+    sb.install("/usr/bin/true", &copy);
+    assert_eq!(
+        exec(&copy),
+        Ok(0),
+        "a copy of an image binary is the same program"
+    );
+
+    // A new file in the rootfs itself (overlay upper layer).
+    let dropped = sb.rootfs.join("bin/dropped");
+    sb.install(PAYLOAD_SOURCE, &dropped);
+    assert_eq!(exec(&dropped), EPERM);
+
+    // An image binary modified after arming (copy-up + write).
+    let cat = sb.rootfs.join("bin/cat");
+    fs::write(&cat, fs::read(PAYLOAD_SOURCE).unwrap()).unwrap();
+    assert_eq!(
+        exec(&cat),
+        EPERM,
+        "a modified image binary is not the image's program"
+    );
+
+    let recs = sb.records(3);
+    assert_eq!(recs.len(), 3, "one record per deny: {recs:?}");
+    let first = &recs[0];
+    assert_eq!(first["verdict"], "deny");
+    assert_eq!(first["reason"], "not-in-baseline");
+    assert_eq!(first["unit"], "c1");
+    assert_eq!(first["mode"], "enforce");
+    assert_eq!(record_path(first), bytes(&payload));
+    let payload_bytes = fs::read(PAYLOAD_SOURCE).unwrap();
+    assert_eq!(
+        first["blake3"],
+        blake3::hash(&payload_bytes).to_hex().as_str()
+    );
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&payload_bytes));
+    assert_eq!(first["sha256"], sha.as_str());
+    assert_eq!(first["size"], payload_bytes.len() as u64);
+    // The exec happens in the child the test forked; its parent is the test process.
+    assert_eq!(first["ppid"], std::process::id());
+    assert_eq!(first["chain"][1]["pid"], std::process::id());
+    assert!(first["chain"].as_array().unwrap().len() >= 2);
+    assert!(
+        first["image_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("overlay-lower:")
+    );
+
+    let status = sb.status_json();
+    let unit = &status["units"][0];
+    assert_eq!(unit["counters"]["denied"], 3);
+    assert!(unit["counters"]["allowed"].as_u64().unwrap() >= 3);
+    assert_eq!(status["stats"]["unanswered_drops"], 0);
+    assert!(sb.daemon_alive());
+
+    // Disarm: the same payload runs again.
+    assert!(sb.client(&["disarm", "--id", "c1"]).status.success());
+    assert_eq!(exec(&payload), Ok(0));
+}
+
+#[test]
+fn audit_mode_runs_the_payload_and_records_would_deny() {
+    if !root_or_skip("audit") {
+        return;
+    }
+    let mut sb = Sandbox::new("audit");
+    sb.start_daemon(&[]);
+    sb.arm("a1", &["--mode", "audit"]);
+    let payload = sb.tmp.join("miner");
+    sb.install(PAYLOAD_SOURCE, &payload);
+    assert_eq!(exec(&payload), Ok(0), "audit mode never blocks");
+    assert_eq!(exec(&sb.rootfs.join("bin/true")), Ok(0));
+    let recs = sb.records(1);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0]["verdict"], "would-deny");
+    assert_eq!(recs[0]["mode"], "audit");
+    assert_eq!(record_path(&recs[0]), bytes(&payload));
+    let status = sb.status_json();
+    assert_eq!(status["units"][0]["counters"]["would_deny"], 1);
+    assert_eq!(
+        status["stats"]["permission_events"], 0,
+        "audit mode takes no permission events"
+    );
+}
+
+#[test]
+fn hostile_file_name_is_denied_and_logged_faithfully() {
+    if !root_or_skip("hostile") {
+        return;
+    }
+    let mut sb = Sandbox::new("hostile");
+    sb.start_daemon(&[]);
+    sb.arm("c1", &[]);
+    let name = OsStr::from_bytes(b"evil\nname\xff\x1b[31m \\x41");
+    let payload = sb.tmp.join(name);
+    sb.install(PAYLOAD_SOURCE, &payload);
+    assert_eq!(exec(&payload), EPERM);
+    let long: Vec<u8> = std::iter::repeat_n(b'A', 255).collect();
+    let deep = (0..12).fold(sb.tmp.clone(), |p, _| p.join(OsStr::from_bytes(&long)));
+    fs::create_dir_all(&deep).unwrap();
+    let deep_payload = deep.join(OsStr::from_bytes(&long[..200]));
+    sb.install(PAYLOAD_SOURCE, &deep_payload);
+    assert!(bytes(&deep_payload).len() > 3000);
+    assert_eq!(exec(&deep_payload), EPERM);
+
+    let recs = sb.records(2);
+    let raw = fs::read(&sb.audit).unwrap();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(
+        raw.iter().filter(|b| **b == b'\n').count(),
+        2,
+        "each record is exactly one line"
+    );
+    assert_eq!(record_path(&recs[0]), bytes(&payload), "lossless path");
+    assert_eq!(record_path(&recs[1]), bytes(&deep_payload));
+    assert!(sb.daemon_alive());
+    assert_eq!(exec(&sb.rootfs.join("bin/true")), Ok(0), "still serving");
+}
+
+#[test]
+fn bind_mount_of_a_host_directory_gets_a_mount_mark_only() {
+    if !root_or_skip("bind") {
+        return;
+    }
+    let mut sb = Sandbox::new("bind");
+    let host_vol = sb.dir.join("host-vol");
+    let vol = sb.rootfs.join("vol");
+    fs::create_dir_all(&vol).unwrap();
+    mount(
+        Some(&host_vol),
+        &vol,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    sb.start_daemon(&[]);
+    let out = sb.arm("c1", &["--mount", vol.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("mount mark on {}", vol.display())),
+        "{text}"
+    );
+
+    let inside = vol.join("payload");
+    sb.install(PAYLOAD_SOURCE, &inside);
+    assert_eq!(
+        exec(&inside),
+        EPERM,
+        "the volume as the container sees it is covered"
+    );
+    // The same file through the host's path is not gated: the host filesystem is not marked.
+    assert_eq!(exec(&host_vol.join("payload")), Ok(0));
+}
+
+#[test]
+fn refuses_the_host_root_and_non_mount_points() {
+    if !root_or_skip("refuse") {
+        return;
+    }
+    let mut sb = Sandbox::new("refuse");
+    sb.start_daemon(&[]);
+    let out = sb.client(&["arm", "--id", "x", "--rootfs", "/"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("host's root mount"), "{err}");
+    let bin = sb.rootfs.join("bin");
+    let out = sb.client(&["arm", "--id", "x", "--rootfs", bin.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a mount point"));
+    let out = sb.client(&[
+        "arm",
+        "--id",
+        "bad/id",
+        "--rootfs",
+        sb.rootfs.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid unit id"));
+    assert!(sb.status_json()["units"].as_array().unwrap().is_empty());
+    assert!(sb.daemon_alive());
+}
+
+#[test]
+fn socket_refuses_non_root_and_survives_garbage() {
+    if !root_or_skip("socket") {
+        return;
+    }
+    let mut sb = Sandbox::new("socket");
+    sb.start_daemon(&[]);
+    let mode = fs::metadata(&sb.socket)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+        .unwrap();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Garbage, a wrong version, an oversized line: each gets a clear error.
+    let mut s = UnixStream::connect(&sb.socket).unwrap();
+    s.write_all(b"\xff\xfe not json\n{\"v\":9,\"op\":\"status\"}\n")
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let n = s.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.contains("malformed request"), "{text}");
+    drop(s);
+
+    // Non-root: the socket's mode stops it at connect ...
+    let nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+            .args(args)
+            .arg("--socket")
+            .arg(&sb.socket)
+            .output()
+            .unwrap()
+    };
+    let out = nobody(&["status"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    // ... and if the mode were loosened, the peer-credential check still refuses.
+    fs::set_permissions(
+        &sb.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let out = nobody(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("only root may use the driftlock socket"),
+        "{err}"
+    );
+    assert!(sb.daemon_alive());
+    assert!(sb.client(&["status"]).status.success());
+}
+
+#[test]
+fn baseline_store_survives_corruption_and_is_reused() {
+    if !root_or_skip("store") {
+        return;
+    }
+    let mut sb = Sandbox::new("store");
+    sb.start_daemon(&[]);
+    let out = sb.client(&[
+        "arm",
+        "--id",
+        "c1",
+        "--rootfs",
+        sb.rootfs.to_str().unwrap(),
+        "--json",
+    ]);
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(first["baseline"], "snapshotted");
+    assert_eq!(first["baseline_contents"], IMAGE.len());
+    assert!(sb.client(&["disarm", "--id", "c1"]).status.success());
+
+    let out = sb.client(&[
+        "arm",
+        "--id",
+        "c1",
+        "--rootfs",
+        sb.rootfs.to_str().unwrap(),
+        "--json",
+    ]);
+    let second: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(second["baseline"], "stored");
+    assert!(sb.client(&["disarm", "--id", "c1"]).status.success());
+
+    let stored: Vec<PathBuf> = fs::read_dir(sb.state.join("baselines"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(stored.len(), 1);
+    let data = fs::read(&stored[0]).unwrap();
+    fs::write(&stored[0], &data[..data.len() / 2]).unwrap();
+    let out = sb.client(&[
+        "arm",
+        "--id",
+        "c1",
+        "--rootfs",
+        sb.rootfs.to_str().unwrap(),
+        "--json",
+    ]);
+    let third: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(third["baseline"], "replaced-corrupt");
+    assert_eq!(exec(&sb.rootfs.join("bin/cat")), Ok(0));
+    let payload = sb.rootfs.join("p");
+    sb.install(PAYLOAD_SOURCE, &payload);
+    assert_eq!(exec(&payload), EPERM);
+    // This unit was armed without --mount for /tmp: that tmpfs is not covered.
+    let uncovered = sb.tmp.join("p");
+    sb.install(PAYLOAD_SOURCE, &uncovered);
+    assert_eq!(exec(&uncovered), Ok(0));
+}

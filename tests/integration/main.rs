@@ -1,0 +1,7 @@
+//! driftlock's integration tests: one binary. Root tests build their own tmpfs and overlay
+//! in a private mount namespace (per test thread) and skip with a reason when not root.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod cli;
+mod core;
+mod support;

@@ -1,0 +1,255 @@
+//! A throwaway "container" for root tests: a private mount namespace for the test thread,
+//! a tmpfs holding lower/upper/work, an overlay rootfs, a tmpfs on rootfs/tmp, and a
+//! daemon started inside the namespace and killed (by PID) when the sandbox drops, so no
+//! exec can stay blocked even if the test fails.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_driftlock");
+
+/// True when running as root; otherwise prints why the test is skipped.
+pub fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!(
+        "skipping {test}: needs root (fanotify permission events and mounts); CI runs it as root"
+    );
+    false
+}
+
+/// Programs copied into the image's lower layer (dynamically linked; the loader lives on the
+/// host's root filesystem, which is never marked).
+pub const IMAGE: &[&str] = &[
+    "/usr/bin/true",
+    "/usr/bin/cat",
+    "/usr/bin/cp",
+    "/usr/bin/sh",
+];
+/// A program that is not in the image: the "payload".
+pub const PAYLOAD_SOURCE: &str = "/usr/bin/id";
+
+pub struct Sandbox {
+    pub dir: PathBuf,
+    pub rootfs: PathBuf,
+    pub tmp: PathBuf,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    pub audit: PathBuf,
+    daemon: Option<Child>,
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Sandbox {
+    pub fn new(name: &str) -> Self {
+        // This thread (and every process it spawns) gets its own mount namespace; nothing
+        // mounted or marked here is visible to the rest of the machine.
+        unshare(CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS)");
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .expect("make / private");
+        let dir = std::env::temp_dir().join(format!("driftlock-it-{name}-{}", std::process::id()));
+        let _ = fs::create_dir_all(&dir);
+        mount(
+            Some("tmpfs"),
+            &dir,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0755,size=512m"),
+        )
+        .expect("mount test tmpfs");
+        for d in ["lower/bin", "upper", "work", "rootfs", "state", "host-vol"] {
+            fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        for src in IMAGE {
+            let name = Path::new(src).file_name().unwrap();
+            fs::copy(src, dir.join("lower/bin").join(name)).unwrap();
+        }
+        fs::write(dir.join("lower/bin/data.txt"), b"not executable").unwrap();
+        let rootfs = dir.join("rootfs");
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            dir.join("lower").display(),
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .expect("mount overlay");
+        let tmp = rootfs.join("tmp");
+        fs::create_dir_all(&tmp).unwrap();
+        mount(
+            Some("tmpfs"),
+            &tmp,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=1777"),
+        )
+        .expect("mount rootfs/tmp");
+        Sandbox {
+            socket: dir.join("driftlock.sock"),
+            state: dir.join("state"),
+            audit: dir.join("audit.jsonl"),
+            rootfs,
+            tmp,
+            dir,
+            daemon: None,
+        }
+    }
+
+    pub fn start_daemon(&mut self, extra: &[&str]) {
+        let child = Command::new(BIN)
+            .arg("daemon")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--audit-log")
+            .arg(&self.audit)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start daemon");
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.client(&["status"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("daemon did not come up");
+    }
+
+    pub fn daemon_alive(&mut self) -> bool {
+        matches!(self.daemon.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn client(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run client")
+    }
+
+    pub fn arm(&self, id: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["arm", "--id", id, "--rootfs"];
+        let rootfs = self.rootfs.to_str().unwrap().to_string();
+        let tmp = self.tmp.to_str().unwrap().to_string();
+        args.push(&rootfs);
+        args.push("--mount");
+        args.push(&tmp);
+        args.extend_from_slice(extra);
+        let out = self.client(&args);
+        assert!(
+            out.status.success(),
+            "arm failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Copies `src` to `dst` with mode 0755.
+    pub fn install(&self, src: &str, dst: &Path) {
+        fs::copy(src, dst).unwrap();
+        fs::set_permissions(dst, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Audit records written so far, waiting until at least `n` exist.
+    pub fn records(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let recs: Vec<serde_json::Value> = fs::File::open(&self.audit)
+                .map(|f| {
+                    BufReader::new(f)
+                        .split(b'\n')
+                        .map(|l| {
+                            serde_json::from_slice(&l.unwrap()).expect("one JSON object per line")
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if recs.len() >= n || Instant::now() > deadline {
+                return recs;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = run_ok(
+            Command::new(BIN)
+                .args(["status", "--json", "--socket"])
+                .arg(&self.socket),
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            // Killing the daemon closes its fanotify group; the kernel then allows anything
+            // still pending, so nothing stays blocked even if the test panicked.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = umount2(&self.dir, MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// Executes `path` and returns its exit code, or the OS error of the exec.
+pub fn exec(path: &Path) -> Result<i32, i32> {
+    match Command::new(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(s) => Ok(s.code().unwrap_or(-1)),
+        Err(e) => Err(e.raw_os_error().unwrap_or(-1)),
+    }
+}
+
+pub const EPERM: Result<i32, i32> = Err(libc::EPERM);
+
+/// The path bytes of a record (unescaped).
+pub fn record_path(rec: &serde_json::Value) -> Vec<u8> {
+    driftlock::escape::unescape(rec["path"].as_str().unwrap()).unwrap()
+}
+
+pub fn bytes(p: &Path) -> &[u8] {
+    p.as_os_str().as_bytes()
+}
