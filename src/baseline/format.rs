@@ -234,6 +234,15 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_decodes() {
+        let b = decode(include_bytes!("../../baselines/example.baseline")).unwrap();
+        assert_eq!(b.entries().len(), 3);
+        assert_eq!(b.entries()[0].path, b"/bin/odd\nname");
+        assert!(b.key().starts_with(b"overlay-lower:"));
+        assert_eq!(encode(&b), include_bytes!("../../baselines/example.baseline"));
+    }
+
+    #[test]
     fn clear_errors() {
         assert_eq!(decode(b"hello\n"), Err(FormatError::Magic));
         assert_eq!(

@@ -10,7 +10,8 @@ fn main() -> std::process::ExitCode {
     match driftlock::cli::run(cli) {
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(err) => {
-            eprintln!("driftlock: {:#}", anyhow::Error::from(err));
+            // Library errors carry their cause in their message already.
+            eprintln!("driftlock: {err}");
             std::process::ExitCode::from(2)
         }
     }

@@ -330,3 +330,48 @@ fn baseline_store_survives_corruption_and_is_reused() {
     sb.install(PAYLOAD_SOURCE, &uncovered);
     assert_eq!(exec(&uncovered), Ok(0));
 }
+
+/// DESIGN invariant 4: on tmpfs a write through a shared mapping moves no timestamp, so
+/// only the close-after-write event can tell the cache that a cached file changed.
+#[test]
+fn shared_mmap_write_on_tmpfs_invalidates_a_cached_verdict() {
+    use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+    use std::os::unix::fs::MetadataExt;
+    if !root_or_skip("mmap") {
+        return;
+    }
+    let mut sb = Sandbox::new("mmap");
+    sb.start_daemon(&[]);
+    sb.arm("c1", &[]);
+    let file = sb.tmp.join("tool");
+    sb.install("/usr/bin/true", &file);
+    // Past the racily-clean window, so the verdict is cached.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(exec(&file), Ok(0));
+    assert_eq!(exec(&file), Ok(0));
+    let hits = |sb: &Sandbox| sb.status_json()["units"][0]["cache"]["hits"].as_u64().unwrap();
+    assert!(hits(&sb) >= 1, "the second exec must be a cache hit");
+
+    let before = fs::metadata(&file).unwrap();
+    {
+        let f = fs::OpenOptions::new().read(true).write(true).open(&file).unwrap();
+        let len = std::num::NonZeroUsize::new(before.len() as usize).unwrap();
+        // SAFETY (test): a fresh shared mapping of a file we own, unmapped before close.
+        let map = unsafe { mmap(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, &f, 0) }.unwrap();
+        // SAFETY (test): the mapping is `len` bytes long.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(map.as_ptr().cast::<u8>(), len.get()) };
+        let mid = bytes.len() / 2;
+        for b in &mut bytes[mid..mid + 64] {
+            *b ^= 0xff;
+        }
+        // SAFETY (test): unmapping the mapping created above.
+        unsafe { munmap(map, len.get()) }.unwrap();
+    }
+    let after = fs::metadata(&file).unwrap();
+    assert_eq!(
+        (before.mtime(), before.mtime_nsec(), before.ctime(), before.ctime_nsec(), before.len()),
+        (after.mtime(), after.mtime_nsec(), after.ctime(), after.ctime_nsec(), after.len()),
+        "the scenario needs a content change that no timestamp shows"
+    );
+    assert_eq!(exec(&file), EPERM, "changed content must be judged again and denied");
+}

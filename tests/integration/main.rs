@@ -1,6 +1,6 @@
 //! driftlock's integration tests: one binary. Root tests build their own tmpfs and overlay
 //! in a private mount namespace (per test thread) and skip with a reason when not root.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unsafe_code)]
 
 mod cli;
 mod core;
