@@ -21,7 +21,10 @@ use nix::sched::{CloneFlags, unshare};
 const BIN: &str = env!("CARGO_BIN_EXE_driftlock");
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Daemon(Child);
@@ -52,7 +55,13 @@ fn static_binary(dir: &Path) -> Option<PathBuf> {
     let src = dir.join("true.c");
     fs::write(&src, "int main(void){return 0;}\n").ok()?;
     let out = dir.join("static-true");
-    let ok = Command::new("cc").args(["-static", "-O2", "-o"]).arg(&out).arg(&src).status().ok()?.success();
+    let ok = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .ok()?
+        .success();
     ok.then_some(out)
 }
 
@@ -67,15 +76,36 @@ fn main() {
     let rounds = env_usize("DRIFTLOCK_BENCH_ROUNDS", 40);
     let per_round = env_usize("DRIFTLOCK_BENCH_PER_ROUND", 50);
     unshare(CloneFlags::CLONE_NEWNS).unwrap();
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).unwrap();
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .unwrap();
     let base = std::env::temp_dir().join(format!("driftlock-bench-exec-{}", std::process::id()));
     fs::create_dir_all(&base).unwrap();
-    mount(Some("tmpfs"), &base, Some("tmpfs"), MsFlags::empty(), None::<&str>).unwrap();
+    mount(
+        Some("tmpfs"),
+        &base,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
     let plain = base.join("plain");
     let marked = base.join("marked");
     for d in [&plain, &marked] {
         fs::create_dir_all(d).unwrap();
-        mount(Some("tmpfs"), d, Some("tmpfs"), MsFlags::empty(), None::<&str>).unwrap();
+        mount(
+            Some("tmpfs"),
+            d,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
     }
     let mut programs = vec![("dynamic /usr/bin/true", PathBuf::from("/usr/bin/true"))];
     if let Some(s) = static_binary(&base) {
@@ -112,10 +142,19 @@ fn main() {
         .arg(&sock)
         .output()
         .unwrap();
-    assert!(armed.status.success(), "{}", String::from_utf8_lossy(&armed.stderr));
+    assert!(
+        armed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&armed.stderr)
+    );
 
-    println!("exec latency, {rounds} rounds x {per_round} execs per side, alternating (µs per fork+exec+wait)");
-    println!("{:<24} {:>12} {:>12} {:>12} {:>12} {:>9}", "program", "none med", "driftlock med", "none p99", "driftlock p99", "ratio");
+    println!(
+        "exec latency, {rounds} rounds x {per_round} execs per side, alternating (µs per fork+exec+wait)"
+    );
+    println!(
+        "{:<24} {:>12} {:>12} {:>12} {:>12} {:>9}",
+        "program", "none med", "driftlock med", "none p99", "driftlock p99", "ratio"
+    );
     for (name, src) in &programs {
         let file = src.file_name().unwrap();
         let (a, b) = (plain.join(file), marked.join(file));
@@ -139,7 +178,11 @@ fn main() {
             d50 - n50
         );
     }
-    let status = Command::new(BIN).args(["status", "--socket"]).arg(&sock).output().unwrap();
+    let status = Command::new(BIN)
+        .args(["status", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
     print!("{}", String::from_utf8_lossy(&status.stdout));
     drop(_daemon);
     let _ = umount2(&base, MntFlags::MNT_DETACH);

@@ -18,16 +18,30 @@ fn stat(ino: u64) -> FileStat {
         mnt_id: 7,
         size: 4096 + ino,
         mode: libc::S_IFREG | 0o755,
-        mtime: Timestamp { sec: 1_000, nsec: 0 },
-        ctime: Timestamp { sec: 1_000, nsec: 0 },
+        mtime: Timestamp {
+            sec: 1_000,
+            nsec: 0,
+        },
+        ctime: Timestamp {
+            sec: 1_000,
+            nsec: 0,
+        },
     }
 }
 
 fn cache_hit(c: &mut Criterion) {
     let mut cache = VerdictCache::new(100_000);
-    let later = Timestamp { sec: 2_000, nsec: 0 };
+    let later = Timestamp {
+        sec: 2_000,
+        nsec: 0,
+    };
     for ino in 0..10_000 {
-        cache.insert(&stat(ino), Finding::InBaseline, blake3::hash(&ino.to_le_bytes()).into(), later);
+        cache.insert(
+            &stat(ino),
+            Finding::InBaseline,
+            blake3::hash(&ino.to_le_bytes()).into(),
+            later,
+        );
     }
     let probe = stat(4_321);
     c.bench_function("cache_hit_and_decide", |b| {
@@ -50,7 +64,9 @@ fn baseline_decode(c: &mut Criterion) {
     let encoded = format::encode(&Baseline::new(b"key".to_vec(), b"/r".to_vec(), 1, entries));
     let mut g = c.benchmark_group("baseline");
     g.throughput(Throughput::Bytes(encoded.len() as u64));
-    g.bench_function("decode_5000_entries", |b| b.iter(|| format::decode(black_box(&encoded)).unwrap()));
+    g.bench_function("decode_5000_entries", |b| {
+        b.iter(|| format::decode(black_box(&encoded)).unwrap())
+    });
     g.finish();
 }
 
@@ -62,7 +78,9 @@ fn snapshot_throughput(c: &mut Criterion) {
         std::fs::create_dir_all(dir.join(format!("d{d}"))).unwrap();
         for f in 0..25 {
             let p = dir.join(format!("d{d}/f{f}"));
-            let data: Vec<u8> = (0..(64 * 1024 * (1 + f % 8))).map(|i| (i * 31 + f) as u8).collect();
+            let data: Vec<u8> = (0..(64 * 1024 * (1 + f % 8)))
+                .map(|i| (i * 31 + f) as u8)
+                .collect();
             total += data.len() as u64;
             std::fs::write(&p, &data).unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -71,7 +89,9 @@ fn snapshot_throughput(c: &mut Criterion) {
     let mut g = c.benchmark_group("snapshot");
     g.throughput(Throughput::Bytes(total));
     g.sample_size(20);
-    g.bench_function("200_files_page_cache_hot", |b| b.iter(|| snapshot(&dir, vec![], 0).unwrap()));
+    g.bench_function("200_files_page_cache_hot", |b| {
+        b.iter(|| snapshot(&dir, vec![], 0).unwrap())
+    });
     g.finish();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -239,7 +239,10 @@ mod tests {
         assert_eq!(b.entries().len(), 3);
         assert_eq!(b.entries()[0].path, b"/bin/odd\nname");
         assert!(b.key().starts_with(b"overlay-lower:"));
-        assert_eq!(encode(&b), include_bytes!("../../baselines/example.baseline"));
+        assert_eq!(
+            encode(&b),
+            include_bytes!("../../baselines/example.baseline")
+        );
     }
 
     #[test]

@@ -349,15 +349,33 @@ fn shared_mmap_write_on_tmpfs_invalidates_a_cached_verdict() {
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert_eq!(exec(&file), Ok(0));
     assert_eq!(exec(&file), Ok(0));
-    let hits = |sb: &Sandbox| sb.status_json()["units"][0]["cache"]["hits"].as_u64().unwrap();
+    let hits = |sb: &Sandbox| {
+        sb.status_json()["units"][0]["cache"]["hits"]
+            .as_u64()
+            .unwrap()
+    };
     assert!(hits(&sb) >= 1, "the second exec must be a cache hit");
 
     let before = fs::metadata(&file).unwrap();
     {
-        let f = fs::OpenOptions::new().read(true).write(true).open(&file).unwrap();
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file)
+            .unwrap();
         let len = std::num::NonZeroUsize::new(before.len() as usize).unwrap();
         // SAFETY (test): a fresh shared mapping of a file we own, unmapped before close.
-        let map = unsafe { mmap(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, &f, 0) }.unwrap();
+        let map = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &f,
+                0,
+            )
+        }
+        .unwrap();
         // SAFETY (test): the mapping is `len` bytes long.
         let bytes = unsafe { std::slice::from_raw_parts_mut(map.as_ptr().cast::<u8>(), len.get()) };
         let mid = bytes.len() / 2;
@@ -369,9 +387,25 @@ fn shared_mmap_write_on_tmpfs_invalidates_a_cached_verdict() {
     }
     let after = fs::metadata(&file).unwrap();
     assert_eq!(
-        (before.mtime(), before.mtime_nsec(), before.ctime(), before.ctime_nsec(), before.len()),
-        (after.mtime(), after.mtime_nsec(), after.ctime(), after.ctime_nsec(), after.len()),
+        (
+            before.mtime(),
+            before.mtime_nsec(),
+            before.ctime(),
+            before.ctime_nsec(),
+            before.len()
+        ),
+        (
+            after.mtime(),
+            after.mtime_nsec(),
+            after.ctime(),
+            after.ctime_nsec(),
+            after.len()
+        ),
         "the scenario needs a content change that no timestamp shows"
     );
-    assert_eq!(exec(&file), EPERM, "changed content must be judged again and denied");
+    assert_eq!(
+        exec(&file),
+        EPERM,
+        "changed content must be judged again and denied"
+    );
 }
