@@ -272,6 +272,18 @@ fn socket_refuses_non_root_and_survives_garbage() {
     assert!(sb.client(&["status"]).status.success());
 }
 
+/// Arms the rootfs alone (no /tmp) and returns the JSON result.
+fn arm_rootfs_only(sb: &Sandbox) -> serde_json::Value {
+    let rootfs = sb.rootfs.to_str().unwrap();
+    let out = sb.client(&["arm", "--id", "c1", "--rootfs", rootfs, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn baseline_store_survives_corruption_and_is_reused() {
     if !root_or_skip("store") {
@@ -279,28 +291,12 @@ fn baseline_store_survives_corruption_and_is_reused() {
     }
     let mut sb = Sandbox::new("store");
     sb.start_daemon(&[]);
-    let out = sb.client(&[
-        "arm",
-        "--id",
-        "c1",
-        "--rootfs",
-        sb.rootfs.to_str().unwrap(),
-        "--json",
-    ]);
-    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = arm_rootfs_only(&sb);
     assert_eq!(first["baseline"], "snapshotted");
     assert_eq!(first["baseline_contents"], IMAGE.len());
     assert!(sb.client(&["disarm", "--id", "c1"]).status.success());
 
-    let out = sb.client(&[
-        "arm",
-        "--id",
-        "c1",
-        "--rootfs",
-        sb.rootfs.to_str().unwrap(),
-        "--json",
-    ]);
-    let second: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let second = arm_rootfs_only(&sb);
     assert_eq!(second["baseline"], "stored");
     assert!(sb.client(&["disarm", "--id", "c1"]).status.success());
 
@@ -311,15 +307,7 @@ fn baseline_store_survives_corruption_and_is_reused() {
     assert_eq!(stored.len(), 1);
     let data = fs::read(&stored[0]).unwrap();
     fs::write(&stored[0], &data[..data.len() / 2]).unwrap();
-    let out = sb.client(&[
-        "arm",
-        "--id",
-        "c1",
-        "--rootfs",
-        sb.rootfs.to_str().unwrap(),
-        "--json",
-    ]);
-    let third: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let third = arm_rootfs_only(&sb);
     assert_eq!(third["baseline"], "replaced-corrupt");
     assert_eq!(exec(&sb.rootfs.join("bin/cat")), Ok(0));
     let payload = sb.rootfs.join("p");
