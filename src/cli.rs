@@ -100,6 +100,7 @@ pub struct DaemonArgs {
     #[arg(long, default_value_t = 0)]
     pub snapshot_threads: usize,
     /// Also record every cache miss that was allowed (verbose; for tuning and debugging).
+    /// On by default at `--log-level debug`.
     #[arg(long)]
     pub record_misses: bool,
 }
@@ -212,7 +213,8 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                     },
                     hash_timeout: Duration::from_millis(a.hash_timeout_ms.max(1)),
                     cache_capacity: a.cache_capacity,
-                    record_misses: a.record_misses,
+                    // "At debug level, every miss" as well as on request.
+                    record_misses: a.record_misses || log::log_enabled!(log::Level::Debug),
                 },
                 snapshot_threads: a.snapshot_threads,
             })?;

@@ -422,8 +422,9 @@ impl<G: Gate> Engine<G> {
         };
         let Some(event) = event else { return };
         let Some(stat) = event.fd().and_then(|fd| stat_fd(fd).ok()) else {
-            // Cannot identify the file: fail closed (the drop answers Deny).
+            // Cannot identify the file, so cannot tell its unit or mode: fail closed.
             self.stats.stat_errors += 1;
+            self.answer(event, Answer::Deny);
             return;
         };
         if close_write {

@@ -9,6 +9,7 @@
 //! filesystem mark, and its root mount is never marked at all.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use crate::kernel::mountinfo::{MountEntry, is_within};
 use crate::kernel::{FileStat, MarkKind, PathStat};
 use crate::verdict::VerdictCache;
 use crate::verdict::cache::CacheStats;
+use crate::verdict::cache::KeyHasher;
 
 /// Why a unit's marks cannot be planned.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -162,8 +164,8 @@ pub type UnitHandle = u64;
 #[derive(Debug, Default)]
 pub struct Registry {
     units: HashMap<UnitHandle, Unit>,
-    by_dev: HashMap<u64, UnitHandle>,
-    by_mnt: HashMap<u64, UnitHandle>,
+    by_dev: HashMap<u64, UnitHandle, BuildHasherDefault<KeyHasher>>,
+    by_mnt: HashMap<u64, UnitHandle, BuildHasherDefault<KeyHasher>>,
     next: UnitHandle,
 }
 
