@@ -99,6 +99,10 @@ pub struct DaemonArgs {
     /// Threads per baseline snapshot (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub snapshot_threads: usize,
+    /// Set vm.memfd_noexec=2 in each container's PID namespace, so fileless execution
+    /// (memfd_create + fexecve), which no fanotify mark can see, fails there.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub memfd_noexec: bool,
     /// Also record every cache miss that was allowed (verbose; for tuning and debugging).
     /// On by default at `--log-level debug`.
     #[arg(long)]
@@ -124,6 +128,13 @@ pub struct ArmArgs {
     /// directory is snapshotted at every arm).
     #[arg(long)]
     pub image_key: Option<String>,
+    /// A process of the container: ROOTFS and --mount are then paths in its mount
+    /// namespace, reached through /proc/PID/root.
+    #[arg(long)]
+    pub pid: Option<i32>,
+    /// Also arm every mount found under ROOTFS (pseudo filesystems excepted).
+    #[arg(long)]
+    pub discover_mounts: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -217,6 +228,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                     record_misses: a.record_misses || log::log_enabled!(log::Level::Debug),
                 },
                 snapshot_threads: a.snapshot_threads,
+                memfd_noexec: a.memfd_noexec,
             })?;
             Ok(0)
         }
@@ -255,6 +267,10 @@ fn arm(a: ArmArgs) -> Result<i32, CliError> {
         mounts: a.mounts.iter().map(|p| path_arg(p)).collect(),
         mode: a.mode,
         image_key: a.image_key.map(|k| escape_bytes(k.as_bytes())),
+        pid: a.pid,
+        discover_mounts: a.discover_mounts,
+        host_rootfs: None,
+        image_name: None,
     });
     // A first snapshot of a large image can take a while.
     let reply = request(&a.socket.socket, &req, Duration::from_secs(600))?;

@@ -92,6 +92,10 @@ pub struct UnitSpec {
     pub id: String,
     /// Image key.
     pub image_key: Vec<u8>,
+    /// Image name, for records.
+    pub image_name: Option<String>,
+    /// The container's first process, where known (ends the process chain in records).
+    pub pid: Option<i32>,
     /// Mode.
     pub mode: Mode,
     /// Baseline.
@@ -755,6 +759,8 @@ impl<G: Gate> Engine<G> {
         let unit = Unit {
             id: spec.id.clone(),
             image_key: spec.image_key,
+            image_name: spec.image_name,
+            pid: spec.pid,
             mode: spec.mode,
             baseline: spec.baseline,
             marks: marks.clone(),
@@ -855,7 +861,7 @@ fn build_record(
     let proc_info = procfs::read_process(tid);
     let chain: Vec<ProcessRecord> = proc_info
         .as_ref()
-        .map(|p| procfs::parent_chain(p.pid, crate::audit::MAX_CHAIN, None))
+        .map(|p| procfs::parent_chain(p.pid, crate::audit::MAX_CHAIN, unit.pid))
         .unwrap_or_default()
         .iter()
         .map(ProcessRecord::from)
@@ -866,6 +872,7 @@ fn build_record(
         time: rfc3339(SystemTime::now()),
         unit: unit.id.clone(),
         image_key: escape_bytes(&unit.image_key),
+        image_name: unit.image_name.clone(),
         mode: unit.mode,
         verdict,
         reason,

@@ -3,8 +3,11 @@
 //! A container may execute a program only if the program's *content* (BLAKE3) is in the
 //! baseline snapshotted from its image. The data flows through the modules in this order:
 //!
-//! 1. [`ipc`]: `driftlock arm` (later the OCI hook) asks the daemon to protect a unit
-//!    (a container: its rootfs and mounts) over a root-only Unix socket.
+//! 0. [`runtime`]: `driftlock-runtime` wraps runc and adds driftlock's OCI hooks to each
+//!    container; the `createRuntime` hook holds the container until it is armed.
+//! 1. [`ipc`]: the hook (or `driftlock arm`) asks the daemon to protect a unit (a
+//!    container: its rootfs and mounts) over a root-only Unix socket; [`arming`] turns the
+//!    request into marks and a baseline.
 //! 2. [`registry`]: plans the marks for a unit (filesystem mark where every mount of the
 //!    filesystem lies inside the unit, mount mark elsewhere, never the host root) and maps
 //!    file identities back to units.
@@ -21,6 +24,7 @@
 //! 8. [`daemon`]: wires the above together; [`cli`] is the command line.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod arming;
 pub mod audit;
 pub mod baseline;
 pub mod cli;

@@ -73,34 +73,105 @@ pub struct PlannedMark {
     pub fstype: String,
 }
 
-/// Plans the marks for a unit whose paths are `paths` (each with its `statx`).
+/// Filesystems that hold no files a program could be written to and executed from.
+pub const PSEUDO_FILESYSTEMS: &[&str] = &[
+    "proc",
+    "sysfs",
+    "cgroup",
+    "cgroup2",
+    "devpts",
+    "mqueue",
+    "securityfs",
+    "debugfs",
+    "tracefs",
+    "bpf",
+    "fusectl",
+    "configfs",
+    "pstore",
+    "binfmt_misc",
+    "autofs",
+    "nsfs",
+    "efivarfs",
+    "selinuxfs",
+    "rpc_pipefs",
+];
+
+/// Every mount point under `rootfs` (itself included) in a mount table, except pseudo
+/// filesystems: what a container can write a program to.
+pub fn discover_mounts(mounts: &[MountEntry], rootfs: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for m in mounts {
+        if is_within(&m.mount_point, rootfs)
+            && !PSEUDO_FILESYSTEMS.contains(&m.fstype.as_str())
+            && !out.contains(&m.mount_point)
+        {
+            out.push(m.mount_point.clone());
+        }
+    }
+    // The rootfs first, then parents before children.
+    out.sort_by_key(|p| p.components().count());
+    out
+}
+
+/// The mount tables a plan is made from.
+#[derive(Debug, Clone, Copy)]
+pub struct MountTables<'a> {
+    /// The namespace the unit's paths are written in (the daemon's own for `driftlock arm`
+    /// with paths, the container's for an arm by pid).
+    pub unit: &'a [MountEntry],
+    /// The daemon's namespace.
+    pub daemon: &'a [MountEntry],
+    /// Paths in the daemon's namespace that belong to the unit besides `paths` (where the
+    /// host mounted the container's rootfs).
+    pub daemon_inside: &'a [PathBuf],
+}
+
+/// Plans the marks for a unit whose paths are `paths` (each with the `statx` of its
+/// access path); `access` turns a unit path into the path the daemon opens
+/// (`/proc/<pid>/root/...` for a container).
 pub fn plan_marks(
     paths: &[(PathBuf, PathStat)],
-    mounts: &[MountEntry],
+    tables: &MountTables<'_>,
+    access: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<Vec<PlannedMark>, PlanError> {
-    let root_dev = mounts
+    let host_root_dev = tables
+        .daemon
         .iter()
         .find(|m| m.mount_point == Path::new("/"))
         .map(|m| m.dev);
     let unit_paths: Vec<&Path> = paths.iter().map(|(p, _)| p.as_path()).collect();
+    let same_table = std::ptr::eq(tables.unit, tables.daemon);
     let mut plan: Vec<PlannedMark> = Vec::new();
     for (path, st) in paths {
-        let entry = mounts
+        let entry = tables
+            .unit
             .iter()
             .rev() // the last mount on a mount point is the visible one
             .find(|m| m.mount_id == st.mnt_id_legacy)
             .ok_or_else(|| PlanError::UnknownMount { path: path.clone() })?;
-        if entry.mount_point == Path::new("/") {
+        if entry.mount_point == Path::new("/") && Some(entry.dev) == host_root_dev {
             return Err(PlanError::HostRoot { path: path.clone() });
         }
         if entry.mount_point != *path {
             return Err(PlanError::NotAMountPoint { path: path.clone() });
         }
-        let all_inside = mounts
+        let inside_unit = tables
+            .unit
             .iter()
             .filter(|m| m.dev == entry.dev)
             .all(|m| unit_paths.iter().any(|u| is_within(&m.mount_point, u)));
-        let kind = if all_inside && Some(entry.dev) != root_dev {
+        let inside_daemon = same_table
+            || tables
+                .daemon
+                .iter()
+                .filter(|m| m.dev == entry.dev)
+                .all(|m| {
+                    tables
+                        .daemon_inside
+                        .iter()
+                        .any(|u| is_within(&m.mount_point, u))
+                });
+        let kind = if inside_unit && inside_daemon && Some(entry.dev) != host_root_dev {
             MarkKind::Filesystem
         } else {
             MarkKind::Mount
@@ -112,7 +183,7 @@ pub fn plan_marks(
         });
         if !duplicate {
             plan.push(PlannedMark {
-                path: path.clone(),
+                path: access(path),
                 kind,
                 dev: st.dev,
                 mnt_id: st.mnt_id,
@@ -145,6 +216,10 @@ pub struct Unit {
     pub id: String,
     /// The image key its baseline belongs to.
     pub image_key: Vec<u8>,
+    /// Image name (from the container's annotations), if known.
+    pub image_name: Option<String>,
+    /// The container's first process, if armed by pid.
+    pub pid: Option<i32>,
     /// Enforce or audit.
     pub mode: Mode,
     /// The baseline.
@@ -267,6 +342,12 @@ pub struct UnitStatus {
     pub id: String,
     /// Image key (escaped).
     pub image_key: String,
+    /// Image name, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_name: Option<String>,
+    /// The container's first process, if armed by pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
     /// Mode.
     pub mode: Mode,
     /// Distinct contents in the baseline.
@@ -287,6 +368,8 @@ impl Unit {
         UnitStatus {
             id: self.id.clone(),
             image_key: escape_bytes(&self.image_key),
+            image_name: self.image_name.clone(),
+            pid: self.pid,
             mode: self.mode,
             baseline_contents: self.baseline.distinct_contents(),
             marks: self.marks.clone(),
@@ -310,6 +393,18 @@ mod tests {
         14 11 254:1 /srv/data /t/rootfs/data rw - ext4 /dev/vda rw\n\
         15 11 0:42 / /t/rootfs/run rw - tmpfs tmpfs rw\n";
 
+    fn same(m: &[MountEntry]) -> MountTables<'_> {
+        MountTables {
+            unit: m,
+            daemon: m,
+            daemon_inside: &[],
+        }
+    }
+
+    fn id(p: &Path) -> PathBuf {
+        p.to_path_buf()
+    }
+
     fn st(dev: (u32, u32), legacy: u64) -> PathStat {
         PathStat {
             dev: libc::makedev(dev.0, dev.1),
@@ -328,7 +423,7 @@ mod tests {
             (PathBuf::from("/t/rootfs/data"), st((254, 1), 14)),
             (PathBuf::from("/t/rootfs/run"), st((0, 42), 15)),
         ];
-        let plan = plan_marks(&paths, &mounts).unwrap();
+        let plan = plan_marks(&paths, &same(&mounts), &|p| p.to_path_buf()).unwrap();
         let kinds: Vec<(&str, MarkKind)> = plan
             .iter()
             .map(|m| (m.path.to_str().unwrap(), m.kind))
@@ -347,15 +442,94 @@ mod tests {
         );
     }
 
+    /// A container's namespace before pivot_root, as `/proc/<pid>/mountinfo` shows it: a
+    /// copy of the host's mounts plus the container's own.
+    const CONTAINER: &[u8] = b"200 199 254:1 / / rw - ext4 /dev/vda rw\n\
+        201 200 0:60 / /run/c/1/rootfs rw - overlay overlay rw,lowerdir=/var/l/2:/var/l/1\n\
+        202 201 0:60 / /run/c/1/rootfs rw - overlay overlay rw,lowerdir=/var/l/2:/var/l/1\n\
+        203 202 0:61 / /run/c/1/rootfs/dev rw - tmpfs tmpfs rw\n\
+        204 202 0:62 / /run/c/1/rootfs/proc rw - proc proc rw\n\
+        205 203 0:61 /null /run/c/1/rootfs/proc/keys rw - tmpfs tmpfs rw\n\
+        206 202 254:1 /etc/hosts /run/c/1/rootfs/etc/hosts ro - ext4 /dev/vda rw\n\
+        207 202 0:63 / /run/c/1/rootfs/run/secrets rw - tmpfs tmpfs rw\n\
+        208 200 0:70 / /run/c/2/rootfs rw - overlay overlay rw,lowerdir=/var/l/9\n";
+    /// The daemon's (host) namespace: the rootfs mounted by containerd, a kubelet tmpfs.
+    const HOST: &[u8] = b"1 0 254:1 / / rw - ext4 /dev/vda rw\n\
+        2 1 0:60 / /run/c/1/rootfs rw - overlay overlay rw,lowerdir=/var/l/2:/var/l/1\n\
+        3 1 0:63 / /var/lib/kubelet/pods/p/volumes/secret rw - tmpfs tmpfs rw\n\
+        4 1 0:70 / /run/c/2/rootfs rw - overlay overlay rw,lowerdir=/var/l/9\n";
+
+    #[test]
+    fn container_mounts_are_discovered_and_classified() {
+        let ns = parse_mountinfo(CONTAINER).unwrap();
+        let host = parse_mountinfo(HOST).unwrap();
+        let rootfs = Path::new("/run/c/1/rootfs");
+        let found = discover_mounts(&ns, rootfs);
+        let shown: Vec<&str> = found.iter().map(|p| p.to_str().unwrap()).collect();
+        assert_eq!(
+            shown,
+            vec![
+                "/run/c/1/rootfs",
+                "/run/c/1/rootfs/dev",
+                "/run/c/1/rootfs/proc/keys",
+                "/run/c/1/rootfs/etc/hosts",
+                "/run/c/1/rootfs/run/secrets",
+            ]
+        );
+        let by_path = |p: &Path| -> (u64, (u32, u32)) {
+            let e = ns.iter().rev().find(|m| m.mount_point == p).unwrap();
+            (e.mount_id, (libc::major(e.dev), libc::minor(e.dev)))
+        };
+        let paths: Vec<(PathBuf, PathStat)> = found
+            .iter()
+            .map(|p| {
+                let (id, dev) = by_path(p);
+                (p.clone(), st(dev, id))
+            })
+            .collect();
+        let inside = vec![rootfs.to_path_buf()];
+        let tables = MountTables {
+            unit: &ns,
+            daemon: &host,
+            daemon_inside: &inside,
+        };
+        let access = |p: &Path| Path::new("/proc/42/root").join(p.strip_prefix("/").unwrap());
+        let plan = plan_marks(&paths, &tables, &access).unwrap();
+        let kinds: Vec<(&str, MarkKind)> = plan
+            .iter()
+            .map(|m| (m.path.to_str().unwrap(), m.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("/proc/42/root/run/c/1/rootfs", MarkKind::Filesystem),
+                ("/proc/42/root/run/c/1/rootfs/dev", MarkKind::Filesystem),
+                // a host file bind-mounted in: only that mount
+                ("/proc/42/root/run/c/1/rootfs/etc/hosts", MarkKind::Mount),
+                // /proc/keys is the /dev tmpfs again: covered by its filesystem mark
+                // a kubelet tmpfs also mounted on the host: only the container's mount
+                ("/proc/42/root/run/c/1/rootfs/run/secrets", MarkKind::Mount),
+            ]
+        );
+    }
+
     #[test]
     fn host_root_and_non_mount_points_are_refused() {
         let mounts = parse_mountinfo(TABLE).unwrap();
         assert_eq!(
-            plan_marks(&[(PathBuf::from("/"), st((254, 1), 1))], &mounts),
+            plan_marks(
+                &[(PathBuf::from("/"), st((254, 1), 1))],
+                &same(&mounts),
+                &id
+            ),
             Err(PlanError::HostRoot { path: "/".into() })
         );
         assert_eq!(
-            plan_marks(&[(PathBuf::from("/srv"), st((254, 1), 1))], &mounts),
+            plan_marks(
+                &[(PathBuf::from("/srv"), st((254, 1), 1))],
+                &same(&mounts),
+                &id
+            ),
             Err(PlanError::HostRoot {
                 path: "/srv".into()
             })
@@ -363,14 +537,19 @@ mod tests {
         assert_eq!(
             plan_marks(
                 &[(PathBuf::from("/t/rootfs/bin"), st((0, 41), 11))],
-                &mounts
+                &same(&mounts),
+                &id
             ),
             Err(PlanError::NotAMountPoint {
                 path: "/t/rootfs/bin".into()
             })
         );
         assert!(matches!(
-            plan_marks(&[(PathBuf::from("/x"), st((0, 99), 99))], &mounts),
+            plan_marks(
+                &[(PathBuf::from("/x"), st((0, 99), 99))],
+                &same(&mounts),
+                &id
+            ),
             Err(PlanError::UnknownMount { .. })
         ));
     }
@@ -382,6 +561,8 @@ mod tests {
         let mk = |id: &str, marks| Unit {
             id: id.into(),
             image_key: vec![],
+            image_name: None,
+            pid: None,
             mode: Mode::Enforce,
             baseline: base.clone(),
             marks,

@@ -82,6 +82,9 @@ pub struct AuditRecord {
     pub unit: String,
     /// Image key (escaped).
     pub image_key: String,
+    /// Image name, if the container's annotations gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_name: Option<String>,
     /// Unit mode.
     pub mode: Mode,
     /// Verdict.
@@ -284,6 +287,7 @@ mod tests {
             time: rfc3339(UNIX_EPOCH),
             unit: "u".into(),
             image_key: escape_bytes(b"k"),
+            image_name: None,
             mode: Mode::Enforce,
             verdict: Verdict::Deny,
             reason: Reason::NotInBaseline,

@@ -162,6 +162,8 @@ impl Harness {
         self.handle.arm(UnitSpec {
             id: id.into(),
             image_key: b"img".to_vec(),
+            image_name: None,
+            pid: None,
             mode,
             baseline: Arc::new(Baseline::new(b"img".to_vec(), vec![], 0, entries)),
             marks: vec![

@@ -58,6 +58,20 @@ pub struct ArmRequest {
     /// Image key (escaped bytes); derived from the rootfs if absent.
     #[serde(default)]
     pub image_key: Option<String>,
+    /// A process of the container (runc init at `createRuntime`): `rootfs` and `mounts`
+    /// are then paths in its mount namespace, reached through `/proc/<pid>/root`.
+    #[serde(default)]
+    pub pid: Option<i32>,
+    /// Also arm every mount under `rootfs` found in the mount table (pseudo filesystems
+    /// such as proc and sysfs excepted).
+    #[serde(default)]
+    pub discover_mounts: bool,
+    /// Where the host mounted the container's rootfs (escaped), in the daemon's namespace.
+    #[serde(default)]
+    pub host_rootfs: Option<String>,
+    /// Image name for records (e.g. from `io.kubernetes.cri.image-name`).
+    #[serde(default)]
+    pub image_name: Option<String>,
 }
 
 /// The result of a successful `arm`.
@@ -77,6 +91,10 @@ pub struct ArmResult {
     pub snapshot_skipped: usize,
     /// Time spent obtaining the baseline, ms.
     pub baseline_ms: f64,
+    /// Whole arm time (mount discovery, baseline, marks), ms.
+    pub arm_ms: f64,
+    /// `vm.memfd_noexec` was set to 2 in the container's PID namespace.
+    pub memfd_noexec: bool,
     /// Marks placed.
     pub marks: Vec<PlannedMark>,
 }
@@ -187,6 +205,10 @@ mod tests {
             mounts: vec!["/run/x/tmp".into()],
             mode: Some(Mode::Audit),
             image_key: None,
+            pid: Some(42),
+            discover_mounts: true,
+            host_rootfs: None,
+            image_name: Some("docker.io/library/postgres:16".into()),
         });
         let line = encode_request(&req);
         assert_eq!(parse_request(&line[..line.len() - 1]).unwrap(), req);

@@ -9,6 +9,7 @@
 
 mod fanotify;
 pub mod mountinfo;
+pub mod ns;
 pub mod procfs;
 mod stat;
 
@@ -65,4 +66,12 @@ pub enum KernelError {
     /// `statx` failed.
     #[error("statx failed: {0}")]
     Stat(#[source] nix::Error),
+    /// Acting in a container's namespace failed.
+    #[error("in the namespaces of pid {pid}: {step} failed")]
+    Namespace {
+        /// The container process.
+        pid: i32,
+        /// What failed.
+        step: &'static str,
+    },
 }

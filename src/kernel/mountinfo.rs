@@ -47,6 +47,13 @@ pub fn read_mountinfo() -> Result<Vec<MountEntry>, MountInfoError> {
     parse_mountinfo(&data)
 }
 
+/// Reads and parses the mount table of process `pid` (its mount namespace, with mount
+/// points relative to its root directory).
+pub fn read_mountinfo_of(pid: i32) -> Result<Vec<MountEntry>, MountInfoError> {
+    let data = std::fs::read(format!("/proc/{pid}/mountinfo"))?;
+    parse_mountinfo(&data)
+}
+
 /// Parses mountinfo text.
 pub fn parse_mountinfo(data: &[u8]) -> Result<Vec<MountEntry>, MountInfoError> {
     let mut out = Vec::new();

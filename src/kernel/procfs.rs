@@ -69,6 +69,16 @@ pub fn read_process(tid: i32) -> Option<ProcessInfo> {
     })
 }
 
+/// The start time of a process (clock ticks since boot, field 22 of `/proc/<pid>/stat`):
+/// with the pid, it identifies a process across pid reuse.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    // comm (field 2) is in parentheses and may itself contain ") ": split at the last one.
+    let close = stat.iter().rposition(|b| *b == b')')?;
+    let rest = std::str::from_utf8(stat.get(close + 2..)?).ok()?;
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
 /// Walks parents from `pid` upwards, at most `max` steps, stopping at pid 1 or at `stop`.
 pub fn parent_chain(mut pid: i32, max: usize, stop: Option<i32>) -> Vec<ProcessInfo> {
     let mut chain = Vec::new();
@@ -104,6 +114,15 @@ mod tests {
         assert!(me.exe.is_some());
         let chain = parent_chain(me.pid, 4, None);
         assert_eq!(chain.first().map(|p| p.pid), Some(me.pid));
+    }
+
+    #[test]
+    fn start_time_is_stable_and_distinguishes_processes() {
+        let me = std::process::id() as i32;
+        let t = start_time(me).unwrap();
+        assert_eq!(start_time(me), Some(t));
+        assert!(start_time(1).unwrap() <= t);
+        assert_eq!(start_time(i32::MAX), None);
     }
 
     #[test]

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Builds small OCI images offline (no registry) for the end-to-end tests and the demo.
+#
+#   testdata/build-images.sh OUTDIR
+#
+# OUTDIR/busybox.tar  busybox-static with applet links (sh, wget, chmod, ...)
+# OUTDIR/glibc.tar    busybox plus the glibc dynamic loader, libc and a dynamically
+#                     linked program (/usr/bin/hello-dyn)
+#
+# Each tar is an OCI image layout whose index names the tag "latest"; import it with
+#   ctr images import --base-name localhost/driftlock/busybox OUTDIR/busybox.tar
+# Needs: umoci, busybox-static, gcc (Debian packages).
+set -euo pipefail
+out=${1:?usage: build-images.sh OUTDIR}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+busybox=$(command -v busybox)
+file "$busybox" 2>/dev/null | grep -q "statically linked" || [ -x /bin/busybox ] || {
+  echo "build-images.sh: needs busybox-static" >&2; exit 1; }
+
+populate_busybox() {
+  local root=$1
+  mkdir -p "$root"/{bin,sbin,usr/bin,tmp,etc,root,proc,sys,dev,run}
+  chmod 1777 "$root/tmp"
+  cp "$busybox" "$root/bin/busybox"
+  for applet in $("$busybox" --list); do
+    [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+  done
+  echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
+  echo "root:x:0:" > "$root/etc/group"
+}
+
+build() {
+  local name=$1 fill=$2
+  local layout=$work/$name-layout bundle=$work/$name-bundle
+  umoci init --layout "$layout"
+  umoci new --image "$layout:latest"
+  umoci unpack --image "$layout:latest" "$bundle" >/dev/null
+  "$fill" "$bundle/rootfs"
+  umoci repack --image "$layout:latest" "$bundle" >/dev/null
+  umoci config --image "$layout:latest" --config.cmd /bin/sh --config.workingdir / \
+    --config.env PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin
+  umoci gc --layout "$layout"
+  tar -C "$layout" -cf "$out/$name.tar" .
+  echo "built $out/$name.tar"
+}
+
+fill_glibc() {
+  local root=$1
+  populate_busybox "$root"
+  printf '#include <stdio.h>\nint main(void){puts("hello from a dynamically linked program");return 0;}\n' > "$work/hello.c"
+  cc -O2 -o "$root/usr/bin/hello-dyn" "$work/hello.c"
+  local interp
+  interp=$(readelf -l "$root/usr/bin/hello-dyn" | sed -n 's/.*interpreter: \(.*\)]/\1/p')
+  for lib in "$interp" $(ldd "$root/usr/bin/hello-dyn" | awk '/=>/ {print $3}'); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+}
+
+build busybox populate_busybox
+build glibc fill_glibc
