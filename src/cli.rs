@@ -61,6 +61,25 @@ pub enum Command {
     /// Work with baseline files.
     #[command(subcommand)]
     Baseline(BaselineCommand),
+    /// OCI hook run by runc (added by driftlock-runtime): reads the OCI state on stdin.
+    ///
+    /// createRuntime arms the container and exits 0 only once it is armed; on failure it
+    /// prints one line and exits 1, so container creation fails (unless --fail-open).
+    /// poststop disarms it.
+    Hook {
+        /// The hook stage.
+        #[arg(value_enum)]
+        stage: crate::runtime::hook::Stage,
+        /// Let the container start unprotected when arming fails (logged as a warning).
+        #[arg(long)]
+        fail_open: bool,
+        /// Seconds to keep trying to reach a daemon that is (re)starting.
+        #[arg(long, default_value_t = 5)]
+        connect_wait_secs: u64,
+        /// The daemon's socket.
+        #[command(flatten)]
+        socket: SocketArg,
+    },
 }
 
 /// The socket flag shared by client commands.
@@ -249,6 +268,45 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Status { json, socket } => status(&socket.socket, json),
         Command::Baseline(b) => baseline(b),
+        Command::Hook {
+            stage,
+            fail_open,
+            connect_wait_secs,
+            socket,
+        } => hook(stage, fail_open, connect_wait_secs, socket.socket),
+    }
+}
+
+fn hook(
+    stage: crate::runtime::hook::Stage,
+    fail_open: bool,
+    wait: u64,
+    socket: PathBuf,
+) -> Result<i32, CliError> {
+    use crate::runtime::hook::{HookOptions, Stage, run};
+    let opts = HookOptions {
+        socket,
+        connect_wait: Duration::from_secs(wait),
+        arm_timeout: Duration::from_secs(crate::runtime::wrapper::CREATE_HOOK_TIMEOUT),
+    };
+    match run(stage, &opts, std::io::stdin().lock()) {
+        Ok(msg) => {
+            log::debug!("{msg}");
+            Ok(0)
+        }
+        // runc shows the hook's stderr in its error: keep it to one line.
+        Err(e) if stage == Stage::Poststop => {
+            eprintln!("driftlock hook poststop: warning: {e}");
+            Ok(0)
+        }
+        Err(e) if fail_open => {
+            eprintln!("driftlock: WARNING: container runs UNPROTECTED (fail-open): {e}");
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("driftlock: {e}");
+            Ok(1)
+        }
     }
 }
 

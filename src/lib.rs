@@ -34,6 +34,7 @@ pub mod escape;
 pub mod ipc;
 pub mod kernel;
 pub mod registry;
+pub mod runtime;
 pub mod verdict;
 
 /// Default path of the daemon's socket.

@@ -4,8 +4,12 @@
 #   testdata/build-images.sh OUTDIR
 #
 # OUTDIR/busybox.tar  busybox-static with applet links (sh, wget, chmod, ...)
-# OUTDIR/glibc.tar    busybox plus the glibc dynamic loader, libc and a dynamically
-#                     linked program (/usr/bin/hello-dyn)
+# OUTDIR/glibc.tar    busybox plus the glibc dynamic loader, libc, a dynamically
+#                     linked program (/usr/bin/hello-dyn) and /usr/bin/memfd-exec, a
+#                     static program that copies a file into a memfd and fexecve()s it
+#                     (fileless execution; argv[1] is the file, default /bin/busybox)
+#
+# OUTDIR/payload      a static program that is in no image: the "miner" of the tests
 #
 # Each tar is an OCI image layout whose index names the tag "latest"; import it with
 #   ctr images import --base-name localhost/driftlock/busybox OUTDIR/busybox.tar
@@ -52,6 +56,31 @@ fill_glibc() {
   populate_busybox "$root"
   printf '#include <stdio.h>\nint main(void){puts("hello from a dynamically linked program");return 0;}\n' > "$work/hello.c"
   cc -O2 -o "$root/usr/bin/hello-dyn" "$work/hello.c"
+  cat > "$work/memfd-exec.c" <<'C'
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+  const char *src = argc > 1 ? argv[1] : "/bin/busybox";
+  int in = open(src, O_RDONLY);
+  if (in < 0) { printf("open %s: %s\n", src, strerror(errno)); return 2; }
+  int fd = memfd_create("fileless", 0);
+  if (fd < 0) { printf("memfd_create: %s\n", strerror(errno)); return 3; }
+  char buf[65536];
+  ssize_t n;
+  while ((n = read(in, buf, sizeof buf)) > 0)
+    if (write(fd, buf, n) != n) { printf("write: %s\n", strerror(errno)); return 2; }
+  char *args[] = {"true", NULL}, *env[] = {NULL};
+  fexecve(fd, args, env);
+  printf("fexecve: %s\n", strerror(errno));
+  return 4;
+}
+C
+  cc -static -O2 -o "$root/usr/bin/memfd-exec" "$work/memfd-exec.c"
   local interp
   interp=$(readelf -l "$root/usr/bin/hello-dyn" | sed -n 's/.*interpreter: \(.*\)]/\1/p')
   for lib in "$interp" $(ldd "$root/usr/bin/hello-dyn" | awk '/=>/ {print $3}'); do
@@ -62,3 +91,6 @@ fill_glibc() {
 
 build busybox populate_busybox
 build glibc fill_glibc
+printf '#include <stdio.h>\nint main(void){puts("kdevtmpfsi: payload ran");return 0;}\n' > "$work/payload.c"
+cc -static -O2 -o "$out/payload" "$work/payload.c"
+echo "built $out/payload"

@@ -3,5 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unsafe_code)]
 
 mod cli;
+mod containers;
 mod core;
+mod node;
 mod support;

@@ -1,0 +1,505 @@
+//! `driftlock-runtime`: a runc wrapper that sniffs, patches `config.json`, and `execv`s.
+//!
+//! It never parses runc's command line beyond what it needs: the subcommand and
+//! `--bundle`/`-b`. Everything else is passed to runc exactly as received.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+/// Default location of the wrapper's settings (`KEY=VALUE` lines).
+pub const CONFIG_FILE: &str = "/etc/driftlock/runtime.conf";
+/// The hook's time limit given to runc, seconds (a first snapshot of a large image).
+pub const CREATE_HOOK_TIMEOUT: u64 = 120;
+
+/// Errors of the wrapper.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No real runc found.
+    #[error(
+        "cannot find the real runc (set DRIFTLOCK_RUNC or RUNC= in {CONFIG_FILE}); looked in {0}"
+    )]
+    NoRunc(String),
+    /// The bundle's config could not be read or written.
+    #[error("bundle config {}: {reason}", path.display())]
+    Config {
+        /// config.json.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The settings file is malformed.
+    #[error("{CONFIG_FILE} line {line}: {reason}")]
+    Settings {
+        /// Line.
+        line: usize,
+        /// Why.
+        reason: String,
+    },
+    /// `execv` failed.
+    #[error("cannot execute {}: {source}", path.display())]
+    Exec {
+        /// runc.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The wrapper's settings: defaults, then `/etc/driftlock/runtime.conf`, then the
+/// environment (`DRIFTLOCK_RUNC`, `DRIFTLOCK_BIN`, `DRIFTLOCK_SOCKET`, `DRIFTLOCK_FAIL_OPEN`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// The real runc (absolute); searched for if unset.
+    pub runc: Option<PathBuf>,
+    /// The `driftlock` binary the hooks run.
+    pub driftlock: PathBuf,
+    /// The daemon's socket.
+    pub socket: PathBuf,
+    /// Let a container start unprotected (with a warning) when arming fails.
+    pub fail_open: bool,
+}
+
+impl RuntimeConfig {
+    /// Defaults: `driftlock` next to this executable, the default socket, fail-closed.
+    pub fn defaults() -> Self {
+        let driftlock = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("driftlock")))
+            .unwrap_or_else(|| PathBuf::from("/usr/local/bin/driftlock"));
+        Self {
+            runc: None,
+            driftlock,
+            socket: PathBuf::from(crate::DEFAULT_SOCKET),
+            fail_open: false,
+        }
+    }
+
+    /// Applies `KEY=VALUE` settings (`RUNC`, `DRIFTLOCK`, `SOCKET`, `FAIL_OPEN`).
+    pub fn apply_settings(&mut self, text: &str) -> Result<(), RuntimeError> {
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |reason: &str| RuntimeError::Settings {
+                line: i + 1,
+                reason: reason.to_string(),
+            };
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| err("expected KEY=VALUE"))?;
+            self.set(key.trim(), value.trim()).map_err(|r| err(&r))?;
+        }
+        Ok(())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let abs = |v: &str| {
+            let p = PathBuf::from(v);
+            if p.is_absolute() {
+                Ok(p)
+            } else {
+                Err(format!("{key} must be an absolute path"))
+            }
+        };
+        match key {
+            "RUNC" => self.runc = Some(abs(value)?),
+            "DRIFTLOCK" => self.driftlock = abs(value)?,
+            "SOCKET" => self.socket = abs(value)?,
+            "FAIL_OPEN" => {
+                self.fail_open = match value {
+                    "1" | "true" | "yes" => true,
+                    "0" | "false" | "no" => false,
+                    _ => return Err("FAIL_OPEN must be true or false".into()),
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "unknown setting {key} (RUNC, DRIFTLOCK, SOCKET, FAIL_OPEN)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Defaults, the settings file (if present) and the environment.
+    pub fn load() -> Result<Self, RuntimeError> {
+        let mut cfg = Self::defaults();
+        let file = std::env::var_os("DRIFTLOCK_RUNTIME_CONF")
+            .map_or(PathBuf::from(CONFIG_FILE), PathBuf::from);
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            cfg.apply_settings(&text)?;
+        }
+        for (env, key) in [
+            ("DRIFTLOCK_RUNC", "RUNC"),
+            ("DRIFTLOCK_BIN", "DRIFTLOCK"),
+            ("DRIFTLOCK_SOCKET", "SOCKET"),
+            ("DRIFTLOCK_FAIL_OPEN", "FAIL_OPEN"),
+        ] {
+            if let Ok(v) = std::env::var(env) {
+                cfg.set(key, &v)
+                    .map_err(|reason| RuntimeError::Settings { line: 0, reason })?;
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// What the wrapper needs to know about a runc invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invocation {
+    /// `create` or `run`: the bundle to patch.
+    Create {
+        /// The bundle directory (`--bundle`, or the current directory).
+        bundle: PathBuf,
+    },
+    /// Anything else: passed through.
+    Other,
+}
+
+/// runc's global options that take a value (as separate argument).
+const GLOBAL_WITH_VALUE: &[&str] = &["--root", "--log", "--log-format", "--criu", "--rootless"];
+
+fn flag_name(arg: &[u8]) -> &[u8] {
+    let name = arg.split(|b| *b == b'=').next().unwrap_or(arg);
+    // urfave/cli accepts both -flag and --flag.
+    name.strip_prefix(b"--")
+        .or_else(|| name.strip_prefix(b"-"))
+        .unwrap_or(name)
+}
+
+/// Finds the subcommand and, for `create`/`run`, the bundle (argv without argv[0]).
+pub fn sniff(args: &[OsString]) -> Invocation {
+    let mut i = 0;
+    let sub = loop {
+        let Some(arg) = args.get(i) else {
+            return Invocation::Other;
+        };
+        let b = arg.as_bytes();
+        if b.starts_with(b"-") {
+            let takes_value = GLOBAL_WITH_VALUE
+                .iter()
+                .any(|g| flag_name(g.as_bytes()) == flag_name(b) && !b.contains(&b'='));
+            i += if takes_value { 2 } else { 1 };
+            continue;
+        }
+        break b;
+    };
+    if sub != b"create" && sub != b"run" {
+        return Invocation::Other;
+    }
+    let rest = &args[i + 1..];
+    let mut bundle = None;
+    let mut j = 0;
+    while j < rest.len() {
+        let b = rest[j].as_bytes();
+        if b == b"--" {
+            break;
+        }
+        if b.starts_with(b"-") && matches!(flag_name(b), b"bundle" | b"b") {
+            if let Some(eq) = b.iter().position(|c| *c == b'=') {
+                bundle = Some(PathBuf::from(OsStr::from_bytes(&b[eq + 1..])));
+            } else if let Some(v) = rest.get(j + 1) {
+                bundle = Some(PathBuf::from(v));
+                j += 1;
+            }
+        }
+        j += 1;
+    }
+    Invocation::Create {
+        bundle: bundle.unwrap_or_else(|| PathBuf::from(".")),
+    }
+}
+
+fn hook_entry(cfg: &RuntimeConfig, stage: &str, timeout: u64) -> Value {
+    let mut args = vec![
+        "driftlock".to_string(),
+        "hook".to_string(),
+        stage.to_string(),
+        "--socket".to_string(),
+        cfg.socket.to_string_lossy().into_owned(),
+    ];
+    if cfg.fail_open && stage == "createRuntime" {
+        args.push("--fail-open".into());
+    }
+    // No "env": runc runs the hook with an empty environment.
+    json!({ "path": cfg.driftlock.to_string_lossy(), "args": args, "timeout": timeout })
+}
+
+fn is_ours(entry: &Value, stage: &str) -> bool {
+    let args = entry.get("args").and_then(Value::as_array);
+    args.is_some_and(|a| {
+        a.get(1).and_then(Value::as_str) == Some("hook")
+            && a.get(2).and_then(Value::as_str) == Some(stage)
+    }) && entry
+        .get("path")
+        .and_then(Value::as_str)
+        .is_some_and(|p| p.ends_with("driftlock"))
+}
+
+/// Adds driftlock's hooks to a runtime config (idempotent). Returns whether it changed.
+pub fn add_hooks(config: &mut Value, cfg: &RuntimeConfig) -> Result<bool, String> {
+    let root = config
+        .as_object_mut()
+        .ok_or("config.json is not a JSON object")?;
+    let hooks = root.entry("hooks").or_insert_with(|| json!({}));
+    let hooks = hooks.as_object_mut().ok_or("\"hooks\" is not an object")?;
+    let mut changed = false;
+    for (stage, timeout, first) in [
+        ("createRuntime", CREATE_HOOK_TIMEOUT, true),
+        ("poststop", 30, false),
+    ] {
+        let list = hooks.entry(stage).or_insert_with(|| json!([]));
+        let list = list
+            .as_array_mut()
+            .ok_or_else(|| format!("\"hooks.{stage}\" is not an array"))?;
+        if list.iter().any(|e| is_ours(e, stage)) {
+            continue;
+        }
+        let entry = hook_entry(cfg, stage, timeout);
+        // Arm first, before any other createRuntime hook can start something.
+        if first {
+            list.insert(0, entry)
+        } else {
+            list.push(entry)
+        }
+        changed = true;
+    }
+    Ok(changed)
+}
+
+/// Patches `<bundle>/config.json` in place (temp file + rename, same mode).
+pub fn patch_bundle(bundle: &Path, cfg: &RuntimeConfig) -> Result<bool, RuntimeError> {
+    let path = bundle.join("config.json");
+    let err = |reason: String| RuntimeError::Config {
+        path: path.clone(),
+        reason,
+    };
+    let data = std::fs::read(&path).map_err(|e| err(e.to_string()))?;
+    let mut value: Value =
+        serde_json::from_slice(&data).map_err(|e| err(format!("not valid JSON: {e}")))?;
+    if !add_hooks(&mut value, cfg).map_err(err)? {
+        return Ok(false);
+    }
+    let out = serde_json::to_vec(&value).map_err(|e| err(e.to_string()))?;
+    let mode = std::fs::metadata(&path)
+        .map(|m| m.permissions().mode())
+        .unwrap_or(0o644);
+    let tmp = bundle.join(format!(".config.json.driftlock.{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        std::fs::write(&tmp, &out)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e.to_string())
+    })?;
+    Ok(true)
+}
+
+/// Where to look for the real runc when none is configured.
+pub const RUNC_CANDIDATES: &[&str] = &[
+    "/usr/sbin/runc",
+    "/usr/bin/runc",
+    "/usr/local/sbin/runc",
+    "/usr/local/bin/runc",
+];
+
+/// The real runc: configured, or the first candidate that is not this wrapper.
+pub fn resolve_runc(cfg: &RuntimeConfig) -> Result<PathBuf, RuntimeError> {
+    if let Some(r) = &cfg.runc {
+        return Ok(r.clone());
+    }
+    let me = std::fs::metadata("/proc/self/exe")
+        .ok()
+        .map(|m| (m.dev(), m.ino()));
+    RUNC_CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && Some((m.dev(), m.ino())) != me))
+        .ok_or_else(|| RuntimeError::NoRunc(RUNC_CANDIDATES.join(", ")))
+}
+
+/// Runs the wrapper: patch if needed, then `execv` runc. Returns only on failure.
+pub fn run(argv: Vec<OsString>) -> RuntimeError {
+    let args: Vec<OsString> = argv.into_iter().skip(1).collect();
+    let cfg = match RuntimeConfig::load() {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    let runc = match resolve_runc(&cfg) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    if let Invocation::Create { bundle } = sniff(&args) {
+        if let Err(e) = patch_bundle(&bundle, &cfg) {
+            if !cfg.fail_open {
+                return e;
+            }
+            eprintln!("driftlock-runtime: WARNING: container starts UNPROTECTED (fail-open): {e}");
+        }
+    }
+    let err = std::process::Command::new(&runc)
+        .arg0("runc")
+        .args(&args)
+        .exec();
+    RuntimeError::Exec {
+        path: runc,
+        source: err,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn sniffs_containerd_style_create() {
+        let a = args(&[
+            "--root",
+            "/run/containerd/runc/default",
+            "--log",
+            "/b/log.json",
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            "/b",
+            "--pid-file",
+            "/b/init.pid",
+            "c1",
+        ]);
+        assert_eq!(
+            sniff(&a),
+            Invocation::Create {
+                bundle: "/b".into()
+            }
+        );
+        assert_eq!(
+            sniff(&args(&["run", "-b=/x", "id"])),
+            Invocation::Create {
+                bundle: "/x".into()
+            }
+        );
+        assert_eq!(
+            sniff(&args(&["--debug", "run", "-bundle", "/y", "id"])),
+            Invocation::Create {
+                bundle: "/y".into()
+            }
+        );
+        assert_eq!(
+            sniff(&args(&["--root=/r", "create", "id"])),
+            Invocation::Create { bundle: ".".into() }
+        );
+        assert_eq!(
+            sniff(&args(&["--root", "/r", "start", "c1"])),
+            Invocation::Other
+        );
+        assert_eq!(
+            sniff(&args(&["--log", "create", "state", "c1"])),
+            Invocation::Other,
+            "a value, not the subcommand"
+        );
+        assert_eq!(sniff(&args(&[])), Invocation::Other);
+        assert_eq!(sniff(&args(&["--version"])), Invocation::Other);
+    }
+
+    fn cfg() -> RuntimeConfig {
+        RuntimeConfig {
+            runc: None,
+            driftlock: "/usr/local/bin/driftlock".into(),
+            socket: "/run/driftlock/driftlock.sock".into(),
+            fail_open: false,
+        }
+    }
+
+    #[test]
+    fn hooks_are_added_once_and_unknown_fields_survive() {
+        let mut v: Value = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","x-vendor":{"keep":[1,2]},"process":{"args":["sh"]},
+                "hooks":{"createRuntime":[{"path":"/other/hook"}],"prestart":[{"path":"/p"}]}}"#,
+        )
+        .unwrap();
+        assert!(add_hooks(&mut v, &cfg()).unwrap());
+        assert!(!add_hooks(&mut v, &cfg()).unwrap(), "idempotent");
+        let create = v["hooks"]["createRuntime"].as_array().unwrap();
+        assert_eq!(create.len(), 2);
+        assert_eq!(create[0]["path"], "/usr/local/bin/driftlock");
+        assert_eq!(create[0]["args"][2], "createRuntime");
+        assert!(create[0].get("env").is_none(), "hooks get no environment");
+        assert_eq!(create[1]["path"], "/other/hook");
+        assert_eq!(v["hooks"]["poststop"][0]["args"][2], "poststop");
+        assert_eq!(v["x-vendor"]["keep"][1], 2);
+        assert_eq!(v["hooks"]["prestart"][0]["path"], "/p");
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys[0], "ociVersion", "key order kept");
+    }
+
+    #[test]
+    fn malformed_configs_are_refused() {
+        assert!(add_hooks(&mut json!([1]), &cfg()).is_err());
+        assert!(add_hooks(&mut json!({"hooks": 3}), &cfg()).is_err());
+        assert!(add_hooks(&mut json!({"hooks": {"poststop": {}}}), &cfg()).is_err());
+    }
+
+    #[test]
+    fn settings_file() {
+        let mut c = cfg();
+        c.apply_settings("# comment\nRUNC=/opt/runc\nFAIL_OPEN=true\n\nSOCKET = /s\n")
+            .unwrap();
+        assert_eq!(c.runc.as_deref(), Some(Path::new("/opt/runc")));
+        assert!(c.fail_open);
+        assert_eq!(c.socket, Path::new("/s"));
+        assert!(matches!(
+            c.apply_settings("RUNC=relative"),
+            Err(RuntimeError::Settings { line: 1, .. })
+        ));
+        assert!(matches!(
+            c.apply_settings("\nBOGUS=1"),
+            Err(RuntimeError::Settings { line: 2, .. })
+        ));
+        assert!(c.apply_settings("novalue").is_err());
+    }
+
+    #[test]
+    fn bundle_is_patched_atomically_with_its_mode() {
+        let dir = std::env::temp_dir().join(format!("driftlock-bundle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), br#"{"ociVersion":"1.0.2"}"#).unwrap();
+        std::fs::set_permissions(
+            dir.join("config.json"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        assert!(patch_bundle(&dir, &cfg()).unwrap());
+        assert!(!patch_bundle(&dir, &cfg()).unwrap());
+        let meta = std::fs::metadata(dir.join("config.json")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+        assert_eq!(v["hooks"]["createRuntime"][0]["args"][1], "hook");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+        std::fs::write(dir.join("config.json"), b"{not json").unwrap();
+        assert!(matches!(
+            patch_bundle(&dir, &cfg()),
+            Err(RuntimeError::Config { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

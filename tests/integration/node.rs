@@ -1,0 +1,341 @@
+//! A container node for end-to-end tests: in the test thread's private mount namespace, a
+//! tmpfs holding containerd's root and state, containerd 1.6 on its own socket, the
+//! driftlock daemon, a loopback HTTP server serving the payload, and the test images
+//! (built offline by testdata/build-images.sh, once per test run). Everything started is
+//! killed by PID when the node drops, shims included (found by their containerd address).
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+
+use crate::support::{BIN, root_or_skip};
+
+pub const RUNTIME: &str = env!("CARGO_BIN_EXE_driftlock-runtime");
+pub const BUSYBOX: &str = "localhost/driftlock/busybox:latest";
+pub const GLIBC: &str = "localhost/driftlock/glibc:latest";
+const TOOLS: &[&str] = &["containerd", "ctr", "runc", "umoci", "busybox", "cc"];
+
+/// The static payload built with the images (runs in any image, glibc or not).
+pub fn payload_path() -> PathBuf {
+    images().expect("test images").join("payload")
+}
+
+/// The test images, built once and kept in cargo's test scratch directory, keyed by the
+/// build script's content so a changed script rebuilds them.
+pub fn images() -> Option<&'static PathBuf> {
+    static IMAGES: OnceLock<Option<PathBuf>> = OnceLock::new();
+    IMAGES
+        .get_or_init(|| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/build-images.sh");
+            let key = blake3::hash(&fs::read(&script).ok()?).to_hex();
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("images-{}", &key[..12]));
+            if dir.join("payload").exists() {
+                return Some(dir);
+            }
+            let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+            let out = Command::new("bash").arg(&script).arg(&tmp).output().ok()?;
+            if !out.status.success() {
+                eprintln!(
+                    "building test images failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                return None;
+            }
+            // Another test process may have won the race; either copy is complete.
+            if fs::rename(&tmp, &dir).is_err() {
+                let _ = fs::remove_dir_all(&tmp);
+            }
+            Some(dir)
+        })
+        .as_ref()
+}
+
+/// A loopback HTTP server that answers every GET with the payload.
+struct Http {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl Http {
+    fn start(body: Vec<u8>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                        let mut req = [0u8; 4096];
+                        let _ = s.read(&mut req);
+                        let head = format!(
+                            "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = s.write_all(head.as_bytes());
+                        let _ = s.write_all(&body);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Http { port, stop }
+    }
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+pub struct Node {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub dl_socket: PathBuf,
+    pub dl_state: PathBuf,
+    pub audit: PathBuf,
+    containerd: Option<Child>,
+    daemon: Option<Child>,
+    http: Http,
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+impl Node {
+    /// A node, or `None` (with the reason printed) when not root or a tool is missing.
+    pub fn new(name: &str) -> Option<Self> {
+        if !root_or_skip(name) {
+            return None;
+        }
+        if let Some(missing) = TOOLS.iter().find(|t| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .map_or(true, |o| !o.status.success())
+        }) {
+            eprintln!("skipping {name}: {missing} is not installed (.ci/run installs it)");
+            return None;
+        }
+        let images = images().expect("test images");
+        unshare(CloneFlags::CLONE_NEWNS).unwrap();
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("driftlock-node-{name}-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        mount(
+            Some("tmpfs"),
+            &dir,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0755,size=1g"),
+        )
+        .unwrap();
+        for d in ["root", "state", "dl", "vol"] {
+            fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let socket = dir.join("containerd.sock");
+        let config = format!(
+            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{1}\"\n[ttrpc]\n  address = \"{1}.ttrpc\"\n",
+            dir.display(),
+            socket.display()
+        );
+        fs::write(dir.join("config.toml"), config).unwrap();
+        let dl_socket = dir.join("dl/driftlock.sock");
+        let containerd = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            // The shim, and so runc and driftlock-runtime, inherit this environment.
+            .env("DRIFTLOCK_SOCKET", &dl_socket)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("containerd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let payload = fs::read(images.join("payload")).unwrap();
+        let mut node = Node {
+            socket,
+            dl_state: dir.join("dl/state"),
+            audit: dir.join("dl/audit.jsonl"),
+            dl_socket,
+            containerd: Some(containerd),
+            daemon: None,
+            http: Http::start(payload),
+            dir,
+        };
+        let sock = node.socket.clone();
+        wait_for("containerd", Duration::from_secs(20), || sock.exists());
+        for (base, file) in [
+            ("localhost/driftlock/busybox", "busybox.tar"),
+            ("localhost/driftlock/glibc", "glibc.tar"),
+        ] {
+            let out = node.ctr(&[
+                "images",
+                "import",
+                "--base-name",
+                base,
+                images.join(file).to_str().unwrap(),
+            ]);
+            assert!(
+                out.status.success(),
+                "import: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        node.start_daemon();
+        Some(node)
+    }
+
+    pub fn payload_url(&self) -> String {
+        format!("http://127.0.0.1:{}/payload", self.http.port)
+    }
+
+    pub fn start_daemon(&mut self) {
+        let child = Command::new(BIN)
+            .args(["daemon", "--log-level", "warn", "--socket"])
+            .arg(&self.dl_socket)
+            .arg("--state-dir")
+            .arg(&self.dl_state)
+            .arg("--audit-log")
+            .arg(&self.audit)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let sock = self.dl_socket.clone();
+        wait_for("the driftlock daemon", Duration::from_secs(20), || {
+            Command::new(BIN)
+                .args(["status", "--socket"])
+                .arg(&sock)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `ctr run --rm --net-host` through driftlock-runtime; returns the output.
+    pub fn run(&self, image: &str, id: &str, extra: &[&str], script: &str) -> Output {
+        let mut args = vec!["run", "--rm", "--net-host", "--runc-binary", RUNTIME];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[image, id, "sh", "-c", script]);
+        self.ctr(&args)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let out = Command::new(BIN)
+            .args(["status", "--json", "--socket"])
+            .arg(&self.dl_socket)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn records(&self, n: usize) -> Vec<serde_json::Value> {
+        let mut recs = Vec::new();
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            recs = fs::read_to_string(&self.audit)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            if recs.len() >= n {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        recs
+    }
+
+    fn our_shims(&self) -> Vec<i32> {
+        let needle = self.socket.to_string_lossy().into_owned();
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c).contains("containerd-shim")
+                        && String::from_utf8_lossy(&c).contains(&needle)
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let tasks = self.ctr(&["tasks", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&tasks.stdout).lines() {
+            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+            let _ = self.ctr(&["tasks", "delete", "-f", id]);
+            let _ = self.ctr(&["containers", "delete", id]);
+        }
+        self.kill_daemon();
+        for pid in self.our_shims() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if let Some(mut c) = self.containerd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = umount2(&self.dir, MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
