@@ -40,6 +40,14 @@ pub enum RuntimeError {
         /// Why.
         reason: String,
     },
+    /// An environment variable holds a bad value.
+    #[error("environment variable {var}: {reason}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// `execv` failed.
     #[error("cannot execute {}: {source}", path.display())]
     Exec {
@@ -144,7 +152,7 @@ impl RuntimeConfig {
         ] {
             if let Ok(v) = std::env::var(env) {
                 cfg.set(key, &v)
-                    .map_err(|reason| RuntimeError::Settings { line: 0, reason })?;
+                    .map_err(|reason| RuntimeError::Env { var: env, reason })?;
             }
         }
         Ok(cfg)
