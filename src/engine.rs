@@ -24,6 +24,7 @@ use crate::audit::{AuditJob, AuditQueue, AuditRecord, ProcessRecord, RECORD_VERS
 use crate::baseline::hash::same_content_fingerprint;
 use crate::baseline::{Baseline, Digest, HashError, hash_fd};
 use crate::escape::escape_bytes;
+use crate::kernel::exec_name::{self, LoaderCall};
 use crate::kernel::{
     Answer, EventMask, FileStat, Gate, KernelError, Mark, MarkKind, PendingPermission, RawEvent,
     Respond, Wake, procfs, stat_fd, unanswered_drops,
@@ -668,7 +669,7 @@ impl<G: Gate> Engine<G> {
         stat: &FileStat,
     ) {
         let Judgement {
-            finding,
+            mut finding,
             digest,
             from_cache,
         } = judged;
@@ -677,6 +678,18 @@ impl<G: Gate> Engine<G> {
             self.answer(event, Answer::Allow);
             return;
         };
+        // A loader's content is in the baseline, but invoking it directly runs a program
+        // that raises no exec event of its own: ask the blocked task what it executes.
+        if finding == Finding::InBaseline && digest.is_some_and(|d| unit.baseline.is_loader(&d)) {
+            let blocked = matches!(event, ExecEvent::Permission(_));
+            finding = match (exec_name::loader_call(tid, (stat.dev, stat.ino)), blocked) {
+                (LoaderCall::ForProgram, _) => Finding::InBaseline,
+                (LoaderCall::Direct, _) => Finding::Unverifiable(Reason::DirectLoader),
+                (LoaderCall::Unknown, true) => Finding::Unverifiable(Reason::LoaderUnverified),
+                // An audit notification's task has moved on: nothing can be said.
+                (LoaderCall::Unknown, false) => Finding::InBaseline,
+            };
+        }
         let (verdict, answer) = decide(unit.mode, finding);
         bump(&mut unit.counters, verdict);
         if verdict == Verdict::Allow && (from_cache || !self.config.record_misses) {

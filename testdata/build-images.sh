@@ -9,7 +9,14 @@
 #                     static program that copies a file into a memfd and fexecve()s it
 #                     (fileless execution; argv[1] is the file, default /bin/busybox)
 #
+# OUTDIR/musl.tar     busybox plus the musl loader and a musl-linked program
+#                     (/usr/bin/hello-musl); only when musl-gcc (musl-tools) is installed
 # OUTDIR/payload      a static program that is in no image: the "miner" of the tests
+#
+# Every image also holds the static test helper /usr/bin/exec-paths (testdata/src), the
+# payload without exec bits (/usr/share/dormant: chmod +x drift) and the image script
+# /usr/local/bin/uses-tmp-interp (#!/tmp/interp: a script whose interpreter is not in the
+# image).
 #
 # Each tar is an OCI image layout whose index names the tag "latest"; import it with
 #   ctr images import --base-name localhost/driftlock/busybox OUTDIR/busybox.tar
@@ -24,6 +31,11 @@ busybox=$(command -v busybox)
 file "$busybox" 2>/dev/null | grep -q "statically linked" || [ -x /bin/busybox ] || {
   echo "build-images.sh: needs busybox-static" >&2; exit 1; }
 
+src=$(cd "$(dirname "$0")/src" && pwd)
+cc -static -O2 -o "$work/exec-paths" "$src/exec-paths.c"
+printf '#include <stdio.h>\nint main(void){puts("kdevtmpfsi: payload ran");return 0;}\n' > "$work/payload.c"
+cc -static -O2 -o "$work/payload" "$work/payload.c"
+
 populate_busybox() {
   local root=$1
   mkdir -p "$root"/{bin,sbin,usr/bin,tmp,etc,root,proc,sys,dev,run}
@@ -32,6 +44,11 @@ populate_busybox() {
   for applet in $("$busybox" --list); do
     [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
   done
+  mkdir -p "$root/usr/bin" "$root/usr/share" "$root/usr/local/bin"
+  cp "$work/exec-paths" "$root/usr/bin/exec-paths"
+  install -m 0644 "$work/payload" "$root/usr/share/dormant"
+  printf '#!/tmp/interp\necho interpreted\n' > "$root/usr/local/bin/uses-tmp-interp"
+  chmod 0755 "$root/usr/local/bin/uses-tmp-interp"
   echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
   echo "root:x:0:" > "$root/etc/group"
 }
@@ -89,8 +106,21 @@ C
   done
 }
 
+fill_musl() {
+  local root=$1
+  populate_busybox "$root"
+  printf '#include <stdio.h>\nint main(void){puts("hello from musl");return 0;}\n' > "$work/hello-musl.c"
+  musl-gcc -O2 -o "$root/usr/bin/hello-musl" "$work/hello-musl.c"
+  local interp target
+  interp=$(readelf -l "$root/usr/bin/hello-musl" | sed -n 's/.*interpreter: \(.*\)]/\1/p')
+  target=$(readlink -f "$interp")
+  mkdir -p "$root$(dirname "$interp")" "$root$(dirname "$target")"
+  cp "$target" "$root$target"
+  [ "$interp" = "$target" ] || ln -sf "$target" "$root$interp"
+}
+
 build busybox populate_busybox
 build glibc fill_glibc
-printf '#include <stdio.h>\nint main(void){puts("kdevtmpfsi: payload ran");return 0;}\n' > "$work/payload.c"
-cc -static -O2 -o "$out/payload" "$work/payload.c"
+if command -v musl-gcc >/dev/null; then build musl fill_musl; fi
+cp "$work/payload" "$out/payload"
 echo "built $out/payload"

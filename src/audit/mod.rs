@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::Mode;
-use crate::baseline::hash_fd;
+use crate::baseline::hash_fd_content;
 use crate::escape::escape_bytes;
 use crate::kernel::procfs::ProcessInfo;
 use crate::verdict::{Reason, Verdict};
@@ -188,12 +188,16 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
             for mut job in rx {
                 if let (Some(fd), None) = (job.file.as_ref(), job.record.sha256.as_ref()) {
                     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-                    if let Ok(d) = hash_fd(fd.as_fd(), &mut buf, true, Some(deadline)) {
-                        job.record.sha256 = d.sha256.map(hex::encode);
-                        job.record
-                            .blake3
-                            .get_or_insert_with(|| d.blake3.to_string());
-                        job.record.size.get_or_insert(d.stat.size);
+                    if let Ok(d) = hash_fd_content(fd.as_fd(), &mut buf, true, Some(deadline)) {
+                        // The SHA-256 describes the judged content only if this pass read
+                        // the same bytes: compare BLAKE3s (metadata may move meanwhile,
+                        // e.g. the container's removal unlinks the file).
+                        let blake = d.blake3.to_string();
+                        if job.record.blake3.as_ref().is_none_or(|b| *b == blake) {
+                            job.record.sha256 = d.sha256.map(hex::encode);
+                            job.record.blake3 = Some(blake);
+                            job.record.size.get_or_insert(d.stat.size);
+                        }
                     }
                 }
                 drop(job.file.take());

@@ -10,6 +10,7 @@
 //! count <number of entries>
 //! f <blake3 hex> <size> <mode octal> <escaped path>
 //! ...
+//! l <blake3 hex> <escaped interpreter path>     (dynamic loaders; optional, after the f lines)
 //! end <blake3 hex of every byte before this line>
 //! ```
 //!
@@ -17,7 +18,7 @@
 //! checksum detects truncation and corruption; the count detects lost lines even if the
 //! checksum were recomputed by hand.
 
-use super::{Baseline, BaselineEntry, Digest};
+use super::{Baseline, BaselineEntry, Digest, LoaderEntry};
 use crate::escape::{escape_bytes, unescape};
 
 /// The magic first line.
@@ -83,6 +84,9 @@ pub fn encode(baseline: &Baseline) -> Vec<u8> {
             escape_bytes(&e.path)
         ));
     }
+    for l in baseline.loaders() {
+        body.push_str(&format!("l {} {}\n", l.blake3, escape_bytes(&l.path)));
+    }
     let sum = blake3::hash(body.as_bytes());
     body.push_str(&format!("end {}\n", sum.to_hex()));
     body.into_bytes()
@@ -136,6 +140,7 @@ pub fn decode(data: &[u8]) -> Result<Baseline, FormatError> {
         .map_err(|_| line_err(5, "count is not a number"))?;
 
     let mut entries = Vec::with_capacity(declared.min(1 << 20));
+    let mut loaders = Vec::new();
     let mut idx = 5;
     loop {
         let &(start, line) = lines.get(idx).ok_or(FormatError::Truncated)?;
@@ -153,9 +158,25 @@ pub fn decode(data: &[u8]) -> Result<Baseline, FormatError> {
             }
             break;
         }
+        if let Some(rest) = line.strip_prefix("l ") {
+            let (hash, path) = rest
+                .split_once(' ')
+                .ok_or_else(|| line_err(n, "a loader needs: blake3 path"))?;
+            loaders.push(LoaderEntry {
+                blake3: hash
+                    .parse()
+                    .map_err(|_| line_err(n, "blake3 must be 64 hex digits"))?,
+                path: unescape(path).map_err(|e| line_err(n, &e.to_string()))?,
+            });
+            idx += 1;
+            continue;
+        }
+        if !loaders.is_empty() {
+            return Err(line_err(n, "'f' lines must come before 'l' lines"));
+        }
         let rest = line
             .strip_prefix("f ")
-            .ok_or_else(|| line_err(n, "expected 'f ...' or 'end ...'"))?;
+            .ok_or_else(|| line_err(n, "expected 'f ...', 'l ...' or 'end ...'"))?;
         let mut parts = rest.splitn(4, ' ');
         let (Some(hash), Some(size), Some(mode), Some(path)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -188,7 +209,7 @@ pub fn decode(data: &[u8]) -> Result<Baseline, FormatError> {
             found: entries.len(),
         });
     }
-    Ok(Baseline::new(key, source, created, entries))
+    Ok(Baseline::new(key, source, created, entries).with_loaders(loaders))
 }
 
 #[cfg(test)]
@@ -205,13 +226,17 @@ mod tests {
             1_700_000_000,
             vec![test_entry("/bin/sh", b"sh"), hostile],
         )
+        .with_loaders(vec![LoaderEntry {
+            path: b"/lib64/ld-linux-x86-64.so.2".to_vec(),
+            blake3: blake3::hash(b"ld").into(),
+        }])
     }
 
     #[test]
     fn round_trip_with_hostile_paths() {
         let b = sample();
         let bytes = encode(&b);
-        assert_eq!(bytes.iter().filter(|c| **c == b'\n').count(), 8);
+        assert_eq!(bytes.iter().filter(|c| **c == b'\n').count(), 9);
         assert_eq!(decode(&bytes).unwrap(), b);
     }
 

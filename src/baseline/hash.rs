@@ -64,6 +64,29 @@ pub fn hash_fd(
     with_sha256: bool,
     deadline: Option<Instant>,
 ) -> Result<FileDigests, HashError> {
+    hash_fd_checked(fd, buf, with_sha256, deadline, true)
+}
+
+/// Like [`hash_fd`] but without the before/after metadata check, for callers that verify
+/// the content another way (the audit writer compares the BLAKE3 of its pass with the
+/// digest the verdict was made on: an unlink during its read moves the ctime, not the
+/// content).
+pub fn hash_fd_content(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    with_sha256: bool,
+    deadline: Option<Instant>,
+) -> Result<FileDigests, HashError> {
+    hash_fd_checked(fd, buf, with_sha256, deadline, false)
+}
+
+fn hash_fd_checked(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    with_sha256: bool,
+    deadline: Option<Instant>,
+    check_metadata: bool,
+) -> Result<FileDigests, HashError> {
     let before = stat_fd(fd)?;
     if !before.is_regular() {
         return Err(HashError::NotRegular);
@@ -95,9 +118,11 @@ pub fn hash_fd(
         }
         offset += n as u64;
     }
-    let after = stat_fd(fd)?;
-    if offset != before.size || !same_content_fingerprint(&before, &after) {
-        return Err(HashError::Changed);
+    if check_metadata {
+        let after = stat_fd(fd)?;
+        if offset != before.size || !same_content_fingerprint(&before, &after) {
+            return Err(HashError::Changed);
+        }
     }
     Ok(FileDigests {
         blake3: blake.finalize().into(),

@@ -6,6 +6,7 @@
 //! of an image binary under another name is the same program; a modified image binary is
 //! not.
 
+pub mod elf;
 pub mod format;
 pub mod hash;
 pub mod snapshot;
@@ -15,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 pub use format::FormatError;
-pub use hash::{FileDigests, HashError, hash_fd};
+pub use hash::{FileDigests, HashError, hash_fd, hash_fd_content};
 pub use snapshot::{Snapshot, SnapshotError, SnapshotFileError, snapshot};
 pub use store::{BaselineStore, StoreError};
 
@@ -80,6 +81,15 @@ pub struct BaselineEntry {
     pub blake3: Digest,
 }
 
+/// A dynamic loader named by the image's programs (`PT_INTERP`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoaderEntry {
+    /// The interpreter path as the programs name it (e.g. `/lib64/ld-linux-x86-64.so.2`).
+    pub path: Vec<u8>,
+    /// BLAKE3 of the file it resolves to in the rootfs.
+    pub blake3: Digest,
+}
+
 /// A per-image baseline.
 #[derive(Debug, Clone)]
 pub struct Baseline {
@@ -88,6 +98,8 @@ pub struct Baseline {
     created: u64,
     entries: Vec<BaselineEntry>,
     index: HashSet<Digest, BuildHasherDefault<DigestHasher>>,
+    loaders: Vec<LoaderEntry>,
+    loader_index: HashSet<Digest, BuildHasherDefault<DigestHasher>>,
 }
 
 impl PartialEq for Baseline {
@@ -96,6 +108,7 @@ impl PartialEq for Baseline {
             && self.source == other.source
             && self.created == other.created
             && self.entries == other.entries
+            && self.loaders == other.loaders
     }
 }
 
@@ -115,7 +128,29 @@ impl Baseline {
             created,
             entries,
             index,
+            loaders: Vec::new(),
+            loader_index: HashSet::default(),
         }
+    }
+
+    /// Adds the image's dynamic loaders (sorted by path, deduplicated).
+    pub fn with_loaders(mut self, mut loaders: Vec<LoaderEntry>) -> Self {
+        loaders.sort_by(|a, b| a.path.cmp(&b.path));
+        loaders.dedup();
+        self.loader_index = loaders.iter().map(|l| l.blake3).collect();
+        self.loaders = loaders;
+        self
+    }
+
+    /// The image's dynamic loaders.
+    pub fn loaders(&self) -> &[LoaderEntry] {
+        &self.loaders
+    }
+
+    /// True if this content is one of the image's dynamic loaders: an exec of it needs the
+    /// direct-invocation check.
+    pub fn is_loader(&self, digest: &Digest) -> bool {
+        self.loader_index.contains(digest)
     }
 
     /// The image key the baseline belongs to.

@@ -18,7 +18,7 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{FileStat as NixStat, Mode as NixMode, SFlag, fstatat};
 
 use super::hash::{HashError, hash_fd};
-use super::{Baseline, BaselineEntry};
+use super::{Baseline, BaselineEntry, LoaderEntry, elf};
 use crate::escape::escape_bytes;
 
 /// A file that could not be taken into the baseline (it will be denied if executed).
@@ -81,7 +81,8 @@ struct Job {
 }
 
 enum Outcome {
-    Entry(BaselineEntry),
+    /// A program, with the interpreter it names (if dynamically linked).
+    Entry(BaselineEntry, Option<Vec<u8>>),
     Skipped(SnapshotFileError),
 }
 
@@ -131,23 +132,64 @@ pub fn snapshot(root: &Path, key: Vec<u8>, threads: usize) -> Result<Snapshot, S
     let mut entries = Vec::new();
     let mut errors = walk_errors;
     let mut bytes = 0;
+    let mut interpreters: Vec<Vec<u8>> = Vec::new();
     for (outcome, n) in out_rx.try_iter() {
         bytes += n;
         match outcome {
-            Outcome::Entry(e) => entries.push(e),
+            Outcome::Entry(e, interp) => {
+                entries.push(e);
+                if let Some(i) = interp {
+                    if !interpreters.contains(&i) {
+                        interpreters.push(i);
+                    }
+                }
+            }
             Outcome::Skipped(e) => errors.push(e),
         }
     }
+    let loaders = resolve_loaders(&root_fd, &interpreters, &mut errors);
     errors.sort_by(|a, b| a.path.cmp(&b.path));
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     Ok(Snapshot {
-        baseline: Baseline::new(key, root.as_os_str().as_bytes().to_vec(), created, entries),
+        baseline: Baseline::new(key, root.as_os_str().as_bytes().to_vec(), created, entries)
+            .with_loaders(loaders),
         errors,
         bytes,
         elapsed: started.elapsed(),
     })
+}
+
+/// Resolves each interpreter path inside the rootfs (symlinks followed within it, as the
+/// kernel would for the container) and hashes the file it names.
+fn resolve_loaders(
+    root: &OwnedFd,
+    interpreters: &[Vec<u8>],
+    errors: &mut Vec<SnapshotFileError>,
+) -> Vec<LoaderEntry> {
+    let mut buf = Vec::new();
+    let mut loaders = Vec::new();
+    for interp in interpreters {
+        let rel: &[u8] = interp.strip_prefix(b"/").unwrap_or(interp);
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT);
+        let result = openat2(root.as_fd(), OsStr::from_bytes(rel), how)
+            .map_err(|e| format!("interpreter named by the image's programs cannot be opened: {e}"))
+            .and_then(|fd| hash_fd(fd.as_fd(), &mut buf, false, None).map_err(|e| e.to_string()));
+        match result {
+            Ok(d) => loaders.push(LoaderEntry {
+                path: interp.clone(),
+                blake3: d.blake3,
+            }),
+            Err(reason) => errors.push(SnapshotFileError {
+                path: interp.clone(),
+                reason,
+            }),
+        }
+    }
+    loaders
 }
 
 fn is_executable(st: &NixStat) -> bool {
@@ -267,12 +309,15 @@ fn hash_one(root: &OwnedFd, rel: &[u8], buf: &mut Vec<u8>) -> (Outcome, u64) {
     };
     match hash_fd(fd.as_fd(), buf, false, None) {
         Ok(d) if d.stat.mode & 0o111 != 0 => (
-            Outcome::Entry(BaselineEntry {
-                path: path.clone(),
-                size: d.stat.size,
-                mode: d.stat.mode & 0o7777,
-                blake3: d.blake3,
-            }),
+            Outcome::Entry(
+                BaselineEntry {
+                    path: path.clone(),
+                    size: d.stat.size,
+                    mode: d.stat.mode & 0o7777,
+                    blake3: d.blake3,
+                },
+                elf::interpreter(fd.as_fd()),
+            ),
             d.stat.size,
         ),
         Ok(_) => skipped("exec bit removed during the snapshot".into()),
@@ -328,6 +373,40 @@ mod tests {
         assert!(snap.baseline.contains(&blake3::hash(b"shell").into()));
         assert_eq!(snap.baseline.entries()[2].mode, 0o700);
         assert_eq!(snap.bytes, 3 + 5 + 4);
+        assert!(snap.baseline.loaders().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_loader_of_dynamic_programs_is_found_through_symlinks_inside_the_root() {
+        let dir = std::env::temp_dir().join(format!("driftlock-snap-ld-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let interp = {
+            let f = std::fs::File::open("/usr/bin/true").unwrap();
+            elf::interpreter(f.as_fd()).unwrap()
+        };
+        let interp_path = std::path::Path::new(OsStr::from_bytes(&interp));
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::fs::create_dir_all(dir.join("real")).unwrap();
+        std::fs::copy("/usr/bin/true", dir.join("bin/true")).unwrap();
+        // The loader lives elsewhere in the image; PT_INTERP reaches it through an absolute
+        // symlink that must resolve inside the rootfs, not on the host.
+        std::fs::write(dir.join("real/ld.so"), b"not the host's loader").unwrap();
+        std::fs::set_permissions(
+            dir.join("real/ld.so"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let link = dir.join(interp_path.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        symlink("/real/ld.so", &link).unwrap();
+        let snap = snapshot(&dir, vec![], 1).unwrap();
+        assert_eq!(snap.baseline.loaders().len(), 1, "{:?}", snap.errors);
+        assert_eq!(snap.baseline.loaders()[0].path, interp);
+        assert!(
+            snap.baseline
+                .is_loader(&blake3::hash(b"not the host's loader").into())
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -7,6 +7,7 @@
 //! a fake gate and no root; the root tests under `tests/` exercise [`FanotifyGate`].
 #![allow(unsafe_code)]
 
+pub mod exec_name;
 mod fanotify;
 pub mod mountinfo;
 pub mod ns;

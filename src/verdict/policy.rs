@@ -17,6 +17,12 @@ pub enum Reason {
     HashTimeout,
     /// The file could not be read or stat'ed.
     Unreadable,
+    /// The image's dynamic loader was executed directly (`ld.so /tmp/payload`): the program
+    /// it would load raises no exec event, so the invocation itself is denied.
+    DirectLoader,
+    /// The image's dynamic loader was executed and the name the task asked to execute could
+    /// not be resolved, so a direct invocation could not be ruled out.
+    LoaderUnverified,
 }
 
 /// What is known about a file's content with respect to a unit's baseline.

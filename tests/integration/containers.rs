@@ -54,7 +54,7 @@ fn dreambus_payload_fetched_into_tmp_is_denied_under_containerd() {
             .starts_with("overlay-lower:"),
         "{r}"
     );
-    assert_eq!(r["sha256"], sha256_of_payload().as_str());
+    assert_eq!(r["sha256"], sha256_of_payload().as_str(), "{r}");
     let chain = r["chain"].as_array().unwrap();
     assert!(
         chain.iter().all(|p| p["comm"] == "sh"),

@@ -2,6 +2,7 @@
 //! in a private mount namespace (per test thread) and skip with a reason when not root.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unsafe_code)]
 
+mod bypasses;
 mod cli;
 mod containers;
 mod core;

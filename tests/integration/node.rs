@@ -22,7 +22,16 @@ use crate::support::{BIN, root_or_skip};
 pub const RUNTIME: &str = env!("CARGO_BIN_EXE_driftlock-runtime");
 pub const BUSYBOX: &str = "localhost/driftlock/busybox:latest";
 pub const GLIBC: &str = "localhost/driftlock/glibc:latest";
-const TOOLS: &[&str] = &["containerd", "ctr", "runc", "umoci", "busybox", "cc"];
+pub const MUSL: &str = "localhost/driftlock/musl:latest";
+const TOOLS: &[&str] = &[
+    "containerd",
+    "ctr",
+    "runc",
+    "umoci",
+    "busybox",
+    "cc",
+    "musl-gcc",
+];
 
 /// The static payload built with the images (runs in any image, glibc or not).
 pub fn payload_path() -> PathBuf {
@@ -78,14 +87,24 @@ impl Http {
                     Ok((mut s, _)) => {
                         let _ = s.set_nonblocking(false);
                         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                        let mut req = [0u8; 4096];
-                        let _ = s.read(&mut req);
+                        // Read the whole request head: closing with unread bytes would
+                        // send a reset that can cut the client's download short.
+                        let mut req = Vec::new();
+                        let mut buf = [0u8; 1024];
+                        while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 65536 {
+                            match s.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => req.extend_from_slice(&buf[..n]),
+                            }
+                        }
                         let head = format!(
-                            "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                            "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                             body.len()
                         );
                         let _ = s.write_all(head.as_bytes());
                         let _ = s.write_all(&body);
+                        let _ = s.shutdown(std::net::Shutdown::Write);
+                        let _ = s.read(&mut buf);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
@@ -196,6 +215,7 @@ impl Node {
         for (base, file) in [
             ("localhost/driftlock/busybox", "busybox.tar"),
             ("localhost/driftlock/glibc", "glibc.tar"),
+            ("localhost/driftlock/musl", "musl.tar"),
         ] {
             let out = node.ctr(&[
                 "images",

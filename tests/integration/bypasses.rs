@@ -1,0 +1,160 @@
+//! The known ways around a drift control (issue 4), each against a real container (runc
+//! through containerd): direct loader invocation, every exec path, every write path,
+//! scripts, chmod +x drift.
+
+use crate::node::*;
+
+/// Runs `script` in a container of `image` and returns its output (stdout and stderr).
+fn in_container(node: &Node, image: &str, id: &str, script: &str) -> String {
+    let out = node.run(image, id, &[], script);
+    text(&out)
+}
+
+fn expect(t: &str, pairs: &[(&str, i32)]) {
+    for (name, code) in pairs {
+        assert!(
+            t.contains(&format!("{name}={code}\n")),
+            "expected {name}={code}:\n{t}"
+        );
+    }
+}
+
+fn reasons(node: &Node, n: usize) -> Vec<(String, String)> {
+    node.records(n)
+        .iter()
+        .map(|r| {
+            (
+                r["path"].as_str().unwrap_or("").to_string(),
+                r["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn direct_loader_invocation_is_denied_for_glibc_and_musl() {
+    let Some(node) = Node::new("loader") else {
+        return;
+    };
+    for (image, id, loader, program) in [
+        (
+            GLIBC,
+            "ld-glibc",
+            "/lib64/ld-linux-x86-64.so.2",
+            "hello-dyn",
+        ),
+        (MUSL, "ld-musl", "/lib/ld-musl-x86_64.so.1", "hello-musl"),
+    ] {
+        let script = format!(
+            "{program} >/dev/null; echo dynamic=$?\n\
+             cp /usr/bin/{program} /tmp/p\n\
+             {loader} /tmp/p >/dev/null 2>&1; echo direct=$?\n\
+             ln -s {loader} /tmp/ldl; /tmp/ldl /tmp/p >/dev/null 2>&1; echo symlink=$?\n\
+             cp {loader} /tmp/ldc; /tmp/ldc /tmp/p >/dev/null 2>&1; echo copy=$?\n\
+             cd $(dirname {loader}) && ./$(basename {loader}) /tmp/p >/dev/null 2>&1; echo relative=$?\n\
+             exec-paths loader {loader} /tmp/p >/dev/null; echo execve=$?\n\
+             {program} >/dev/null; echo dynamic-after=$?\n"
+        );
+        let t = in_container(&node, image, id, &script);
+        expect(
+            &t,
+            &[
+                ("dynamic", 0),
+                ("direct", 126),
+                ("symlink", 126),
+                ("copy", 126),
+                ("relative", 126),
+                ("execve", 126),
+                ("dynamic-after", 0),
+            ],
+        );
+    }
+    let recs = reasons(&node, 10);
+    let direct = recs.iter().filter(|(_, r)| r == "direct-loader").count();
+    assert_eq!(
+        direct, 10,
+        "every direct invocation recorded as direct-loader: {recs:?}"
+    );
+}
+
+#[test]
+fn every_exec_path_is_judged_on_content() {
+    let Some(node) = Node::new("exec-paths") else {
+        return;
+    };
+    let script = "cp /usr/share/dormant /tmp/p; chmod +x /tmp/p; cp /bin/busybox /tmp/ok\n\
+        for m in execve execveat-abs execveat-empty fexecve; do\n\
+          exec-paths $m /tmp/p >/dev/null; echo \"$m-payload=$?\"; exec-paths $m /tmp/ok; echo \"$m-image=$?\"\n\
+        done\n\
+        exec-paths execveat-rel /tmp p >/dev/null; echo rel-payload=$?; exec-paths execveat-rel /tmp ok; echo rel-image=$?\n\
+        cp /tmp/p /tmp/pd; exec-paths procfd-deleted /tmp/pd >/dev/null; echo procfd-payload=$?\n\
+        cp /tmp/ok /tmp/okd; exec-paths procfd-deleted /tmp/okd; echo procfd-image=$?\n\
+        printf '#!/bin/sh\\necho script-ran\\n' > /tmp/s.sh; chmod +x /tmp/s.sh; /tmp/s.sh >/dev/null 2>&1; echo new-script=$?\n\
+        cp /tmp/p /tmp/interp; uses-tmp-interp >/dev/null 2>&1; echo foreign-interpreter=$?\n";
+    let t = in_container(&node, GLIBC, "paths-1", script);
+    expect(
+        &t,
+        &[
+            ("execve-payload", 126),
+            ("execve-image", 0),
+            ("execveat-abs-payload", 126),
+            ("execveat-abs-image", 0),
+            ("execveat-empty-payload", 126),
+            ("execveat-empty-image", 0),
+            ("fexecve-payload", 126),
+            ("fexecve-image", 0),
+            ("rel-payload", 126),
+            ("rel-image", 0),
+            ("procfd-payload", 126),
+            ("procfd-image", 0),
+            ("new-script", 126),
+            ("foreign-interpreter", 126),
+        ],
+    );
+    let recs = reasons(&node, 8);
+    assert!(
+        recs.iter().any(|(p, _)| p == "/tmp/s.sh"),
+        "the script itself is judged: {recs:?}"
+    );
+    assert!(
+        recs.iter().any(|(p, _)| p == "/tmp/interp"),
+        "the #! interpreter is judged: {recs:?}"
+    );
+    assert!(
+        recs.iter()
+            .any(|(p, _)| p.starts_with("/tmp/pd") && p.ends_with("(deleted)")),
+        "{recs:?}"
+    );
+}
+
+#[test]
+fn every_write_path_makes_a_cached_file_judged_again() {
+    let Some(node) = Node::new("write-paths") else {
+        return;
+    };
+    // /run is a tmpfs, /opt is on the overlay. Each file is a copy of busybox (allowed),
+    // executed twice (the second time from the cache), changed, executed again.
+    let script = "set -u\n\
+        prep() { mkdir -p $1; cp /bin/busybox $1/busybox; sleep 0.05; $1/busybox true; $1/busybox true; }\n\
+        for d in /run /opt; do\n\
+          prep $d/w; printf 'XXXX' | dd of=$d/w/busybox bs=1 seek=4096 conv=notrunc 2>/dev/null; $d/w/busybox true 2>/dev/null; echo \"$d-write=$?\"\n\
+          prep $d/t; cat /usr/share/dormant > $d/t/busybox; $d/t/busybox 2>/dev/null; echo \"$d-truncate=$?\"\n\
+          prep $d/r; cp /usr/share/dormant $d/r/new; chmod +x $d/r/new; mv $d/r/new $d/r/busybox; $d/r/busybox 2>/dev/null; echo \"$d-rename=$?\"\n\
+          prep $d/h; ln $d/h/busybox $d/h/link; cat /usr/share/dormant > $d/h/link; $d/h/busybox 2>/dev/null; echo \"$d-hardlink=$?\"\n\
+          prep $d/m; exec-paths mmap-write $d/m/busybox; $d/m/busybox true 2>/dev/null; echo \"$d-mmap=$?\"\n\
+        done\n\
+        hello-dyn >/dev/null; hello-dyn >/dev/null; exec-paths mmap-write /usr/bin/hello-dyn; hello-dyn >/dev/null 2>&1; echo copyup-mmap=$?\n\
+        chmod +x /usr/share/dormant; /usr/share/dormant >/dev/null 2>&1; echo chmod-drift=$?\n";
+    let t = in_container(&node, GLIBC, "writes-1", script);
+    let mut want = Vec::new();
+    for d in ["/run", "/opt"] {
+        for w in ["write", "truncate", "rename", "hardlink", "mmap"] {
+            want.push(format!("{d}-{w}"));
+        }
+    }
+    let pairs: Vec<(&str, i32)> = want.iter().map(|w| (w.as_str(), 126)).collect();
+    expect(&t, &pairs);
+    expect(&t, &[("copyup-mmap", 126), ("chmod-drift", 126)]);
+    let status = node.records(12);
+    assert!(status.len() >= 12, "{status:?}");
+}
