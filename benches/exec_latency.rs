@@ -7,7 +7,7 @@
 //! paired ratio. Programs: a static binary (built with `cc -static` when available) and a
 //! dynamically linked one (`/usr/bin/true`). Every driftlock exec after the first is a
 //! warm-cache hit. Environment: `DRIFTLOCK_BENCH_ROUNDS` (default 40), `..._PER_ROUND` (50).
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unsafe_code)]
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -35,15 +35,55 @@ impl Drop for Daemon {
     }
 }
 
-fn per_exec(path: &Path, n: usize) -> Vec<f64> {
+/// A program to time: its path, and the root to chroot into first (so that a dynamic
+/// program's loader is the one in that root, on the measured filesystem).
+#[derive(Clone)]
+struct Target {
+    path: PathBuf,
+    chroot: Option<PathBuf>,
+}
+
+fn per_exec(t: &Target, n: usize) -> Vec<f64> {
     (0..n)
         .map(|_| {
-            let t = Instant::now();
-            let st = Command::new(path).stdout(Stdio::null()).status().unwrap();
-            assert!(st.success(), "{} failed", path.display());
-            t.elapsed().as_secs_f64() * 1e6
+            let mut cmd = Command::new(&t.path);
+            cmd.stdout(Stdio::null());
+            if let Some(root) = t.chroot.clone() {
+                use std::os::unix::process::CommandExt;
+                // SAFETY (bench): chroot and chdir are async-signal-safe syscalls.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        nix::unistd::chroot(&root)?;
+                        nix::unistd::chdir("/")?;
+                        Ok(())
+                    });
+                }
+            }
+            let start = Instant::now();
+            let st = cmd.status().unwrap();
+            assert!(st.success(), "{} failed", t.path.display());
+            start.elapsed().as_secs_f64() * 1e6
         })
         .collect()
+}
+
+/// Copies a dynamic program with its loader and libraries into `root` (same paths).
+fn install_with_libs(program: &str, root: &Path) {
+    let out = Command::new("ldd").arg(program).output().unwrap();
+    let mut files = vec![PathBuf::from(program)];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        for word in line.split_whitespace() {
+            if word.starts_with('/') {
+                files.push(PathBuf::from(word));
+            }
+        }
+    }
+    for f in files {
+        let dst = root.join(f.strip_prefix("/").unwrap());
+        fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        fs::copy(&f, &dst).unwrap();
+        fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).unwrap();
+    }
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -118,6 +158,9 @@ fn main() {
             fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).unwrap();
         }
     }
+    for d in [&plain, &marked] {
+        install_with_libs("/usr/bin/true", &d.join("root"));
+    }
     let sock = base.join("d.sock");
     let _daemon = Daemon(
         Command::new(BIN)
@@ -155,16 +198,32 @@ fn main() {
         "{:<24} {:>12} {:>12} {:>12} {:>12} {:>9}",
         "program", "none med", "driftlock med", "none p99", "driftlock p99", "ratio"
     );
-    for (name, src) in &programs {
-        let file = src.file_name().unwrap();
-        let (a, b) = (plain.join(file), marked.join(file));
-        per_exec(&a, 20);
-        per_exec(&b, 20); // first exec hashes; the rest are warm
+    let mut targets: Vec<(&str, Target, Target)> = programs
+        .iter()
+        .map(|(name, src)| {
+            let file = src.file_name().unwrap();
+            let t = |d: &Path| Target {
+                path: d.join(file),
+                chroot: None,
+            };
+            (*name, t(&plain), t(&marked))
+        })
+        .collect();
+    // The loader and libc on the marked filesystem: each exec raises a program event and a
+    // loader event, and the loader event gets the direct-invocation check.
+    let in_root = |d: &Path| Target {
+        path: PathBuf::from("/usr/bin/true"),
+        chroot: Some(d.join("root")),
+    };
+    targets.push(("dynamic, loader checked", in_root(&plain), in_root(&marked)));
+    for (name, a, b) in &targets {
+        per_exec(a, 20);
+        per_exec(b, 20); // first exec hashes; the rest are warm
         let (mut none, mut dl) = (Vec::new(), Vec::new());
         let mut ratios = Vec::new();
         for _ in 0..rounds {
-            let mut x = per_exec(&a, per_round);
-            let mut y = per_exec(&b, per_round);
+            let mut x = per_exec(a, per_round);
+            let mut y = per_exec(b, per_round);
             let (mx, my) = (pct(&mut x, 0.5), pct(&mut y, 0.5));
             ratios.push(my / mx);
             none.extend(x);

@@ -11,9 +11,10 @@ use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::Mode;
+use crate::audit::{AuditJob, AuditQueue, CoverageEvent, CoverageRecord, RECORD_VERSION, rfc3339};
 use crate::baseline::store::{Provenance, StoreError, write_atomic};
 use crate::baseline::{BaselineStore, snapshot};
 use crate::engine::{EngineError, EngineHandle, UnitSpec};
@@ -394,6 +395,206 @@ impl Armer {
             }
         }
         self.arm(req).map(|r| r.id).map_err(|e| e.to_string())
+    }
+}
+
+impl Armer {
+    fn load_record(&self, id: &str) -> Option<UnitRecord> {
+        let data = std::fs::read(self.record_path(id)).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+
+    /// Marks every mount of container `id` (armed by `pid`) that is not covered yet, and
+    /// returns a coverage record for each mount it found new.
+    pub fn refresh_mounts(
+        &self,
+        id: &str,
+        pid: i32,
+        covered: &[crate::registry::PlannedMark],
+    ) -> Vec<CoverageRecord> {
+        let Some(rec) = self.load_record(id) else {
+            return Vec::new();
+        };
+        let (Ok(ns_mounts), Ok(daemon_mounts)) = (read_mountinfo_of(pid), read_mountinfo()) else {
+            return Vec::new();
+        };
+        let Some(rootfs) = ns_mounts
+            .iter()
+            .filter(|m| m.dev == rec.rootfs_dev)
+            .map(|m| m.mount_point.clone())
+            .min_by_key(|p| p.components().count())
+        else {
+            return Vec::new();
+        };
+        let prefix = PathBuf::from(format!("/proc/{pid}/root"));
+        let access = |p: &Path| prefix.join(p.strip_prefix("/").unwrap_or(p));
+        // Mounts can come and go while we look: keep the ones that still stat as listed.
+        let stats: Vec<_> = discover_mounts(&ns_mounts, &rootfs)
+            .into_iter()
+            .filter_map(|p| stat_path(&access(&p)).ok().map(|st| (p, st)))
+            .filter(|(p, st)| {
+                ns_mounts
+                    .iter()
+                    .rev()
+                    .find(|m| m.mount_id == st.mnt_id_legacy)
+                    .is_some_and(|m| m.mount_point == *p)
+            })
+            .collect();
+        let daemon_inside = match &rec.request.host_rootfs {
+            Some(h) => decode_path("host_rootfs", h, false)
+                .ok()
+                .into_iter()
+                .collect(),
+            None => Vec::new(),
+        };
+        let tables = MountTables {
+            unit: &ns_mounts,
+            daemon: &daemon_mounts,
+            daemon_inside: &daemon_inside,
+        };
+        let Ok(plan) = plan_marks(&stats, &tables, &access) else {
+            return Vec::new();
+        };
+        let is_covered = |m: &crate::registry::PlannedMark| {
+            covered.iter().any(|c| match (c.kind, m.kind) {
+                (crate::kernel::MarkKind::Filesystem, _) => c.dev == m.dev,
+                (crate::kernel::MarkKind::Mount, crate::kernel::MarkKind::Mount) => {
+                    c.mnt_id == m.mnt_id
+                }
+                _ => false,
+            })
+        };
+        let new: Vec<_> = plan.into_iter().filter(|m| !is_covered(m)).collect();
+        if new.is_empty() {
+            return Vec::new();
+        }
+        let shown = |m: &crate::registry::PlannedMark| {
+            let inner = m
+                .path
+                .strip_prefix(&prefix)
+                .map(|p| Path::new("/").join(p))
+                .unwrap_or_else(|_| m.path.clone());
+            escape_bytes(inner.as_os_str().as_bytes())
+        };
+        let record = |m: &crate::registry::PlannedMark, event, mark, error| CoverageRecord {
+            v: RECORD_VERSION,
+            kind: "coverage".into(),
+            time: rfc3339(std::time::SystemTime::now()),
+            unit: id.to_string(),
+            event,
+            path: shown(m),
+            fstype: m.fstype.clone(),
+            mark,
+            error,
+        };
+        match self.engine.add_marks(id, new.clone()) {
+            Ok(added) => added
+                .placed
+                .iter()
+                .map(|m| record(m, CoverageEvent::MountArmed, Some(m.kind), None))
+                .chain(added.failed.iter().map(|(m, why)| {
+                    record(m, CoverageEvent::MountNotArmed, None, Some(why.clone()))
+                }))
+                .collect(),
+            Err(e) => new
+                .iter()
+                .map(|m| record(m, CoverageEvent::MountNotArmed, None, Some(e.to_string())))
+                .collect(),
+        }
+    }
+}
+
+/// How often the mount watcher looks for newly armed or disarmed containers.
+const WATCH_TICK: Duration = Duration::from_millis(250);
+
+/// Watches the mount table of every container armed by pid and arms mounts that appear
+/// after start (a privileged container mounting a tmpfs, `nsenter` adding a mount).
+/// `/proc/<pid>/mountinfo` reports any change in that namespace as `POLLPRI`; between the
+/// mount and its mark an exec from it is unchecked for a few milliseconds, and a mount that
+/// cannot be marked is recorded as `mount-not-armed`.
+pub fn watch_mounts(
+    armer: std::sync::Arc<Armer>,
+    audit: AuditQueue,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::collections::HashMap;
+    use std::io::{Read, Seek};
+    use std::os::fd::AsFd;
+    let mut watched: HashMap<String, (i32, std::fs::File)> = HashMap::new();
+    let drain = |f: &mut std::fs::File| {
+        let mut sink = Vec::new();
+        let _ = f.rewind();
+        let _ = f.read_to_end(&mut sink);
+    };
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let Ok(status) = armer.engine.status() else {
+            std::thread::sleep(WATCH_TICK);
+            continue;
+        };
+        watched.retain(|id, (pid, _)| {
+            status
+                .units
+                .iter()
+                .any(|u| u.id == *id && u.pid == Some(*pid))
+        });
+        for u in &status.units {
+            let Some(pid) = u.pid else { continue };
+            if watched.contains_key(&u.id) {
+                continue;
+            }
+            if let Ok(mut f) = std::fs::File::open(format!("/proc/{pid}/mountinfo")) {
+                drain(&mut f);
+                watched.insert(u.id.clone(), (pid, f));
+                // Mounts made between arming and now.
+                for rec in armer.refresh_mounts(&u.id, pid, &u.marks) {
+                    audit.send(AuditJob::Coverage(rec));
+                }
+            }
+        }
+        let ids: Vec<String> = watched.keys().cloned().collect();
+        let changed: Vec<String> = {
+            let mut fds: Vec<PollFd<'_>> = ids
+                .iter()
+                .filter_map(|id| watched.get(id))
+                .map(|(_, f)| PollFd::new(f.as_fd(), PollFlags::POLLPRI))
+                .collect();
+            let timeout =
+                PollTimeout::try_from(WATCH_TICK.as_millis() as i32).unwrap_or(PollTimeout::NONE);
+            if fds.is_empty() {
+                drop(fds);
+                std::thread::sleep(WATCH_TICK);
+                continue;
+            }
+            match poll(&mut fds, timeout) {
+                Ok(n) if n > 0 => ids
+                    .iter()
+                    .zip(fds.iter())
+                    .filter(|(_, fd)| {
+                        fd.revents()
+                            .is_some_and(|r| r.intersects(PollFlags::POLLPRI | PollFlags::POLLERR))
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        for id in changed {
+            let Some((pid, f)) = watched.get_mut(&id) else {
+                continue;
+            };
+            drain(f);
+            let pid = *pid;
+            let marks = status
+                .units
+                .iter()
+                .find(|u| u.id == id)
+                .map(|u| u.marks.clone())
+                .unwrap_or_default();
+            for rec in armer.refresh_mounts(&id, pid, &marks) {
+                audit.send(AuditJob::Coverage(rec));
+            }
+        }
     }
 }
 

@@ -131,7 +131,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         None => None,
     };
     let (audit, audit_thread) = start_writer(AuditSinks { stdout: true, file });
-    let (engine, handle) = Engine::new(gate, config.engine.clone(), audit);
+    let (engine, handle) = Engine::new(gate, config.engine.clone(), audit.clone());
     let engine_thread = std::thread::Builder::new()
         .name("driftlock-engine".into())
         .spawn(move || engine.run())
@@ -152,6 +152,14 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         log::info!("restart: re-armed {rearmed} units, forgot {forgotten} that are gone");
     }
     let listener = bind(&config.socket)?;
+    let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (armer, stop) = (Arc::clone(&armer), Arc::clone(&stop_watch));
+        std::thread::Builder::new()
+            .name("driftlock-mounts".into())
+            .spawn(move || crate::arming::watch_mounts(armer, audit, stop))
+            .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    }
     let handler: Handler = Arc::new(move |req| handle_request(&armer, req));
     std::thread::Builder::new()
         .name("driftlock-accept".into())
@@ -177,6 +185,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             }
         }
     }
+    stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
     handle.shutdown();
     let result = match engine_thread.join() {
         Ok(r) => r.map_err(DaemonError::from),

@@ -147,10 +147,26 @@ pub enum Command {
     Arm(UnitSpec, Sender<Result<Vec<PlannedMark>, EngineError>>),
     /// Disarm a unit.
     Disarm(String, Sender<Result<UnitStatus, EngineError>>),
+    /// Add marks to an armed unit (mounts that appeared after it started); replies with
+    /// the marks placed and, for each one that could not be, why.
+    AddMarks(
+        String,
+        Vec<PlannedMark>,
+        Sender<Result<AddedMarks, EngineError>>,
+    ),
     /// Report status.
     Status(Sender<EngineStatus>),
     /// Stop after answering everything in flight.
     Shutdown,
+}
+
+/// The outcome of [`Command::AddMarks`].
+#[derive(Debug, Default)]
+pub struct AddedMarks {
+    /// Marks now in place.
+    pub placed: Vec<PlannedMark>,
+    /// Marks that could not be placed, with the reason.
+    pub failed: Vec<(PlannedMark, String)>,
 }
 
 /// A cloneable handle for talking to the engine thread.
@@ -178,6 +194,10 @@ impl EngineHandle {
     /// Disarms a unit; returns its final status.
     pub fn disarm(&self, id: &str) -> Result<UnitStatus, EngineError> {
         self.call(|tx| Command::Disarm(id.to_string(), tx))?
+    }
+    /// Adds marks to an armed unit.
+    pub fn add_marks(&self, id: &str, marks: Vec<PlannedMark>) -> Result<AddedMarks, EngineError> {
+        self.call(|tx| Command::AddMarks(id.to_string(), marks, tx))?
     }
     /// Current status.
     pub fn status(&self) -> Result<EngineStatus, EngineError> {
@@ -701,7 +721,7 @@ impl<G: Gate> Engine<G> {
         let file = event.fd().and_then(|fd| fd.try_clone_to_owned().ok());
         self.answer(event, answer);
         self.stats.records += 1;
-        self.audit.send(AuditJob { record, file });
+        self.audit.send(AuditJob::Exec { record, file });
     }
 
     fn handle_command(&mut self, cmd: Command) {
@@ -712,6 +732,10 @@ impl<G: Gate> Engine<G> {
             }
             Command::Disarm(id, reply) => {
                 let r = self.disarm(&id);
+                let _ = reply.send(r);
+            }
+            Command::AddMarks(id, marks, reply) => {
+                let r = self.add_marks(&id, marks);
                 let _ = reply.send(r);
             }
             Command::Status(reply) => {
@@ -798,6 +822,32 @@ impl<G: Gate> Engine<G> {
             marks.len()
         );
         Ok(marks)
+    }
+
+    fn add_marks(&mut self, id: &str, marks: Vec<PlannedMark>) -> Result<AddedMarks, EngineError> {
+        let handle = self
+            .registry
+            .find_id(id)
+            .ok_or_else(|| EngineError::UnknownId(id.to_string()))?;
+        let mode = self.registry.get(handle).map_or(Mode::Enforce, |u| u.mode);
+        let mut out = AddedMarks::default();
+        for m in marks {
+            if let Some(owner) = self.registry.conflict(std::slice::from_ref(&m)) {
+                if owner != handle {
+                    out.failed
+                        .push((m, "already armed for another unit".into()));
+                }
+                continue;
+            }
+            match self.gate.mark(&Self::mark_of(&m, mode), true) {
+                Ok(()) => {
+                    self.registry.add_marks(handle, std::slice::from_ref(&m));
+                    out.placed.push(m);
+                }
+                Err(e) => out.failed.push((m, e.to_string())),
+            }
+        }
+        Ok(out)
     }
 
     fn disarm(&mut self, id: &str) -> Result<UnitStatus, EngineError> {

@@ -291,6 +291,20 @@ impl Registry {
         handle
     }
 
+    /// Adds marks to an armed unit (a mount that appeared after it started).
+    pub fn add_marks(&mut self, handle: UnitHandle, marks: &[PlannedMark]) {
+        let Some(unit) = self.units.get_mut(&handle) else {
+            return;
+        };
+        for m in marks {
+            match m.kind {
+                MarkKind::Filesystem => self.by_dev.insert(m.dev, handle),
+                MarkKind::Mount => self.by_mnt.insert(m.mnt_id, handle),
+            };
+            unit.marks.push(m.clone());
+        }
+    }
+
     /// Removes a unit (with its cache).
     pub fn remove(&mut self, handle: UnitHandle) -> Option<Unit> {
         let unit = self.units.remove(&handle)?;

@@ -123,13 +123,55 @@ impl AuditRecord {
     }
 }
 
-/// A record on its way to the sinks, with the file to take a SHA-256 of.
+/// What happened to a unit's coverage after it was armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CoverageEvent {
+    /// A mount that appeared after the container started is now marked.
+    MountArmed,
+    /// A mount that appeared after the container started could not be marked: execs from
+    /// it are not checked.
+    MountNotArmed,
+}
+
+/// A coverage record (`"kind": "coverage"`), written to the same sinks as exec records.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CoverageRecord {
+    /// Format version.
+    pub v: u32,
+    /// Always "coverage" (exec records have no `kind`).
+    pub kind: String,
+    /// RFC 3339 UTC time.
+    pub time: String,
+    /// Unit (container) id.
+    pub unit: String,
+    /// What happened.
+    pub event: CoverageEvent,
+    /// The mount point in the container's view (escaped).
+    pub path: String,
+    /// Filesystem type.
+    pub fstype: String,
+    /// The mark placed, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mark: Option<crate::kernel::MarkKind>,
+    /// Why it could not be marked.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+/// A record on its way to the sinks.
 #[derive(Debug)]
-pub struct AuditJob {
-    /// The record.
-    pub record: AuditRecord,
-    /// A duplicate of the event's fd, for the SHA-256 (read after the exec was answered).
-    pub file: Option<OwnedFd>,
+pub enum AuditJob {
+    /// An exec record, with a duplicate of the event's fd for the SHA-256 (read after the
+    /// exec was answered).
+    Exec {
+        /// The record.
+        record: AuditRecord,
+        /// The executed file.
+        file: Option<OwnedFd>,
+    },
+    /// A coverage record.
+    Coverage(CoverageRecord),
 }
 
 /// Where records go.
@@ -185,23 +227,31 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
         .name("driftlock-audit".into())
         .spawn(move || {
             let mut buf = Vec::new();
-            for mut job in rx {
-                if let (Some(fd), None) = (job.file.as_ref(), job.record.sha256.as_ref()) {
-                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-                    if let Ok(d) = hash_fd_content(fd.as_fd(), &mut buf, true, Some(deadline)) {
-                        // The SHA-256 describes the judged content only if this pass read
-                        // the same bytes: compare BLAKE3s (metadata may move meanwhile,
-                        // e.g. the container's removal unlinks the file).
-                        let blake = d.blake3.to_string();
-                        if job.record.blake3.as_ref().is_none_or(|b| *b == blake) {
-                            job.record.sha256 = d.sha256.map(hex::encode);
-                            job.record.blake3 = Some(blake);
-                            job.record.size.get_or_insert(d.stat.size);
+            for job in rx {
+                let mut line = match job {
+                    AuditJob::Exec { mut record, file } => {
+                        if let (Some(fd), None) = (file.as_ref(), record.sha256.as_ref()) {
+                            let deadline =
+                                std::time::Instant::now() + std::time::Duration::from_secs(10);
+                            if let Ok(d) =
+                                hash_fd_content(fd.as_fd(), &mut buf, true, Some(deadline))
+                            {
+                                // The SHA-256 describes the judged content only if this pass
+                                // read the same bytes: compare BLAKE3s (metadata may move
+                                // meanwhile, e.g. the container's removal unlinks the file).
+                                let blake = d.blake3.to_string();
+                                if record.blake3.as_ref().is_none_or(|b| *b == blake) {
+                                    record.sha256 = d.sha256.map(hex::encode);
+                                    record.blake3 = Some(blake);
+                                    record.size.get_or_insert(d.stat.size);
+                                }
+                            }
                         }
+                        drop(file);
+                        record.to_json()
                     }
-                }
-                drop(job.file.take());
-                let mut line = job.record.to_json();
+                    AuditJob::Coverage(c) => serde_json::to_string(&c).unwrap_or_default(),
+                };
                 line.push('\n');
                 let mut ok = true;
                 if sinks.stdout {

@@ -158,3 +158,83 @@ fn every_write_path_makes_a_cached_file_judged_again() {
     let status = node.records(12);
     assert!(status.len() >= 12, "{status:?}");
 }
+
+#[test]
+fn mounts_that_appear_after_start_are_armed_and_recorded() {
+    let Some(node) = Node::new("late-mounts") else {
+        return;
+    };
+    // A privileged container mounts a tmpfs of its own after it started.
+    let script = "mkdir -p /mnt/late; mount -t tmpfs late /mnt/late; sleep 1; \
+                  cp /usr/share/dormant /mnt/late/p; chmod +x /mnt/late/p; /mnt/late/p >/dev/null 2>&1; echo late=$?";
+    let t = text(&node.run(BUSYBOX, "late-1", &["--privileged"], script));
+    expect(&t, &[("late", 126)]);
+
+    // The host adds a mount into a running container's namespace (nsenter).
+    let out = node.ctr(&[
+        "run",
+        "-d",
+        "--net-host",
+        "--runc-binary",
+        RUNTIME,
+        BUSYBOX,
+        "late-2",
+        "sleep",
+        "600",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("late-2 armed", std::time::Duration::from_secs(20), || {
+        node.status()["units"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|u| u["id"] == "late-2"))
+    });
+    let pid = node.status()["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == "late-2")
+        .unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    let nsenter = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-m",
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p /srv && mount -t tmpfs added /srv",
+        ])
+        .output()
+        .unwrap();
+    assert!(nsenter.status.success(), "{}", text(&nsenter));
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let exec = node.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "x1",
+        "late-2",
+        "sh",
+        "-c",
+        "cp /usr/share/dormant /srv/p; chmod +x /srv/p; /srv/p >/dev/null 2>&1; echo added=$?",
+    ]);
+    expect(&text(&exec), &[("added", 126)]);
+    let _ = node.ctr(&["tasks", "kill", "-s", "SIGKILL", "late-2"]);
+
+    let coverage: Vec<serde_json::Value> = std::fs::read_to_string(&node.audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "coverage")
+        .collect();
+    for (unit, path) in [("late-1", "/mnt/late"), ("late-2", "/srv")] {
+        assert!(
+            coverage
+                .iter()
+                .any(|r| r["unit"] == unit && r["path"] == path && r["event"] == "mount-armed"),
+            "{unit} {path}: {coverage:?}"
+        );
+    }
+}

@@ -79,7 +79,7 @@ impl Sandbox {
             &dir,
             Some("tmpfs"),
             MsFlags::empty(),
-            Some("mode=0755,size=512m"),
+            Some("mode=0755,size=2g"),
         )
         .expect("mount test tmpfs");
         for d in ["lower/bin", "upper", "work", "rootfs", "state", "host-vol"] {
