@@ -122,6 +122,19 @@ pub struct DaemonArgs {
     /// (memfd_create + fexecve), which no fanotify mark can see, fails there.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub memfd_noexec: bool,
+    /// Script control (opt-in): interpreters may not open files on a container's tmpfs
+    /// mounts (/tmp, /run, /dev/shm, /dev) whose content is not in the baseline, so
+    /// `sh /tmp/x.sh` fails. Every open on those mounts then waits for the daemon; an
+    /// interpreter reading data there (not a script) is refused too. See the README.
+    #[arg(long)]
+    pub script_control: bool,
+    /// Interpreters for --script-control, by process name (comm); `name*` matches a prefix.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "sh,ash,dash,bash,zsh,ksh,python*,perl*,ruby*,node,php*,lua*,tclsh*"
+    )]
+    pub interpreters: Vec<String>,
     /// Also record every cache miss that was allowed (verbose; for tuning and debugging).
     /// On by default at `--log-level debug`.
     #[arg(long)]
@@ -245,6 +258,14 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                     cache_capacity: a.cache_capacity,
                     // "At debug level, every miss" as well as on request.
                     record_misses: a.record_misses || log::log_enabled!(log::Level::Debug),
+                    interpreters: if a.script_control {
+                        a.interpreters
+                            .iter()
+                            .map(|i| i.clone().into_bytes())
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
                 },
                 snapshot_threads: a.snapshot_threads,
                 memfd_noexec: a.memfd_noexec,

@@ -45,6 +45,9 @@ pub struct EngineConfig {
     pub cache_capacity: usize,
     /// Emit an `allow` record for every miss (debug aid).
     pub record_misses: bool,
+    /// Script control (opt-in): the `comm` names of interpreters whose opens of files on a
+    /// unit's tmpfs mounts are judged like execs. Empty: off.
+    pub interpreters: Vec<Vec<u8>>,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +57,7 @@ impl Default for EngineConfig {
             hash_timeout: Duration::from_secs(2),
             cache_capacity: 65_536,
             record_misses: false,
+            interpreters: Vec::new(),
         }
     }
 }
@@ -114,6 +118,8 @@ pub struct EngineStats {
     pub permission_events: u64,
     /// Exec notifications (audit mode).
     pub exec_notices: u64,
+    /// Open permission events (script control).
+    pub open_events: u64,
     /// Close-after-write notifications.
     pub close_writes: u64,
     /// Queue overflows (every cache was flushed).
@@ -216,12 +222,14 @@ enum ExecEvent {
     Permission(PendingPermission),
     /// Audit mode: the exec already proceeds; the fd is kept for the record.
     Notice(OwnedFd),
+    /// Script control: an interpreter's open of a file, blocked until answered.
+    Open(PendingPermission),
 }
 
 impl ExecEvent {
     fn fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            ExecEvent::Permission(p) => p.fd(),
+            ExecEvent::Permission(p) | ExecEvent::Open(p) => p.fd(),
             ExecEvent::Notice(fd) => Some(fd.as_fd()),
         }
     }
@@ -423,8 +431,18 @@ impl<G: Gate> Engine<G> {
         }
         let (permission, notice, close_write) =
             (ev.is_permission(), ev.is_exec_notice(), ev.is_close_write());
+        let open = ev.is_open_permission() && !permission;
         let Some(fd) = ev.fd else { return };
-        let event = if permission {
+        let event = if open {
+            self.stats.open_events += 1;
+            let pending = PendingPermission::new(fd, Arc::clone(&self.responder), Answer::Deny);
+            if !self.is_interpreter(ev.tid) {
+                // Not an interpreter: nothing to judge.
+                self.answer(ExecEvent::Open(pending), Answer::Allow);
+                return;
+            }
+            Some(ExecEvent::Open(pending))
+        } else if permission {
             self.stats.permission_events += 1;
             Some(ExecEvent::Permission(PendingPermission::new(
                 fd,
@@ -456,6 +474,10 @@ impl<G: Gate> Engine<G> {
             self.stats.close_writes += 1;
             self.invalidate(&stat);
         }
+        if matches!(event, ExecEvent::Open(_)) && !stat.is_regular() {
+            self.answer(event, Answer::Allow);
+            return;
+        }
         let Some(attr) = self.registry.attribute(&stat) else {
             self.stats.unattributed += 1;
             self.answer(event, Answer::Allow);
@@ -482,6 +504,19 @@ impl<G: Gate> Engine<G> {
             }
         }
         self.start_hash(attr.unit, attr.via, stat, event, ev.tid);
+    }
+
+    fn is_interpreter(&self, tid: i32) -> bool {
+        !self.config.interpreters.is_empty()
+            && procfs::comm(tid).is_some_and(|c| {
+                self.config
+                    .interpreters
+                    .iter()
+                    .any(|i| match i.strip_suffix(b"*") {
+                        Some(prefix) => c.starts_with(prefix),
+                        None => *i == c,
+                    })
+            })
     }
 
     fn invalidate(&mut self, stat: &FileStat) {
@@ -671,7 +706,7 @@ impl<G: Gate> Engine<G> {
     }
 
     fn answer(&mut self, event: ExecEvent, answer: Answer) {
-        if let ExecEvent::Permission(p) = event {
+        if let ExecEvent::Permission(p) | ExecEvent::Open(p) = event {
             if let Err(e) = p.answer(answer) {
                 self.stats.respond_errors += 1;
                 log::error!("{e}");
@@ -700,7 +735,14 @@ impl<G: Gate> Engine<G> {
         };
         // A loader's content is in the baseline, but invoking it directly runs a program
         // that raises no exec event of its own: ask the blocked task what it executes.
-        if finding == Finding::InBaseline && digest.is_some_and(|d| unit.baseline.is_loader(&d)) {
+        let script = matches!(event, ExecEvent::Open(_));
+        if script && finding == Finding::NotInBaseline {
+            finding = Finding::Unverifiable(Reason::ScriptNotInBaseline);
+        }
+        if !script
+            && finding == Finding::InBaseline
+            && digest.is_some_and(|d| unit.baseline.is_loader(&d))
+        {
             let blocked = matches!(event, ExecEvent::Permission(_));
             finding = match (exec_name::loader_call(tid, (stat.dev, stat.ino)), blocked) {
                 (LoaderCall::ForProgram, _) => Finding::InBaseline,
@@ -745,13 +787,17 @@ impl<G: Gate> Engine<G> {
         }
     }
 
-    fn mark_of(planned: &PlannedMark, mode: Mode) -> Mark {
+    fn mark_of(&self, planned: &PlannedMark, mode: Mode) -> Mark {
+        // Script control gates opens on the scratch filesystems (tmpfs) only, where dropped
+        // scripts land; the image's own files are never held on open.
+        let opens = !self.config.interpreters.is_empty() && planned.fstype == "tmpfs";
         Mark {
             path: planned.path.clone(),
             kind: planned.kind,
-            mask: match mode {
-                Mode::Enforce => EventMask::Enforce,
-                Mode::Audit => EventMask::Audit,
+            mask: match (mode, opens) {
+                (Mode::Enforce, true) => EventMask::EnforceWithOpens,
+                (Mode::Enforce, false) => EventMask::Enforce,
+                (Mode::Audit, _) => EventMask::Audit,
             },
         }
     }
@@ -807,9 +853,9 @@ impl<G: Gate> Engine<G> {
         // Registered before marking, so the first event can be attributed.
         let handle = self.registry.insert(unit);
         for (i, m) in marks.iter().enumerate() {
-            if let Err(e) = self.gate.mark(&Self::mark_of(m, spec.mode), true) {
+            if let Err(e) = self.gate.mark(&self.mark_of(m, spec.mode), true) {
                 for placed in &marks[..i] {
-                    let _ = self.gate.mark(&Self::mark_of(placed, spec.mode), false);
+                    let _ = self.gate.mark(&self.mark_of(placed, spec.mode), false);
                 }
                 self.registry.remove(handle);
                 return Err(e.into());
@@ -839,7 +885,7 @@ impl<G: Gate> Engine<G> {
                 }
                 continue;
             }
-            match self.gate.mark(&Self::mark_of(&m, mode), true) {
+            match self.gate.mark(&self.mark_of(&m, mode), true) {
                 Ok(()) => {
                     self.registry.add_marks(handle, std::slice::from_ref(&m));
                     out.placed.push(m);
@@ -862,7 +908,7 @@ impl<G: Gate> Engine<G> {
             // Only remove a mark if the path still leads to the mount we marked: a path
             // whose mount is gone may now lead to another filesystem.
             if self.gate.mark_is_live(&m.path, m.mnt_id) {
-                if let Err(e) = self.gate.mark(&Self::mark_of(m, unit.mode), false) {
+                if let Err(e) = self.gate.mark(&self.mark_of(m, unit.mode), false) {
                     log::warn!("{e}");
                 }
             }

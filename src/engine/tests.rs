@@ -267,6 +267,7 @@ fn cfg() -> EngineConfig {
         hash_timeout: Duration::from_secs(5),
         cache_capacity: 100,
         record_misses: false,
+        interpreters: Vec::new(),
     }
 }
 

@@ -128,6 +128,10 @@ impl RawEvent {
     pub fn is_permission(&self) -> bool {
         self.mask & libc::FAN_OPEN_EXEC_PERM != 0
     }
+    /// An open permission event (script control): must be answered.
+    pub fn is_open_permission(&self) -> bool {
+        self.mask & libc::FAN_OPEN_PERM != 0
+    }
     /// An exec notification (audit mode, never blocks the exec).
     pub fn is_exec_notice(&self) -> bool {
         self.mask & libc::FAN_OPEN_EXEC != 0
@@ -169,6 +173,9 @@ pub enum EventMask {
     /// `FAN_OPEN_EXEC` notifications: audit mode records what enforce would deny and never
     /// holds an exec, so an audit rollout cannot stall a node.
     Audit,
+    /// Enforce plus `FAN_OPEN_PERM`: every open waits for our answer too, so reads of
+    /// scripts by interpreters can be judged (the opt-in script control).
+    EnforceWithOpens,
 }
 
 impl EventMask {
@@ -180,6 +187,11 @@ impl EventMask {
         match self {
             EventMask::Enforce => MaskFlags::FAN_OPEN_EXEC_PERM | MaskFlags::FAN_CLOSE_WRITE,
             EventMask::Audit => MaskFlags::FAN_OPEN_EXEC | MaskFlags::FAN_CLOSE_WRITE,
+            EventMask::EnforceWithOpens => {
+                MaskFlags::FAN_OPEN_EXEC_PERM
+                    | MaskFlags::FAN_OPEN_PERM
+                    | MaskFlags::FAN_CLOSE_WRITE
+            }
         }
     }
 }

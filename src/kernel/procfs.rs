@@ -79,6 +79,13 @@ pub fn start_time(pid: i32) -> Option<u64> {
     rest.split(' ').nth(19)?.parse().ok()
 }
 
+/// The `comm` of thread `tid` (what an interpreter is called, e.g. `sh`, `python3`).
+pub fn comm(tid: i32) -> Option<Vec<u8>> {
+    std::fs::read(format!("/proc/{tid}/comm"))
+        .ok()
+        .map(trim_newline)
+}
+
 /// Walks parents from `pid` upwards, at most `max` steps, stopping at pid 1 or at `stop`.
 pub fn parent_chain(mut pid: i32, max: usize, stop: Option<i32>) -> Vec<ProcessInfo> {
     let mut chain = Vec::new();

@@ -23,6 +23,8 @@ pub enum Reason {
     /// The image's dynamic loader was executed and the name the task asked to execute could
     /// not be resolved, so a direct invocation could not be ruled out.
     LoaderUnverified,
+    /// An interpreter opened a file whose content is not in the baseline (script control).
+    ScriptNotInBaseline,
 }
 
 /// What is known about a file's content with respect to a unit's baseline.

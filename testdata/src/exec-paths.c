@@ -8,6 +8,7 @@
  *   exec-paths procfd-deleted PATH    open, unlink, execve("/proc/self/fd/N")
  *   exec-paths loader LOADER PATH     execve(LOADER, [LOADER, PATH])
  *   exec-paths mmap-write PATH        flip 16 bytes in the middle through MAP_SHARED
+ *   exec-paths open-loop PATH N       open+read+close PATH N times; prints ns per iteration
  *
  * An exec that fails prints "denied: <strerror>" and exits 126; a successful one becomes
  * the target program (which exits with its own status). The target runs as "true" when it
@@ -16,10 +17,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 static char *env[] = {NULL};
@@ -77,6 +80,22 @@ int main(int argc, char **argv) {
     for (off_t i = st.st_size / 2; i < st.st_size / 2 + 16 && i < st.st_size; i++) m[i] ^= 0xff;
     munmap(m, st.st_size);
     close(fd);
+    return 0;
+  }
+  if (!strcmp(mode, "open-loop") && argc > 3) {
+    long n = atol(argv[3]);
+    char buf[64];
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (long i = 0; i < n; i++) {
+      int fd = open(path, O_RDONLY);
+      if (fd < 0) return failed("open");
+      if (read(fd, buf, sizeof buf) < 0) return failed("read");
+      close(fd);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    double ns = ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / (double)n;
+    printf("open-loop %.0f ns\n", ns);
     return 0;
   }
   fprintf(stderr, "exec-paths: unknown mode %s\n", mode);

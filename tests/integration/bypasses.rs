@@ -238,3 +238,45 @@ fn mounts_that_appear_after_start_are_armed_and_recorded() {
         );
     }
 }
+
+/// The opt-in script control: an interpreter may not read a script that is not in the
+/// image from the container's tmpfs mounts. Prints the cost per open it adds.
+#[test]
+fn script_control_stops_sh_reading_a_dropped_script() {
+    let Some(node) = Node::with_daemon_args("scripts", &["--script-control"]) else {
+        return;
+    };
+    let script = "printf 'echo script-ran\\n' > /run/x.sh\n\
+        sh /run/x.sh; echo sh=$?\n\
+        cat /run/x.sh >/dev/null; echo cat=$?\n\
+        sh -c 'echo inline-ok' ; echo inline=$?\n\
+        head -c 64 /bin/busybox > /run/data\n\
+        exec-paths open-loop /run/data 20000\n\
+        cp /usr/bin/exec-paths /run/sh; /run/sh open-loop /run/data 20000\n";
+    let t = text(&node.run(BUSYBOX, "scripts-1", &[], script));
+    assert!(!t.contains("script-ran"), "{t}");
+    assert!(!t.contains("sh=0\n"), "{t}");
+    expect(&t, &[("cat", 0), ("inline", 0)]);
+    let recs = node.records(1);
+    assert!(
+        recs.iter().any(|r| r["path"] == "/run/x.sh"
+            && r["reason"] == "script-not-in-baseline"
+            && r["comm"] == "sh"),
+        "{recs:?}"
+    );
+    eprintln!("script control, ns per open+read+close of a file on the container's /run:\n{t}");
+}
+
+/// The same open loop without script control, for the cost comparison.
+#[test]
+fn open_cost_without_script_control() {
+    let Some(node) = Node::new("no-scripts") else {
+        return;
+    };
+    let script = "head -c 64 /bin/busybox > /run/data\n\
+        exec-paths open-loop /run/data 20000\n\
+        cp /usr/bin/exec-paths /run/sh; /run/sh open-loop /run/data 20000\n";
+    let t = text(&node.run(BUSYBOX, "noscripts-1", &[], script));
+    assert!(t.contains("open-loop"), "{t}");
+    eprintln!("no script control, ns per open+read+close on /run:\n{t}");
+}

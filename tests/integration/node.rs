@@ -45,7 +45,10 @@ pub fn images() -> Option<&'static PathBuf> {
     IMAGES
         .get_or_init(|| {
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/build-images.sh");
-            let key = blake3::hash(&fs::read(&script).ok()?).to_hex();
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(&fs::read(&script).ok()?);
+            hasher.update(&fs::read(script.with_file_name("src/exec-paths.c")).ok()?);
+            let key = hasher.finalize().to_hex();
             let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("images-{}", &key[..12]));
             if dir.join("payload").exists() {
                 return Some(dir);
@@ -128,6 +131,7 @@ pub struct Node {
     pub audit: PathBuf,
     containerd: Option<Child>,
     daemon: Option<Child>,
+    daemon_args: Vec<String>,
     http: Http,
 }
 
@@ -145,6 +149,11 @@ pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
 impl Node {
     /// A node, or `None` (with the reason printed) when not root or a tool is missing.
     pub fn new(name: &str) -> Option<Self> {
+        Self::with_daemon_args(name, &[])
+    }
+
+    /// A node whose daemon gets `args` as well.
+    pub fn with_daemon_args(name: &str, args: &[&str]) -> Option<Self> {
         if !root_or_skip(name) {
             return None;
         }
@@ -207,6 +216,7 @@ impl Node {
             dl_socket,
             containerd: Some(containerd),
             daemon: None,
+            daemon_args: args.iter().map(|a| a.to_string()).collect(),
             http: Http::start(payload),
             dir,
         };
@@ -246,6 +256,7 @@ impl Node {
             .arg(&self.dl_state)
             .arg("--audit-log")
             .arg(&self.audit)
+            .args(&self.daemon_args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
