@@ -280,3 +280,25 @@ fn open_cost_without_script_control() {
     assert!(t.contains("open-loop"), "{t}");
     eprintln!("no script control, ns per open+read+close on /run:\n{t}");
 }
+
+/// A file changed while the daemon hashes it (its exec is held in the permission event,
+/// before the kernel refuses writers) is denied as changed, whatever the hash said.
+#[test]
+fn a_file_changed_while_being_hashed_is_denied_in_a_container() {
+    let Some(node) = Node::new("changed") else {
+        return;
+    };
+    let vol = node.dir.join("vol");
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", vol.display());
+    let script = "dd if=/dev/zero of=/data/big bs=1M count=512 2>/dev/null; chmod +x /data/big\n\
+        ( /data/big >/dev/null 2>&1; echo big=$? > /data/rc ) &\n\
+        sleep 0.03; echo changed >> /data/big; wait; cat /data/rc\n";
+    let t = text(&node.run(BUSYBOX, "changed-1", &["--mount", &mount], script));
+    expect(&t, &[("big", 126)]);
+    let recs = node.records(1);
+    assert!(
+        recs.iter()
+            .any(|r| r["path"] == "/data/big" && r["reason"] == "changed-during-hash"),
+        "{recs:?}"
+    );
+}

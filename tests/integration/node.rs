@@ -306,14 +306,16 @@ impl Node {
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     }
 
+    /// Exec records (not coverage records), waiting until at least `n` exist.
     pub fn records(&self, n: usize) -> Vec<serde_json::Value> {
         let mut recs = Vec::new();
-        let until = Instant::now() + Duration::from_secs(10);
+        let until = Instant::now() + Duration::from_secs(20);
         while Instant::now() < until {
             recs = fs::read_to_string(&self.audit)
                 .unwrap_or_default()
                 .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|r| r.get("kind").is_none())
                 .collect();
             if recs.len() >= n {
                 break;
