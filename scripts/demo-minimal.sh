@@ -45,13 +45,13 @@ say "a copy of an image program under another name is the same program: allowed"
 cp "$t/rootfs/bin/ls" "$t/rootfs/tmp/renamed-ls" && "$t/rootfs/tmp/renamed-ls" -d /; echo "exit status $?"
 
 say "the audit record (left the container at once)"
-sleep 0.3; tail -n 1 "$t/audit.jsonl" | jq '{time, unit, image_key, mode, verdict, reason, path, pid, comm, cmdline, chain: [.chain[] | "\(.pid) \(.comm)"], blake3, sha256, size}' 
+sleep 0.3; jq -c 'select(.kind == null)' "$t/audit.jsonl" | tail -n 1 | jq '{time, unit, image_key, mode, verdict, reason, path, pid, comm, cmdline, chain: [.chain[] | "\(.pid) \(.comm)"], blake3, sha256, size}' 
 
 say "the same container in audit mode: the payload runs, the record says would-deny"
 "$bin" disarm --socket "$t/d.sock" --id web-1 >/dev/null
 "$bin" arm --socket "$t/d.sock" --id web-1 --rootfs "$t/rootfs" --mount "$t/rootfs/tmp" --mode audit >/dev/null
 "$t/rootfs/tmp/kdevtmpfsi" >/dev/null; echo "exit status $?"
-sleep 0.3; tail -n 1 "$t/audit.jsonl" | jq -c '{verdict, reason, path, sha256}' 
+sleep 0.3; jq -c 'select(.kind == null)' "$t/audit.jsonl" | tail -n 1 | jq -c '{verdict, reason, path, sha256}' 
 
 say "status"
 "$bin" status --socket "$t/d.sock"

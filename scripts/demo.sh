@@ -56,6 +56,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = "$t/c.sock.ttrpc"
 EOT
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# The newest exec record (coverage records, "kind":"coverage", report late mounts).
+last_exec() { jq -c 'select(.kind == null)' "$t/dl/audit.jsonl" | tail -n 1; }
 "$bin/driftlock" daemon --log-level warn --socket "$t/dl/d.sock" --state-dir "$t/dl/state" \
   --audit-log "$t/dl/audit.jsonl" >/dev/null &
 dpid=$!
@@ -102,16 +104,16 @@ attack
 
 say "the audit record, outside the container"
 sleep 0.3
-enforce_verdict=$(tail -n 1 "$t/dl/audit.jsonl" | jq -r '"\(.unit) \(.verdict) \(.path)"')
-tail -n 1 "$t/dl/audit.jsonl" | jq '{time, unit, image_name, verdict, reason, path, sha256, chain: [.chain[] | "\(.pid) \(.comm): \(.cmdline | join(" ") | .[0:70])"]}'
+enforce_verdict=$(last_exec | jq -r '"\(.unit) \(.verdict) \(.path)"')
+last_exec | jq '{time, unit, image_name, verdict, reason, path, sha256, chain: [.chain[] | "\(.pid) \(.comm): \(.cmdline | join(" ") | .[0:70])"]}'
 
 say "the same container in audit mode (annotation driftlock.io/mode=audit): the payload runs, the record says would-deny"
 $ctr tasks kill -s SIGKILL pg-1 >/dev/null; sleep 1; $ctr tasks delete -f pg-1 >/dev/null 2>&1; $ctr containers delete pg-1 >/dev/null
 start_pg pg-2 --annotation driftlock.io/mode=audit || exit 1
 attack
 sleep 0.3
-audit_verdict=$(tail -n 1 "$t/dl/audit.jsonl" | jq -r '"\(.unit) \(.verdict) \(.path)"')
-tail -n 1 "$t/dl/audit.jsonl" | jq -c '{unit, verdict, path, chain: [.chain[] | .comm]}'
+audit_verdict=$(last_exec | jq -r '"\(.unit) \(.verdict) \(.path)"')
+last_exec | jq -c '{unit, verdict, path, chain: [.chain[] | .comm]}'
 if [ "$enforce_verdict" = "pg-1 deny /tmp/kdevtmpfsi" ] && [ "$audit_verdict" = "pg-2 would-deny /tmp/kdevtmpfsi" ]; then
   say "demo: as expected (enforce denied the payload, audit recorded would-deny)"
 else
