@@ -101,6 +101,10 @@ fn raise_fd_limit() {
     }
 }
 
+/// Fd numbers checked for events a dead predecessor left unanswered (event fds are the
+/// lowest free numbers, so in practice they are far below this).
+const ORPHAN_FD_SCAN: i32 = 65_535;
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     use nix::sys::signal::{SigSet, Signal};
@@ -116,7 +120,27 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     raise_fd_limit();
 
     let store = BaselineStore::open(&config.state_dir)?;
-    let gate = FanotifyGate::new()?;
+    // A group kept in systemd's fd store by a predecessor still holds every container's
+    // marks: execs waited in the kernel meanwhile. Take it back, and first answer the
+    // events the predecessor read but never answered (they cannot be judged now: deny).
+    let adopted = crate::service::take_stored_group();
+    let restoring = adopted.is_some();
+    let gate = match adopted {
+        Some(group) => {
+            let gate = FanotifyGate::adopt(group)?;
+            let orphans = gate.answer_orphans(ORPHAN_FD_SCAN, crate::kernel::Answer::Deny);
+            log::warn!(
+                "took over the fanotify group from the previous daemon; denied {orphans} exec(s) it had read but not answered"
+            );
+            gate
+        }
+        None => FanotifyGate::new()?,
+    };
+    match crate::service::store_group(gate.group_fd()) {
+        Ok(true) => log::info!("fanotify group kept in the service manager's fd store"),
+        Ok(false) => {}
+        Err(e) => log::warn!("cannot store the fanotify group with the service manager: {e}"),
+    }
     let file = match &config.audit_log {
         Some(p) => Some(
             std::fs::OpenOptions::new()
@@ -131,7 +155,12 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         None => None,
     };
     let (audit, audit_thread) = start_writer(AuditSinks { stdout: true, file });
-    let (engine, handle) = Engine::new(gate, config.engine.clone(), audit.clone());
+    let (mut engine, handle) = Engine::new(gate, config.engine.clone(), audit.clone());
+    engine.set_restoring(restoring);
+    let mut watchdog = crate::service::Watchdog::from_env();
+    if watchdog.enabled() {
+        engine.set_heartbeat(Box::new(move || watchdog.tick()));
+    }
     let engine_thread = std::thread::Builder::new()
         .name("driftlock-engine".into())
         .spawn(move || engine.run())
@@ -151,6 +180,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     if rearmed + forgotten > 0 {
         log::info!("restart: re-armed {rearmed} units, forgot {forgotten} that are gone");
     }
+    handle.restore_done();
     let listener = bind(&config.socket)?;
     let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
@@ -165,6 +195,9 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         .name("driftlock-accept".into())
         .spawn(move || serve(listener, handler))
         .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    if let Err(e) = crate::service::notify("READY=1", &[]) {
+        log::warn!("cannot notify the service manager: {e}");
+    }
     log::info!(
         "driftlock daemon ready: socket {}, state {}, default mode {}",
         config.socket.display(),
@@ -185,6 +218,7 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             }
         }
     }
+    let _ = crate::service::notify("STOPPING=1", &[]);
     stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
     handle.shutdown();
     let result = match engine_thread.join() {

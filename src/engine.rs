@@ -162,6 +162,8 @@ pub enum Command {
     ),
     /// Report status.
     Status(Sender<EngineStatus>),
+    /// The recorded units are re-armed: judge the events parked meanwhile.
+    RestoreDone,
     /// Stop after answering everything in flight.
     Shutdown,
 }
@@ -208,6 +210,11 @@ impl EngineHandle {
     /// Current status.
     pub fn status(&self) -> Result<EngineStatus, EngineError> {
         self.call(Command::Status)
+    }
+    /// Ends restore mode (see [`Engine::set_restoring`]).
+    pub fn restore_done(&self) {
+        let _ = self.tx.send(Command::RestoreDone);
+        self.waker.wake();
     }
     /// Asks the engine to stop.
     pub fn shutdown(&self) {
@@ -302,6 +309,10 @@ pub struct Engine<G: Gate> {
     next_seq: u64,
     /// Called after every loop iteration (the systemd watchdog feeds on it).
     heartbeat: Option<Box<dyn FnMut() + Send>>,
+    /// Adopted a predecessor's group whose marks outlive the registry: until the recorded
+    /// units are re-armed, an event on no known unit is held, not allowed.
+    restoring: bool,
+    parked: Vec<(ExecEvent, i32, FileStat)>,
 }
 
 /// The longest a clean stop waits for hashes in progress.
@@ -351,8 +362,16 @@ impl<G: Gate> Engine<G> {
             config,
             next_seq: 0,
             heartbeat: None,
+            restoring: false,
+            parked: Vec::new(),
         };
         (engine, handle)
+    }
+
+    /// Holds events on unknown units until [`EngineHandle::restore_done`] (after adopting a
+    /// predecessor's fanotify group, whose marks are in place before the units are known).
+    pub fn set_restoring(&mut self, restoring: bool) {
+        self.restoring = restoring;
     }
 
     /// Sets a function called once per loop iteration.
@@ -478,7 +497,17 @@ impl<G: Gate> Engine<G> {
             self.answer(event, Answer::Allow);
             return;
         }
+        self.judge(event, ev.tid, stat);
+    }
+
+    /// Attributes an exec (or script open) to its unit and answers from the cache or
+    /// starts hashing.
+    fn judge(&mut self, event: ExecEvent, tid: i32, stat: FileStat) {
         let Some(attr) = self.registry.attribute(&stat) else {
+            if self.restoring && !matches!(event, ExecEvent::Notice(_)) {
+                self.parked.push((event, tid, stat));
+                return;
+            }
             self.stats.unattributed += 1;
             self.answer(event, Answer::Allow);
             return;
@@ -491,7 +520,7 @@ impl<G: Gate> Engine<G> {
                     self.finish(
                         attr.unit,
                         event,
-                        ev.tid,
+                        tid,
                         Judgement {
                             finding: hit.finding,
                             digest: Some(hit.blake3),
@@ -503,7 +532,7 @@ impl<G: Gate> Engine<G> {
                 }
             }
         }
-        self.start_hash(attr.unit, attr.via, stat, event, ev.tid);
+        self.start_hash(attr.unit, attr.via, stat, event, tid);
     }
 
     fn is_interpreter(&self, tid: i32) -> bool {
@@ -782,6 +811,12 @@ impl<G: Gate> Engine<G> {
             }
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Command::RestoreDone => {
+                self.restoring = false;
+                for (event, tid, stat) in std::mem::take(&mut self.parked) {
+                    self.judge(event, tid, stat);
+                }
             }
             Command::Shutdown => {}
         }

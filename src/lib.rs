@@ -35,6 +35,7 @@ pub mod ipc;
 pub mod kernel;
 pub mod registry;
 pub mod runtime;
+pub mod service;
 pub mod verdict;
 
 /// Default path of the daemon's socket.

@@ -300,6 +300,54 @@ impl FanotifyGate {
         })
     }
 
+    /// Adopts a group handed over by a previous daemon (through systemd's fd store): its
+    /// marks are still in place. Call [`FanotifyGate::answer_orphans`] before reading.
+    pub fn adopt(group: OwnedFd) -> Result<Self, KernelError> {
+        // Non-blocking reads, as with a group we create ourselves.
+        let _ = nix::fcntl::fcntl(
+            &group,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+        // SAFETY: `group` is an open fanotify group fd that we own; Fanotify takes over the
+        // ownership from the OwnedFd (into_raw_fd gives it up).
+        let group = unsafe { Fanotify::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(group)) };
+        let eventfd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(KernelError::Poll)?;
+        Ok(Self {
+            group: Arc::new(group),
+            waker: Arc::new(EventFdWaker(eventfd)),
+            buf: Box::new([0u8; READ_BUFFER]),
+        })
+    }
+
+    /// Answers the permission events a dead predecessor read but never answered. The kernel
+    /// matches a response by the event's fd *number* only, so one response is written for
+    /// each number the predecessor could have held (one per `write`; the kernel takes one
+    /// response per write, and refuses numbers with no pending event with ENOENT). Must run
+    /// before this process reads any event, whose fd numbers could collide. Returns how
+    /// many were answered.
+    pub fn answer_orphans(&self, highest_fd: i32, answer: Answer) -> usize {
+        let response = match answer {
+            Answer::Allow => libc::FAN_ALLOW,
+            Answer::Deny => libc::FAN_DENY,
+        };
+        let mut answered = 0;
+        for fd in 0..=highest_fd {
+            let mut bytes = [0u8; 8];
+            bytes[..4].copy_from_slice(&fd.to_ne_bytes());
+            bytes[4..].copy_from_slice(&response.to_ne_bytes());
+            if nix::unistd::write(self.group.as_fd(), &bytes).is_ok() {
+                answered += 1;
+            }
+        }
+        answered
+    }
+
+    /// The group's fd (for the service manager's fd store).
+    pub fn group_fd(&self) -> BorrowedFd<'_> {
+        self.group.as_fd()
+    }
+
     /// Reads whatever is queued (non-blocking) into `out`.
     fn read_available(&mut self, out: &mut Vec<RawEvent>) -> Result<(), KernelError> {
         let n = match nix::unistd::read(self.group.as_fd(), &mut self.buf[..]) {

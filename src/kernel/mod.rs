@@ -20,6 +20,48 @@ pub use fanotify::{
 };
 pub use stat::{FileStat, PathStat, Timestamp, stat_fd, stat_path};
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// Takes the fds passed by the service manager (`LISTEN_PID` = us, `LISTEN_FDS` = n, from
+/// fd 3, names in `LISTEN_FDNAMES`) and clears those variables so no child inherits them.
+pub fn take_listen_fds() -> Vec<(Option<String>, OwnedFd)> {
+    let ours = std::env::var("LISTEN_PID").is_ok_and(|p| p == std::process::id().to_string());
+    let n: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|v| v.split(':').map(str::to_string).collect())
+        .unwrap_or_default();
+    // SAFETY: removing variables during single-threaded startup (called before any thread).
+    unsafe {
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    if !ours || !(1..=64).contains(&n) {
+        return Vec::new();
+    }
+    (0..n)
+        // SAFETY: F_GETFD on a number only queries whether it is open.
+        .filter(|i| unsafe { libc::fcntl(3 + i, libc::F_GETFD) } >= 0)
+        .map(|i| {
+            // SAFETY: the service manager passed fd 3+i to us (LISTEN_PID is our pid) and it
+            // is open (F_GETFD succeeded); nothing else in this process owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(3 + i) };
+            // SAFETY: setting close-on-exec on an fd we own.
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+            (names.get(i as usize).cloned(), fd)
+        })
+        .collect()
+}
+
+/// True if `fd` is a fanotify group.
+pub fn is_fanotify(fd: &OwnedFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|p| p.as_os_str() == "anon_inode:[fanotify]")
+}
+
 use std::path::PathBuf;
 
 /// Errors from the kernel interface.

@@ -397,3 +397,129 @@ fn shared_mmap_write_on_tmpfs_invalidates_a_cached_verdict() {
         "changed content must be judged again and denied"
     );
 }
+
+/// Issue 5: the fanotify group survives the daemon in systemd's fd store, so a payload
+/// exec'd while no daemon runs waits (it is not allowed), and the next daemon takes the
+/// group back, re-arms and answers it. The test plays systemd's notify socket and fd store.
+#[test]
+fn fd_store_hand_over_leaves_no_unprotected_window() {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::net::UnixDatagram;
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+    if !root_or_skip("handover") {
+        return;
+    }
+    let sb = Sandbox::new("handover");
+    let notify_path = sb.dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let spawn = |sb: &Sandbox, group: Option<&OwnedFd>| {
+        let mut cmd = Command::new("sh");
+        let daemon = format!(
+            "{} exec \"$0\" daemon --socket \"$1\" --state-dir \"$2\" --audit-log \"$3\"",
+            if group.is_some() {
+                "LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=fanotify"
+            } else {
+                ""
+            }
+        );
+        cmd.arg("-c")
+            .arg(daemon)
+            .arg(BIN)
+            .arg(&sb.socket)
+            .arg(&sb.state)
+            .arg(&sb.audit);
+        cmd.env("NOTIFY_SOCKET", &notify_path)
+            .stdout(std::process::Stdio::null());
+        if let Some(g) = group {
+            let raw = g.as_raw_fd();
+            // SAFETY (test): dup2 is async-signal-safe; it puts the group at fd 3.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(raw, 3) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd.spawn().unwrap()
+    };
+    // Receives notifications until `want` arrives; returns the fd passed with it, if any.
+    let wait_for = |want: &str| -> Option<OwnedFd> {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            let mut buf = [0u8; 4096];
+            let mut space = nix::cmsg_space!([i32; 4]);
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(
+                notify.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .unwrap();
+            let mut fd = None;
+            for c in msg.cmsgs().unwrap() {
+                if let ControlMessageOwned::ScmRights(fds) = c {
+                    // SAFETY (test): the kernel installed these fds for us.
+                    fd = fds.first().map(|f| unsafe { OwnedFd::from_raw_fd(*f) });
+                }
+            }
+            let text = String::from_utf8_lossy(iov[0].as_ref()).into_owned();
+            if text.contains(want) {
+                return fd;
+            }
+        }
+        panic!("no {want} from the daemon");
+    };
+
+    let mut first = spawn(&sb, None);
+    let group = wait_for("FDSTORE=1").expect("the group fd");
+    wait_for("READY=1");
+    sb.arm("c1", &[]);
+    let payload = sb.tmp.join("p");
+    sb.install(PAYLOAD_SOURCE, &payload);
+    assert_eq!(exec(&payload), EPERM);
+
+    // The daemon dies; the fd store (this test) keeps the group and its marks.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let p2 = payload.clone();
+    let waiting_payload = std::thread::spawn(move || exec(&p2));
+    let image = sb.rootfs.join("bin/cat");
+    let waiting_image = std::thread::spawn(move || exec(&image));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !waiting_payload.is_finished(),
+        "with no daemon the exec must wait, not run"
+    );
+    assert!(!waiting_image.is_finished());
+
+    let started = Instant::now();
+    let mut second = spawn(&sb, Some(&group));
+    wait_for("READY=1");
+    assert_eq!(
+        waiting_payload.join().unwrap(),
+        EPERM,
+        "the queued payload is denied by the successor"
+    );
+    assert_eq!(
+        waiting_image.join().unwrap(),
+        Ok(0),
+        "the queued image exec is allowed"
+    );
+    eprintln!(
+        "hand-over: successor ready and queued execs answered in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(exec(&payload), EPERM);
+    assert_eq!(exec(&sb.rootfs.join("bin/true")), Ok(0));
+    let _ = second.kill();
+    let _ = second.wait();
+    drop(group);
+}
