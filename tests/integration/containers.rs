@@ -315,3 +315,54 @@ fn plain_runc_run_with_a_bundle() {
     );
     assert_eq!(node.records(1)[0]["unit"], "plain-1");
 }
+
+/// The capability set of systemd/driftlock.service is enough: the daemon runs with only
+/// CAP_SYS_ADMIN, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH in its bounding set and still
+/// arms containers, denies payloads, checks loaders and blocks fileless execution.
+#[test]
+fn the_daemon_works_with_only_the_units_capabilities() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/driftlock.service"
+    ))
+    .unwrap();
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .unwrap()
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let bounding = format!("--bounding-set=-all,{}", caps.join(","));
+    let Some(node) = Node::with_daemon("caps", &["setpriv", &bounding, "--"], &[]) else {
+        return;
+    };
+    let script = format!(
+        "wget -q -O /tmp/p {} && chmod +x /tmp/p && /tmp/p >/dev/null 2>&1; echo payload=$?\n\
+         hello-dyn >/dev/null; echo dynamic=$?\n\
+         /lib64/ld-linux-x86-64.so.2 /usr/bin/hello-dyn >/dev/null 2>&1; echo direct=$?\n\
+         memfd-exec >/dev/null; echo memfd=$?\n",
+        node.payload_url()
+    );
+    let t = text(&node.run(
+        GLIBC,
+        "caps-1",
+        &["--annotation", "io.kubernetes.cri.image-name=x"],
+        &script,
+    ));
+    for (k, v) in [("payload", "126"), ("dynamic", "0"), ("direct", "126")] {
+        assert!(t.contains(&format!("{k}={v}\n")), "{k}={v}: {t}");
+    }
+    assert!(t.contains("memfd=3") || t.contains("memfd=4"), "{t}");
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", node.status_pid())).unwrap_or_default();
+    let bnd = status
+        .lines()
+        .find(|l| l.starts_with("CapBnd:"))
+        .unwrap_or("");
+    assert_eq!(
+        bnd.trim_start_matches("CapBnd:").trim(),
+        "0000000000280004",
+        "sys_admin|sys_ptrace|dac_read_search"
+    );
+}

@@ -132,6 +132,7 @@ pub struct Node {
     containerd: Option<Child>,
     daemon: Option<Child>,
     daemon_args: Vec<String>,
+    daemon_prefix: Vec<String>,
     http: Http,
 }
 
@@ -154,6 +155,11 @@ impl Node {
 
     /// A node whose daemon gets `args` as well.
     pub fn with_daemon_args(name: &str, args: &[&str]) -> Option<Self> {
+        Self::with_daemon(name, &[], args)
+    }
+
+    /// A node whose daemon is started through `prefix` (e.g. `setpriv ...`) with `args`.
+    pub fn with_daemon(name: &str, prefix: &[&str], args: &[&str]) -> Option<Self> {
         if !root_or_skip(name) {
             return None;
         }
@@ -217,6 +223,7 @@ impl Node {
             containerd: Some(containerd),
             daemon: None,
             daemon_args: args.iter().map(|a| a.to_string()).collect(),
+            daemon_prefix: prefix.iter().map(|a| a.to_string()).collect(),
             http: Http::start(payload),
             dir,
         };
@@ -249,7 +256,15 @@ impl Node {
     }
 
     pub fn start_daemon(&mut self) {
-        let child = Command::new(BIN)
+        let mut cmd = match self.daemon_prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .args(["daemon", "--log-level", "warn", "--socket"])
             .arg(&self.dl_socket)
             .arg("--state-dir")
@@ -270,6 +285,11 @@ impl Node {
                 .output()
                 .is_ok_and(|o| o.status.success())
         });
+    }
+
+    /// The daemon's pid.
+    pub fn status_pid(&self) -> u32 {
+        self.daemon.as_ref().map_or(0, Child::id)
     }
 
     /// SIGKILL, as a crash or the OOM killer would.
