@@ -90,6 +90,8 @@ pub struct Armer {
     pub memfd_noexec: bool,
     /// Where unit records live (`STATE_DIR/units`).
     pub units_dir: PathBuf,
+    /// Mode rules and allow entries from the configuration file (replaced on SIGHUP).
+    pub policy: std::sync::RwLock<crate::config::Config>,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -232,7 +234,21 @@ impl Armer {
             daemon_inside: &daemon_inside,
         };
         let marks = plan_marks(&stats, &tables, &access)?;
-        let mode = req.mode.unwrap_or(self.default_mode);
+        let (mode, allow) = {
+            let policy = self
+                .policy
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (
+                policy.mode_for(
+                    req.mode,
+                    req.image_name.as_deref(),
+                    req.namespace.as_deref(),
+                    self.default_mode,
+                ),
+                policy.allowed_for(req.image_name.as_deref()),
+            )
+        };
 
         let baseline_started = Instant::now();
         let explicit_key = match req.image_key.as_deref() {
@@ -284,6 +300,7 @@ impl Armer {
             mode,
             baseline: Arc::new(baseline),
             marks,
+            allow,
         })?;
         let record = UnitRecord {
             v: 1,
@@ -311,6 +328,26 @@ impl Armer {
             memfd_noexec,
             marks: placed,
         })
+    }
+
+    /// Replaces the policy and pushes each armed unit's allow entries to the engine.
+    /// Returns how many units were updated.
+    pub fn apply_policy(&self, policy: crate::config::Config) -> usize {
+        let Ok(status) = self.engine.status() else {
+            return 0;
+        };
+        let mut updated = 0;
+        for u in &status.units {
+            let list = policy.allowed_for(u.image_name.as_deref());
+            if self.engine.set_allow(&u.id, list).is_ok() {
+                updated += 1;
+            }
+        }
+        *self
+            .policy
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = policy;
+        updated
     }
 
     fn record_path(&self, id: &str) -> PathBuf {

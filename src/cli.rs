@@ -61,6 +61,9 @@ pub enum Command {
     /// Work with baseline files.
     #[command(subcommand)]
     Baseline(BaselineCommand),
+    /// Work with the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// OCI hook run by runc (added by driftlock-runtime): reads the OCI state on stdin.
     ///
     /// createRuntime arms the container and exits 0 only once it is armed; on failure it
@@ -90,55 +93,135 @@ pub struct SocketArg {
     pub socket: PathBuf,
 }
 
-/// `driftlock daemon` flags.
+/// `driftlock daemon` flags. Each has a key of the same name in the configuration file;
+/// a flag given here wins over the file, the file over the built-in default.
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
-    /// Unix socket to listen on (created mode 0600).
-    #[arg(long, default_value = crate::DEFAULT_SOCKET, env = "DRIFTLOCK_SOCKET")]
-    pub socket: PathBuf,
-    /// State directory: the baseline store lives in STATE_DIR/baselines.
-    #[arg(long, default_value = crate::DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
-    /// Mode for units that do not ask for one.
-    #[arg(long, value_enum, default_value_t = Mode::Enforce)]
-    pub mode: Mode,
-    /// Audit records: `-` for stdout only, or a FILE to append to as well as stdout.
-    #[arg(long, default_value = "-")]
-    pub audit_log: PathBuf,
-    /// Hashing threads for execs that miss the cache (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    pub hash_workers: usize,
-    /// How long an exec may wait for its file to be hashed before policy answers
-    /// (deny in enforce mode), in milliseconds.
-    #[arg(long, default_value_t = 2000)]
-    pub hash_timeout_ms: u64,
-    /// Files cached per unit.
-    #[arg(long, default_value_t = 65_536)]
-    pub cache_capacity: usize,
-    /// Threads per baseline snapshot (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    pub snapshot_threads: usize,
+    /// Configuration file (default: /etc/driftlock/config.toml, if it exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Unix socket to listen on (created mode 0600) [default: /run/driftlock/driftlock.sock].
+    #[arg(long, env = "DRIFTLOCK_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// State directory: baselines and armed units [default: /var/lib/driftlock].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Mode for containers with no annotation or rule [default: enforce].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Audit records: `-` for stdout only, or a FILE appended to as well as stdout [default: -].
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+    /// Hashing threads for execs that miss the cache (0 = one per core) [default: 0].
+    #[arg(long)]
+    pub hash_workers: Option<usize>,
+    /// How long an exec may wait for its file to be hashed before policy answers (deny in
+    /// enforce mode), in milliseconds [default: 2000].
+    #[arg(long)]
+    pub hash_timeout_ms: Option<u64>,
+    /// Files cached per container [default: 65536].
+    #[arg(long)]
+    pub cache_capacity: Option<usize>,
+    /// Threads per baseline snapshot (0 = one per core) [default: 0].
+    #[arg(long)]
+    pub snapshot_threads: Option<usize>,
     /// Set vm.memfd_noexec=2 in each container's PID namespace, so fileless execution
-    /// (memfd_create + fexecve), which no fanotify mark can see, fails there.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub memfd_noexec: bool,
+    /// (memfd_create + fexecve), which no fanotify mark can see, fails there [default: true].
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub memfd_noexec: Option<bool>,
     /// Script control (opt-in): interpreters may not open files on a container's tmpfs
     /// mounts (/tmp, /run, /dev/shm, /dev) whose content is not in the baseline, so
     /// `sh /tmp/x.sh` fails. Every open on those mounts then waits for the daemon; an
     /// interpreter reading data there (not a script) is refused too. See the README.
     #[arg(long)]
     pub script_control: bool,
-    /// Interpreters for --script-control, by process name (comm); `name*` matches a prefix.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "sh,ash,dash,bash,zsh,ksh,python*,perl*,ruby*,node,php*,lua*,tclsh*"
-    )]
-    pub interpreters: Vec<String>,
+    /// Interpreters for --script-control, by process name (comm); `name*` matches a prefix
+    /// [default: sh,ash,dash,bash,zsh,ksh,python*,perl*,ruby*,node,php*,lua*,tclsh*].
+    #[arg(long, value_delimiter = ',')]
+    pub interpreters: Option<Vec<String>>,
     /// Also record every cache miss that was allowed (verbose; for tuning and debugging).
     /// On by default at `--log-level debug`.
     #[arg(long)]
     pub record_misses: bool,
+}
+
+/// The default interpreters of the script control.
+pub const DEFAULT_INTERPRETERS: &[&str] = &[
+    "sh", "ash", "dash", "bash", "zsh", "ksh", "python*", "perl*", "ruby*", "node", "php*", "lua*",
+    "tclsh*",
+];
+
+impl DaemonArgs {
+    /// Merges flags, the configuration file and the defaults.
+    pub fn resolve(
+        self,
+    ) -> Result<(DaemonConfig, crate::config::Config, Option<PathBuf>), CliError> {
+        use crate::config::{Config, DEFAULT_CONFIG};
+        let (file, path) = match &self.config {
+            Some(p) => (
+                Config::load(p).map_err(|e| CliError::Other(e.to_string()))?,
+                Some(p.clone()),
+            ),
+            None if Path::new(DEFAULT_CONFIG).exists() => (
+                Config::load(Path::new(DEFAULT_CONFIG))
+                    .map_err(|e| CliError::Other(e.to_string()))?,
+                Some(PathBuf::from(DEFAULT_CONFIG)),
+            ),
+            None => (Config::default(), None),
+        };
+        let defaults = EngineConfig::default();
+        let audit_log = self
+            .audit_log
+            .or_else(|| file.audit_log.clone())
+            .unwrap_or_else(|| "-".into());
+        let script_control = self.script_control || file.script_control.unwrap_or(false);
+        let interpreters = self
+            .interpreters
+            .or_else(|| file.interpreters.clone())
+            .unwrap_or_else(|| DEFAULT_INTERPRETERS.iter().map(|s| s.to_string()).collect());
+        let hash_workers = self.hash_workers.or(file.hash_workers).unwrap_or(0);
+        let config = DaemonConfig {
+            socket: self
+                .socket
+                .or_else(|| file.socket.clone())
+                .unwrap_or_else(|| crate::DEFAULT_SOCKET.into()),
+            state_dir: self
+                .state_dir
+                .or_else(|| file.state_dir.clone())
+                .unwrap_or_else(|| crate::DEFAULT_STATE_DIR.into()),
+            mode: self.mode.or(file.mode).unwrap_or(Mode::Enforce),
+            audit_log: (audit_log != Path::new("-")).then_some(audit_log),
+            engine: EngineConfig {
+                hash_workers: if hash_workers == 0 {
+                    defaults.hash_workers
+                } else {
+                    hash_workers
+                },
+                hash_timeout: Duration::from_millis(
+                    self.hash_timeout_ms
+                        .or(file.hash_timeout_ms)
+                        .unwrap_or(2000)
+                        .max(1),
+                ),
+                cache_capacity: self
+                    .cache_capacity
+                    .or(file.cache_capacity)
+                    .unwrap_or(65_536),
+                // "At debug level, every miss" as well as on request.
+                record_misses: self.record_misses
+                    || file.record_misses.unwrap_or(false)
+                    || log::log_enabled!(log::Level::Debug),
+                interpreters: if script_control {
+                    interpreters.into_iter().map(String::into_bytes).collect()
+                } else {
+                    Vec::new()
+                },
+            },
+            snapshot_threads: self.snapshot_threads.or(file.snapshot_threads).unwrap_or(0),
+            memfd_noexec: self.memfd_noexec.or(file.memfd_noexec).unwrap_or(true),
+        };
+        Ok((config, file, path))
+    }
 }
 
 /// `driftlock arm` flags.
@@ -160,6 +243,9 @@ pub struct ArmArgs {
     /// directory is snapshotted at every arm).
     #[arg(long)]
     pub image_key: Option<String>,
+    /// Image name (for per-image modes and allow entries, and records).
+    #[arg(long)]
+    pub image_name: Option<String>,
     /// A process of the container: ROOTFS and --mount are then paths in its mount
     /// namespace, reached through /proc/PID/root.
     #[arg(long)]
@@ -173,6 +259,16 @@ pub struct ArmArgs {
     /// The daemon's socket.
     #[command(flatten)]
     pub socket: SocketArg,
+}
+
+/// `driftlock config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a configuration file: exit 0 if valid, else print the line and reason, exit 1.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 /// `driftlock baseline ...`.
@@ -243,34 +339,27 @@ pub enum CliError {
 pub fn run(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Daemon(a) => {
-            crate::daemon::run(DaemonConfig {
-                socket: a.socket,
-                state_dir: a.state_dir,
-                mode: a.mode,
-                audit_log: (a.audit_log != Path::new("-")).then_some(a.audit_log),
-                engine: EngineConfig {
-                    hash_workers: if a.hash_workers == 0 {
-                        EngineConfig::default().hash_workers
-                    } else {
-                        a.hash_workers
-                    },
-                    hash_timeout: Duration::from_millis(a.hash_timeout_ms.max(1)),
-                    cache_capacity: a.cache_capacity,
-                    // "At debug level, every miss" as well as on request.
-                    record_misses: a.record_misses || log::log_enabled!(log::Level::Debug),
-                    interpreters: if a.script_control {
-                        a.interpreters
-                            .iter()
-                            .map(|i| i.clone().into_bytes())
-                            .collect()
-                    } else {
-                        Vec::new()
-                    },
-                },
-                snapshot_threads: a.snapshot_threads,
-                memfd_noexec: a.memfd_noexec,
-            })?;
+            let (config, policy, path) = a.resolve()?;
+            crate::daemon::run(config, policy, path)?;
             Ok(0)
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            match crate::config::Config::load(&file) {
+                Ok(c) => {
+                    println!(
+                        "{}: ok ({} image rules, {} namespace rules, {} allow entries)",
+                        file.display(),
+                        c.image.len(),
+                        c.namespace.len(),
+                        c.allow.len()
+                    );
+                    Ok(0)
+                }
+                Err(e) => {
+                    eprintln!("driftlock: {e}");
+                    Ok(1)
+                }
+            }
         }
         Command::Arm(a) => arm(a),
         Command::Disarm { id, socket } => {
@@ -349,7 +438,8 @@ fn arm(a: ArmArgs) -> Result<i32, CliError> {
         pid: a.pid,
         discover_mounts: a.discover_mounts,
         host_rootfs: None,
-        image_name: None,
+        image_name: a.image_name,
+        namespace: None,
     });
     // A first snapshot of a large image can take a while.
     let reply = request(&a.socket.socket, &req, Duration::from_secs(600))?;

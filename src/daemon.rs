@@ -105,8 +105,13 @@ fn raise_fd_limit() {
 /// lowest free numbers, so in practice they are far below this).
 const ORPHAN_FD_SCAN: i32 = 65_535;
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
+/// Runs the daemon until SIGTERM or SIGINT. `policy` holds the mode rules and allow
+/// entries of the configuration file at `policy_path` (read again on SIGHUP).
+pub fn run(
+    config: DaemonConfig,
+    policy: crate::config::Config,
+    policy_path: Option<std::path::PathBuf>,
+) -> Result<(), DaemonError> {
     use nix::sys::signal::{SigSet, Signal};
     // Block the stop signals in every thread (threads inherit the mask); the main thread
     // takes them synchronously with sigwait, so no handler runs in async-signal context.
@@ -173,7 +178,9 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         snapshot_threads: config.snapshot_threads,
         memfd_noexec: config.memfd_noexec,
         units_dir: config.state_dir.join("units"),
+        policy: std::sync::RwLock::new(policy),
     });
+    let reloader = Arc::clone(&armer);
     // Containers that ran on while the daemon was down are protected again before the
     // socket accepts a request (hooks retry their connection meanwhile).
     let (rearmed, forgotten) = armer.rearm_recorded();
@@ -207,7 +214,19 @@ pub fn run(config: DaemonConfig) -> Result<(), DaemonError> {
 
     loop {
         match signals.wait() {
-            Ok(Signal::SIGHUP) => log::info!("SIGHUP: nothing to reload yet"),
+            Ok(Signal::SIGHUP) => match &policy_path {
+                None => log::info!("SIGHUP: no configuration file to reload"),
+                Some(path) => match crate::config::Config::load(path) {
+                    Ok(c) => {
+                        let n = reloader.apply_policy(c);
+                        log::info!(
+                            "SIGHUP: reloaded {}; allow entries updated for {n} armed units",
+                            path.display()
+                        );
+                    }
+                    Err(e) => log::error!("SIGHUP: keeping the running configuration: {e}"),
+                },
+            },
             Ok(sig) => {
                 log::info!("{sig}: answering in-flight events and stopping");
                 break;

@@ -29,7 +29,7 @@ use crate::kernel::{
     Answer, EventMask, FileStat, Gate, KernelError, Mark, MarkKind, PendingPermission, RawEvent,
     Respond, Wake, procfs, stat_fd, unanswered_drops,
 };
-use crate::registry::{PlannedMark, Registry, Unit, UnitCounters, UnitHandle, UnitStatus};
+use crate::registry::{Allowed, PlannedMark, Registry, Unit, UnitCounters, UnitHandle, UnitStatus};
 use crate::verdict::cache::now as wall_now;
 use crate::verdict::{FileKey, Finding, Reason, Verdict, VerdictCache, decide};
 
@@ -107,6 +107,8 @@ pub struct UnitSpec {
     pub baseline: Arc<Baseline>,
     /// Planned marks.
     pub marks: Vec<PlannedMark>,
+    /// Content the operator allowed besides the baseline.
+    pub allow: crate::config::AllowList,
 }
 
 /// Whole-engine counters.
@@ -153,6 +155,12 @@ pub enum Command {
     Arm(UnitSpec, Sender<Result<Vec<PlannedMark>, EngineError>>),
     /// Disarm a unit.
     Disarm(String, Sender<Result<UnitStatus, EngineError>>),
+    /// Replace a unit's operator allow entries (configuration reload); drops its cache.
+    SetAllow(
+        String,
+        crate::config::AllowList,
+        Sender<Result<(), EngineError>>,
+    ),
     /// Add marks to an armed unit (mounts that appeared after it started); replies with
     /// the marks placed and, for each one that could not be, why.
     AddMarks(
@@ -202,6 +210,10 @@ impl EngineHandle {
     /// Disarms a unit; returns its final status.
     pub fn disarm(&self, id: &str) -> Result<UnitStatus, EngineError> {
         self.call(|tx| Command::Disarm(id.to_string(), tx))?
+    }
+    /// Replaces a unit's operator allow entries.
+    pub fn set_allow(&self, id: &str, allow: crate::config::AllowList) -> Result<(), EngineError> {
+        self.call(|tx| Command::SetAllow(id.to_string(), allow, tx))?
     }
     /// Adds marks to an armed unit.
     pub fn add_marks(&self, id: &str, marks: Vec<PlannedMark>) -> Result<AddedMarks, EngineError> {
@@ -281,6 +293,8 @@ struct HashJob {
     key: (UnitHandle, FileKey),
     fd: OwnedFd,
     deadline: Instant,
+    /// The unit allows content by SHA-256: compute it too.
+    with_sha256: bool,
 }
 
 struct HashDone {
@@ -609,6 +623,10 @@ impl<G: Gate> Engine<G> {
             .first()
             .and_then(|w| w.event.fd())
             .and_then(|fd| fd.try_clone_to_owned().ok());
+        let with_sha256 = self
+            .registry
+            .get(key.0)
+            .is_some_and(|u| !u.allow.sha256.is_empty());
         let sent = match (dup, self.jobs.as_ref()) {
             (Some(fd), Some(jobs)) => jobs
                 .send(HashJob {
@@ -616,6 +634,7 @@ impl<G: Gate> Engine<G> {
                     key,
                     fd,
                     deadline: Instant::now() + WORKER_HARD_LIMIT,
+                    with_sha256,
                 })
                 .is_ok(),
             _ => false,
@@ -669,7 +688,7 @@ impl<G: Gate> Engine<G> {
                 let found = self
                     .registry
                     .get(unit_h)
-                    .map(|u| u.baseline.contains(&d.blake3));
+                    .map(|u| u.baseline.contains(&d.blake3) || u.allow.permits(d));
                 match found {
                     Some(true) => (Finding::InBaseline, Some(d.blake3)),
                     Some(false) => (Finding::NotInBaseline, Some(d.blake3)),
@@ -805,6 +824,22 @@ impl<G: Gate> Engine<G> {
                 let r = self.disarm(&id);
                 let _ = reply.send(r);
             }
+            Command::SetAllow(id, allow, reply) => {
+                let r = match self
+                    .registry
+                    .find_id(&id)
+                    .and_then(|h| self.registry.get_mut(h))
+                {
+                    Some(unit) => {
+                        unit.allow = Allowed::from(allow);
+                        // Findings were made against the old entries.
+                        unit.cache.clear();
+                        Ok(())
+                    }
+                    None => Err(EngineError::UnknownId(id)),
+                };
+                let _ = reply.send(r);
+            }
             Command::AddMarks(id, marks, reply) => {
                 let r = self.add_marks(&id, marks);
                 let _ = reply.send(r);
@@ -884,6 +919,7 @@ impl<G: Gate> Engine<G> {
             marks: marks.clone(),
             cache: VerdictCache::new(self.config.cache_capacity),
             counters: UnitCounters::default(),
+            allow: Allowed::from(spec.allow),
         };
         // Registered before marking, so the first event can be attributed.
         let handle = self.registry.insert(unit);
@@ -1038,7 +1074,12 @@ fn hash_worker(jobs: Receiver<HashJob>, results: Sender<HashDone>, waker: Arc<dy
     let mut buf = Vec::new();
     for job in jobs {
         let started = wall_now();
-        let result = hash_fd(job.fd.as_fd(), &mut buf, false, Some(job.deadline));
+        let result = hash_fd(
+            job.fd.as_fd(),
+            &mut buf,
+            job.with_sha256,
+            Some(job.deadline),
+        );
         drop(job.fd);
         if results
             .send(HashDone {

@@ -28,6 +28,7 @@ pub mod arming;
 pub mod audit;
 pub mod baseline;
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod escape;

@@ -230,6 +230,35 @@ pub struct Unit {
     pub cache: VerdictCache,
     /// Its counters.
     pub counters: UnitCounters,
+    /// Content the operator allowed besides the baseline.
+    pub allow: Allowed,
+}
+
+/// A unit's operator allow entries, as sets.
+#[derive(Debug, Default, Clone)]
+pub struct Allowed {
+    /// By BLAKE3.
+    pub blake3: std::collections::HashSet<crate::baseline::Digest>,
+    /// By SHA-256.
+    pub sha256: std::collections::HashSet<crate::baseline::Digest>,
+}
+
+impl From<crate::config::AllowList> for Allowed {
+    fn from(l: crate::config::AllowList) -> Self {
+        Self {
+            blake3: l.blake3.into_iter().collect(),
+            sha256: l.sha256.into_iter().collect(),
+        }
+    }
+}
+
+impl Allowed {
+    /// True if an operator entry allows content with these digests.
+    pub fn permits(&self, d: &crate::baseline::FileDigests) -> bool {
+        self.blake3.contains(&d.blake3)
+            || d.sha256
+                .is_some_and(|s| self.sha256.contains(&crate::baseline::Digest(s)))
+    }
 }
 
 /// Handle of a unit inside the registry (stable while the unit is armed).
@@ -582,6 +611,7 @@ mod tests {
             marks,
             cache: VerdictCache::new(4),
             counters: UnitCounters::default(),
+            allow: Allowed::default(),
         };
         let fs = PlannedMark {
             path: "/a".into(),

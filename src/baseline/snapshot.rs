@@ -175,7 +175,12 @@ fn resolve_loaders(
         let how = OpenHow::new()
             .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT);
-        let result = openat2(root.as_fd(), OsStr::from_bytes(rel), how)
+        let fd = match openat2(root.as_fd(), OsStr::from_bytes(rel), how) {
+            // Programs naming a loader the image lacks cannot run at all: nothing to check.
+            Err(nix::Error::ENOENT) => continue,
+            other => other,
+        };
+        let result = fd
             .map_err(|e| format!("interpreter named by the image's programs cannot be opened: {e}"))
             .and_then(|fd| hash_fd(fd.as_fd(), &mut buf, false, None).map_err(|e| e.to_string()));
         match result {

@@ -98,6 +98,7 @@ struct Harness {
     thread: Option<std::thread::JoinHandle<Result<(), KernelError>>>,
     audit_path: PathBuf,
     dev: u64,
+    allow: crate::config::AllowList,
 }
 
 fn write_exec(path: &Path, data: &[u8]) {
@@ -138,6 +139,7 @@ impl Harness {
             thread,
             audit_path,
             dev,
+            allow: Default::default(),
         }
     }
 
@@ -182,6 +184,7 @@ impl Harness {
                     fstype: "test".into(),
                 },
             ],
+            allow: self.allow.clone(),
         })
     }
 
@@ -518,4 +521,34 @@ fn pending_permission_answers_exactly_once_even_when_dropped() {
     let answers: Vec<Answer> = log.lock().unwrap().answers.iter().map(|a| a.1).collect();
     assert_eq!(answers, vec![Answer::Deny, Answer::Allow]);
     assert!(crate::kernel::unanswered_drops() > before);
+}
+
+#[test]
+fn operator_allow_entries_by_blake3_and_sha256_and_their_reload() {
+    let mut h = Harness::new("allow", cfg(), None);
+    let by_blake = h.file("generated-a", b"runtime generated a");
+    let by_sha = h.file("generated-b", b"runtime generated b");
+    let other = h.file("payload", b"payload");
+    let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(b"runtime generated b").into();
+    h.allow = crate::config::AllowList {
+        blake3: vec![blake3::hash(b"runtime generated a").into()],
+        sha256: vec![crate::baseline::Digest(sha)],
+    };
+    h.arm("c1", Mode::Enforce, &[b"image"]).unwrap();
+    assert_eq!(h.exec(&by_blake), Answer::Allow);
+    assert_eq!(h.exec(&by_sha), Answer::Allow);
+    assert_eq!(h.exec(&other), Answer::Deny);
+    // A reload that removes the entries applies to the armed unit (its cache is dropped).
+    h.handle.set_allow("c1", Default::default()).unwrap();
+    assert_eq!(h.exec(&by_blake), Answer::Deny);
+    h.handle
+        .set_allow(
+            "c1",
+            crate::config::AllowList {
+                blake3: vec![blake3::hash(b"payload").into()],
+                sha256: vec![],
+            },
+        )
+        .unwrap();
+    assert_eq!(h.exec(&other), Answer::Allow);
 }

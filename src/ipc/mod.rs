@@ -72,6 +72,9 @@ pub struct ArmRequest {
     /// Image name for records (e.g. from `io.kubernetes.cri.image-name`).
     #[serde(default)]
     pub image_name: Option<String>,
+    /// Kubernetes namespace (for per-namespace modes).
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 /// The result of a successful `arm`.
@@ -209,6 +212,7 @@ mod tests {
             discover_mounts: true,
             host_rootfs: None,
             image_name: Some("docker.io/library/postgres:16".into()),
+            namespace: Some("default".into()),
         });
         let line = encode_request(&req);
         assert_eq!(parse_request(&line[..line.len() - 1]).unwrap(), req);

@@ -27,6 +27,11 @@ pub const IMAGE_NAME_ANNOTATIONS: &[&str] = &[
     "io.containerd.image.name",
     "org.opencontainers.image.ref.name",
 ];
+/// Annotations that name the Kubernetes namespace.
+pub const NAMESPACE_ANNOTATIONS: &[&str] = &[
+    "io.kubernetes.cri.sandbox-namespace",
+    "io.kubernetes.pod.namespace",
+];
 /// Largest OCI state or config accepted.
 const MAX_INPUT: u64 = 16 << 20;
 
@@ -155,6 +160,7 @@ pub fn arm_request(
         }
     };
     let image_name = IMAGE_NAME_ANNOTATIONS.iter().find_map(|k| annotation(k));
+    let namespace = NAMESPACE_ANNOTATIONS.iter().find_map(|k| annotation(k));
     let rootfs_text = escape_bytes(rootfs.as_os_str().as_bytes());
     Ok(ArmRequest {
         id,
@@ -167,6 +173,7 @@ pub fn arm_request(
         // Before pivot_root the container's view of its rootfs path is the host's.
         host_rootfs: Some(rootfs_text),
         image_name,
+        namespace,
     })
 }
 

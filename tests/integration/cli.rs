@@ -92,3 +92,58 @@ fn snapshot_show_and_diff() {
     );
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn config_check_reports_the_line_and_the_reason() {
+    let dir = std::env::temp_dir().join(format!("driftlock-cfg-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    fs::write(
+        &good,
+        "mode = \"audit\"\n[[image]]\nname = \"nginx*\"\nmode = \"enforce\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 image rules"));
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/config.toml");
+    assert!(
+        Command::new(BIN)
+            .args(["config", "check", shipped])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let bad = dir.join("bad.toml");
+    fs::write(
+        &bad,
+        "mode = \"audit\"\nhash_timeout_ms = 100\nmdoe = \"enforce\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3") && err.contains("mdoe"), "{err}");
+    // The daemon refuses to start on it, with the same message.
+    let out = Command::new(BIN)
+        .args(["daemon", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 3"));
+    fs::remove_dir_all(&dir).unwrap();
+}

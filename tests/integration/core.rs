@@ -523,3 +523,47 @@ fn fd_store_hand_over_leaves_no_unprotected_window() {
     let _ = second.wait();
     drop(group);
 }
+
+/// Configuration: an allow entry (by sha256, scoped to the image) added to the file and
+/// applied with SIGHUP lets that content run in an armed container; marks stay.
+#[test]
+fn sighup_reloads_allow_entries_without_dropping_marks() {
+    if !root_or_skip("reload") {
+        return;
+    }
+    let mut sb = Sandbox::new("reload");
+    let config = sb.dir.join("config.toml");
+    fs::write(&config, "mode = \"enforce\"\n").unwrap();
+    sb.start_daemon(&["--config", config.to_str().unwrap()]);
+    sb.arm("c1", &["--image-name", "registry.local/app:1"]);
+    let payload = sb.tmp.join("generated");
+    sb.install(PAYLOAD_SOURCE, &payload);
+    assert_eq!(exec(&payload), EPERM);
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        fs::read(PAYLOAD_SOURCE).unwrap(),
+    ));
+    fs::write(
+        &config,
+        format!("mode = \"enforce\"\n[[allow]]\nimage = \"registry.local/app:*\"\nsha256 = \"{sha}\"\ncomment = \"generated at start\"\n"),
+    )
+    .unwrap();
+    sb.signal_daemon(nix::sys::signal::Signal::SIGHUP);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while exec(&payload) != Ok(0) {
+        assert!(
+            std::time::Instant::now() < until,
+            "the allow entry was not applied"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let other = sb.tmp.join("other");
+    sb.install("/usr/bin/env", &other);
+    assert_eq!(exec(&other), EPERM, "only the allowed content");
+    // A broken file is refused and the running configuration kept.
+    fs::write(&config, "mode = \"sometimes\"\n").unwrap();
+    sb.signal_daemon(nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(sb.daemon_alive());
+    assert_eq!(exec(&payload), Ok(0));
+    assert_eq!(exec(&other), EPERM);
+}

@@ -151,6 +151,11 @@ impl Sandbox {
         panic!("daemon did not come up");
     }
 
+    pub fn signal_daemon(&self, sig: nix::sys::signal::Signal) {
+        let pid = self.daemon.as_ref().map(|c| c.id() as i32).unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+    }
+
     pub fn daemon_alive(&mut self) -> bool {
         matches!(self.daemon.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }

@@ -1,0 +1,337 @@
+//! `/etc/driftlock/config.toml`: one file for every daemon setting, per-image and
+//! per-namespace modes, and operator allow entries.
+//!
+//! Every key is optional (defaults are built in), unknown keys and bad values are refused
+//! with their line, and command-line flags override the file. On SIGHUP the daemon reads
+//! the file again and applies the mode rules to containers armed from then on and the
+//! allow entries to every armed container; marks are never dropped.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::Mode;
+use crate::baseline::Digest;
+
+/// Default location.
+pub const DEFAULT_CONFIG: &str = "/etc/driftlock/config.toml";
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Syntax, an unknown key or a bad value (the message names the line).
+    #[error("{}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with line and column.
+        message: String,
+    },
+}
+
+/// A mode rule: containers whose image (or namespace) matches `name` get `mode`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModeRule {
+    /// Image name or Kubernetes namespace; `*` at the end matches any suffix.
+    pub name: String,
+    /// The mode.
+    pub mode: Mode,
+}
+
+/// An operator allow entry: this content may run in containers of `image`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowEntry {
+    /// Image name the entry applies to; `*` at the end matches any suffix; `*` alone: all.
+    pub image: String,
+    /// BLAKE3 of the content (64 hex digits).
+    #[serde(default, deserialize_with = "de_digest")]
+    pub blake3: Option<Digest>,
+    /// SHA-256 of the content (64 hex digits).
+    #[serde(default, deserialize_with = "de_digest")]
+    pub sha256: Option<Digest>,
+    /// Why it is allowed (for people).
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+fn de_digest<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Digest>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse::<Digest>()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("{s:?} is not 64 hex digits")))
+}
+
+fn de_positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = u64::deserialize(d)?;
+    if v == 0 {
+        return Err(serde::de::Error::custom("must be greater than 0"));
+    }
+    Ok(Some(v))
+}
+
+fn de_abs_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let p = PathBuf::deserialize(d)?;
+    if !p.is_absolute() && p != Path::new("-") {
+        return Err(serde::de::Error::custom(format!(
+            "{} is not an absolute path",
+            p.display()
+        )));
+    }
+    Ok(Some(p))
+}
+
+/// The file's contents. Every daemon flag has a key of the same name (with `_`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `--socket`.
+    #[serde(default, deserialize_with = "de_abs_path")]
+    pub socket: Option<PathBuf>,
+    /// `--state-dir`.
+    #[serde(default, deserialize_with = "de_abs_path")]
+    pub state_dir: Option<PathBuf>,
+    /// `--mode`.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// `--audit-log` (`-` for stdout only).
+    #[serde(default, deserialize_with = "de_abs_path")]
+    pub audit_log: Option<PathBuf>,
+    /// `--hash-workers`.
+    #[serde(default)]
+    pub hash_workers: Option<usize>,
+    /// `--hash-timeout-ms`.
+    #[serde(default, deserialize_with = "de_positive")]
+    pub hash_timeout_ms: Option<u64>,
+    /// `--cache-capacity`.
+    #[serde(default)]
+    pub cache_capacity: Option<usize>,
+    /// `--snapshot-threads`.
+    #[serde(default)]
+    pub snapshot_threads: Option<usize>,
+    /// `--memfd-noexec`.
+    #[serde(default)]
+    pub memfd_noexec: Option<bool>,
+    /// `--script-control`.
+    #[serde(default)]
+    pub script_control: Option<bool>,
+    /// `--interpreters`.
+    #[serde(default)]
+    pub interpreters: Option<Vec<String>>,
+    /// `--record-misses`.
+    #[serde(default)]
+    pub record_misses: Option<bool>,
+    /// Per-image modes (first match wins).
+    #[serde(default)]
+    pub image: Vec<ModeRule>,
+    /// Per-namespace modes (first match wins; an image rule wins over a namespace rule).
+    #[serde(default)]
+    pub namespace: Vec<ModeRule>,
+    /// Operator allow entries.
+    #[serde(default)]
+    pub allow: Vec<AllowEntry>,
+}
+
+/// `name*` matches a prefix, `*` everything, anything else itself.
+pub fn matches(pattern: &str, value: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => value.starts_with(prefix),
+        None => pattern == value,
+    }
+}
+
+impl Config {
+    /// Parses configuration text; `path` names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        for (i, a) in cfg.allow.iter().enumerate() {
+            if a.blake3.is_none() && a.sha256.is_none() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "[[allow]] entry {} (image {:?}) needs blake3 or sha256",
+                        i + 1,
+                        a.image
+                    ),
+                });
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// The mode for a container: its annotation, else the first matching image rule, else
+    /// the first matching namespace rule, else `default`.
+    pub fn mode_for(
+        &self,
+        annotated: Option<Mode>,
+        image: Option<&str>,
+        namespace: Option<&str>,
+        default: Mode,
+    ) -> Mode {
+        annotated
+            .or_else(|| {
+                image.and_then(|i| {
+                    self.image
+                        .iter()
+                        .find(|r| matches(&r.name, i))
+                        .map(|r| r.mode)
+                })
+            })
+            .or_else(|| {
+                namespace.and_then(|n| {
+                    self.namespace
+                        .iter()
+                        .find(|r| matches(&r.name, n))
+                        .map(|r| r.mode)
+                })
+            })
+            .unwrap_or(default)
+    }
+
+    /// The allow entries that apply to a container of `image`.
+    pub fn allowed_for(&self, image: Option<&str>) -> AllowList {
+        let mut list = AllowList::default();
+        for a in &self.allow {
+            let applies = a.image == "*" || image.is_some_and(|i| matches(&a.image, i));
+            if applies {
+                list.blake3.extend(a.blake3);
+                list.sha256.extend(a.sha256);
+            }
+        }
+        list
+    }
+}
+
+/// Content an operator allowed for one container, besides its baseline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList {
+    /// By BLAKE3.
+    pub blake3: Vec<Digest>,
+    /// By SHA-256 (the hash workers then compute SHA-256 too).
+    pub sha256: Vec<Digest>,
+}
+
+impl AllowList {
+    /// True if nothing is allowed beyond the baseline.
+    pub fn is_empty(&self) -> bool {
+        self.blake3.is_empty() && self.sha256.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+socket = "/run/x.sock"
+mode = "enforce"
+hash_timeout_ms = 500
+interpreters = ["sh", "python*"]
+
+[[image]]
+name = "docker.io/library/postgres:*"
+mode = "audit"
+
+[[namespace]]
+name = "kube-system"
+mode = "audit"
+
+[[allow]]
+image = "docker.io/library/postgres:*"
+sha256 = "a3d987dd3f9ec0610dc13b7fdccef84895628065434f44247a65ef0d2a341b3c"
+comment = "pg_upgrade helper built at runtime"
+"#;
+
+    #[test]
+    fn parses_and_resolves_modes_and_allow_entries() {
+        let c = Config::parse(GOOD, Path::new("c.toml")).unwrap();
+        assert_eq!(c.hash_timeout_ms, Some(500));
+        assert_eq!(
+            c.mode_for(
+                None,
+                Some("docker.io/library/postgres:16"),
+                None,
+                Mode::Enforce
+            ),
+            Mode::Audit
+        );
+        assert_eq!(
+            c.mode_for(
+                Some(Mode::Enforce),
+                Some("docker.io/library/postgres:16"),
+                None,
+                Mode::Enforce
+            ),
+            Mode::Enforce
+        );
+        assert_eq!(
+            c.mode_for(None, Some("nginx"), Some("kube-system"), Mode::Enforce),
+            Mode::Audit
+        );
+        assert_eq!(
+            c.mode_for(None, Some("nginx"), Some("default"), Mode::Enforce),
+            Mode::Enforce
+        );
+        assert_eq!(
+            c.allowed_for(Some("docker.io/library/postgres:15"))
+                .sha256
+                .len(),
+            1
+        );
+        assert!(c.allowed_for(Some("nginx")).is_empty());
+        assert!(c.allowed_for(None).is_empty());
+    }
+
+    fn error_of(text: &str) -> String {
+        Config::parse(text, Path::new("/etc/driftlock/config.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_reason() {
+        let e = error_of("mode = \"enforce\"\nbogus_key = 1\n");
+        assert!(e.contains("line 2") && e.contains("bogus_key"), "{e}");
+        let e = error_of("\n\nmode = \"off\"\n");
+        assert!(e.contains("line 3") && e.contains("off"), "{e}");
+        let e = error_of("hash_timeout_ms = 0\n");
+        assert!(e.contains("line 1") && e.contains("greater than 0"), "{e}");
+        let e = error_of("socket = \"relative\"\n");
+        assert!(e.contains("line 1") && e.contains("absolute"), "{e}");
+        let e = error_of("[[allow]]\nimage = \"x\"\nsha256 = \"zz\"\n");
+        assert!(e.contains("line 3") && e.contains("64 hex"), "{e}");
+        let e = error_of("[[allow]]\nimage = \"x\"\n");
+        assert!(e.contains("needs blake3 or sha256"), "{e}");
+        let e = error_of("mode = \n");
+        assert!(e.contains("line 1"), "{e}");
+        assert!(e.starts_with("/etc/driftlock/config.toml: "), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../systemd/config.toml");
+        Config::parse(text, Path::new("systemd/config.toml")).unwrap();
+    }
+}
