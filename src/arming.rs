@@ -92,6 +92,19 @@ pub struct Armer {
     pub units_dir: PathBuf,
     /// Mode rules and allow entries from the configuration file (replaced on SIGHUP).
     pub policy: std::sync::RwLock<crate::config::Config>,
+    /// Arm counters for metrics.
+    pub stats: ArmStats,
+}
+
+/// Arm counters.
+#[derive(Debug, Default)]
+pub struct ArmStats {
+    /// Successful arms.
+    pub armed: std::sync::atomic::AtomicU64,
+    /// Failed arms.
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Total time of successful arms, microseconds.
+    pub micros: std::sync::atomic::AtomicU64,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -176,7 +189,24 @@ pub struct UnitRecord {
 
 impl Armer {
     /// Arms a unit; returns once its marks are in place, and records it.
-    pub fn arm(&self, mut req: ArmRequest) -> Result<ArmResult, ArmError> {
+    pub fn arm(&self, req: ArmRequest) -> Result<ArmResult, ArmError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let result = self.arm_inner(req);
+        match &result {
+            Ok(r) => {
+                self.stats.armed.fetch_add(1, Relaxed);
+                self.stats
+                    .micros
+                    .fetch_add((r.arm_ms * 1e3) as u64, Relaxed);
+            }
+            Err(_) => {
+                self.stats.failed.fetch_add(1, Relaxed);
+            }
+        }
+        result
+    }
+
+    fn arm_inner(&self, mut req: ArmRequest) -> Result<ArmResult, ArmError> {
         let started = Instant::now();
         if !valid_id(&req.id) {
             return Err(ArmError::BadId(req.id.chars().take(200).collect()));

@@ -143,6 +143,9 @@ pub struct DaemonArgs {
     /// On by default at `--log-level debug`.
     #[arg(long)]
     pub record_misses: bool,
+    /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464) [default: off].
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The default interpreters of the script control.
@@ -170,6 +173,11 @@ impl DaemonArgs {
             None => (Config::default(), None),
         };
         let defaults = EngineConfig::default();
+        if let Some(addr) = self.metrics_addr.or(file.metrics_addr) {
+            if !addr.ip().is_loopback() {
+                return Err(CliError::Other(crate::metrics::MetricsError::NotLoopback(addr).to_string()));
+            }
+        }
         let audit_log = self
             .audit_log
             .or_else(|| file.audit_log.clone())
@@ -219,6 +227,7 @@ impl DaemonArgs {
             },
             snapshot_threads: self.snapshot_threads.or(file.snapshot_threads).unwrap_or(0),
             memfd_noexec: self.memfd_noexec.or(file.memfd_noexec).unwrap_or(true),
+            metrics_addr: self.metrics_addr.or(file.metrics_addr),
         };
         Ok((config, file, path))
     }

@@ -131,6 +131,9 @@ pub struct Config {
     /// `--record-misses`.
     #[serde(default)]
     pub record_misses: Option<bool>,
+    /// `--metrics-addr`.
+    #[serde(default)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Per-image modes (first match wins).
     #[serde(default)]
     pub image: Vec<ModeRule>,

@@ -31,6 +31,8 @@ pub struct DaemonConfig {
     pub snapshot_threads: usize,
     /// Set `vm.memfd_noexec=2` in the PID namespace of each container armed by pid.
     pub memfd_noexec: bool,
+    /// Serve Prometheus metrics here (loopback only).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Errors that stop the daemon.
@@ -57,6 +59,9 @@ pub enum DaemonError {
     /// Threads or signals.
     #[error("daemon setup failed: {0}")]
     Setup(String),
+    /// The metrics endpoint.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 fn handle_request(ctx: &Armer, req: Request) -> Response {
@@ -161,8 +166,10 @@ pub fn run(
     };
     let (audit, audit_thread) = start_writer(AuditSinks { stdout: true, file });
     let (mut engine, handle) = Engine::new(gate, config.engine.clone(), audit.clone());
+    let audit_for_metrics = audit.counters_handle();
     engine.set_restoring(restoring);
     let mut watchdog = crate::service::Watchdog::from_env();
+    let watchdog_enabled = watchdog.enabled();
     if watchdog.enabled() {
         engine.set_heartbeat(Box::new(move || watchdog.tick()));
     }
@@ -179,6 +186,7 @@ pub fn run(
         memfd_noexec: config.memfd_noexec,
         units_dir: config.state_dir.join("units"),
         policy: std::sync::RwLock::new(policy),
+        stats: Default::default(),
     });
     let reloader = Arc::clone(&armer);
     // Containers that ran on while the daemon was down are protected again before the
@@ -196,6 +204,15 @@ pub fn run(
             .name("driftlock-mounts".into())
             .spawn(move || crate::arming::watch_mounts(armer, audit, stop))
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    }
+    if let Some(addr) = config.metrics_addr {
+        crate::metrics::serve(
+            addr,
+            Arc::clone(&armer),
+            audit_for_metrics,
+            watchdog_enabled,
+        )?;
+        log::info!("metrics on http://{addr}/metrics");
     }
     let handler: Handler = Arc::new(move |req| handle_request(&armer, req));
     std::thread::Builder::new()

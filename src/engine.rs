@@ -136,7 +136,21 @@ pub struct EngineStats {
     pub unanswered_drops: u64,
     /// Records queued for the audit writer.
     pub records: u64,
+    /// Bytes hashed at exec time.
+    pub hashed_bytes: u64,
+    /// Time spent hashing at exec time, seconds.
+    pub hash_seconds: f64,
+    /// Permission events answered, by decision latency (read → answer): counts per bucket
+    /// of [`LATENCY_BUCKETS`] (the last is +Inf).
+    pub latency_buckets: [u64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of decision latencies, seconds.
+    pub latency_seconds: f64,
 }
+
+/// Upper bounds of the decision-latency histogram, seconds.
+pub const LATENCY_BUCKETS: [f64; 10] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.001, 0.01, 0.1, 1.0, 5.0,
+];
 
 /// A snapshot of the engine for `driftlock status`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -191,6 +205,7 @@ pub struct EngineHandle {
     tx: Sender<Command>,
     waker: Arc<dyn Wake>,
     timeout: Duration,
+    heartbeat_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl EngineHandle {
@@ -223,6 +238,16 @@ impl EngineHandle {
     pub fn status(&self) -> Result<EngineStatus, EngineError> {
         self.call(Command::Status)
     }
+    /// Seconds since the event loop last completed an iteration (it iterates at least
+    /// once a second); large means stalled.
+    pub fn loop_age(&self) -> f64 {
+        let last = self.heartbeat_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        now.saturating_sub(last) as f64 / 1e3
+    }
+
     /// Ends restore mode (see [`Engine::set_restoring`]).
     pub fn restore_done(&self) {
         let _ = self.tx.send(Command::RestoreDone);
@@ -261,14 +286,17 @@ struct Judgement {
     digest: Option<Digest>,
     /// Answered from the cache (never recorded when allowed).
     from_cache: bool,
+    /// When the event was read.
+    arrived: Instant,
 }
 
 impl Judgement {
-    fn hashed(finding: Finding, digest: Option<Digest>) -> Self {
+    fn hashed(finding: Finding, digest: Option<Digest>, arrived: Instant) -> Self {
         Self {
             finding,
             digest,
             from_cache: false,
+            arrived,
         }
     }
 }
@@ -277,6 +305,7 @@ struct Waiter {
     event: ExecEvent,
     tid: i32,
     deadline: Instant,
+    arrived: Instant,
 }
 
 struct InFlight {
@@ -301,6 +330,7 @@ struct HashDone {
     seq: u64,
     key: (UnitHandle, FileKey),
     started: crate::kernel::Timestamp,
+    elapsed: Duration,
     result: Result<crate::baseline::FileDigests, HashError>,
 }
 
@@ -327,6 +357,10 @@ pub struct Engine<G: Gate> {
     /// units are re-armed, an event on no known unit is held, not allowed.
     restoring: bool,
     parked: Vec<(ExecEvent, i32, FileStat)>,
+    /// When the batch being processed was read (decision latency is measured from it).
+    batch_read_at: Instant,
+    /// Wall-clock milliseconds of the last loop iteration, shared with the handle.
+    heartbeat_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The longest a clean stop waits for hashes in progress.
@@ -355,10 +389,12 @@ impl<G: Gate> Engine<G> {
                 Err(e) => log::error!("cannot start hash worker {i}: {e}"),
             }
         }
+        let heartbeat_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let handle = EngineHandle {
             tx: cmd_tx,
             waker,
             timeout: Duration::from_secs(60),
+            heartbeat_ms: Arc::clone(&heartbeat_ms),
         };
         let engine = Self {
             responder: gate.responder(),
@@ -378,6 +414,8 @@ impl<G: Gate> Engine<G> {
             heartbeat: None,
             restoring: false,
             parked: Vec::new(),
+            batch_read_at: Instant::now(),
+            heartbeat_ms,
         };
         (engine, handle)
     }
@@ -424,10 +462,18 @@ impl<G: Gate> Engine<G> {
             if let Some(hb) = self.heartbeat.as_mut() {
                 hb();
             }
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.heartbeat_ms
+                .store(now_ms, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
     fn process_batch(&mut self) {
+        if !self.batch.is_empty() {
+            self.batch_read_at = Instant::now();
+        }
         let mut batch = std::mem::take(&mut self.batch);
         for ev in batch.drain(..) {
             self.handle_event(ev);
@@ -539,6 +585,7 @@ impl<G: Gate> Engine<G> {
                             finding: hit.finding,
                             digest: Some(hit.blake3),
                             from_cache: true,
+                            arrived: self.batch_read_at,
                         },
                         &stat,
                     );
@@ -589,6 +636,7 @@ impl<G: Gate> Engine<G> {
             event,
             tid,
             deadline,
+            arrived: self.batch_read_at,
         };
         if let Some(f) = self.in_flight.get_mut(&key) {
             if f.stat == stat || f.tainted {
@@ -646,7 +694,7 @@ impl<G: Gate> Engine<G> {
                     key.0,
                     w.event,
                     w.tid,
-                    Judgement::hashed(Finding::Unverifiable(Reason::Unreadable), None),
+                    Judgement::hashed(Finding::Unverifiable(Reason::Unreadable), None, w.arrived),
                     &stat,
                 );
             }
@@ -665,6 +713,10 @@ impl<G: Gate> Engine<G> {
         let (unit_h, file_key) = done.key;
         if let Some(unit) = self.registry.get_mut(unit_h) {
             unit.counters.hashed += 1;
+        }
+        self.stats.hash_seconds += done.elapsed.as_secs_f64();
+        if let Ok(d) = &done.result {
+            self.stats.hashed_bytes += d.stat.size;
         }
         if flight.tainted {
             // The content may have changed after the hash began: hash again for whoever
@@ -718,7 +770,7 @@ impl<G: Gate> Engine<G> {
                 unit_h,
                 w.event,
                 w.tid,
-                Judgement::hashed(finding, digest),
+                Judgement::hashed(finding, digest, w.arrived),
                 &stat,
             );
         }
@@ -747,10 +799,22 @@ impl<G: Gate> Engine<G> {
                 unit,
                 w.event,
                 w.tid,
-                Judgement::hashed(Finding::Unverifiable(Reason::HashTimeout), None),
+                Judgement::hashed(Finding::Unverifiable(Reason::HashTimeout), None, w.arrived),
                 &stat,
             );
         }
+    }
+
+    fn observe_latency(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        if let Some(b) = self.stats.latency_buckets.get_mut(bucket) {
+            *b += 1;
+        }
+        self.stats.latency_seconds += secs;
     }
 
     fn answer(&mut self, event: ExecEvent, answer: Answer) {
@@ -775,7 +839,11 @@ impl<G: Gate> Engine<G> {
             mut finding,
             digest,
             from_cache,
+            arrived,
         } = judged;
+        if matches!(event, ExecEvent::Permission(_)) {
+            self.observe_latency(arrived.elapsed());
+        }
         let Some(unit) = self.registry.get_mut(unit_h) else {
             // Disarmed while the file was hashed: the container is going away.
             self.answer(event, Answer::Allow);
@@ -1074,18 +1142,21 @@ fn hash_worker(jobs: Receiver<HashJob>, results: Sender<HashDone>, waker: Arc<dy
     let mut buf = Vec::new();
     for job in jobs {
         let started = wall_now();
+        let clock = Instant::now();
         let result = hash_fd(
             job.fd.as_fd(),
             &mut buf,
             job.with_sha256,
             Some(job.deadline),
         );
+        let elapsed = clock.elapsed();
         drop(job.fd);
         if results
             .send(HashDone {
                 seq: job.seq,
                 key: job.key,
                 started,
+                elapsed,
                 result,
             })
             .is_err()

@@ -34,6 +34,7 @@ pub mod engine;
 pub mod escape;
 pub mod ipc;
 pub mod kernel;
+pub mod metrics;
 pub mod registry;
 pub mod runtime;
 pub mod service;

@@ -192,6 +192,8 @@ pub struct AuditCounters {
     pub dropped: AtomicU64,
     /// Write failures.
     pub write_errors: AtomicU64,
+    /// Records waiting to be written.
+    pub queued: AtomicU64,
 }
 
 /// The sending side used by the engine.
@@ -206,7 +208,14 @@ impl AuditQueue {
     pub fn send(&self, job: AuditJob) {
         if self.tx.try_send(job).is_err() {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.counters.queued.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A view of the counters that does not keep the writer alive.
+    pub fn counters_handle(&self) -> Arc<AuditCounters> {
+        Arc::clone(&self.counters)
     }
 
     /// The writer's counters.
@@ -253,6 +262,7 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
                     AuditJob::Coverage(c) => serde_json::to_string(&c).unwrap_or_default(),
                 };
                 line.push('\n');
+                c.queued.fetch_sub(1, Ordering::Relaxed);
                 let mut ok = true;
                 if sinks.stdout {
                     let mut out = std::io::stdout().lock();

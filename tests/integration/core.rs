@@ -567,3 +567,72 @@ fn sighup_reloads_allow_entries_without_dropping_marks() {
     assert_eq!(exec(&payload), Ok(0));
     assert_eq!(exec(&other), EPERM);
 }
+
+/// Issue 5: the metrics endpoint, scraped during a test, counts the events generated.
+#[test]
+fn metrics_count_the_execs_generated() {
+    if !root_or_skip("metrics") {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut sb = Sandbox::new("metrics");
+    sb.start_daemon(&["--metrics-addr", &addr]);
+    sb.arm("m1", &[]);
+    for _ in 0..3 {
+        assert_eq!(exec(&sb.rootfs.join("bin/true")), Ok(0));
+    }
+    let payload = sb.tmp.join("p");
+    sb.install(PAYLOAD_SOURCE, &payload);
+    for _ in 0..2 {
+        assert_eq!(exec(&payload), EPERM);
+    }
+    let scrape = || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    let body = scrape();
+    let value = |series: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+    };
+    assert!(body.starts_with("HTTP/1.0 200 OK"));
+    assert_eq!(value("driftlock_execs_total{verdict=\"allow\"}"), 3.0);
+    assert_eq!(value("driftlock_execs_total{verdict=\"deny\"}"), 2.0);
+    assert_eq!(
+        value("driftlock_unit_execs_total{unit=\"m1\",verdict=\"deny\"}"),
+        2.0
+    );
+    assert_eq!(value("driftlock_armed_units"), 1.0);
+    assert_eq!(value("driftlock_arms_total{result=\"ok\"}"), 1.0);
+    assert_eq!(
+        value("driftlock_events_total{kind=\"exec-permission\"}"),
+        5.0
+    );
+    assert_eq!(value("driftlock_decision_latency_seconds_count"), 5.0);
+    assert_eq!(
+        value("driftlock_cache_hits_total") + value("driftlock_cache_misses_total"),
+        5.0
+    );
+    assert!(value("driftlock_hash_bytes_total") > 0.0);
+    assert!(value("driftlock_event_loop_age_seconds") < 5.0);
+    // Off the loopback it is refused.
+    let out = Command::new(BIN)
+        .args(["daemon", "--metrics-addr", "0.0.0.0:9464", "--socket"])
+        .arg(sb.dir.join("x.sock"))
+        .arg("--state-dir")
+        .arg(sb.dir.join("x"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
+}

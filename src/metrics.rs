@@ -1,0 +1,247 @@
+//! Prometheus text exposition (format 0.0.4) on a loopback address, off by default.
+//!
+//! Counters come from the event loop's status (one channel round trip per scrape, never a
+//! lock on the exec path), the arm counters and the audit queue.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::arming::Armer;
+use crate::audit::AuditCounters;
+use crate::engine::{EngineStatus, LATENCY_BUCKETS};
+
+/// Errors starting the endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// Not a loopback address.
+    #[error("metrics address {0} is not a loopback address (use 127.0.0.1 or [::1])")]
+    NotLoopback(SocketAddr),
+    /// Bind failed.
+    #[error("cannot listen on {addr} for metrics: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders the exposition text.
+pub fn render(
+    s: &EngineStatus,
+    armer: &Armer,
+    audit: &AuditCounters,
+    loop_age: f64,
+    watchdog: bool,
+) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP driftlock_execs_total Execs judged in the armed units, by verdict.\n# TYPE driftlock_execs_total counter"
+    );
+    let (mut allow, mut deny, mut would) = (0, 0, 0);
+    for u in &s.units {
+        allow += u.counters.allowed;
+        deny += u.counters.denied;
+        would += u.counters.would_deny;
+    }
+    let _ = writeln!(out, "driftlock_execs_total{{verdict=\"allow\"}} {allow}");
+    let _ = writeln!(out, "driftlock_execs_total{{verdict=\"deny\"}} {deny}");
+    let _ = writeln!(
+        out,
+        "driftlock_execs_total{{verdict=\"would-deny\"}} {would}"
+    );
+    let mut section = |name: &str, kind: &str, help: &str, lines: Vec<String>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for l in lines {
+            let _ = writeln!(out, "{name}{l}");
+        }
+    };
+    section(
+        "driftlock_unit_execs_total",
+        "counter",
+        "Execs judged per armed unit, by verdict.",
+        s.units
+            .iter()
+            .flat_map(|u| {
+                let id = label(&u.id);
+                [
+                    format!("{{unit=\"{id}\",verdict=\"allow\"}} {}", u.counters.allowed),
+                    format!("{{unit=\"{id}\",verdict=\"deny\"}} {}", u.counters.denied),
+                    format!(
+                        "{{unit=\"{id}\",verdict=\"would-deny\"}} {}",
+                        u.counters.would_deny
+                    ),
+                ]
+            })
+            .collect(),
+    );
+    let hits: u64 = s.units.iter().map(|u| u.cache.hits).sum();
+    let misses: u64 = s.units.iter().map(|u| u.cache.misses).sum();
+    section(
+        "driftlock_cache_hits_total",
+        "counter",
+        "Execs answered from the verdict cache.",
+        vec![format!(" {hits}")],
+    );
+    section(
+        "driftlock_cache_misses_total",
+        "counter",
+        "Execs that needed hashing.",
+        vec![format!(" {misses}")],
+    );
+    section(
+        "driftlock_hash_bytes_total",
+        "counter",
+        "Bytes hashed at exec time.",
+        vec![format!(" {}", s.stats.hashed_bytes)],
+    );
+    section(
+        "driftlock_hash_seconds_total",
+        "counter",
+        "Time spent hashing at exec time.",
+        vec![format!(" {}", s.stats.hash_seconds)],
+    );
+    let mut cumulative = 0;
+    let mut lines = Vec::new();
+    for (i, count) in s.stats.latency_buckets.iter().enumerate() {
+        cumulative += count;
+        let le = LATENCY_BUCKETS
+            .get(i)
+            .map_or("+Inf".to_string(), |b| b.to_string());
+        lines.push(format!("_bucket{{le=\"{le}\"}} {cumulative}"));
+    }
+    lines.push(format!("_sum {}", s.stats.latency_seconds));
+    lines.push(format!("_count {cumulative}"));
+    section(
+        "driftlock_decision_latency_seconds",
+        "histogram",
+        "Time from reading a permission event to answering it.",
+        lines,
+    );
+    section(
+        "driftlock_events_total",
+        "counter",
+        "fanotify events read, by kind.",
+        vec![
+            format!("{{kind=\"exec-permission\"}} {}", s.stats.permission_events),
+            format!("{{kind=\"exec-notice\"}} {}", s.stats.exec_notices),
+            format!("{{kind=\"open-permission\"}} {}", s.stats.open_events),
+            format!("{{kind=\"close-write\"}} {}", s.stats.close_writes),
+        ],
+    );
+    section(
+        "driftlock_queue_overflows_total",
+        "counter",
+        "fanotify queue overflows (caches flushed).",
+        vec![format!(" {}", s.stats.overflows)],
+    );
+    section(
+        "driftlock_unanswered_drops_total",
+        "counter",
+        "Permission events answered by drop (a bug if nonzero).",
+        vec![format!(" {}", s.stats.unanswered_drops)],
+    );
+    section(
+        "driftlock_armed_units",
+        "gauge",
+        "Armed units (containers).",
+        vec![format!(" {}", s.units.len())],
+    );
+    let armed = armer.stats.armed.load(Relaxed);
+    section(
+        "driftlock_arms_total",
+        "counter",
+        "Arm requests, by result.",
+        vec![
+            format!("{{result=\"ok\"}} {armed}"),
+            format!("{{result=\"error\"}} {}", armer.stats.failed.load(Relaxed)),
+        ],
+    );
+    section(
+        "driftlock_arm_seconds_total",
+        "counter",
+        "Time spent arming (successful arms).",
+        vec![format!(
+            " {}",
+            armer.stats.micros.load(Relaxed) as f64 / 1e6
+        )],
+    );
+    section(
+        "driftlock_in_flight",
+        "gauge",
+        "Files being hashed for waiting execs.",
+        vec![format!(" {}", s.in_flight)],
+    );
+    section(
+        "driftlock_audit_queue",
+        "gauge",
+        "Records waiting for the audit writer.",
+        vec![format!(" {}", audit.queued.load(Relaxed))],
+    );
+    section(
+        "driftlock_audit_dropped_total",
+        "counter",
+        "Records dropped because the audit queue was full.",
+        vec![format!(" {}", audit.dropped.load(Relaxed))],
+    );
+    section(
+        "driftlock_event_loop_age_seconds",
+        "gauge",
+        "Seconds since the event loop last iterated (at least once a second when healthy).",
+        vec![format!(" {loop_age}")],
+    );
+    section(
+        "driftlock_watchdog_enabled",
+        "gauge",
+        "1 if systemd's watchdog is fed by the event loop.",
+        vec![format!(" {}", u8::from(watchdog))],
+    );
+    out
+}
+
+/// Serves `/metrics` (any path) on `addr` until the process exits.
+pub fn serve(
+    addr: SocketAddr,
+    armer: Arc<Armer>,
+    audit: Arc<AuditCounters>,
+    watchdog: bool,
+) -> Result<(), MetricsError> {
+    if !addr.ip().is_loopback() {
+        return Err(MetricsError::NotLoopback(addr));
+    }
+    let listener = TcpListener::bind(addr).map_err(|source| MetricsError::Bind { addr, source })?;
+    std::thread::Builder::new()
+        .name("driftlock-metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut s) = conn else { continue };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+                let mut req = [0u8; 2048];
+                let _ = s.read(&mut req);
+                let body = match armer.engine.status() {
+                    Ok(st) => render(&st, &armer, &audit, armer.engine.loop_age(), watchdog),
+                    Err(e) => format!("# event loop unavailable: {e}\n"),
+                };
+                let head = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(body.as_bytes()));
+            }
+        })
+        .map(|_| ())
+        .map_err(|source| MetricsError::Bind { addr, source })
+}
