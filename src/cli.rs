@@ -146,6 +146,10 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464) [default: off].
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Also post every record, in Falco's alert shape, to Falcosidekick at this http:// URL
+    /// (e.g. http://127.0.0.1:2801/) [default: off].
+    #[arg(long)]
+    pub falcosidekick_url: Option<String>,
 }
 
 /// The default interpreters of the script control.
@@ -175,7 +179,9 @@ impl DaemonArgs {
         let defaults = EngineConfig::default();
         if let Some(addr) = self.metrics_addr.or(file.metrics_addr) {
             if !addr.ip().is_loopback() {
-                return Err(CliError::Other(crate::metrics::MetricsError::NotLoopback(addr).to_string()));
+                return Err(CliError::Other(
+                    crate::metrics::MetricsError::NotLoopback(addr).to_string(),
+                ));
             }
         }
         let audit_log = self
@@ -228,6 +234,13 @@ impl DaemonArgs {
             snapshot_threads: self.snapshot_threads.or(file.snapshot_threads).unwrap_or(0),
             memfd_noexec: self.memfd_noexec.or(file.memfd_noexec).unwrap_or(true),
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
+            falcosidekick: match self
+                .falcosidekick_url
+                .or_else(|| file.falcosidekick_url.clone())
+            {
+                Some(url) => Some(url.parse().map_err(CliError::Other)?),
+                None => None,
+            },
         };
         Ok((config, file, path))
     }

@@ -134,6 +134,9 @@ pub struct Config {
     /// `--metrics-addr`.
     #[serde(default)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `--falcosidekick-url`.
+    #[serde(default)]
+    pub falcosidekick_url: Option<String>,
     /// Per-image modes (first match wins).
     #[serde(default)]
     pub image: Vec<ModeRule>,

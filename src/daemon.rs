@@ -33,6 +33,8 @@ pub struct DaemonConfig {
     pub memfd_noexec: bool,
     /// Serve Prometheus metrics here (loopback only).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Also post records to Falcosidekick here.
+    pub falcosidekick: Option<crate::audit::falco::Endpoint>,
 }
 
 /// Errors that stop the daemon.
@@ -164,7 +166,11 @@ pub fn run(
         ),
         None => None,
     };
-    let (audit, audit_thread) = start_writer(AuditSinks { stdout: true, file });
+    let (audit, audit_thread) = start_writer(AuditSinks {
+        stdout: true,
+        file,
+        falcosidekick: config.falcosidekick.clone(),
+    });
     let (mut engine, handle) = Engine::new(gate, config.engine.clone(), audit.clone());
     let audit_for_metrics = audit.counters_handle();
     engine.set_restoring(restoring);

@@ -8,6 +8,8 @@
 //! in the lossless escaped form of [`crate::escape`], so a hostile file name can neither
 //! break the line nor hide its real bytes.
 
+pub mod falco;
+
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
@@ -181,6 +183,40 @@ pub struct AuditSinks {
     pub stdout: bool,
     /// Also append to this file.
     pub file: Option<File>,
+    /// Also post exec records, in Falco's alert shape, to Falcosidekick.
+    pub falcosidekick: Option<falco::Endpoint>,
+}
+
+/// Alerts waiting for Falcosidekick at most; more are dropped (and counted).
+const FALCO_QUEUE: usize = 1024;
+
+fn start_falco_poster(
+    endpoint: falco::Endpoint,
+    counters: Arc<AuditCounters>,
+) -> Option<crossbeam_channel::Sender<serde_json::Value>> {
+    let (tx, rx) = crossbeam_channel::bounded::<serde_json::Value>(FALCO_QUEUE);
+    std::thread::Builder::new()
+        .name("driftlock-falco".into())
+        .spawn(move || {
+            for alert in rx {
+                match falco::post(&endpoint, &alert) {
+                    Ok(code) if (200..300).contains(&code) => {}
+                    Ok(code) => {
+                        counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                        log::warn!("Falcosidekick at {} answered {code}", endpoint.authority);
+                    }
+                    Err(e) => {
+                        counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                        log::warn!(
+                            "cannot post to Falcosidekick at {}: {e}",
+                            endpoint.authority
+                        );
+                    }
+                }
+            }
+        })
+        .ok()?;
+    Some(tx)
 }
 
 /// Counters of the audit writer.
@@ -232,6 +268,13 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
     let (tx, rx) = crossbeam_channel::bounded::<AuditJob>(QUEUE_CAPACITY);
     let counters = Arc::new(AuditCounters::default());
     let c = Arc::clone(&counters);
+    let falco = sinks
+        .falcosidekick
+        .take()
+        .and_then(|e| start_falco_poster(e, Arc::clone(&counters)));
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
     let handle = std::thread::Builder::new()
         .name("driftlock-audit".into())
         .spawn(move || {
@@ -257,6 +300,11 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
                             }
                         }
                         drop(file);
+                        if let Some(tx) = &falco {
+                            if tx.try_send(falco::to_falco(&record, &hostname)).is_err() {
+                                c.dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                         record.to_json()
                     }
                     AuditJob::Coverage(c) => serde_json::to_string(&c).unwrap_or_default(),

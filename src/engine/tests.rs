@@ -123,6 +123,7 @@ impl Harness {
         let audit_path = dir.join("audit.jsonl");
         let file = fs::File::create(&audit_path).unwrap();
         let (audit, _) = start_writer(AuditSinks {
+            falcosidekick: None,
             stdout: false,
             file: Some(file),
         });

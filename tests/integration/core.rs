@@ -636,3 +636,66 @@ fn metrics_count_the_execs_generated() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
 }
+
+/// Issue 5: records reach Falcosidekick as Falco alerts (a loopback listener plays it).
+#[test]
+fn denied_execs_are_posted_to_falcosidekick_as_falco_alerts() {
+    if !root_or_skip("falco") {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let receiver = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).unwrap();
+            req.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&req).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap();
+                if body.len() >= len {
+                    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .unwrap();
+                    return (head.to_string(), body.to_string());
+                }
+            }
+            assert!(n > 0, "connection closed early");
+        }
+    });
+    let mut sb = Sandbox::new("falco");
+    sb.start_daemon(&["--falcosidekick-url", &url]);
+    sb.arm("f1", &["--image-name", "docker.io/library/postgres:15"]);
+    let payload = sb.tmp.join("kdevtmpfsi");
+    sb.install(PAYLOAD_SOURCE, &payload);
+    assert_eq!(exec(&payload), EPERM);
+    let (head, body) = receiver.join().unwrap();
+    assert!(head.starts_with("POST / HTTP/1.1"), "{head}");
+    let alert: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(alert["priority"], "Critical");
+    assert_eq!(alert["rule"], driftlock::audit::falco::RULE);
+    assert_eq!(alert["source"], "driftlock");
+    assert_eq!(alert["output_fields"]["container.id"], "f1");
+    assert_eq!(
+        alert["output_fields"]["container.image.repository"],
+        "docker.io/library/postgres:15"
+    );
+    assert_eq!(
+        alert["output_fields"]["proc.exepath"].as_str().unwrap(),
+        payload.to_str().unwrap()
+    );
+    assert!(
+        alert["output"]
+            .as_str()
+            .unwrap()
+            .starts_with("Drift prevented:")
+    );
+    assert!(alert["time"].as_str().unwrap().ends_with('Z'));
+}

@@ -1,0 +1,141 @@
+//! Falco's JSON alert shape, so records reach Falcosidekick (and from there Slack, Loki,
+//! Elasticsearch, ...) without new code: `POST` of one alert per request.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::AuditRecord;
+use crate::verdict::Verdict;
+
+/// The rule name alerts carry.
+pub const RULE: &str = "Container drift: program not in the image executed";
+
+/// Converts a record to a Falco alert.
+pub fn to_falco(rec: &AuditRecord, hostname: &str) -> Value {
+    let priority = match rec.verdict {
+        Verdict::Deny => "Critical",
+        Verdict::WouldDeny => "Warning",
+        Verdict::Allow => "Informational",
+    };
+    let verb = match rec.verdict {
+        Verdict::Deny => "prevented",
+        Verdict::WouldDeny => "detected (audit mode)",
+        Verdict::Allow => "allowed",
+    };
+    let path = rec.path.clone().unwrap_or_default();
+    let cmdline = rec.cmdline.join(" ");
+    let parent = rec.chain.get(1).map(|p| p.comm.clone());
+    let output = format!(
+        "Drift {verb}: {path} executed in container {} (image {}) by {} ({cmdline}); reason {:?}, sha256 {}",
+        rec.unit,
+        rec.image_name.as_deref().unwrap_or(&rec.image_key),
+        rec.comm.as_deref().unwrap_or("?"),
+        rec.reason,
+        rec.sha256.as_deref().unwrap_or("?"),
+    );
+    json!({
+        "output": output,
+        "priority": priority,
+        "rule": RULE,
+        "time": rec.time,
+        "source": "driftlock",
+        "hostname": hostname,
+        "tags": ["container", "drift", "mitre_execution", "driftlock"],
+        "output_fields": {
+            "evt.time.iso8601": rec.time,
+            "evt.type": "execve",
+            "container.id": rec.unit,
+            "container.image.repository": rec.image_name,
+            "proc.exepath": path,
+            "proc.name": rec.comm,
+            "proc.cmdline": cmdline,
+            "proc.pid": rec.pid,
+            "proc.ppid": rec.ppid,
+            "proc.pname": parent,
+            "user.uid": rec.uid,
+            "driftlock.verdict": rec.verdict,
+            "driftlock.reason": rec.reason,
+            "driftlock.mode": rec.mode,
+            "driftlock.sha256": rec.sha256,
+            "driftlock.blake3": rec.blake3,
+            "driftlock.image_key": rec.image_key,
+        }
+    })
+}
+
+/// Where Falcosidekick listens (plain HTTP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host:port`.
+    pub authority: String,
+    /// Request path.
+    pub path: String,
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+    fn from_str(url: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            format!("{url:?}: only http:// URLs are supported (run Falcosidekick beside the node)")
+        })?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() || !authority.contains(':') {
+            return Err(format!("{url:?}: give host:port"));
+        }
+        Ok(Endpoint {
+            authority: authority.to_string(),
+            path: path.to_string(),
+        })
+    }
+}
+
+/// Posts one alert; returns the HTTP status.
+pub fn post(endpoint: &Endpoint, alert: &Value) -> std::io::Result<u16> {
+    let body = serde_json::to_vec(alert).unwrap_or_default();
+    let mut s = TcpStream::connect(&endpoint.authority)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        endpoint.path,
+        endpoint.authority,
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    s.write_all(&body)?;
+    let mut resp = [0u8; 64];
+    let n = s.read(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp[..n]);
+    Ok(text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        let e: Endpoint = "http://127.0.0.1:2801/".parse().unwrap();
+        assert_eq!(
+            e,
+            Endpoint {
+                authority: "127.0.0.1:2801".into(),
+                path: "/".into()
+            }
+        );
+        let e: Endpoint = "http://falcosidekick.falco.svc:2801".parse().unwrap();
+        assert_eq!(e.path, "/");
+        assert!("https://x:1/".parse::<Endpoint>().is_err());
+        assert!("http:///".parse::<Endpoint>().is_err());
+    }
+}
