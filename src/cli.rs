@@ -23,9 +23,10 @@ use crate::ipc::{ArmRequest, Reply, Request};
 #[derive(Debug, Parser)]
 #[command(name = "driftlock", version, propagate_version = true)]
 pub struct Cli {
-    /// Log level for operational logs on stderr (error, warn, info, debug, trace).
-    #[arg(long, global = true, default_value = "info", env = "DRIFTLOCK_LOG")]
-    pub log_level: String,
+    /// Log level for operational logs on stderr (error, warn, info, debug, trace)
+    /// [default: info, or `log_level` in the daemon's configuration file].
+    #[arg(long, global = true, env = "DRIFTLOCK_LOG")]
+    pub log_level: Option<String>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -355,6 +356,28 @@ pub enum CliError {
     /// Other.
     #[error("{0}")]
     Other(String),
+}
+
+impl Cli {
+    /// The log level in force: the flag, else (for the daemon) the configuration file's
+    /// `log_level`, else `info`. A broken file is reported when the daemon loads it.
+    pub fn effective_log_level(&self) -> String {
+        if let Some(l) = &self.log_level {
+            return l.clone();
+        }
+        if let Command::Daemon(a) = &self.command {
+            let path = a
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONFIG));
+            if let Ok(c) = crate::config::Config::load(&path) {
+                if let Some(l) = c.log_level {
+                    return l;
+                }
+            }
+        }
+        "info".into()
+    }
 }
 
 /// Runs a parsed command line; returns the process exit status.

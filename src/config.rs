@@ -80,6 +80,16 @@ fn de_positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D:
     Ok(Some(v))
 }
 
+fn de_log_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v = String::deserialize(d)?;
+    match v.as_str() {
+        "error" | "warn" | "info" | "debug" | "trace" | "off" => Ok(Some(v)),
+        _ => Err(serde::de::Error::custom(format!(
+            "{v:?}: use error, warn, info, debug, trace or off"
+        ))),
+    }
+}
+
 fn de_abs_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
     let p = PathBuf::deserialize(d)?;
     if !p.is_absolute() && p != Path::new("-") {
@@ -95,6 +105,9 @@ fn de_abs_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `--log-level` (error, warn, info, debug, trace).
+    #[serde(default, deserialize_with = "de_log_level")]
+    pub log_level: Option<String>,
     /// `--socket`.
     #[serde(default, deserialize_with = "de_abs_path")]
     pub socket: Option<PathBuf>,

@@ -4,7 +4,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = driftlock::cli::Cli::parse();
     env_logger::Builder::new()
-        .parse_filters(&cli.log_level)
+        .parse_filters(&cli.effective_log_level())
         .format_timestamp_micros()
         .init();
     match driftlock::cli::run(cli) {

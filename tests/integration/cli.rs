@@ -147,3 +147,51 @@ fn config_check_reports_the_line_and_the_reason() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 3"));
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn kubernetes_manifests_and_containerd_drop_in_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut kinds = Vec::new();
+    for file in ["daemonset.yaml", "runtimeclass.yaml"] {
+        let text = fs::read_to_string(dir.join(file)).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = <serde_yaml::Value as serde::Deserialize>::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            for key in ["apiVersion", "kind"] {
+                assert!(
+                    v.get(key).and_then(|x| x.as_str()).is_some(),
+                    "{file}: no {key}"
+                );
+            }
+            assert!(
+                v["metadata"]["name"].as_str().is_some(),
+                "{file}: no metadata.name"
+            );
+            kinds.push((v["kind"].as_str().unwrap().to_string(), v.clone()));
+        }
+    }
+    let rc = &kinds.iter().find(|(k, _)| k == "RuntimeClass").unwrap().1;
+    assert_eq!(rc["metadata"]["name"].as_str(), Some("driftlock"));
+    let handler = rc["handler"].as_str().unwrap();
+    let ds = &kinds.iter().find(|(k, _)| k == "DaemonSet").unwrap().1;
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostPID"].as_bool(), Some(true));
+    assert_eq!(
+        spec["containers"][0]["securityContext"]["privileged"].as_bool(),
+        Some(true)
+    );
+    // The drop-in registers the runtime the RuntimeClass names.
+    let drop_in: toml::Value =
+        toml::from_str(&fs::read_to_string(dir.join("containerd-driftlock.toml")).unwrap())
+            .unwrap();
+    let runtime =
+        &drop_in["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"][handler];
+    assert_eq!(
+        runtime["options"]["BinaryName"].as_str(),
+        Some("/usr/local/bin/driftlock-runtime")
+    );
+    let cri: toml::Value =
+        toml::from_str(&fs::read_to_string(dir.join("../../systemd/containerd-cri.toml")).unwrap())
+            .unwrap();
+    assert!(cri["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["runc"]["options"]["BinaryName"].is_str());
+}
