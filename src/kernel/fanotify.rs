@@ -291,6 +291,10 @@ impl FanotifyGate {
             },
             source,
         })?;
+        Self::with_group(group)
+    }
+
+    fn with_group(group: Fanotify) -> Result<Self, KernelError> {
         let eventfd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
             .map_err(KernelError::Poll)?;
         Ok(Self {
@@ -311,13 +315,7 @@ impl FanotifyGate {
         // SAFETY: `group` is an open fanotify group fd that we own; Fanotify takes over the
         // ownership from the OwnedFd (into_raw_fd gives it up).
         let group = unsafe { Fanotify::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(group)) };
-        let eventfd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(KernelError::Poll)?;
-        Ok(Self {
-            group: Arc::new(group),
-            waker: Arc::new(EventFdWaker(eventfd)),
-            buf: Box::new([0u8; READ_BUFFER]),
-        })
+        Self::with_group(group)
     }
 
     /// Answers the permission events a dead predecessor read but never answered. The kernel
