@@ -326,6 +326,11 @@ impl Armer {
             id: req.id.clone(),
             image_key: baseline.key().to_vec(),
             image_name: req.image_name.clone(),
+            k8s: crate::registry::K8sContext {
+                namespace: req.namespace.clone(),
+                pod: req.pod.clone(),
+                container: req.container_name.clone(),
+            },
             pid,
             mode,
             baseline: Arc::new(baseline),

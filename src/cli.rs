@@ -65,6 +65,15 @@ pub enum Command {
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The quarantine: bytes of denied and would-deny programs, kept once by SHA-256.
+    #[command(subcommand)]
+    Evidence(EvidenceCommand),
+    /// Propose allow entries from audit records (deny and would-deny), per image, as a
+    /// configuration fragment to review. Reads JSON lines or `journalctl -o json` output.
+    Tune {
+        /// Record files (`-` or none: standard input).
+        files: Vec<PathBuf>,
+    },
     /// OCI hook run by runc (added by driftlock-runtime): reads the OCI state on stdin.
     ///
     /// createRuntime arms the container and exits 0 only once it is armed; on failure it
@@ -151,6 +160,13 @@ pub struct DaemonArgs {
     /// (e.g. http://127.0.0.1:2801/) [default: off].
     #[arg(long)]
     pub falcosidekick_url: Option<String>,
+    /// Keep the bytes of denied and would-deny programs up to this size in the quarantine
+    /// (STATE_DIR/evidence; 0: keep none) [default: 64].
+    #[arg(long)]
+    pub evidence_max_file_mb: Option<u64>,
+    /// Quarantine size; the oldest evidence is evicted first [default: 512].
+    #[arg(long)]
+    pub evidence_max_total_mb: Option<u64>,
 }
 
 /// The default interpreters of the script control.
@@ -235,6 +251,20 @@ impl DaemonArgs {
             snapshot_threads: self.snapshot_threads.or(file.snapshot_threads).unwrap_or(0),
             memfd_noexec: self.memfd_noexec.or(file.memfd_noexec).unwrap_or(true),
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
+            evidence: {
+                let file_mb = self
+                    .evidence_max_file_mb
+                    .or(file.evidence_max_file_mb)
+                    .unwrap_or(64);
+                let total_mb = self
+                    .evidence_max_total_mb
+                    .or(file.evidence_max_total_mb)
+                    .unwrap_or(512);
+                (file_mb > 0).then_some(crate::audit::evidence::Limits {
+                    max_file: file_mb << 20,
+                    max_total: total_mb << 20,
+                })
+            },
             falcosidekick: match self
                 .falcosidekick_url
                 .or_else(|| file.falcosidekick_url.clone())
@@ -282,6 +312,36 @@ pub struct ArmArgs {
     /// The daemon's socket.
     #[command(flatten)]
     pub socket: SocketArg,
+}
+
+/// `driftlock evidence ...`.
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCommand {
+    /// List kept files, oldest first.
+    List {
+        /// The daemon's state directory.
+        #[arg(long, default_value = crate::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Show what is known about one (by SHA-256).
+    Show {
+        /// SHA-256 (hex).
+        id: String,
+        /// The daemon's state directory.
+        #[arg(long, default_value = crate::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Copy one out for analysis (mode 0400).
+    Export {
+        /// SHA-256 (hex).
+        id: String,
+        /// Destination file.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// The daemon's state directory.
+        #[arg(long, default_value = crate::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
 }
 
 /// `driftlock config ...`.
@@ -388,6 +448,37 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             crate::daemon::run(config, policy, path)?;
             Ok(0)
         }
+        Command::Evidence(e) => evidence(e),
+        Command::Tune { files } => {
+            let mut records = Vec::new();
+            let mut skipped = 0;
+            let inputs = if files.is_empty() {
+                vec![PathBuf::from("-")]
+            } else {
+                files
+            };
+            for f in inputs {
+                let (r, s) = if f == Path::new("-") {
+                    crate::tune::read_records(std::io::stdin().lock())
+                } else {
+                    let file = std::fs::File::open(&f).map_err(|source| CliError::Io {
+                        path: f.clone(),
+                        source,
+                    })?;
+                    crate::tune::read_records(std::io::BufReader::new(file))
+                };
+                records.extend(r);
+                skipped += s;
+            }
+            let proposals = crate::tune::propose(&records);
+            print!("{}", crate::tune::render(&proposals));
+            eprintln!(
+                "{} records read ({skipped} other lines skipped), {} entries proposed",
+                records.len(),
+                proposals.len()
+            );
+            Ok(0)
+        }
         Command::Config(ConfigCommand::Check { file }) => {
             match crate::config::Config::load(&file) {
                 Ok(c) => {
@@ -465,6 +556,69 @@ fn hook(
     }
 }
 
+fn evidence(cmd: EvidenceCommand) -> Result<i32, CliError> {
+    use crate::audit::evidence::{Limits, Quarantine};
+    let open = |dir: &Path| {
+        Quarantine::open(dir, Limits::default()).map_err(|e| CliError::Other(e.to_string()))
+    };
+    match cmd {
+        EvidenceCommand::List { state_dir } => {
+            let q = open(&state_dir)?;
+            let list = q.list();
+            if list.is_empty() {
+                println!("no evidence kept");
+            }
+            for (m, _) in &list {
+                println!(
+                    "{}  {:>10}  {:<10}  {:<20}  {}  {}",
+                    m.sha256,
+                    m.size,
+                    serde_json::to_value(m.verdict)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    m.unit,
+                    m.first_seen,
+                    m.path.as_deref().unwrap_or("")
+                );
+            }
+            Ok(0)
+        }
+        EvidenceCommand::Show { id, state_dir } => {
+            let q = open(&state_dir)?;
+            q.path_of(&id).map_err(|e| CliError::Other(e.to_string()))?;
+            match q.list().into_iter().find(|(m, _)| m.sha256 == id) {
+                Some((m, _)) => {
+                    println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default())
+                }
+                None => return Err(CliError::Other(format!("no evidence with id {id}"))),
+            }
+            Ok(0)
+        }
+        EvidenceCommand::Export {
+            id,
+            output,
+            state_dir,
+        } => {
+            let q = open(&state_dir)?;
+            let src = q.path_of(&id).map_err(|e| CliError::Other(e.to_string()))?;
+            let data = std::fs::read(&src).map_err(|source| CliError::Io {
+                path: src.clone(),
+                source,
+            })?;
+            write_atomic(&output, &data).map_err(|e| CliError::Other(e.to_string()))?;
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&output, std::fs::Permissions::from_mode(0o400));
+            println!(
+                "exported {} bytes to {} (mode 0400; it is a payload: do not run it)",
+                data.len(),
+                output.display()
+            );
+            Ok(0)
+        }
+    }
+}
+
 fn unexpected(reply: &Reply) -> CliError {
     CliError::Other(format!("unexpected reply from the daemon: {reply:?}"))
 }
@@ -474,7 +628,7 @@ fn path_arg(p: &Path) -> String {
 }
 
 fn arm(a: ArmArgs) -> Result<i32, CliError> {
-    let req = Request::Arm(ArmRequest {
+    let req = Request::Arm(Box::new(ArmRequest {
         id: a.id,
         rootfs: path_arg(&a.rootfs),
         mounts: a.mounts.iter().map(|p| path_arg(p)).collect(),
@@ -485,7 +639,9 @@ fn arm(a: ArmArgs) -> Result<i32, CliError> {
         host_rootfs: None,
         image_name: a.image_name,
         namespace: None,
-    });
+        pod: None,
+        container_name: None,
+    }));
     // A first snapshot of a large image can take a while.
     let reply = request(&a.socket.socket, &req, Duration::from_secs(600))?;
     let Reply::Armed(r) = reply else {

@@ -150,6 +150,12 @@ pub struct Config {
     /// `--falcosidekick-url`.
     #[serde(default)]
     pub falcosidekick_url: Option<String>,
+    /// `--evidence-max-file-mb` (0: keep no evidence).
+    #[serde(default)]
+    pub evidence_max_file_mb: Option<u64>,
+    /// `--evidence-max-total-mb`.
+    #[serde(default)]
+    pub evidence_max_total_mb: Option<u64>,
     /// Per-image modes (first match wins).
     #[serde(default)]
     pub image: Vec<ModeRule>,

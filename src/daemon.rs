@@ -35,6 +35,8 @@ pub struct DaemonConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Also post records to Falcosidekick here.
     pub falcosidekick: Option<crate::audit::falco::Endpoint>,
+    /// Quarantine limits; `None`: keep no evidence.
+    pub evidence: Option<crate::audit::evidence::Limits>,
 }
 
 /// Errors that stop the daemon.
@@ -87,7 +89,7 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
         }
         Request::Arm(req) => {
             let id = req.id.clone();
-            match ctx.arm(req) {
+            match ctx.arm(*req) {
                 Ok(r) => Response::ok(&Reply::Armed(r)),
                 Err(e) => {
                     log::warn!(
@@ -170,6 +172,13 @@ pub fn run(
         stdout: true,
         file,
         falcosidekick: config.falcosidekick.clone(),
+        quarantine: match config.evidence {
+            Some(limits) => Some(
+                crate::audit::evidence::Quarantine::open(&config.state_dir, limits)
+                    .map_err(|e| DaemonError::Setup(e.to_string()))?,
+            ),
+            None => None,
+        },
     });
     let (mut engine, handle) = Engine::new(gate, config.engine.clone(), audit.clone());
     let audit_for_metrics = audit.counters_handle();

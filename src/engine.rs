@@ -99,6 +99,8 @@ pub struct UnitSpec {
     pub image_key: Vec<u8>,
     /// Image name, for records.
     pub image_name: Option<String>,
+    /// Kubernetes context, for records.
+    pub k8s: crate::registry::K8sContext,
     /// The container's first process, where known (ends the process chain in records).
     pub pid: Option<i32>,
     /// Mode.
@@ -879,7 +881,10 @@ impl<G: Gate> Engine<G> {
         let file = event.fd().and_then(|fd| fd.try_clone_to_owned().ok());
         self.answer(event, answer);
         self.stats.records += 1;
-        self.audit.send(AuditJob::Exec { record, file });
+        self.audit.send(AuditJob::Exec {
+            record: Box::new(record),
+            file,
+        });
     }
 
     fn handle_command(&mut self, cmd: Command) {
@@ -981,6 +986,7 @@ impl<G: Gate> Engine<G> {
             id: spec.id.clone(),
             image_key: spec.image_key,
             image_name: spec.image_name,
+            k8s: spec.k8s,
             pid: spec.pid,
             mode: spec.mode,
             baseline: spec.baseline,
@@ -1121,6 +1127,9 @@ fn build_record(
         unit: unit.id.clone(),
         image_key: escape_bytes(&unit.image_key),
         image_name: unit.image_name.clone(),
+        k8s_namespace: unit.k8s.namespace.clone(),
+        k8s_pod: unit.k8s.pod.clone(),
+        k8s_container: unit.k8s.container.clone(),
         mode: unit.mode,
         verdict,
         reason,
@@ -1135,6 +1144,7 @@ fn build_record(
         blake3: digest.map(|d| d.to_string()),
         sha256: None,
         size: Some(stat.size),
+        evidence: None,
     }
 }
 

@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod registry;
 pub mod runtime;
 pub mod service;
+pub mod tune;
 pub mod verdict;
 
 /// Default path of the daemon's socket.

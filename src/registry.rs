@@ -218,6 +218,8 @@ pub struct Unit {
     pub image_key: Vec<u8>,
     /// Image name (from the container's annotations), if known.
     pub image_name: Option<String>,
+    /// Kubernetes context (from the container's annotations).
+    pub k8s: K8sContext,
     /// The container's first process, if armed by pid.
     pub pid: Option<i32>,
     /// Enforce or audit.
@@ -232,6 +234,17 @@ pub struct Unit {
     pub counters: UnitCounters,
     /// Content the operator allowed besides the baseline.
     pub allow: Allowed,
+}
+
+/// Where a container sits in Kubernetes, when its annotations say.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct K8sContext {
+    /// Namespace.
+    pub namespace: Option<String>,
+    /// Pod name.
+    pub pod: Option<String>,
+    /// Container name.
+    pub container: Option<String>,
 }
 
 /// A unit's operator allow entries, as sets.
@@ -605,6 +618,7 @@ mod tests {
             id: id.into(),
             image_key: vec![],
             image_name: None,
+            k8s: K8sContext::default(),
             pid: None,
             mode: Mode::Enforce,
             baseline: base.clone(),

@@ -8,6 +8,7 @@
 //! in the lossless escaped form of [`crate::escape`], so a hostile file name can neither
 //! break the line nor hide its real bytes.
 
+pub mod evidence;
 pub mod falco;
 
 use std::fs::File;
@@ -87,6 +88,15 @@ pub struct AuditRecord {
     /// Image name, if the container's annotations gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_name: Option<String>,
+    /// Kubernetes namespace, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s_namespace: Option<String>,
+    /// Kubernetes pod, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s_pod: Option<String>,
+    /// Container name in the pod, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s_container: Option<String>,
     /// Unit mode.
     pub mode: Mode,
     /// Verdict.
@@ -115,6 +125,9 @@ pub struct AuditRecord {
     pub sha256: Option<String>,
     /// Size in bytes.
     pub size: Option<u64>,
+    /// Id of the copy kept in the quarantine (`driftlock evidence show ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
 }
 
 impl AuditRecord {
@@ -168,7 +181,7 @@ pub enum AuditJob {
     /// exec was answered).
     Exec {
         /// The record.
-        record: AuditRecord,
+        record: Box<AuditRecord>,
         /// The executed file.
         file: Option<OwnedFd>,
     },
@@ -185,6 +198,8 @@ pub struct AuditSinks {
     pub file: Option<File>,
     /// Also post exec records, in Falco's alert shape, to Falcosidekick.
     pub falcosidekick: Option<falco::Endpoint>,
+    /// Keep the bytes of denied and would-deny programs here.
+    pub quarantine: Option<evidence::Quarantine>,
 }
 
 /// Alerts waiting for Falcosidekick at most; more are dropped (and counted).
@@ -299,6 +314,29 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
                                 }
                             }
                         }
+                        if let (Some(q), Some(fd), Some(sha), true) = (
+                            sinks.quarantine.as_ref(),
+                            file.as_ref(),
+                            record.sha256.clone(),
+                            record.verdict != Verdict::Allow,
+                        ) {
+                            let meta = evidence::EvidenceMeta {
+                                sha256: sha.clone(),
+                                size: record.size.unwrap_or(0),
+                                first_seen: record.time.clone(),
+                                path: record.path.clone(),
+                                unit: record.unit.clone(),
+                                image: record
+                                    .image_name
+                                    .clone()
+                                    .unwrap_or_else(|| record.image_key.clone()),
+                                verdict: record.verdict,
+                            };
+                            match q.keep(fd.as_fd(), &sha, record.size.unwrap_or(0), meta) {
+                                Ok(id) => record.evidence = Some(id),
+                                Err(e) => log::warn!("evidence of {sha} not kept: {e}"),
+                            }
+                        }
                         drop(file);
                         if let Some(tx) = &falco {
                             if tx.try_send(falco::to_falco(&record, &hostname)).is_err() {
@@ -400,6 +438,9 @@ mod tests {
             unit: "u".into(),
             image_key: escape_bytes(b"k"),
             image_name: None,
+            k8s_namespace: None,
+            k8s_pod: None,
+            k8s_container: None,
             mode: Mode::Enforce,
             verdict: Verdict::Deny,
             reason: Reason::NotInBaseline,
@@ -414,6 +455,7 @@ mod tests {
             blake3: None,
             sha256: None,
             size: None,
+            evidence: None,
         };
         let line = rec.to_json();
         assert!(!line.contains('\n'));

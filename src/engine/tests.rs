@@ -124,6 +124,7 @@ impl Harness {
         let file = fs::File::create(&audit_path).unwrap();
         let (audit, _) = start_writer(AuditSinks {
             falcosidekick: None,
+            quarantine: None,
             stdout: false,
             file: Some(file),
         });
@@ -166,6 +167,7 @@ impl Harness {
             id: id.into(),
             image_key: b"img".to_vec(),
             image_name: None,
+            k8s: Default::default(),
             pid: None,
             mode,
             baseline: Arc::new(Baseline::new(b"img".to_vec(), vec![], 0, entries)),

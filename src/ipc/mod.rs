@@ -29,7 +29,7 @@ pub const MAX_REQUEST: usize = 1 << 20;
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
     /// Protect a unit.
-    Arm(ArmRequest),
+    Arm(Box<ArmRequest>),
     /// Stop protecting a unit.
     Disarm {
         /// Unit id.
@@ -75,6 +75,12 @@ pub struct ArmRequest {
     /// Kubernetes namespace (for per-namespace modes).
     #[serde(default)]
     pub namespace: Option<String>,
+    /// Kubernetes pod name (for records).
+    #[serde(default)]
+    pub pod: Option<String>,
+    /// Container name in the pod (for records).
+    #[serde(default)]
+    pub container_name: Option<String>,
 }
 
 /// The result of a successful `arm`.
@@ -202,7 +208,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_version_check() {
-        let req = Request::Arm(ArmRequest {
+        let req = Request::Arm(Box::new(ArmRequest {
             id: "c1".into(),
             rootfs: crate::escape::escape_bytes(b"/run/x\n\xff"),
             mounts: vec!["/run/x/tmp".into()],
@@ -213,7 +219,9 @@ mod tests {
             host_rootfs: None,
             image_name: Some("docker.io/library/postgres:16".into()),
             namespace: Some("default".into()),
-        });
+            pod: Some("db-0".into()),
+            container_name: Some("postgres".into()),
+        }));
         let line = encode_request(&req);
         assert_eq!(parse_request(&line[..line.len() - 1]).unwrap(), req);
         assert_eq!(

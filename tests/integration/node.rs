@@ -247,6 +247,7 @@ impl Node {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        fs::write(node.config_path(), "# test node\n").unwrap();
         node.start_daemon();
         Some(node)
     }
@@ -271,6 +272,8 @@ impl Node {
             .arg(&self.dl_state)
             .arg("--audit-log")
             .arg(&self.audit)
+            .arg("--config")
+            .arg(self.config_path())
             .args(&self.daemon_args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -285,6 +288,17 @@ impl Node {
                 .output()
                 .is_ok_and(|o| o.status.success())
         });
+    }
+
+    /// The daemon's configuration file (empty at start).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("dl/config.toml")
+    }
+
+    /// Sends a signal to the daemon (SIGHUP: reload the configuration).
+    pub fn signal_daemon(&self, sig: nix::sys::signal::Signal) {
+        let pid = self.status_pid() as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
     }
 
     /// The daemon's pid.

@@ -1,0 +1,289 @@
+//! `driftlock tune`: from audit records to reviewable allow entries.
+//!
+//! Operators run a workload in audit mode, then read what enforce mode would have denied,
+//! grouped per image and content, with where it ran from, how often, the process chain that
+//! ran it and when. The output is a configuration fragment; nothing is allowed until the
+//! operator adds it to `/etc/driftlock/config.toml`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
+
+use crate::audit::AuditRecord;
+use crate::verdict::{Reason, Verdict};
+
+/// One proposed allow entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    /// Image name the entry is scoped to (`*` when the records carry none).
+    pub image: String,
+    /// SHA-256, if the records have it.
+    pub sha256: Option<String>,
+    /// BLAKE3.
+    pub blake3: Option<String>,
+    /// Paths it was executed from.
+    pub paths: BTreeSet<String>,
+    /// Units it ran in.
+    pub units: BTreeSet<String>,
+    /// Process chains (outermost first) and how often each ran it.
+    pub chains: BTreeMap<String, u64>,
+    /// Times seen.
+    pub count: u64,
+    /// First and last time seen.
+    pub first_seen: String,
+    /// Last time seen.
+    pub last_seen: String,
+}
+
+/// Reads records from JSON lines or a `journalctl -o json` export; returns them and the
+/// number of lines that were neither.
+pub fn read_records(reader: impl BufRead) -> (Vec<AuditRecord>, usize) {
+    let mut records = Vec::new();
+    let mut skipped = 0;
+    for line in reader.lines().map_while(Result::ok) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Ok(r) = serde_json::from_str::<AuditRecord>(&line) {
+            records.push(r);
+            continue;
+        }
+        let inner = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| {
+                v.get("MESSAGE")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
+            .and_then(|m| serde_json::from_str::<AuditRecord>(&m).ok());
+        match inner {
+            Some(r) => records.push(r),
+            None => skipped += 1,
+        }
+    }
+    (records, skipped)
+}
+
+/// Groups the denied and would-deny records whose content an allow entry could admit.
+pub fn propose(records: &[AuditRecord]) -> Vec<Proposal> {
+    let mut by_key: BTreeMap<(String, String), Proposal> = BTreeMap::new();
+    for r in records {
+        let allowable = matches!(
+            r.reason,
+            Reason::NotInBaseline | Reason::ScriptNotInBaseline
+        );
+        if r.verdict == Verdict::Allow || !allowable {
+            continue;
+        }
+        let Some(id) = r.sha256.clone().or_else(|| r.blake3.clone()) else {
+            continue;
+        };
+        let image = r.image_name.clone().unwrap_or_else(|| "*".to_string());
+        let mut chain: Vec<String> = r.chain.iter().rev().map(|p| p.comm.clone()).collect();
+        if let Some(path) = &r.path {
+            chain.push(path.rsplit('/').next().unwrap_or(path).to_string());
+        }
+        let p = by_key
+            .entry((image.clone(), id))
+            .or_insert_with(|| Proposal {
+                image,
+                sha256: r.sha256.clone(),
+                blake3: r.blake3.clone(),
+                paths: BTreeSet::new(),
+                units: BTreeSet::new(),
+                chains: BTreeMap::new(),
+                count: 0,
+                first_seen: r.time.clone(),
+                last_seen: r.time.clone(),
+            });
+        p.count += 1;
+        p.paths.extend(r.path.clone());
+        p.units.insert(r.unit.clone());
+        *p.chains.entry(chain.join(" > ")).or_default() += 1;
+        if r.time < p.first_seen {
+            p.first_seen = r.time.clone();
+        }
+        if r.time > p.last_seen {
+            p.last_seen = r.time.clone();
+        }
+    }
+    let mut out: Vec<Proposal> = by_key.into_values().collect();
+    out.sort_by(|a, b| b.count.cmp(&a.count).then(a.image.cmp(&b.image)));
+    out
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// Renders proposals as a configuration fragment for review.
+pub fn render(proposals: &[Proposal]) -> String {
+    let mut out = String::from(
+        "# Proposed by `driftlock tune`. Review each entry: keep only programs your workload\n\
+         # really creates at run time, then add them to /etc/driftlock/config.toml and reload.\n",
+    );
+    for p in proposals {
+        out.push('\n');
+        out.push_str(&format!(
+            "# seen {} time(s), {} .. {}\n",
+            p.count, p.first_seen, p.last_seen
+        ));
+        out.push_str(&format!(
+            "# paths: {}\n",
+            p.paths.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+        out.push_str(&format!(
+            "# units: {}\n",
+            p.units.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+        for (chain, n) in &p.chains {
+            out.push_str(&format!("# run by: {chain} ({n}x)\n"));
+        }
+        if p.image == "*" {
+            out.push_str("# (the records name no image: this entry would apply to every image)\n");
+        }
+        out.push_str("[[allow]]\n");
+        out.push_str(&format!("image = {}\n", toml_str(&p.image)));
+        match (&p.sha256, &p.blake3) {
+            (Some(s), _) => out.push_str(&format!("sha256 = {}\n", toml_str(s))),
+            (None, Some(b)) => out.push_str(&format!("blake3 = {}\n", toml_str(b))),
+            (None, None) => {}
+        }
+        let first_path = p.paths.iter().next().cloned().unwrap_or_default();
+        out.push_str(&format!(
+            "comment = {}\n",
+            toml_str(&format!("{first_path} (proposed by driftlock tune)"))
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Mode;
+    use crate::audit::{ProcessRecord, RECORD_VERSION};
+
+    fn rec(
+        unit: &str,
+        path: &str,
+        sha: &str,
+        verdict: Verdict,
+        reason: Reason,
+        time: &str,
+    ) -> AuditRecord {
+        let p = |comm: &str| ProcessRecord {
+            pid: 1,
+            ppid: 0,
+            uid: 0,
+            comm: comm.into(),
+            exe: None,
+            cmdline: vec![],
+            cmdline_truncated: false,
+        };
+        AuditRecord {
+            v: RECORD_VERSION,
+            time: time.into(),
+            unit: unit.into(),
+            image_key: "k".into(),
+            image_name: Some("docker.io/library/postgres:15".into()),
+            k8s_namespace: None,
+            k8s_pod: None,
+            k8s_container: None,
+            mode: Mode::Audit,
+            verdict,
+            reason,
+            path: Some(path.into()),
+            tid: 1,
+            pid: Some(1),
+            ppid: Some(0),
+            uid: Some(0),
+            comm: Some("sh".into()),
+            cmdline: vec![],
+            chain: vec![p("sh"), p("postgres")],
+            blake3: Some("b".repeat(64)),
+            sha256: Some(sha.into()),
+            size: Some(1),
+            evidence: None,
+        }
+    }
+
+    #[test]
+    fn groups_by_image_and_content_and_renders_valid_config() {
+        let a = "a".repeat(64);
+        let c = "c".repeat(64);
+        let records = vec![
+            rec(
+                "pg-1",
+                "/tmp/gen",
+                &a,
+                Verdict::WouldDeny,
+                Reason::NotInBaseline,
+                "2026-01-01T00:00:02Z",
+            ),
+            rec(
+                "pg-2",
+                "/run/gen",
+                &a,
+                Verdict::WouldDeny,
+                Reason::NotInBaseline,
+                "2026-01-01T00:00:01Z",
+            ),
+            rec(
+                "pg-1",
+                "/tmp/miner",
+                &c,
+                Verdict::WouldDeny,
+                Reason::NotInBaseline,
+                "2026-01-01T00:00:03Z",
+            ),
+            rec(
+                "pg-1",
+                "/tmp/x",
+                &"d".repeat(64),
+                Verdict::Deny,
+                Reason::DirectLoader,
+                "2026-01-01T00:00:04Z",
+            ),
+            rec(
+                "pg-1",
+                "/bin/ls",
+                &"e".repeat(64),
+                Verdict::Allow,
+                Reason::InBaseline,
+                "2026-01-01T00:00:05Z",
+            ),
+        ];
+        let props = propose(&records);
+        assert_eq!(props.len(), 2, "{props:?}");
+        assert_eq!(props[0].count, 2);
+        assert_eq!(props[0].paths.len(), 2);
+        assert_eq!(props[0].first_seen, "2026-01-01T00:00:01Z");
+        assert_eq!(
+            props[0].chains.keys().next().map(String::as_str),
+            Some("postgres > sh > gen")
+        );
+        let text = render(&props);
+        let cfg = crate::config::Config::parse(&text, std::path::Path::new("fragment")).unwrap();
+        assert_eq!(cfg.allow.len(), 2);
+        assert!(text.contains(&a) && text.contains(&c));
+    }
+
+    #[test]
+    fn reads_json_lines_and_journal_exports() {
+        let r = rec(
+            "u",
+            "/tmp/p",
+            &"a".repeat(64),
+            Verdict::Deny,
+            Reason::NotInBaseline,
+            "t",
+        );
+        let line = r.to_json();
+        let journal =
+            serde_json::json!({"MESSAGE": line, "_SYSTEMD_UNIT": "driftlock.service"}).to_string();
+        let input = format!("{line}\n{journal}\nnot json\n\n");
+        let (records, skipped) = read_records(input.as_bytes());
+        assert_eq!(records.len(), 2);
+        assert_eq!(skipped, 1);
+    }
+}
