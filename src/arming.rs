@@ -385,6 +385,49 @@ impl Armer {
         updated
     }
 
+    /// Hashes `path` (escaped, as unit `id` sees it) and asks the engine why it would or
+    /// would not run there.
+    pub fn explain(&self, id: &str, path: &str) -> Result<crate::engine::Explanation, String> {
+        use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+        use std::os::fd::AsFd;
+        let status = self.engine.status().map_err(|e| e.to_string())?;
+        let unit = status
+            .units
+            .iter()
+            .find(|u| u.id == id)
+            .ok_or_else(|| format!("no armed unit with id {id:?}"))?;
+        let bytes = unescape(path).map_err(|e| format!("invalid path: {e}"))?;
+        let shown = escape_bytes(&bytes);
+        let open_err = |e: nix::Error| format!("cannot open {shown}: {e}");
+        let fd = match unit.pid {
+            // As the container sees it: resolved inside its root.
+            Some(pid) => {
+                let root = nix::fcntl::open(
+                    format!("/proc/{pid}/root").as_str(),
+                    OFlag::O_PATH | OFlag::O_DIRECTORY,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .map_err(open_err)?;
+                let rel = bytes.strip_prefix(b"/").unwrap_or(&bytes);
+                let how = OpenHow::new()
+                    .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+                    .resolve(ResolveFlag::RESOLVE_IN_ROOT);
+                openat2(root.as_fd(), std::ffi::OsStr::from_bytes(rel), how).map_err(open_err)?
+            }
+            None => nix::fcntl::open(
+                std::ffi::OsStr::from_bytes(&bytes),
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(open_err)?,
+        };
+        let d = crate::baseline::hash_fd(fd.as_fd(), &mut Vec::new(), true, None)
+            .map_err(|e| format!("cannot hash {shown}: {e}"))?;
+        let mut e = self.engine.explain(id, d).map_err(|e| e.to_string())?;
+        e.path = shown;
+        Ok(e)
+    }
+
     fn record_path(&self, id: &str) -> PathBuf {
         self.units_dir.join(format!("{id}.json"))
     }

@@ -68,6 +68,21 @@ pub enum Command {
     /// The quarantine: bytes of denied and would-deny programs, kept once by SHA-256.
     #[command(subcommand)]
     Evidence(EvidenceCommand),
+    /// Would this file run in that container, and why (in the baseline, not, loader rule,
+    /// allow entry, not covered)? PATH is as the container sees it.
+    Explain {
+        /// The file.
+        path: PathBuf,
+        /// The container (unit id).
+        #[arg(long = "container")]
+        container: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's socket.
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Propose allow entries from audit records (deny and would-deny), per image, as a
     /// configuration fragment to review. Reads JSON lines or `journalctl -o json` output.
     Tune {
@@ -449,6 +464,38 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             Ok(0)
         }
         Command::Evidence(e) => evidence(e),
+        Command::Explain {
+            path,
+            container,
+            json,
+            socket,
+        } => {
+            let req = Request::Explain {
+                id: container,
+                path: path_arg(&path),
+            };
+            let reply = request(&socket.socket, &req, Duration::from_secs(120))?;
+            let Reply::Explained(e) = reply else {
+                return Err(unexpected(&reply));
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default());
+            } else {
+                let verdict = serde_json::to_value(e.verdict)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                println!("{} in {} ({} mode): {verdict}", e.path, e.unit, e.mode);
+                println!("  {}", e.why);
+                println!("  sha256 {}", e.sha256.as_deref().unwrap_or("?"));
+                println!("  blake3 {}", e.blake3);
+            }
+            Ok(if e.verdict == crate::verdict::Verdict::Allow {
+                0
+            } else {
+                1
+            })
+        }
         Command::Tune { files } => {
             let mut records = Vec::new();
             let mut skipped = 0;
@@ -697,8 +744,20 @@ fn status(socket: &Path, json: bool) -> Result<i32, CliError> {
                 u.cache.hits,
                 u.cache.misses,
                 u.marks.len(),
-                u.image_key
+                u.image_name.as_deref().unwrap_or(&u.image_key)
             );
+            if let Some(d) = &u.last_deny {
+                let what = serde_json::to_value(d.verdict)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                println!(
+                    "{:<24} last {what}: {} at {}",
+                    "",
+                    d.path.as_deref().unwrap_or("?"),
+                    d.time
+                );
+            }
         }
     }
     println!(

@@ -77,6 +77,10 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
             Ok(s) => Response::ok(&Reply::Status(s)),
             Err(e) => Response::err(e.to_string()),
         },
+        Request::Explain { id, path } => match ctx.explain(&id, &path) {
+            Ok(e) => Response::ok(&Reply::Explained(e)),
+            Err(e) => Response::err(e),
+        },
         Request::Disarm { id } => {
             let result = ctx.engine.disarm(&id);
             if result.is_ok() {

@@ -184,12 +184,48 @@ pub enum Command {
         Vec<PlannedMark>,
         Sender<Result<AddedMarks, EngineError>>,
     ),
+    /// Explain the verdict for content with these digests and this stat in a unit.
+    Explain(
+        String,
+        crate::baseline::FileDigests,
+        Sender<Result<Explanation, EngineError>>,
+    ),
     /// Report status.
     Status(Sender<EngineStatus>),
     /// The recorded units are re-armed: judge the events parked meanwhile.
     RestoreDone,
     /// Stop after answering everything in flight.
     Shutdown,
+}
+
+/// Why a file would or would not run in a unit (`driftlock explain`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Explanation {
+    /// Unit.
+    pub unit: String,
+    /// Unit mode.
+    pub mode: Mode,
+    /// Path as asked (escaped).
+    pub path: String,
+    /// SHA-256 (hex).
+    pub sha256: Option<String>,
+    /// BLAKE3 (hex).
+    pub blake3: String,
+    /// Size.
+    pub size: u64,
+    /// The file is on a filesystem or mount the unit has marked (else its exec is not
+    /// checked at all).
+    pub covered: bool,
+    /// Paths in the image with this content (empty: not in the baseline).
+    pub baseline_paths: Vec<String>,
+    /// An operator allow entry admits this content.
+    pub allowed_by_entry: bool,
+    /// This content is one of the image's dynamic loaders (a direct invocation is denied).
+    pub loader: bool,
+    /// The verdict an exec of it would get.
+    pub verdict: Verdict,
+    /// In words.
+    pub why: String,
 }
 
 /// The outcome of [`Command::AddMarks`].
@@ -235,6 +271,14 @@ impl EngineHandle {
     /// Adds marks to an armed unit.
     pub fn add_marks(&self, id: &str, marks: Vec<PlannedMark>) -> Result<AddedMarks, EngineError> {
         self.call(|tx| Command::AddMarks(id.to_string(), marks, tx))?
+    }
+    /// Explains the verdict for a hashed file in a unit.
+    pub fn explain(
+        &self,
+        id: &str,
+        digests: crate::baseline::FileDigests,
+    ) -> Result<Explanation, EngineError> {
+        self.call(|tx| Command::Explain(id.to_string(), digests, tx))?
     }
     /// Current status.
     pub fn status(&self) -> Result<EngineStatus, EngineError> {
@@ -878,6 +922,13 @@ impl<G: Gate> Engine<G> {
         }
         // Off the hot path: gather the context while the exec is still held.
         let record = build_record(unit, verdict, finding.reason(), &event, tid, digest, stat);
+        if verdict != Verdict::Allow {
+            unit.last_deny = Some(crate::registry::LastDeny {
+                time: record.time.clone(),
+                path: record.path.clone(),
+                verdict,
+            });
+        }
         let file = event.fd().and_then(|fd| fd.try_clone_to_owned().ok());
         self.answer(event, answer);
         self.stats.records += 1;
@@ -919,6 +970,9 @@ impl<G: Gate> Engine<G> {
             }
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Command::Explain(id, d, reply) => {
+                let _ = reply.send(self.explain(&id, &d));
             }
             Command::RestoreDone => {
                 self.restoring = false;
@@ -994,6 +1048,7 @@ impl<G: Gate> Engine<G> {
             cache: VerdictCache::new(self.config.cache_capacity),
             counters: UnitCounters::default(),
             allow: Allowed::from(spec.allow),
+            last_deny: None,
         };
         // Registered before marking, so the first event can be attributed.
         let handle = self.registry.insert(unit);
@@ -1013,6 +1068,74 @@ impl<G: Gate> Engine<G> {
             marks.len()
         );
         Ok(marks)
+    }
+
+    fn explain(
+        &self,
+        id: &str,
+        d: &crate::baseline::FileDigests,
+    ) -> Result<Explanation, EngineError> {
+        let handle = self
+            .registry
+            .find_id(id)
+            .ok_or_else(|| EngineError::UnknownId(id.to_string()))?;
+        let unit = self
+            .registry
+            .get(handle)
+            .ok_or_else(|| EngineError::UnknownId(id.to_string()))?;
+        let covered = self
+            .registry
+            .attribute(&d.stat)
+            .is_some_and(|a| a.unit == handle);
+        let baseline_paths: Vec<String> = unit
+            .baseline
+            .entries()
+            .iter()
+            .filter(|e| e.blake3 == d.blake3)
+            .map(|e| escape_bytes(&e.path))
+            .collect();
+        let allowed_by_entry = unit.allow.permits(d);
+        let loader = unit.baseline.is_loader(&d.blake3);
+        let finding = if !baseline_paths.is_empty() || allowed_by_entry {
+            Finding::InBaseline
+        } else {
+            Finding::NotInBaseline
+        };
+        let (verdict, _) = decide(unit.mode, finding);
+        let why = match (
+            covered,
+            !baseline_paths.is_empty(),
+            allowed_by_entry,
+            loader,
+        ) {
+            (false, ..) => {
+                "not on a filesystem this unit has marked: its exec would not be checked"
+                    .to_string()
+            }
+            (true, true, _, true) => format!(
+                "a dynamic loader of the image ({}): runs for programs; a direct invocation is denied",
+                baseline_paths.join(", ")
+            ),
+            (true, true, ..) => {
+                format!("same content as the image's {}", baseline_paths.join(", "))
+            }
+            (true, false, true, _) => "not in the image, allowed by an operator entry".to_string(),
+            (true, false, false, _) => "not in the image's baseline and no allow entry".to_string(),
+        };
+        Ok(Explanation {
+            unit: unit.id.clone(),
+            mode: unit.mode,
+            path: String::new(),
+            sha256: d.sha256.map(hex::encode),
+            blake3: d.blake3.to_string(),
+            size: d.stat.size,
+            covered,
+            baseline_paths,
+            allowed_by_entry,
+            loader,
+            verdict: if covered { verdict } else { Verdict::Allow },
+            why,
+        })
     }
 
     fn add_marks(&mut self, id: &str, marks: Vec<PlannedMark>) -> Result<AddedMarks, EngineError> {

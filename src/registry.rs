@@ -209,6 +209,17 @@ pub struct UnitCounters {
     pub hash_timeouts: u64,
 }
 
+/// The last deny (or would-deny) of a unit.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastDeny {
+    /// When.
+    pub time: String,
+    /// What (escaped path).
+    pub path: Option<String>,
+    /// Verdict.
+    pub verdict: crate::verdict::Verdict,
+}
+
 /// An armed unit.
 #[derive(Debug)]
 pub struct Unit {
@@ -234,6 +245,8 @@ pub struct Unit {
     pub counters: UnitCounters,
     /// Content the operator allowed besides the baseline.
     pub allow: Allowed,
+    /// The last deny or would-deny.
+    pub last_deny: Option<LastDeny>,
 }
 
 /// Where a container sits in Kubernetes, when its annotations say.
@@ -416,6 +429,9 @@ pub struct UnitStatus {
     pub cache: CacheStats,
     /// Cache entries.
     pub cache_entries: usize,
+    /// The last deny or would-deny.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_deny: Option<LastDeny>,
 }
 
 impl Unit {
@@ -432,6 +448,7 @@ impl Unit {
             counters: self.counters,
             cache: self.cache.stats(),
             cache_entries: self.cache.len(),
+            last_deny: self.last_deny.clone(),
         }
     }
 }
@@ -626,6 +643,7 @@ mod tests {
             cache: VerdictCache::new(4),
             counters: UnitCounters::default(),
             allow: Allowed::default(),
+            last_deny: None,
         };
         let fs = PlannedMark {
             path: "/a".into(),

@@ -37,6 +37,13 @@ pub enum Request {
     },
     /// Report armed units and counters.
     Status,
+    /// Would this file run in that unit, and why?
+    Explain {
+        /// Unit id.
+        id: String,
+        /// Path (escaped) as the container sees it.
+        path: String,
+    },
     /// Liveness check.
     Ping,
 }
@@ -118,6 +125,8 @@ pub enum Reply {
     Disarmed(UnitStatus),
     /// After status.
     Status(EngineStatus),
+    /// After explain.
+    Explained(crate::engine::Explanation),
     /// After ping.
     Pong {
         /// Daemon version.

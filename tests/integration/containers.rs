@@ -483,3 +483,80 @@ fn audit_tune_enforce_workflow_keeps_evidence() {
         std::fs::read(payload_path()).unwrap()
     );
 }
+
+/// Issue 6: `driftlock explain` and the last deny in `driftlock status`.
+#[test]
+fn explain_says_why_and_status_shows_the_last_deny() {
+    let Some(node) = Node::new("explain") else {
+        return;
+    };
+    let out = node.ctr(&[
+        "run",
+        "-d",
+        "--net-host",
+        "--runc-binary",
+        RUNTIME,
+        GLIBC,
+        "ex-1",
+        "sleep",
+        "600",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("ex-1 armed", Duration::from_secs(20), || {
+        node.status()["units"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|u| u["id"] == "ex-1"))
+    });
+    let setup = format!(
+        "wget -q -O /tmp/miner {} && chmod +x /tmp/miner; /tmp/miner; cp /usr/bin/hello-dyn /tmp/renamed; echo done",
+        node.payload_url()
+    );
+    let t = text(&node.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "s",
+        "ex-1",
+        "sh",
+        "-c",
+        &setup,
+    ]));
+    assert!(t.contains("done"), "{t}");
+    let explain = |path: &str| -> serde_json::Value {
+        let out = Command::new(BIN)
+            .args(["explain", path, "--container", "ex-1", "--json", "--socket"])
+            .arg(&node.dl_socket)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)))
+    };
+    let miner = explain("/tmp/miner");
+    assert_eq!(miner["verdict"], "deny");
+    assert_eq!(miner["covered"], true);
+    assert_eq!(miner["sha256"], sha256_of_payload().as_str());
+    assert!(
+        miner["why"].as_str().unwrap().contains("not in the image"),
+        "{miner}"
+    );
+    let renamed = explain("/tmp/renamed");
+    assert_eq!(renamed["verdict"], "allow");
+    assert_eq!(renamed["baseline_paths"][0], "/usr/bin/hello-dyn");
+    let loader = explain("/lib64/ld-linux-x86-64.so.2");
+    assert_eq!(loader["loader"], true);
+    assert!(
+        loader["why"]
+            .as_str()
+            .unwrap()
+            .contains("direct invocation is denied"),
+        "{loader}"
+    );
+
+    let status = Command::new(BIN)
+        .args(["status", "--socket"])
+        .arg(&node.dl_socket)
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&status.stdout);
+    assert!(s.contains("last deny: /tmp/miner at "), "{s}");
+    let _ = node.ctr(&["tasks", "kill", "-s", "SIGKILL", "ex-1"]);
+}
