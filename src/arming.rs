@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use crate::Mode;
 use crate::audit::{AuditJob, AuditQueue, CoverageEvent, CoverageRecord, RECORD_VERSION, rfc3339};
+use crate::baseline::BaselineStore;
 use crate::baseline::store::{Provenance, StoreError, write_atomic};
-use crate::baseline::{BaselineStore, snapshot};
 use crate::engine::{EngineError, EngineHandle, UnitSpec};
 use crate::escape::{escape_bytes, unescape};
 use crate::ipc::{ArmRequest, ArmResult};
@@ -94,6 +94,8 @@ pub struct Armer {
     pub policy: std::sync::RwLock<crate::config::Config>,
     /// Arm counters for metrics.
     pub stats: ArmStats,
+    /// Known-bad indicators checked at snapshot.
+    pub indicators: Option<crate::baseline::indicators::Indicators>,
 }
 
 /// Arm counters.
@@ -289,22 +291,46 @@ impl Armer {
             None => derive_image_key(&rootfs, &ns_mounts, stats[0].1.mnt_id_legacy),
         };
         let snapshot_root = access(&rootfs);
+        let indicators = self.indicators.as_ref();
+        // A new indicator list means new snapshots: it is part of the store key.
+        let explicit_key = explicit_key.map(|mut k| {
+            if let Some(i) = indicators {
+                k.extend_from_slice(format!("\0indicators:{}", i.digest()).as_bytes());
+            }
+            k
+        });
         let (baseline, provenance, skipped) = match explicit_key {
             Some(key) => {
-                let (b, prov, snap) =
-                    self.store
-                        .load_or_snapshot(&key, &snapshot_root, self.snapshot_threads)?;
+                let (b, prov, snap) = self.store.load_or_snapshot(
+                    &key,
+                    &snapshot_root,
+                    self.snapshot_threads,
+                    indicators,
+                )?;
                 (b, prov, snap.map_or(0, |s| s.errors.len()))
             }
             None => {
                 let mut key = b"rootfs:".to_vec();
                 key.extend_from_slice(rootfs.as_os_str().as_bytes());
-                let snap = snapshot(&snapshot_root, key, self.snapshot_threads)
-                    .map_err(StoreError::from)?;
+                let snap = crate::baseline::snapshot_checked(
+                    &snapshot_root,
+                    key,
+                    self.snapshot_threads,
+                    indicators,
+                )
+                .map_err(StoreError::from)?;
                 self.store.save(&snap.baseline)?;
                 (snap.baseline, Provenance::Snapshotted, snap.errors.len())
             }
         };
+        for bad in baseline.known_bad() {
+            log::error!(
+                "unit {:?}: {} in the image matches known-bad indicator {}; its execution will be denied",
+                req.id,
+                escape_bytes(&bad.path),
+                bad.indicator
+            );
+        }
         if skipped > 0 {
             log::warn!(
                 "unit {:?}: the snapshot skipped {skipped} files (they will be denied)",

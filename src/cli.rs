@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::Mode;
-use crate::baseline::{Baseline, FormatError, format, snapshot, store::write_atomic};
+use crate::baseline::{Baseline, FormatError, format, store::write_atomic};
 use crate::daemon::{DaemonConfig, DaemonError};
 use crate::engine::EngineConfig;
 use crate::escape::escape_bytes;
@@ -182,6 +182,10 @@ pub struct DaemonArgs {
     /// Quarantine size; the oldest evidence is evicted first [default: 512].
     #[arg(long)]
     pub evidence_max_total_mb: Option<u64>,
+    /// Known-bad indicator list (SHA-256 or MD5 per line, optional name), checked when a
+    /// baseline is snapshotted: matching image files are denied (reason known-bad).
+    #[arg(long)]
+    pub indicators: Option<PathBuf>,
 }
 
 /// The default interpreters of the script control.
@@ -266,6 +270,13 @@ impl DaemonArgs {
             snapshot_threads: self.snapshot_threads.or(file.snapshot_threads).unwrap_or(0),
             memfd_noexec: self.memfd_noexec.or(file.memfd_noexec).unwrap_or(true),
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
+            indicators: match self.indicators.or_else(|| file.indicators.clone()) {
+                Some(p) => Some(
+                    crate::baseline::indicators::Indicators::load(&p)
+                        .map_err(|e| CliError::Other(e.to_string()))?,
+                ),
+                None => None,
+            },
             evidence: {
                 let file_mb = self
                     .evidence_max_file_mb
@@ -386,6 +397,9 @@ pub enum BaselineCommand {
         /// Hashing threads (0 = one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Also check every file against this known-bad indicator list.
+        #[arg(long)]
+        indicators: Option<PathBuf>,
     },
     /// Print a baseline file for people (verifies it first).
     Show {
@@ -792,13 +806,29 @@ fn baseline(cmd: BaselineCommand) -> Result<i32, CliError> {
             output,
             key,
             threads,
+            indicators,
         } => {
+            let indicators = match indicators {
+                Some(p) => Some(
+                    crate::baseline::indicators::Indicators::load(&p)
+                        .map_err(|e| CliError::Other(e.to_string()))?,
+                ),
+                None => None,
+            };
             let key = key.map_or_else(
                 || rootfs.as_os_str().as_bytes().to_vec(),
                 String::into_bytes,
             );
             let snap =
-                snapshot(&rootfs, key, threads).map_err(|e| CliError::Other(e.to_string()))?;
+                crate::baseline::snapshot_checked(&rootfs, key, threads, indicators.as_ref())
+                    .map_err(|e| CliError::Other(e.to_string()))?;
+            for bad in snap.baseline.known_bad() {
+                eprintln!(
+                    "KNOWN BAD: {} matches indicator {}",
+                    escape_bytes(&bad.path),
+                    bad.indicator
+                );
+            }
             for e in &snap.errors {
                 eprintln!("skipped {e}");
             }

@@ -150,6 +150,9 @@ pub struct Config {
     /// `--falcosidekick-url`.
     #[serde(default)]
     pub falcosidekick_url: Option<String>,
+    /// `--indicators`.
+    #[serde(default, deserialize_with = "de_abs_path")]
+    pub indicators: Option<PathBuf>,
     /// `--evidence-max-file-mb` (0: keep no evidence).
     #[serde(default)]
     pub evidence_max_file_mb: Option<u64>,

@@ -37,6 +37,8 @@ pub struct DaemonConfig {
     pub falcosidekick: Option<crate::audit::falco::Endpoint>,
     /// Quarantine limits; `None`: keep no evidence.
     pub evidence: Option<crate::audit::evidence::Limits>,
+    /// Known-bad indicators checked at snapshot.
+    pub indicators: Option<crate::baseline::indicators::Indicators>,
 }
 
 /// Errors that stop the daemon.
@@ -206,6 +208,7 @@ pub fn run(
         units_dir: config.state_dir.join("units"),
         policy: std::sync::RwLock::new(policy),
         stats: Default::default(),
+        indicators: config.indicators.clone(),
     });
     let reloader = Arc::clone(&armer);
     // Containers that ran on while the daemon was down are protected again before the

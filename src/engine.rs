@@ -787,7 +787,12 @@ impl<G: Gate> Engine<G> {
                     .registry
                     .get(unit_h)
                     .map(|u| u.baseline.contains(&d.blake3) || u.allow.permits(d));
+                let bad = self
+                    .registry
+                    .get(unit_h)
+                    .is_some_and(|u| u.baseline.is_known_bad(&d.blake3));
                 match found {
+                    _ if bad => (Finding::Unverifiable(Reason::KnownBad), Some(d.blake3)),
                     Some(true) => (Finding::InBaseline, Some(d.blake3)),
                     Some(false) => (Finding::NotInBaseline, Some(d.blake3)),
                     None => (Finding::InBaseline, Some(d.blake3)), // unit disarmed meanwhile

@@ -123,4 +123,5 @@ build busybox populate_busybox
 build glibc fill_glibc
 if command -v musl-gcc >/dev/null; then build musl fill_musl; fi
 cp "$work/payload" "$out/payload"
+cp "$work/exec-paths" "$out/exec-paths"
 echo "built $out/payload"

@@ -11,6 +11,7 @@
 //! f <blake3 hex> <size> <mode octal> <escaped path>
 //! ...
 //! l <blake3 hex> <escaped interpreter path>     (dynamic loaders; optional, after the f lines)
+//! k <blake3 hex> <indicator hex> <escaped path>  (files that matched a known-bad indicator)
 //! end <blake3 hex of every byte before this line>
 //! ```
 //!
@@ -87,6 +88,14 @@ pub fn encode(baseline: &Baseline) -> Vec<u8> {
     for l in baseline.loaders() {
         body.push_str(&format!("l {} {}\n", l.blake3, escape_bytes(&l.path)));
     }
+    for k in baseline.known_bad() {
+        body.push_str(&format!(
+            "k {} {} {}\n",
+            k.blake3,
+            k.indicator,
+            escape_bytes(&k.path)
+        ));
+    }
     let sum = blake3::hash(body.as_bytes());
     body.push_str(&format!("end {}\n", sum.to_hex()));
     body.into_bytes()
@@ -141,6 +150,7 @@ pub fn decode(data: &[u8]) -> Result<Baseline, FormatError> {
 
     let mut entries = Vec::with_capacity(declared.min(1 << 20));
     let mut loaders = Vec::new();
+    let mut known_bad = Vec::new();
     let mut idx = 5;
     loop {
         let &(start, line) = lines.get(idx).ok_or(FormatError::Truncated)?;
@@ -158,6 +168,31 @@ pub fn decode(data: &[u8]) -> Result<Baseline, FormatError> {
             }
             break;
         }
+        if let Some(rest) = line.strip_prefix("k ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (Some(hash), Some(indicator), Some(path)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(line_err(
+                    n,
+                    "a known-bad entry needs: blake3 indicator path",
+                ));
+            };
+            if !indicator.bytes().all(|b| b.is_ascii_hexdigit())
+                || !matches!(indicator.len(), 32 | 64)
+            {
+                return Err(line_err(n, "the indicator must be 32 or 64 hex digits"));
+            }
+            known_bad.push(super::indicators::KnownBad {
+                blake3: hash
+                    .parse()
+                    .map_err(|_| line_err(n, "blake3 must be 64 hex digits"))?,
+                indicator: indicator.to_string(),
+                path: unescape(path).map_err(|e| line_err(n, &e.to_string()))?,
+            });
+            idx += 1;
+            continue;
+        }
         if let Some(rest) = line.strip_prefix("l ") {
             let (hash, path) = rest
                 .split_once(' ')
@@ -171,8 +206,8 @@ pub fn decode(data: &[u8]) -> Result<Baseline, FormatError> {
             idx += 1;
             continue;
         }
-        if !loaders.is_empty() {
-            return Err(line_err(n, "'f' lines must come before 'l' lines"));
+        if !loaders.is_empty() || !known_bad.is_empty() {
+            return Err(line_err(n, "'f' lines must come before 'l' and 'k' lines"));
         }
         let rest = line
             .strip_prefix("f ")
@@ -209,7 +244,12 @@ pub fn decode(data: &[u8]) -> Result<Baseline, FormatError> {
             found: entries.len(),
         });
     }
-    Ok(Baseline::new(key, source, created, entries).with_loaders(loaders))
+    // Known-bad contents were taken out of the entries when the snapshot was taken.
+    let mut b = Baseline::new(key, source, created, entries).with_loaders(loaders);
+    if !known_bad.is_empty() {
+        b = b.with_known_bad(known_bad);
+    }
+    Ok(b)
 }
 
 #[cfg(test)]

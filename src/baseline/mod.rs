@@ -9,6 +9,7 @@
 pub mod elf;
 pub mod format;
 pub mod hash;
+pub mod indicators;
 pub mod snapshot;
 pub mod store;
 
@@ -17,7 +18,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 pub use format::FormatError;
 pub use hash::{FileDigests, HashError, hash_fd, hash_fd_content};
-pub use snapshot::{Snapshot, SnapshotError, SnapshotFileError, snapshot};
+pub use snapshot::{Snapshot, SnapshotError, SnapshotFileError, snapshot, snapshot_checked};
 pub use store::{BaselineStore, StoreError};
 
 /// A BLAKE3 digest.
@@ -100,6 +101,7 @@ pub struct Baseline {
     index: HashSet<Digest, BuildHasherDefault<DigestHasher>>,
     loaders: Vec<LoaderEntry>,
     loader_index: HashSet<Digest, BuildHasherDefault<DigestHasher>>,
+    known_bad: Vec<indicators::KnownBad>,
 }
 
 impl PartialEq for Baseline {
@@ -109,6 +111,7 @@ impl PartialEq for Baseline {
             && self.created == other.created
             && self.entries == other.entries
             && self.loaders == other.loaders
+            && self.known_bad == other.known_bad
     }
 }
 
@@ -130,7 +133,29 @@ impl Baseline {
             index,
             loaders: Vec::new(),
             loader_index: HashSet::default(),
+            known_bad: Vec::new(),
         }
+    }
+
+    /// Takes files that matched an indicator out of the allowed contents.
+    pub fn with_known_bad(mut self, mut bad: Vec<indicators::KnownBad>) -> Self {
+        bad.sort_by(|a, b| a.path.cmp(&b.path));
+        for b in &bad {
+            self.entries.retain(|e| e.blake3 != b.blake3);
+            self.index.remove(&b.blake3);
+        }
+        self.known_bad = bad;
+        self
+    }
+
+    /// Files of the image that matched an indicator (denied, reason `known-bad`).
+    pub fn known_bad(&self) -> &[indicators::KnownBad] {
+        &self.known_bad
+    }
+
+    /// True if this content matched an indicator at snapshot time.
+    pub fn is_known_bad(&self, digest: &Digest) -> bool {
+        self.known_bad.iter().any(|b| b.blake3 == *digest)
     }
 
     /// Adds the image's dynamic loaders (sorted by path, deduplicated).

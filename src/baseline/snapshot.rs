@@ -18,6 +18,7 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{FileStat as NixStat, Mode as NixMode, SFlag, fstatat};
 
 use super::hash::{HashError, hash_fd};
+use super::indicators::{Indicators, KnownBad};
 use super::{Baseline, BaselineEntry, LoaderEntry, elf};
 use crate::escape::escape_bytes;
 
@@ -81,14 +82,26 @@ struct Job {
 }
 
 enum Outcome {
-    /// A program, with the interpreter it names (if dynamically linked).
-    Entry(BaselineEntry, Option<Vec<u8>>),
+    /// A program, with the interpreter it names (if dynamically linked) and the known-bad
+    /// indicator it matched (if any).
+    Entry(BaselineEntry, Option<Vec<u8>>, Option<String>),
     Skipped(SnapshotFileError),
 }
 
 /// Walks `root` and hashes every regular file with an exec bit. `threads` hashing threads
 /// (0 = one per core) run beside the walker.
 pub fn snapshot(root: &Path, key: Vec<u8>, threads: usize) -> Result<Snapshot, SnapshotError> {
+    snapshot_checked(root, key, threads, None)
+}
+
+/// Like [`snapshot`], also checking every file against a known-bad indicator list (this
+/// reads each file a second time for SHA-256 and MD5).
+pub fn snapshot_checked(
+    root: &Path,
+    key: Vec<u8>,
+    threads: usize,
+    indicators: Option<&Indicators>,
+) -> Result<Snapshot, SnapshotError> {
     let started = Instant::now();
     let root_fd = nix::fcntl::open(
         root,
@@ -116,7 +129,7 @@ pub fn snapshot(root: &Path, key: Vec<u8>, threads: usize) -> Result<Snapshot, S
             scope.spawn(move || {
                 let mut buf = Vec::new();
                 for job in job_rx {
-                    let result = hash_one(root_fd, &job.rel, &mut buf);
+                    let result = hash_one(root_fd, &job.rel, &mut buf, indicators);
                     if out_tx.send(result).is_err() {
                         break;
                     }
@@ -133,10 +146,18 @@ pub fn snapshot(root: &Path, key: Vec<u8>, threads: usize) -> Result<Snapshot, S
     let mut errors = walk_errors;
     let mut bytes = 0;
     let mut interpreters: Vec<Vec<u8>> = Vec::new();
+    let mut known_bad = Vec::new();
     for (outcome, n) in out_rx.try_iter() {
         bytes += n;
         match outcome {
-            Outcome::Entry(e, interp) => {
+            Outcome::Entry(e, interp, bad) => {
+                if let Some(indicator) = bad {
+                    known_bad.push(KnownBad {
+                        path: e.path.clone(),
+                        blake3: e.blake3,
+                        indicator,
+                    });
+                }
                 entries.push(e);
                 if let Some(i) = interp {
                     if !interpreters.contains(&i) {
@@ -154,7 +175,8 @@ pub fn snapshot(root: &Path, key: Vec<u8>, threads: usize) -> Result<Snapshot, S
         .map_or(0, |d| d.as_secs());
     Ok(Snapshot {
         baseline: Baseline::new(key, root.as_os_str().as_bytes().to_vec(), created, entries)
-            .with_loaders(loaders),
+            .with_loaders(loaders)
+            .with_known_bad(known_bad),
         errors,
         bytes,
         elapsed: started.elapsed(),
@@ -296,7 +318,12 @@ fn display_path(rel: &[u8]) -> Vec<u8> {
     p
 }
 
-fn hash_one(root: &OwnedFd, rel: &[u8], buf: &mut Vec<u8>) -> (Outcome, u64) {
+fn hash_one(
+    root: &OwnedFd,
+    rel: &[u8],
+    buf: &mut Vec<u8>,
+    indicators: Option<&Indicators>,
+) -> (Outcome, u64) {
     let path = display_path(rel);
     let skipped = |reason: String| {
         (
@@ -322,6 +349,9 @@ fn hash_one(root: &OwnedFd, rel: &[u8], buf: &mut Vec<u8>) -> (Outcome, u64) {
                     blake3: d.blake3,
                 },
                 elf::interpreter(fd.as_fd()),
+                indicators
+                    .and_then(|i| i.check(fd.as_fd()))
+                    .map(|(hash, _)| hash),
             ),
             d.stat.size,
         ),

@@ -11,7 +11,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::format::{self, FormatError};
-use super::{Baseline, Snapshot, SnapshotError, snapshot};
+use super::indicators::Indicators;
+use super::{Baseline, Snapshot, SnapshotError, snapshot_checked};
 use crate::escape::escape_bytes;
 
 /// Errors of the store.
@@ -127,6 +128,7 @@ impl BaselineStore {
         key: &[u8],
         rootfs: &Path,
         threads: usize,
+        indicators: Option<&Indicators>,
     ) -> Result<(Baseline, Provenance, Option<Snapshot>), StoreError> {
         let provenance = match self.load(key) {
             Ok(Some(b)) => return Ok((b, Provenance::Stored, None)),
@@ -137,7 +139,7 @@ impl BaselineStore {
             }
             Err(err) => return Err(err),
         };
-        let snap = snapshot(rootfs, key.to_vec(), threads)?;
+        let snap = snapshot_checked(rootfs, key.to_vec(), threads, indicators)?;
         self.save(&snap.baseline)?;
         Ok((snap.baseline.clone(), provenance, Some(snap)))
     }
@@ -211,10 +213,10 @@ mod tests {
         fs::write(rootfs.join("bin/tool"), b"tool").unwrap();
         fs::set_permissions(rootfs.join("bin/tool"), fs::Permissions::from_mode(0o755)).unwrap();
         let store = BaselineStore::open(&d).unwrap();
-        let (b, prov, _) = store.load_or_snapshot(b"key", &rootfs, 1).unwrap();
+        let (b, prov, _) = store.load_or_snapshot(b"key", &rootfs, 1, None).unwrap();
         assert_eq!(prov, Provenance::Snapshotted);
         assert_eq!(b.entries().len(), 1);
-        let (_, prov, _) = store.load_or_snapshot(b"key", &rootfs, 1).unwrap();
+        let (_, prov, _) = store.load_or_snapshot(b"key", &rootfs, 1, None).unwrap();
         assert_eq!(prov, Provenance::Stored);
 
         let path = store.path_for(b"key");
@@ -224,7 +226,7 @@ mod tests {
             store.load(b"key"),
             Err(StoreError::Corrupt { .. })
         ));
-        let (b2, prov, _) = store.load_or_snapshot(b"key", &rootfs, 1).unwrap();
+        let (b2, prov, _) = store.load_or_snapshot(b"key", &rootfs, 1, None).unwrap();
         assert_eq!(prov, Provenance::ReplacedCorrupt);
         assert_eq!(b2.entries(), b.entries());
         assert!(store.load(b"key").unwrap().is_some());

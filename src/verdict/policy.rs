@@ -25,6 +25,8 @@ pub enum Reason {
     LoaderUnverified,
     /// An interpreter opened a file whose content is not in the baseline (script control).
     ScriptNotInBaseline,
+    /// The file is in the image but matched a known-bad indicator when it was snapshotted.
+    KnownBad,
 }
 
 /// What is known about a file's content with respect to a unit's baseline.

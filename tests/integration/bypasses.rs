@@ -302,3 +302,37 @@ fn a_file_changed_while_being_hashed_is_denied_in_a_container() {
         "{recs:?}"
     );
 }
+
+/// Issue 6: malware baked into the image is "in the baseline"; a known-bad indicator (an
+/// MD5, as DreamBus reports publish them) checked at snapshot denies it anyway.
+#[test]
+fn a_known_bad_file_baked_into_the_image_is_denied() {
+    let Some(images) = images() else { return };
+    let helper = std::fs::read(images.join("exec-paths")).unwrap();
+    let md5 = hex::encode(<md5::Md5 as md5::Digest>::digest(&helper));
+    let list =
+        std::env::temp_dir().join(format!("driftlock-indicators-{}.txt", std::process::id()));
+    std::fs::write(
+        &list,
+        format!("# test list\n648effa354b3cbaad87b45f48d59c616 kinsing\n{md5} baked-in-helper\n"),
+    )
+    .unwrap();
+    let Some(node) = Node::with_daemon_args("known-bad", &["--indicators", list.to_str().unwrap()])
+    else {
+        return;
+    };
+    let t = in_container(
+        &node,
+        GLIBC,
+        "bad-1",
+        "exec-paths execve /bin/busybox; echo helper=$?\nhello-dyn >/dev/null; echo other=$?\n",
+    );
+    expect(&t, &[("helper", 126), ("other", 0)]);
+    let recs = reasons(&node, 1);
+    assert!(
+        recs.iter()
+            .any(|(p, r)| p == "/usr/bin/exec-paths" && r == "known-bad"),
+        "{recs:?}"
+    );
+    let _ = std::fs::remove_file(&list);
+}
