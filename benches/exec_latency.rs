@@ -1,22 +1,36 @@
-//! Exec latency with and without driftlock, measured in one run (needs root).
+//! Exec latency, side by side in one run (needs root): `cargo bench --bench exec_latency`.
 //!
-//! `cargo bench --bench exec_latency`. In a private mount namespace it builds two tmpfs
-//! mounts holding the same programs: one is never marked (the baseline: no listener), the
-//! other is armed in a driftlock daemon in enforce mode. Rounds alternate between the two,
-//! so machine noise hits both sides alike; it reports the median and p99 per exec and the
-//! paired ratio. Programs: a static binary (built with `cc -static` when available) and a
-//! dynamically linked one (`/usr/bin/true`). Every driftlock exec after the first is a
-//! warm-cache hit. Environment: `DRIFTLOCK_BENCH_ROUNDS` (default 40), `..._PER_ROUND` (50).
+//! In a private mount namespace, one tmpfs per side holds the same programs:
+//! - `none`: never marked (no listener);
+//! - `floor`: marked by a minimal allow-all `FAN_OPEN_EXEC_PERM` responder written here,
+//!   the floor any fanotify enforcer pays;
+//! - `driftlock warm`: armed in enforce mode, every exec after the first a cache hit;
+//! - `driftlock cold`: armed in enforce mode, every exec a new file (hashed);
+//! - `driftlock audit`: armed in audit mode (exec notifications, never held).
+//!
+//! Rounds alternate between the sides so machine noise hits all alike; each row gives the
+//! median and p99 per fork+exec+wait, the paired ratio to `none` (median of per-round
+//! ratios), the overhead in µs, and the overhead relative to the floor's. Programs: a static
+//! binary (`cc -static`), dynamic `/usr/bin/true` (loader on the host), and dynamic
+//! `/usr/bin/true` run in a chroot whose loader and libc are on the side's filesystem (two
+//! events per exec and the loader check). `DRIFTLOCK_BENCH_ROUNDS` (default 30),
+//! `DRIFTLOCK_BENCH_PER_ROUND` (40), `DRIFTLOCK_BENCH_FORMAT=markdown` for a table.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unsafe_code)]
 
 use std::fs;
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
+use nix::sys::fanotify::{
+    EventFFlags, Fanotify, FanotifyResponse, InitFlags, MarkFlags, MaskFlags, Response,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_driftlock");
 
@@ -35,55 +49,62 @@ impl Drop for Daemon {
     }
 }
 
-/// A program to time: its path, and the root to chroot into first (so that a dynamic
-/// program's loader is the one in that root, on the measured filesystem).
+/// The floor: a minimal responder answering ALLOW to every exec on one filesystem.
+fn floor_responder(dir: &Path, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let group = Fanotify::init(
+        InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC | InitFlags::FAN_NONBLOCK,
+        EventFFlags::O_RDONLY | EventFFlags::O_CLOEXEC,
+    )
+    .unwrap();
+    group
+        .mark(
+            MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM,
+            MaskFlags::FAN_OPEN_EXEC_PERM,
+            nix::fcntl::AT_FDCWD,
+            Some(dir),
+        )
+        .unwrap();
+    std::thread::spawn(move || {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        while !stop.load(Ordering::Relaxed) {
+            let mut fds = [PollFd::new(group.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::from(100u16)).unwrap_or(0) == 0 {
+                continue;
+            }
+            for ev in group.read_events().unwrap_or_default() {
+                if let Some(fd) = ev.fd() {
+                    let _ = group.write_response(FanotifyResponse::new(fd, Response::FAN_ALLOW));
+                }
+            }
+        }
+    })
+}
+
+/// What to execute: a path, optionally inside a chroot.
 #[derive(Clone)]
 struct Target {
     path: PathBuf,
     chroot: Option<PathBuf>,
 }
 
-fn per_exec(t: &Target, n: usize) -> Vec<f64> {
-    (0..n)
-        .map(|_| {
-            let mut cmd = Command::new(&t.path);
-            cmd.stdout(Stdio::null());
-            if let Some(root) = t.chroot.clone() {
-                use std::os::unix::process::CommandExt;
-                // SAFETY (bench): chroot and chdir are async-signal-safe syscalls.
-                unsafe {
-                    cmd.pre_exec(move || {
-                        nix::unistd::chroot(&root)?;
-                        nix::unistd::chdir("/")?;
-                        Ok(())
-                    });
-                }
-            }
-            let start = Instant::now();
-            let st = cmd.status().unwrap();
-            assert!(st.success(), "{} failed", t.path.display());
-            start.elapsed().as_secs_f64() * 1e6
-        })
-        .collect()
-}
-
-/// Copies a dynamic program with its loader and libraries into `root` (same paths).
-fn install_with_libs(program: &str, root: &Path) {
-    let out = Command::new("ldd").arg(program).output().unwrap();
-    let mut files = vec![PathBuf::from(program)];
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        for word in line.split_whitespace() {
-            if word.starts_with('/') {
-                files.push(PathBuf::from(word));
-            }
+fn run_once(t: &Target) -> f64 {
+    let mut cmd = Command::new(&t.path);
+    cmd.stdout(Stdio::null());
+    if let Some(root) = t.chroot.clone() {
+        use std::os::unix::process::CommandExt;
+        // SAFETY (bench): chroot and chdir are async-signal-safe syscalls.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::unistd::chroot(&root)?;
+                nix::unistd::chdir("/")?;
+                Ok(())
+            });
         }
     }
-    for f in files {
-        let dst = root.join(f.strip_prefix("/").unwrap());
-        fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        fs::copy(&f, &dst).unwrap();
-        fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let start = Instant::now();
+    let st = cmd.status().unwrap();
+    assert!(st.success(), "{} failed", t.path.display());
+    start.elapsed().as_secs_f64() * 1e6
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -105,6 +126,38 @@ fn static_binary(dir: &Path) -> Option<PathBuf> {
     ok.then_some(out)
 }
 
+/// Copies a dynamic program with its loader and libraries into `root` (same paths).
+fn install_with_libs(program: &str, root: &Path) {
+    let out = Command::new("ldd").arg(program).output().unwrap();
+    let mut files = vec![PathBuf::from(program)];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        for word in line.split_whitespace() {
+            if word.starts_with('/') {
+                files.push(PathBuf::from(word));
+            }
+        }
+    }
+    for f in files {
+        let dst = root.join(f.strip_prefix("/").unwrap());
+        fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        fs::copy(&f, &dst).unwrap();
+        fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+fn install(src: &Path, dst: &Path) {
+    fs::copy(src, dst).unwrap();
+    fs::set_permissions(dst, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+const SIDES: [&str; 5] = [
+    "none",
+    "floor",
+    "driftlock warm",
+    "driftlock cold",
+    "driftlock audit",
+];
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -113,8 +166,9 @@ fn main() {
         eprintln!("exec_latency: skipped, needs root (fanotify marks and mounts)");
         return;
     }
-    let rounds = env_usize("DRIFTLOCK_BENCH_ROUNDS", 40);
-    let per_round = env_usize("DRIFTLOCK_BENCH_PER_ROUND", 50);
+    let rounds = env_usize("DRIFTLOCK_BENCH_ROUNDS", 30);
+    let per_round = env_usize("DRIFTLOCK_BENCH_PER_ROUND", 40);
+    let markdown = std::env::var("DRIFTLOCK_BENCH_FORMAT").is_ok_and(|f| f == "markdown");
     unshare(CloneFlags::CLONE_NEWNS).unwrap();
     mount(
         None::<&str>,
@@ -134,9 +188,10 @@ fn main() {
         None::<&str>,
     )
     .unwrap();
-    let plain = base.join("plain");
-    let marked = base.join("marked");
-    for d in [&plain, &marked] {
+    let dirs: Vec<PathBuf> = (0..SIDES.len())
+        .map(|i| base.join(format!("side{i}")))
+        .collect();
+    for d in &dirs {
         fs::create_dir_all(d).unwrap();
         mount(
             Some("tmpfs"),
@@ -147,22 +202,24 @@ fn main() {
         )
         .unwrap();
     }
-    let mut programs = vec![("dynamic /usr/bin/true", PathBuf::from("/usr/bin/true"))];
+    let mut programs: Vec<(&str, PathBuf)> =
+        vec![("dynamic /usr/bin/true", PathBuf::from("/usr/bin/true"))];
     if let Some(s) = static_binary(&base) {
         programs.insert(0, ("static", s));
     }
     for (_, src) in &programs {
-        for d in [&plain, &marked] {
-            let dst = d.join(src.file_name().unwrap());
-            fs::copy(src, &dst).unwrap();
-            fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).unwrap();
+        for d in &dirs {
+            install(src, &d.join(src.file_name().unwrap()));
         }
     }
-    for d in [&plain, &marked] {
+    for d in &dirs {
         install_with_libs("/usr/bin/true", &d.join("root"));
     }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let floor = floor_responder(&dirs[1], Arc::clone(&stop));
     let sock = base.join("d.sock");
-    let _daemon = Daemon(
+    let daemon = Daemon(
         Command::new(BIN)
             .args(["daemon", "--log-level", "warn", "--socket"])
             .arg(&sock)
@@ -178,72 +235,166 @@ fn main() {
     }
     // The racily-clean rule keeps just-written files out of the cache; let them age.
     std::thread::sleep(Duration::from_millis(50));
-    let armed = Command::new(BIN)
-        .args(["arm", "--id", "bench", "--rootfs"])
-        .arg(&marked)
-        .arg("--socket")
-        .arg(&sock)
-        .output()
-        .unwrap();
-    assert!(
-        armed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&armed.stderr)
-    );
+    for (i, mode) in [(2, "enforce"), (3, "enforce"), (4, "audit")] {
+        let armed = Command::new(BIN)
+            .args([
+                "arm",
+                "--id",
+                &format!("side{i}"),
+                "--mode",
+                mode,
+                "--rootfs",
+            ])
+            .arg(&dirs[i])
+            .arg("--socket")
+            .arg(&sock)
+            .output()
+            .unwrap();
+        assert!(
+            armed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&armed.stderr)
+        );
+    }
 
     println!(
-        "exec latency, {rounds} rounds x {per_round} execs per side, alternating (µs per fork+exec+wait)"
+        "exec latency: {rounds} rounds x {per_round} execs per side, sides alternating; µs per fork+exec+wait"
     );
-    println!(
-        "{:<24} {:>12} {:>12} {:>12} {:>12} {:>9}",
-        "program", "none med", "driftlock med", "none p99", "driftlock p99", "ratio"
-    );
-    let mut targets: Vec<(&str, Target, Target)> = programs
+    if markdown {
+        println!(
+            "\n| program | side | median µs | p99 µs | ratio to none | overhead µs | overhead / floor's |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+    }
+    let mut targets: Vec<(String, Vec<Target>, Option<PathBuf>)> = programs
         .iter()
         .map(|(name, src)| {
             let file = src.file_name().unwrap();
-            let t = |d: &Path| Target {
-                path: d.join(file),
-                chroot: None,
-            };
-            (*name, t(&plain), t(&marked))
+            let t: Vec<Target> = dirs
+                .iter()
+                .map(|d| Target {
+                    path: d.join(file),
+                    chroot: None,
+                })
+                .collect();
+            (name.to_string(), t, Some(src.clone()))
         })
         .collect();
-    // The loader and libc on the marked filesystem: each exec raises a program event and a
-    // loader event, and the loader event gets the direct-invocation check.
-    let in_root = |d: &Path| Target {
-        path: PathBuf::from("/usr/bin/true"),
-        chroot: Some(d.join("root")),
-    };
-    targets.push(("dynamic, loader checked", in_root(&plain), in_root(&marked)));
-    for (name, a, b) in &targets {
-        per_exec(a, 20);
-        per_exec(b, 20); // first exec hashes; the rest are warm
-        let (mut none, mut dl) = (Vec::new(), Vec::new());
-        let mut ratios = Vec::new();
-        for _ in 0..rounds {
-            let mut x = per_exec(a, per_round);
-            let mut y = per_exec(b, per_round);
-            let (mx, my) = (pct(&mut x, 0.5), pct(&mut y, 0.5));
-            ratios.push(my / mx);
-            none.extend(x);
-            dl.extend(y);
+    targets.push((
+        "dynamic, loader checked".to_string(),
+        dirs.iter()
+            .map(|d| Target {
+                path: PathBuf::from("/usr/bin/true"),
+                chroot: Some(d.join("root")),
+            })
+            .collect(),
+        None,
+    ));
+    for (name, sides, src) in &targets {
+        for t in sides {
+            for _ in 0..10 {
+                run_once(t);
+            }
         }
-        let (n50, d50) = (pct(&mut none, 0.5), pct(&mut dl, 0.5));
-        let (n99, d99) = (pct(&mut none, 0.99), pct(&mut dl, 0.99));
-        println!(
-            "{name:<24} {n50:>12.1} {d50:>12.1} {n99:>12.1} {d99:>12.1} {:>8.3}x  (overhead {:+.1} µs)",
-            pct(&mut ratios, 0.5),
-            d50 - n50
-        );
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); SIDES.len()];
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); SIDES.len()];
+        for round in 0..rounds {
+            // Cold: a new file for every exec (same content), created here on the cold side's
+            // own tmpfs and removed after the round. A chroot target has no cold side.
+            let cold: Option<Vec<Target>> =
+                src.as_ref()
+                    .filter(|_| sides[3].chroot.is_none())
+                    .map(|src| {
+                        (0..per_round)
+                            .map(|i| {
+                                let p = dirs[3].join(format!("cold-{round}-{i}"));
+                                install(src, &p);
+                                Target {
+                                    path: p,
+                                    chroot: None,
+                                }
+                            })
+                            .collect()
+                    });
+            let mut medians = [0.0; SIDES.len()];
+            for (s, t) in sides.iter().enumerate() {
+                let mut v: Vec<f64> = match (s, &cold) {
+                    (3, Some(cold)) => cold.iter().map(run_once).collect(),
+                    (3, None) => continue,
+                    _ => (0..per_round).map(|_| run_once(t)).collect(),
+                };
+                medians[s] = pct(&mut v, 0.5);
+                samples[s].extend(v);
+            }
+            for s in 0..SIDES.len() {
+                if !samples[s].is_empty() {
+                    ratios[s].push(medians[s] / medians[0]);
+                }
+            }
+            for c in cold.into_iter().flatten() {
+                // Only files this loop created, on the cold side's tmpfs.
+                if c.path.starts_with(&dirs[3]) {
+                    let _ = fs::remove_file(c.path);
+                }
+            }
+        }
+        let med: Vec<f64> = samples
+            .iter_mut()
+            .map(|v| if v.is_empty() { 0.0 } else { pct(v, 0.5) })
+            .collect();
+        let p99: Vec<f64> = samples
+            .iter_mut()
+            .map(|v| if v.is_empty() { 0.0 } else { pct(v, 0.99) })
+            .collect();
+        let floor_overhead = med[1] - med[0];
+        if !markdown {
+            println!("\n{name}");
+            println!(
+                "  {:<18} {:>10} {:>10} {:>8} {:>10} {:>12}",
+                "side", "median", "p99", "ratio", "overhead", "vs floor"
+            );
+        }
+        for s in 0..SIDES.len() {
+            // A chroot target always runs the same path: there is no cold side for it.
+            if samples[s].is_empty() {
+                if markdown {
+                    println!("| {name} | {} | n/a | | | | |", SIDES[s]);
+                } else {
+                    println!("  {:<18} {:>10}", SIDES[s], "n/a");
+                }
+                continue;
+            }
+            let ratio = pct(&mut ratios[s], 0.5);
+            let overhead = med[s] - med[0];
+            let vs_floor = if s == 0 || floor_overhead <= 0.0 {
+                String::from("-")
+            } else {
+                format!("{:.2}x", overhead / floor_overhead)
+            };
+            if markdown {
+                println!(
+                    "| {name} | {} | {:.1} | {:.1} | {ratio:.3}x | {overhead:+.1} | {vs_floor} |",
+                    SIDES[s], med[s], p99[s]
+                );
+            } else {
+                println!(
+                    "  {:<18} {:>10.1} {:>10.1} {:>7.3}x {:>+10.1} {:>12}",
+                    SIDES[s], med[s], p99[s], ratio, overhead, vs_floor
+                );
+            }
+        }
     }
     let status = Command::new(BIN)
         .args(["status", "--socket"])
         .arg(&sock)
         .output()
         .unwrap();
-    print!("{}", String::from_utf8_lossy(&status.stdout));
-    drop(_daemon);
+    if !markdown {
+        print!("\n{}", String::from_utf8_lossy(&status.stdout));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = floor.join();
+    drop(daemon);
     let _ = umount2(&base, MntFlags::MNT_DETACH);
     let _ = fs::remove_dir(&base);
 }

@@ -22,7 +22,7 @@ mount -t tmpfs -o size=8g tmpfs "$t"
 cp -a "$src" "$t/root"
 find "$t/root" -xdev -type f -perm /111 -print0 > "$t/list"
 files=$(tr -cd '\0' < "$t/list" | wc -c)
-bytes=$(xargs -0 stat -c %s < "$t/list" | awk '{s+=$1} END {print s}')
+bytes=$(xargs -0 stat -c %s < "$t/list" | awk '{s+=$1} END {printf "%d", s}')
 echo "corpus: $src -> $files executable files, $((bytes / 1000000)) MB, $(nproc) cores"
 med() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 : > "$t/dl"; : > "$t/b3"
