@@ -36,6 +36,7 @@ pub mod ipc;
 pub mod kernel;
 pub mod metrics;
 pub mod registry;
+mod robustness;
 pub mod runtime;
 pub mod service;
 pub mod tune;

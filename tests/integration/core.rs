@@ -699,3 +699,47 @@ fn denied_execs_are_posted_to_falcosidekick_as_falco_alerts() {
     );
     assert!(alert["time"].as_str().unwrap().ends_with('Z'));
 }
+
+/// Issue 8: the daemon never blocks on itself. Its state directory (baselines, unit
+/// records, the evidence it writes for every deny) is a filesystem it has armed; it keeps
+/// writing there and answering.
+#[test]
+fn the_daemon_keeps_answering_with_its_own_state_on_a_marked_filesystem() {
+    if !root_or_skip("self") {
+        return;
+    }
+    let mut sb = Sandbox::new("self");
+    mount(
+        Some("tmpfs"),
+        &sb.state,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    sb.start_daemon(&[]);
+    let state = sb.state.to_str().unwrap().to_string();
+    sb.arm("c1", &["--mount", &state]);
+    let payload = sb.tmp.join("p");
+    sb.install(PAYLOAD_SOURCE, &payload);
+    for _ in 0..3 {
+        assert_eq!(exec(&payload), EPERM);
+        assert_eq!(exec(&sb.rootfs.join("bin/true")), Ok(0));
+    }
+    // Evidence of the payload was written to the marked filesystem.
+    let recs = sb.records(3);
+    let id = recs[0]["evidence"]
+        .as_str()
+        .expect("evidence kept")
+        .to_string();
+    assert!(sb.state.join("evidence").join(&id).exists());
+    // Re-arming writes the unit record and reads the stored baseline there.
+    assert!(sb.client(&["disarm", "--id", "c1"]).status.success());
+    sb.arm("c1", &["--mount", &state]);
+    // A payload dropped into the daemon's own state directory is judged like any other.
+    let inside = sb.state.join("dropped");
+    sb.install(PAYLOAD_SOURCE, &inside);
+    assert_eq!(exec(&inside), EPERM);
+    assert!(sb.daemon_alive());
+    assert_eq!(sb.status_json()["stats"]["unanswered_drops"], 0);
+}
