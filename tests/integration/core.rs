@@ -743,3 +743,164 @@ fn the_daemon_keeps_answering_with_its_own_state_on_a_marked_filesystem() {
     assert!(sb.daemon_alive());
     assert_eq!(sb.status_json()["stats"]["unanswered_drops"], 0);
 }
+
+/// Issue 8: a bounded soak. Several units armed, one exec loop per unit over repeated and
+/// distinct allowed binaries with payloads mixed in, and a fifth unit armed and disarmed
+/// meanwhile. Every payload must be denied, every image binary allowed, every permission
+/// event answered (the units' counters equal the execs made), no exec may wait longer than
+/// the hash time budget, and the daemon's memory must stay flat.
+/// `DRIFTLOCK_SOAK_SECS` sets the length (default 20).
+#[test]
+fn soak_many_units_mixed_execs_and_churn() {
+    use std::time::{Duration, Instant};
+    if !root_or_skip("soak") {
+        return;
+    }
+    let secs: u64 = std::env::var("DRIFTLOCK_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut sb = Sandbox::new("soak");
+    sb.start_daemon(&[]);
+    let units: Vec<PathBuf> = (0..5).map(|i| sb.dir.join(format!("unit{i}"))).collect();
+    for u in &units {
+        fs::create_dir_all(u).unwrap();
+        mount(
+            Some("tmpfs"),
+            u,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        for p in IMAGE {
+            let name = std::path::Path::new(p).file_name().unwrap();
+            sb.install(p, &u.join(name));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    for (i, u) in units.iter().enumerate().take(4) {
+        let out = sb.client(&[
+            "arm",
+            "--id",
+            &format!("u{i}"),
+            "--rootfs",
+            u.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Payloads and many distinct names for allowed content, added after the snapshot.
+        sb.install(PAYLOAD_SOURCE, &u.join("payload"));
+        for n in 0..40 {
+            sb.install("/usr/bin/true", &u.join(format!("true-{n}")));
+        }
+    }
+    let armed = sb.status_json();
+    assert_eq!(armed["units"].as_array().unwrap().len(), 4);
+    let rss = |sb: &Sandbox| -> u64 {
+        let pid = sb.daemon_pid();
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    };
+    let rss_start = rss(&sb);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let workers: Vec<_> = units
+        .iter()
+        .take(4)
+        .cloned()
+        .enumerate()
+        .map(|(i, u)| {
+            std::thread::spawn(move || {
+                let (mut allowed, mut denied, mut worst) = (0u64, 0u64, Duration::ZERO);
+                let mut n = i;
+                while Instant::now() < deadline {
+                    n += 1;
+                    let (path, expect_ok) = match n % 7 {
+                        0 => (u.join("payload"), false),
+                        1 | 2 => (u.join("true"), true),
+                        3 => (u.join("cat"), true),
+                        _ => (u.join(format!("true-{}", n % 40)), true),
+                    };
+                    let started = Instant::now();
+                    let mut cmd = Command::new(&path);
+                    if path.ends_with("cat") {
+                        cmd.arg("--version");
+                    }
+                    let result = cmd.stdout(std::process::Stdio::null()).status();
+                    worst = worst.max(started.elapsed());
+                    match (result, expect_ok) {
+                        (Ok(s), true) => {
+                            assert!(s.success(), "{} failed", path.display());
+                            allowed += 1;
+                        }
+                        (Err(e), false) => {
+                            assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{}", path.display());
+                            denied += 1;
+                        }
+                        (r, _) => panic!("{}: unexpected {r:?}", path.display()),
+                    }
+                }
+                (allowed, denied, worst)
+            })
+        })
+        .collect();
+    // Churn: a fifth unit armed and disarmed while the others run.
+    let mut churns = 0;
+    while Instant::now() < deadline {
+        let u = units[4].to_str().unwrap();
+        assert!(
+            sb.client(&["arm", "--id", "churn", "--rootfs", u])
+                .status
+                .success()
+        );
+        assert_eq!(exec(&units[4].join("true")), Ok(0));
+        assert!(sb.client(&["disarm", "--id", "churn"]).status.success());
+        churns += 1;
+    }
+    let results: Vec<(u64, u64, Duration)> =
+        workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let status = sb.status_json();
+    let rss_end = rss(&sb);
+    let mut total = 0;
+    for (i, (allowed, denied, _)) in results.iter().enumerate() {
+        let unit = status["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["id"] == format!("u{i}"))
+            .unwrap();
+        assert_eq!(
+            unit["counters"]["allowed"].as_u64().unwrap(),
+            *allowed,
+            "u{i}: every allowed exec answered once"
+        );
+        assert_eq!(
+            unit["counters"]["denied"].as_u64().unwrap(),
+            *denied,
+            "u{i}: every payload denied"
+        );
+        total += allowed + denied;
+    }
+    let worst = results.iter().map(|r| r.2).max().unwrap();
+    assert_eq!(status["stats"]["unanswered_drops"], 0);
+    // The bound: a miss waits for one hash (of at most 1 MB here) behind at most a few
+    // others; the hash budget (2 s) is the longest any exec may be held.
+    assert!(worst < Duration::from_secs(2), "worst exec wait {worst:?}");
+    assert!(
+        rss_end < rss_start + 20 * 1024,
+        "daemon RSS grew from {rss_start} kB to {rss_end} kB"
+    );
+    eprintln!(
+        "soak: {secs} s, {total} execs in 4 units ({} events read), {churns} arm/disarm cycles, worst exec {worst:?}, RSS {} → {} MB",
+        status["stats"]["events"],
+        rss_start / 1024,
+        rss_end / 1024
+    );
+}

@@ -151,6 +151,10 @@ impl Sandbox {
         panic!("daemon did not come up");
     }
 
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().map(|c| c.id()).unwrap()
+    }
+
     pub fn signal_daemon(&self, sig: nix::sys::signal::Signal) {
         let pid = self.daemon.as_ref().map(|c| c.id() as i32).unwrap();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
