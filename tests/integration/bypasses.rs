@@ -171,29 +171,7 @@ fn mounts_that_appear_after_start_are_armed_and_recorded() {
     expect(&t, &[("late", 126)]);
 
     // The host adds a mount into a running container's namespace (nsenter).
-    let out = node.ctr(&[
-        "run",
-        "-d",
-        "--net-host",
-        "--runc-binary",
-        RUNTIME,
-        BUSYBOX,
-        "late-2",
-        "sleep",
-        "600",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    wait_for("late-2 armed", std::time::Duration::from_secs(20), || {
-        node.status()["units"]
-            .as_array()
-            .is_some_and(|u| u.iter().any(|u| u["id"] == "late-2"))
-    });
-    let pid = node.status()["units"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["id"] == "late-2")
-        .unwrap()["pid"]
+    let pid = node.run_detached(BUSYBOX, "late-2")["pid"]
         .as_i64()
         .unwrap();
     let nsenter = std::process::Command::new("nsenter")

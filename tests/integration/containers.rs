@@ -193,23 +193,7 @@ fn a_restarted_daemon_protects_running_containers_again() {
     let Some(mut node) = Node::new("restart") else {
         return;
     };
-    let out = node.ctr(&[
-        "run",
-        "-d",
-        "--net-host",
-        "--runc-binary",
-        RUNTIME,
-        BUSYBOX,
-        "long-1",
-        "sleep",
-        "600",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    wait_for("the container to be armed", Duration::from_secs(20), || {
-        node.status()["units"]
-            .as_array()
-            .is_some_and(|u| u.len() == 1)
-    });
+    node.run_detached(BUSYBOX, "long-1");
     let exec = |node: &Node, n: u32, script: &str| {
         node.ctr(&[
             "tasks",
@@ -490,23 +474,7 @@ fn explain_says_why_and_status_shows_the_last_deny() {
     let Some(node) = Node::new("explain") else {
         return;
     };
-    let out = node.ctr(&[
-        "run",
-        "-d",
-        "--net-host",
-        "--runc-binary",
-        RUNTIME,
-        GLIBC,
-        "ex-1",
-        "sleep",
-        "600",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    wait_for("ex-1 armed", Duration::from_secs(20), || {
-        node.status()["units"]
-            .as_array()
-            .is_some_and(|u| u.iter().any(|u| u["id"] == "ex-1"))
-    });
+    node.run_detached(GLIBC, "ex-1");
     let setup = format!(
         "wget -q -O /tmp/miner {} && chmod +x /tmp/miner; /tmp/miner; cp /usr/bin/hello-dyn /tmp/renamed; echo done",
         node.payload_url()

@@ -331,6 +331,32 @@ impl Node {
         self.ctr(&args)
     }
 
+    /// Starts a detached container (`sleep 600`) and waits until it is armed; returns its
+    /// unit status.
+    pub fn run_detached(&self, image: &str, id: &str) -> serde_json::Value {
+        let out = self.ctr(&[
+            "run",
+            "-d",
+            "--net-host",
+            "--runc-binary",
+            RUNTIME,
+            image,
+            id,
+            "sleep",
+            "600",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let unit = || {
+            self.status()["units"]
+                .as_array()
+                .and_then(|u| u.iter().find(|u| u["id"] == id).cloned())
+        };
+        wait_for(&format!("{id} armed"), Duration::from_secs(20), || {
+            unit().is_some()
+        });
+        unit().unwrap()
+    }
+
     pub fn status(&self) -> serde_json::Value {
         let out = Command::new(BIN)
             .args(["status", "--json", "--socket"])
