@@ -41,11 +41,15 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply,
     })?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    stream.write_all(&encode_request(req))?;
+    // The daemon may answer before reading (it refuses a non-root peer at once and closes):
+    // a failed write must not hide the reply that is already waiting.
+    let written = stream.write_all(&encode_request(req));
     let mut reader = BufReader::new(stream).take(MAX_REQUEST as u64 * 16);
     let mut line = Vec::new();
-    reader.read_until(b'\n', &mut line)?;
+    let read = reader.read_until(b'\n', &mut line);
     if line.is_empty() {
+        written?;
+        read?;
         return Err(ClientError::NoAnswer);
     }
     let resp: Response =
@@ -62,3 +66,37 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply,
 }
 
 use std::io::Read as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// Regression: the daemon refuses a non-root peer before reading its request and closes;
+    /// the client's write then fails (EPIPE), and the refusal must still be reported.
+    #[test]
+    fn a_reply_sent_before_the_request_was_read_is_reported() {
+        let path =
+            std::env::temp_dir().join(format!("driftlock-client-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"{\"v\":1,\"ok\":false,\"error\":\"permission denied: only root\"}\n")
+                .unwrap();
+            // Closing with the request unread.
+        });
+        // A request larger than the socket buffer, so the write cannot complete before the close.
+        let big = Request::Explain {
+            id: "x".into(),
+            path: "/".repeat(4 << 20),
+        };
+        let err = request(&path, &big, Duration::from_secs(5)).unwrap_err();
+        server.join().unwrap();
+        assert!(
+            err.to_string().contains("permission denied: only root"),
+            "{err}"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+}
