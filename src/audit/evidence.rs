@@ -240,17 +240,16 @@ impl Quarantine {
 
     /// Evicts the oldest files until the total is within the limit.
     fn evict(&self) {
-        let mut entries = self.list();
+        let entries = self.list();
         let mut total: u64 = entries.iter().map(|(m, _)| m.size).sum();
-        let mut i = 0;
-        while total > self.limits.max_total && i < entries.len() {
-            let (m, _) = &entries[i];
+        for (m, _) in &entries {
+            if total <= self.limits.max_total {
+                break;
+            }
             let _ = fs::remove_file(self.dir.join(&m.sha256));
             let _ = fs::remove_file(self.dir.join(format!("{}.json", m.sha256)));
             total = total.saturating_sub(m.size);
-            i += 1;
         }
-        entries.clear();
     }
 }
 

@@ -5,7 +5,7 @@
 //! panic. nix is still used for `fanotify_init`, `fanotify_mark` and the response write
 //! (typed flags, `Result`s); only the metadata parsing is ours.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -467,12 +467,6 @@ impl Gate for FanotifyGate {
                 path: mark.path.clone(),
                 source,
             })
-    }
-}
-
-impl AsRawFd for FanotifyGate {
-    fn as_raw_fd(&self) -> i32 {
-        self.group.as_fd().as_raw_fd()
     }
 }
 

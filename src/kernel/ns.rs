@@ -78,10 +78,3 @@ pub fn set_memfd_noexec(pid: i32, value: u8) -> Result<(), KernelError> {
         _ => Err(fail("fork inside the namespace")),
     }
 }
-
-/// Reads `vm.memfd_noexec` as seen from the PID namespace of the calling process.
-pub fn memfd_noexec() -> Option<u8> {
-    std::fs::read_to_string("/proc/sys/vm/memfd_noexec")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-}
