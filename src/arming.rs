@@ -68,12 +68,33 @@ pub enum ArmError {
     /// Baseline.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The state directory cannot be written (full, read-only, quota): the unit is not
+    /// armed, since its baseline or its record (which a restart re-arms from) would be lost.
+    #[error(
+        "{0}; the unit was not armed: the state directory must be writable (free space or remount it read-write)"
+    )]
+    StateDir(#[source] StoreError),
     /// `vm.memfd_noexec` could not be set.
     #[error("cannot block fileless execution: {0}")]
     Memfd(#[source] KernelError),
     /// Engine.
     #[error(transparent)]
     Engine(#[from] EngineError),
+}
+
+/// Classifies a store error: a state directory that cannot be written gets its own
+/// message, so an operator sees at once what to fix.
+fn state_dir_error(e: StoreError) -> ArmError {
+    let unwritable = |source: &std::io::Error| {
+        matches!(
+            source.raw_os_error(),
+            Some(libc::ENOSPC | libc::EROFS | libc::EDQUOT | libc::EACCES | libc::EPERM)
+        )
+    };
+    match e {
+        StoreError::Io { ref source, .. } if unwritable(source) => ArmError::StateDir(e),
+        e => ArmError::Store(e),
+    }
 }
 
 /// What arming needs from the daemon.
@@ -301,12 +322,10 @@ impl Armer {
         });
         let (baseline, provenance, skipped) = match explicit_key {
             Some(key) => {
-                let (b, prov, snap) = self.store.load_or_snapshot(
-                    &key,
-                    &snapshot_root,
-                    self.snapshot_threads,
-                    indicators,
-                )?;
+                let (b, prov, snap) = self
+                    .store
+                    .load_or_snapshot(&key, &snapshot_root, self.snapshot_threads, indicators)
+                    .map_err(state_dir_error)?;
                 (b, prov, snap.map_or(0, |s| s.errors.len()))
             }
             None => {
@@ -319,7 +338,7 @@ impl Armer {
                     indicators,
                 )
                 .map_err(StoreError::from)?;
-                self.store.save(&snap.baseline)?;
+                self.store.save(&snap.baseline).map_err(state_dir_error)?;
                 (snap.baseline, Provenance::Snapshotted, snap.errors.len())
             }
         };
@@ -371,11 +390,12 @@ impl Armer {
             rootfs_mnt_id: stats[0].1.mnt_id,
         };
         if let Err(e) = self.save_record(&record) {
-            // Protection is in place; only a restart would lose it. Say so loudly.
-            log::error!(
-                "unit {:?} is armed but not recorded ({e}): a daemon restart will not re-arm it",
-                req.id
-            );
+            // Armed but unrecorded, a restart would drop the unit's protection without a
+            // word: undo it, and let the hook's fail-closed/fail-open setting decide.
+            if let Err(undo) = self.engine.disarm(&req.id) {
+                log::error!("unit {:?}: cannot undo the arm: {undo}", req.id);
+            }
+            return Err(state_dir_error(e));
         }
         Ok(ArmResult {
             id: req.id,

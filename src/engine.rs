@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -390,6 +391,10 @@ pub struct Engine<G: Gate> {
     /// Kept so sending a job never fails, even with no workers.
     _job_queue: Receiver<HashJob>,
     results: Receiver<HashDone>,
+    /// For workers added later.
+    result_tx: Sender<HashDone>,
+    /// Workers hashing right now.
+    busy: Arc<AtomicUsize>,
     workers: Vec<std::thread::JoinHandle<()>>,
     in_flight: HashMap<(UnitHandle, FileKey), InFlight>,
     audit: AuditQueue,
@@ -415,6 +420,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How long a worker keeps hashing one file after its exec was answered by policy.
 const WORKER_HARD_LIMIT: Duration = Duration::from_secs(120);
 
+/// The pool grows to this many times `hash_workers` when every worker is busy.
+const WORKER_GROWTH: usize = 4;
+
 impl<G: Gate> Engine<G> {
     /// Builds the engine and its hashing workers.
     pub fn new(gate: G, config: EngineConfig, audit: AuditQueue) -> (Self, EngineHandle) {
@@ -422,19 +430,10 @@ impl<G: Gate> Engine<G> {
         let (job_tx, job_rx) = crossbeam_channel::unbounded::<HashJob>();
         let (res_tx, res_rx) = crossbeam_channel::unbounded::<HashDone>();
         let waker = gate.waker();
-        let mut workers = Vec::new();
-        for i in 0..config.hash_workers {
-            let job_rx = job_rx.clone();
-            let res_tx = res_tx.clone();
-            let waker = Arc::clone(&waker);
-            let spawned = std::thread::Builder::new()
-                .name(format!("driftlock-hash-{i}"))
-                .spawn(move || hash_worker(job_rx, res_tx, waker));
-            match spawned {
-                Ok(h) => workers.push(h),
-                Err(e) => log::error!("cannot start hash worker {i}: {e}"),
-            }
-        }
+        let busy = Arc::new(AtomicUsize::new(0));
+        let workers = (0..config.hash_workers)
+            .filter_map(|i| spawn_hash_worker(i, &job_rx, &res_tx, &waker, &busy))
+            .collect();
         let heartbeat_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let handle = EngineHandle {
             tx: cmd_tx,
@@ -450,6 +449,8 @@ impl<G: Gate> Engine<G> {
             jobs: Some(job_tx),
             _job_queue: job_rx,
             results: res_rx,
+            result_tx: res_tx,
+            busy,
             workers,
             in_flight: HashMap::new(),
             audit,
@@ -733,6 +734,9 @@ impl<G: Gate> Engine<G> {
                 .is_ok(),
             _ => false,
         };
+        if sent {
+            self.grow_workers_if_saturated();
+        }
         if !sent {
             let stat = flight.stat;
             for w in flight.waiters.drain(..) {
@@ -746,6 +750,31 @@ impl<G: Gate> Engine<G> {
             }
         }
         sent
+    }
+
+    /// Adds a worker when jobs wait while every worker is hashing, so a huge or slow file
+    /// occupies one worker and does not hold every later miss until its time budget runs
+    /// out. Bounded; workers added stay for the daemon's life (they sleep when idle).
+    fn grow_workers_if_saturated(&mut self) {
+        let started = self.workers.len();
+        let cap = self.config.hash_workers * WORKER_GROWTH;
+        if started == 0 || started >= cap {
+            return;
+        }
+        let waiting = self._job_queue.len();
+        if waiting > 0 && self.busy.load(Ordering::Relaxed) + waiting > started {
+            let waker = self.gate.waker();
+            if let Some(w) = spawn_hash_worker(
+                started,
+                &self._job_queue,
+                &self.result_tx,
+                &waker,
+                &self.busy,
+            ) {
+                log::debug!("every hash worker is busy: started worker {}", started + 1);
+                self.workers.push(w);
+            }
+        }
     }
 
     fn handle_result(&mut self, done: HashDone) {
@@ -1276,9 +1305,35 @@ fn build_record(
     }
 }
 
-fn hash_worker(jobs: Receiver<HashJob>, results: Sender<HashDone>, waker: Arc<dyn Wake>) {
+fn spawn_hash_worker(
+    i: usize,
+    jobs: &Receiver<HashJob>,
+    results: &Sender<HashDone>,
+    waker: &Arc<dyn Wake>,
+    busy: &Arc<AtomicUsize>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let (jobs, results, waker, busy) = (
+        jobs.clone(),
+        results.clone(),
+        Arc::clone(waker),
+        Arc::clone(busy),
+    );
+    std::thread::Builder::new()
+        .name(format!("driftlock-hash-{i}"))
+        .spawn(move || hash_worker(jobs, results, waker, busy))
+        .map_err(|e| log::error!("cannot start hash worker {i}: {e}"))
+        .ok()
+}
+
+fn hash_worker(
+    jobs: Receiver<HashJob>,
+    results: Sender<HashDone>,
+    waker: Arc<dyn Wake>,
+    busy: Arc<AtomicUsize>,
+) {
     let mut buf = Vec::new();
     for job in jobs {
+        busy.fetch_add(1, Ordering::Relaxed);
         let started = wall_now();
         let clock = Instant::now();
         let result = hash_fd(
@@ -1289,6 +1344,7 @@ fn hash_worker(jobs: Receiver<HashJob>, results: Sender<HashDone>, waker: Arc<dy
         );
         let elapsed = clock.elapsed();
         drop(job.fd);
+        busy.fetch_sub(1, Ordering::Relaxed);
         if results
             .send(HashDone {
                 seq: job.seq,

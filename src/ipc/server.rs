@@ -7,13 +7,13 @@
 //! connections is capped, so garbage, huge or byte-by-byte clients cannot starve others.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
@@ -38,7 +38,7 @@ pub enum ServerError {
 
 /// Connections served at once; more are refused with a message.
 pub const MAX_CLIENTS: usize = 64;
-/// How long a client may take to send a request line.
+/// How long a client may take to send one whole request line.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Creates the listening socket (mode 0600, parent directory 0755 if created).
@@ -114,6 +114,61 @@ fn reply(stream: &mut UnixStream, resp: &Response) -> std::io::Result<()> {
     stream.write_all(&line)
 }
 
+enum RequestReadError {
+    TimedOut,
+    TooLarge,
+    Io(std::io::Error),
+}
+
+/// Reads one request line (newline included) with one deadline for the whole line, so a
+/// client trickling a byte at a time cannot hold its connection longer than a fast one.
+/// `pending` carries bytes after the line to the next call. `Ok(None)`: the client closed.
+fn read_request_line(
+    stream: &mut UnixStream,
+    pending: &mut Vec<u8>,
+) -> Result<Option<Vec<u8>>, RequestReadError> {
+    let deadline = Instant::now() + READ_TIMEOUT;
+    let mut scanned = 0;
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(at) = pending[scanned..].iter().position(|b| *b == b'\n') {
+            let rest = pending.split_off(scanned + at + 1);
+            let line = std::mem::replace(pending, rest);
+            if line.len() > MAX_REQUEST + 1 {
+                return Err(RequestReadError::TooLarge);
+            }
+            return Ok(Some(line));
+        }
+        scanned = pending.len();
+        if pending.len() > MAX_REQUEST {
+            return Err(RequestReadError::TooLarge);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(RequestReadError::TimedOut);
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(RequestReadError::Io)?;
+        match stream.read(&mut chunk) {
+            Ok(0) if pending.is_empty() => return Ok(None),
+            // A last request without its newline is still a request.
+            Ok(0) => return Ok(Some(std::mem::take(pending))),
+            Ok(n) => pending.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(RequestReadError::TimedOut);
+            }
+            Err(e) => return Err(RequestReadError::Io(e)),
+        }
+    }
+}
+
 fn handle_connection(mut stream: UnixStream, handler: &Handler) {
     let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
     match getsockopt(&stream, PeerCredentials) {
@@ -138,43 +193,33 @@ fn handle_connection(mut stream: UnixStream, handler: &Handler) {
             return;
         }
     }
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-    let Ok(read_half) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(read_half);
+    let mut pending = Vec::new();
     loop {
-        let mut line = Vec::new();
-        let n = match (&mut reader)
-            .take(MAX_REQUEST as u64 + 1)
-            .read_until(b'\n', &mut line)
-        {
-            Ok(n) => n,
-            Err(e) => {
-                if !matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) {
-                    log::debug!("client read failed: {e}");
-                } else {
-                    let _ = reply(
-                        &mut stream,
-                        &Response::err("request timed out: send one JSON line"),
-                    );
-                }
+        let mut line = match read_request_line(&mut stream, &mut pending) {
+            Ok(Some(line)) => line,
+            Ok(None) => return,
+            Err(RequestReadError::TimedOut) => {
+                let _ = reply(
+                    &mut stream,
+                    &Response::err(format!(
+                        "request timed out: send one JSON line within {} s",
+                        READ_TIMEOUT.as_secs()
+                    )),
+                );
+                return;
+            }
+            Err(RequestReadError::TooLarge) => {
+                let _ = reply(
+                    &mut stream,
+                    &Response::err(format!("request larger than {MAX_REQUEST} bytes")),
+                );
+                return;
+            }
+            Err(RequestReadError::Io(e)) => {
+                log::debug!("client read failed: {e}");
                 return;
             }
         };
-        if n == 0 {
-            return;
-        }
-        if line.len() > MAX_REQUEST {
-            let _ = reply(
-                &mut stream,
-                &Response::err(format!("request larger than {MAX_REQUEST} bytes")),
-            );
-            return;
-        }
         if line.last() == Some(&b'\n') {
             line.pop();
         }

@@ -6,5 +6,6 @@ mod bypasses;
 mod cli;
 mod containers;
 mod core;
+mod faults;
 mod node;
 mod support;

@@ -160,6 +160,14 @@ impl Sandbox {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
     }
 
+    /// SIGKILL, as a crash or the OOM killer would, and reap it.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn daemon_alive(&mut self) -> bool {
         matches!(self.daemon.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
@@ -188,6 +196,11 @@ impl Sandbox {
             String::from_utf8_lossy(&out.stderr)
         );
         out
+    }
+
+    /// Makes `path` executable (mode 0755).
+    pub fn install_mode(&self, path: &Path) {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
     }
 
     /// Copies `src` to `dst` with mode 0755.
