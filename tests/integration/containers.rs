@@ -528,3 +528,65 @@ fn explain_says_why_and_status_shows_the_last_deny() {
     assert!(s.contains("last deny: /tmp/miner at "), "{s}");
     let _ = node.ctr(&["tasks", "kill", "-s", "SIGKILL", "ex-1"]);
 }
+
+#[test]
+fn hostile_names_inside_a_container_are_judged_and_recorded_faithfully() {
+    let Some(node) = Node::new("names") else {
+        return;
+    };
+    node.run_detached(GLIBC, "names-1");
+    // A 255-byte name (NAME_MAX): control characters, an escape sequence, a newline, bytes
+    // that are not UTF-8 and text that looks like our own escaping; then a path of 15
+    // such directories (3,846 bytes, near PATH_MAX).
+    let script = format!(
+        r#"wget -q -O /tmp/p {url} && chmod +x /tmp/p
+n="$(printf '\001\033[31m\377\376\nx\\x41')$(printf '%0241d' 0 | tr 0 y)"
+cp /tmp/p "/tmp/$n"; "/tmp/$n" >/dev/null 2>&1; echo deny=$?
+cp /usr/bin/hello-dyn "/tmp/${{n%y}}z"; "/tmp/${{n%y}}z"; echo allow=$?
+d=/tmp; i=0; while [ $i -lt 15 ]; do d="$d/${{n%y}}d"; i=$((i+1)); done
+mkdir -p "$d" && cp /tmp/p "$d/p" && "$d/p" >/dev/null 2>&1; echo deep=$?"#,
+        url = node.payload_url()
+    );
+    let out = node.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "n1",
+        "names-1",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let t = text(&out);
+    assert!(t.contains("deny=126"), "{t}");
+    assert!(
+        t.contains("hello from a dynamically linked program") && t.contains("allow=0"),
+        "{t}"
+    );
+    assert!(t.contains("deep=126"), "{t}");
+
+    let mut name = b"\x01\x1b[31m\xff\xfe\nx\\x41".to_vec();
+    name.extend(std::iter::repeat_n(b'y', 241));
+    assert_eq!(name.len(), 255);
+    let mut deep = b"/tmp".to_vec();
+    for _ in 0..15 {
+        deep.push(b'/');
+        deep.extend_from_slice(&name[..254]);
+        deep.push(b'd');
+    }
+    deep.extend_from_slice(b"/p");
+    let mut shallow = b"/tmp/".to_vec();
+    shallow.extend_from_slice(&name);
+    let recs = node.records(2);
+    let paths: Vec<Vec<u8>> = recs.iter().map(crate::support::record_path).collect();
+    assert_eq!(paths, vec![shallow, deep], "lossless paths in the records");
+    assert!(recs.iter().all(|r| r["verdict"] == "deny"));
+    let raw = fs::read(&node.audit).unwrap();
+    assert!(
+        raw.split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .all(|l| serde_json::from_slice::<serde_json::Value>(l).is_ok()),
+        "every record is one JSON line"
+    );
+    let _ = node.ctr(&["tasks", "kill", "-s", "SIGKILL", "names-1"]);
+}
