@@ -85,21 +85,34 @@ fn floor_responder(dir: &Path, stop: Arc<AtomicBool>) -> std::thread::JoinHandle
 struct Target {
     path: PathBuf,
     chroot: Option<PathBuf>,
+    /// The mount namespace to exec in: the bench's own, or fapolicyd's for its side.
+    ns: Arc<std::os::fd::OwnedFd>,
 }
 
 fn run_once(t: &Target) -> f64 {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(&t.path);
     cmd.stdout(Stdio::null());
-    if let Some(root) = t.chroot.clone() {
-        use std::os::unix::process::CommandExt;
-        // SAFETY (bench): chroot and chdir are async-signal-safe syscalls.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::unistd::chroot(&root)?;
-                nix::unistd::chdir("/")?;
-                Ok(())
-            });
-        }
+    let ns = t.ns.as_raw_fd();
+    let root = t
+        .chroot
+        .as_ref()
+        .map(|r| std::ffi::CString::new(r.as_os_str().as_encoded_bytes()).unwrap());
+    // SAFETY (bench): setns, chroot and chdir are async-signal-safe syscalls on data
+    // prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns, libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(root) = &root {
+                if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
     let start = Instant::now();
     let st = cmd.status().unwrap();
@@ -150,13 +163,141 @@ fn install(src: &Path, dst: &Path) {
     fs::set_permissions(dst, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-const SIDES: [&str; 5] = [
+const SIDES: [&str; 6] = [
     "none",
     "floor",
     "driftlock warm",
     "driftlock cold",
     "driftlock audit",
+    "fapolicyd permissive",
 ];
+/// The fapolicyd side's index.
+const FAPOLICYD: usize = 5;
+
+/// fapolicyd in permissive mode, as Debian configures it (watching every mount of its
+/// usual filesystem types, the host root included), run in a mount namespace of its own:
+/// its marks are on that namespace's copies of the mounts, so only execs made from inside
+/// it (the fapolicyd side's) meet it, and the machine and the other sides never do. Its
+/// configuration, run and state directories are bind-mounted there, never changed on the
+/// host. Stopped by PID on drop.
+struct Fapolicyd {
+    child: Child,
+    pid: nix::unistd::Pid,
+    /// Its mount namespace, which the fapolicyd side's execs enter.
+    ns: Option<std::os::fd::OwnedFd>,
+    /// Its stderr.
+    log: PathBuf,
+}
+
+impl Fapolicyd {
+    fn start(base: &Path) -> Option<Self> {
+        let exe = ["/usr/sbin/fapolicyd", "/sbin/fapolicyd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())?;
+        let etc = base.join("fapolicyd-etc");
+        let run = base.join("fapolicyd-run");
+        let lib = base.join("fapolicyd-lib");
+        for d in [
+            etc.join("rules.d"),
+            etc.join("trust.d"),
+            run.join("fapolicyd"),
+            lib.clone(),
+        ] {
+            fs::create_dir_all(d).unwrap();
+        }
+        // Debian's defaults made permissive, trusting a file list, and staying root (some
+        // sandboxes refuse its switch to the fapolicyd user). Mount marks only: a
+        // filesystem mark would reach past its namespace.
+        fs::write(
+            etc.join("fapolicyd.conf"),
+            "permissive = 1\nnice_val = 14\nq_size = 640\nuid = root\ngid = root\n\
+             do_stat_report = 1\ndetailed_report = 1\ndb_max_size = 50\n\
+             subj_cache_size = 1549\nobj_cache_size = 8191\n\
+             watch_fs = ext2,ext3,ext4,tmpfs,xfs,vfat,iso9660,btrfs\n\
+             trust = file\nintegrity = none\n\
+             syslog_format = rule,dec,perm,auid,pid,exe,:,path,ftype,trust\n\
+             rpm_sha256_only = 0\nallow_filesystem_mark = 0\n",
+        )
+        .unwrap();
+        // Debian's shipped rule: deny (and audit) the execution of anything untrusted.
+        let rules = "deny_audit perm=execute all : all\n";
+        for f in [
+            "rules.d/90-deny-execute.rules",
+            "compiled.rules",
+            "fapolicyd.rules",
+        ] {
+            fs::write(etc.join(f), rules).unwrap();
+        }
+        fs::write(etc.join("fapolicyd.trust"), "").unwrap();
+        // In the foreground (`--debug-deny`: a daemonized fapolicyd 1.1.7 was seen placing
+        // its marks outside its namespace); it logs each denial, as its daemon syslogs them.
+        let script = format!(
+            "mount --bind '{}' /etc/fapolicyd && mount --bind '{}' /run && \
+             mount --bind '{}' /var/lib/fapolicyd && exec {exe} --permissive --debug-deny",
+            etc.display(),
+            run.display(),
+            lib.display()
+        );
+        let log = base.join("fapolicyd.log");
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).ok()?)
+            .spawn()
+            .ok()?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let mut me = Fapolicyd {
+            child,
+            pid,
+            ns: None,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if matches!(me.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            if run.join("fapolicyd/fapolicyd.fifo").exists() {
+                me.ns = Some(fs::File::open(format!("/proc/{pid}/ns/mnt")).ok()?.into());
+                // Its marks are placed around the time its fifo appears: give it a moment.
+                std::thread::sleep(Duration::from_millis(500));
+                return Some(me);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let why = fs::read_to_string(&me.log).unwrap_or_default();
+        eprintln!("exec_latency: fapolicyd did not start; its side is skipped\n{why}");
+        None
+    }
+}
+
+impl Fapolicyd {
+    /// Stops it and returns the decision counts from its end-of-run report.
+    fn stop(self) -> String {
+        let log = self.log.clone();
+        drop(self);
+        let report = fs::read_to_string(log).unwrap_or_default();
+        report
+            .lines()
+            .filter(|l| l.contains("ccesses") || l.contains("decisions"))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl Drop for Fapolicyd {
+    fn drop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        let _ = kill(self.pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -216,6 +357,12 @@ fn main() {
         install_with_libs("/usr/bin/true", &d.join("root"));
     }
 
+    let fapolicyd = Fapolicyd::start(&base);
+    if fapolicyd.is_none() {
+        eprintln!(
+            "exec_latency: fapolicyd is not installed (apt-get install fapolicyd); its side is skipped"
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let floor = floor_responder(&dirs[1], Arc::clone(&stop));
     let sock = base.join("d.sock");
@@ -266,15 +413,27 @@ fn main() {
         );
         println!("|---|---|---|---|---|---|---|");
     }
+    let own_ns: Arc<std::os::fd::OwnedFd> =
+        Arc::new(fs::File::open("/proc/self/ns/mnt").unwrap().into());
+    let fapolicyd_ns = fapolicyd
+        .as_ref()
+        .and_then(|f| f.ns.as_ref())
+        .map(|ns| Arc::new(ns.try_clone().unwrap()));
+    let ns_of = |side: usize| match (&fapolicyd_ns, side) {
+        (Some(ns), FAPOLICYD) => Arc::clone(ns),
+        _ => Arc::clone(&own_ns),
+    };
     let mut targets: Vec<(String, Vec<Target>, Option<PathBuf>)> = programs
         .iter()
         .map(|(name, src)| {
             let file = src.file_name().unwrap();
             let t: Vec<Target> = dirs
                 .iter()
-                .map(|d| Target {
+                .enumerate()
+                .map(|(i, d)| Target {
                     path: d.join(file),
                     chroot: None,
+                    ns: ns_of(i),
                 })
                 .collect();
             (name.to_string(), t, Some(src.clone()))
@@ -283,9 +442,11 @@ fn main() {
     targets.push((
         "dynamic, loader checked".to_string(),
         dirs.iter()
-            .map(|d| Target {
+            .enumerate()
+            .map(|(i, d)| Target {
                 path: PathBuf::from("/usr/bin/true"),
                 chroot: Some(d.join("root")),
+                ns: ns_of(i),
             })
             .collect(),
         None,
@@ -312,6 +473,7 @@ fn main() {
                                 Target {
                                     path: p,
                                     chroot: None,
+                                    ns: Arc::clone(&own_ns),
                                 }
                             })
                             .collect()
@@ -321,6 +483,7 @@ fn main() {
                 let mut v: Vec<f64> = match (s, &cold) {
                     (3, Some(cold)) => cold.iter().map(run_once).collect(),
                     (3, None) => continue,
+                    (FAPOLICYD, _) if fapolicyd.is_none() => continue,
                     _ => (0..per_round).map(|_| run_once(t)).collect(),
                 };
                 medians[s] = pct(&mut v, 0.5);
@@ -394,6 +557,12 @@ fn main() {
     }
     stop.store(true, Ordering::Relaxed);
     let _ = floor.join();
+    if let Some(f) = fapolicyd {
+        let report = f.stop();
+        if !markdown {
+            println!("fapolicyd: {report}");
+        }
+    }
     drop(daemon);
     let _ = umount2(&base, MntFlags::MNT_DETACH);
     let _ = fs::remove_dir(&base);
