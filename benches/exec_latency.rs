@@ -6,7 +6,11 @@
 //!   the floor any fanotify enforcer pays;
 //! - `driftlock warm`: armed in enforce mode, every exec after the first a cache hit;
 //! - `driftlock cold`: armed in enforce mode, every exec a new file (hashed);
-//! - `driftlock audit`: armed in audit mode (exec notifications, never held).
+//! - `driftlock audit`: armed in audit mode (exec notifications, never held);
+//! - `fapolicyd permissive`: fapolicyd (Debian's 1.1.7, when installed) with Debian's
+//!   configuration made permissive, in a mount namespace of its own (see [`Fapolicyd`]);
+//! - `driftlock warm, erofs`: armed in enforce mode on an erofs image (when mkfs.erofs is
+//!   installed): after a file's first allowed exec the kernel allows it without an event.
 //!
 //! Rounds alternate between the sides so machine noise hits all alike; each row gives the
 //! median and p99 per fork+exec+wait, the paired ratio to `none` (median of per-round
@@ -163,14 +167,18 @@ fn install(src: &Path, dst: &Path) {
     fs::set_permissions(dst, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-const SIDES: [&str; 6] = [
+const SIDES: [&str; 7] = [
     "none",
     "floor",
     "driftlock warm",
     "driftlock cold",
     "driftlock audit",
     "fapolicyd permissive",
+    "driftlock warm, erofs",
 ];
+/// The side whose programs sit on an erofs image: after the first exec of a file, the
+/// kernel allows it without an event (no round trip at all).
+const IMMUTABLE: usize = 6;
 /// The fapolicyd side's index.
 const FAPOLICYD: usize = 5;
 
@@ -357,6 +365,27 @@ fn main() {
         install_with_libs("/usr/bin/true", &d.join("root"));
     }
 
+    // The immutable side: its files, as installed above, packed into an erofs image
+    // mounted over its directory.
+    let image = base.join("side.erofs");
+    let immutable = Command::new("mkfs.erofs")
+        .arg(&image)
+        .arg(&dirs[IMMUTABLE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new("mount")
+            .args(["-t", "erofs", "-o", "ro"])
+            .arg(&image)
+            .arg(&dirs[IMMUTABLE])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !immutable {
+        eprintln!(
+            "exec_latency: no erofs side (needs mkfs.erofs from erofs-utils, and erofs in the kernel)"
+        );
+    }
     let fapolicyd = Fapolicyd::start(&base);
     if fapolicyd.is_none() {
         eprintln!(
@@ -382,7 +411,11 @@ fn main() {
     }
     // The racily-clean rule keeps just-written files out of the cache; let them age.
     std::thread::sleep(Duration::from_millis(50));
-    for (i, mode) in [(2, "enforce"), (3, "enforce"), (4, "audit")] {
+    let mut armed_sides = vec![(2, "enforce"), (3, "enforce"), (4, "audit")];
+    if immutable {
+        armed_sides.push((IMMUTABLE, "enforce"));
+    }
+    for (i, mode) in armed_sides {
         let armed = Command::new(BIN)
             .args([
                 "arm",
@@ -484,6 +517,7 @@ fn main() {
                     (3, Some(cold)) => cold.iter().map(run_once).collect(),
                     (3, None) => continue,
                     (FAPOLICYD, _) if fapolicyd.is_none() => continue,
+                    (IMMUTABLE, _) if !immutable => continue,
                     _ => (0..per_round).map(|_| run_once(t)).collect(),
                 };
                 medians[s] = pct(&mut v, 0.5);

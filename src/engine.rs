@@ -148,6 +148,10 @@ pub struct EngineStats {
     pub latency_buckets: [u64; LATENCY_BUCKETS.len() + 1],
     /// Sum of decision latencies, seconds.
     pub latency_seconds: f64,
+    /// Files on immutable filesystems whose later execs the kernel now allows without an
+    /// event (inode ignore marks placed).
+    #[serde(default)]
+    pub kernel_allowed_files: u64,
 }
 
 /// Upper bounds of the decision-latency histogram, seconds.
@@ -471,6 +475,20 @@ impl<G: Gate> Engine<G> {
     /// predecessor's fanotify group, whose marks are in place before the units are known).
     pub fn set_restoring(&mut self, restoring: bool) {
         self.restoring = restoring;
+        if restoring {
+            // The predecessor's ignore marks were made against its units.
+            self.clear_ignored_execs();
+        }
+    }
+
+    /// Drops every kernel-side allow ([`Gate::ignore_exec`]); they are placed again as
+    /// files are judged anew.
+    fn clear_ignored_execs(&mut self) {
+        if self.stats.kernel_allowed_files > 0 || self.restoring {
+            if let Err(e) = self.gate.clear_ignored_execs() {
+                log::error!("{e}");
+            }
+        }
     }
 
     /// Sets a function called once per loop iteration.
@@ -950,6 +968,22 @@ impl<G: Gate> Engine<G> {
         }
         let (verdict, answer) = decide(unit.mode, finding);
         bump(&mut unit.counters, verdict);
+        // Beyond the round trip: on a filesystem with no write path the content of this
+        // inode is fixed, so the kernel may allow its next execs itself. Never a loader
+        // (a direct invocation must still be seen) and never a script open.
+        if answer == Answer::Allow
+            && !script
+            && matches!(event, ExecEvent::Permission(_))
+            && digest.is_some_and(|d| !unit.baseline.is_loader(&d))
+            && unit.content_is_immutable(stat.dev)
+        {
+            if let Some(fd) = event.fd() {
+                match self.gate.ignore_exec(fd) {
+                    Ok(()) => self.stats.kernel_allowed_files += 1,
+                    Err(e) => log::debug!("{e}"),
+                }
+            }
+        }
         if verdict == Verdict::Allow && (from_cache || !self.config.record_misses) {
             self.answer(event, answer);
             return;
@@ -980,6 +1014,8 @@ impl<G: Gate> Engine<G> {
             }
             Command::Disarm(id, reply) => {
                 let r = self.disarm(&id);
+                // Another unit could arm the same filesystem with another baseline.
+                self.clear_ignored_execs();
                 let _ = reply.send(r);
             }
             Command::SetAllow(id, allow, reply) => {
@@ -990,8 +1026,10 @@ impl<G: Gate> Engine<G> {
                 {
                     Some(unit) => {
                         unit.allow = Allowed::from(allow);
-                        // Findings were made against the old entries.
+                        // Findings were made against the old entries, and so were the
+                        // kernel's ignore marks.
                         unit.cache.clear();
+                        self.clear_ignored_execs();
                         Ok(())
                     }
                     None => Err(EngineError::UnknownId(id)),

@@ -73,6 +73,10 @@ pub struct PlannedMark {
     pub fstype: String,
 }
 
+/// Filesystems with no write path at all (not even a remount read-write): a file's content
+/// there never changes, so an allowed exec may be left to the kernel from then on.
+pub const IMMUTABLE_FILESYSTEMS: &[&str] = &["erofs", "squashfs", "iso9660", "cramfs", "romfs"];
+
 /// Filesystems that hold no files a program could be written to and executed from.
 pub const PSEUDO_FILESYSTEMS: &[&str] = &[
     "proc",
@@ -435,6 +439,16 @@ pub struct UnitStatus {
 }
 
 impl Unit {
+    /// True if this unit has a filesystem mark on device `dev` and that filesystem is one
+    /// of [`IMMUTABLE_FILESYSTEMS`].
+    pub fn content_is_immutable(&self, dev: u64) -> bool {
+        self.marks.iter().any(|m| {
+            m.dev == dev
+                && m.kind == MarkKind::Filesystem
+                && IMMUTABLE_FILESYSTEMS.contains(&m.fstype.as_str())
+        })
+    }
+
     /// The unit's status.
     pub fn status(&self) -> UnitStatus {
         UnitStatus {

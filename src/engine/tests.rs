@@ -24,6 +24,9 @@ enum Feed {
 struct Log {
     answers: Vec<(u64, Answer)>,
     marks: Vec<(Mark, bool)>,
+    /// Inodes given an exec ignore mark, and how many flushes there were.
+    ignored: Vec<u64>,
+    flushes: usize,
 }
 
 struct FakeGate {
@@ -87,6 +90,17 @@ impl Gate for FakeGate {
     }
     fn mark_is_live(&self, _: &Path, _: u64) -> bool {
         true
+    }
+    fn ignore_exec(&self, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), KernelError> {
+        let ino = stat_fd(fd).map(|s| s.ino).unwrap_or(0);
+        self.log.lock().unwrap().ignored.push(ino);
+        Ok(())
+    }
+    fn clear_ignored_execs(&self) -> Result<(), KernelError> {
+        let mut log = self.log.lock().unwrap();
+        log.ignored.clear();
+        log.flushes += 1;
+        Ok(())
     }
 }
 
@@ -152,6 +166,19 @@ impl Harness {
     }
 
     fn arm(&self, id: &str, mode: Mode, image: &[&[u8]]) -> Result<Vec<PlannedMark>, EngineError> {
+        self.arm_on("test", id, mode, image, &[])
+    }
+
+    /// Arms with the harness directory's filesystem reported as `fstype`, and `loaders`
+    /// (content) as the image's dynamic loaders.
+    fn arm_on(
+        &self,
+        fstype: &str,
+        id: &str,
+        mode: Mode,
+        image: &[&[u8]],
+        loaders: &[&[u8]],
+    ) -> Result<Vec<PlannedMark>, EngineError> {
         let entries = image
             .iter()
             .enumerate()
@@ -170,14 +197,24 @@ impl Harness {
             k8s: Default::default(),
             pid: None,
             mode,
-            baseline: Arc::new(Baseline::new(b"img".to_vec(), vec![], 0, entries)),
+            baseline: Arc::new(
+                Baseline::new(b"img".to_vec(), vec![], 0, entries).with_loaders(
+                    loaders
+                        .iter()
+                        .map(|c| crate::baseline::LoaderEntry {
+                            path: b"/lib/ld.so".to_vec(),
+                            blake3: blake3::hash(c).into(),
+                        })
+                        .collect(),
+                ),
+            ),
             marks: vec![
                 PlannedMark {
                     path: self.dir.clone(),
                     kind: MarkKind::Filesystem,
                     dev: self.dev,
                     mnt_id: dir_stat.mnt_id,
-                    fstype: "test".into(),
+                    fstype: fstype.into(),
                 },
                 PlannedMark {
                     path: "/other".into(),
@@ -554,4 +591,48 @@ fn operator_allow_entries_by_blake3_and_sha256_and_their_reload() {
         )
         .unwrap();
     assert_eq!(h.exec(&other), Answer::Allow);
+}
+
+#[test]
+fn allowed_execs_on_an_immutable_filesystem_are_left_to_the_kernel() {
+    let h = Harness::new("immutable", cfg(), None);
+    let tool = h.file("tool", b"image");
+    let loader = h.file("ld.so", b"loader");
+    let payload = h.file("payload", b"payload");
+    h.arm_on(
+        "erofs",
+        "c1",
+        Mode::Enforce,
+        &[b"image", b"loader"],
+        &[b"loader"],
+    )
+    .unwrap();
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+    assert_eq!(h.exec(&tool), Answer::Allow);
+    assert_eq!(h.exec(&payload), Answer::Deny);
+    // A loader's exec event must keep coming (a direct invocation is denied), whatever
+    // its verdict this time.
+    let _ = h.exec(&loader);
+    assert_eq!(h.log.lock().unwrap().ignored, vec![ino(&tool)]);
+    assert_eq!(h.handle.status().unwrap().stats.kernel_allowed_files, 1);
+    // Disarming forgets them all: another unit could arm this filesystem with another
+    // baseline.
+    h.handle.disarm("c1").unwrap();
+    let log = h.log.lock().unwrap();
+    assert!(log.ignored.is_empty());
+    assert_eq!(log.flushes, 1);
+}
+
+#[test]
+fn nothing_is_left_to_the_kernel_on_a_writable_filesystem() {
+    let h = Harness::new("writable", cfg(), None);
+    let tool = h.file("tool", b"image");
+    h.arm_on("tmpfs", "c1", Mode::Enforce, &[b"image"], &[])
+        .unwrap();
+    assert_eq!(h.exec(&tool), Answer::Allow);
+    settle();
+    assert_eq!(h.exec(&tool), Answer::Allow);
+    assert!(h.log.lock().unwrap().ignored.is_empty());
+    h.handle.disarm("c1").unwrap();
+    assert_eq!(h.log.lock().unwrap().flushes, 0, "nothing to flush");
 }

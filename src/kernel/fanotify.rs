@@ -6,7 +6,7 @@
 //! (typed flags, `Result`s); only the metadata parsing is ours.
 
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -222,6 +222,13 @@ pub trait Gate: Send + 'static {
     fn waker(&self) -> Arc<dyn Wake>;
     /// Adds (`add`) or removes a mark.
     fn mark(&self, mark: &Mark, add: bool) -> Result<(), KernelError>;
+    /// Lets the kernel allow later execs of the file behind `fd` without an event: an
+    /// evictable inode ignore mark for exec permission. Only for a file whose content can
+    /// never change (on a filesystem with no write path at all); undone by
+    /// [`Gate::clear_ignored_execs`] or when the kernel evicts the inode.
+    fn ignore_exec(&self, fd: BorrowedFd<'_>) -> Result<(), KernelError>;
+    /// Removes every mark placed by [`Gate::ignore_exec`] (all inode marks of the group).
+    fn clear_ignored_execs(&self) -> Result<(), KernelError>;
     /// True if `path` still leads to the mount with id `mnt_id` (as [`super::stat_fd`]
     /// reports it): false once the unit's mount is gone and the path leads elsewhere.
     fn mark_is_live(&self, path: &std::path::Path, mnt_id: u64) -> bool {
@@ -446,6 +453,37 @@ impl Gate for FanotifyGate {
 
     fn waker(&self) -> Arc<dyn Wake> {
         self.waker.clone()
+    }
+
+    fn ignore_exec(&self, fd: BorrowedFd<'_>) -> Result<(), KernelError> {
+        // Evictable: the mark does not pin the inode in memory; once evicted, the next exec
+        // raises an event again and is judged (and ignored again) as usual.
+        let flags = MarkFlags::FAN_MARK_ADD
+            | MarkFlags::FAN_MARK_IGNORED_MASK
+            | MarkFlags::FAN_MARK_IGNORED_SURV_MODIFY
+            | MarkFlags::FAN_MARK_EVICTABLE;
+        self.group
+            .mark(flags, MaskFlags::FAN_OPEN_EXEC_PERM, fd, None::<&Path>)
+            .map_err(|source| KernelError::Ignore {
+                action: "add",
+                source,
+            })
+    }
+
+    fn clear_ignored_execs(&self) -> Result<(), KernelError> {
+        // A flush with neither FAN_MARK_MOUNT nor FAN_MARK_FILESYSTEM removes the group's
+        // inode marks, which only `ignore_exec` places.
+        self.group
+            .mark(
+                MarkFlags::FAN_MARK_FLUSH,
+                MaskFlags::empty(),
+                nix::fcntl::AT_FDCWD,
+                None::<&Path>,
+            )
+            .map_err(|source| KernelError::Ignore {
+                action: "flush",
+                source,
+            })
     }
 
     fn mark(&self, mark: &Mark, add: bool) -> Result<(), KernelError> {

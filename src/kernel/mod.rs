@@ -76,6 +76,15 @@ pub enum KernelError {
         #[source]
         source: nix::Error,
     },
+    /// An inode ignore mark could not be placed or the inode marks flushed.
+    #[error("cannot {action} exec ignore marks: {source}")]
+    Ignore {
+        /// Add or flush.
+        action: &'static str,
+        /// The system error.
+        #[source]
+        source: nix::Error,
+    },
     /// A mark could not be placed or removed.
     #[error("cannot {action} {kind} mark on {path}: {source}", path = crate::escape::escape_bytes(path.as_os_str().as_encoded_bytes()))]
     Mark {

@@ -904,3 +904,104 @@ fn soak_many_units_mixed_execs_and_churn() {
         rss_end / 1024
     );
 }
+
+#[test]
+fn on_an_immutable_filesystem_the_kernel_allows_repeat_execs_itself() {
+    if !root_or_skip("immutable filesystem") {
+        return;
+    }
+    if Command::new("mkfs.erofs").arg("--help").output().is_err() {
+        eprintln!("skipping: mkfs.erofs (erofs-utils) is not installed; .ci/run installs it");
+        return;
+    }
+    let mut sb = Sandbox::new("erofs");
+    let src = sb.dir.join("erofs-src");
+    let loader = "/lib64/ld-linux-x86-64.so.2";
+    fs::create_dir_all(src.join("bin")).unwrap();
+    fs::create_dir_all(src.join("lib64")).unwrap();
+    sb.install("/usr/bin/true", &src.join("bin/true"));
+    sb.install(loader, &src.join("lib64/ld-linux-x86-64.so.2"));
+    let image = sb.dir.join("image.erofs");
+    let mnt = sb.dir.join("erofs");
+    fs::create_dir_all(&mnt).unwrap();
+    let ok = |c: &mut Command| {
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success(),
+            "{c:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    ok(Command::new("mkfs.erofs").arg(&image).arg(&src));
+    ok(Command::new("mount")
+        .args(["-t", "erofs", "-o", "ro"])
+        .arg(&image)
+        .arg(&mnt));
+    sb.start_daemon(&[]);
+    let tmp = sb.tmp.to_str().unwrap().to_string();
+    let arm = |sb: &Sandbox| {
+        let out = sb.client(&[
+            "arm",
+            "--id",
+            "ro",
+            "--rootfs",
+            mnt.to_str().unwrap(),
+            "--mount",
+            &tmp,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    arm(&sb);
+    let events = |sb: &Sandbox| {
+        sb.status_json()["stats"]["permission_events"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = events(&sb);
+    for _ in 0..5 {
+        assert_eq!(exec(&mnt.join("bin/true")), Ok(0));
+    }
+    assert_eq!(
+        events(&sb) - before,
+        1,
+        "only the first exec reached the daemon; the kernel allowed the rest"
+    );
+    assert_eq!(sb.status_json()["stats"]["kernel_allowed_files"], 1);
+    // The image's loader is never left to the kernel: each direct invocation is judged.
+    let before = events(&sb);
+    for _ in 0..2 {
+        let out = Command::new(mnt.join("lib64/ld-linux-x86-64.so.2"))
+            .arg(mnt.join("bin/true"))
+            .output();
+        assert_eq!(
+            out.map_err(|e| e.raw_os_error()).map(|o| o.status.code()),
+            Err(Some(libc::EPERM))
+        );
+    }
+    assert_eq!(events(&sb) - before, 2);
+    // Writable filesystems of the same unit are judged on every exec, as always.
+    let payload = sb.tmp.join("payload");
+    sb.install(PAYLOAD_SOURCE, &payload);
+    assert_eq!(exec(&payload), EPERM);
+    let copy = sb.tmp.join("true-copy");
+    sb.install("/usr/bin/true", &copy);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    let before = events(&sb);
+    for _ in 0..3 {
+        assert_eq!(exec(&copy), Ok(0));
+    }
+    assert_eq!(events(&sb) - before, 3);
+    // Disarm forgets the kernel's allows: re-armed, the first exec is judged again.
+    assert!(sb.client(&["disarm", "--id", "ro"]).status.success());
+    arm(&sb);
+    let before = events(&sb);
+    assert_eq!(exec(&mnt.join("bin/true")), Ok(0));
+    assert_eq!(exec(&mnt.join("bin/true")), Ok(0));
+    assert_eq!(events(&sb) - before, 1);
+    assert!(sb.client(&["disarm", "--id", "ro"]).status.success());
+    let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
+}
