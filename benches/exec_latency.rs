@@ -12,7 +12,8 @@
 //! - `driftlock warm, erofs`: armed in enforce mode on an erofs image (when mkfs.erofs is
 //!   installed): after a file's first allowed exec the kernel allows it without an event.
 //!
-//! Rounds alternate between the sides so machine noise hits all alike; each row gives the
+//! Rounds alternate between the sides, each starting at another side, so machine noise
+//! hits all alike; each row gives the
 //! median and p99 per fork+exec+wait, the paired ratio to `none` (median of per-round
 //! ratios), the overhead in µs, and the overhead relative to the floor's. Programs: a static
 //! binary (`cc -static`), dynamic `/usr/bin/true` (loader on the host), and dynamic
@@ -512,7 +513,10 @@ fn main() {
                             .collect()
                     });
             let mut medians = [0.0; SIDES.len()];
-            for (s, t) in sides.iter().enumerate() {
+            // Each round starts at another side, so whatever the start of a round costs
+            // (the cold side's files were just written) falls on every side alike.
+            for s in (0..sides.len()).map(|k| (k + round) % sides.len()) {
+                let t = &sides[s];
                 let mut v: Vec<f64> = match (s, &cold) {
                     (3, Some(cold)) => cold.iter().map(run_once).collect(),
                     (3, None) => continue,

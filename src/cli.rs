@@ -785,6 +785,12 @@ fn status(socket: &Path, json: bool) -> Result<i32, CliError> {
         s.in_flight,
         s.stats.unanswered_drops
     );
+    if s.stats.kernel_allowed_files > 0 {
+        println!(
+            "files on immutable filesystems allowed by the kernel without an event: {}",
+            s.stats.kernel_allowed_files
+        );
+    }
     Ok(0)
 }
 

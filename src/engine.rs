@@ -392,8 +392,9 @@ pub struct Engine<G: Gate> {
     registry: Registry,
     commands: Receiver<Command>,
     jobs: Option<Sender<HashJob>>,
-    /// Kept so sending a job never fails, even with no workers.
-    _job_queue: Receiver<HashJob>,
+    /// The jobs' receiving end: kept so sending never fails (even with no workers), and
+    /// read for its length to grow the pool and to hand to new workers.
+    job_queue: Receiver<HashJob>,
     results: Receiver<HashDone>,
     /// For workers added later.
     result_tx: Sender<HashDone>,
@@ -451,7 +452,7 @@ impl<G: Gate> Engine<G> {
             registry: Registry::default(),
             commands: cmd_rx,
             jobs: Some(job_tx),
-            _job_queue: job_rx,
+            job_queue: job_rx,
             results: res_rx,
             result_tx: res_tx,
             busy,
@@ -779,12 +780,12 @@ impl<G: Gate> Engine<G> {
         if started == 0 || started >= cap {
             return;
         }
-        let waiting = self._job_queue.len();
+        let waiting = self.job_queue.len();
         if waiting > 0 && self.busy.load(Ordering::Relaxed) + waiting > started {
             let waker = self.gate.waker();
             if let Some(w) = spawn_hash_worker(
                 started,
-                &self._job_queue,
+                &self.job_queue,
                 &self.result_tx,
                 &waker,
                 &self.busy,

@@ -154,6 +154,12 @@ pub fn render(
         vec![format!(" {}", s.stats.unanswered_drops)],
     );
     section(
+        "driftlock_kernel_allowed_files_total",
+        "counter",
+        "Files on immutable filesystems whose later execs the kernel allows without an event.",
+        vec![format!(" {}", s.stats.kernel_allowed_files)],
+    );
+    section(
         "driftlock_armed_units",
         "gauge",
         "Armed units (containers).",

@@ -1,6 +1,6 @@
 //! Hostile-input robustness: every parser of outside input, fed seeded random and mutated
-//! inputs, must return an error and never panic. (Coverage-guided fuzzing needs a nightly
-//! toolchain; these run on stable in every test run.)
+//! inputs, must return an error and never panic. These run on stable in every test run; the
+//! coverage-guided fuzz targets in `fuzz/` (`./scripts/fuzz`) explore the same parsers.
 #![cfg(test)]
 
 use std::path::Path;

@@ -17,7 +17,7 @@ use nix::dir::{Dir, Type};
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{FileStat as NixStat, Mode as NixMode, SFlag, fstatat};
 
-use super::hash::{HashError, hash_fd};
+use super::hash::{HashError, hash_fd, hash_fd_split};
 use super::indicators::{Indicators, KnownBad};
 use super::{Baseline, BaselineEntry, LoaderEntry, elf};
 use crate::escape::escape_bytes;
@@ -129,7 +129,7 @@ pub fn snapshot_checked(
             scope.spawn(move || {
                 let mut buf = Vec::new();
                 for job in job_rx {
-                    let result = hash_one(root_fd, &job.rel, &mut buf, indicators);
+                    let result = hash_one(root_fd, &job.rel, &mut buf, indicators, threads);
                     if out_tx.send(result).is_err() {
                         break;
                     }
@@ -323,6 +323,7 @@ fn hash_one(
     rel: &[u8],
     buf: &mut Vec<u8>,
     indicators: Option<&Indicators>,
+    parts: usize,
 ) -> (Outcome, u64) {
     let path = display_path(rel);
     let skipped = |reason: String| {
@@ -339,7 +340,7 @@ fn hash_one(
         Ok(fd) => fd,
         Err(e) => return skipped(format!("cannot open: {e}")),
     };
-    match hash_fd(fd.as_fd(), buf, false, None) {
+    match hash_fd_split(fd.as_fd(), buf, parts) {
         Ok(d) if d.stat.mode & 0o111 != 0 => (
             Outcome::Entry(
                 BaselineEntry {
