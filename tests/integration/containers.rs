@@ -232,7 +232,9 @@ fn a_restarted_daemon_protects_running_containers_again() {
         t.contains("rc=126") && t.contains("ls=0"),
         "protected again after the restart: {t}"
     );
-    eprintln!("restart to protected: {restart_to_protected:?}");
+    crate::support::figure(&format!(
+        "containerd: daemon SIGKILLed and restarted, running container protected again after {restart_to_protected:?}"
+    ));
     let _ = node.ctr(&["tasks", "kill", "-s", "SIGKILL", "long-1"]);
 }
 

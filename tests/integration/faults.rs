@@ -188,9 +188,9 @@ fn a_stopped_or_killed_daemon_under_load_leaves_no_exec_blocked() {
     check_no_failures(&reports);
     assert_eq!(sb.status_json()["stats"]["unanswered_drops"], 0);
     let execs: u64 = reports.iter().map(|r| r.execs).sum();
-    eprintln!(
+    figure(&format!(
         "daemon faults: {execs} execs under load; all moving again {resumed:?} after SIGCONT, {released:?} after SIGKILL; restart to protected {restart_to_protected:?}"
-    );
+    ));
 }
 
 #[test]
@@ -250,10 +250,10 @@ fn huge_files_being_hashed_do_not_delay_other_execs() {
     );
     let execs: u64 = reports.iter().map(|r| r.execs).sum();
     let held: Vec<Duration> = outcomes.iter().map(|o| o.1).collect();
-    eprintln!(
+    figure(&format!(
         "huge files: {} × 2 GiB sparse held {held:?}; {execs} other execs, worst during the window {worst:?}",
         huge.len()
-    );
+    ));
     assert!(sb.daemon_alive());
 }
 
@@ -452,7 +452,7 @@ fn slow_oversized_and_silent_socket_clients_do_not_block_others() {
     }
     drop(silent);
     assert!(sb.daemon_alive());
-    eprintln!(
+    figure(&format!(
         "socket clients: worst status beside 8 trickling, 8 silent and 1 oversized client {worst_status:?}"
-    );
+    ));
 }

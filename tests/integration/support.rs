@@ -16,6 +16,24 @@ use nix::sched::{CloneFlags, unshare};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_driftlock");
 
+/// Where the root tests leave the figures they measured (`scripts/test` prints them).
+pub fn figures_path() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("driftlock-figures.txt")
+}
+
+/// Prints a measured figure and keeps it for the end of the test run's output.
+pub fn figure(line: &str) {
+    use std::io::Write;
+    eprintln!("{line}");
+    if let Ok(mut f) = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(figures_path())
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
 /// True when running as root; otherwise prints why the test is skipped.
 pub fn root_or_skip(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
