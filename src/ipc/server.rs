@@ -114,9 +114,13 @@ fn reply(stream: &mut UnixStream, resp: &Response) -> std::io::Result<()> {
     stream.write_all(&line)
 }
 
+#[derive(Debug, thiserror::Error)]
 enum RequestReadError {
+    #[error("request timed out: send one JSON line within {} s", READ_TIMEOUT.as_secs())]
     TimedOut,
+    #[error("request larger than {MAX_REQUEST} bytes")]
     TooLarge,
+    #[error("{0}")]
     Io(std::io::Error),
 }
 
@@ -198,25 +202,12 @@ fn handle_connection(mut stream: UnixStream, handler: &Handler) {
         let mut line = match read_request_line(&mut stream, &mut pending) {
             Ok(Some(line)) => line,
             Ok(None) => return,
-            Err(RequestReadError::TimedOut) => {
-                let _ = reply(
-                    &mut stream,
-                    &Response::err(format!(
-                        "request timed out: send one JSON line within {} s",
-                        READ_TIMEOUT.as_secs()
-                    )),
-                );
-                return;
-            }
-            Err(RequestReadError::TooLarge) => {
-                let _ = reply(
-                    &mut stream,
-                    &Response::err(format!("request larger than {MAX_REQUEST} bytes")),
-                );
-                return;
-            }
             Err(RequestReadError::Io(e)) => {
                 log::debug!("client read failed: {e}");
+                return;
+            }
+            Err(e) => {
+                let _ = reply(&mut stream, &Response::err(e.to_string()));
                 return;
             }
         };
