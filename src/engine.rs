@@ -755,8 +755,7 @@ impl<G: Gate> Engine<G> {
         };
         if sent {
             self.grow_workers_if_saturated();
-        }
-        if !sent {
+        } else {
             let stat = flight.stat;
             for w in flight.waiters.drain(..) {
                 self.finish(
@@ -973,10 +972,10 @@ impl<G: Gate> Engine<G> {
         // inode is fixed, so the kernel may allow its next execs itself. Never a loader
         // (a direct invocation must still be seen) and never a script open.
         if answer == Answer::Allow
+            && unit.content_is_immutable(stat.dev)
             && !script
             && matches!(event, ExecEvent::Permission(_))
             && digest.is_some_and(|d| !unit.baseline.is_loader(&d))
-            && unit.content_is_immutable(stat.dev)
         {
             if let Some(fd) = event.fd() {
                 match self.gate.ignore_exec(fd) {
