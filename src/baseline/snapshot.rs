@@ -266,11 +266,16 @@ fn walk(
             if name == b"." || name == b".." {
                 continue;
             }
-            let mut rel = dir_rel.clone();
-            if !rel.is_empty() {
-                rel.push(b'/');
-            }
-            rel.extend_from_slice(name);
+            // The relative path is built only for what is kept: most entries are data files.
+            let rel_of = |name: &[u8]| {
+                let mut rel = Vec::with_capacity(dir_rel.len() + 1 + name.len());
+                rel.extend_from_slice(&dir_rel);
+                if !rel.is_empty() {
+                    rel.push(b'/');
+                }
+                rel.extend_from_slice(name);
+                rel
+            };
             let kind = match entry.file_type() {
                 Some(t) => Some(t),
                 None => fstatat(
@@ -288,7 +293,7 @@ fn walk(
                 }),
             };
             match kind {
-                Some(Type::Directory) => stack.push(rel),
+                Some(Type::Directory) => stack.push(rel_of(name)),
                 Some(Type::File) => {
                     // Only files with an exec bit: stat here to avoid queuing data files.
                     match fstatat(
@@ -297,12 +302,12 @@ fn walk(
                         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
                     ) {
                         Ok(st) if is_executable(&st) && Some(st.st_dev) == root_dev => {
-                            if jobs.send(Job { rel }).is_err() {
+                            if jobs.send(Job { rel: rel_of(name) }).is_err() {
                                 return;
                             }
                         }
                         Ok(_) => {}
-                        Err(e) => skip(errors, &rel, format!("cannot stat: {e}")),
+                        Err(e) => skip(errors, &rel_of(name), format!("cannot stat: {e}")),
                     }
                 }
                 _ => {}
