@@ -1008,8 +1008,7 @@ fn on_an_immutable_filesystem_the_kernel_allows_repeat_execs_itself() {
     }
     assert_eq!(events(&sb) - before, 2);
     // Writable filesystems of the same unit are judged on every exec, as always.
-    let payload = sb.tmp.join("payload");
-    sb.install(PAYLOAD_SOURCE, &payload);
+    let payload = sb.install_payload();
     assert_eq!(exec(&payload), EPERM);
     let copy = sb.tmp.join("true-copy");
     sb.install("/usr/bin/true", &copy);

@@ -147,8 +147,7 @@ fn a_stopped_or_killed_daemon_under_load_leaves_no_exec_blocked() {
     let mut sb = Sandbox::new("faults-kill");
     sb.start_daemon(&[]);
     sb.arm("k1", &[]);
-    let payload = sb.tmp.join("payload");
-    sb.install(PAYLOAD_SOURCE, &payload);
+    let payload = sb.install_payload();
     assert_eq!(exec(&payload), EPERM);
     let load = Load::start(&sb, 3);
     load.wait_all_progress(Duration::from_secs(10));
@@ -286,8 +285,7 @@ fn a_full_or_read_only_state_directory_fails_the_arm_cleanly() {
     )
     .unwrap();
     sb.start_daemon(&[]);
-    let payload = sb.tmp.join("payload");
-    sb.install(PAYLOAD_SOURCE, &payload);
+    let payload = sb.install_payload();
     let arm = |sb: &Sandbox| {
         let rootfs = sb.rootfs.to_str().unwrap().to_string();
         let tmp = sb.tmp.to_str().unwrap().to_string();
@@ -389,8 +387,7 @@ fn slow_oversized_and_silent_socket_clients_do_not_block_others() {
     let mut sb = Sandbox::new("faults-socket");
     sb.start_daemon(&[]);
     sb.arm("c1", &[]);
-    let payload = sb.tmp.join("payload");
-    sb.install(PAYLOAD_SOURCE, &payload);
+    let payload = sb.install_payload();
     let started = Instant::now();
     // Trickling clients: a valid request's bytes, then whitespace, one byte per 100 ms.
     let trickle: Vec<_> = (0..8)

@@ -221,6 +221,14 @@ impl Sandbox {
         fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
     }
 
+    /// Installs the payload (a program not in the image) as `tmp/payload` and returns its
+    /// path.
+    pub fn install_payload(&self) -> PathBuf {
+        let payload = self.tmp.join("payload");
+        self.install(PAYLOAD_SOURCE, &payload);
+        payload
+    }
+
     /// Copies `src` to `dst` with mode 0755.
     pub fn install(&self, src: &str, dst: &Path) {
         fs::copy(src, dst).unwrap();
