@@ -266,6 +266,7 @@ impl DaemonArgs {
                 } else {
                     Vec::new()
                 },
+                loader_wait: defaults.loader_wait,
             },
             snapshot_threads: self.snapshot_threads.or(file.snapshot_threads).unwrap_or(0),
             memfd_noexec: self.memfd_noexec.or(file.memfd_noexec).unwrap_or(true),
@@ -789,6 +790,25 @@ fn status(socket: &Path, json: bool) -> Result<i32, CliError> {
         println!(
             "files on immutable filesystems allowed by the kernel without an event: {}",
             s.stats.kernel_allowed_files
+        );
+    }
+    for (what, by_reason) in [
+        ("denied", &s.stats.denied_by_reason),
+        ("would deny", &s.stats.would_deny_by_reason),
+    ] {
+        if !by_reason.is_empty() {
+            let parts: Vec<String> = by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            println!("{what} by reason: {}", parts.join(", "));
+        }
+    }
+    if s.stats.loader_checks > 0 {
+        println!(
+            "loader checks {} (threads not yet blocked at a look {}, waited {}, longest wait {} us, thread gone {})",
+            s.stats.loader_checks,
+            s.stats.loader_not_blocked_looks,
+            s.stats.loader_waits,
+            s.stats.loader_wait_max_us,
+            s.stats.loader_thread_gone
         );
     }
     Ok(0)

@@ -25,13 +25,13 @@ use crate::audit::{AuditJob, AuditQueue, AuditRecord, ProcessRecord, RECORD_VERS
 use crate::baseline::hash::same_content_fingerprint;
 use crate::baseline::{Baseline, Digest, HashError, hash_fd};
 use crate::escape::escape_bytes;
-use crate::kernel::exec_name::{self, LoaderCall};
 use crate::kernel::{
-    Answer, EventMask, FileStat, Gate, KernelError, Mark, MarkKind, PendingPermission, RawEvent,
-    Respond, Wake, procfs, stat_fd, unanswered_drops,
+    Answer, EventMask, FileStat, Gate, KernelError, Mark, MarkKind, PendingPermission,
+    ProcTaskProbe, RawEvent, Respond, TaskProbe, Wake, procfs, stat_fd, unanswered_drops,
 };
 use crate::registry::{Allowed, PlannedMark, Registry, Unit, UnitCounters, UnitHandle, UnitStatus};
 use crate::verdict::cache::now as wall_now;
+use crate::verdict::policy::loader_finding;
 use crate::verdict::{FileKey, Finding, Reason, Verdict, VerdictCache, decide};
 
 /// Engine settings.
@@ -49,6 +49,11 @@ pub struct EngineConfig {
     /// Script control (opt-in): the `comm` names of interpreters whose opens of files on a
     /// unit's tmpfs mounts are judged like execs. Empty: off.
     pub interpreters: Vec<Vec<u8>>,
+    /// How long a loader exec may wait for its thread to be seen blocked before policy
+    /// answers (`loader-unobservable`). The thread cannot proceed without the answer; on a
+    /// saturated node it may wait for a CPU to go back to sleep (up to ~0.1 s measured on
+    /// two busy cores), so this is far longer than any such wait.
+    pub loader_wait: Duration,
 }
 
 impl Default for EngineConfig {
@@ -59,6 +64,7 @@ impl Default for EngineConfig {
             cache_capacity: 65_536,
             record_misses: false,
             interpreters: Vec::new(),
+            loader_wait: Duration::from_secs(10),
         }
     }
 }
@@ -115,7 +121,7 @@ pub struct UnitSpec {
 }
 
 /// Whole-engine counters.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EngineStats {
     /// Events read.
     pub events: u64,
@@ -152,6 +158,27 @@ pub struct EngineStats {
     /// event (inode ignore marks placed).
     #[serde(default)]
     pub kernel_allowed_files: u64,
+    /// Denials (enforce mode) by reason (`not-in-baseline`, `direct-loader`, ...).
+    #[serde(default)]
+    pub denied_by_reason: std::collections::BTreeMap<String, u64>,
+    /// Would-denials (audit mode) by reason.
+    #[serde(default)]
+    pub would_deny_by_reason: std::collections::BTreeMap<String, u64>,
+    /// Loader execs whose thread was asked what it executes (the loader rule).
+    #[serde(default)]
+    pub loader_checks: u64,
+    /// Looks at a loader exec's thread that found it not yet blocked (looked again).
+    #[serde(default)]
+    pub loader_not_blocked_looks: u64,
+    /// Loader checks that had to wait for their thread past the first looks.
+    #[serde(default)]
+    pub loader_waits: u64,
+    /// Longest wait of one loader check for its thread to be blocked, microseconds.
+    #[serde(default)]
+    pub loader_wait_max_us: u64,
+    /// Loader checks whose thread was gone (its exec could not go on; allowed).
+    #[serde(default)]
+    pub loader_thread_gone: u64,
 }
 
 /// Upper bounds of the decision-latency histogram, seconds.
@@ -417,7 +444,32 @@ pub struct Engine<G: Gate> {
     batch_read_at: Instant,
     /// Wall-clock milliseconds of the last loop iteration, shared with the handle.
     heartbeat_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Asks exec'ing tasks what they named (the loader rule).
+    probe: Box<dyn TaskProbe>,
+    /// Loader execs whose thread was not yet seen blocked: looked at again shortly.
+    loader_waits: Vec<LoaderWait>,
 }
+
+/// A loader exec waiting until its thread is seen blocked in the exec.
+struct LoaderWait {
+    unit: UnitHandle,
+    event: ExecEvent,
+    tid: i32,
+    judged: Judgement,
+    stat: FileStat,
+    since: Instant,
+    looks: u32,
+    next: Instant,
+}
+
+/// Looks at a loader exec's thread on the event path before it waits off the loop: most
+/// transient states (the thread about to sleep, or woken for a moment by an answer to
+/// another event) last microseconds.
+const LOADER_INLINE_LOOKS: u32 = 4;
+
+/// First and longest pause between later looks.
+const LOADER_RETRY_FIRST: Duration = Duration::from_micros(100);
+const LOADER_RETRY_MAX: Duration = Duration::from_millis(10);
 
 /// The longest a clean stop waits for hashes in progress.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -468,6 +520,8 @@ impl<G: Gate> Engine<G> {
             parked: Vec::new(),
             batch_read_at: Instant::now(),
             heartbeat_ms,
+            probe: Box::new(ProcTaskProbe),
+            loader_waits: Vec::new(),
         };
         (engine, handle)
     }
@@ -490,6 +544,11 @@ impl<G: Gate> Engine<G> {
                 log::error!("{e}");
             }
         }
+    }
+
+    /// Replaces how exec'ing tasks are looked at (tests use a fake).
+    pub fn set_task_probe(&mut self, probe: Box<dyn TaskProbe>) {
+        self.probe = probe;
     }
 
     /// Sets a function called once per loop iteration.
@@ -518,6 +577,7 @@ impl<G: Gate> Engine<G> {
                 self.handle_result(done);
             }
             self.expire(Instant::now());
+            self.look_at_waiting_loaders(Instant::now());
             while let Ok(cmd) = self.commands.try_recv() {
                 if matches!(cmd, Command::Shutdown) {
                     self.drain_for_shutdown();
@@ -552,6 +612,10 @@ impl<G: Gate> Engine<G> {
             .in_flight
             .values()
             .flat_map(|f| f.waiters.iter().map(|w| w.deadline))
+            .min();
+        let earliest = earliest
+            .into_iter()
+            .chain(self.loader_waits.iter().map(|w| w.next))
             .min();
         let tick = Duration::from_secs(1);
         Some(match earliest {
@@ -924,17 +988,142 @@ impl<G: Gate> Engine<G> {
         }
     }
 
-    /// Decides for one event, answers it, and records a deny / would-deny.
+    /// Decides for one event, answers it, and records a deny / would-deny. A loader exec
+    /// first waits (bounded) until its thread can be asked what it named.
     fn finish(
+        &mut self,
+        unit_h: UnitHandle,
+        event: ExecEvent,
+        tid: i32,
+        mut judged: Judgement,
+        stat: &FileStat,
+    ) {
+        let Some(unit) = self.registry.get(unit_h) else {
+            // Disarmed while the file was hashed: the container is going away.
+            self.conclude(unit_h, event, tid, judged, stat, None);
+            return;
+        };
+        let script = matches!(event, ExecEvent::Open(_));
+        if script && judged.finding == Finding::NotInBaseline {
+            judged.finding = Finding::Unverifiable(Reason::ScriptNotInBaseline);
+        }
+        // A loader's content is in the baseline, but invoking it directly runs a program
+        // that raises no exec event of its own: ask the blocked task what it executes. An
+        // audit notification's task has moved on, so nothing can be asked there.
+        let loader = !script
+            && judged.finding == Finding::InBaseline
+            && judged.digest.is_some_and(|d| unit.baseline.is_loader(&d))
+            && matches!(event, ExecEvent::Permission(_));
+        if !loader {
+            self.conclude(unit_h, event, tid, judged, stat, None);
+            return;
+        }
+        self.stats.loader_checks += 1;
+        let now = Instant::now();
+        let wait = LoaderWait {
+            unit: unit_h,
+            event,
+            tid,
+            judged,
+            stat: *stat,
+            since: now,
+            looks: 0,
+            next: now,
+        };
+        self.look_at_loader(wait, LOADER_INLINE_LOOKS);
+    }
+
+    /// Looks at a loader exec's thread up to `looks` times. A thread that raised a
+    /// permission event cannot go on without our answer, so a state read while it is not
+    /// yet asleep (or was woken for a moment by an answer to another event: every waiter of
+    /// the group shares one wait queue) must not decide: look again shortly, up to the
+    /// loader wait budget, and only then fail closed with `loader-unobservable`.
+    fn look_at_loader(&mut self, mut w: LoaderWait, looks: u32) {
+        for i in 0..looks {
+            if i > 0 {
+                std::thread::yield_now();
+            }
+            let seen = self.probe.loader_call(w.tid, (w.stat.dev, w.stat.ino));
+            w.looks += 1;
+            let Some(finding) = loader_finding(seen.call) else {
+                self.stats.loader_not_blocked_looks += 1;
+                continue;
+            };
+            let waited = w.since.elapsed();
+            self.stats.loader_wait_max_us =
+                self.stats.loader_wait_max_us.max(waited.as_micros() as u64);
+            if seen.call == crate::kernel::exec_name::LoaderCall::Gone {
+                self.stats.loader_thread_gone += 1;
+            }
+            let detail = if w.looks > 1 {
+                format!(
+                    "{}; thread seen blocked at look {} after {} us",
+                    seen.evidence,
+                    w.looks,
+                    waited.as_micros()
+                )
+            } else {
+                seen.evidence
+            };
+            w.judged.finding = finding;
+            self.conclude(w.unit, w.event, w.tid, w.judged, &w.stat, Some(detail));
+            return;
+        }
+        let waited = w.since.elapsed();
+        if waited >= self.config.loader_wait {
+            log::warn!(
+                "loader exec of thread {} answered by policy: the thread was never seen blocked in {} looks over {} ms",
+                w.tid,
+                w.looks,
+                waited.as_millis()
+            );
+            let detail = format!(
+                "thread {} never seen blocked in its exec: {} looks over {} ms",
+                w.tid,
+                w.looks,
+                waited.as_millis()
+            );
+            w.judged.finding = Finding::Unverifiable(Reason::LoaderUnobservable);
+            self.conclude(w.unit, w.event, w.tid, w.judged, &w.stat, Some(detail));
+            return;
+        }
+        if w.looks <= LOADER_INLINE_LOOKS {
+            self.stats.loader_waits += 1;
+        }
+        let later = w.looks.saturating_sub(LOADER_INLINE_LOOKS).min(8);
+        let pause = LOADER_RETRY_FIRST
+            .saturating_mul(1 << later)
+            .min(LOADER_RETRY_MAX);
+        w.next = Instant::now() + pause;
+        self.loader_waits.push(w);
+    }
+
+    /// Looks again at the loader execs whose pause has passed.
+    fn look_at_waiting_loaders(&mut self, now: Instant) {
+        if self.loader_waits.iter().all(|w| w.next > now) {
+            return;
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.loader_waits)
+            .into_iter()
+            .partition(|w| w.next <= now);
+        self.loader_waits = later;
+        for w in due {
+            self.look_at_loader(w, 1);
+        }
+    }
+
+    /// Answers one event with its final finding and records a deny / would-deny.
+    fn conclude(
         &mut self,
         unit_h: UnitHandle,
         event: ExecEvent,
         tid: i32,
         judged: Judgement,
         stat: &FileStat,
+        detail: Option<String>,
     ) {
         let Judgement {
-            mut finding,
+            finding,
             digest,
             from_cache,
             arrived,
@@ -943,29 +1132,10 @@ impl<G: Gate> Engine<G> {
             self.observe_latency(arrived.elapsed());
         }
         let Some(unit) = self.registry.get_mut(unit_h) else {
-            // Disarmed while the file was hashed: the container is going away.
             self.answer(event, Answer::Allow);
             return;
         };
-        // A loader's content is in the baseline, but invoking it directly runs a program
-        // that raises no exec event of its own: ask the blocked task what it executes.
         let script = matches!(event, ExecEvent::Open(_));
-        if script && finding == Finding::NotInBaseline {
-            finding = Finding::Unverifiable(Reason::ScriptNotInBaseline);
-        }
-        if !script
-            && finding == Finding::InBaseline
-            && digest.is_some_and(|d| unit.baseline.is_loader(&d))
-        {
-            let blocked = matches!(event, ExecEvent::Permission(_));
-            finding = match (exec_name::loader_call(tid, (stat.dev, stat.ino)), blocked) {
-                (LoaderCall::ForProgram, _) => Finding::InBaseline,
-                (LoaderCall::Direct, _) => Finding::Unverifiable(Reason::DirectLoader),
-                (LoaderCall::Unknown, true) => Finding::Unverifiable(Reason::LoaderUnverified),
-                // An audit notification's task has moved on: nothing can be said.
-                (LoaderCall::Unknown, false) => Finding::InBaseline,
-            };
-        }
         let (verdict, answer) = decide(unit.mode, finding);
         bump(&mut unit.counters, verdict);
         // Beyond the round trip: on a filesystem with no write path the content of this
@@ -989,13 +1159,26 @@ impl<G: Gate> Engine<G> {
             return;
         }
         // Off the hot path: gather the context while the exec is still held.
-        let record = build_record(unit, verdict, finding.reason(), &event, tid, digest, stat);
+        let mut record = build_record(unit, verdict, finding.reason(), &event, tid, digest, stat);
+        record.detail = detail.or_else(|| default_detail(unit, finding, digest));
         if verdict != Verdict::Allow {
             unit.last_deny = Some(crate::registry::LastDeny {
                 time: record.time.clone(),
                 path: record.path.clone(),
                 verdict,
             });
+            let by_reason = if verdict == Verdict::Deny {
+                &mut self.stats.denied_by_reason
+            } else {
+                &mut self.stats.would_deny_by_reason
+            };
+            let name = finding.reason().as_str();
+            match by_reason.get_mut(name) {
+                Some(n) => *n += 1,
+                None => {
+                    by_reason.insert(name.to_string(), 1);
+                }
+            }
         }
         let file = event.fd().and_then(|fd| fd.try_clone_to_owned().ok());
         self.answer(event, answer);
@@ -1260,7 +1443,7 @@ impl<G: Gate> Engine<G> {
     fn status(&self) -> EngineStatus {
         let mut units: Vec<UnitStatus> = self.registry.iter().map(|(_, u)| u.status()).collect();
         units.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut stats = self.stats;
+        let mut stats = self.stats.clone();
         stats.unanswered_drops = unanswered_drops();
         EngineStatus {
             units,
@@ -1279,6 +1462,17 @@ impl<G: Gate> Engine<G> {
         }
         self.expire(Instant::now() + Duration::from_secs(3600));
         self.in_flight.clear();
+        // One last look at each waiting loader exec; what is still not seen is answered by
+        // policy (deny in enforce mode) as its pending event drops.
+        for w in std::mem::take(&mut self.loader_waits) {
+            self.look_at_loader(w, 1);
+        }
+        for w in std::mem::take(&mut self.loader_waits) {
+            let mut judged = w.judged;
+            judged.finding = Finding::Unverifiable(Reason::LoaderUnobservable);
+            let detail = format!("daemon stopping: thread {} not seen blocked", w.tid);
+            self.conclude(w.unit, w.event, w.tid, judged, &w.stat, Some(detail));
+        }
         self.jobs = None;
         for w in self.workers.drain(..) {
             // Workers stuck on a slow file are left behind; the process is exiting.
@@ -1295,6 +1489,37 @@ fn bump(c: &mut UnitCounters, v: Verdict) {
         Verdict::Deny => c.denied += 1,
         Verdict::WouldDeny => c.would_deny += 1,
     }
+}
+
+/// The evidence behind a finding that no rule described on its own.
+fn default_detail(unit: &Unit, finding: Finding, digest: Option<Digest>) -> Option<String> {
+    let what = match digest {
+        Some(d) => format!("content blake3:{d}"),
+        None => "content not hashed".to_string(),
+    };
+    Some(match finding {
+        Finding::InBaseline => return None,
+        Finding::NotInBaseline => format!(
+            "{what} is not among the {} executables of the image's baseline nor in the unit's allow entries",
+            unit.baseline.entries().len()
+        ),
+        Finding::Unverifiable(Reason::ScriptNotInBaseline) => {
+            format!("an interpreter opened a file whose {what} is not in the image's baseline")
+        }
+        Finding::Unverifiable(Reason::KnownBad) => {
+            format!("{what} matches a known-bad indicator")
+        }
+        Finding::Unverifiable(Reason::ChangedDuringHash) => {
+            format!("the file changed while it was hashed ({what})")
+        }
+        Finding::Unverifiable(Reason::HashTimeout) => {
+            "hashing did not finish within the time budget".to_string()
+        }
+        Finding::Unverifiable(Reason::Unreadable) => {
+            "the file could not be read through the event's descriptor".to_string()
+        }
+        Finding::Unverifiable(r) => r.as_str().to_string(),
+    })
 }
 
 fn build_record(
@@ -1340,6 +1565,8 @@ fn build_record(
         sha256: None,
         size: Some(stat.size),
         evidence: None,
+        rule: (verdict != Verdict::Allow).then(|| reason.rule().to_string()),
+        detail: None,
     }
 }
 

@@ -159,6 +159,58 @@ pub fn render(
         "Files on immutable filesystems whose later execs the kernel allows without an event.",
         vec![format!(" {}", s.stats.kernel_allowed_files)],
     );
+    // Every (verdict, reason) pair is always present, at zero if need be, so that a rate
+    // or an alert on one reason works before its first denial.
+    section(
+        "driftlock_denials_total",
+        "counter",
+        "Denials (enforce) and would-denials (audit), by the reason the rule gave.",
+        crate::verdict::Reason::ALL
+            .iter()
+            .filter(|r| **r != crate::verdict::Reason::InBaseline)
+            .flat_map(|r| {
+                let name = r.as_str();
+                let n =
+                    |m: &std::collections::BTreeMap<String, u64>| m.get(name).copied().unwrap_or(0);
+                [
+                    format!(
+                        "{{verdict=\"deny\",reason=\"{name}\",rule=\"{}\"}} {}",
+                        r.rule(),
+                        n(&s.stats.denied_by_reason)
+                    ),
+                    format!(
+                        "{{verdict=\"would-deny\",reason=\"{name}\",rule=\"{}\"}} {}",
+                        r.rule(),
+                        n(&s.stats.would_deny_by_reason)
+                    ),
+                ]
+            })
+            .collect(),
+    );
+    section(
+        "driftlock_loader_checks_total",
+        "counter",
+        "Loader execs whose thread was asked what it executes.",
+        vec![format!(" {}", s.stats.loader_checks)],
+    );
+    section(
+        "driftlock_loader_not_blocked_looks_total",
+        "counter",
+        "Looks at a loader exec's thread that found it not yet blocked (it was looked at again).",
+        vec![format!(" {}", s.stats.loader_not_blocked_looks)],
+    );
+    section(
+        "driftlock_loader_waits_total",
+        "counter",
+        "Loader checks that waited off the event path for their thread to block.",
+        vec![format!(" {}", s.stats.loader_waits)],
+    );
+    section(
+        "driftlock_loader_wait_max_seconds",
+        "gauge",
+        "Longest wait of one loader check for its thread to block.",
+        vec![format!(" {}", s.stats.loader_wait_max_us as f64 / 1e6)],
+    );
     section(
         "driftlock_armed_units",
         "gauge",

@@ -204,6 +204,8 @@ mod tests {
             sha256: Some(sha.into()),
             size: Some(1),
             evidence: None,
+            rule: None,
+            detail: None,
         }
     }
 

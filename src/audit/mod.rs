@@ -128,6 +128,14 @@ pub struct AuditRecord {
     /// Id of the copy kept in the quarantine (`driftlock evidence show ID`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<String>,
+    /// The rule that denied (`baseline`, `loader`, `script`, `hash`, `known-bad`); absent
+    /// on allow records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The evidence the rule decided on, in words (for the loader rule: the exec name read
+    /// from the task and what it resolved to, or why none could be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl AuditRecord {
@@ -456,6 +464,8 @@ mod tests {
             sha256: None,
             size: None,
             evidence: None,
+            rule: None,
+            detail: None,
         };
         let line = rec.to_json();
         assert!(!line.contains('\n'));

@@ -13,7 +13,8 @@ use crossbeam_channel::{Receiver, Sender};
 use super::*;
 use crate::audit::{AuditSinks, start_writer};
 use crate::baseline::BaselineEntry;
-use crate::kernel::{Answer, Gate, KernelError, Mark, RawEvent, Respond, Wake};
+use crate::kernel::exec_name::{LoaderCall, LoaderObservation};
+use crate::kernel::{Answer, Gate, KernelError, Mark, RawEvent, Respond, TaskProbe, Wake};
 
 enum Feed {
     Event(RawEvent),
@@ -120,8 +121,63 @@ fn write_exec(path: &Path, data: &[u8]) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// A scripted look at exec'ing tasks: each look takes the next scripted answer, then
+/// `then` for ever.
+#[derive(Clone)]
+struct FakeProbe {
+    script: Arc<Mutex<std::collections::VecDeque<LoaderCall>>>,
+    then: Arc<Mutex<LoaderCall>>,
+    looks: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FakeProbe {
+    fn new(then: LoaderCall) -> Self {
+        Self {
+            script: Default::default(),
+            then: Arc::new(Mutex::new(then)),
+            looks: Default::default(),
+        }
+    }
+
+    fn script(&self, calls: &[LoaderCall], then: LoaderCall) {
+        *self.script.lock().unwrap() = calls.iter().copied().collect();
+        *self.then.lock().unwrap() = then;
+        self.looks.store(0, Ordering::SeqCst);
+    }
+}
+
+impl TaskProbe for FakeProbe {
+    fn loader_call(&self, _tid: i32, _loader: (u64, u64)) -> LoaderObservation {
+        self.looks.fetch_add(1, Ordering::SeqCst);
+        let call = self
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(*self.then.lock().unwrap());
+        LoaderObservation {
+            call,
+            evidence: format!("fake: {}", call.as_str()),
+        }
+    }
+}
+
 impl Harness {
     fn new(name: &str, config: EngineConfig, fail_mark_on: Option<usize>) -> Self {
+        Self::with_probe(
+            name,
+            config,
+            fail_mark_on,
+            FakeProbe::new(LoaderCall::ForProgram),
+        )
+    }
+
+    fn with_probe(
+        name: &str,
+        config: EngineConfig,
+        fail_mark_on: Option<usize>,
+        probe: FakeProbe,
+    ) -> Self {
         let dir =
             std::env::temp_dir().join(format!("driftlock-engine-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -142,7 +198,8 @@ impl Harness {
             stdout: false,
             file: Some(file),
         });
-        let (engine, handle) = Engine::new(gate, config, audit);
+        let (mut engine, handle) = Engine::new(gate, config, audit);
+        engine.set_task_probe(Box::new(probe));
         let thread = Some(std::thread::spawn(move || engine.run()));
         let dev = fs::metadata(&dir)
             .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
@@ -311,6 +368,7 @@ fn cfg() -> EngineConfig {
         cache_capacity: 100,
         record_misses: false,
         interpreters: Vec::new(),
+        loader_wait: Duration::from_secs(5),
     }
 }
 
@@ -610,9 +668,8 @@ fn allowed_execs_on_an_immutable_filesystem_are_left_to_the_kernel() {
     let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
     assert_eq!(h.exec(&tool), Answer::Allow);
     assert_eq!(h.exec(&payload), Answer::Deny);
-    // A loader's exec event must keep coming (a direct invocation is denied), whatever
-    // its verdict this time.
-    let _ = h.exec(&loader);
+    // A loader's exec event must keep coming (a direct invocation is denied).
+    assert_eq!(h.exec(&loader), Answer::Allow);
     assert_eq!(h.log.lock().unwrap().ignored, vec![ino(&tool)]);
     assert_eq!(h.handle.status().unwrap().stats.kernel_allowed_files, 1);
     // Disarming forgets them all: another unit could arm this filesystem with another
@@ -635,4 +692,97 @@ fn nothing_is_left_to_the_kernel_on_a_writable_filesystem() {
     assert!(h.log.lock().unwrap().ignored.is_empty());
     h.handle.disarm("c1").unwrap();
     assert_eq!(h.log.lock().unwrap().flushes, 0, "nothing to flush");
+}
+
+#[test]
+fn loader_rule_waits_until_the_thread_is_blocked_and_records_its_evidence() {
+    let probe = FakeProbe::new(LoaderCall::ForProgram);
+    let h = Harness::with_probe("loader-wait", cfg(), None, probe.clone());
+    let loader = h.file("ld.so", b"loader");
+    h.arm_on("test", "c1", Mode::Enforce, &[b"loader"], &[b"loader"])
+        .unwrap();
+    // Not yet asleep for a while (more looks than are made on the event path): the
+    // answer waits for the thread instead of deciding on a transient state.
+    probe.script(&[LoaderCall::NotBlocked; 12], LoaderCall::ForProgram);
+    assert_eq!(h.exec(&loader), Answer::Allow);
+    assert_eq!(probe.looks.load(Ordering::SeqCst), 13);
+    let stats = h.handle.status().unwrap().stats;
+    assert_eq!(stats.loader_checks, 1);
+    assert_eq!(stats.loader_not_blocked_looks, 12);
+    assert_eq!(stats.loader_waits, 1);
+    assert!(stats.denied_by_reason.is_empty());
+    // A direct invocation is denied, and the record says what was read.
+    probe.script(&[LoaderCall::NotBlocked], LoaderCall::Direct);
+    assert_eq!(h.exec(&loader), Answer::Deny);
+    let recs = h.records(1);
+    let r = &recs[0];
+    assert_eq!(r.reason, Reason::DirectLoader);
+    assert_eq!(r.rule.as_deref(), Some("loader"));
+    let detail = r.detail.as_deref().unwrap();
+    assert!(
+        detail.starts_with("fake: direct; thread seen blocked at look 2"),
+        "{detail}"
+    );
+    // A task that is gone cannot go on with its exec: allowed, counted.
+    probe.script(&[], LoaderCall::Gone);
+    assert_eq!(h.exec(&loader), Answer::Allow);
+    // An exec name that cannot be resolved: a direct invocation cannot be ruled out.
+    probe.script(&[], LoaderCall::Unresolved);
+    assert_eq!(h.exec(&loader), Answer::Deny);
+    let stats = h.handle.status().unwrap().stats;
+    assert_eq!(stats.loader_thread_gone, 1);
+    assert_eq!(stats.denied_by_reason.get("direct-loader"), Some(&1));
+    assert_eq!(stats.denied_by_reason.get("loader-unverified"), Some(&1));
+    let recs = h.records(2);
+    assert_eq!(recs[1].reason, Reason::LoaderUnverified);
+    assert_eq!(recs[1].detail.as_deref(), Some("fake: unresolved"));
+}
+
+#[test]
+fn loader_rule_fails_closed_only_after_the_time_budget_and_says_so() {
+    let probe = FakeProbe::new(LoaderCall::NotBlocked);
+    let config = EngineConfig {
+        loader_wait: Duration::from_millis(300),
+        ..cfg()
+    };
+    let h = Harness::with_probe("loader-unobservable", config, None, probe.clone());
+    let loader = h.file("ld.so", b"loader");
+    let tool = h.file("tool", b"image");
+    h.arm_on(
+        "test",
+        "c1",
+        Mode::Enforce,
+        &[b"loader", b"image"],
+        &[b"loader"],
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let waiting = {
+        let before = h.log.lock().unwrap().answers.len();
+        h.push(&loader, libc::FAN_OPEN_EXEC_PERM, 1);
+        before
+    };
+    // Other execs are answered while the loader exec waits for its thread.
+    assert_eq!(h.exec(&tool), Answer::Allow);
+    assert!(started.elapsed() < Duration::from_millis(250));
+    for _ in 0..200 {
+        if h.log.lock().unwrap().answers.len() > waiting + 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let answers = h.log.lock().unwrap().answers.clone();
+    assert_eq!(answers.len(), waiting + 2, "answered exactly once");
+    assert_eq!(answers[waiting + 1].1, Answer::Deny);
+    let recs = h.records(1);
+    assert_eq!(recs[0].reason, Reason::LoaderUnobservable);
+    let detail = recs[0].detail.as_deref().unwrap();
+    assert!(detail.contains("never seen blocked"), "{detail}");
+    let stats = h.handle.status().unwrap().stats;
+    assert_eq!(stats.denied_by_reason.get("loader-unobservable"), Some(&1));
+    assert!(
+        probe.looks.load(Ordering::SeqCst) > 10,
+        "looked again and again"
+    );
 }

@@ -68,30 +68,75 @@ fn read_name(tid: i32, addr: u64) -> Option<Vec<u8>> {
     None
 }
 
-/// The target of the exec that thread `tid` is blocked in; `None` if it is not in
-/// `execve`/`execveat` (or is gone).
-pub fn exec_target(tid: i32) -> Option<ExecTarget> {
-    let text = std::fs::read_to_string(format!("/proc/{tid}/syscall")).ok()?;
-    let (nr, args) = parse_syscall(&text)?;
+/// What one read of `/proc/<tid>/syscall` showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyscallRead {
+    /// Blocked in `execve`/`execveat` with this target.
+    Exec(ExecTarget),
+    /// Blocked in `execve`/`execveat`, but the name could not be read from its memory.
+    ExecNameUnreadable,
+    /// On a CPU or runnable: the kernel reports `running`. A thread that has just queued a
+    /// permission event is still running until it goes to sleep, and every answer to any
+    /// event of the group wakes every waiting thread for a moment (one wait queue), so this
+    /// is transient: read again.
+    Running,
+    /// Blocked in another system call (number).
+    OtherSyscall(i64),
+    /// The thread is gone.
+    Gone,
+    /// `/proc/<tid>/syscall` exists but cannot be read (for example without
+    /// `CAP_SYS_PTRACE`): nothing can be said.
+    Unreadable(String),
+}
+
+/// One read of what thread `tid` is executing.
+pub fn read_exec(tid: i32) -> SyscallRead {
+    let text = match std::fs::read_to_string(format!("/proc/{tid}/syscall")) {
+        Ok(text) => text,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ESRCH) =>
+        {
+            return SyscallRead::Gone;
+        }
+        Err(e) => return SyscallRead::Unreadable(e.to_string()),
+    };
+    if text.trim() == "running" {
+        return SyscallRead::Running;
+    }
+    let Some((nr, args)) = parse_syscall(&text) else {
+        return SyscallRead::Gone;
+    };
     if nr == libc::SYS_execve {
-        return Some(ExecTarget::Path {
-            dirfd: None,
-            name: read_name(tid, args[0])?,
-        });
+        return match read_name(tid, args[0]) {
+            Some(name) => SyscallRead::Exec(ExecTarget::Path { dirfd: None, name }),
+            None => SyscallRead::ExecNameUnreadable,
+        };
     }
     if nr == libc::SYS_execveat {
         let dirfd = args[0] as i32;
-        let name = read_name(tid, args[1])?;
+        let Some(name) = read_name(tid, args[1]) else {
+            return SyscallRead::ExecNameUnreadable;
+        };
         let flags = args[4] as i32;
         if name.is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
-            return Some(ExecTarget::Fd(dirfd));
+            return SyscallRead::Exec(ExecTarget::Fd(dirfd));
         }
-        return Some(ExecTarget::Path {
+        return SyscallRead::Exec(ExecTarget::Path {
             dirfd: (dirfd != libc::AT_FDCWD).then_some(dirfd),
             name,
         });
     }
-    None
+    SyscallRead::OtherSyscall(nr)
+}
+
+/// The target of the exec that thread `tid` is blocked in; `None` if it is not in
+/// `execve`/`execveat` right now (running, in another call, or gone).
+pub fn exec_target(tid: i32) -> Option<ExecTarget> {
+    match read_exec(tid) {
+        SyscallRead::Exec(t) => Some(t),
+        _ => None,
+    }
 }
 
 fn id(st: &FileStat) -> (u64, u64) {
@@ -111,7 +156,17 @@ fn open_path(dir: &OwnedFd, name: &[u8], flags: OFlag) -> Option<OwnedFd> {
 /// Resolves `name` the way task `tid` would: absolute names from its root, relative ones
 /// from `start`, symlinks followed *inside its root* (a walk through `/proc/<tid>/root`
 /// alone would resolve an absolute symlink against the daemon's root instead).
-fn resolve_in_root(root: &OwnedFd, start: OwnedFd, name: &[u8]) -> Option<(u64, u64)> {
+///
+/// On a procfs (the container's `/proc`, or `/dev/fd` which links there) two things differ:
+/// `self` and `thread-self` mean the *task*, in that procfs's pid namespace, not the
+/// daemon; and the per-process links (`exe`, `fd/N`, `cwd`, `root`) are magic links whose
+/// text is not a path inside the task's root, so the kernel follows them for us.
+fn resolve_in_root(
+    root: &OwnedFd,
+    start: OwnedFd,
+    name: &[u8],
+    task: Option<TaskIds>,
+) -> Option<(u64, u64)> {
     let root_id = id(&fstat(root.as_fd()).ok()?);
     let mut todo: VecDeque<Vec<u8>> = name.split(|b| *b == b'/').map(<[u8]>::to_vec).collect();
     let mut cur = if name.first() == Some(&b'/') {
@@ -130,6 +185,19 @@ fn resolve_in_root(root: &OwnedFd, start: OwnedFd, name: &[u8]) -> Option<(u64, 
             }
             continue;
         }
+        let on_proc = is_procfs(&cur);
+        if on_proc && (c == b"self" || c == b"thread-self") {
+            let ids = task?;
+            let own = if c == b"self" {
+                format!("{}", ids.tgid)
+            } else {
+                format!("{}/task/{}", ids.tgid, ids.tid)
+            };
+            for part in own.as_bytes().split(|b| *b == b'/').rev() {
+                todo.push_front(part.to_vec());
+            }
+            continue;
+        }
         let st = fstatat(
             cur.as_fd(),
             OsStr::from_bytes(&c),
@@ -140,6 +208,10 @@ fn resolve_in_root(root: &OwnedFd, start: OwnedFd, name: &[u8]) -> Option<(u64, 
             links += 1;
             if links > MAX_LINKS {
                 return None;
+            }
+            if on_proc {
+                cur = open_path(&cur, &c, OFlag::empty())?;
+                continue;
             }
             let target = readlinkat(cur.as_fd(), OsStr::from_bytes(&c)).ok()?;
             let target = target.as_bytes();
@@ -154,6 +226,35 @@ fn resolve_in_root(root: &OwnedFd, start: OwnedFd, name: &[u8]) -> Option<(u64, 
         cur = open_path(&cur, &c, OFlag::O_NOFOLLOW)?;
     }
     Some(id(&fstat(cur.as_fd()).ok()?))
+}
+
+fn is_procfs(fd: &OwnedFd) -> bool {
+    nix::sys::statfs::fstatfs(fd)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+}
+
+/// A task's ids in its innermost pid namespace (what its own `/proc` shows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TaskIds {
+    tgid: i64,
+    tid: i64,
+}
+
+fn task_ids(tid: i32) -> Option<TaskIds> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let last = |key: &str| -> Option<i64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .split_whitespace()
+            .last()?
+            .parse()
+            .ok()
+    };
+    Some(TaskIds {
+        tgid: last("NStgid:")?,
+        tid: last("NSpid:")?,
+    })
 }
 
 /// `/proc/self/fd/N` and `/proc/thread-self/fd/N` name one of the task's own fds (how
@@ -172,20 +273,93 @@ pub enum LoaderCall {
     ForProgram,
     /// The task asked to execute the loader itself (`ld.so /tmp/payload`).
     Direct,
-    /// The task is not in an exec, or its exec target cannot be resolved.
-    Unknown,
+    /// The task has not gone to sleep yet (or was woken for a moment): its state cannot be
+    /// read now. Transient: ask again.
+    NotBlocked,
+    /// The task is blocked in an exec, but what it names could not be read or resolved.
+    Unresolved,
+    /// The task is blocked in another system call: this is not its exec.
+    NotInExec,
+    /// The task is gone: its exec cannot go on, whatever the answer.
+    Gone,
+}
+
+impl LoaderCall {
+    /// A short name for records and counters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoaderCall::ForProgram => "for-program",
+            LoaderCall::Direct => "direct",
+            LoaderCall::NotBlocked => "not-blocked",
+            LoaderCall::Unresolved => "unresolved",
+            LoaderCall::NotInExec => "not-in-exec",
+            LoaderCall::Gone => "gone",
+        }
+    }
+}
+
+/// What one look at a task in a loader exec showed, and the evidence for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoaderObservation {
+    /// The conclusion.
+    pub call: LoaderCall,
+    /// What was read (the exec name, escaped, and what it resolved to), for records.
+    pub evidence: String,
+}
+
+fn syscall_name(target: &ExecTarget) -> String {
+    match target {
+        ExecTarget::Fd(fd) => format!("execveat(fd {fd}, \"\", AT_EMPTY_PATH)"),
+        ExecTarget::Path { dirfd: None, name } => {
+            format!("execve(\"{}\")", crate::escape::escape_bytes(name))
+        }
+        ExecTarget::Path {
+            dirfd: Some(fd),
+            name,
+        } => format!(
+            "execveat(fd {fd}, \"{}\")",
+            crate::escape::escape_bytes(name)
+        ),
+    }
 }
 
 /// Tells a normal dynamic exec from a direct invocation of the loader `loader` (the
-/// event's file, by device and inode), for thread `tid` blocked in the exec.
-pub fn loader_call(tid: i32, loader: (u64, u64)) -> LoaderCall {
-    let Some(target) = exec_target(tid) else {
-        return LoaderCall::Unknown;
-    };
-    match exec_target_identity(tid, &target) {
-        Some(named) if named == loader => LoaderCall::Direct,
-        Some(_) => LoaderCall::ForProgram,
-        None => LoaderCall::Unknown,
+/// event's file, by device and inode), for thread `tid` blocked in the exec. One look:
+/// [`LoaderCall::NotBlocked`] asks the caller to look again.
+pub fn loader_call(tid: i32, loader: (u64, u64)) -> LoaderObservation {
+    let seen = |call, evidence: String| LoaderObservation { call, evidence };
+    match read_exec(tid) {
+        SyscallRead::Running => seen(LoaderCall::NotBlocked, "thread not blocked yet".into()),
+        SyscallRead::Gone => seen(LoaderCall::Gone, "thread gone".into()),
+        SyscallRead::Unreadable(e) => seen(
+            LoaderCall::Unresolved,
+            format!("cannot read /proc/{tid}/syscall: {e}"),
+        ),
+        SyscallRead::OtherSyscall(nr) => seen(
+            LoaderCall::NotInExec,
+            format!("thread blocked in syscall {nr}, not an exec"),
+        ),
+        SyscallRead::ExecNameUnreadable => seen(
+            LoaderCall::Unresolved,
+            "blocked in an exec whose name could not be read from the task's memory".into(),
+        ),
+        SyscallRead::Exec(target) => {
+            let what = syscall_name(&target);
+            match exec_target_identity(tid, &target) {
+                Some(named) if named == loader => seen(
+                    LoaderCall::Direct,
+                    format!("{what} names the loader itself"),
+                ),
+                Some(named) => seen(
+                    LoaderCall::ForProgram,
+                    format!("{what} names {}:{}, not the loader", named.0, named.1),
+                ),
+                None => seen(
+                    LoaderCall::Unresolved,
+                    format!("{what} could not be resolved in the task's root"),
+                ),
+            }
+        }
     }
 }
 
@@ -215,7 +389,7 @@ pub fn exec_target_identity(tid: i32, target: &ExecTarget) -> Option<(u64, u64)>
                 Some(fd) => proc_open(&format!("fd/{fd}"))?,
                 None => proc_open("cwd")?,
             };
-            resolve_in_root(&root, start, name)
+            resolve_in_root(&root, start, name, task_ids(tid))
         }
     }
 }
@@ -260,25 +434,26 @@ mod tests {
         let want = id(&nix::sys::stat::stat(&base.join("lib/x86_64/ld.so")).unwrap());
         let root = open(&base);
         assert_eq!(
-            resolve_in_root(&root, open(&base), b"/lib64/ld.so"),
+            resolve_in_root(&root, open(&base), b"/lib64/ld.so", None),
             Some(want)
         );
         assert_eq!(
-            resolve_in_root(&root, open(&base.join("tmp")), b"rel"),
+            resolve_in_root(&root, open(&base.join("tmp")), b"rel", None),
             Some(want)
         );
         assert_eq!(
             resolve_in_root(
                 &root,
                 open(&base.join("tmp")),
-                b"../../../../lib64//./ld.so"
+                b"../../../../lib64//./ld.so",
+                None
             ),
             Some(want)
         );
-        assert_eq!(resolve_in_root(&root, open(&base), b"/missing"), None);
+        assert_eq!(resolve_in_root(&root, open(&base), b"/missing", None), None);
         symlink("loop", base.join("tmp/loop")).unwrap();
         assert_eq!(
-            resolve_in_root(&root, open(&base.join("tmp")), b"loop"),
+            resolve_in_root(&root, open(&base.join("tmp")), b"loop", None),
             None
         );
         std::fs::remove_dir_all(&base).unwrap();

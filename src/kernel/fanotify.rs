@@ -420,7 +420,9 @@ impl Gate for FanotifyGate {
         let timeout = match timeout {
             None => PollTimeout::NONE,
             Some(d) => {
-                PollTimeout::try_from(d.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX)
+                // Rounded up: a deadline a fraction of a millisecond away must not spin the loop.
+                PollTimeout::try_from(d.as_micros().div_ceil(1000).min(60_000) as i32)
+                    .unwrap_or(PollTimeout::MAX)
             }
         };
         let (group_ready, woken) = {

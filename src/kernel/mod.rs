@@ -127,3 +127,21 @@ pub enum KernelError {
         step: &'static str,
     },
 }
+
+/// What the engine asks about the task behind an exec event (`/proc` reads), behind a
+/// trait so the rules that depend on it are unit-tested without real tasks.
+pub trait TaskProbe: Send {
+    /// One look at thread `tid`, which raised an exec event for the loader `loader`
+    /// (device, inode): did it ask to run another program, or the loader itself?
+    fn loader_call(&self, tid: i32, loader: (u64, u64)) -> exec_name::LoaderObservation;
+}
+
+/// The real probe: `/proc/<tid>/syscall`, `/proc/<tid>/mem` and the task's root.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcTaskProbe;
+
+impl TaskProbe for ProcTaskProbe {
+    fn loader_call(&self, tid: i32, loader: (u64, u64)) -> exec_name::LoaderObservation {
+        exec_name::loader_call(tid, loader)
+    }
+}

@@ -2,6 +2,7 @@
 
 use crate::Mode;
 use crate::kernel::Answer;
+use crate::kernel::exec_name::LoaderCall;
 
 /// Why a verdict was reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -21,12 +22,81 @@ pub enum Reason {
     /// it would load raises no exec event, so the invocation itself is denied.
     DirectLoader,
     /// The image's dynamic loader was executed and the name the task asked to execute could
-    /// not be resolved, so a direct invocation could not be ruled out.
+    /// not be read or resolved, so a direct invocation could not be ruled out.
     LoaderUnverified,
+    /// The image's dynamic loader was executed and the exec'ing thread was never seen
+    /// blocked in its exec within the time budget (it is blocked until answered, so this
+    /// means the daemon could not look; the record's `detail` says how long and how often).
+    LoaderUnobservable,
     /// An interpreter opened a file whose content is not in the baseline (script control).
     ScriptNotInBaseline,
     /// The file is in the image but matched a known-bad indicator when it was snapshotted.
     KnownBad,
+}
+
+impl Reason {
+    /// Every reason, in a fixed order (for counters).
+    pub const ALL: [Reason; 10] = [
+        Reason::InBaseline,
+        Reason::NotInBaseline,
+        Reason::ChangedDuringHash,
+        Reason::HashTimeout,
+        Reason::Unreadable,
+        Reason::DirectLoader,
+        Reason::LoaderUnverified,
+        Reason::LoaderUnobservable,
+        Reason::ScriptNotInBaseline,
+        Reason::KnownBad,
+    ];
+
+    /// The name used in records, `status` and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InBaseline => "in-baseline",
+            Reason::NotInBaseline => "not-in-baseline",
+            Reason::ChangedDuringHash => "changed-during-hash",
+            Reason::HashTimeout => "hash-timeout",
+            Reason::Unreadable => "unreadable",
+            Reason::DirectLoader => "direct-loader",
+            Reason::LoaderUnverified => "loader-unverified",
+            Reason::LoaderUnobservable => "loader-unobservable",
+            Reason::ScriptNotInBaseline => "script-not-in-baseline",
+            Reason::KnownBad => "known-bad",
+        }
+    }
+
+    /// The rule that reached this reason (what a deny record names).
+    pub fn rule(self) -> &'static str {
+        match self {
+            Reason::InBaseline | Reason::NotInBaseline => "baseline",
+            Reason::ChangedDuringHash | Reason::HashTimeout | Reason::Unreadable => "hash",
+            Reason::DirectLoader | Reason::LoaderUnverified | Reason::LoaderUnobservable => {
+                "loader"
+            }
+            Reason::ScriptNotInBaseline => "script",
+            Reason::KnownBad => "known-bad",
+        }
+    }
+}
+
+/// The loader rule: a dynamic loader's content is in the image, but a direct invocation
+/// (`ld.so /tmp/payload`) runs a program that raises no exec event, so the exec'ing task is
+/// asked what it named. `None`: the task was not seen blocked yet, look again (it cannot
+/// proceed without our answer, so a transient state must never decide).
+pub fn loader_finding(call: LoaderCall) -> Option<Finding> {
+    match call {
+        LoaderCall::ForProgram => Some(Finding::InBaseline),
+        LoaderCall::Direct => Some(Finding::Unverifiable(Reason::DirectLoader)),
+        // Blocked in an exec we cannot read, or (impossible for the thread that raised the
+        // event) in another call: a direct invocation cannot be ruled out.
+        LoaderCall::Unresolved | LoaderCall::NotInExec => {
+            Some(Finding::Unverifiable(Reason::LoaderUnverified))
+        }
+        // The exec cannot go on once its thread is gone: the answer changes nothing, and
+        // allowing keeps a dying image program out of the deny records.
+        LoaderCall::Gone => Some(Finding::InBaseline),
+        LoaderCall::NotBlocked => None,
+    }
 }
 
 /// What is known about a file's content with respect to a unit's baseline.
@@ -108,5 +178,36 @@ mod tests {
             );
             assert_eq!(Unverifiable(r).reason(), r);
         }
+    }
+
+    #[test]
+    fn loader_rule_table() {
+        use Finding::*;
+        let cases = [
+            (LoaderCall::ForProgram, Some(InBaseline)),
+            (LoaderCall::Direct, Some(Unverifiable(Reason::DirectLoader))),
+            (
+                LoaderCall::Unresolved,
+                Some(Unverifiable(Reason::LoaderUnverified)),
+            ),
+            (
+                LoaderCall::NotInExec,
+                Some(Unverifiable(Reason::LoaderUnverified)),
+            ),
+            (LoaderCall::Gone, Some(InBaseline)),
+            (LoaderCall::NotBlocked, None),
+        ];
+        for (call, want) in cases {
+            assert_eq!(loader_finding(call), want, "{call:?}");
+        }
+    }
+
+    #[test]
+    fn reasons_have_stable_names_matching_serde() {
+        for r in Reason::ALL {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+        }
+        assert_eq!(Reason::LoaderUnobservable.rule(), "loader");
     }
 }

@@ -638,6 +638,19 @@ fn metrics_count_the_execs_generated() {
         2.0
     );
     assert_eq!(value("driftlock_armed_units"), 1.0);
+    // Issue 12: denials by reason, every reason present from the start.
+    assert_eq!(
+        value(
+            "driftlock_denials_total{verdict=\"deny\",reason=\"not-in-baseline\",rule=\"baseline\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            "driftlock_denials_total{verdict=\"deny\",reason=\"loader-unverified\",rule=\"loader\"}"
+        ),
+        0.0
+    );
     assert_eq!(value("driftlock_arms_total{result=\"ok\"}"), 1.0);
     assert_eq!(
         value("driftlock_events_total{kind=\"exec-permission\"}"),

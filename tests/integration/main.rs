@@ -8,4 +8,6 @@ mod containers;
 mod core;
 mod faults;
 mod node;
+mod realism;
+mod regressions;
 mod support;

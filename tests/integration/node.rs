@@ -190,7 +190,8 @@ impl Node {
             &dir,
             Some("tmpfs"),
             MsFlags::empty(),
-            Some("mode=0755,size=1g"),
+            // A size limit, not an allocation: the realism suite imports a Debian image.
+            Some("mode=0755,size=8g"),
         )
         .unwrap();
         for d in ["root", "state", "dl", "vol"] {
@@ -321,6 +322,32 @@ impl Node {
             .args(args)
             .output()
             .unwrap()
+    }
+
+    /// Imports an OCI layout tar as `base:latest`.
+    pub fn import(&self, base: &str, tar: &Path) {
+        let out = self.ctr(&[
+            "images",
+            "import",
+            "--base-name",
+            base,
+            tar.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "import {}: {}",
+            tar.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `ctr run --rm --net-host` through driftlock-runtime of `argv`; returns the output.
+    pub fn run_argv(&self, image: &str, id: &str, extra: &[&str], argv: &[&str]) -> Output {
+        let mut args = vec!["run", "--rm", "--net-host", "--runc-binary", RUNTIME];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[image, id]);
+        args.extend_from_slice(argv);
+        self.ctr(&args)
     }
 
     /// `ctr run --rm --net-host` through driftlock-runtime; returns the output.
