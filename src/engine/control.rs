@@ -1,0 +1,536 @@
+//! Control commands from the socket side (arm, disarm, allow, explain, status), the
+//! handle that sends them to the event loop, and a clean stop.
+
+use super::*;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Hashing threads. Zero starts none, so every miss is answered by its time budget
+    /// (used by tests to make timeouts deterministic).
+    pub hash_workers: usize,
+    /// How long an exec may wait for its file to be hashed before policy answers.
+    pub hash_timeout: Duration,
+    /// Files cached per unit.
+    pub cache_capacity: usize,
+    /// Emit an `allow` record for every miss (debug aid).
+    pub record_misses: bool,
+    /// Script control (opt-in): the `comm` names of interpreters whose opens of files on a
+    /// unit's tmpfs mounts are judged like execs. Empty: off.
+    pub interpreters: Vec<Vec<u8>>,
+    /// How long a loader exec may wait for its thread to be seen blocked before policy
+    /// answers (`loader-unobservable`). The thread cannot proceed without the answer; on a
+    /// saturated node it may wait for a CPU to go back to sleep (up to ~0.1 s measured on
+    /// two busy cores), so this is far longer than any such wait.
+    pub loader_wait: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            hash_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            hash_timeout: Duration::from_secs(2),
+            cache_capacity: 65_536,
+            record_misses: false,
+            interpreters: Vec::new(),
+            loader_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Errors reported to the engine's clients.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Another unit already has this id.
+    #[error("a unit with id {0:?} is already armed (disarm it first)")]
+    DuplicateId(String),
+    /// No unit with this id.
+    #[error("no armed unit with id {0:?}")]
+    UnknownId(String),
+    /// A filesystem or mount is already armed for another unit.
+    #[error("{path} is already armed for unit {owner:?}")]
+    Conflict {
+        /// The mark path (escaped).
+        path: String,
+        /// The unit that holds it.
+        owner: String,
+    },
+    /// Placing a mark failed (the unit was rolled back).
+    #[error(transparent)]
+    Mark(#[from] KernelError),
+    /// The engine thread is gone.
+    #[error("the event loop is not running")]
+    Stopped,
+    /// The engine did not reply in time.
+    #[error("the event loop did not reply within {0:?}")]
+    Timeout(Duration),
+}
+
+/// What `arm` needs.
+#[derive(Debug, Clone)]
+pub struct UnitSpec {
+    /// Unit id.
+    pub id: String,
+    /// Image key.
+    pub image_key: Vec<u8>,
+    /// Image name, for records.
+    pub image_name: Option<String>,
+    /// Kubernetes context, for records.
+    pub k8s: crate::registry::K8sContext,
+    /// The container's first process, where known (ends the process chain in records).
+    pub pid: Option<i32>,
+    /// Mode.
+    pub mode: Mode,
+    /// Baseline.
+    pub baseline: Arc<Baseline>,
+    /// Planned marks.
+    pub marks: Vec<PlannedMark>,
+    /// Content the operator allowed besides the baseline.
+    pub allow: crate::config::AllowList,
+}
+
+/// A request to the engine thread.
+pub enum Command {
+    /// Arm a unit.
+    Arm(UnitSpec, Sender<Result<Vec<PlannedMark>, EngineError>>),
+    /// Disarm a unit.
+    Disarm(String, Sender<Result<UnitStatus, EngineError>>),
+    /// Replace a unit's operator allow entries (configuration reload); drops its cache.
+    SetAllow(
+        String,
+        crate::config::AllowList,
+        Sender<Result<(), EngineError>>,
+    ),
+    /// Add marks to an armed unit (mounts that appeared after it started); replies with
+    /// the marks placed and, for each one that could not be, why.
+    AddMarks(
+        String,
+        Vec<PlannedMark>,
+        Sender<Result<AddedMarks, EngineError>>,
+    ),
+    /// Explain the verdict for content with these digests and this stat in a unit.
+    Explain(
+        String,
+        crate::baseline::FileDigests,
+        Sender<Result<Explanation, EngineError>>,
+    ),
+    /// Report status.
+    Status(Sender<EngineStatus>),
+    /// The recorded units are re-armed: judge the events parked meanwhile.
+    RestoreDone,
+    /// Stop after answering everything in flight.
+    Shutdown,
+}
+
+/// Why a file would or would not run in a unit (`driftlock explain`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Explanation {
+    /// Unit.
+    pub unit: String,
+    /// Unit mode.
+    pub mode: Mode,
+    /// Path as asked (escaped).
+    pub path: String,
+    /// SHA-256 (hex).
+    pub sha256: Option<String>,
+    /// BLAKE3 (hex).
+    pub blake3: String,
+    /// Size.
+    pub size: u64,
+    /// The file is on a filesystem or mount the unit has marked (else its exec is not
+    /// checked at all).
+    pub covered: bool,
+    /// Paths in the image with this content (empty: not in the baseline).
+    pub baseline_paths: Vec<String>,
+    /// An operator allow entry admits this content.
+    pub allowed_by_entry: bool,
+    /// This content is one of the image's dynamic loaders (a direct invocation is denied).
+    pub loader: bool,
+    /// The verdict an exec of it would get.
+    pub verdict: Verdict,
+    /// In words.
+    pub why: String,
+}
+
+/// The outcome of [`Command::AddMarks`].
+#[derive(Debug, Default)]
+pub struct AddedMarks {
+    /// Marks now in place.
+    pub placed: Vec<PlannedMark>,
+    /// Marks that could not be placed, with the reason.
+    pub failed: Vec<(PlannedMark, String)>,
+}
+
+/// A cloneable handle for talking to the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    pub(super) tx: Sender<Command>,
+    pub(super) waker: Arc<dyn Wake>,
+    pub(super) timeout: Duration,
+    pub(super) heartbeat_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl EngineHandle {
+    pub(super) fn call<T>(
+        &self,
+        make: impl FnOnce(Sender<T>) -> Command,
+    ) -> Result<T, EngineError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.tx.send(make(tx)).map_err(|_| EngineError::Stopped)?;
+        self.waker.wake();
+        rx.recv_timeout(self.timeout).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => EngineError::Timeout(self.timeout),
+            crossbeam_channel::RecvTimeoutError::Disconnected => EngineError::Stopped,
+        })
+    }
+    /// Arms a unit; returns once its marks are in place.
+    pub fn arm(&self, spec: UnitSpec) -> Result<Vec<PlannedMark>, EngineError> {
+        self.call(|tx| Command::Arm(spec, tx))?
+    }
+    /// Disarms a unit; returns its final status.
+    pub fn disarm(&self, id: &str) -> Result<UnitStatus, EngineError> {
+        self.call(|tx| Command::Disarm(id.to_string(), tx))?
+    }
+    /// Replaces a unit's operator allow entries.
+    pub fn set_allow(&self, id: &str, allow: crate::config::AllowList) -> Result<(), EngineError> {
+        self.call(|tx| Command::SetAllow(id.to_string(), allow, tx))?
+    }
+    /// Adds marks to an armed unit.
+    pub fn add_marks(&self, id: &str, marks: Vec<PlannedMark>) -> Result<AddedMarks, EngineError> {
+        self.call(|tx| Command::AddMarks(id.to_string(), marks, tx))?
+    }
+    /// Explains the verdict for a hashed file in a unit.
+    pub fn explain(
+        &self,
+        id: &str,
+        digests: crate::baseline::FileDigests,
+    ) -> Result<Explanation, EngineError> {
+        self.call(|tx| Command::Explain(id.to_string(), digests, tx))?
+    }
+    /// Current status.
+    pub fn status(&self) -> Result<EngineStatus, EngineError> {
+        self.call(Command::Status)
+    }
+    /// Seconds since the event loop last completed an iteration (it iterates at least
+    /// once a second); large means stalled.
+    pub fn loop_age(&self) -> f64 {
+        let last = self.heartbeat_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        now.saturating_sub(last) as f64 / 1e3
+    }
+
+    /// Ends restore mode (see [`Engine::set_restoring`]).
+    pub fn restore_done(&self) {
+        let _ = self.tx.send(Command::RestoreDone);
+        self.waker.wake();
+    }
+    /// Asks the engine to stop.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+        self.waker.wake();
+    }
+}
+
+/// The longest a clean stop waits for hashes in progress.
+pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+impl<G: Gate> Engine<G> {
+    pub(super) fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Arm(spec, reply) => {
+                let r = self.arm(spec);
+                let _ = reply.send(r);
+            }
+            Command::Disarm(id, reply) => {
+                let r = self.disarm(&id);
+                // Another unit could arm the same filesystem with another baseline.
+                self.clear_ignored_execs();
+                let _ = reply.send(r);
+            }
+            Command::SetAllow(id, allow, reply) => {
+                let r = match self
+                    .registry
+                    .find_id(&id)
+                    .and_then(|h| self.registry.get_mut(h))
+                {
+                    Some(unit) => {
+                        unit.allow = Allowed::from(allow);
+                        // Findings were made against the old entries, and so were the
+                        // kernel's ignore marks.
+                        unit.cache.clear();
+                        self.clear_ignored_execs();
+                        Ok(())
+                    }
+                    None => Err(EngineError::UnknownId(id)),
+                };
+                let _ = reply.send(r);
+            }
+            Command::AddMarks(id, marks, reply) => {
+                let r = self.add_marks(&id, marks);
+                let _ = reply.send(r);
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Explain(id, d, reply) => {
+                let _ = reply.send(self.explain(&id, &d));
+            }
+            Command::RestoreDone => {
+                self.restoring = false;
+                for (event, tid, stat) in std::mem::take(&mut self.parked) {
+                    self.judge(event, tid, stat);
+                }
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    pub(super) fn mark_of(&self, planned: &PlannedMark, mode: Mode) -> Mark {
+        // Script control gates opens on the scratch filesystems (tmpfs) only, where dropped
+        // scripts land; the image's own files are never held on open.
+        let opens = !self.config.interpreters.is_empty() && planned.fstype == "tmpfs";
+        Mark {
+            path: planned.path.clone(),
+            kind: planned.kind,
+            mask: match (mode, opens) {
+                (Mode::Enforce, true) => EventMask::EnforceWithOpens,
+                (Mode::Enforce, false) => EventMask::Enforce,
+                (Mode::Audit, _) => EventMask::Audit,
+            },
+        }
+    }
+
+    pub(super) fn arm(&mut self, spec: UnitSpec) -> Result<Vec<PlannedMark>, EngineError> {
+        if self.registry.find_id(&spec.id).is_some() {
+            return Err(EngineError::DuplicateId(spec.id));
+        }
+        while let Some(owner) = self.registry.conflict(&spec.marks) {
+            let stale = self.registry.get(owner).is_some_and(|u| {
+                !u.marks
+                    .iter()
+                    .all(|m| self.gate.mark_is_live(&m.path, m.mnt_id))
+            });
+            if !stale {
+                let owner_id = self
+                    .registry
+                    .get(owner)
+                    .map(|u| u.id.clone())
+                    .unwrap_or_default();
+                let path = spec
+                    .marks
+                    .iter()
+                    .find(|m| self.registry.conflict(std::slice::from_ref(m)) == Some(owner))
+                    .map(|m| escape_bytes(m.path.as_os_str().as_encoded_bytes()))
+                    .unwrap_or_default();
+                return Err(EngineError::Conflict {
+                    path,
+                    owner: owner_id,
+                });
+            }
+            // Its filesystems are gone (the container exited without a disarm) and their
+            // device numbers were reused: drop the stale unit and its cache.
+            if let Some(u) = self.registry.remove(owner) {
+                log::warn!(
+                    "unit {:?} was stale (its mounts are gone); dropped it",
+                    u.id
+                );
+            }
+        }
+        let marks = spec.marks.clone();
+        let unit = Unit {
+            id: spec.id.clone(),
+            image_key: spec.image_key,
+            image_name: spec.image_name,
+            k8s: spec.k8s,
+            pid: spec.pid,
+            mode: spec.mode,
+            baseline: spec.baseline,
+            marks: marks.clone(),
+            cache: VerdictCache::new(self.config.cache_capacity),
+            counters: UnitCounters::default(),
+            allow: Allowed::from(spec.allow),
+            last_deny: None,
+        };
+        // Registered before marking, so the first event can be attributed.
+        let handle = self.registry.insert(unit);
+        for (i, m) in marks.iter().enumerate() {
+            if let Err(e) = self.gate.mark(&self.mark_of(m, spec.mode), true) {
+                for placed in &marks[..i] {
+                    let _ = self.gate.mark(&self.mark_of(placed, spec.mode), false);
+                }
+                self.registry.remove(handle);
+                return Err(e.into());
+            }
+        }
+        log::info!(
+            "armed unit {:?} ({} mode, {} marks)",
+            spec.id,
+            spec.mode,
+            marks.len()
+        );
+        Ok(marks)
+    }
+
+    pub(super) fn explain(
+        &self,
+        id: &str,
+        d: &crate::baseline::FileDigests,
+    ) -> Result<Explanation, EngineError> {
+        let handle = self
+            .registry
+            .find_id(id)
+            .ok_or_else(|| EngineError::UnknownId(id.to_string()))?;
+        let unit = self
+            .registry
+            .get(handle)
+            .ok_or_else(|| EngineError::UnknownId(id.to_string()))?;
+        let covered = self
+            .registry
+            .attribute(&d.stat)
+            .is_some_and(|a| a.unit == handle);
+        let baseline_paths: Vec<String> = unit
+            .baseline
+            .entries()
+            .iter()
+            .filter(|e| e.blake3 == d.blake3)
+            .map(|e| escape_bytes(&e.path))
+            .collect();
+        let allowed_by_entry = unit.allow.permits(d);
+        let loader = unit.baseline.is_loader(&d.blake3);
+        let finding = if !baseline_paths.is_empty() || allowed_by_entry {
+            Finding::InBaseline
+        } else {
+            Finding::NotInBaseline
+        };
+        let (verdict, _) = decide(unit.mode, finding);
+        let why = match (
+            covered,
+            !baseline_paths.is_empty(),
+            allowed_by_entry,
+            loader,
+        ) {
+            (false, ..) => {
+                "not on a filesystem this unit has marked: its exec would not be checked"
+                    .to_string()
+            }
+            (true, true, _, true) => format!(
+                "a dynamic loader of the image ({}): runs for programs; a direct invocation is denied",
+                baseline_paths.join(", ")
+            ),
+            (true, true, ..) => {
+                format!("same content as the image's {}", baseline_paths.join(", "))
+            }
+            (true, false, true, _) => "not in the image, allowed by an operator entry".to_string(),
+            (true, false, false, _) => "not in the image's baseline and no allow entry".to_string(),
+        };
+        Ok(Explanation {
+            unit: unit.id.clone(),
+            mode: unit.mode,
+            path: String::new(),
+            sha256: d.sha256.map(hex::encode),
+            blake3: d.blake3.to_string(),
+            size: d.stat.size,
+            covered,
+            baseline_paths,
+            allowed_by_entry,
+            loader,
+            verdict: if covered { verdict } else { Verdict::Allow },
+            why,
+        })
+    }
+
+    pub(super) fn add_marks(
+        &mut self,
+        id: &str,
+        marks: Vec<PlannedMark>,
+    ) -> Result<AddedMarks, EngineError> {
+        let handle = self
+            .registry
+            .find_id(id)
+            .ok_or_else(|| EngineError::UnknownId(id.to_string()))?;
+        let mode = self.registry.get(handle).map_or(Mode::Enforce, |u| u.mode);
+        let mut out = AddedMarks::default();
+        for m in marks {
+            if let Some(owner) = self.registry.conflict(std::slice::from_ref(&m)) {
+                if owner != handle {
+                    out.failed
+                        .push((m, "already armed for another unit".into()));
+                }
+                continue;
+            }
+            match self.gate.mark(&self.mark_of(&m, mode), true) {
+                Ok(()) => {
+                    self.registry.add_marks(handle, std::slice::from_ref(&m));
+                    out.placed.push(m);
+                }
+                Err(e) => out.failed.push((m, e.to_string())),
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn disarm(&mut self, id: &str) -> Result<UnitStatus, EngineError> {
+        let handle = self
+            .registry
+            .find_id(id)
+            .ok_or_else(|| EngineError::UnknownId(id.to_string()))?;
+        let Some(unit) = self.registry.remove(handle) else {
+            return Err(EngineError::UnknownId(id.to_string()));
+        };
+        for m in &unit.marks {
+            // Only remove a mark if the path still leads to the mount we marked: a path
+            // whose mount is gone may now lead to another filesystem.
+            if self.gate.mark_is_live(&m.path, m.mnt_id) {
+                if let Err(e) = self.gate.mark(&self.mark_of(m, unit.mode), false) {
+                    log::warn!("{e}");
+                }
+            }
+        }
+        log::info!("disarmed unit {id:?}");
+        Ok(unit.status())
+    }
+
+    pub(super) fn status(&self) -> EngineStatus {
+        let mut units: Vec<UnitStatus> = self.registry.iter().map(|(_, u)| u.status()).collect();
+        units.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut stats = self.stats.clone();
+        stats.unanswered_drops = unanswered_drops();
+        EngineStatus {
+            units,
+            stats,
+            in_flight: self.in_flight.len(),
+        }
+    }
+
+    pub(super) fn drain_for_shutdown(&mut self) {
+        // Give running hashes a short while to finish, then answer the rest by policy.
+        let until = Instant::now() + self.config.hash_timeout.min(SHUTDOWN_GRACE);
+        while self.in_flight.values().any(|f| !f.waiters.is_empty()) && Instant::now() < until {
+            if let Ok(done) = self.results.recv_timeout(Duration::from_millis(50)) {
+                self.handle_result(done);
+            }
+        }
+        self.expire(Instant::now() + Duration::from_secs(3600));
+        self.in_flight.clear();
+        // One last look at each waiting loader exec; what is still not seen is answered by
+        // policy (deny in enforce mode) as its pending event drops.
+        for w in std::mem::take(&mut self.loader_waits) {
+            self.look_at_loader(w, 1);
+        }
+        for w in std::mem::take(&mut self.loader_waits) {
+            let mut judged = w.judged;
+            judged.finding = Finding::Unverifiable(Reason::LoaderUnobservable);
+            let detail = format!("daemon stopping: thread {} not seen blocked", w.tid);
+            self.conclude(w.unit, w.event, w.tid, judged, &w.stat, Some(detail));
+        }
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            // Workers stuck on a slow file are left behind; the process is exiting.
+            if w.is_finished() {
+                let _ = w.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The hash pool: misses go to worker threads (each job holds a duplicate of the
+//! event's fd), waiting events are grouped per file (the in-flight table), a file written
+//! while it is hashed is hashed again (taint), and each waiter has its own deadline.
+
+use super::*;
+
+pub(super) struct Waiter {
+    pub(super) event: ExecEvent,
+    pub(super) tid: i32,
+    pub(super) deadline: Instant,
+    pub(super) arrived: Instant,
+}
+
+pub(super) struct InFlight {
+    pub(super) seq: u64,
+    pub(super) stat: FileStat,
+    pub(super) via: MarkKind,
+    /// A close-after-write was seen while hashing: the result may describe old content.
+    pub(super) tainted: bool,
+    pub(super) waiters: Vec<Waiter>,
+}
+
+pub(super) struct HashJob {
+    pub(super) seq: u64,
+    pub(super) key: (UnitHandle, FileKey),
+    pub(super) fd: OwnedFd,
+    pub(super) deadline: Instant,
+    /// The unit allows content by SHA-256: compute it too.
+    pub(super) with_sha256: bool,
+}
+
+pub(super) struct HashDone {
+    pub(super) seq: u64,
+    pub(super) key: (UnitHandle, FileKey),
+    pub(super) started: crate::kernel::Timestamp,
+    pub(super) elapsed: Duration,
+    pub(super) result: Result<crate::baseline::FileDigests, HashError>,
+}
+
+/// How long a worker keeps hashing one file after its exec was answered by policy.
+pub(super) const WORKER_HARD_LIMIT: Duration = Duration::from_secs(120);
+
+/// The pool grows to this many times `hash_workers` when every worker is busy.
+pub(super) const WORKER_GROWTH: usize = 4;
+
+pub(super) fn spawn_hash_worker(
+    i: usize,
+    jobs: &Receiver<HashJob>,
+    results: &Sender<HashDone>,
+    waker: &Arc<dyn Wake>,
+    busy: &Arc<AtomicUsize>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let (jobs, results, waker, busy) = (
+        jobs.clone(),
+        results.clone(),
+        Arc::clone(waker),
+        Arc::clone(busy),
+    );
+    std::thread::Builder::new()
+        .name(format!("driftlock-hash-{i}"))
+        .spawn(move || hash_worker(jobs, results, waker, busy))
+        .map_err(|e| log::error!("cannot start hash worker {i}: {e}"))
+        .ok()
+}
+
+pub(super) fn hash_worker(
+    jobs: Receiver<HashJob>,
+    results: Sender<HashDone>,
+    waker: Arc<dyn Wake>,
+    busy: Arc<AtomicUsize>,
+) {
+    let mut buf = Vec::new();
+    for job in jobs {
+        busy.fetch_add(1, Ordering::Relaxed);
+        let started = wall_now();
+        let clock = Instant::now();
+        let result = hash_fd(
+            job.fd.as_fd(),
+            &mut buf,
+            job.with_sha256,
+            Some(job.deadline),
+        );
+        let elapsed = clock.elapsed();
+        drop(job.fd);
+        busy.fetch_sub(1, Ordering::Relaxed);
+        if results
+            .send(HashDone {
+                seq: job.seq,
+                key: job.key,
+                started,
+                elapsed,
+                result,
+            })
+            .is_err()
+        {
+            break;
+        }
+        waker.wake();
+    }
+}
+
+impl<G: Gate> Engine<G> {
+    pub(super) fn start_hash(
+        &mut self,
+        unit: UnitHandle,
+        via: MarkKind,
+        stat: FileStat,
+        event: ExecEvent,
+        tid: i32,
+    ) {
+        let key = (unit, FileKey::from(&stat));
+        let deadline = Instant::now() + self.config.hash_timeout;
+        let waiter = Waiter {
+            event,
+            tid,
+            deadline,
+            arrived: self.batch_read_at,
+        };
+        if let Some(f) = self.in_flight.get_mut(&key) {
+            if f.stat == stat || f.tainted {
+                f.waiters.push(waiter);
+                return;
+            }
+            // Same inode, other fingerprint: the file changed since that hash started.
+            f.tainted = true;
+            f.stat = stat;
+            f.waiters.push(waiter);
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut flight = InFlight {
+            seq,
+            stat,
+            via,
+            tainted: false,
+            waiters: vec![waiter],
+        };
+        if !self.dispatch(key, &mut flight) {
+            return;
+        }
+        self.in_flight.insert(key, flight);
+    }
+
+    /// Sends a hash job for `flight`; on failure answers its waiters (unreadable).
+    pub(super) fn dispatch(&mut self, key: (UnitHandle, FileKey), flight: &mut InFlight) -> bool {
+        let dup = flight
+            .waiters
+            .first()
+            .and_then(|w| w.event.fd())
+            .and_then(|fd| fd.try_clone_to_owned().ok());
+        let with_sha256 = self
+            .registry
+            .get(key.0)
+            .is_some_and(|u| !u.allow.sha256.is_empty());
+        let sent = match (dup, self.jobs.as_ref()) {
+            (Some(fd), Some(jobs)) => jobs
+                .send(HashJob {
+                    seq: flight.seq,
+                    key,
+                    fd,
+                    deadline: Instant::now() + WORKER_HARD_LIMIT,
+                    with_sha256,
+                })
+                .is_ok(),
+            _ => false,
+        };
+        if sent {
+            self.grow_workers_if_saturated();
+        } else {
+            let stat = flight.stat;
+            for w in flight.waiters.drain(..) {
+                self.finish(
+                    key.0,
+                    w.event,
+                    w.tid,
+                    Judgement::hashed(Finding::Unverifiable(Reason::Unreadable), None, w.arrived),
+                    &stat,
+                );
+            }
+        }
+        sent
+    }
+
+    /// Adds a worker when jobs wait while every worker is hashing, so a huge or slow file
+    /// occupies one worker and does not hold every later miss until its time budget runs
+    /// out. Bounded; workers added stay for the daemon's life (they sleep when idle).
+    pub(super) fn grow_workers_if_saturated(&mut self) {
+        let started = self.workers.len();
+        let cap = self.config.hash_workers * WORKER_GROWTH;
+        if started == 0 || started >= cap {
+            return;
+        }
+        let waiting = self.job_queue.len();
+        if waiting > 0 && self.busy.load(Ordering::Relaxed) + waiting > started {
+            let waker = self.gate.waker();
+            if let Some(w) = spawn_hash_worker(
+                started,
+                &self.job_queue,
+                &self.result_tx,
+                &waker,
+                &self.busy,
+            ) {
+                log::debug!("every hash worker is busy: started worker {}", started + 1);
+                self.workers.push(w);
+            }
+        }
+    }
+
+    pub(super) fn handle_result(&mut self, done: HashDone) {
+        let Some(mut flight) = self.in_flight.remove(&done.key) else {
+            return;
+        };
+        if flight.seq != done.seq {
+            self.in_flight.insert(done.key, flight);
+            return;
+        }
+        let (unit_h, file_key) = done.key;
+        if let Some(unit) = self.registry.get_mut(unit_h) {
+            unit.counters.hashed += 1;
+        }
+        self.stats.hash_seconds += done.elapsed.as_secs_f64();
+        if let Ok(d) = &done.result {
+            self.stats.hashed_bytes += d.stat.size;
+        }
+        if flight.tainted {
+            // The content may have changed after the hash began: hash again for whoever
+            // still waits, and cache nothing from this run.
+            if flight.waiters.is_empty() {
+                return;
+            }
+            flight.tainted = false;
+            flight.seq = self.next_seq;
+            self.next_seq += 1;
+            if self.dispatch(done.key, &mut flight) {
+                self.in_flight.insert(done.key, flight);
+            }
+            return;
+        }
+        let (finding, digest) = match &done.result {
+            Ok(d)
+                if d.stat.ino == file_key.ino
+                    && same_content_fingerprint(&d.stat, &flight.stat) =>
+            {
+                let found = self
+                    .registry
+                    .get(unit_h)
+                    .map(|u| u.baseline.contains(&d.blake3) || u.allow.permits(d));
+                let bad = self
+                    .registry
+                    .get(unit_h)
+                    .is_some_and(|u| u.baseline.is_known_bad(&d.blake3));
+                match found {
+                    _ if bad => (Finding::Unverifiable(Reason::KnownBad), Some(d.blake3)),
+                    Some(true) => (Finding::InBaseline, Some(d.blake3)),
+                    Some(false) => (Finding::NotInBaseline, Some(d.blake3)),
+                    None => (Finding::InBaseline, Some(d.blake3)), // unit disarmed meanwhile
+                }
+            }
+            // Changed between the exec event and the hash (or during it): deny.
+            Ok(d) => (
+                Finding::Unverifiable(Reason::ChangedDuringHash),
+                Some(d.blake3),
+            ),
+            Err(HashError::Changed) => (Finding::Unverifiable(Reason::ChangedDuringHash), None),
+            Err(HashError::Deadline(_)) => (Finding::Unverifiable(Reason::HashTimeout), None),
+            Err(e) => {
+                log::warn!("hashing an exec'd file failed: {e}");
+                (Finding::Unverifiable(Reason::Unreadable), None)
+            }
+        };
+        if flight.via == MarkKind::Filesystem {
+            if let (Some(unit), Some(d)) = (self.registry.get_mut(unit_h), digest) {
+                unit.cache.insert(&flight.stat, finding, d, done.started);
+            }
+        }
+        let stat = flight.stat;
+        for w in flight.waiters.drain(..) {
+            self.finish(
+                unit_h,
+                w.event,
+                w.tid,
+                Judgement::hashed(finding, digest, w.arrived),
+                &stat,
+            );
+        }
+    }
+
+    pub(super) fn expire(&mut self, now: Instant) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        let mut expired = Vec::new();
+        for (key, f) in self.in_flight.iter_mut() {
+            let mut i = 0;
+            while i < f.waiters.len() {
+                if f.waiters[i].deadline <= now {
+                    expired.push((key.0, f.waiters.swap_remove(i), f.stat));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        for (unit, w, stat) in expired {
+            if let Some(u) = self.registry.get_mut(unit) {
+                u.counters.hash_timeouts += 1;
+            }
+            self.finish(
+                unit,
+                w.event,
+                w.tid,
+                Judgement::hashed(Finding::Unverifiable(Reason::HashTimeout), None, w.arrived),
+                &stat,
+            );
+        }
+    }
+}

@@ -1,0 +1,542 @@
+//! The event loop: read a batch → attribute to a unit → cache → hash workers on a miss →
+//! decide → answer → audit.
+//!
+//! One thread owns the registry, every unit's cache and the in-flight table, so the hot
+//! path takes no lock: arm, disarm and status requests arrive as [`Command`]s on a channel
+//! and wake the loop. An allowed cache hit costs one `statx`, two hash-map lookups and the
+//! response `write`; it allocates nothing, reads no `/proc` file and logs nothing.
+//!
+//! Misses go to hashing workers over a channel (each gets a duplicate of the event's fd),
+//! so a slow or huge file never holds up other execs. Each waiting event has its own
+//! deadline; when it passes, the event is answered by policy (deny in enforce mode) and
+//! the worker's late result is still used to fill the cache. Every permission event is
+//! a [`PendingPermission`], which answers on drop: no path can leave one unanswered.
+//!
+//! The rooms: this file is the event loop and the hot path, readable top to bottom
+//! (`run` → `handle_event` → `judge` → `finish` → `conclude`); `hash_pool` holds misses,
+//! workers, the in-flight table and deadlines; `loader` the loader rule's bounded wait for
+//! the exec'ing thread; `control` the commands from the socket side (arm, disarm, allow,
+//! explain, status) and a clean stop; `stats` the counters; `record` the audit records.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::Mode;
+use crate::audit::{AuditJob, AuditQueue, AuditRecord, ProcessRecord, RECORD_VERSION, rfc3339};
+use crate::baseline::hash::same_content_fingerprint;
+use crate::baseline::{Baseline, Digest, HashError, hash_fd};
+use crate::escape::escape_bytes;
+use crate::kernel::{
+    Answer, EventMask, FileStat, Gate, KernelError, Mark, MarkKind, PendingPermission,
+    ProcTaskProbe, RawEvent, Respond, TaskProbe, Wake, procfs, stat_fd, unanswered_drops,
+};
+use crate::registry::{Allowed, PlannedMark, Registry, Unit, UnitCounters, UnitHandle, UnitStatus};
+use crate::verdict::cache::now as wall_now;
+use crate::verdict::policy::loader_finding;
+use crate::verdict::{FileKey, Finding, Reason, Verdict, VerdictCache, decide};
+
+mod control;
+mod hash_pool;
+mod loader;
+mod record;
+mod stats;
+
+pub use control::{
+    AddedMarks, Command, EngineConfig, EngineError, EngineHandle, Explanation, UnitSpec,
+};
+use hash_pool::*;
+use loader::*;
+use record::*;
+use stats::bump;
+pub use stats::{EngineStats, EngineStatus, LATENCY_BUCKETS};
+
+/// An exec event waiting for a verdict.
+enum ExecEvent {
+    /// Enforce mode: the exec is blocked until answered.
+    Permission(PendingPermission),
+    /// Audit mode: the exec already proceeds; the fd is kept for the record.
+    Notice(OwnedFd),
+    /// Script control: an interpreter's open of a file, blocked until answered.
+    Open(PendingPermission),
+}
+
+impl ExecEvent {
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            ExecEvent::Permission(p) | ExecEvent::Open(p) => p.fd(),
+            ExecEvent::Notice(fd) => Some(fd.as_fd()),
+        }
+    }
+}
+
+/// What was established about a file's content, and how.
+#[derive(Clone, Copy)]
+struct Judgement {
+    finding: Finding,
+    digest: Option<Digest>,
+    /// Answered from the cache (never recorded when allowed).
+    from_cache: bool,
+    /// When the event was read.
+    arrived: Instant,
+}
+
+impl Judgement {
+    fn hashed(finding: Finding, digest: Option<Digest>, arrived: Instant) -> Self {
+        Self {
+            finding,
+            digest,
+            from_cache: false,
+            arrived,
+        }
+    }
+}
+
+/// The event loop.
+pub struct Engine<G: Gate> {
+    gate: G,
+    responder: Arc<dyn Respond>,
+    registry: Registry,
+    commands: Receiver<Command>,
+    jobs: Option<Sender<HashJob>>,
+    /// The jobs' receiving end: kept so sending never fails (even with no workers), and
+    /// read for its length to grow the pool and to hand to new workers.
+    job_queue: Receiver<HashJob>,
+    results: Receiver<HashDone>,
+    /// For workers added later.
+    result_tx: Sender<HashDone>,
+    /// Workers hashing right now.
+    busy: Arc<AtomicUsize>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    in_flight: HashMap<(UnitHandle, FileKey), InFlight>,
+    audit: AuditQueue,
+    batch: Vec<RawEvent>,
+    stats: EngineStats,
+    config: EngineConfig,
+    next_seq: u64,
+    /// Called after every loop iteration (the systemd watchdog feeds on it).
+    heartbeat: Option<Box<dyn FnMut() + Send>>,
+    /// Adopted a predecessor's group whose marks outlive the registry: until the recorded
+    /// units are re-armed, an event on no known unit is held, not allowed.
+    restoring: bool,
+    parked: Vec<(ExecEvent, i32, FileStat)>,
+    /// When the batch being processed was read (decision latency is measured from it).
+    batch_read_at: Instant,
+    /// Wall-clock milliseconds of the last loop iteration, shared with the handle.
+    heartbeat_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Asks exec'ing tasks what they named (the loader rule).
+    probe: Box<dyn TaskProbe>,
+    /// Loader execs whose thread was not yet seen blocked: looked at again shortly.
+    loader_waits: Vec<LoaderWait>,
+}
+
+impl<G: Gate> Engine<G> {
+    /// Builds the engine and its hashing workers.
+    pub fn new(gate: G, config: EngineConfig, audit: AuditQueue) -> (Self, EngineHandle) {
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<HashJob>();
+        let (res_tx, res_rx) = crossbeam_channel::unbounded::<HashDone>();
+        let waker = gate.waker();
+        let busy = Arc::new(AtomicUsize::new(0));
+        let workers = (0..config.hash_workers)
+            .filter_map(|i| spawn_hash_worker(i, &job_rx, &res_tx, &waker, &busy))
+            .collect();
+        let heartbeat_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let handle = EngineHandle {
+            tx: cmd_tx,
+            waker,
+            timeout: Duration::from_secs(60),
+            heartbeat_ms: Arc::clone(&heartbeat_ms),
+        };
+        let engine = Self {
+            responder: gate.responder(),
+            gate,
+            registry: Registry::default(),
+            commands: cmd_rx,
+            jobs: Some(job_tx),
+            job_queue: job_rx,
+            results: res_rx,
+            result_tx: res_tx,
+            busy,
+            workers,
+            in_flight: HashMap::new(),
+            audit,
+            batch: Vec::with_capacity(512),
+            stats: EngineStats::default(),
+            config,
+            next_seq: 0,
+            heartbeat: None,
+            restoring: false,
+            parked: Vec::new(),
+            batch_read_at: Instant::now(),
+            heartbeat_ms,
+            probe: Box::new(ProcTaskProbe),
+            loader_waits: Vec::new(),
+        };
+        (engine, handle)
+    }
+
+    /// Holds events on unknown units until [`EngineHandle::restore_done`] (after adopting a
+    /// predecessor's fanotify group, whose marks are in place before the units are known).
+    pub fn set_restoring(&mut self, restoring: bool) {
+        self.restoring = restoring;
+        if restoring {
+            // The predecessor's ignore marks were made against its units.
+            self.clear_ignored_execs();
+        }
+    }
+
+    /// Drops every kernel-side allow ([`Gate::ignore_exec`]); they are placed again as
+    /// files are judged anew.
+    fn clear_ignored_execs(&mut self) {
+        if self.stats.kernel_allowed_files > 0 || self.restoring {
+            if let Err(e) = self.gate.clear_ignored_execs() {
+                log::error!("{e}");
+            }
+        }
+    }
+
+    /// Replaces how exec'ing tasks are looked at (tests use a fake).
+    pub fn set_task_probe(&mut self, probe: Box<dyn TaskProbe>) {
+        self.probe = probe;
+    }
+
+    /// Sets a function called once per loop iteration.
+    pub fn set_heartbeat(&mut self, f: Box<dyn FnMut() + Send>) {
+        self.heartbeat = Some(f);
+    }
+
+    /// Runs until [`EngineHandle::shutdown`]; answers everything in flight before returning.
+    pub fn run(mut self) -> Result<(), KernelError> {
+        loop {
+            let timeout = self.next_timeout();
+            match self.gate.next_batch(timeout, &mut self.batch) {
+                Ok(()) => {}
+                Err(err @ KernelError::Version { .. }) => {
+                    self.process_batch();
+                    return Err(err);
+                }
+                Err(err) => {
+                    // EMFILE and the like: answer what we have, back off, keep serving.
+                    log::error!("{err}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            self.process_batch();
+            while let Ok(done) = self.results.try_recv() {
+                self.handle_result(done);
+            }
+            self.expire(Instant::now());
+            self.look_at_waiting_loaders(Instant::now());
+            while let Ok(cmd) = self.commands.try_recv() {
+                if matches!(cmd, Command::Shutdown) {
+                    self.drain_for_shutdown();
+                    return Ok(());
+                }
+                self.handle_command(cmd);
+            }
+            if let Some(hb) = self.heartbeat.as_mut() {
+                hb();
+            }
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.heartbeat_ms
+                .store(now_ms, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn process_batch(&mut self) {
+        if !self.batch.is_empty() {
+            self.batch_read_at = Instant::now();
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        for ev in batch.drain(..) {
+            self.handle_event(ev);
+        }
+        self.batch = batch;
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let earliest = self
+            .in_flight
+            .values()
+            .flat_map(|f| f.waiters.iter().map(|w| w.deadline))
+            .min();
+        let earliest = earliest
+            .into_iter()
+            .chain(self.loader_waits.iter().map(|w| w.next))
+            .min();
+        let tick = Duration::from_secs(1);
+        Some(match earliest {
+            Some(d) => d.saturating_duration_since(Instant::now()).min(tick),
+            None => tick,
+        })
+    }
+
+    fn handle_event(&mut self, ev: RawEvent) {
+        self.stats.events += 1;
+        if ev.is_overflow() {
+            // Invalidations may have been lost: nothing cached can be trusted.
+            self.stats.overflows += 1;
+            log::error!("fanotify queue overflow: flushing every verdict cache");
+            for (_, unit) in self.registry.iter_mut() {
+                unit.cache.clear();
+            }
+            for f in self.in_flight.values_mut() {
+                f.tainted = true;
+            }
+            return;
+        }
+        let (permission, notice, close_write) =
+            (ev.is_permission(), ev.is_exec_notice(), ev.is_close_write());
+        let open = ev.is_open_permission() && !permission;
+        let Some(fd) = ev.fd else { return };
+        let event = if open {
+            self.stats.open_events += 1;
+            let pending = PendingPermission::new(fd, Arc::clone(&self.responder), Answer::Deny);
+            if !self.is_interpreter(ev.tid) {
+                // Not an interpreter: nothing to judge.
+                self.answer(ExecEvent::Open(pending), Answer::Allow);
+                return;
+            }
+            Some(ExecEvent::Open(pending))
+        } else if permission {
+            self.stats.permission_events += 1;
+            Some(ExecEvent::Permission(PendingPermission::new(
+                fd,
+                Arc::clone(&self.responder),
+                Answer::Deny,
+            )))
+        } else if notice {
+            self.stats.exec_notices += 1;
+            Some(ExecEvent::Notice(fd))
+        } else {
+            // A pure close-after-write: only the invalidation below matters.
+            let stat = stat_fd(fd.as_fd());
+            if let Ok(stat) = stat {
+                self.stats.close_writes += 1;
+                self.invalidate(&stat);
+            } else {
+                self.stats.stat_errors += 1;
+            }
+            return;
+        };
+        let Some(event) = event else { return };
+        let Some(stat) = event.fd().and_then(|fd| stat_fd(fd).ok()) else {
+            // Cannot identify the file, so cannot tell its unit or mode: fail closed.
+            self.stats.stat_errors += 1;
+            self.answer(event, Answer::Deny);
+            return;
+        };
+        if close_write {
+            self.stats.close_writes += 1;
+            self.invalidate(&stat);
+        }
+        if matches!(event, ExecEvent::Open(_)) && !stat.is_regular() {
+            self.answer(event, Answer::Allow);
+            return;
+        }
+        self.judge(event, ev.tid, stat);
+    }
+
+    /// Attributes an exec (or script open) to its unit and answers from the cache or
+    /// starts hashing.
+    fn judge(&mut self, event: ExecEvent, tid: i32, stat: FileStat) {
+        let Some(attr) = self.registry.attribute(&stat) else {
+            if self.restoring && !matches!(event, ExecEvent::Notice(_)) {
+                self.parked.push((event, tid, stat));
+                return;
+            }
+            self.stats.unattributed += 1;
+            self.answer(event, Answer::Allow);
+            return;
+        };
+        // Only a filesystem mark sees every writer of the file (a mount mark misses writes
+        // through other mounts of the same filesystem), so only there is a cached finding safe.
+        if attr.via == MarkKind::Filesystem {
+            if let Some(unit) = self.registry.get_mut(attr.unit) {
+                if let Some(hit) = unit.cache.lookup(&stat) {
+                    self.finish(
+                        attr.unit,
+                        event,
+                        tid,
+                        Judgement {
+                            finding: hit.finding,
+                            digest: Some(hit.blake3),
+                            from_cache: true,
+                            arrived: self.batch_read_at,
+                        },
+                        &stat,
+                    );
+                    return;
+                }
+            }
+        }
+        self.start_hash(attr.unit, attr.via, stat, event, tid);
+    }
+
+    fn is_interpreter(&self, tid: i32) -> bool {
+        !self.config.interpreters.is_empty()
+            && procfs::comm(tid).is_some_and(|c| {
+                self.config
+                    .interpreters
+                    .iter()
+                    .any(|i| match i.strip_suffix(b"*") {
+                        Some(prefix) => c.starts_with(prefix),
+                        None => *i == c,
+                    })
+            })
+    }
+
+    fn invalidate(&mut self, stat: &FileStat) {
+        let Some(attr) = self.registry.attribute(stat) else {
+            return;
+        };
+        let key = FileKey::from(stat);
+        if let Some(unit) = self.registry.get_mut(attr.unit) {
+            unit.cache.invalidate(key);
+        }
+        if let Some(f) = self.in_flight.get_mut(&(attr.unit, key)) {
+            f.tainted = true;
+        }
+    }
+
+    fn answer(&mut self, event: ExecEvent, answer: Answer) {
+        if let ExecEvent::Permission(p) | ExecEvent::Open(p) = event {
+            if let Err(e) = p.answer(answer) {
+                self.stats.respond_errors += 1;
+                log::error!("{e}");
+            }
+        }
+    }
+
+    /// Decides for one event, answers it, and records a deny / would-deny. A loader exec
+    /// first waits (bounded) until its thread can be asked what it named.
+    fn finish(
+        &mut self,
+        unit_h: UnitHandle,
+        event: ExecEvent,
+        tid: i32,
+        mut judged: Judgement,
+        stat: &FileStat,
+    ) {
+        let Some(unit) = self.registry.get(unit_h) else {
+            // Disarmed while the file was hashed: the container is going away.
+            self.conclude(unit_h, event, tid, judged, stat, None);
+            return;
+        };
+        let script = matches!(event, ExecEvent::Open(_));
+        if script && judged.finding == Finding::NotInBaseline {
+            judged.finding = Finding::Unverifiable(Reason::ScriptNotInBaseline);
+        }
+        // A loader's content is in the baseline, but invoking it directly runs a program
+        // that raises no exec event of its own: ask the blocked task what it executes. An
+        // audit notification's task has moved on, so nothing can be asked there.
+        let loader = !script
+            && judged.finding == Finding::InBaseline
+            && judged.digest.is_some_and(|d| unit.baseline.is_loader(&d))
+            && matches!(event, ExecEvent::Permission(_));
+        if !loader {
+            self.conclude(unit_h, event, tid, judged, stat, None);
+            return;
+        }
+        self.stats.loader_checks += 1;
+        let now = Instant::now();
+        let wait = LoaderWait {
+            unit: unit_h,
+            event,
+            tid,
+            judged,
+            stat: *stat,
+            since: now,
+            looks: 0,
+            next: now,
+        };
+        self.look_at_loader(wait, LOADER_INLINE_LOOKS);
+    }
+
+    /// Answers one event with its final finding and records a deny / would-deny.
+    fn conclude(
+        &mut self,
+        unit_h: UnitHandle,
+        event: ExecEvent,
+        tid: i32,
+        judged: Judgement,
+        stat: &FileStat,
+        detail: Option<String>,
+    ) {
+        let Judgement {
+            finding,
+            digest,
+            from_cache,
+            arrived,
+        } = judged;
+        if matches!(event, ExecEvent::Permission(_)) {
+            self.observe_latency(arrived.elapsed());
+        }
+        let Some(unit) = self.registry.get_mut(unit_h) else {
+            self.answer(event, Answer::Allow);
+            return;
+        };
+        let script = matches!(event, ExecEvent::Open(_));
+        let (verdict, answer) = decide(unit.mode, finding);
+        bump(&mut unit.counters, verdict);
+        // Beyond the round trip: on a filesystem with no write path the content of this
+        // inode is fixed, so the kernel may allow its next execs itself. Never a loader
+        // (a direct invocation must still be seen) and never a script open.
+        if answer == Answer::Allow
+            && unit.content_is_immutable(stat.dev)
+            && !script
+            && matches!(event, ExecEvent::Permission(_))
+            && digest.is_some_and(|d| !unit.baseline.is_loader(&d))
+        {
+            if let Some(fd) = event.fd() {
+                match self.gate.ignore_exec(fd) {
+                    Ok(()) => self.stats.kernel_allowed_files += 1,
+                    Err(e) => log::debug!("{e}"),
+                }
+            }
+        }
+        if verdict == Verdict::Allow && (from_cache || !self.config.record_misses) {
+            self.answer(event, answer);
+            return;
+        }
+        // Off the hot path: gather the context while the exec is still held.
+        let mut record = build_record(unit, verdict, finding.reason(), &event, tid, digest, stat);
+        record.detail = detail.or_else(|| default_detail(unit, finding, digest));
+        if verdict != Verdict::Allow {
+            unit.last_deny = Some(crate::registry::LastDeny {
+                time: record.time.clone(),
+                path: record.path.clone(),
+                verdict,
+            });
+            let by_reason = if verdict == Verdict::Deny {
+                &mut self.stats.denied_by_reason
+            } else {
+                &mut self.stats.would_deny_by_reason
+            };
+            let name = finding.reason().as_str();
+            match by_reason.get_mut(name) {
+                Some(n) => *n += 1,
+                None => {
+                    by_reason.insert(name.to_string(), 1);
+                }
+            }
+        }
+        let file = event.fd().and_then(|fd| fd.try_clone_to_owned().ok());
+        self.answer(event, answer);
+        self.stats.records += 1;
+        self.audit.send(AuditJob::Exec {
+            record: Box::new(record),
+            file,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

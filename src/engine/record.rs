@@ -1,0 +1,87 @@
+//! Audit records for denied, would-deny and recorded execs: the context is read from
+//! `/proc` while the exec is still held.
+
+use super::*;
+
+/// The evidence behind a finding that no rule described on its own.
+pub(super) fn default_detail(
+    unit: &Unit,
+    finding: Finding,
+    digest: Option<Digest>,
+) -> Option<String> {
+    let what = match digest {
+        Some(d) => format!("content blake3:{d}"),
+        None => "content not hashed".to_string(),
+    };
+    Some(match finding {
+        Finding::InBaseline => return None,
+        Finding::NotInBaseline => format!(
+            "{what} is not among the {} executables of the image's baseline nor in the unit's allow entries",
+            unit.baseline.entries().len()
+        ),
+        Finding::Unverifiable(Reason::ScriptNotInBaseline) => {
+            format!("an interpreter opened a file whose {what} is not in the image's baseline")
+        }
+        Finding::Unverifiable(Reason::KnownBad) => {
+            format!("{what} matches a known-bad indicator")
+        }
+        Finding::Unverifiable(Reason::ChangedDuringHash) => {
+            format!("the file changed while it was hashed ({what})")
+        }
+        Finding::Unverifiable(Reason::HashTimeout) => {
+            "hashing did not finish within the time budget".to_string()
+        }
+        Finding::Unverifiable(Reason::Unreadable) => {
+            "the file could not be read through the event's descriptor".to_string()
+        }
+        Finding::Unverifiable(r) => r.as_str().to_string(),
+    })
+}
+
+pub(super) fn build_record(
+    unit: &Unit,
+    verdict: Verdict,
+    reason: Reason,
+    event: &ExecEvent,
+    tid: i32,
+    digest: Option<Digest>,
+    stat: &FileStat,
+) -> AuditRecord {
+    let path = event.fd().and_then(procfs::fd_path);
+    let proc_info = procfs::read_process(tid);
+    let chain: Vec<ProcessRecord> = proc_info
+        .as_ref()
+        .map(|p| procfs::parent_chain(p.pid, crate::audit::MAX_CHAIN, unit.pid))
+        .unwrap_or_default()
+        .iter()
+        .map(ProcessRecord::from)
+        .collect();
+    let me = proc_info.as_ref().map(ProcessRecord::from);
+    AuditRecord {
+        v: RECORD_VERSION,
+        time: rfc3339(SystemTime::now()),
+        unit: unit.id.clone(),
+        image_key: escape_bytes(&unit.image_key),
+        image_name: unit.image_name.clone(),
+        k8s_namespace: unit.k8s.namespace.clone(),
+        k8s_pod: unit.k8s.pod.clone(),
+        k8s_container: unit.k8s.container.clone(),
+        mode: unit.mode,
+        verdict,
+        reason,
+        path: path.as_deref().map(escape_bytes),
+        tid,
+        pid: proc_info.as_ref().map(|p| p.pid),
+        ppid: proc_info.as_ref().map(|p| p.ppid),
+        uid: proc_info.as_ref().map(|p| p.uid),
+        comm: me.as_ref().map(|m| m.comm.clone()),
+        cmdline: me.map(|m| m.cmdline).unwrap_or_default(),
+        chain,
+        blake3: digest.map(|d| d.to_string()),
+        sha256: None,
+        size: Some(stat.size),
+        evidence: None,
+        rule: (verdict != Verdict::Allow).then(|| reason.rule().to_string()),
+        detail: None,
+    }
+}

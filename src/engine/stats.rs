@@ -1,0 +1,102 @@
+//! Engine statistics: counters, the decision-latency histogram, denials by reason.
+
+use super::*;
+
+/// Whole-engine counters.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EngineStats {
+    /// Events read.
+    pub events: u64,
+    /// Permission events answered.
+    pub permission_events: u64,
+    /// Exec notifications (audit mode).
+    pub exec_notices: u64,
+    /// Open permission events (script control).
+    pub open_events: u64,
+    /// Close-after-write notifications.
+    pub close_writes: u64,
+    /// Queue overflows (every cache was flushed).
+    pub overflows: u64,
+    /// Events on no armed unit (a unit disarmed meanwhile); allowed.
+    pub unattributed: u64,
+    /// Failures to answer (the kernel refused the response).
+    pub respond_errors: u64,
+    /// Events whose file could not be stat'ed.
+    pub stat_errors: u64,
+    /// Permission events answered by drop instead of an explicit decision.
+    pub unanswered_drops: u64,
+    /// Records queued for the audit writer.
+    pub records: u64,
+    /// Bytes hashed at exec time.
+    pub hashed_bytes: u64,
+    /// Time spent hashing at exec time, seconds.
+    pub hash_seconds: f64,
+    /// Permission events answered, by decision latency (read → answer): counts per bucket
+    /// of [`LATENCY_BUCKETS`] (the last is +Inf).
+    pub latency_buckets: [u64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of decision latencies, seconds.
+    pub latency_seconds: f64,
+    /// Files on immutable filesystems whose later execs the kernel now allows without an
+    /// event (inode ignore marks placed).
+    #[serde(default)]
+    pub kernel_allowed_files: u64,
+    /// Denials (enforce mode) by reason (`not-in-baseline`, `direct-loader`, ...).
+    #[serde(default)]
+    pub denied_by_reason: std::collections::BTreeMap<String, u64>,
+    /// Would-denials (audit mode) by reason.
+    #[serde(default)]
+    pub would_deny_by_reason: std::collections::BTreeMap<String, u64>,
+    /// Loader execs whose thread was asked what it executes (the loader rule).
+    #[serde(default)]
+    pub loader_checks: u64,
+    /// Looks at a loader exec's thread that found it not yet blocked (looked again).
+    #[serde(default)]
+    pub loader_not_blocked_looks: u64,
+    /// Loader checks that had to wait for their thread past the first looks.
+    #[serde(default)]
+    pub loader_waits: u64,
+    /// Longest wait of one loader check for its thread to be blocked, microseconds.
+    #[serde(default)]
+    pub loader_wait_max_us: u64,
+    /// Loader checks whose thread was gone (its exec could not go on; allowed).
+    #[serde(default)]
+    pub loader_thread_gone: u64,
+}
+
+/// Upper bounds of the decision-latency histogram, seconds.
+pub const LATENCY_BUCKETS: [f64; 10] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.001, 0.01, 0.1, 1.0, 5.0,
+];
+
+/// A snapshot of the engine for `driftlock status`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EngineStatus {
+    /// Armed units.
+    pub units: Vec<UnitStatus>,
+    /// Counters.
+    pub stats: EngineStats,
+    /// Files being hashed now.
+    pub in_flight: usize,
+}
+
+pub(super) fn bump(c: &mut UnitCounters, v: Verdict) {
+    match v {
+        Verdict::Allow => c.allowed += 1,
+        Verdict::Deny => c.denied += 1,
+        Verdict::WouldDeny => c.would_deny += 1,
+    }
+}
+
+impl<G: Gate> Engine<G> {
+    pub(super) fn observe_latency(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        if let Some(b) = self.stats.latency_buckets.get_mut(bucket) {
+            *b += 1;
+        }
+        self.stats.latency_seconds += secs;
+    }
+}
