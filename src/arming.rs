@@ -19,7 +19,7 @@ use crate::baseline::BaselineStore;
 use crate::baseline::store::{Provenance, StoreError, write_atomic};
 use crate::engine::{EngineError, EngineHandle, UnitSpec};
 use crate::escape::{escape_bytes, unescape};
-use crate::ipc::{ArmRequest, ArmResult};
+use crate::ipc::{ArmRequest, ArmResult, ErrorCode, MarkReply};
 use crate::kernel::mountinfo::{MountEntry, MountInfoError, read_mountinfo, read_mountinfo_of};
 use crate::kernel::{KernelError, ns, procfs, stat_path};
 use crate::registry::{MountTables, PlanError, discover_mounts, plan_marks};
@@ -80,6 +80,69 @@ pub enum ArmError {
     /// Engine.
     #[error(transparent)]
     Engine(#[from] EngineError),
+}
+
+impl ArmError {
+    /// The protocol's error code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ArmError::BadId(_) | ArmError::BadPath { .. } | ArmError::Plan(_) => ErrorCode::Invalid,
+            ArmError::NoProcess(_) | ArmError::Resolve { .. } => ErrorCode::NotFound,
+            ArmError::Engine(e) => ErrorCode::from(e),
+            ArmError::Stat { .. }
+            | ArmError::MountInfo(_)
+            | ArmError::Store(_)
+            | ArmError::StateDir(_)
+            | ArmError::Memfd(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Why `explain` could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// No such unit.
+    #[error("no armed unit with id {0:?}")]
+    UnknownId(String),
+    /// The path is not in the escaped form.
+    #[error("invalid path: {0}")]
+    BadPath(String),
+    /// The file could not be opened (as the container sees it).
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The path (escaped).
+        path: String,
+        /// The error.
+        #[source]
+        source: nix::Error,
+    },
+    /// The file could not be hashed.
+    #[error("cannot hash {path}: {source}")]
+    Hash {
+        /// The path (escaped).
+        path: String,
+        /// The error.
+        #[source]
+        source: crate::baseline::HashError,
+    },
+    /// The engine.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl ExplainError {
+    /// The protocol's error code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ExplainError::UnknownId(_) => ErrorCode::NotFound,
+            ExplainError::BadPath(_) => ErrorCode::Invalid,
+            ExplainError::Open { source, .. } if *source == nix::Error::ENOENT => {
+                ErrorCode::NotFound
+            }
+            ExplainError::Open { .. } | ExplainError::Hash { .. } => ErrorCode::Internal,
+            ExplainError::Engine(e) => ErrorCode::from(e),
+        }
+    }
 }
 
 /// Classifies a store error: a state directory that cannot be written gets its own
@@ -407,7 +470,7 @@ impl Armer {
             baseline_ms,
             arm_ms: started.elapsed().as_secs_f64() * 1e3,
             memfd_noexec,
-            marks: placed,
+            marks: placed.iter().map(MarkReply::from).collect(),
         })
     }
 
@@ -433,18 +496,25 @@ impl Armer {
 
     /// Hashes `path` (escaped, as unit `id` sees it) and asks the engine why it would or
     /// would not run there.
-    pub fn explain(&self, id: &str, path: &str) -> Result<crate::engine::Explanation, String> {
+    pub fn explain(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<crate::engine::Explanation, ExplainError> {
         use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
         use std::os::fd::AsFd;
-        let status = self.engine.status().map_err(|e| e.to_string())?;
+        let status = self.engine.status()?;
         let unit = status
             .units
             .iter()
             .find(|u| u.id == id)
-            .ok_or_else(|| format!("no armed unit with id {id:?}"))?;
-        let bytes = unescape(path).map_err(|e| format!("invalid path: {e}"))?;
+            .ok_or_else(|| ExplainError::UnknownId(id.to_string()))?;
+        let bytes = unescape(path).map_err(|e| ExplainError::BadPath(e.to_string()))?;
         let shown = escape_bytes(&bytes);
-        let open_err = |e: nix::Error| format!("cannot open {shown}: {e}");
+        let open_err = |source: nix::Error| ExplainError::Open {
+            path: shown.clone(),
+            source,
+        };
         let fd = match unit.pid {
             // As the container sees it: resolved inside its root.
             Some(pid) => {
@@ -467,9 +537,13 @@ impl Armer {
             )
             .map_err(open_err)?,
         };
-        let d = crate::baseline::hash_fd(fd.as_fd(), &mut Vec::new(), true, None)
-            .map_err(|e| format!("cannot hash {shown}: {e}"))?;
-        let mut e = self.engine.explain(id, d).map_err(|e| e.to_string())?;
+        let d = crate::baseline::hash_fd(fd.as_fd(), &mut Vec::new(), true, None).map_err(
+            |source| ExplainError::Hash {
+                path: shown.clone(),
+                source,
+            },
+        )?;
+        let mut e = self.engine.explain(id, d)?;
         e.path = shown;
         Ok(e)
     }

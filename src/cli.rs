@@ -12,7 +12,7 @@ use crate::baseline::{Baseline, FormatError, format, store::write_atomic};
 use crate::daemon::{DaemonConfig, DaemonError};
 use crate::engine::EngineConfig;
 use crate::escape::escape_bytes;
-use crate::ipc::client::{ClientError, request};
+use crate::ipc::client::{ClientError, request_until};
 use crate::ipc::{ArmRequest, Reply, Request};
 
 /// driftlock: stop container drift.
@@ -489,7 +489,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 id: container,
                 path: path_arg(&path),
             };
-            let reply = request(&socket.socket, &req, Duration::from_secs(120))?;
+            let reply = ask(&socket.socket, &req, Duration::from_secs(120))?;
             let Reply::Explained(e) = reply else {
                 return Err(unexpected(&reply));
             };
@@ -561,7 +561,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Arm(a) => arm(a),
         Command::Disarm { id, socket } => {
-            match request(
+            match ask(
                 &socket.socket,
                 &Request::Disarm { id },
                 Duration::from_secs(30),
@@ -705,7 +705,7 @@ fn arm(a: ArmArgs) -> Result<i32, CliError> {
         container_name: None,
     }));
     // A first snapshot of a large image can take a while.
-    let reply = request(&a.socket.socket, &req, Duration::from_secs(600))?;
+    let reply = ask(&a.socket.socket, &req, Duration::from_secs(600))?;
     let Reply::Armed(r) = reply else {
         return Err(unexpected(&reply));
     };
@@ -727,13 +727,18 @@ fn arm(a: ArmArgs) -> Result<i32, CliError> {
         }
     );
     for m in &r.marks {
-        println!("  {} mark on {} ({})", m.kind, path_arg(&m.path), m.fstype);
+        println!("  {} mark on {} ({})", m.kind, m.path, m.fstype);
     }
     Ok(0)
 }
 
+/// One request; a daemon that says it is busy is asked again until `timeout` has passed.
+fn ask(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, ClientError> {
+    request_until(socket, req, timeout, std::time::Instant::now() + timeout)
+}
+
 fn status(socket: &Path, json: bool) -> Result<i32, CliError> {
-    let reply = request(socket, &Request::Status, Duration::from_secs(30))?;
+    let reply = ask(socket, &Request::Status, Duration::from_secs(30))?;
     let Reply::Status(s) = reply else {
         return Err(unexpected(&reply));
     };

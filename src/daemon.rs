@@ -11,7 +11,7 @@ use crate::baseline::BaselineStore;
 use crate::baseline::store::StoreError;
 use crate::engine::{Engine, EngineConfig};
 use crate::ipc::server::{Handler, ServerError, bind, serve};
-use crate::ipc::{Reply, Request, Response};
+use crate::ipc::{ErrorCode, ExplainReply, Reply, Request, Response, StatusReply, UnitReply};
 use crate::kernel::{FanotifyGate, KernelError};
 
 /// Daemon settings (every one has a flag; defaults are embedded).
@@ -76,12 +76,12 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
             version: env!("CARGO_PKG_VERSION").into(),
         }),
         Request::Status => match ctx.engine.status() {
-            Ok(s) => Response::ok(&Reply::Status(s)),
-            Err(e) => Response::err(e.to_string()),
+            Ok(s) => Response::ok(&Reply::Status(StatusReply::from(&s))),
+            Err(e) => Response::err(ErrorCode::from(&e), e.to_string()),
         },
         Request::Explain { id, path } => match ctx.explain(&id, &path) {
-            Ok(e) => Response::ok(&Reply::Explained(e)),
-            Err(e) => Response::err(e),
+            Ok(e) => Response::ok(&Reply::Explained(ExplainReply::from(&e))),
+            Err(e) => Response::err(e.code(), e.to_string()),
         },
         Request::Disarm { id } => {
             let result = ctx.engine.disarm(&id);
@@ -89,8 +89,8 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
                 ctx.forget(&id);
             }
             match result {
-                Ok(s) => Response::ok(&Reply::Disarmed(s)),
-                Err(e) => Response::err(e.to_string()),
+                Ok(s) => Response::ok(&Reply::Disarmed(UnitReply::from(&s))),
+                Err(e) => Response::err(ErrorCode::from(&e), e.to_string()),
             }
         }
         Request::Arm(req) => {
@@ -102,7 +102,7 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
                         "arm {:?} failed: {e}",
                         id.chars().take(128).collect::<String>()
                     );
-                    Response::err(format!("arm failed: {e}"))
+                    Response::err(e.code(), format!("arm failed: {e}"))
                 }
             }
         }

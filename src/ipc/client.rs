@@ -3,9 +3,9 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{MAX_REQUEST, Reply, Request, Response, encode_request};
+use super::{ErrorCode, MAX_REQUEST, Reply, Request, Response, encode_request};
 
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +29,46 @@ pub enum ClientError {
     #[error("unreadable reply from the daemon: {0}")]
     BadReply(String),
     /// The daemon refused the request.
-    #[error("{0}")]
-    Refused(String),
+    #[error("{message}")]
+    Refused {
+        /// What kind of failure (absent from a daemon of the first release).
+        code: Option<ErrorCode>,
+        /// The daemon's message.
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// True when the daemon said it is busy: the same request may succeed later.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, ClientError::Refused { code: Some(c), .. } if c.is_retryable())
+    }
+}
+
+/// First and longest pause between attempts of a request the daemon was too busy for.
+const BUSY_BACKOFF_FIRST: Duration = Duration::from_millis(20);
+const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// Like [`request`], but a `busy` reply is retried with backoff until `deadline`; each
+/// attempt waits at most `timeout` (and never past the deadline) for its reply.
+pub fn request_until(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<Reply, ClientError> {
+    let mut pause = BUSY_BACKOFF_FIRST;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let attempt = request(socket, req, timeout.min(left).max(Duration::from_millis(1)));
+        match attempt {
+            Err(e) if e.is_busy() && Instant::now() + pause < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(BUSY_BACKOFF_MAX);
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Sends one request and waits up to `timeout` for the reply.
@@ -55,9 +93,10 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply,
     let resp: Response =
         serde_json::from_slice(&line).map_err(|e| ClientError::BadReply(e.to_string()))?;
     if !resp.ok {
-        return Err(ClientError::Refused(
-            resp.error.unwrap_or_else(|| "request refused".into()),
-        ));
+        return Err(ClientError::Refused {
+            code: resp.code,
+            message: resp.error.unwrap_or_else(|| "request refused".into()),
+        });
     }
     let value = resp
         .result
@@ -97,6 +136,58 @@ mod tests {
             err.to_string().contains("permission denied: only root"),
             "{err}"
         );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A daemon whose client slots are all taken answers `busy`: the request is sent
+    /// again with backoff and succeeds once a slot is free; a refusal is not retried.
+    #[test]
+    fn busy_replies_are_retried_until_the_deadline_refusals_are_not() {
+        let path = std::env::temp_dir().join(format!("driftlock-busy-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let busy = b"{\"v\":1,\"ok\":false,\"code\":\"busy\",\"error\":\"daemon busy: too many connections, retry\"}\n";
+            for _ in 0..3 {
+                let (mut s, _) = listener.accept().unwrap();
+                s.write_all(busy).unwrap();
+            }
+            let (mut s, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(s.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert!(line.contains("\"op\":\"ping\""), "{line}");
+            s.write_all(b"{\"v\":1,\"ok\":true,\"result\":{\"version\":\"x\"}}\n")
+                .unwrap();
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(
+                b"{\"v\":1,\"ok\":false,\"code\":\"not-found\",\"error\":\"no armed unit\"}\n",
+            )
+            .unwrap();
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let reply = request_until(&path, &Request::Ping, Duration::from_secs(5), deadline);
+        assert!(matches!(reply, Ok(Reply::Pong { .. })), "{reply:?}");
+        let started = Instant::now();
+        let err =
+            request_until(&path, &Request::Status, Duration::from_secs(5), deadline).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Refused {
+                    code: Some(ErrorCode::NotFound),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!err.is_busy());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a refusal is final"
+        );
+        server.join().unwrap();
         let _ = std::fs::remove_file(&path);
     }
 }

@@ -3,21 +3,68 @@
 //! ```text
 //! → {"v":1,"op":"arm","id":"c1","rootfs":"/run/c1/rootfs","mounts":["/run/c1/rootfs/tmp"],"mode":"enforce"}
 //! ← {"v":1,"ok":true,"result":{...}}
-//! ← {"v":1,"ok":false,"error":"..."}
+//! ← {"v":1,"ok":false,"code":"busy","error":"..."}
 //! ```
+//!
+//! A failure carries a [`ErrorCode`] so a client can tell "busy, retry" from a refusal; the
+//! message is for people. The message types here are the protocol's own: tests pin their
+//! JSON, so a renamed field cannot silently change version 1.
 //!
 //! Paths travel in the lossless escaped form of [`crate::escape`], since JSON strings
 //! cannot carry arbitrary bytes. Requests of another version are refused with a message
 //! naming both versions.
 
 pub mod client;
+mod replies;
 pub mod server;
+
+pub use replies::{
+    ArmResult, CacheReply, CountersReply, ExplainReply, LastDenyReply, MarkReply, Reply,
+    StatsReply, StatusReply, UnitReply,
+};
 
 use serde::{Deserialize, Serialize};
 
 use crate::Mode;
-use crate::engine::EngineStatus;
-use crate::registry::{PlannedMark, UnitStatus};
+
+/// What kind of failure a reply reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    /// The daemon cannot take the request now (all client slots taken, the event loop
+    /// slow to answer): retry with backoff.
+    Busy,
+    /// The request clashes with the daemon's state (a unit id or a filesystem already
+    /// armed).
+    Conflict,
+    /// The unit, process or path named does not exist.
+    NotFound,
+    /// The request is malformed or names something unacceptable.
+    Invalid,
+    /// The peer may not use the socket (not root).
+    Forbidden,
+    /// The daemon failed (a mark, the state directory, the kernel).
+    Internal,
+}
+
+impl ErrorCode {
+    /// True when the same request may succeed later without change.
+    pub fn is_retryable(self) -> bool {
+        self == ErrorCode::Busy
+    }
+}
+
+impl From<&crate::engine::EngineError> for ErrorCode {
+    fn from(e: &crate::engine::EngineError) -> Self {
+        use crate::engine::EngineError as E;
+        match e {
+            E::DuplicateId(_) | E::Conflict { .. } => ErrorCode::Conflict,
+            E::UnknownId(_) => ErrorCode::NotFound,
+            E::Timeout(_) => ErrorCode::Busy,
+            E::Mark(_) | E::Stopped => ErrorCode::Internal,
+        }
+    }
+}
 
 /// Protocol version spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -90,50 +137,6 @@ pub struct ArmRequest {
     pub container_name: Option<String>,
 }
 
-/// The result of a successful `arm`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ArmResult {
-    /// Unit id.
-    pub id: String,
-    /// Mode in force.
-    pub mode: Mode,
-    /// Image key (escaped).
-    pub image_key: String,
-    /// Where the baseline came from.
-    pub baseline: crate::baseline::store::Provenance,
-    /// Distinct executable contents in the baseline.
-    pub baseline_contents: usize,
-    /// Files the snapshot skipped (they will be denied).
-    pub snapshot_skipped: usize,
-    /// Time spent obtaining the baseline, ms.
-    pub baseline_ms: f64,
-    /// Whole arm time (mount discovery, baseline, marks), ms.
-    pub arm_ms: f64,
-    /// `vm.memfd_noexec` was set to 2 in the container's PID namespace.
-    pub memfd_noexec: bool,
-    /// Marks placed.
-    pub marks: Vec<PlannedMark>,
-}
-
-/// A reply payload.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Reply {
-    /// After arm.
-    Armed(ArmResult),
-    /// After disarm: the unit's final status.
-    Disarmed(UnitStatus),
-    /// After status.
-    Status(EngineStatus),
-    /// After explain.
-    Explained(crate::engine::Explanation),
-    /// After ping.
-    Pong {
-        /// Daemon version.
-        version: String,
-    },
-}
-
 /// The envelope on the wire.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Response {
@@ -141,6 +144,9 @@ pub struct Response {
     pub v: u32,
     /// Success.
     pub ok: bool,
+    /// What kind of failure (absent on success; a daemon of the first release sends none).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub code: Option<ErrorCode>,
     /// Payload on success.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub result: Option<serde_json::Value>,
@@ -155,15 +161,17 @@ impl Response {
         Self {
             v: PROTOCOL_VERSION,
             ok: true,
+            code: None,
             result: serde_json::to_value(reply).ok(),
             error: None,
         }
     }
     /// A failure.
-    pub fn err(message: impl Into<String>) -> Self {
+    pub fn err(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             v: PROTOCOL_VERSION,
             ok: false,
+            code: Some(code),
             result: None,
             error: Some(message.into()),
         }

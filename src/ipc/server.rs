@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
-use super::{MAX_REQUEST, Request, Response, parse_request};
+use super::{ErrorCode, MAX_REQUEST, Request, Response, parse_request};
 
 /// Server errors.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +89,7 @@ pub fn serve(listener: UnixListener, handler: Handler) {
             let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
             let _ = reply(
                 &mut s,
-                &Response::err("daemon busy: too many connections, retry"),
+                &Response::err(ErrorCode::Busy, "daemon busy: too many connections, retry"),
             );
             continue;
         }
@@ -185,10 +185,13 @@ fn handle_connection(mut stream: UnixStream, handler: &Handler) {
             );
             let _ = reply(
                 &mut stream,
-                &Response::err(format!(
-                    "permission denied: only root may use the driftlock socket (your uid is {})",
-                    cred.uid()
-                )),
+                &Response::err(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "permission denied: only root may use the driftlock socket (your uid is {})",
+                        cred.uid()
+                    ),
+                ),
             );
             return;
         }
@@ -207,7 +210,10 @@ fn handle_connection(mut stream: UnixStream, handler: &Handler) {
                 return;
             }
             Err(e) => {
-                let _ = reply(&mut stream, &Response::err(e.to_string()));
+                let _ = reply(
+                    &mut stream,
+                    &Response::err(ErrorCode::Invalid, e.to_string()),
+                );
                 return;
             }
         };
@@ -216,7 +222,7 @@ fn handle_connection(mut stream: UnixStream, handler: &Handler) {
         }
         let resp = match parse_request(&line) {
             Ok(req) => handler(req),
-            Err(e) => Response::err(e.to_string()),
+            Err(e) => Response::err(ErrorCode::Invalid, e.to_string()),
         };
         if reply(&mut stream, &resp).is_err() {
             return;

@@ -183,15 +183,28 @@ pub fn arm_request(
     })
 }
 
+/// Runs `f` until it gets an answer: a daemon not listening yet is waited for up to
+/// `connect_wait`, and a daemon that says it is busy (every client slot taken during a
+/// burst of container creations) is asked again with backoff for up to `busy_wait`. Any
+/// other answer, a refusal included, is final.
 fn with_retry<T>(
     opts: &HookOptions,
+    busy_wait: Duration,
     f: impl Fn() -> Result<T, ClientError>,
 ) -> Result<T, ClientError> {
-    let until = Instant::now() + opts.connect_wait;
+    let started = Instant::now();
+    let connect_until = started + opts.connect_wait;
+    let busy_until = started + busy_wait;
+    let mut pause = Duration::from_millis(20);
     loop {
         match f() {
-            Err(ClientError::Connect { .. }) if Instant::now() < until => {
+            Err(ClientError::Connect { .. }) if Instant::now() < connect_until => {
                 std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) if e.is_busy() && Instant::now() + pause < busy_until => {
+                log::debug!("{e}: asking again in {pause:?}");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(500));
             }
             other => return other,
         }
@@ -210,7 +223,7 @@ pub fn run(stage: Stage, opts: &HookOptions, stdin: impl Read) -> Result<String,
                 )
             })?;
             let id = req.id.clone();
-            let reply = with_retry(opts, || {
+            let reply = with_retry(opts, opts.arm_timeout, || {
                 request(
                     &opts.socket,
                     &Request::Arm(Box::new(req.clone())),
@@ -236,7 +249,7 @@ pub fn run(stage: Stage, opts: &HookOptions, stdin: impl Read) -> Result<String,
             let state: State =
                 serde_json::from_slice(&state).map_err(|e| HookError::State(e.to_string()))?;
             let id = state.id().to_string();
-            with_retry(opts, || {
+            with_retry(opts, Duration::from_secs(20), || {
                 request(
                     &opts.socket,
                     &Request::Disarm { id: id.clone() },
