@@ -6,21 +6,25 @@
 //! 0. [`runtime`]: `driftlock-runtime` wraps runc and adds driftlock's OCI hooks to each
 //!    container; the `createRuntime` hook holds the container until it is armed.
 //! 1. [`ipc`]: the hook (or `driftlock arm`) asks the daemon to protect a unit (a
-//!    container: its rootfs and mounts) over a root-only Unix socket; [`arming`] turns the
-//!    request into marks and a baseline.
+//!    container: its rootfs and mounts) over a root-only Unix socket, in a versioned
+//!    protocol whose messages are its own (pinned JSON) and whose failures carry a code
+//!    (`busy` is retried); [`arming`] turns the request into marks and a baseline.
 //! 2. [`registry`]: plans the marks for a unit (filesystem mark where every mount of the
 //!    filesystem lies inside the unit, mount mark elsewhere, never the host root) and maps
 //!    file identities back to units.
 //! 3. [`baseline`]: the per-image baseline: snapshot (walk + parallel hash), the on-disk
 //!    format, the atomic, verified store.
 //! 4. [`kernel`]: the only `unsafe`: fanotify group, marks, pending permission events that
-//!    answer on drop, `statx`, `/proc` and mount table readers.
+//!    answer on drop, `statx`, `/proc` and mount table readers; what the engine asks of an
+//!    exec'ing task goes through the [`kernel::TaskProbe`] trait.
 //! 5. [`verdict`]: the verdict cache (identity → verdict, invalidated by content changes)
-//!    and the pure policy `decide()`.
-//! 6. [`engine`]: read a batch → attribute to a unit → cache → hash workers on a miss →
-//!    decide → answer → audit.
-//! 7. [`audit`]: versioned JSON-lines records for deny / would-deny, written off the event
-//!    thread.
+//!    and the rule book: [`verdict::judge`], a pure function from plain facts (mode,
+//!    content, loader evidence, filesystem) to the answer, the reason and the effects.
+//! 6. [`engine`]: the event loop and hot path (read a batch → attribute to a unit → cache
+//!    → gather facts → judge → answer → audit), with the hash pool, the loader rule's
+//!    bounded wait, control commands and statistics each in a room of its own.
+//! 7. [`audit`]: versioned JSON-lines records for deny / would-deny (each naming its rule
+//!    and evidence), written off the event thread.
 //! 8. [`daemon`]: wires the above together; [`cli`] is the command line.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 

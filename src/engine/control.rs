@@ -399,12 +399,21 @@ impl<G: Gate> Engine<G> {
             .collect();
         let allowed_by_entry = unit.allow.permits(d);
         let loader = unit.baseline.is_loader(&d.blake3);
-        let finding = if !baseline_paths.is_empty() || allowed_by_entry {
-            Finding::InBaseline
-        } else {
-            Finding::NotInBaseline
-        };
-        let (verdict, _) = decide(unit.mode, finding);
+        let known_bad = unit.baseline.is_known_bad(&d.blake3);
+        let finding = content_finding(known_bad, !baseline_paths.is_empty(), allowed_by_entry);
+        // As the rule book would judge an exec of it by name (a loader: when a program
+        // asks for it).
+        let verdict = judge_unobserved(&Facts {
+            mode: unit.mode,
+            event: EventKind::Exec,
+            finding,
+            is_loader: loader,
+            loader_call: Some(crate::kernel::exec_name::LoaderCall::ForProgram),
+            immutable_fs: false,
+            from_cache: false,
+            record_misses: false,
+        })
+        .verdict;
         let why = match (
             covered,
             !baseline_paths.is_empty(),
@@ -414,6 +423,9 @@ impl<G: Gate> Engine<G> {
             (false, ..) => {
                 "not on a filesystem this unit has marked: its exec would not be checked"
                     .to_string()
+            }
+            _ if known_bad => {
+                "matches a known-bad indicator: denied even though it is in the image".to_string()
             }
             (true, true, _, true) => format!(
                 "a dynamic loader of the image ({}): runs for programs; a direct invocation is denied",
@@ -519,11 +531,19 @@ impl<G: Gate> Engine<G> {
         for w in std::mem::take(&mut self.loader_waits) {
             self.look_at_loader(w, 1);
         }
-        for w in std::mem::take(&mut self.loader_waits) {
-            let mut judged = w.judged;
-            judged.finding = Finding::Unverifiable(Reason::LoaderUnobservable);
+        for mut w in std::mem::take(&mut self.loader_waits) {
+            w.facts.loader_call = None;
+            let outcome = judge_unobserved(&w.facts);
             let detail = format!("daemon stopping: thread {} not seen blocked", w.tid);
-            self.conclude(w.unit, w.event, w.tid, judged, &w.stat, Some(detail));
+            self.conclude(
+                w.unit,
+                w.event,
+                w.tid,
+                w.judged,
+                &w.stat,
+                outcome,
+                Some(detail),
+            );
         }
         self.jobs = None;
         for w in self.workers.drain(..) {

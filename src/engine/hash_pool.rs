@@ -242,20 +242,16 @@ impl<G: Gate> Engine<G> {
                 if d.stat.ino == file_key.ino
                     && same_content_fingerprint(&d.stat, &flight.stat) =>
             {
-                let found = self
-                    .registry
-                    .get(unit_h)
-                    .map(|u| u.baseline.contains(&d.blake3) || u.allow.permits(d));
-                let bad = self
-                    .registry
-                    .get(unit_h)
-                    .is_some_and(|u| u.baseline.is_known_bad(&d.blake3));
-                match found {
-                    _ if bad => (Finding::Unverifiable(Reason::KnownBad), Some(d.blake3)),
-                    Some(true) => (Finding::InBaseline, Some(d.blake3)),
-                    Some(false) => (Finding::NotInBaseline, Some(d.blake3)),
-                    None => (Finding::InBaseline, Some(d.blake3)), // unit disarmed meanwhile
-                }
+                let finding = match self.registry.get(unit_h) {
+                    Some(u) => content_finding(
+                        u.baseline.is_known_bad(&d.blake3),
+                        u.baseline.contains(&d.blake3),
+                        u.allow.permits(d),
+                    ),
+                    // Disarmed meanwhile: nothing is answered by this unit's rules.
+                    None => Finding::InBaseline,
+                };
+                (finding, Some(d.blake3))
             }
             // Changed between the exec event and the hash (or during it): deny.
             Ok(d) => (

@@ -9,6 +9,8 @@ pub(super) struct LoaderWait {
     pub(super) event: ExecEvent,
     pub(super) tid: i32,
     pub(super) judged: Judgement,
+    /// The facts the rule book asked about; `loader_call` is filled in by each look.
+    pub(super) facts: Facts,
     pub(super) stat: FileStat,
     pub(super) since: Instant,
     pub(super) looks: u32,
@@ -38,7 +40,8 @@ impl<G: Gate> Engine<G> {
             }
             let seen = self.probe.loader_call(w.tid, (w.stat.dev, w.stat.ino));
             w.looks += 1;
-            let Some(finding) = loader_finding(seen.call) else {
+            w.facts.loader_call = Some(seen.call);
+            let Decision::Answer(outcome) = judge(&w.facts) else {
                 self.stats.loader_not_blocked_looks += 1;
                 continue;
             };
@@ -58,8 +61,15 @@ impl<G: Gate> Engine<G> {
             } else {
                 seen.evidence
             };
-            w.judged.finding = finding;
-            self.conclude(w.unit, w.event, w.tid, w.judged, &w.stat, Some(detail));
+            self.conclude(
+                w.unit,
+                w.event,
+                w.tid,
+                w.judged,
+                &w.stat,
+                outcome,
+                Some(detail),
+            );
             return;
         }
         let waited = w.since.elapsed();
@@ -76,8 +86,17 @@ impl<G: Gate> Engine<G> {
                 w.looks,
                 waited.as_millis()
             );
-            w.judged.finding = Finding::Unverifiable(Reason::LoaderUnobservable);
-            self.conclude(w.unit, w.event, w.tid, w.judged, &w.stat, Some(detail));
+            w.facts.loader_call = None;
+            let outcome = judge_unobserved(&w.facts);
+            self.conclude(
+                w.unit,
+                w.event,
+                w.tid,
+                w.judged,
+                &w.stat,
+                outcome,
+                Some(detail),
+            );
             return;
         }
         if w.looks <= LOADER_INLINE_LOOKS {

@@ -37,8 +37,10 @@ use crate::kernel::{
 };
 use crate::registry::{Allowed, PlannedMark, Registry, Unit, UnitCounters, UnitHandle, UnitStatus};
 use crate::verdict::cache::now as wall_now;
-use crate::verdict::policy::loader_finding;
-use crate::verdict::{FileKey, Finding, Reason, Verdict, VerdictCache, decide};
+use crate::verdict::{
+    Decision, EventKind, Facts, FileKey, Finding, Outcome, Reason, Verdict, VerdictCache,
+    content_finding, judge, judge_unobserved,
+};
 
 mod control;
 mod hash_pool;
@@ -66,6 +68,14 @@ enum ExecEvent {
 }
 
 impl ExecEvent {
+    fn kind(&self) -> EventKind {
+        match self {
+            ExecEvent::Permission(_) => EventKind::Exec,
+            ExecEvent::Notice(_) => EventKind::ExecNotice,
+            ExecEvent::Open(_) => EventKind::ScriptOpen,
+        }
+    }
+
     fn fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
             ExecEvent::Permission(p) | ExecEvent::Open(p) => p.fd(),
@@ -415,52 +425,64 @@ impl<G: Gate> Engine<G> {
         }
     }
 
-    /// Decides for one event, answers it, and records a deny / would-deny. A loader exec
-    /// first waits (bounded) until its thread can be asked what it named.
+    /// Gathers the facts for one event and asks the rule book; a loader exec first waits
+    /// (bounded) until its thread can be asked what it named.
     fn finish(
         &mut self,
         unit_h: UnitHandle,
         event: ExecEvent,
         tid: i32,
-        mut judged: Judgement,
+        judged: Judgement,
         stat: &FileStat,
     ) {
         let Some(unit) = self.registry.get(unit_h) else {
             // Disarmed while the file was hashed: the container is going away.
-            self.conclude(unit_h, event, tid, judged, stat, None);
+            self.observe_answer_latency(&event, judged.arrived);
+            self.answer(event, Answer::Allow);
             return;
         };
-        let script = matches!(event, ExecEvent::Open(_));
-        if script && judged.finding == Finding::NotInBaseline {
-            judged.finding = Finding::Unverifiable(Reason::ScriptNotInBaseline);
-        }
-        // A loader's content is in the baseline, but invoking it directly runs a program
-        // that raises no exec event of its own: ask the blocked task what it executes. An
-        // audit notification's task has moved on, so nothing can be asked there.
-        let loader = !script
-            && judged.finding == Finding::InBaseline
-            && judged.digest.is_some_and(|d| unit.baseline.is_loader(&d))
-            && matches!(event, ExecEvent::Permission(_));
-        if !loader {
-            self.conclude(unit_h, event, tid, judged, stat, None);
-            return;
-        }
-        self.stats.loader_checks += 1;
-        let now = Instant::now();
-        let wait = LoaderWait {
-            unit: unit_h,
-            event,
-            tid,
-            judged,
-            stat: *stat,
-            since: now,
-            looks: 0,
-            next: now,
+        let facts = Facts {
+            mode: unit.mode,
+            event: event.kind(),
+            finding: judged.finding,
+            is_loader: judged.digest.is_some_and(|d| unit.baseline.is_loader(&d)),
+            loader_call: None,
+            immutable_fs: unit.content_is_immutable(stat.dev),
+            from_cache: judged.from_cache,
+            record_misses: self.config.record_misses,
         };
-        self.look_at_loader(wait, LOADER_INLINE_LOOKS);
+        match judge(&facts) {
+            Decision::Answer(outcome) => {
+                self.conclude(unit_h, event, tid, judged, stat, outcome, None);
+            }
+            Decision::AskTask => {
+                self.stats.loader_checks += 1;
+                let now = Instant::now();
+                let wait = LoaderWait {
+                    unit: unit_h,
+                    event,
+                    tid,
+                    judged,
+                    facts,
+                    stat: *stat,
+                    since: now,
+                    looks: 0,
+                    next: now,
+                };
+                self.look_at_loader(wait, LOADER_INLINE_LOOKS);
+            }
+        }
     }
 
-    /// Answers one event with its final finding and records a deny / would-deny.
+    fn observe_answer_latency(&mut self, event: &ExecEvent, arrived: Instant) {
+        if matches!(event, ExecEvent::Permission(_)) {
+            self.observe_latency(arrived.elapsed());
+        }
+    }
+
+    /// Performs what the rule book decided: the answer, the kernel-side allow, the counters
+    /// and the record (its context gathered while the exec is still held).
+    #[allow(clippy::too_many_arguments)]
     fn conclude(
         &mut self,
         unit_h: UnitHandle,
@@ -468,33 +490,16 @@ impl<G: Gate> Engine<G> {
         tid: i32,
         judged: Judgement,
         stat: &FileStat,
+        outcome: Outcome,
         detail: Option<String>,
     ) {
-        let Judgement {
-            finding,
-            digest,
-            from_cache,
-            arrived,
-        } = judged;
-        if matches!(event, ExecEvent::Permission(_)) {
-            self.observe_latency(arrived.elapsed());
-        }
+        self.observe_answer_latency(&event, judged.arrived);
         let Some(unit) = self.registry.get_mut(unit_h) else {
             self.answer(event, Answer::Allow);
             return;
         };
-        let script = matches!(event, ExecEvent::Open(_));
-        let (verdict, answer) = decide(unit.mode, finding);
-        bump(&mut unit.counters, verdict);
-        // Beyond the round trip: on a filesystem with no write path the content of this
-        // inode is fixed, so the kernel may allow its next execs itself. Never a loader
-        // (a direct invocation must still be seen) and never a script open.
-        if answer == Answer::Allow
-            && unit.content_is_immutable(stat.dev)
-            && !script
-            && matches!(event, ExecEvent::Permission(_))
-            && digest.is_some_and(|d| !unit.baseline.is_loader(&d))
-        {
+        bump(&mut unit.counters, outcome.verdict);
+        if outcome.ignore_mark {
             if let Some(fd) = event.fd() {
                 match self.gate.ignore_exec(fd) {
                     Ok(()) => self.stats.kernel_allowed_files += 1,
@@ -502,34 +507,23 @@ impl<G: Gate> Engine<G> {
                 }
             }
         }
-        if verdict == Verdict::Allow && (from_cache || !self.config.record_misses) {
-            self.answer(event, answer);
+        if !outcome.record {
+            self.answer(event, outcome.answer);
             return;
         }
-        // Off the hot path: gather the context while the exec is still held.
-        let mut record = build_record(unit, verdict, finding.reason(), &event, tid, digest, stat);
-        record.detail = detail.or_else(|| default_detail(unit, finding, digest));
+        let (verdict, reason, digest) = (outcome.verdict, outcome.reason, judged.digest);
+        let mut record = build_record(unit, verdict, reason, &event, tid, digest, stat);
+        record.detail = detail.or_else(|| default_detail(unit, reason, digest));
         if verdict != Verdict::Allow {
             unit.last_deny = Some(crate::registry::LastDeny {
                 time: record.time.clone(),
                 path: record.path.clone(),
                 verdict,
             });
-            let by_reason = if verdict == Verdict::Deny {
-                &mut self.stats.denied_by_reason
-            } else {
-                &mut self.stats.would_deny_by_reason
-            };
-            let name = finding.reason().as_str();
-            match by_reason.get_mut(name) {
-                Some(n) => *n += 1,
-                None => {
-                    by_reason.insert(name.to_string(), 1);
-                }
-            }
+            self.stats.count_denial(verdict, reason);
         }
         let file = event.fd().and_then(|fd| fd.try_clone_to_owned().ok());
-        self.answer(event, answer);
+        self.answer(event, outcome.answer);
         self.stats.records += 1;
         self.audit.send(AuditJob::Exec {
             record: Box::new(record),

@@ -6,35 +6,33 @@ use super::*;
 /// The evidence behind a finding that no rule described on its own.
 pub(super) fn default_detail(
     unit: &Unit,
-    finding: Finding,
+    reason: Reason,
     digest: Option<Digest>,
 ) -> Option<String> {
     let what = match digest {
         Some(d) => format!("content blake3:{d}"),
         None => "content not hashed".to_string(),
     };
-    Some(match finding {
-        Finding::InBaseline => return None,
-        Finding::NotInBaseline => format!(
+    Some(match reason {
+        Reason::InBaseline => return None,
+        Reason::NotInBaseline => format!(
             "{what} is not among the {} executables of the image's baseline nor in the unit's allow entries",
             unit.baseline.entries().len()
         ),
-        Finding::Unverifiable(Reason::ScriptNotInBaseline) => {
+        Reason::ScriptNotInBaseline => {
             format!("an interpreter opened a file whose {what} is not in the image's baseline")
         }
-        Finding::Unverifiable(Reason::KnownBad) => {
+        Reason::KnownBad => {
             format!("{what} matches a known-bad indicator")
         }
-        Finding::Unverifiable(Reason::ChangedDuringHash) => {
+        Reason::ChangedDuringHash => {
             format!("the file changed while it was hashed ({what})")
         }
-        Finding::Unverifiable(Reason::HashTimeout) => {
-            "hashing did not finish within the time budget".to_string()
-        }
-        Finding::Unverifiable(Reason::Unreadable) => {
+        Reason::HashTimeout => "hashing did not finish within the time budget".to_string(),
+        Reason::Unreadable => {
             "the file could not be read through the event's descriptor".to_string()
         }
-        Finding::Unverifiable(r) => r.as_str().to_string(),
+        r => r.as_str().to_string(),
     })
 }
 

@@ -79,6 +79,23 @@ pub struct EngineStatus {
     pub in_flight: usize,
 }
 
+impl EngineStats {
+    /// Counts a deny or would-deny under its reason.
+    pub(super) fn count_denial(&mut self, verdict: Verdict, reason: Reason) {
+        let by_reason = match verdict {
+            Verdict::Deny => &mut self.denied_by_reason,
+            Verdict::WouldDeny => &mut self.would_deny_by_reason,
+            Verdict::Allow => return,
+        };
+        match by_reason.get_mut(reason.as_str()) {
+            Some(n) => *n += 1,
+            None => {
+                by_reason.insert(reason.as_str().to_string(), 1);
+            }
+        }
+    }
+}
+
 pub(super) fn bump(c: &mut UnitCounters, v: Verdict) {
     match v {
         Verdict::Allow => c.allowed += 1,

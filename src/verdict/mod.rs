@@ -5,4 +5,7 @@ pub mod cache;
 pub mod policy;
 
 pub use cache::{FileKey, VerdictCache};
-pub use policy::{Finding, Reason, Verdict, decide};
+pub use policy::{
+    Decision, EventKind, Facts, Finding, Outcome, Reason, Verdict, content_finding, decide, judge,
+    judge_unobserved,
+};
