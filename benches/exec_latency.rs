@@ -32,7 +32,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, unshare};
 use nix::sys::fanotify::{
     EventFFlags, Fanotify, FanotifyResponse, InitFlags, MarkFlags, MaskFlags, Response,
 };
@@ -308,6 +307,9 @@ impl Drop for Fapolicyd {
     }
 }
 
+#[path = "../tests/integration/private_ns.rs"]
+mod private_ns;
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -319,25 +321,7 @@ fn main() {
     let rounds = env_usize("DRIFTLOCK_BENCH_ROUNDS", 30);
     let per_round = env_usize("DRIFTLOCK_BENCH_PER_ROUND", 40);
     let markdown = std::env::var("DRIFTLOCK_BENCH_FORMAT").is_ok_and(|f| f == "markdown");
-    unshare(CloneFlags::CLONE_NEWNS).unwrap();
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .unwrap();
-    let base = std::env::temp_dir().join(format!("driftlock-bench-exec-{}", std::process::id()));
-    fs::create_dir_all(&base).unwrap();
-    mount(
-        Some("tmpfs"),
-        &base,
-        Some("tmpfs"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
+    let base = private_ns::private_tmpfs("bench-exec", "mode=0755");
     let dirs: Vec<PathBuf> = (0..SIDES.len())
         .map(|i| base.join(format!("side{i}")))
         .collect();

@@ -238,6 +238,29 @@ impl Config {
             .unwrap_or(default)
     }
 
+    /// The daemon settings this file gives (its policy rules aside).
+    pub fn settings(&self) -> crate::settings::Settings {
+        crate::settings::Settings {
+            socket: self.socket.clone(),
+            state_dir: self.state_dir.clone(),
+            mode: self.mode,
+            audit_log: self.audit_log.clone(),
+            hash_workers: self.hash_workers,
+            hash_timeout_ms: self.hash_timeout_ms,
+            cache_capacity: self.cache_capacity,
+            snapshot_threads: self.snapshot_threads,
+            memfd_noexec: self.memfd_noexec,
+            script_control: self.script_control,
+            interpreters: self.interpreters.clone(),
+            record_misses: self.record_misses,
+            metrics_addr: self.metrics_addr,
+            falcosidekick_url: self.falcosidekick_url.clone(),
+            indicators: self.indicators.clone(),
+            evidence_max_file_mb: self.evidence_max_file_mb,
+            evidence_max_total_mb: self.evidence_max_total_mb,
+        }
+    }
+
     /// The allow entries that apply to a container of `image`.
     pub fn allowed_for(&self, image: Option<&str>) -> AllowList {
         let mut list = AllowList::default();

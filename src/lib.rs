@@ -43,6 +43,7 @@ pub mod registry;
 mod robustness;
 pub mod runtime;
 pub mod service;
+pub mod settings;
 pub mod tune;
 pub mod verdict;
 

@@ -27,13 +27,14 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
+        use crate::settings::defaults as d;
         Self {
-            hash_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            hash_timeout: Duration::from_secs(2),
-            cache_capacity: 65_536,
+            hash_workers: d::threads(0),
+            hash_timeout: d::HASH_TIMEOUT,
+            cache_capacity: d::CACHE_CAPACITY,
             record_misses: false,
             interpreters: Vec::new(),
-            loader_wait: Duration::from_secs(10),
+            loader_wait: d::LOADER_WAIT,
         }
     }
 }

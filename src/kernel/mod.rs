@@ -145,3 +145,21 @@ impl TaskProbe for ProcTaskProbe {
         exec_name::loader_call(tid, loader)
     }
 }
+
+/// Opens `path` for reading as process `pid` sees it: resolved inside its root
+/// (`openat2` with `RESOLVE_IN_ROOT`, so `..` and absolute symlinks cannot leave it).
+pub fn open_in_root_of(pid: i32, path: &[u8]) -> nix::Result<OwnedFd> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+    use std::os::fd::AsFd;
+    use std::os::unix::ffi::OsStrExt;
+    let root = nix::fcntl::open(
+        format!("/proc/{pid}/root").as_str(),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let rel = path.strip_prefix(b"/").unwrap_or(path);
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT);
+    openat2(root.as_fd(), std::ffi::OsStr::from_bytes(rel), how)
+}

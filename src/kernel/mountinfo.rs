@@ -134,6 +134,39 @@ pub fn is_within(path: &Path, dir: &Path) -> bool {
     path.starts_with(dir)
 }
 
+/// Waits up to `timeout` for a change in any of the mount tables open as `tables` (each a
+/// `/proc/<pid>/mountinfo`, which reports a change in its namespace as `POLLPRI`); returns
+/// the indices of those that changed (or went away).
+pub fn wait_for_mount_changes(
+    tables: &[&std::fs::File],
+    timeout: std::time::Duration,
+) -> Vec<usize> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    if tables.is_empty() {
+        std::thread::sleep(timeout);
+        return Vec::new();
+    }
+    let mut fds: Vec<PollFd<'_>> = tables
+        .iter()
+        .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLPRI))
+        .collect();
+    let timeout =
+        PollTimeout::try_from(timeout.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
+    match poll(&mut fds, timeout) {
+        Ok(n) if n > 0 => fds
+            .iter()
+            .enumerate()
+            .filter(|(_, fd)| {
+                fd.revents()
+                    .is_some_and(|r| r.intersects(PollFlags::POLLPRI | PollFlags::POLLERR))
+            })
+            .map(|(i, _)| i)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -187,7 +187,9 @@ fn mounts_that_appear_after_start_are_armed_and_recorded() {
         .output()
         .unwrap();
     assert!(nsenter.status.success(), "{}", text(&nsenter));
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    // The watcher arms the new mount and says so.
+    let armed = node.coverage_record(|r| r["path"] == "/srv" && r["event"] == "mount-armed");
+    assert!(armed.is_some(), "the mount added after start was not armed");
     let exec = node.ctr(&[
         "tasks",
         "exec",
@@ -256,6 +258,12 @@ fn open_cost_without_script_control() {
         cp /usr/bin/exec-paths /run/sh; /run/sh open-loop /run/data 20000\n";
     let t = text(&node.run(BUSYBOX, "noscripts-1", &[], script));
     assert!(t.contains("open-loop"), "{t}");
+    // Without script control no open reaches the daemon: the cost is the kernel's alone.
+    assert_eq!(
+        node.status()["stats"]["open_events"],
+        0,
+        "opens were gated without --script-control"
+    );
     eprintln!("no script control, ns per open+read+close on /run:\n{t}");
 }
 

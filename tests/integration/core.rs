@@ -236,11 +236,27 @@ fn socket_refuses_non_root_and_survives_garbage() {
     let mut s = UnixStream::connect(&sb.socket).unwrap();
     s.write_all(b"\xff\xfe not json\n{\"v\":9,\"op\":\"status\"}\n")
         .unwrap();
-    let mut buf = vec![0u8; 4096];
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let n = s.read(&mut buf).unwrap();
-    let text = String::from_utf8_lossy(&buf[..n]);
-    assert!(text.contains("malformed request"), "{text}");
+    // Both replies, each on its line, the connection kept open between them.
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(&mut s));
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let second: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["code"], "invalid", "{first}");
+    assert!(
+        first["error"]
+            .as_str()
+            .unwrap()
+            .contains("malformed request"),
+        "{first}"
+    );
+    assert_eq!(second["code"], "invalid", "{second}");
+    let said = second["error"].as_str().unwrap();
+    assert!(
+        said.contains("protocol version Some(9)") && said.contains("speaks version 1"),
+        "{said}"
+    );
+    drop(lines);
     drop(s);
 
     // Non-root: the socket's mode stops it at connect ...

@@ -8,6 +8,7 @@ mod containers;
 mod core;
 mod faults;
 mod node;
+mod private_ns;
 mod realism;
 mod regressions;
 mod support;

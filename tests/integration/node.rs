@@ -14,8 +14,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, unshare};
+use nix::mount::{MntFlags, umount2};
 
 use crate::support::{BIN, root_or_skip};
 
@@ -173,27 +172,8 @@ impl Node {
             return None;
         }
         let images = images().expect("test images");
-        unshare(CloneFlags::CLONE_NEWNS).unwrap();
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .unwrap();
-        let dir =
-            std::env::temp_dir().join(format!("driftlock-node-{name}-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        mount(
-            Some("tmpfs"),
-            &dir,
-            Some("tmpfs"),
-            MsFlags::empty(),
-            // A size limit, not an allocation: the realism suite imports a Debian image.
-            Some("mode=0755,size=8g"),
-        )
-        .unwrap();
+        // A size limit, not an allocation: the realism suite imports a Debian image.
+        let dir = crate::private_ns::private_tmpfs(&format!("node-{name}"), "mode=0755,size=8g");
         for d in ["root", "state", "dl", "vol"] {
             fs::create_dir_all(dir.join(d)).unwrap();
         }
@@ -395,21 +375,36 @@ impl Node {
 
     /// Exec records (not coverage records), waiting until at least `n` exist.
     pub fn records(&self, n: usize) -> Vec<serde_json::Value> {
-        let mut recs = Vec::new();
-        let until = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < until {
-            recs = fs::read_to_string(&self.audit)
-                .unwrap_or_default()
-                .lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        let exec_records = || -> Vec<serde_json::Value> {
+            crate::private_ns::read_records(&self.audit, 0, Duration::ZERO)
+                .into_iter()
                 .filter(|r| r.get("kind").is_none())
-                .collect();
-            if recs.len() >= n {
-                break;
+                .collect()
+        };
+        let mut recs = exec_records();
+        let until = Instant::now() + Duration::from_secs(20);
+        while recs.len() < n && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+            recs = exec_records();
+        }
+        recs
+    }
+
+    /// Coverage records (mounts armed after start), waiting until one matches `want`.
+    pub fn coverage_record(
+        &self,
+        want: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = crate::private_ns::read_records(&self.audit, 0, Duration::ZERO)
+                .into_iter()
+                .find(|r| r["kind"] == "coverage" && want(r));
+            if found.is_some() || Instant::now() > until {
+                return found;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        recs
     }
 
     fn our_shims(&self) -> Vec<i32> {

@@ -4,7 +4,6 @@
 //! exec can stay blocked even if the test fails.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -12,7 +11,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, unshare};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_driftlock");
 
@@ -79,27 +77,7 @@ fn run_ok(cmd: &mut Command) -> Output {
 
 impl Sandbox {
     pub fn new(name: &str) -> Self {
-        // This thread (and every process it spawns) gets its own mount namespace; nothing
-        // mounted or marked here is visible to the rest of the machine.
-        unshare(CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS)");
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .expect("make / private");
-        let dir = std::env::temp_dir().join(format!("driftlock-it-{name}-{}", std::process::id()));
-        let _ = fs::create_dir_all(&dir);
-        mount(
-            Some("tmpfs"),
-            &dir,
-            Some("tmpfs"),
-            MsFlags::empty(),
-            Some("mode=0755,size=2g"),
-        )
-        .expect("mount test tmpfs");
+        let dir = crate::private_ns::private_tmpfs(&format!("it-{name}"), "mode=0755,size=2g");
         for d in ["lower/bin", "upper", "work", "rootfs", "state", "host-vol"] {
             fs::create_dir_all(dir.join(d)).unwrap();
         }
@@ -237,23 +215,7 @@ impl Sandbox {
 
     /// Audit records written so far, waiting until at least `n` exist.
     pub fn records(&self, n: usize) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let recs: Vec<serde_json::Value> = fs::File::open(&self.audit)
-                .map(|f| {
-                    BufReader::new(f)
-                        .split(b'\n')
-                        .map(|l| {
-                            serde_json::from_slice(&l.unwrap()).expect("one JSON object per line")
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            if recs.len() >= n || Instant::now() > deadline {
-                return recs;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::private_ns::read_records(&self.audit, n, Duration::from_secs(10))
     }
 
     pub fn status_json(&self) -> serde_json::Value {

@@ -1,0 +1,435 @@
+//! Arming a unit: from a request to marks in place.
+//!
+//! A unit is either a set of mount points in the daemon's namespace (`driftlock arm
+//! --rootfs DIR --mount PATH`), or a container reached through one of its processes
+//! (`pid`, as the OCI hook sends it): then the paths are in the container's mount
+//! namespace, reached through `/proc/<pid>/root`, and every mount under the rootfs is
+//! found in `/proc/<pid>/mountinfo`. Each armed unit is recorded in the state directory, so
+//! a restarted daemon re-arms the containers that still run, before it serves requests.
+//!
+//! The rooms: this file arms (request → baseline → marks → record); `paths` resolves a
+//! unit's paths and mounts; `records` saves, loads and re-arms unit records; `watcher`
+//! arms mounts that appear after a container started.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::Mode;
+use crate::baseline::store::{Provenance, StoreError};
+use crate::baseline::{Baseline, BaselineStore};
+use crate::engine::{EngineError, EngineHandle, UnitSpec};
+use crate::escape::{escape_bytes, unescape};
+use crate::ipc::{ArmRequest, ArmResult, ErrorCode, MarkReply};
+use crate::kernel::mountinfo::MountInfoError;
+use crate::kernel::{KernelError, ns};
+use crate::registry::PlanError;
+
+mod paths;
+mod records;
+mod watcher;
+
+pub use paths::derive_image_key;
+use paths::{ResolvedUnit, UnitView, container_start_time, resolve_unit, valid_id};
+pub use records::{RearmError, UnitRecord};
+pub use watcher::watch_mounts;
+
+/// Why an arm request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ArmError {
+    /// Bad id.
+    #[error("invalid unit id {0:?}: use 1-128 characters from A-Z a-z 0-9 . _ - : @")]
+    BadId(String),
+    /// A path field is not in the escaped form or not absolute.
+    #[error("invalid {field}: {reason}")]
+    BadPath {
+        /// Which field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The container process is gone.
+    #[error("container process {0} does not exist (did the container exit?)")]
+    NoProcess(i32),
+    /// A path does not exist or cannot be resolved.
+    #[error("{}: {source}", escape_bytes(path.as_os_str().as_bytes()))]
+    Resolve {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// statx failed.
+    #[error("{}: {source}", escape_bytes(path.as_os_str().as_bytes()))]
+    Stat {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: KernelError,
+    },
+    /// Mount table.
+    #[error(transparent)]
+    MountInfo(#[from] MountInfoError),
+    /// Marks.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// Baseline.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The state directory cannot be written (full, read-only, quota): the unit is not
+    /// armed, since its baseline or its record (which a restart re-arms from) would be lost.
+    #[error(
+        "{0}; the unit was not armed: the state directory must be writable (free space or remount it read-write)"
+    )]
+    StateDir(#[source] StoreError),
+    /// `vm.memfd_noexec` could not be set.
+    #[error("cannot block fileless execution: {0}")]
+    Memfd(#[source] KernelError),
+    /// Engine.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl ArmError {
+    /// The protocol's error code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ArmError::BadId(_) | ArmError::BadPath { .. } | ArmError::Plan(_) => ErrorCode::Invalid,
+            ArmError::NoProcess(_) | ArmError::Resolve { .. } => ErrorCode::NotFound,
+            ArmError::Engine(e) => ErrorCode::from(e),
+            ArmError::Stat { .. }
+            | ArmError::MountInfo(_)
+            | ArmError::Store(_)
+            | ArmError::StateDir(_)
+            | ArmError::Memfd(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Why `explain` could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// No such unit.
+    #[error("no armed unit with id {0:?}")]
+    UnknownId(String),
+    /// The path is not in the escaped form.
+    #[error("invalid path: {0}")]
+    BadPath(String),
+    /// The file could not be opened (as the container sees it).
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The path (escaped).
+        path: String,
+        /// The error.
+        #[source]
+        source: nix::Error,
+    },
+    /// The file could not be hashed.
+    #[error("cannot hash {path}: {source}")]
+    Hash {
+        /// The path (escaped).
+        path: String,
+        /// The error.
+        #[source]
+        source: crate::baseline::HashError,
+    },
+    /// The engine.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl ExplainError {
+    /// The protocol's error code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ExplainError::UnknownId(_) => ErrorCode::NotFound,
+            ExplainError::BadPath(_) => ErrorCode::Invalid,
+            ExplainError::Open { source, .. } if *source == nix::Error::ENOENT => {
+                ErrorCode::NotFound
+            }
+            ExplainError::Open { .. } | ExplainError::Hash { .. } => ErrorCode::Internal,
+            ExplainError::Engine(e) => ErrorCode::from(e),
+        }
+    }
+}
+
+/// Classifies a store error: a state directory that cannot be written gets its own
+/// message, so an operator sees at once what to fix.
+fn state_dir_error(e: StoreError) -> ArmError {
+    let unwritable = |source: &std::io::Error| {
+        matches!(
+            source.raw_os_error(),
+            Some(libc::ENOSPC | libc::EROFS | libc::EDQUOT | libc::EACCES | libc::EPERM)
+        )
+    };
+    match e {
+        StoreError::Io { ref source, .. } if unwritable(source) => ArmError::StateDir(e),
+        e => ArmError::Store(e),
+    }
+}
+
+/// What arming needs from the daemon.
+pub struct Armer {
+    /// The event loop.
+    pub engine: EngineHandle,
+    /// The baseline store.
+    pub store: BaselineStore,
+    /// Mode for requests without one.
+    pub default_mode: Mode,
+    /// Threads per snapshot.
+    pub snapshot_threads: usize,
+    /// Set `vm.memfd_noexec=2` in each container's PID namespace.
+    pub memfd_noexec: bool,
+    /// Where unit records live (`STATE_DIR/units`).
+    pub units_dir: PathBuf,
+    /// Mode rules and allow entries from the configuration file (replaced on SIGHUP).
+    pub policy: std::sync::RwLock<crate::config::Config>,
+    /// Arm counters for metrics.
+    pub stats: ArmStats,
+    /// Known-bad indicators checked at snapshot.
+    pub indicators: Option<crate::baseline::indicators::Indicators>,
+}
+
+/// Arm counters.
+#[derive(Debug, Default)]
+pub struct ArmStats {
+    /// Successful arms.
+    pub armed: std::sync::atomic::AtomicU64,
+    /// Failed arms.
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Total time of successful arms, microseconds.
+    pub micros: std::sync::atomic::AtomicU64,
+}
+
+impl Armer {
+    /// Arms a unit; returns once its marks are in place, and records it.
+    pub fn arm(&self, req: ArmRequest) -> Result<ArmResult, ArmError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let result = self.arm_inner(req);
+        match &result {
+            Ok(r) => {
+                self.stats.armed.fetch_add(1, Relaxed);
+                self.stats
+                    .micros
+                    .fetch_add((r.arm_ms * 1e3) as u64, Relaxed);
+            }
+            Err(_) => {
+                self.stats.failed.fetch_add(1, Relaxed);
+            }
+        }
+        result
+    }
+
+    fn arm_inner(&self, mut req: ArmRequest) -> Result<ArmResult, ArmError> {
+        let started = Instant::now();
+        if !valid_id(&req.id) {
+            return Err(ArmError::BadId(req.id.chars().take(200).collect()));
+        }
+        let pid = req.pid;
+        let start_time = container_start_time(pid)?;
+        let view = UnitView::of(pid);
+        let unit = resolve_unit(&req, &view)?;
+        let (mode, allow) = self.policy_for(&req);
+        let baseline_started = Instant::now();
+        let (baseline, provenance, skipped) = self.obtain_baseline(&req, &unit, &view)?;
+        let baseline_ms = baseline_started.elapsed().as_secs_f64() * 1e3;
+        let memfd_noexec = match pid {
+            Some(p) if self.memfd_noexec => {
+                ns::set_memfd_noexec(p, 2).map_err(ArmError::Memfd)?;
+                true
+            }
+            _ => false,
+        };
+        req.image_key = Some(escape_bytes(baseline.key()));
+        let image_key = escape_bytes(baseline.key());
+        let contents = baseline.distinct_contents();
+        let placed = self.engine.arm(UnitSpec {
+            id: req.id.clone(),
+            image_key: baseline.key().to_vec(),
+            image_name: req.image_name.clone(),
+            k8s: crate::registry::K8sContext {
+                namespace: req.namespace.clone(),
+                pod: req.pod.clone(),
+                container: req.container_name.clone(),
+            },
+            pid,
+            mode,
+            baseline: Arc::new(baseline),
+            marks: unit.marks,
+            allow,
+        })?;
+        let record = UnitRecord {
+            v: 1,
+            request: req.clone(),
+            start_time,
+            rootfs_dev: unit.rootfs_stat.dev,
+            rootfs_mnt_id: unit.rootfs_stat.mnt_id,
+        };
+        if let Err(e) = self.save_record(&record) {
+            // Armed but unrecorded, a restart would drop the unit's protection without a
+            // word: undo it, and let the hook's fail-closed/fail-open setting decide.
+            if let Err(undo) = self.engine.disarm(&req.id) {
+                log::error!("unit {:?}: cannot undo the arm: {undo}", req.id);
+            }
+            return Err(state_dir_error(e));
+        }
+        Ok(ArmResult {
+            id: req.id,
+            mode,
+            image_key,
+            baseline: provenance,
+            baseline_contents: contents,
+            snapshot_skipped: skipped,
+            baseline_ms,
+            arm_ms: started.elapsed().as_secs_f64() * 1e3,
+            memfd_noexec,
+            marks: placed.iter().map(MarkReply::from).collect(),
+        })
+    }
+
+    /// The unit's mode and allow entries under the configuration in force.
+    fn policy_for(&self, req: &ArmRequest) -> (Mode, crate::config::AllowList) {
+        let policy = self
+            .policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (
+            policy.mode_for(
+                req.mode,
+                req.image_name.as_deref(),
+                req.namespace.as_deref(),
+                self.default_mode,
+            ),
+            policy.allowed_for(req.image_name.as_deref()),
+        )
+    }
+
+    /// The unit's baseline: the stored one for its image key, or a snapshot of the rootfs
+    /// (stored under that key). Returns it, where it came from, and how many files the
+    /// snapshot skipped.
+    fn obtain_baseline(
+        &self,
+        req: &ArmRequest,
+        unit: &ResolvedUnit,
+        view: &UnitView,
+    ) -> Result<(Baseline, Provenance, usize), ArmError> {
+        let explicit_key = match req.image_key.as_deref() {
+            Some(k) => Some(unescape(k).map_err(|e| ArmError::BadPath {
+                field: "image_key",
+                reason: e.to_string(),
+            })?),
+            None => derive_image_key(&unit.rootfs, &unit.mounts, unit.rootfs_stat.mnt_id_legacy),
+        };
+        let snapshot_root = view.access(&unit.rootfs);
+        let indicators = self.indicators.as_ref();
+        // A new indicator list means new snapshots: it is part of the store key.
+        let explicit_key = explicit_key.map(|mut k| {
+            if let Some(i) = indicators {
+                k.extend_from_slice(format!("\0indicators:{}", i.digest()).as_bytes());
+            }
+            k
+        });
+        let (baseline, provenance, skipped) = match explicit_key {
+            Some(key) => {
+                let (b, prov, snap) = self
+                    .store
+                    .load_or_snapshot(&key, &snapshot_root, self.snapshot_threads, indicators)
+                    .map_err(state_dir_error)?;
+                (b, prov, snap.map_or(0, |s| s.errors.len()))
+            }
+            None => {
+                let mut key = b"rootfs:".to_vec();
+                key.extend_from_slice(unit.rootfs.as_os_str().as_bytes());
+                let snap = crate::baseline::snapshot_checked(
+                    &snapshot_root,
+                    key,
+                    self.snapshot_threads,
+                    indicators,
+                )
+                .map_err(StoreError::from)?;
+                self.store.save(&snap.baseline).map_err(state_dir_error)?;
+                (snap.baseline, Provenance::Snapshotted, snap.errors.len())
+            }
+        };
+        for bad in baseline.known_bad() {
+            log::error!(
+                "unit {:?}: {} in the image matches known-bad indicator {}; its execution will be denied",
+                req.id,
+                escape_bytes(&bad.path),
+                bad.indicator
+            );
+        }
+        if skipped > 0 {
+            log::warn!(
+                "unit {:?}: the snapshot skipped {skipped} files (they will be denied)",
+                req.id
+            );
+        }
+        Ok((baseline, provenance, skipped))
+    }
+
+    /// Replaces the policy and pushes each armed unit's allow entries to the engine.
+    /// Returns how many units were updated.
+    pub fn apply_policy(&self, policy: crate::config::Config) -> usize {
+        let Ok(status) = self.engine.status() else {
+            return 0;
+        };
+        let mut updated = 0;
+        for u in &status.units {
+            let list = policy.allowed_for(u.image_name.as_deref());
+            if self.engine.set_allow(&u.id, list).is_ok() {
+                updated += 1;
+            }
+        }
+        *self
+            .policy
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = policy;
+        updated
+    }
+
+    /// Hashes `path` (escaped, as unit `id` sees it) and asks the engine why it would or
+    /// would not run there.
+    pub fn explain(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<crate::engine::Explanation, ExplainError> {
+        use nix::fcntl::OFlag;
+        use std::os::fd::AsFd;
+        let status = self.engine.status()?;
+        let unit = status
+            .units
+            .iter()
+            .find(|u| u.id == id)
+            .ok_or_else(|| ExplainError::UnknownId(id.to_string()))?;
+        let bytes = unescape(path).map_err(|e| ExplainError::BadPath(e.to_string()))?;
+        let shown = escape_bytes(&bytes);
+        let open_err = |source: nix::Error| ExplainError::Open {
+            path: shown.clone(),
+            source,
+        };
+        let fd = match unit.pid {
+            // As the container sees it: resolved inside its root.
+            Some(pid) => crate::kernel::open_in_root_of(pid, &bytes).map_err(open_err)?,
+            None => nix::fcntl::open(
+                std::ffi::OsStr::from_bytes(&bytes),
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(open_err)?,
+        };
+        let d = crate::baseline::hash_fd(fd.as_fd(), &mut Vec::new(), true, None).map_err(
+            |source| ExplainError::Hash {
+                path: shown.clone(),
+                source,
+            },
+        )?;
+        let mut e = self.engine.explain(id, d)?;
+        e.path = shown;
+        Ok(e)
+    }
+}

@@ -1,0 +1,133 @@
+//! Unit records: what a restarted daemon needs to arm each running container again,
+//! saved atomically in `STATE_DIR/units/<id>.json`.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use super::paths::{decode_path, rootfs_by_dev, valid_id};
+use super::{ArmError, Armer};
+use crate::baseline::store::{StoreError, write_atomic};
+use crate::escape::escape_bytes;
+use crate::ipc::ArmRequest;
+use crate::kernel::mountinfo::{MountInfoError, read_mountinfo_of};
+use crate::kernel::{procfs, stat_path};
+
+/// What a restarted daemon needs to arm a unit again.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct UnitRecord {
+    /// Record format version.
+    pub v: u32,
+    /// The request as armed (with the image key filled in).
+    pub request: ArmRequest,
+    /// Start time of `request.pid`, to tell the container from a reused pid.
+    pub start_time: Option<u64>,
+    /// Device of the rootfs, to find it again after the container's `pivot_root`.
+    pub rootfs_dev: u64,
+    /// Mount id of the rootfs (for units armed by path).
+    pub rootfs_mnt_id: u64,
+}
+
+/// Why a recorded unit was not armed again (its record is then forgotten).
+#[derive(Debug, thiserror::Error)]
+pub enum RearmError {
+    /// The record could not be read or parsed.
+    #[error("unreadable record")]
+    Unreadable,
+    /// The container's process is gone (or its pid was reused).
+    #[error("container process {0} is gone")]
+    ProcessGone(i32),
+    /// The container's mount table could not be read.
+    #[error(transparent)]
+    MountInfo(#[from] MountInfoError),
+    /// The rootfs is no longer mounted.
+    #[error("its rootfs is no longer mounted")]
+    RootfsGone,
+    /// Arming failed.
+    #[error(transparent)]
+    Arm(#[from] ArmError),
+}
+
+impl Armer {
+    pub(super) fn record_path(&self, id: &str) -> PathBuf {
+        self.units_dir.join(format!("{id}.json"))
+    }
+
+    pub(super) fn save_record(&self, record: &UnitRecord) -> Result<(), StoreError> {
+        std::fs::create_dir_all(&self.units_dir).map_err(|source| StoreError::Io {
+            path: self.units_dir.clone(),
+            source,
+        })?;
+        let data = serde_json::to_vec_pretty(record).unwrap_or_default();
+        write_atomic(&self.record_path(&record.request.id), &data)
+    }
+
+    /// Forgets a unit's record (after disarm).
+    pub fn forget(&self, id: &str) {
+        if valid_id(id) {
+            let _ = std::fs::remove_file(self.record_path(id));
+        }
+    }
+
+    /// Re-arms every recorded unit whose container still runs (same pid and start time)
+    /// and forgets the rest. Returns (re-armed, forgotten).
+    pub fn rearm_recorded(&self) -> (usize, usize) {
+        let Ok(dir) = std::fs::read_dir(&self.units_dir) else {
+            return (0, 0);
+        };
+        let (mut rearmed, mut forgotten) = (0, 0);
+        for entry in dir.flatten() {
+            let path = entry.path();
+            if path.extension() != Some(std::ffi::OsStr::new("json")) {
+                continue;
+            }
+            let outcome = std::fs::read(&path)
+                .ok()
+                .and_then(|d| serde_json::from_slice::<UnitRecord>(&d).ok())
+                .ok_or(RearmError::Unreadable)
+                .and_then(|rec| self.rearm_one(rec));
+            match outcome {
+                Ok(id) => {
+                    log::info!("re-armed unit {id:?} after restart");
+                    rearmed += 1;
+                }
+                Err(why) => {
+                    log::info!("forgetting {}: {why}", path.display());
+                    let _ = std::fs::remove_file(&path);
+                    forgotten += 1;
+                }
+            }
+        }
+        (rearmed, forgotten)
+    }
+
+    fn rearm_one(&self, rec: UnitRecord) -> Result<String, RearmError> {
+        let mut req = rec.request;
+        match req.pid {
+            Some(pid) => {
+                if procfs::start_time(pid) != rec.start_time || rec.start_time.is_none() {
+                    return Err(RearmError::ProcessGone(pid));
+                }
+                let mounts = read_mountinfo_of(pid)?;
+                let rootfs =
+                    rootfs_by_dev(&mounts, rec.rootfs_dev).ok_or(RearmError::RootfsGone)?;
+                req.rootfs = escape_bytes(rootfs.as_os_str().as_bytes());
+                // Mounts named explicitly were in the old view; discovery finds them again.
+                req.mounts.clear();
+                req.discover_mounts = true;
+            }
+            None => {
+                let rootfs = decode_path("rootfs", &req.rootfs, true)?;
+                let live = stat_path(&rootfs).is_ok_and(|s| s.mnt_id == rec.rootfs_mnt_id);
+                if !live {
+                    return Err(RearmError::RootfsGone);
+                }
+            }
+        }
+        Ok(self.arm(req)?.id)
+    }
+
+    pub(super) fn load_record(&self, id: &str) -> Option<UnitRecord> {
+        let data = std::fs::read(self.record_path(id)).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+}

@@ -1,0 +1,353 @@
+//! The commands behind the command line: client requests, `status`, `baseline`,
+//! `evidence` and the OCI hook's exit policy.
+
+use super::*;
+
+pub(super) fn hook(
+    stage: crate::runtime::hook::Stage,
+    fail_open: bool,
+    wait: u64,
+    socket: PathBuf,
+) -> Result<i32, CliError> {
+    use crate::runtime::hook::{HookOptions, Stage, run};
+    let opts = HookOptions {
+        socket,
+        connect_wait: Duration::from_secs(wait),
+        arm_timeout: Duration::from_secs(crate::runtime::wrapper::CREATE_HOOK_TIMEOUT),
+    };
+    match run(stage, &opts, std::io::stdin().lock()) {
+        Ok(msg) => {
+            log::debug!("{msg}");
+            Ok(0)
+        }
+        // runc shows the hook's stderr in its error: keep it to one line.
+        Err(e) if stage == Stage::Poststop => {
+            eprintln!("driftlock hook poststop: warning: {e}");
+            Ok(0)
+        }
+        Err(e) if fail_open => {
+            eprintln!("driftlock: WARNING: container runs UNPROTECTED (fail-open): {e}");
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("driftlock: {e}");
+            Ok(1)
+        }
+    }
+}
+
+pub(super) fn evidence(cmd: EvidenceCommand) -> Result<i32, CliError> {
+    use crate::audit::evidence::{Limits, Quarantine};
+    let open = |dir: &Path| {
+        Quarantine::open(dir, Limits::default()).map_err(|e| CliError::Other(e.to_string()))
+    };
+    match cmd {
+        EvidenceCommand::List { state_dir } => {
+            let q = open(&state_dir)?;
+            let list = q.list();
+            if list.is_empty() {
+                println!("no evidence kept");
+            }
+            for (m, _) in &list {
+                println!(
+                    "{}  {:>10}  {:<10}  {:<20}  {}  {}",
+                    m.sha256,
+                    m.size,
+                    serde_json::to_value(m.verdict)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    m.unit,
+                    m.first_seen,
+                    m.path.as_deref().unwrap_or("")
+                );
+            }
+            Ok(0)
+        }
+        EvidenceCommand::Show { id, state_dir } => {
+            let q = open(&state_dir)?;
+            q.path_of(&id).map_err(|e| CliError::Other(e.to_string()))?;
+            match q.list().into_iter().find(|(m, _)| m.sha256 == id) {
+                Some((m, _)) => {
+                    println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default())
+                }
+                None => return Err(CliError::Other(format!("no evidence with id {id}"))),
+            }
+            Ok(0)
+        }
+        EvidenceCommand::Export {
+            id,
+            output,
+            state_dir,
+        } => {
+            let q = open(&state_dir)?;
+            let src = q.path_of(&id).map_err(|e| CliError::Other(e.to_string()))?;
+            let data = std::fs::read(&src).map_err(|source| CliError::Io {
+                path: src.clone(),
+                source,
+            })?;
+            write_atomic(&output, &data).map_err(|e| CliError::Other(e.to_string()))?;
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&output, std::fs::Permissions::from_mode(0o400));
+            println!(
+                "exported {} bytes to {} (mode 0400; it is a payload: do not run it)",
+                data.len(),
+                output.display()
+            );
+            Ok(0)
+        }
+    }
+}
+
+pub(super) fn unexpected(reply: &Reply) -> CliError {
+    CliError::Other(format!("unexpected reply from the daemon: {reply:?}"))
+}
+
+pub(super) fn path_arg(p: &Path) -> String {
+    escape_bytes(p.as_os_str().as_bytes())
+}
+
+pub(super) fn arm(a: ArmArgs) -> Result<i32, CliError> {
+    let req = Request::Arm(Box::new(ArmRequest {
+        id: a.id,
+        rootfs: path_arg(&a.rootfs),
+        mounts: a.mounts.iter().map(|p| path_arg(p)).collect(),
+        mode: a.mode,
+        image_key: a.image_key.map(|k| escape_bytes(k.as_bytes())),
+        pid: a.pid,
+        discover_mounts: a.discover_mounts,
+        host_rootfs: None,
+        image_name: a.image_name,
+        namespace: None,
+        pod: None,
+        container_name: None,
+    }));
+    // A first snapshot of a large image can take a while.
+    let reply = ask(&a.socket.socket, &req, Duration::from_secs(600))?;
+    let Reply::Armed(r) = reply else {
+        return Err(unexpected(&reply));
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+        return Ok(0);
+    }
+    println!(
+        "armed {} ({} mode): baseline {:?} with {} contents in {:.1} ms{}",
+        r.id,
+        r.mode,
+        r.baseline,
+        r.baseline_contents,
+        r.baseline_ms,
+        if r.snapshot_skipped > 0 {
+            format!(", {} files skipped", r.snapshot_skipped)
+        } else {
+            String::new()
+        }
+    );
+    for m in &r.marks {
+        println!("  {} mark on {} ({})", m.kind, m.path, m.fstype);
+    }
+    Ok(0)
+}
+
+/// One request; a daemon that says it is busy is asked again until `timeout` has passed.
+pub(super) fn ask(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, ClientError> {
+    request_until(socket, req, timeout, std::time::Instant::now() + timeout)
+}
+
+pub(super) fn status(socket: &Path, json: bool) -> Result<i32, CliError> {
+    let reply = ask(socket, &Request::Status, Duration::from_secs(30))?;
+    let Reply::Status(s) = reply else {
+        return Err(unexpected(&reply));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+        return Ok(0);
+    }
+    if s.units.is_empty() {
+        println!("no armed units");
+    } else {
+        println!(
+            "{:<24} {:<8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>6}  IMAGE",
+            "UNIT", "MODE", "ALLOWED", "DENIED", "WOULD-DENY", "HITS", "MISSES", "MARKS"
+        );
+        for u in &s.units {
+            println!(
+                "{:<24} {:<8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>6}  {}",
+                u.id,
+                u.mode.to_string(),
+                u.counters.allowed,
+                u.counters.denied,
+                u.counters.would_deny,
+                u.cache.hits,
+                u.cache.misses,
+                u.marks.len(),
+                u.image_name.as_deref().unwrap_or(&u.image_key)
+            );
+            if let Some(d) = &u.last_deny {
+                let what = serde_json::to_value(d.verdict)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                println!(
+                    "{:<24} last {what}: {} at {}",
+                    "",
+                    d.path.as_deref().unwrap_or("?"),
+                    d.time
+                );
+            }
+        }
+    }
+    println!(
+        "events {} (permission {}, audit notices {}, close-write {}), overflows {}, unattributed {}, in flight {}, unanswered drops {}",
+        s.stats.events,
+        s.stats.permission_events,
+        s.stats.exec_notices,
+        s.stats.close_writes,
+        s.stats.overflows,
+        s.stats.unattributed,
+        s.in_flight,
+        s.stats.unanswered_drops
+    );
+    if s.stats.kernel_allowed_files > 0 {
+        println!(
+            "files on immutable filesystems allowed by the kernel without an event: {}",
+            s.stats.kernel_allowed_files
+        );
+    }
+    for (what, by_reason) in [
+        ("denied", &s.stats.denied_by_reason),
+        ("would deny", &s.stats.would_deny_by_reason),
+    ] {
+        if !by_reason.is_empty() {
+            let parts: Vec<String> = by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            println!("{what} by reason: {}", parts.join(", "));
+        }
+    }
+    if s.stats.loader_checks > 0 {
+        println!(
+            "loader checks {} (threads not yet blocked at a look {}, waited {}, longest wait {} us, thread gone {})",
+            s.stats.loader_checks,
+            s.stats.loader_not_blocked_looks,
+            s.stats.loader_waits,
+            s.stats.loader_wait_max_us,
+            s.stats.loader_thread_gone
+        );
+    }
+    Ok(0)
+}
+
+pub(super) fn read_baseline(path: &Path) -> Result<Baseline, CliError> {
+    let data = std::fs::read(path).map_err(|source| CliError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    format::decode(&data).map_err(|source| CliError::Baseline {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub(super) fn baseline(cmd: BaselineCommand) -> Result<i32, CliError> {
+    match cmd {
+        BaselineCommand::Snapshot {
+            rootfs,
+            output,
+            key,
+            threads,
+            indicators,
+        } => {
+            let indicators = match indicators {
+                Some(p) => Some(
+                    crate::baseline::indicators::Indicators::load(&p)
+                        .map_err(|e| CliError::Other(e.to_string()))?,
+                ),
+                None => None,
+            };
+            let key = key.map_or_else(
+                || rootfs.as_os_str().as_bytes().to_vec(),
+                String::into_bytes,
+            );
+            let snap =
+                crate::baseline::snapshot_checked(&rootfs, key, threads, indicators.as_ref())
+                    .map_err(|e| CliError::Other(e.to_string()))?;
+            for bad in snap.baseline.known_bad() {
+                eprintln!(
+                    "KNOWN BAD: {} matches indicator {}",
+                    escape_bytes(&bad.path),
+                    bad.indicator
+                );
+            }
+            for e in &snap.errors {
+                eprintln!("skipped {e}");
+            }
+            let secs = snap.elapsed.as_secs_f64();
+            eprintln!(
+                "{} executables, {} distinct, {:.1} MB in {:.3} s ({:.0} MB/s), {} skipped",
+                snap.baseline.entries().len(),
+                snap.baseline.distinct_contents(),
+                snap.bytes as f64 / 1e6,
+                secs,
+                snap.bytes as f64 / 1e6 / secs.max(1e-9),
+                snap.errors.len()
+            );
+            let bytes = format::encode(&snap.baseline);
+            match output {
+                Some(path) => {
+                    write_atomic(&path, &bytes).map_err(|e| CliError::Other(e.to_string()))?
+                }
+                None => std::io::stdout()
+                    .write_all(&bytes)
+                    .map_err(|source| CliError::Io {
+                        path: "-".into(),
+                        source,
+                    })?,
+            }
+            Ok(0)
+        }
+        BaselineCommand::Show { file } => {
+            let b = read_baseline(&file)?;
+            println!("key:      {}", escape_bytes(b.key()));
+            println!("source:   {}", escape_bytes(b.source()));
+            println!(
+                "created:  {}",
+                crate::audit::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(b.created()))
+            );
+            println!(
+                "entries:  {} ({} distinct contents)",
+                b.entries().len(),
+                b.distinct_contents()
+            );
+            for e in b.entries() {
+                println!(
+                    "{}  {:>10}  {:04o}  {}",
+                    e.blake3,
+                    e.size,
+                    e.mode,
+                    escape_bytes(&e.path)
+                );
+            }
+            Ok(0)
+        }
+        BaselineCommand::Diff { a, b } => {
+            let (ba, bb) = (read_baseline(&a)?, read_baseline(&b)?);
+            let d = ba.diff(&bb);
+            for e in &d.removed {
+                println!("- {}  {}", e.blake3, escape_bytes(&e.path));
+            }
+            for e in &d.added {
+                println!("+ {}  {}", e.blake3, escape_bytes(&e.path));
+            }
+            for (x, y) in &d.changed {
+                println!("~ {} -> {}  {}", x.blake3, y.blake3, escape_bytes(&x.path));
+            }
+            eprintln!(
+                "{} removed, {} added, {} changed",
+                d.removed.len(),
+                d.added.len(),
+                d.changed.len()
+            );
+            Ok(if d.is_empty() { 0 } else { 1 })
+        }
+    }
+}

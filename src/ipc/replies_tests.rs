@@ -1,0 +1,257 @@
+//! Protocol version 1, pinned: a renamed or retyped field fails here, not in a client
+//! of another version.
+
+use super::*;
+use crate::ipc::{ArmRequest, ErrorCode, Request, Response, encode_request};
+use serde_json::json;
+
+fn line(req: &Request) -> serde_json::Value {
+    serde_json::from_slice(&encode_request(req)).unwrap()
+}
+
+#[test]
+fn every_request_is_pinned() {
+    let arm = Request::Arm(Box::new(ArmRequest {
+        id: "c1".into(),
+        rootfs: "/run/c1/rootfs".into(),
+        mounts: vec!["/run/c1/rootfs/tmp".into()],
+        mode: Some(Mode::Audit),
+        image_key: Some("k".into()),
+        pid: Some(42),
+        discover_mounts: true,
+        host_rootfs: Some("/run/c1/rootfs".into()),
+        image_name: Some("docker.io/library/postgres:16".into()),
+        namespace: Some("default".into()),
+        pod: Some("db-0".into()),
+        container_name: Some("postgres".into()),
+    }));
+    assert_eq!(
+        line(&arm),
+        json!({"v":1,"op":"arm","id":"c1","rootfs":"/run/c1/rootfs",
+               "mounts":["/run/c1/rootfs/tmp"],"mode":"audit","image_key":"k","pid":42,
+               "discover_mounts":true,"host_rootfs":"/run/c1/rootfs",
+               "image_name":"docker.io/library/postgres:16","namespace":"default",
+               "pod":"db-0","container_name":"postgres"})
+    );
+    assert_eq!(
+        line(&Request::Disarm { id: "c1".into() }),
+        json!({"v":1,"op":"disarm","id":"c1"})
+    );
+    assert_eq!(line(&Request::Status), json!({"v":1,"op":"status"}));
+    assert_eq!(
+        line(&Request::Explain {
+            id: "c1".into(),
+            path: "/tmp/x".into()
+        }),
+        json!({"v":1,"op":"explain","id":"c1","path":"/tmp/x"})
+    );
+    assert_eq!(line(&Request::Ping), json!({"v":1,"op":"ping"}));
+}
+
+fn mark() -> MarkReply {
+    MarkReply {
+        path: "/run/c1/rootfs".into(),
+        kind: MarkKind::Filesystem,
+        dev: 51,
+        mnt_id: 7,
+        fstype: "overlay".into(),
+    }
+}
+
+fn unit() -> UnitReply {
+    UnitReply {
+        id: "c1".into(),
+        image_key: "k".into(),
+        image_name: Some("img".into()),
+        pid: Some(42),
+        mode: Mode::Enforce,
+        baseline_contents: 3,
+        marks: vec![mark()],
+        counters: CountersReply {
+            allowed: 1,
+            denied: 2,
+            would_deny: 3,
+            hashed: 4,
+            hash_timeouts: 5,
+        },
+        cache: CacheReply {
+            hits: 6,
+            misses: 7,
+            invalidations: 8,
+            racy_skips: 9,
+        },
+        cache_entries: 10,
+        last_deny: Some(LastDenyReply {
+            time: "2026-12-01T00:00:00Z".into(),
+            path: Some("/tmp/p".into()),
+            verdict: Verdict::Deny,
+        }),
+    }
+}
+
+const MARK: &str =
+    r#"{"path":"/run/c1/rootfs","kind":"filesystem","dev":51,"mnt_id":7,"fstype":"overlay"}"#;
+
+fn unit_json() -> serde_json::Value {
+    json!({"id":"c1","image_key":"k","image_name":"img","pid":42,"mode":"enforce",
+           "baseline_contents":3,"marks":[serde_json::from_str::<serde_json::Value>(MARK).unwrap()],
+           "counters":{"allowed":1,"denied":2,"would_deny":3,"hashed":4,"hash_timeouts":5},
+           "cache":{"hits":6,"misses":7,"invalidations":8,"racy_skips":9},
+           "cache_entries":10,
+           "last_deny":{"time":"2026-12-01T00:00:00Z","path":"/tmp/p","verdict":"deny"}})
+}
+
+fn ok(reply: &Reply) -> serde_json::Value {
+    let v = serde_json::to_value(Response::ok(reply)).unwrap();
+    assert_eq!(v["v"], 1);
+    assert_eq!(v["ok"], true);
+    assert!(v.get("code").is_none() && v.get("error").is_none());
+    // And it reads back as the same reply.
+    let back: Reply = serde_json::from_value(v["result"].clone()).unwrap();
+    assert_eq!(&back, reply);
+    v["result"].clone()
+}
+
+#[test]
+fn every_reply_is_pinned() {
+    let armed = Reply::Armed(ArmResult {
+        id: "c1".into(),
+        mode: Mode::Enforce,
+        image_key: "k".into(),
+        baseline: Provenance::Stored,
+        baseline_contents: 3,
+        snapshot_skipped: 0,
+        baseline_ms: 1.5,
+        arm_ms: 2.5,
+        memfd_noexec: true,
+        marks: vec![mark()],
+    });
+    assert_eq!(
+        ok(&armed),
+        json!({"id":"c1","mode":"enforce","image_key":"k","baseline":"stored",
+               "baseline_contents":3,"snapshot_skipped":0,"baseline_ms":1.5,"arm_ms":2.5,
+               "memfd_noexec":true,
+               "marks":[serde_json::from_str::<serde_json::Value>(MARK).unwrap()]})
+    );
+    assert_eq!(ok(&Reply::Disarmed(unit())), unit_json());
+    let mut stats = StatsReply {
+        events: 1,
+        permission_events: 2,
+        exec_notices: 3,
+        open_events: 4,
+        close_writes: 5,
+        overflows: 6,
+        unattributed: 7,
+        respond_errors: 8,
+        stat_errors: 9,
+        unanswered_drops: 10,
+        records: 11,
+        hashed_bytes: 12,
+        hash_seconds: 0.5,
+        latency_buckets: vec![1, 2],
+        latency_seconds: 0.25,
+        kernel_allowed_files: 13,
+        loader_checks: 14,
+        loader_not_blocked_looks: 15,
+        loader_waits: 16,
+        loader_wait_max_us: 17,
+        loader_thread_gone: 18,
+        ..Default::default()
+    };
+    stats.denied_by_reason.insert("not-in-baseline".into(), 19);
+    stats
+        .would_deny_by_reason
+        .insert("direct-loader".into(), 20);
+    let status = Reply::Status(StatusReply {
+        units: vec![unit()],
+        stats,
+        in_flight: 21,
+    });
+    assert_eq!(
+        ok(&status),
+        json!({"units":[unit_json()],
+               "stats":{"events":1,"permission_events":2,"exec_notices":3,"open_events":4,
+                        "close_writes":5,"overflows":6,"unattributed":7,"respond_errors":8,
+                        "stat_errors":9,"unanswered_drops":10,"records":11,"hashed_bytes":12,
+                        "hash_seconds":0.5,"latency_buckets":[1,2],"latency_seconds":0.25,
+                        "kernel_allowed_files":13,
+                        "denied_by_reason":{"not-in-baseline":19},
+                        "would_deny_by_reason":{"direct-loader":20},
+                        "loader_checks":14,"loader_not_blocked_looks":15,"loader_waits":16,
+                        "loader_wait_max_us":17,"loader_thread_gone":18},
+               "in_flight":21})
+    );
+    let explained = Reply::Explained(ExplainReply {
+        unit: "c1".into(),
+        mode: Mode::Audit,
+        path: "/tmp/x".into(),
+        sha256: Some("ab".into()),
+        blake3: "cd".into(),
+        size: 5,
+        covered: true,
+        baseline_paths: vec!["/bin/x".into()],
+        allowed_by_entry: false,
+        loader: false,
+        verdict: Verdict::Allow,
+        why: "in the image".into(),
+    });
+    assert_eq!(
+        ok(&explained),
+        json!({"unit":"c1","mode":"audit","path":"/tmp/x","sha256":"ab","blake3":"cd",
+               "size":5,"covered":true,"baseline_paths":["/bin/x"],"allowed_by_entry":false,
+               "loader":false,"verdict":"allow","why":"in the image"})
+    );
+    assert_eq!(
+        ok(&Reply::Pong {
+            version: "0.1.0".into()
+        }),
+        json!({"version":"0.1.0"})
+    );
+}
+
+#[test]
+fn failures_carry_a_code_and_old_replies_without_one_still_read() {
+    for (code, name) in [
+        (ErrorCode::Busy, "busy"),
+        (ErrorCode::Conflict, "conflict"),
+        (ErrorCode::NotFound, "not-found"),
+        (ErrorCode::Invalid, "invalid"),
+        (ErrorCode::Forbidden, "forbidden"),
+        (ErrorCode::Internal, "internal"),
+    ] {
+        assert_eq!(
+            serde_json::to_value(Response::err(code, "why")).unwrap(),
+            json!({"v":1,"ok":false,"code":name,"error":"why"})
+        );
+        assert_eq!(code.is_retryable(), name == "busy");
+    }
+    let old: Response =
+        serde_json::from_str(r#"{"v":1,"ok":false,"error":"daemon busy"}"#).unwrap();
+    assert_eq!(old.code, None);
+}
+
+#[test]
+fn engine_errors_map_to_codes() {
+    use crate::engine::EngineError as E;
+    let code = |e: E| ErrorCode::from(&e);
+    assert_eq!(code(E::DuplicateId("x".into())), ErrorCode::Conflict);
+    assert_eq!(code(E::UnknownId("x".into())), ErrorCode::NotFound);
+    assert_eq!(
+        code(E::Timeout(std::time::Duration::from_secs(1))),
+        ErrorCode::Busy
+    );
+    assert_eq!(code(E::Stopped), ErrorCode::Internal);
+}
+
+#[test]
+fn a_mark_path_that_is_not_utf8_is_escaped() {
+    use std::os::unix::ffi::OsStrExt;
+    let m = PlannedMark {
+        path: std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b"/run/\xff\n")),
+        kind: MarkKind::Mount,
+        dev: 1,
+        mnt_id: 2,
+        fstype: "tmpfs".into(),
+    };
+    assert_eq!(MarkReply::from(&m).path, "/run/\\xff\\x0a");
+}
