@@ -10,7 +10,11 @@
 //! - `fapolicyd permissive`: fapolicyd (Debian's 1.1.7, when installed) with Debian's
 //!   configuration made permissive, in a mount namespace of its own (see [`Fapolicyd`]);
 //! - `driftlock warm, erofs`: armed in enforce mode on an erofs image (when mkfs.erofs is
-//!   installed): after a file's first allowed exec the kernel allows it without an event.
+//!   installed): after a file's first allowed exec the kernel allows it without an event;
+//! - `reference warm`: with `DRIFTLOCK_BENCH_REFERENCE_BIN=PATH` (a `driftlock` binary of
+//!   another build, say the last release), that build's daemon armed in enforce mode on
+//!   its own tmpfs, so a change is compared with its predecessor in the same run, round by
+//!   round.
 //!
 //! Rounds alternate between the sides, each starting at another side, so machine noise
 //! hits all alike; each row gives the
@@ -167,7 +171,7 @@ fn install(src: &Path, dst: &Path) {
     fs::set_permissions(dst, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-const SIDES: [&str; 7] = [
+const SIDES: [&str; 8] = [
     "none",
     "floor",
     "driftlock warm",
@@ -175,7 +179,10 @@ const SIDES: [&str; 7] = [
     "driftlock audit",
     "fapolicyd permissive",
     "driftlock warm, erofs",
+    "reference warm",
 ];
+/// The side of `DRIFTLOCK_BENCH_REFERENCE_BIN`'s daemon.
+const REFERENCE: usize = 7;
 /// The side whose programs sit on an erofs image: after the first exec of a file, the
 /// kernel allows it without an event (no round trip at all).
 const IMMUTABLE: usize = 6;
@@ -400,6 +407,38 @@ fn main() {
     if immutable {
         armed_sides.push((IMMUTABLE, "enforce"));
     }
+    // Another build's daemon, on its own socket and state, guarding the reference side.
+    let reference_bin = std::env::var("DRIFTLOCK_BENCH_REFERENCE_BIN").ok();
+    let reference_sock = base.join("ref.sock");
+    let _reference = reference_bin.as_ref().map(|bin| {
+        let d = Daemon(
+            Command::new(bin)
+                .args(["daemon", "--log-level", "warn", "--socket"])
+                .arg(&reference_sock)
+                .arg("--state-dir")
+                .arg(base.join("ref-state"))
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !reference_sock.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let armed = Command::new(bin)
+            .args(["arm", "--id", "reference", "--mode", "enforce", "--rootfs"])
+            .arg(&dirs[REFERENCE])
+            .arg("--socket")
+            .arg(&reference_sock)
+            .output()
+            .unwrap();
+        assert!(
+            armed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&armed.stderr)
+        );
+        d
+    });
     for (i, mode) in armed_sides {
         let armed = Command::new(BIN)
             .args([
@@ -506,6 +545,7 @@ fn main() {
                     (3, None) => continue,
                     (FAPOLICYD, _) if fapolicyd.is_none() => continue,
                     (IMMUTABLE, _) if !immutable => continue,
+                    (REFERENCE, _) if reference_bin.is_none() => continue,
                     _ => (0..per_round).map(|_| run_once(t)).collect(),
                 };
                 medians[s] = pct(&mut v, 0.5);

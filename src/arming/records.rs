@@ -57,7 +57,12 @@ impl Armer {
             path: self.units_dir.clone(),
             source,
         })?;
-        let data = serde_json::to_vec_pretty(record).unwrap_or_default();
+        // A record that cannot be encoded must fail the arm, not be stored empty (a restart
+        // would then drop the unit without a word).
+        let data = serde_json::to_vec_pretty(record).map_err(|e| StoreError::Io {
+            path: self.record_path(&record.request.id),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
         write_atomic(&self.record_path(&record.request.id), &data)
     }
 

@@ -72,6 +72,12 @@ pub enum Provenance {
 #[derive(Debug, Clone)]
 pub struct BaselineStore {
     dir: PathBuf,
+    /// One lock per image key being obtained: concurrent arms of one image (a Deployment
+    /// scaled up) wait for the first one's snapshot and load it, instead of each walking
+    /// the image and racing to store it.
+    in_progress: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<Vec<u8>, std::sync::Arc<std::sync::Mutex<()>>>>,
+    >,
 }
 
 impl BaselineStore {
@@ -84,7 +90,10 @@ impl BaselineStore {
             .create(&dir)
             .map_err(io(&dir))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            in_progress: Default::default(),
+        })
     }
 
     /// The file that holds the baseline of `key`.
@@ -130,6 +139,37 @@ impl BaselineStore {
         threads: usize,
         indicators: Option<&Indicators>,
     ) -> Result<(Baseline, Provenance, Option<Snapshot>), StoreError> {
+        let key_lock = {
+            let mut map = self
+                .in_progress
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::sync::Arc::clone(map.entry(key.to_vec()).or_default())
+        };
+        let result = {
+            let _one_at_a_time = key_lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.load_or_snapshot_locked(key, rootfs, threads, indicators)
+        };
+        // Forget the lock once nobody else holds it (the map stays small).
+        let mut map = self
+            .in_progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if std::sync::Arc::strong_count(&key_lock) <= 2 {
+            map.remove(key);
+        }
+        result
+    }
+
+    fn load_or_snapshot_locked(
+        &self,
+        key: &[u8],
+        rootfs: &Path,
+        threads: usize,
+        indicators: Option<&Indicators>,
+    ) -> Result<(Baseline, Provenance, Option<Snapshot>), StoreError> {
         let provenance = match self.load(key) {
             Ok(Some(b)) => return Ok((b, Provenance::Stored, None)),
             Ok(None) => Provenance::Snapshotted,
@@ -145,14 +185,18 @@ impl BaselineStore {
     }
 }
 
-/// Writes `data` to `path` atomically, mode 0600.
+/// Writes `data` to `path` atomically, mode 0600. The temporary name is unique to the
+/// call (process and sequence number), so concurrent writers of one path never rename
+/// each other's file away (each rename is atomic; the last one wins).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
-        ".{}.tmp.{}",
+        ".{}.tmp.{}.{}",
         path.file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        std::process::id()
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -183,6 +227,52 @@ mod tests {
         let d = std::env::temp_dir().join(format!("driftlock-store-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         d
+    }
+
+    /// Issue 14 (burst): concurrent arms of one image raced in the store ("No such file or
+    /// directory" when one writer renamed another's temporary file away) and each took its
+    /// own snapshot. Now one snapshot is taken and the others load it.
+    #[test]
+    fn concurrent_arms_of_one_image_take_one_snapshot_and_all_succeed() {
+        let d = state_dir("burst");
+        let rootfs = d.join("rootfs");
+        fs::create_dir_all(rootfs.join("bin")).unwrap();
+        for i in 0..50 {
+            let p = rootfs.join(format!("bin/tool{i}"));
+            fs::write(&p, format!("tool {i}")).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let store = BaselineStore::open(&d).unwrap();
+        let provenances: Vec<Provenance> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..32)
+                .map(|_| s.spawn(|| store.load_or_snapshot(b"one-image", &rootfs, 1, None)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap().unwrap().1)
+                .collect()
+        });
+        let snapshots = provenances
+            .iter()
+            .filter(|p| **p == Provenance::Snapshotted)
+            .count();
+        assert_eq!(snapshots, 1, "{provenances:?}");
+        // Plain concurrent writers of one path: every rename succeeds.
+        let path = d.join("same");
+        std::thread::scope(|s| {
+            for i in 0..32u8 {
+                let path = &path;
+                s.spawn(move || write_atomic(path, &[i; 64]).unwrap());
+            }
+        });
+        assert_eq!(fs::read(&path).unwrap().len(), 64);
+        let leftovers = fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+            .count();
+        assert_eq!(leftovers, 0);
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

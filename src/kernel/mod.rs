@@ -22,6 +22,15 @@ pub use stat::{FileStat, PathStat, Timestamp, stat_fd, stat_path};
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+/// True while this process has a single thread (`Threads:` in `/proc/self/status`).
+fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .is_some_and(|n| n.trim() == "1")
+    })
+}
+
 /// Takes the fds passed by the service manager (`LISTEN_PID` = us, `LISTEN_FDS` = n, from
 /// fd 3, names in `LISTEN_FDNAMES`) and clears those variables so no child inherits them.
 pub fn take_listen_fds() -> Vec<(Option<String>, OwnedFd)> {
@@ -33,11 +42,20 @@ pub fn take_listen_fds() -> Vec<(Option<String>, OwnedFd)> {
     let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
         .map(|v| v.split(':').map(str::to_string).collect())
         .unwrap_or_default();
-    // SAFETY: removing variables during single-threaded startup (called before any thread).
-    unsafe {
-        std::env::remove_var("LISTEN_PID");
-        std::env::remove_var("LISTEN_FDS");
-        std::env::remove_var("LISTEN_FDNAMES");
+    // Changing the environment is only sound while no other thread can read it: checked
+    // here rather than trusted, since the caller cannot prove it.
+    if single_threaded() {
+        // SAFETY: this is the process's only thread (just checked), and only it could start
+        // another; nothing reads the environment concurrently.
+        unsafe {
+            std::env::remove_var("LISTEN_PID");
+            std::env::remove_var("LISTEN_FDS");
+            std::env::remove_var("LISTEN_FDNAMES");
+        }
+    } else {
+        log::warn!(
+            "LISTEN_* left in the environment: threads were started before the fds were taken"
+        );
     }
     if !ours || !(1..=64).contains(&n) {
         return Vec::new();
