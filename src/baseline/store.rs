@@ -75,10 +75,13 @@ pub struct BaselineStore {
     /// One lock per image key being obtained: concurrent arms of one image (a Deployment
     /// scaled up) wait for the first one's snapshot and load it, instead of each walking
     /// the image and racing to store it.
-    in_progress: std::sync::Arc<
-        std::sync::Mutex<std::collections::HashMap<Vec<u8>, std::sync::Arc<std::sync::Mutex<()>>>>,
-    >,
+    in_progress: KeyLocks,
 }
+
+/// A lock per image key whose baseline is being obtained.
+type KeyLocks = std::sync::Arc<
+    std::sync::Mutex<std::collections::HashMap<Vec<u8>, std::sync::Arc<std::sync::Mutex<()>>>>,
+>;
 
 impl BaselineStore {
     /// Opens (creating, mode 0700) `<state_dir>/baselines`.
