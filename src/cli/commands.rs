@@ -38,9 +38,7 @@ pub(super) fn hook(
 
 pub(super) fn evidence(cmd: EvidenceCommand) -> Result<i32, CliError> {
     use crate::audit::evidence::{Limits, Quarantine};
-    let open = |dir: &Path| {
-        Quarantine::open(dir, Limits::default()).map_err(|e| CliError::Other(e.to_string()))
-    };
+    let open = |dir: &Path| Quarantine::open(dir, Limits::default());
     match cmd {
         EvidenceCommand::List { state_dir } => {
             let q = open(&state_dir)?;
@@ -66,12 +64,12 @@ pub(super) fn evidence(cmd: EvidenceCommand) -> Result<i32, CliError> {
         }
         EvidenceCommand::Show { id, state_dir } => {
             let q = open(&state_dir)?;
-            q.path_of(&id).map_err(|e| CliError::Other(e.to_string()))?;
+            q.path_of(&id)?;
             match q.list().into_iter().find(|(m, _)| m.sha256 == id) {
                 Some((m, _)) => {
                     println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default())
                 }
-                None => return Err(CliError::Other(format!("no evidence with id {id}"))),
+                None => return Err(CliError::NoEvidence(id)),
             }
             Ok(0)
         }
@@ -81,12 +79,12 @@ pub(super) fn evidence(cmd: EvidenceCommand) -> Result<i32, CliError> {
             state_dir,
         } => {
             let q = open(&state_dir)?;
-            let src = q.path_of(&id).map_err(|e| CliError::Other(e.to_string()))?;
+            let src = q.path_of(&id)?;
             let data = std::fs::read(&src).map_err(|source| CliError::Io {
                 path: src.clone(),
                 source,
             })?;
-            write_atomic(&output, &data).map_err(|e| CliError::Other(e.to_string()))?;
+            write_atomic(&output, &data)?;
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&output, std::fs::Permissions::from_mode(0o400));
             println!(
@@ -100,7 +98,7 @@ pub(super) fn evidence(cmd: EvidenceCommand) -> Result<i32, CliError> {
 }
 
 pub(super) fn unexpected(reply: &Reply) -> CliError {
-    CliError::Other(format!("unexpected reply from the daemon: {reply:?}"))
+    CliError::UnexpectedReply(format!("{reply:?}"))
 }
 
 pub(super) fn path_arg(p: &Path) -> String {
@@ -258,10 +256,7 @@ pub(super) fn baseline(cmd: BaselineCommand) -> Result<i32, CliError> {
             indicators,
         } => {
             let indicators = match indicators {
-                Some(p) => Some(
-                    crate::baseline::indicators::Indicators::load(&p)
-                        .map_err(|e| CliError::Other(e.to_string()))?,
-                ),
+                Some(p) => Some(crate::baseline::indicators::Indicators::load(&p)?),
                 None => None,
             };
             let key = key.map_or_else(
@@ -269,8 +264,7 @@ pub(super) fn baseline(cmd: BaselineCommand) -> Result<i32, CliError> {
                 String::into_bytes,
             );
             let snap =
-                crate::baseline::snapshot_checked(&rootfs, key, threads, indicators.as_ref())
-                    .map_err(|e| CliError::Other(e.to_string()))?;
+                crate::baseline::snapshot_checked(&rootfs, key, threads, indicators.as_ref())?;
             for bad in snap.baseline.known_bad() {
                 eprintln!(
                     "KNOWN BAD: {} matches indicator {}",
@@ -293,9 +287,7 @@ pub(super) fn baseline(cmd: BaselineCommand) -> Result<i32, CliError> {
             );
             let bytes = format::encode(&snap.baseline);
             match output {
-                Some(path) => {
-                    write_atomic(&path, &bytes).map_err(|e| CliError::Other(e.to_string()))?
-                }
+                Some(path) => write_atomic(&path, &bytes)?,
                 None => std::io::stdout()
                     .write_all(&bytes)
                     .map_err(|source| CliError::Io {

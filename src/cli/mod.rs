@@ -224,13 +224,9 @@ impl DaemonArgs {
     ) -> Result<(DaemonConfig, crate::config::Config, Option<PathBuf>), CliError> {
         use crate::config::{Config, DEFAULT_CONFIG};
         let (file, path) = match &self.config {
-            Some(p) => (
-                Config::load(p).map_err(|e| CliError::Other(e.to_string()))?,
-                Some(p.clone()),
-            ),
+            Some(p) => (Config::load(p)?, Some(p.clone())),
             None if Path::new(DEFAULT_CONFIG).exists() => (
-                Config::load(Path::new(DEFAULT_CONFIG))
-                    .map_err(|e| CliError::Other(e.to_string()))?,
+                Config::load(Path::new(DEFAULT_CONFIG))?,
                 Some(PathBuf::from(DEFAULT_CONFIG)),
             ),
             None => (Config::default(), None),
@@ -238,8 +234,7 @@ impl DaemonArgs {
         let config = self
             .settings()
             .over(file.settings())
-            .resolve(log::log_enabled!(log::Level::Debug))
-            .map_err(|e| CliError::Other(e.to_string()))?;
+            .resolve(log::log_enabled!(log::Level::Debug))?;
         Ok((config, file, path))
     }
 }
@@ -383,9 +378,30 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
-    /// Other.
-    #[error("{0}")]
-    Other(String),
+    /// The configuration file.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The daemon's settings.
+    #[error(transparent)]
+    Settings(#[from] crate::settings::SettingsError),
+    /// The quarantine.
+    #[error(transparent)]
+    Evidence(#[from] crate::audit::evidence::EvidenceError),
+    /// A known-bad indicator list.
+    #[error(transparent)]
+    Indicators(#[from] crate::baseline::indicators::IndicatorError),
+    /// Taking a snapshot.
+    #[error(transparent)]
+    Snapshot(#[from] crate::baseline::SnapshotError),
+    /// Writing a file atomically.
+    #[error(transparent)]
+    Store(#[from] crate::baseline::store::StoreError),
+    /// No evidence under this id.
+    #[error("no evidence with id {0}")]
+    NoEvidence(String),
+    /// The daemon answered with a reply of another request.
+    #[error("unexpected reply from the daemon: {0}")]
+    UnexpectedReply(String),
 }
 
 impl Cli {
