@@ -230,6 +230,14 @@ fn walk(
 ) {
     let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
     let root_dev = nix::sys::stat::fstat(root.as_fd()).map(|s| s.st_dev).ok();
+    let root_mount = crate::kernel::mount_id_at(root.as_fd(), OsStr::new("."));
+    // A file on another device is either bind mounted over the rootfs (another mount:
+    // covered by its own mark) or an overlay file whose layer is on another filesystem
+    // (overlay then gives each layer's files a device number of its own): its mount tells.
+    let same_mount = |dir: &OwnedFd, name: &[u8]| {
+        root_mount.is_some()
+            && crate::kernel::mount_id_at(dir.as_fd(), OsStr::from_bytes(name)) == root_mount
+    };
     while let Some(dir_rel) = stack.pop() {
         let skip = |errors: &mut Vec<SnapshotFileError>, rel: &[u8], reason: String| {
             errors.push(SnapshotFileError {
@@ -301,7 +309,10 @@ fn walk(
                         OsStr::from_bytes(name),
                         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
                     ) {
-                        Ok(st) if is_executable(&st) && Some(st.st_dev) == root_dev => {
+                        Ok(st)
+                            if is_executable(&st)
+                                && (Some(st.st_dev) == root_dev || same_mount(&dir_fd, name)) =>
+                        {
                             if jobs.send(Job { rel: rel_of(name) }).is_err() {
                                 return;
                             }

@@ -33,7 +33,8 @@ use crate::baseline::{Baseline, Digest, HashError, hash_fd};
 use crate::escape::escape_bytes;
 use crate::kernel::{
     Answer, EventMask, FileStat, Gate, KernelError, Mark, MarkKind, PendingPermission,
-    ProcTaskProbe, RawEvent, Respond, TaskProbe, Wake, procfs, stat_fd, unanswered_drops,
+    ProcTaskProbe, RawEvent, Respond, TaskProbe, Wake, is_overlay, legacy_mount_id, procfs,
+    stat_fd, unanswered_drops,
 };
 use crate::registry::{Allowed, PlannedMark, Registry, Unit, UnitCounters, UnitHandle, UnitStatus};
 use crate::verdict::cache::now as wall_now;
@@ -330,7 +331,7 @@ impl<G: Gate> Engine<G> {
             let stat = stat_fd(fd.as_fd());
             if let Ok(stat) = stat {
                 self.stats.close_writes += 1;
-                self.invalidate(&stat);
+                self.invalidate(&stat, fd.as_fd(), ev.tid);
             } else {
                 self.stats.stat_errors += 1;
             }
@@ -345,7 +346,12 @@ impl<G: Gate> Engine<G> {
         };
         if close_write {
             self.stats.close_writes += 1;
-            self.invalidate(&stat);
+            if let Some(fd) = event.fd() {
+                let fd = fd.try_clone_to_owned();
+                if let Ok(fd) = fd {
+                    self.invalidate(&stat, fd.as_fd(), ev.tid);
+                }
+            }
         }
         if matches!(event, ExecEvent::Open(_)) && !stat.is_regular() {
             self.answer(event, Answer::Allow);
@@ -357,13 +363,27 @@ impl<G: Gate> Engine<G> {
     /// Attributes an exec (or script open) to its unit and answers from the cache or
     /// starts hashing.
     fn judge(&mut self, event: ExecEvent, tid: i32, stat: FileStat) {
-        let Some(attr) = self.registry.attribute(&stat) else {
+        let attr = self.registry.attribute(&stat).or_else(|| {
+            let fd = event.fd()?.try_clone_to_owned().ok()?;
+            self.attribute_overlay_layer(fd.as_fd(), tid, &stat)
+        });
+        let Some(attr) = attr else {
             if self.restoring && !matches!(event, ExecEvent::Notice(_)) {
                 self.parked.push((event, tid, stat));
                 return;
             }
             self.stats.unattributed += 1;
-            self.answer(event, Answer::Allow);
+            // Every event comes from one of our marks, and only an enforce-mode unit's marks
+            // hold execs: one that no unit claims (its unit went away meanwhile, or could not
+            // be re-armed) is refused, never silently allowed.
+            let answer = if matches!(event, ExecEvent::Permission(_)) {
+                self.stats.unattributed_denied += 1;
+                log::debug!("exec on a marked filesystem that no unit claims: denied");
+                Answer::Deny
+            } else {
+                Answer::Allow
+            };
+            self.answer(event, answer);
             return;
         };
         // Only a filesystem mark sees every writer of the file (a mount mark misses writes
@@ -403,8 +423,41 @@ impl<G: Gate> Engine<G> {
             })
     }
 
-    fn invalidate(&mut self, stat: &FileStat) {
-        let Some(attr) = self.registry.attribute(stat) else {
+    /// Overlay with layers on different filesystems (no `xino`) gives each layer's files a
+    /// device number of its own, not the overlay's: such a file is found by its mount
+    /// instead (the task's mount table names the overlay's device), and its device is
+    /// remembered for the unit, so the next event is an ordinary hit.
+    fn attribute_overlay_layer(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        tid: i32,
+        stat: &FileStat,
+    ) -> Option<crate::registry::Attribution> {
+        if !is_overlay(fd) {
+            return None;
+        }
+        let mnt = legacy_mount_id(fd)?;
+        let mounts = crate::kernel::mountinfo::read_mountinfo_of(tid).ok()?;
+        let overlay_dev = mounts.iter().rev().find(|m| m.mount_id == mnt)?.dev;
+        let attr = self.registry.attribute_filesystem(overlay_dev)?;
+        self.registry.add_layer_device(stat.dev, attr.unit);
+        self.stats.layer_devices += 1;
+        log::debug!(
+            "overlay layer device {}:{} belongs to the unit armed on {}:{}",
+            libc::major(stat.dev),
+            libc::minor(stat.dev),
+            libc::major(overlay_dev),
+            libc::minor(overlay_dev)
+        );
+        Some(attr)
+    }
+
+    fn invalidate(&mut self, stat: &FileStat, fd: BorrowedFd<'_>, tid: i32) {
+        let attr = self
+            .registry
+            .attribute(stat)
+            .or_else(|| self.attribute_overlay_layer(fd, tid, stat));
+        let Some(attr) = attr else {
             return;
         };
         let key = FileKey::from(stat);

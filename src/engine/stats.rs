@@ -61,6 +61,13 @@ pub struct EngineStats {
     /// Loader checks whose thread was gone (its exec could not go on; allowed).
     #[serde(default)]
     pub loader_thread_gone: u64,
+    /// Permission events on a marked filesystem that no unit claims, denied.
+    #[serde(default)]
+    pub unattributed_denied: u64,
+    /// Overlay layer devices attributed to their unit by mount (layers on different
+    /// filesystems).
+    #[serde(default)]
+    pub layer_devices: u64,
 }
 
 /// Upper bounds of the decision-latency histogram, seconds.

@@ -225,6 +225,12 @@ pub struct StatsReply {
     /// Loader checks whose thread was gone.
     #[serde(default)]
     pub loader_thread_gone: u64,
+    /// Permission events on a marked filesystem that no unit claims, denied.
+    #[serde(default)]
+    pub unattributed_denied: u64,
+    /// Overlay layer devices attributed to their unit by mount.
+    #[serde(default)]
+    pub layer_devices: u64,
 }
 
 impl From<&EngineStats> for StatsReply {
@@ -253,6 +259,8 @@ impl From<&EngineStats> for StatsReply {
             loader_waits: s.loader_waits,
             loader_wait_max_us: s.loader_wait_max_us,
             loader_thread_gone: s.loader_thread_gone,
+            unattributed_denied: s.unattributed_denied,
+            layer_devices: s.layer_devices,
         }
     }
 }

@@ -156,6 +156,8 @@ fn every_reply_is_pinned() {
         loader_waits: 16,
         loader_wait_max_us: 17,
         loader_thread_gone: 18,
+        unattributed_denied: 22,
+        layer_devices: 23,
         ..Default::default()
     };
     stats.denied_by_reason.insert("not-in-baseline".into(), 19);
@@ -178,7 +180,8 @@ fn every_reply_is_pinned() {
                         "denied_by_reason":{"not-in-baseline":19},
                         "would_deny_by_reason":{"direct-loader":20},
                         "loader_checks":14,"loader_not_blocked_looks":15,"loader_waits":16,
-                        "loader_wait_max_us":17,"loader_thread_gone":18},
+                        "loader_wait_max_us":17,"loader_thread_gone":18,
+                        "unattributed_denied":22,"layer_devices":23},
                "in_flight":21})
     );
     let explained = Reply::Explained(ExplainReply {

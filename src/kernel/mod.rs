@@ -18,7 +18,9 @@ pub use fanotify::{
     Answer, EventMask, FanotifyGate, Gate, Mark, MarkKind, PendingPermission, RawEvent, Respond,
     Wake, unanswered_drops,
 };
-pub use stat::{FileStat, PathStat, Timestamp, stat_fd, stat_path};
+pub use stat::{
+    FileStat, PathStat, Timestamp, is_overlay, legacy_mount_id, mount_id_at, stat_fd, stat_path,
+};
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 

@@ -111,6 +111,36 @@ pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<FileStat, KernelError> {
     })
 }
 
+/// The legacy mount id (the one `mountinfo` shows) of the mount an open fd was opened
+/// through.
+pub fn legacy_mount_id(fd: BorrowedFd<'_>) -> Option<u64> {
+    statx_raw(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH, libc::STATX_MNT_ID)
+        .ok()
+        .map(|st| st.stx_mnt_id)
+}
+
+/// The mount id (unique where the kernel has it) of `name` in directory `dir`, not
+/// following a final symlink: tells a file of the directory's own mount from a file bind
+/// mounted over it, where device numbers cannot (overlay gives each layer's files a device
+/// number of its own when the layers are on different filesystems).
+pub fn mount_id_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Option<u64> {
+    let c = CString::new(name.as_bytes()).ok()?;
+    statx_raw(
+        dir.as_raw_fd(),
+        &c,
+        libc::AT_SYMLINK_NOFOLLOW,
+        libc::STATX_MNT_ID | libc::STATX_MNT_ID_UNIQUE,
+    )
+    .ok()
+    .map(|st| st.stx_mnt_id)
+}
+
+/// True if the open fd is a file of an overlay filesystem (`OVERLAYFS_SUPER_MAGIC`).
+pub fn is_overlay(fd: BorrowedFd<'_>) -> bool {
+    nix::sys::statfs::fstatfs(fd)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC)
+}
+
 /// `statx` of a path (following symlinks), for planning marks.
 pub fn stat_path(path: &Path) -> Result<PathStat, KernelError> {
     let c =

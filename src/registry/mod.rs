@@ -328,6 +328,22 @@ impl Registry {
         })
     }
 
+    /// The unit with a filesystem mark on device `dev`.
+    pub fn attribute_filesystem(&self, dev: u64) -> Option<Attribution> {
+        self.by_dev.get(&dev).map(|u| Attribution {
+            unit: *u,
+            via: MarkKind::Filesystem,
+        })
+    }
+
+    /// Attributes device `dev` (an overlay layer's own device number) to `unit`'s
+    /// filesystem mark, until the unit is removed.
+    pub fn add_layer_device(&mut self, dev: u64, unit: UnitHandle) {
+        if self.units.contains_key(&unit) {
+            self.by_dev.entry(dev).or_insert(unit);
+        }
+    }
+
     /// The unit that already claims one of `marks`, if any.
     pub fn conflict(&self, marks: &[PlannedMark]) -> Option<UnitHandle> {
         marks.iter().find_map(|m| match m.kind {

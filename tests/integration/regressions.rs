@@ -211,3 +211,117 @@ fn issue_13_a_busy_daemon_makes_the_hook_wait_and_succeed() {
         started.elapsed()
     ));
 }
+
+/// Issue 14 (2): an overlay whose upper layer is on a tmpfs and whose lower layer is on
+/// another filesystem (no `xino`) gives each layer's files a device number of its own.
+/// Before the fix a new binary written into the rootfs ran (its device was no unit's:
+/// allowed unattributed) and a copy of an image binary was denied (the snapshot had
+/// dropped every lower-layer file). Now such files are attributed by their mount and kept
+/// in the baseline, and an exec no unit claims is refused.
+#[test]
+fn issue_14_overlay_layers_on_different_filesystems_are_judged_by_content() {
+    use crate::support::{EPERM, exec};
+    if !root_or_skip("issue 14 overlay layers") {
+        return;
+    }
+    let mut sb = Sandbox::new("issue14ovl");
+    // The lower layer on the machine's disk (only read), upper and work on the sandbox's
+    // tmpfs; the marks go on this test's own overlay and tmpfs only.
+    let lower = std::path::PathBuf::from(format!(
+        "/var/tmp/driftlock-issue14-lower-{}",
+        std::process::id()
+    ));
+    let _ = fs::remove_dir_all(&lower);
+    fs::create_dir_all(lower.join("bin")).unwrap();
+    fs::create_dir_all(lower.join("tmp")).unwrap();
+    sb.install("/usr/bin/true", &lower.join("bin/true"));
+    sb.install("/usr/bin/cat", &lower.join("bin/cat"));
+    let (upper, work, merged) = (
+        sb.dir.join("l-upper"),
+        sb.dir.join("l-work"),
+        sb.dir.join("l-merged"),
+    );
+    for d in [&upper, &work, &merged] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let mounted = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&merged)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let tmp = merged.join("tmp");
+    assert!(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&tmp)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let dev = |p: &std::path::Path| std::os::unix::fs::MetadataExt::dev(&fs::metadata(p).unwrap());
+    assert_ne!(
+        dev(&merged),
+        dev(&merged.join("bin/true")),
+        "this kernel gives lower-layer files a device of their own (the case under test)"
+    );
+    sb.start_daemon(&[]);
+    let out = sb.client(&[
+        "arm",
+        "--id",
+        "layers",
+        "--rootfs",
+        merged.to_str().unwrap(),
+        "--mount",
+        tmp.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Image programs from the lower layer run, and a copy of one elsewhere is the same
+    // program.
+    assert_eq!(exec(&merged.join("bin/true")), Ok(0));
+    sb.install(
+        merged.join("bin/true").to_str().unwrap(),
+        &tmp.join("true-copy"),
+    );
+    assert_eq!(
+        exec(&tmp.join("true-copy")),
+        Ok(0),
+        "a copy of an image binary"
+    );
+    // A new binary in the rootfs (upper layer, its own device number) is not.
+    sb.install("/usr/bin/id", &merged.join("bin/new"));
+    assert_ne!(dev(&merged), dev(&merged.join("bin/new")));
+    assert_eq!(
+        exec(&merged.join("bin/new")),
+        EPERM,
+        "a dropped binary in the rootfs"
+    );
+    // A modified image binary (copied up) is not either.
+    fs::write(merged.join("bin/cat"), fs::read("/usr/bin/id").unwrap()).unwrap();
+    assert_eq!(
+        exec(&merged.join("bin/cat")),
+        EPERM,
+        "a modified image binary"
+    );
+    let stats = sb.status_json()["stats"].clone();
+    assert!(stats["layer_devices"].as_u64().unwrap() >= 1, "{stats}");
+    let recs = sb.records(2);
+    assert!(
+        recs.iter().all(|r| r["unit"] == "layers"),
+        "denials are attributed to the unit: {recs:?}"
+    );
+    sb.kill_daemon();
+    let _ = Command::new("umount").arg(&tmp).status();
+    let _ = Command::new("umount").arg(&merged).status();
+    let _ = fs::remove_dir_all(&lower);
+}

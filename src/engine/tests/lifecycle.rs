@@ -119,10 +119,14 @@ fn a_hash_past_its_budget_is_denied_not_left_hanging() {
 }
 
 #[test]
-fn unattributed_events_are_allowed_and_disarm_drops_the_unit() {
+fn unattributed_execs_are_refused_and_disarm_drops_the_unit() {
     let h = Harness::new("disarm", cfg(), None);
     let f = h.file("x", b"payload");
-    assert_eq!(h.exec(&f), Answer::Allow, "no unit armed");
+    // Only an enforce-mode unit's marks hold execs: one no unit claims is refused, never
+    // silently allowed (issue 14: a unit that went away or could not be re-armed).
+    assert_eq!(h.exec(&f), Answer::Deny, "no unit armed");
+    let stats = h.handle.status().unwrap().stats;
+    assert_eq!((stats.unattributed, stats.unattributed_denied), (1, 1));
     h.arm("c1", Mode::Enforce, &[b"image"]).unwrap();
     assert!(matches!(
         h.arm("c1", Mode::Enforce, &[]),
@@ -135,7 +139,7 @@ fn unattributed_events_are_allowed_and_disarm_drops_the_unit() {
     assert_eq!(h.exec(&f), Answer::Deny);
     let last = h.handle.disarm("c1").unwrap();
     assert_eq!(last.counters.denied, 1);
-    assert_eq!(h.exec(&f), Answer::Allow);
+    assert_eq!(h.exec(&f), Answer::Deny, "its unit is gone");
     assert!(h.handle.status().unwrap().units.is_empty());
     let removed = h
         .log
