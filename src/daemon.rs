@@ -76,7 +76,13 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
             version: env!("CARGO_PKG_VERSION").into(),
         }),
         Request::Status => match ctx.engine.status() {
-            Ok(s) => Response::ok(&Reply::Status(StatusReply::from(&s))),
+            Ok(s) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                let mut reply = StatusReply::from(&s);
+                reply.config_reloads = ctx.stats.reloads.load(Relaxed);
+                reply.config_reload_errors = ctx.stats.reload_errors.load(Relaxed);
+                Response::ok(&Reply::Status(reply))
+            }
             Err(e) => Response::err(ErrorCode::from(&e), e.to_string()),
         },
         Request::Explain { id, path } => match ctx.explain(&id, &path) {
@@ -258,12 +264,22 @@ pub fn run(
                 Some(path) => match crate::config::Config::load(path) {
                     Ok(c) => {
                         let n = reloader.apply_policy(c);
+                        reloader
+                            .stats
+                            .reloads
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         log::info!(
                             "SIGHUP: reloaded {}; allow entries updated for {n} armed units",
                             path.display()
                         );
                     }
-                    Err(e) => log::error!("SIGHUP: keeping the running configuration: {e}"),
+                    Err(e) => {
+                        reloader
+                            .stats
+                            .reload_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        log::error!("SIGHUP: keeping the running configuration: {e}");
+                    }
                 },
             },
             Ok(sig) => {

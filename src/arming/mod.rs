@@ -202,6 +202,10 @@ pub struct ArmStats {
     pub failed: std::sync::atomic::AtomicU64,
     /// Total time of successful arms, microseconds.
     pub micros: std::sync::atomic::AtomicU64,
+    /// Configuration reloads applied (SIGHUP).
+    pub reloads: std::sync::atomic::AtomicU64,
+    /// Configuration reloads refused (the file was broken; the running one kept).
+    pub reload_errors: std::sync::atomic::AtomicU64,
 }
 
 impl Armer {

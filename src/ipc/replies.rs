@@ -274,6 +274,12 @@ pub struct StatusReply {
     pub stats: StatsReply,
     /// Files being hashed now.
     pub in_flight: usize,
+    /// Configuration reloads applied (SIGHUP).
+    #[serde(default)]
+    pub config_reloads: u64,
+    /// Configuration reloads refused (the running configuration was kept).
+    #[serde(default)]
+    pub config_reload_errors: u64,
 }
 
 impl From<&EngineStatus> for StatusReply {
@@ -282,6 +288,8 @@ impl From<&EngineStatus> for StatusReply {
             units: s.units.iter().map(UnitReply::from).collect(),
             stats: StatsReply::from(&s.stats),
             in_flight: s.in_flight,
+            config_reloads: 0,
+            config_reload_errors: 0,
         }
     }
 }

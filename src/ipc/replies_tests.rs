@@ -168,6 +168,8 @@ fn every_reply_is_pinned() {
         units: vec![unit()],
         stats,
         in_flight: 21,
+        config_reloads: 24,
+        config_reload_errors: 25,
     });
     assert_eq!(
         ok(&status),
@@ -182,7 +184,7 @@ fn every_reply_is_pinned() {
                         "loader_checks":14,"loader_not_blocked_looks":15,"loader_waits":16,
                         "loader_wait_max_us":17,"loader_thread_gone":18,
                         "unattributed_denied":22,"layer_devices":23},
-               "in_flight":21})
+               "in_flight":21,"config_reloads":24,"config_reload_errors":25})
     );
     let explained = Reply::Explained(ExplainReply {
         unit: "c1".into(),

@@ -424,8 +424,11 @@ fn audit_tune_enforce_workflow_keeps_evidence() {
         .output()
         .unwrap();
     assert!(check.status.success(), "{}", text(&check));
+    let reloads = node.status()["config_reloads"].as_u64().unwrap_or(0);
     node.signal_daemon(nix::sys::signal::Signal::SIGHUP);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for("the reload", Duration::from_secs(10), || {
+        node.status()["config_reloads"].as_u64().unwrap_or(0) > reloads
+    });
 
     let e = annotations(None);
     let args: Vec<&str> = e.iter().map(String::as_str).collect();

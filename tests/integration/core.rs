@@ -588,21 +588,15 @@ fn sighup_reloads_allow_entries_without_dropping_marks() {
     )
     .unwrap();
     sb.signal_daemon(nix::sys::signal::Signal::SIGHUP);
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while exec(&payload) != Ok(0) {
-        assert!(
-            std::time::Instant::now() < until,
-            "the allow entry was not applied"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    sb.wait_for_status("the reload", |s| s["config_reloads"] == 1);
+    assert_eq!(exec(&payload), Ok(0), "the allow entry applies");
     let other = sb.tmp.join("other");
     sb.install("/usr/bin/env", &other);
     assert_eq!(exec(&other), EPERM, "only the allowed content");
     // A broken file is refused and the running configuration kept.
     fs::write(&config, "mode = \"sometimes\"\n").unwrap();
     sb.signal_daemon(nix::sys::signal::Signal::SIGHUP);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    sb.wait_for_status("the refused reload", |s| s["config_reload_errors"] == 1);
     assert!(sb.daemon_alive());
     assert_eq!(exec(&payload), Ok(0));
     assert_eq!(exec(&other), EPERM);

@@ -218,6 +218,15 @@ impl Sandbox {
         crate::private_ns::read_records(&self.audit, n, Duration::from_secs(10))
     }
 
+    /// Waits (up to 10 s) until the daemon's status satisfies `ok`.
+    pub fn wait_for_status(&self, what: &str, ok: impl Fn(&serde_json::Value) -> bool) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !ok(&self.status_json()) {
+            assert!(Instant::now() < until, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn status_json(&self) -> serde_json::Value {
         let out = run_ok(
             Command::new(BIN)
