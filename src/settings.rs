@@ -98,11 +98,11 @@ pub enum SettingsError {
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
     /// The indicator list cannot be read.
-    #[error("{0}")]
-    Indicators(String),
+    #[error(transparent)]
+    Indicators(#[from] crate::baseline::indicators::IndicatorError),
     /// The Falcosidekick URL is not usable.
-    #[error("{0}")]
-    Falcosidekick(String),
+    #[error(transparent)]
+    Falcosidekick(#[from] crate::audit::falco::EndpointError),
 }
 
 impl Settings {
@@ -171,10 +171,7 @@ impl Settings {
             memfd_noexec: self.memfd_noexec.unwrap_or(d::MEMFD_NOEXEC),
             metrics_addr: self.metrics_addr,
             indicators: match self.indicators {
-                Some(p) => Some(
-                    crate::baseline::indicators::Indicators::load(&p)
-                        .map_err(|e| SettingsError::Indicators(e.to_string()))?,
-                ),
+                Some(p) => Some(crate::baseline::indicators::Indicators::load(&p)?),
                 None => None,
             },
             evidence: (evidence_file_mb > 0).then_some(crate::audit::evidence::Limits {
@@ -182,7 +179,7 @@ impl Settings {
                 max_total: evidence_total_mb << 20,
             }),
             falcosidekick: match self.falcosidekick_url {
-                Some(url) => Some(url.parse().map_err(SettingsError::Falcosidekick)?),
+                Some(url) => Some(url.parse()?),
                 None => None,
             },
         })

@@ -78,18 +78,29 @@ pub struct Endpoint {
     pub path: String,
 }
 
+/// Why a Falcosidekick URL is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// Not `http://`.
+    #[error("{0:?}: only http:// URLs are supported (run Falcosidekick beside the node)")]
+    NotHttp(String),
+    /// No `host:port`.
+    #[error("{0:?}: give host:port")]
+    NoHostPort(String),
+}
+
 impl std::str::FromStr for Endpoint {
-    type Err = String;
-    fn from_str(url: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("{url:?}: only http:// URLs are supported (run Falcosidekick beside the node)")
-        })?;
+    type Err = EndpointError;
+    fn from_str(url: &str) -> Result<Self, EndpointError> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| EndpointError::NotHttp(url.to_string()))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
         if authority.is_empty() || !authority.contains(':') {
-            return Err(format!("{url:?}: give host:port"));
+            return Err(EndpointError::NoHostPort(url.to_string()));
         }
         Ok(Endpoint {
             authority: authority.to_string(),

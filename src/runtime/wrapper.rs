@@ -32,13 +32,23 @@ pub enum RuntimeError {
         /// Why.
         reason: String,
     },
+    /// The bundle's config has no room for hooks.
+    #[error("bundle config {}: {source}", path.display())]
+    Patch {
+        /// config.json.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: PatchError,
+    },
     /// The settings file is malformed.
     #[error("{CONFIG_FILE} line {line}: {reason}")]
     Settings {
         /// Line.
         line: usize,
         /// Why.
-        reason: String,
+        #[source]
+        reason: SettingError,
     },
     /// An environment variable holds a bad value.
     #[error("environment variable {var}: {reason}")]
@@ -46,7 +56,8 @@ pub enum RuntimeError {
         /// The variable.
         var: &'static str,
         /// Why.
-        reason: String,
+        #[source]
+        reason: SettingError,
     },
     /// `execv` failed.
     #[error("cannot execute {}: {source}", path.display())]
@@ -57,6 +68,37 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why one wrapper setting was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingError {
+    /// Not `KEY=VALUE`.
+    #[error("expected KEY=VALUE")]
+    NotKeyValue,
+    /// A path setting that is not absolute.
+    #[error("{0} must be an absolute path")]
+    NotAbsolute(String),
+    /// `FAIL_OPEN` that is not a boolean.
+    #[error("FAIL_OPEN must be true or false")]
+    NotABool,
+    /// An unknown key.
+    #[error("unknown setting {0} (RUNC, DRIFTLOCK, SOCKET, FAIL_OPEN)")]
+    Unknown(String),
+}
+
+/// Why driftlock's hooks cannot be added to a bundle's config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatchError {
+    /// The document is not an object.
+    #[error("config.json is not a JSON object")]
+    NotAnObject,
+    /// `hooks` is not an object.
+    #[error("\"hooks\" is not an object")]
+    HooksNotAnObject,
+    /// A stage's hook list is not an array.
+    #[error("\"hooks.{0}\" is not an array")]
+    StageNotAnArray(&'static str),
 }
 
 /// The wrapper's settings: defaults, then `/etc/driftlock/runtime.conf`, then the
@@ -95,25 +137,25 @@ impl RuntimeConfig {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let err = |reason: &str| RuntimeError::Settings {
+            let err = |reason| RuntimeError::Settings {
                 line: i + 1,
-                reason: reason.to_string(),
+                reason,
             };
             let (key, value) = line
                 .split_once('=')
-                .ok_or_else(|| err("expected KEY=VALUE"))?;
-            self.set(key.trim(), value.trim()).map_err(|r| err(&r))?;
+                .ok_or_else(|| err(SettingError::NotKeyValue))?;
+            self.set(key.trim(), value.trim()).map_err(err)?;
         }
         Ok(())
     }
 
-    fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+    fn set(&mut self, key: &str, value: &str) -> Result<(), SettingError> {
         let abs = |v: &str| {
             let p = PathBuf::from(v);
             if p.is_absolute() {
                 Ok(p)
             } else {
-                Err(format!("{key} must be an absolute path"))
+                Err(SettingError::NotAbsolute(key.to_string()))
             }
         };
         match key {
@@ -124,14 +166,10 @@ impl RuntimeConfig {
                 self.fail_open = match value {
                     "1" | "true" | "yes" => true,
                     "0" | "false" | "no" => false,
-                    _ => return Err("FAIL_OPEN must be true or false".into()),
+                    _ => return Err(SettingError::NotABool),
                 }
             }
-            _ => {
-                return Err(format!(
-                    "unknown setting {key} (RUNC, DRIFTLOCK, SOCKET, FAIL_OPEN)"
-                ));
-            }
+            _ => return Err(SettingError::Unknown(key.to_string())),
         }
         Ok(())
     }
@@ -252,12 +290,10 @@ fn is_ours(entry: &Value, stage: &str) -> bool {
 }
 
 /// Adds driftlock's hooks to a runtime config (idempotent). Returns whether it changed.
-pub fn add_hooks(config: &mut Value, cfg: &RuntimeConfig) -> Result<bool, String> {
-    let root = config
-        .as_object_mut()
-        .ok_or("config.json is not a JSON object")?;
+pub fn add_hooks(config: &mut Value, cfg: &RuntimeConfig) -> Result<bool, PatchError> {
+    let root = config.as_object_mut().ok_or(PatchError::NotAnObject)?;
     let hooks = root.entry("hooks").or_insert_with(|| json!({}));
-    let hooks = hooks.as_object_mut().ok_or("\"hooks\" is not an object")?;
+    let hooks = hooks.as_object_mut().ok_or(PatchError::HooksNotAnObject)?;
     let mut changed = false;
     for (stage, timeout, first) in [
         ("createRuntime", CREATE_HOOK_TIMEOUT, true),
@@ -266,7 +302,7 @@ pub fn add_hooks(config: &mut Value, cfg: &RuntimeConfig) -> Result<bool, String
         let list = hooks.entry(stage).or_insert_with(|| json!([]));
         let list = list
             .as_array_mut()
-            .ok_or_else(|| format!("\"hooks.{stage}\" is not an array"))?;
+            .ok_or(PatchError::StageNotAnArray(stage))?;
         if list.iter().any(|e| is_ours(e, stage)) {
             continue;
         }
@@ -292,7 +328,11 @@ pub fn patch_bundle(bundle: &Path, cfg: &RuntimeConfig) -> Result<bool, RuntimeE
     let data = std::fs::read(&path).map_err(|e| err(e.to_string()))?;
     let mut value: Value =
         serde_json::from_slice(&data).map_err(|e| err(format!("not valid JSON: {e}")))?;
-    if !add_hooks(&mut value, cfg).map_err(err)? {
+    let patched = add_hooks(&mut value, cfg).map_err(|source| RuntimeError::Patch {
+        path: path.clone(),
+        source,
+    })?;
+    if !patched {
         return Ok(false);
     }
     let out = serde_json::to_vec(&value).map_err(|e| err(e.to_string()))?;
