@@ -50,6 +50,28 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 struct Daemon(Child);
+
+impl Daemon {
+    /// Starts the daemon `bin` on `sock` and waits for its socket.
+    fn start(bin: &str, sock: &Path, state: &Path) -> Self {
+        let d = Daemon(
+            Command::new(bin)
+                .args(["daemon", "--log-level", "warn", "--socket"])
+                .arg(sock)
+                .arg("--state-dir")
+                .arg(state)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        d
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -387,20 +409,7 @@ fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let floor = floor_responder(&dirs[1], Arc::clone(&stop));
     let sock = base.join("d.sock");
-    let daemon = Daemon(
-        Command::new(BIN)
-            .args(["daemon", "--log-level", "warn", "--socket"])
-            .arg(&sock)
-            .arg("--state-dir")
-            .arg(base.join("state"))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let daemon = Daemon::start(BIN, &sock, &base.join("state"));
     // The racily-clean rule keeps just-written files out of the cache; let them age.
     std::thread::sleep(Duration::from_millis(50));
     let mut armed_sides = vec![(2, "enforce"), (3, "enforce"), (4, "audit")];
@@ -411,20 +420,7 @@ fn main() {
     let reference_bin = std::env::var("DRIFTLOCK_BENCH_REFERENCE_BIN").ok();
     let reference_sock = base.join("ref.sock");
     let _reference = reference_bin.as_ref().map(|bin| {
-        let d = Daemon(
-            Command::new(bin)
-                .args(["daemon", "--log-level", "warn", "--socket"])
-                .arg(&reference_sock)
-                .arg("--state-dir")
-                .arg(base.join("ref-state"))
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !reference_sock.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let d = Daemon::start(bin, &reference_sock, &base.join("ref-state"));
         let armed = Command::new(bin)
             .args(["arm", "--id", "reference", "--mode", "enforce", "--rootfs"])
             .arg(&dirs[REFERENCE])

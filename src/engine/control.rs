@@ -536,15 +536,7 @@ impl<G: Gate> Engine<G> {
             w.facts.loader_call = None;
             let outcome = judge_unobserved(&w.facts);
             let detail = format!("daemon stopping: thread {} not seen blocked", w.tid);
-            self.conclude(
-                w.unit,
-                w.event,
-                w.tid,
-                w.judged,
-                &w.stat,
-                outcome,
-                Some(detail),
-            );
+            self.conclude_wait(w, outcome, detail);
         }
         self.jobs = None;
         for w in self.workers.drain(..) {

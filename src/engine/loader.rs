@@ -61,15 +61,7 @@ impl<G: Gate> Engine<G> {
             } else {
                 seen.evidence
             };
-            self.conclude(
-                w.unit,
-                w.event,
-                w.tid,
-                w.judged,
-                &w.stat,
-                outcome,
-                Some(detail),
-            );
+            self.conclude_wait(w, outcome, detail);
             return;
         }
         let waited = w.since.elapsed();
@@ -88,15 +80,7 @@ impl<G: Gate> Engine<G> {
             );
             w.facts.loader_call = None;
             let outcome = judge_unobserved(&w.facts);
-            self.conclude(
-                w.unit,
-                w.event,
-                w.tid,
-                w.judged,
-                &w.stat,
-                outcome,
-                Some(detail),
-            );
+            self.conclude_wait(w, outcome, detail);
             return;
         }
         if w.looks <= LOADER_INLINE_LOOKS {
@@ -108,6 +92,19 @@ impl<G: Gate> Engine<G> {
             .min(LOADER_RETRY_MAX);
         w.next = Instant::now() + pause;
         self.loader_waits.push(w);
+    }
+
+    /// Answers a waiting loader exec with the rule book's outcome and the evidence.
+    pub(super) fn conclude_wait(&mut self, w: LoaderWait, outcome: Outcome, detail: String) {
+        self.conclude(
+            w.unit,
+            w.event,
+            w.tid,
+            w.judged,
+            &w.stat,
+            outcome,
+            Some(detail),
+        );
     }
 
     /// Looks again at the loader execs whose pause has passed.
