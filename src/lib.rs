@@ -8,7 +8,8 @@
 //! 1. [`ipc`]: the hook (or `driftlock arm`) asks the daemon to protect a unit (a
 //!    container: its rootfs and mounts) over a root-only Unix socket, in a versioned
 //!    protocol whose messages are its own (pinned JSON) and whose failures carry a code
-//!    (`busy` is retried); [`arming`] turns the request into marks and a baseline.
+//!    (`busy` is retried); [`arming`] turns the request into marks and a baseline (its
+//!    rooms: a unit's paths and mounts, unit records and re-arming, the mount watcher).
 //! 2. [`registry`]: plans the marks for a unit (filesystem mark where every mount of the
 //!    filesystem lies inside the unit, mount mark elsewhere, never the host root) and maps
 //!    file identities back to units.
@@ -25,7 +26,8 @@
 //!    bounded wait, control commands and statistics each in a room of its own.
 //! 7. [`audit`]: versioned JSON-lines records for deny / would-deny (each naming its rule
 //!    and evidence), written off the event thread.
-//! 8. [`daemon`]: wires the above together; [`cli`] is the command line.
+//! 8. [`daemon`]: wires the above together; [`settings`] resolves flags, the configuration
+//!    file and the defaults (in one place); [`cli`] is the command line.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod arming;
