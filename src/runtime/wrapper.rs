@@ -220,7 +220,7 @@ fn flag_name(arg: &[u8]) -> &[u8] {
         .unwrap_or(name)
 }
 
-/// Finds the subcommand and, for `create`/`run`, the bundle (argv without argv[0]).
+/// Finds the subcommand and, for `create`/`run`, the bundle (argv without `argv[0]`).
 pub fn sniff(args: &[OsString]) -> Invocation {
     let mut i = 0;
     let sub = loop {
