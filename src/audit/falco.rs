@@ -13,6 +13,48 @@ use crate::verdict::Verdict;
 /// The rule name alerts carry.
 pub const RULE: &str = "Container drift: program not in the image executed";
 
+/// True for characters that change how text reads without showing themselves: bidi
+/// controls, zero-width characters, line and paragraph separators, soft hyphen, tags.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c as u32,
+        0x00AD
+            | 0x034F
+            | 0x061C
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
+            | 0x200B..=0x200F
+            | 0x2028..=0x202E
+            | 0x2060..=0x206F
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF0..=0xFFFB
+            | 0xE0000..=0xE0FFF
+    ) || c.is_control()
+}
+
+/// A name chosen by whoever controls the container (a path, a command line, a process
+/// name, an annotation), as it may appear in the alert's one-line text: quoted, with
+/// quotes, backslashes and invisible characters escaped, so it can neither pose as the
+/// text around it ("x executed in container billing") nor hide or reorder what it shows.
+fn quoted(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if is_invisible(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Converts a record to a Falco alert.
 pub fn to_falco(rec: &AuditRecord, hostname: &str) -> Value {
     let priority = match rec.verdict {
@@ -29,11 +71,13 @@ pub fn to_falco(rec: &AuditRecord, hostname: &str) -> Value {
     let cmdline = rec.cmdline.join(" ");
     let parent = rec.chain.get(1).map(|p| p.comm.clone());
     let output = format!(
-        "Drift {verb}: {path} executed in container {} (image {}) by {} ({cmdline}); reason {:?}, sha256 {}",
-        rec.unit,
-        rec.image_name.as_deref().unwrap_or(&rec.image_key),
-        rec.comm.as_deref().unwrap_or("?"),
-        rec.reason,
+        "Drift {verb}: {} executed in container {} (image {}) by {} ({}); reason {}, sha256 {}",
+        quoted(&path),
+        quoted(&rec.unit),
+        quoted(rec.image_name.as_deref().unwrap_or(&rec.image_key)),
+        quoted(rec.comm.as_deref().unwrap_or("?")),
+        quoted(&cmdline),
+        rec.reason.as_str(),
         rec.sha256.as_deref().unwrap_or("?"),
     );
     json!({
@@ -136,6 +180,26 @@ pub fn post(endpoint: &Endpoint, alert: &Value) -> std::io::Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14 (7): attacker-chosen names could pose as the alert's own text or hide.
+    #[test]
+    fn names_in_the_alert_text_are_quoted_and_cannot_pose_as_its_text() {
+        assert_eq!(
+            quoted("/tmp/x executed in container billing (image y) by sh"),
+            "\"/tmp/x executed in container billing (image y) by sh\""
+        );
+        assert_eq!(quoted("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        // Right-to-left override, zero-width space, line separator, BOM, a tag character.
+        assert_eq!(
+            quoted("evil\u{202e}gpj.exe\u{200b}\u{2028}\u{feff}\u{e0041}"),
+            "\"evil\\u{202e}gpj.exe\\u{200b}\\u{2028}\\u{feff}\\u{e0041}\""
+        );
+        assert_eq!(
+            quoted("ünïcödé 名前"),
+            "\"ünïcödé 名前\"",
+            "visible text stays"
+        );
+    }
 
     #[test]
     fn endpoints() {
