@@ -118,13 +118,18 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        let soft = hard.min(MAX_FDS);
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, soft, hard);
     }
 }
 
-/// Fd numbers checked for events a dead predecessor left unanswered (event fds are the
-/// lowest free numbers, so in practice they are far below this).
-const ORPHAN_FD_SCAN: i32 = 65_535;
+/// The daemon's own fd limit: every fd number it can hold is below it, so a successor's
+/// orphan scan ([`ORPHAN_FD_SCAN`]) covers every event fd a dead predecessor could have held
+/// unanswered, whatever `LimitNOFILE` says.
+const MAX_FDS: u64 = 65_536;
+
+/// Fd numbers checked for events a dead predecessor left unanswered: all it could hold.
+const ORPHAN_FD_SCAN: i32 = (MAX_FDS - 1) as i32;
 
 /// Runs the daemon until SIGTERM or SIGINT. `policy` holds the mode rules and allow
 /// entries of the configuration file at `policy_path` (read again on SIGHUP).
@@ -304,4 +309,19 @@ pub fn run(
     // The writer ends once the engine (the last queue holder) is gone.
     let _ = audit_thread.join();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14 (8): the orphan scan must cover every fd number the daemon can hold.
+    #[test]
+    fn the_orphan_scan_covers_every_fd_the_daemon_can_hold() {
+        raise_fd_limit();
+        let (soft, _) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        assert!(soft <= MAX_FDS, "{soft}");
+        assert_eq!(i64::from(ORPHAN_FD_SCAN) + 1, MAX_FDS as i64);
+    }
 }
