@@ -36,6 +36,20 @@ fn trim_newline(mut v: Vec<u8>) -> Vec<u8> {
     v
 }
 
+/// Bytes read from one `/proc` file for a record: a process may carry megabytes of
+/// arguments, and nesting such processes must not make each record a memory and time
+/// bomb on the event path. One more byte than records keep, so they can say "truncated".
+pub const MAX_PROC_READ: u64 = crate::audit::MAX_CMDLINE as u64 + 1;
+
+fn read_capped(path: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_PROC_READ)
+        .read_to_end(&mut out)?;
+    Ok(out)
+}
+
 /// Reads the process context of thread `tid`; `None` if it has exited.
 pub fn read_process(tid: i32) -> Option<ProcessInfo> {
     if tid <= 0 {
@@ -55,7 +69,7 @@ pub fn read_process(tid: i32) -> Option<ProcessInfo> {
         comm: std::fs::read(format!("{base}/comm"))
             .map(trim_newline)
             .unwrap_or_default(),
-        cmdline: std::fs::read(format!("{base}/cmdline"))
+        cmdline: read_capped(&format!("{base}/cmdline"))
             .map(|mut v| {
                 while v.last() == Some(&0) {
                     v.pop();
@@ -130,6 +144,23 @@ mod tests {
         assert_eq!(start_time(me), Some(t));
         assert!(start_time(1).unwrap() <= t);
         assert_eq!(start_time(i32::MAX), None);
+    }
+
+    /// Issue 14 (5): a multi-megabyte argument list is read only as far as records keep.
+    #[test]
+    fn huge_command_lines_are_read_capped() {
+        // 15 arguments of 100 KB (one argument may not exceed 128 KiB, all of them 2 MiB).
+        let long = "x".repeat(100_000);
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .args(std::iter::repeat_n(&long, 15))
+            .spawn()
+            .unwrap();
+        let info = read_process(child.id() as i32).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(info.cmdline.len() as u64, MAX_PROC_READ);
+        assert!(info.cmdline.starts_with(b"sleep\x005\x00xxx"));
     }
 
     #[test]
