@@ -347,10 +347,7 @@ impl<G: Gate> Engine<G> {
         if close_write {
             self.stats.close_writes += 1;
             if let Some(fd) = event.fd() {
-                let fd = fd.try_clone_to_owned();
-                if let Ok(fd) = fd {
-                    self.invalidate(&stat, fd.as_fd(), ev.tid);
-                }
+                self.invalidate(&stat, fd, ev.tid);
             }
         }
         if matches!(event, ExecEvent::Open(_)) && !stat.is_regular() {
@@ -363,10 +360,13 @@ impl<G: Gate> Engine<G> {
     /// Attributes an exec (or script open) to its unit and answers from the cache or
     /// starts hashing.
     fn judge(&mut self, event: ExecEvent, tid: i32, stat: FileStat) {
-        let attr = self.registry.attribute(&stat).or_else(|| {
-            let fd = event.fd()?.try_clone_to_owned().ok()?;
-            self.attribute_overlay_layer(fd.as_fd(), tid, &stat)
-        });
+        let attr = match self.registry.attribute(&stat) {
+            Some(a) => Some(a),
+            None => match event.fd() {
+                Some(fd) => self.attribute_overlay_layer(fd, tid, &stat),
+                None => None,
+            },
+        };
         let Some(attr) = attr else {
             if self.restoring && !matches!(event, ExecEvent::Notice(_)) {
                 self.parked.push((event, tid, stat));

@@ -156,7 +156,13 @@ mod tests {
             .args(std::iter::repeat_n(&long, 15))
             .spawn()
             .unwrap();
-        let info = read_process(child.id() as i32).unwrap();
+        // Until the child has exec'd, its command line is its parent's (or empty).
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut info = read_process(child.id() as i32).unwrap();
+        while !info.cmdline.starts_with(b"sleep") && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            info = read_process(child.id() as i32).unwrap();
+        }
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(info.cmdline.len() as u64, MAX_PROC_READ);
