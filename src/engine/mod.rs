@@ -373,17 +373,7 @@ impl<G: Gate> Engine<G> {
                 return;
             }
             self.stats.unattributed += 1;
-            // Every event comes from one of our marks, and only an enforce-mode unit's marks
-            // hold execs: one that no unit claims (its unit went away meanwhile, or could not
-            // be re-armed) is refused, never silently allowed.
-            let answer = if matches!(event, ExecEvent::Permission(_)) {
-                self.stats.unattributed_denied += 1;
-                log::debug!("exec on a marked filesystem that no unit claims: denied");
-                Answer::Deny
-            } else {
-                Answer::Allow
-            };
-            self.answer(event, answer);
+            self.answer_unclaimed(event);
             return;
         };
         // Only a filesystem mark sees every writer of the file (a mount mark misses writes
@@ -491,7 +481,7 @@ impl<G: Gate> Engine<G> {
         let Some(unit) = self.registry.get(unit_h) else {
             // Disarmed while the file was hashed: the container is going away.
             self.observe_answer_latency(&event, judged.arrived);
-            self.answer(event, Answer::Allow);
+            self.answer_unclaimed(event);
             return;
         };
         let facts = Facts {
@@ -527,6 +517,21 @@ impl<G: Gate> Engine<G> {
         }
     }
 
+    /// Answers an event that no unit claims (its unit went away meanwhile, or could not be
+    /// re-armed). Every event comes from one of our marks, and only an enforce-mode unit's
+    /// marks hold execs: such an exec is refused, never silently allowed. A script open is
+    /// let through (script control is a speed bump, not a boundary).
+    fn answer_unclaimed(&mut self, event: ExecEvent) {
+        let answer = if matches!(event, ExecEvent::Permission(_)) {
+            self.stats.unattributed_denied += 1;
+            log::debug!("exec on a marked filesystem that no unit claims: denied");
+            Answer::Deny
+        } else {
+            Answer::Allow
+        };
+        self.answer(event, answer);
+    }
+
     fn observe_answer_latency(&mut self, event: &ExecEvent, arrived: Instant) {
         if matches!(event, ExecEvent::Permission(_)) {
             self.observe_latency(arrived.elapsed());
@@ -548,7 +553,7 @@ impl<G: Gate> Engine<G> {
     ) {
         self.observe_answer_latency(&event, judged.arrived);
         let Some(unit) = self.registry.get_mut(unit_h) else {
-            self.answer(event, Answer::Allow);
+            self.answer_unclaimed(event);
             return;
         };
         bump(&mut unit.counters, outcome.verdict);
