@@ -232,6 +232,14 @@ fn issue_14_overlay_layers_on_different_filesystems_are_judged_by_content() {
         std::process::id()
     ));
     let _ = fs::remove_dir_all(&lower);
+    // Removed however the test ends (a panic included): it is on the machine's disk.
+    struct RemoveDir(std::path::PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveDir(lower.clone());
     fs::create_dir_all(lower.join("bin")).unwrap();
     fs::create_dir_all(lower.join("tmp")).unwrap();
     sb.install("/usr/bin/true", &lower.join("bin/true"));
@@ -323,5 +331,4 @@ fn issue_14_overlay_layers_on_different_filesystems_are_judged_by_content() {
     sb.kill_daemon();
     let _ = Command::new("umount").arg(&tmp).status();
     let _ = Command::new("umount").arg(&merged).status();
-    let _ = fs::remove_dir_all(&lower);
 }
