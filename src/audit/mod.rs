@@ -50,6 +50,9 @@ pub struct ProcessRecord {
     pub cmdline_truncated: bool,
 }
 
+/// Largest file the audit writer hashes for a record's SHA-256 and evidence.
+pub const MAX_RECORD_HASH: u64 = 256 << 20;
+
 /// Bytes of a command line kept in a record (some programs carry huge argument lists).
 pub const MAX_CMDLINE: usize = 4096;
 
@@ -305,7 +308,12 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
             for job in rx {
                 let mut line = match job {
                     AuditJob::Exec { mut record, file } => {
-                        if let (Some(fd), None) = (file.as_ref(), record.sha256.as_ref()) {
+                        // A file too large to be the image's (judged without hashing) is not
+                        // hashed here either: an 8 EiB sparse file would hold this thread.
+                        let small = record.size.is_none_or(|s| s <= MAX_RECORD_HASH);
+                        if let (Some(fd), None, true) =
+                            (file.as_ref(), record.sha256.as_ref(), small)
+                        {
                             let deadline =
                                 std::time::Instant::now() + std::time::Duration::from_secs(10);
                             if let Ok(d) =

@@ -102,6 +102,9 @@ pub struct Baseline {
     loaders: Vec<LoaderEntry>,
     loader_index: HashSet<Digest, BuildHasherDefault<DigestHasher>>,
     known_bad: Vec<indicators::KnownBad>,
+    /// The size of the largest executable (known-bad ones included): content any larger
+    /// cannot be in the baseline.
+    largest: u64,
 }
 
 impl PartialEq for Baseline {
@@ -125,12 +128,14 @@ impl Baseline {
     ) -> Self {
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         let index = entries.iter().map(|e| e.blake3).collect();
+        let largest = entries.iter().map(|e| e.size).max().unwrap_or(0);
         Self {
             key,
             source,
             created,
             entries,
             index,
+            largest,
             loaders: Vec::new(),
             loader_index: HashSet::default(),
             known_bad: Vec::new(),
@@ -197,6 +202,11 @@ impl Baseline {
     /// Number of distinct contents.
     pub fn distinct_contents(&self) -> usize {
         self.index.len()
+    }
+    /// The size of the largest executable of the image: a file larger than this cannot
+    /// have content that is in the baseline, so it need not be hashed to be judged.
+    pub fn largest(&self) -> u64 {
+        self.largest
     }
     /// True if a program with this content may run.
     pub fn contains(&self, digest: &Digest) -> bool {

@@ -397,6 +397,19 @@ impl<G: Gate> Engine<G> {
                 }
             }
         }
+        // Content larger than every executable of the image cannot be in its baseline:
+        // judged without reading a byte, so a huge (or sparse, 8 EiB) file costs nothing.
+        // Operator allow entries name content of unknown size, so they keep the hash.
+        let too_large = self
+            .registry
+            .get(attr.unit)
+            .is_some_and(|u| u.allow.is_empty() && stat.size > u.baseline.largest());
+        if too_large {
+            self.stats.denied_unhashed += 1;
+            let judged = Judgement::hashed(Finding::NotInBaseline, None, self.batch_read_at);
+            self.finish(attr.unit, event, tid, judged, &stat);
+            return;
+        }
         self.start_hash(attr.unit, attr.via, stat, event, tid);
     }
 
@@ -571,7 +584,7 @@ impl<G: Gate> Engine<G> {
         }
         let (verdict, reason, digest) = (outcome.verdict, outcome.reason, judged.digest);
         let mut record = build_record(unit, verdict, reason, &event, tid, digest, stat);
-        record.detail = detail.or_else(|| default_detail(unit, reason, digest));
+        record.detail = detail.or_else(|| default_detail(unit, reason, digest, stat.size));
         if verdict != Verdict::Allow {
             unit.last_deny = Some(crate::registry::LastDeny {
                 time: record.time.clone(),

@@ -8,6 +8,7 @@ pub(super) fn default_detail(
     unit: &Unit,
     reason: Reason,
     digest: Option<Digest>,
+    size: u64,
 ) -> Option<String> {
     let what = match digest {
         Some(d) => format!("content blake3:{d}"),
@@ -15,6 +16,10 @@ pub(super) fn default_detail(
     };
     Some(match reason {
         Reason::InBaseline => return None,
+        Reason::NotInBaseline if digest.is_none() => format!(
+            "{size} bytes, larger than every executable of the image ({} bytes): not in its baseline, judged without hashing",
+            unit.baseline.largest()
+        ),
         Reason::NotInBaseline => format!(
             "{what} is not among the {} executables of the image's baseline nor in the unit's allow entries",
             unit.baseline.entries().len()

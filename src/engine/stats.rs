@@ -68,6 +68,9 @@ pub struct EngineStats {
     /// filesystems).
     #[serde(default)]
     pub layer_devices: u64,
+    /// Files judged without hashing: larger than every executable of their image.
+    #[serde(default)]
+    pub denied_unhashed: u64,
 }
 
 /// Upper bounds of the decision-latency histogram, seconds.

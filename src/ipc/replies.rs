@@ -231,6 +231,9 @@ pub struct StatsReply {
     /// Overlay layer devices attributed to their unit by mount.
     #[serde(default)]
     pub layer_devices: u64,
+    /// Files judged without hashing (larger than every executable of their image).
+    #[serde(default)]
+    pub denied_unhashed: u64,
 }
 
 impl From<&EngineStats> for StatsReply {
@@ -261,6 +264,7 @@ impl From<&EngineStats> for StatsReply {
             loader_thread_gone: s.loader_thread_gone,
             unattributed_denied: s.unattributed_denied,
             layer_devices: s.layer_devices,
+            denied_unhashed: s.denied_unhashed,
         }
     }
 }

@@ -158,6 +158,7 @@ fn every_reply_is_pinned() {
         loader_thread_gone: 18,
         unattributed_denied: 22,
         layer_devices: 23,
+        denied_unhashed: 26,
         ..Default::default()
     };
     stats.denied_by_reason.insert("not-in-baseline".into(), 19);
@@ -183,7 +184,8 @@ fn every_reply_is_pinned() {
                         "would_deny_by_reason":{"direct-loader":20},
                         "loader_checks":14,"loader_not_blocked_looks":15,"loader_waits":16,
                         "loader_wait_max_us":17,"loader_thread_gone":18,
-                        "unattributed_denied":22,"layer_devices":23},
+                        "unattributed_denied":22,"layer_devices":23,
+                        "denied_unhashed":26},
                "in_flight":21,"config_reloads":24,"config_reload_errors":25})
     );
     let explained = Reply::Explained(ExplainReply {

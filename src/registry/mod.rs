@@ -283,6 +283,11 @@ impl From<crate::config::AllowList> for Allowed {
 }
 
 impl Allowed {
+    /// True if the operator allowed nothing beyond the baseline.
+    pub fn is_empty(&self) -> bool {
+        self.blake3.is_empty() && self.sha256.is_empty()
+    }
+
     /// True if an operator entry allows content with these digests.
     pub fn permits(&self, d: &crate::baseline::FileDigests) -> bool {
         self.blake3.contains(&d.blake3)

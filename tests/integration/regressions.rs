@@ -332,3 +332,87 @@ fn issue_14_overlay_layers_on_different_filesystems_are_judged_by_content() {
     let _ = Command::new("umount").arg(&tmp).status();
     let _ = Command::new("umount").arg(&merged).status();
 }
+
+/// Issue 14 (4): sparse executables (`truncate -s 8E`) kept hashing workers reading
+/// zeros for their whole budget, node-wide. A file larger than every executable of the
+/// image cannot be in its baseline: it is denied without reading a byte, and its record
+/// says so.
+#[test]
+fn issue_14_huge_sparse_executables_are_denied_without_hashing() {
+    use crate::support::{EPERM, exec};
+    use std::time::{Duration, Instant};
+    if !root_or_skip("issue 14 sparse files") {
+        return;
+    }
+    let mut sb = Sandbox::new("issue14sparse");
+    sb.start_daemon(&[]);
+    sb.arm("sparse", &[]);
+    let files: Vec<_> = (0..32)
+        .map(|i| {
+            let p = sb.tmp.join(format!("miner-{i}"));
+            let f = fs::File::create(&p).unwrap();
+            // The largest size a file may have (8 EiB): all of it a hole.
+            f.set_len(i64::MAX as u64).unwrap();
+            drop(f);
+            sb.install_mode(&p);
+            p
+        })
+        .collect();
+    let before = sb.status_json()["stats"].clone();
+    let started = Instant::now();
+    let slowest = std::thread::scope(|s| {
+        let runs: Vec<_> = files
+            .iter()
+            .map(|p| {
+                s.spawn(move || {
+                    let t = Instant::now();
+                    (exec(p), t.elapsed())
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().unwrap())
+            .map(|(result, took)| {
+                assert_eq!(result, EPERM);
+                took
+            })
+            .max()
+            .unwrap()
+    });
+    let all = started.elapsed();
+    // Image programs (a miss: a fresh copy) are judged at once meanwhile and after.
+    let copy = sb.tmp.join("true-copy");
+    sb.install(sb.rootfs.join("bin/true").to_str().unwrap(), &copy);
+    assert_eq!(exec(&copy), Ok(0));
+    let after = sb.status_json()["stats"].clone();
+    let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+    assert_eq!(
+        n(&after, "denied_unhashed") - n(&before, "denied_unhashed"),
+        32
+    );
+    assert!(
+        n(&after, "hashed_bytes") - n(&before, "hashed_bytes") < 1 << 20,
+        "the sparse files were read: {after}"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a denial without hashing took {slowest:?}"
+    );
+    let recs = sb.records(32);
+    let r = recs
+        .iter()
+        .find(|r| r["path"].as_str().is_some_and(|p| p.contains("miner-")))
+        .unwrap();
+    assert_eq!(r["reason"], "not-in-baseline");
+    assert_eq!(r["size"], i64::MAX);
+    assert!(
+        r["detail"]
+            .as_str()
+            .unwrap()
+            .contains("judged without hashing"),
+        "{r}"
+    );
+    figure(&format!(
+        "issue 14 sparse files: 32 × 8 EiB sparse executables denied without hashing in {all:?} (slowest {slowest:?})"
+    ));
+}
