@@ -91,6 +91,13 @@ pub enum SyscallRead {
 
 /// One read of what thread `tid` is executing.
 pub fn read_exec(tid: i32) -> SyscallRead {
+    // fanotify reports 0 for a task outside the listener's pid namespace: nothing can be
+    // read, and "gone" (allowed) would let every loader exec through unchecked.
+    if tid <= 0 {
+        return SyscallRead::Unreadable(format!(
+            "no thread id ({tid}): the task is outside the daemon's pid namespace (run the daemon in the host's)"
+        ));
+    }
     let text = match std::fs::read_to_string(format!("/proc/{tid}/syscall")) {
         Ok(text) => text,
         Err(e)
@@ -405,6 +412,17 @@ mod tests {
         assert_eq!(own_fd(b"/proc/thread-self/fd/12"), Some(12));
         assert_eq!(own_fd(b"/proc/1/fd/7"), None);
         assert_eq!(own_fd(b"/proc/self/fd/x"), None);
+    }
+
+    /// A task the daemon cannot see (thread id 0 from fanotify) is never taken for one
+    /// that is gone: that would allow its loader exec unchecked.
+    #[test]
+    fn an_invisible_task_is_unreadable_not_gone() {
+        for tid in [0, -1] {
+            assert!(matches!(read_exec(tid), SyscallRead::Unreadable(_)));
+            assert_eq!(loader_call(tid, (1, 1)).call, LoaderCall::Unresolved);
+        }
+        assert_eq!(read_exec(i32::MAX), SyscallRead::Gone);
     }
 
     #[test]
