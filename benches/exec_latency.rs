@@ -72,6 +72,22 @@ impl Daemon {
     }
 }
 
+/// Arms `dir` as unit `id` in `mode` with the daemon of `bin` on `sock`.
+fn arm(bin: &str, sock: &Path, id: &str, mode: &str, dir: &Path) {
+    let armed = Command::new(bin)
+        .args(["arm", "--id", id, "--mode", mode, "--rootfs"])
+        .arg(dir)
+        .arg("--socket")
+        .arg(sock)
+        .output()
+        .unwrap();
+    assert!(
+        armed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&armed.stderr)
+    );
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -421,40 +437,17 @@ fn main() {
     let reference_sock = base.join("ref.sock");
     let _reference = reference_bin.as_ref().map(|bin| {
         let d = Daemon::start(bin, &reference_sock, &base.join("ref-state"));
-        let armed = Command::new(bin)
-            .args(["arm", "--id", "reference", "--mode", "enforce", "--rootfs"])
-            .arg(&dirs[REFERENCE])
-            .arg("--socket")
-            .arg(&reference_sock)
-            .output()
-            .unwrap();
-        assert!(
-            armed.status.success(),
-            "{}",
-            String::from_utf8_lossy(&armed.stderr)
+        arm(
+            bin,
+            &reference_sock,
+            "reference",
+            "enforce",
+            &dirs[REFERENCE],
         );
         d
     });
     for (i, mode) in armed_sides {
-        let armed = Command::new(BIN)
-            .args([
-                "arm",
-                "--id",
-                &format!("side{i}"),
-                "--mode",
-                mode,
-                "--rootfs",
-            ])
-            .arg(&dirs[i])
-            .arg("--socket")
-            .arg(&sock)
-            .output()
-            .unwrap();
-        assert!(
-            armed.status.success(),
-            "{}",
-            String::from_utf8_lossy(&armed.stderr)
-        );
+        arm(BIN, &sock, &format!("side{i}"), mode, &dirs[i]);
     }
 
     println!(
