@@ -81,6 +81,15 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
                 let mut reply = StatusReply::from(&s);
                 reply.config_reloads = ctx.stats.reloads.load(Relaxed);
                 reply.config_reload_errors = ctx.stats.reload_errors.load(Relaxed);
+                reply.rearm_pending = ctx
+                    .pending_units()
+                    .into_iter()
+                    .map(|p| crate::ipc::PendingReply {
+                        id: p.id,
+                        attempts: p.attempts,
+                        error: p.error,
+                    })
+                    .collect();
                 Response::ok(&Reply::Status(reply))
             }
             Err(e) => Response::err(ErrorCode::from(&e), e.to_string()),
@@ -111,6 +120,29 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
                     Response::err(e.code(), format!("arm failed: {e}"))
                 }
             }
+        }
+    }
+}
+
+/// Retries failed re-arms, at first every second, backing off to every 30 s while some
+/// keep failing.
+fn retry_rearms(armer: &Armer, stop: &std::sync::atomic::AtomicBool) {
+    use std::time::Duration;
+    let mut interval = Duration::from_secs(1);
+    let mut waited = Duration::ZERO;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        waited += Duration::from_millis(200);
+        if waited < interval {
+            continue;
+        }
+        waited = Duration::ZERO;
+        if armer.pending_units().is_empty() {
+            interval = Duration::from_secs(1);
+            continue;
+        }
+        if armer.retry_pending() > 0 {
+            interval = (interval * 2).min(Duration::from_secs(30));
         }
     }
 }
@@ -220,13 +252,19 @@ pub fn run(
         policy: std::sync::RwLock::new(policy),
         stats: Default::default(),
         indicators: config.indicators.clone(),
+        pending: Default::default(),
     });
     let reloader = Arc::clone(&armer);
     // Containers that ran on while the daemon was down are protected again before the
     // socket accepts a request (hooks retry their connection meanwhile).
-    let (rearmed, forgotten) = armer.rearm_recorded();
-    if rearmed + forgotten > 0 {
-        log::info!("restart: re-armed {rearmed} units, forgot {forgotten} that are gone");
+    let rearm = armer.rearm_recorded();
+    if rearm != Default::default() {
+        log::info!(
+            "restart: re-armed {} units, forgot {} that are gone, {} failed and are retried",
+            rearm.rearmed,
+            rearm.forgotten,
+            rearm.pending
+        );
     }
     handle.restore_done();
     let listener = bind(&config.socket)?;
@@ -236,6 +274,13 @@ pub fn run(
         std::thread::Builder::new()
             .name("driftlock-mounts".into())
             .spawn(move || crate::arming::watch_mounts(armer, audit, stop))
+            .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    }
+    {
+        let (armer, stop) = (Arc::clone(&armer), Arc::clone(&stop_watch));
+        std::thread::Builder::new()
+            .name("driftlock-rearm".into())
+            .spawn(move || retry_rearms(&armer, &stop))
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
     }
     if let Some(addr) = config.metrics_addr {

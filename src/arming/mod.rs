@@ -26,13 +26,14 @@ use crate::kernel::mountinfo::MountInfoError;
 use crate::kernel::{KernelError, ns};
 use crate::registry::PlanError;
 
+mod layers;
 mod paths;
 mod records;
 mod watcher;
 
 pub use paths::derive_image_key;
 use paths::{ResolvedUnit, UnitView, container_start_time, resolve_unit, valid_id};
-pub use records::{RearmError, UnitRecord};
+pub use records::{PendingUnit, RearmError, RearmSummary, UnitRecord};
 pub use watcher::watch_mounts;
 
 /// Why an arm request failed.
@@ -88,6 +89,21 @@ pub enum ArmError {
     /// `vm.memfd_noexec` could not be set.
     #[error("cannot block fileless execution: {0}")]
     Memfd(#[source] KernelError),
+    /// The image's layers could not be snapshotted on their own.
+    #[error(
+        "cannot snapshot the image's layers: {0}; a baseline is never taken of a container's writable layer"
+    )]
+    Layers(String),
+    /// A restarted or re-armed container without image layers has lost its baseline.
+    #[error(
+        "the stored baseline {key} of unit {id:?} is gone; a rootfs without image layers is never snapshotted again once its container has run (it may hold what the container wrote): restore the baseline file or re-create the container"
+    )]
+    BaselineGone {
+        /// The unit.
+        id: String,
+        /// The store key (escaped).
+        key: String,
+    },
     /// Engine.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -104,7 +120,9 @@ impl ArmError {
             | ArmError::MountInfo(_)
             | ArmError::Store(_)
             | ArmError::StateDir(_)
-            | ArmError::Memfd(_) => ErrorCode::Internal,
+            | ArmError::Memfd(_)
+            | ArmError::Layers(_)
+            | ArmError::BaselineGone { .. } => ErrorCode::Internal,
         }
     }
 }
@@ -171,6 +189,33 @@ fn state_dir_error(e: StoreError) -> ArmError {
     }
 }
 
+/// Why a unit is being armed: a request, or the daemon re-arming a unit it recorded
+/// (after a restart, or retrying a re-arm that failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ArmOrigin {
+    /// A hook or an operator asked.
+    Request,
+    /// A recorded unit armed again: its image key is the exact store key it was armed with,
+    /// and its container has run, so its rootfs may hold what it wrote.
+    Rearm,
+}
+
+/// The store key of a rootfs without image layers: the container and the very directory
+/// (device and inode) it was first armed with, so that a restart of that container finds
+/// its first baseline again, and a new container made at the same path does not.
+fn container_key(req: &ArmRequest, unit: &ResolvedUnit) -> Vec<u8> {
+    let mut key = b"rootfs:".to_vec();
+    key.extend_from_slice(unit.rootfs.as_os_str().as_bytes());
+    key.extend_from_slice(
+        format!(
+            "\0unit:{}\0dir:{}:{}",
+            req.id, unit.rootfs_stat.dev, unit.rootfs_stat.ino
+        )
+        .as_bytes(),
+    );
+    key
+}
+
 /// What arming needs from the daemon.
 pub struct Armer {
     /// The event loop.
@@ -191,6 +236,8 @@ pub struct Armer {
     pub stats: ArmStats,
     /// Known-bad indicators checked at snapshot.
     pub indicators: Option<crate::baseline::indicators::Indicators>,
+    /// Recorded units whose re-arm failed, by id: retried.
+    pub pending: std::sync::Mutex<std::collections::BTreeMap<String, PendingUnit>>,
 }
 
 /// Arm counters.
@@ -211,10 +258,18 @@ pub struct ArmStats {
 impl Armer {
     /// Arms a unit; returns once its marks are in place, and records it.
     pub fn arm(&self, req: ArmRequest) -> Result<ArmResult, ArmError> {
+        self.arm_as(req, ArmOrigin::Request)
+    }
+
+    pub(crate) fn arm_as(&self, req: ArmRequest, origin: ArmOrigin) -> Result<ArmResult, ArmError> {
         use std::sync::atomic::Ordering::Relaxed;
-        let result = self.arm_inner(req);
+        let result = self.arm_inner(req, origin);
         match &result {
             Ok(r) => {
+                self.pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&r.id);
                 self.stats.armed.fetch_add(1, Relaxed);
                 self.stats
                     .micros
@@ -227,7 +282,7 @@ impl Armer {
         result
     }
 
-    fn arm_inner(&self, mut req: ArmRequest) -> Result<ArmResult, ArmError> {
+    fn arm_inner(&self, mut req: ArmRequest, origin: ArmOrigin) -> Result<ArmResult, ArmError> {
         let started = Instant::now();
         if !valid_id(&req.id) {
             return Err(ArmError::BadId(req.id.chars().take(200).collect()));
@@ -238,13 +293,23 @@ impl Armer {
         let unit = resolve_unit(&req, &view)?;
         let (mode, allow) = self.policy_for(&req);
         let baseline_started = Instant::now();
-        let (baseline, provenance, skipped) = self.obtain_baseline(&req, &unit, &view)?;
+        let (baseline, provenance, skipped) = self.obtain_baseline(&req, &unit, &view, origin)?;
         let baseline_ms = baseline_started.elapsed().as_secs_f64() * 1e3;
         let memfd_noexec = match pid {
-            Some(p) if self.memfd_noexec => {
-                ns::set_memfd_noexec(p, 2).map_err(ArmError::Memfd)?;
-                true
-            }
+            Some(p) if self.memfd_noexec => match ns::set_memfd_noexec(p, 2) {
+                Ok(()) => true,
+                // Set at the first arm already (the namespace keeps it); a container's root
+                // must not be able to turn a re-arm into no protection at all by killing
+                // the helper that writes it.
+                Err(e) if origin == ArmOrigin::Rearm => {
+                    log::warn!(
+                        "unit {:?}: re-armed without setting vm.memfd_noexec again: {e}",
+                        req.id
+                    );
+                    false
+                }
+                Err(e) => return Err(ArmError::Memfd(e)),
+            },
             _ => false,
         };
         req.image_key = Some(escape_bytes(baseline.key()));
@@ -311,53 +376,101 @@ impl Armer {
         )
     }
 
-    /// The unit's baseline: the stored one for its image key, or a snapshot of the rootfs
-    /// (stored under that key). Returns it, where it came from, and how many files the
-    /// snapshot skipped.
+    /// The unit's baseline: the stored one for its image key, or a snapshot (stored under
+    /// that key) of the image, never of the container's writable state: an overlay rootfs is
+    /// snapshotted through its lower layers alone; any other rootfs is snapshotted at its
+    /// container's first arm only, and that baseline is reused at every later arm of the same
+    /// container (a restart), never taken again. Returns the baseline, where it came from,
+    /// and how many files the snapshot skipped.
     fn obtain_baseline(
         &self,
         req: &ArmRequest,
         unit: &ResolvedUnit,
         view: &UnitView,
+        origin: ArmOrigin,
     ) -> Result<(Baseline, Provenance, usize), ArmError> {
-        let explicit_key = match req.image_key.as_deref() {
-            Some(k) => Some(unescape(k).map_err(|e| ArmError::BadPath {
-                field: "image_key",
-                reason: e.to_string(),
-            })?),
-            None => derive_image_key(&unit.rootfs, &unit.mounts, unit.rootfs_stat.mnt_id_legacy),
-        };
-        let snapshot_root = view.access(&unit.rootfs);
         let indicators = self.indicators.as_ref();
         // A new indicator list means new snapshots: it is part of the store key.
-        let explicit_key = explicit_key.map(|mut k| {
+        let with_indicators = |mut k: Vec<u8>| {
             if let Some(i) = indicators {
                 k.extend_from_slice(format!("\0indicators:{}", i.digest()).as_bytes());
             }
             k
-        });
-        let (baseline, provenance, skipped) = match explicit_key {
-            Some(key) => {
-                let (b, prov, snap) = self
-                    .store
-                    .load_or_snapshot(&key, &snapshot_root, self.snapshot_threads, indicators)
-                    .map_err(state_dir_error)?;
-                (b, prov, snap.map_or(0, |s| s.errors.len()))
+        };
+        let requested = match req.image_key.as_deref() {
+            Some(k) => Some(unescape(k).map_err(|e| ArmError::BadPath {
+                field: "image_key",
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
+        let overlay =
+            layers::overlay_at(&unit.rootfs, &unit.mounts, unit.rootfs_stat.mnt_id_legacy);
+        if origin == ArmOrigin::Rearm {
+            if let Some(exact) = &requested {
+                if let Some(b) = self.store.load(exact).map_err(state_dir_error)? {
+                    return Ok(self.checked_baseline(req, b, Provenance::Stored, 0));
+                }
+                if overlay.is_none() {
+                    return Err(ArmError::BaselineGone {
+                        id: req.id.clone(),
+                        key: escape_bytes(exact),
+                    });
+                }
+                log::warn!(
+                    "unit {:?}: its stored baseline is gone; snapshotting its image layers again",
+                    req.id
+                );
             }
-            None => {
-                let mut key = b"rootfs:".to_vec();
-                key.extend_from_slice(unit.rootfs.as_os_str().as_bytes());
-                let snap = crate::baseline::snapshot_checked(
-                    &snapshot_root,
-                    key,
-                    self.snapshot_threads,
-                    indicators,
-                )
-                .map_err(StoreError::from)?;
-                self.store.save(&snap.baseline).map_err(state_dir_error)?;
-                (snap.baseline, Provenance::Snapshotted, snap.errors.len())
+        }
+        let key = match (origin, requested) {
+            (ArmOrigin::Request, Some(k)) => with_indicators(k),
+            _ => match overlay {
+                Some(_) => with_indicators(
+                    derive_image_key(&unit.rootfs, &unit.mounts, unit.rootfs_stat.mnt_id_legacy)
+                        .ok_or_else(|| ArmError::Layers("the overlay shows no lowerdir".into()))?,
+                ),
+                None if origin == ArmOrigin::Rearm => {
+                    return Err(ArmError::BaselineGone {
+                        id: req.id.clone(),
+                        key: "(none recorded)".into(),
+                    });
+                }
+                None => with_indicators(container_key(req, unit)),
+            },
+        };
+        let limits = crate::baseline::SnapshotLimits::default();
+        let threads = self.snapshot_threads;
+        let take = || -> Result<crate::baseline::Snapshot, ArmError> {
+            let snapshot = |root: &std::path::Path| {
+                crate::baseline::snapshot_limited(root, key.clone(), threads, indicators, limits)
+                    .map_err(|e| ArmError::Store(e.into()))
+            };
+            match overlay {
+                Some(entry) => {
+                    let lower = layers::mount_lower_view(entry).map_err(ArmError::Layers)?;
+                    let mut snap = snapshot(&crate::kernel::overlay::fd_path(&lower))?;
+                    let mut source = unit.rootfs.as_os_str().as_bytes().to_vec();
+                    source.extend_from_slice(b" (image layers)");
+                    snap.baseline = snap.baseline.with_source(source);
+                    Ok(snap)
+                }
+                None => snapshot(&view.access(&unit.rootfs)),
             }
         };
+        let (baseline, provenance, snap) = self.store.load_or_else(&key, take, state_dir_error)?;
+        let skipped = snap.map_or(0, |s| s.errors.len());
+        Ok(self.checked_baseline(req, baseline, provenance, skipped))
+    }
+
+    /// Logs what an operator must know about a unit's baseline, and passes it on.
+    fn checked_baseline(
+        &self,
+        req: &ArmRequest,
+        baseline: Baseline,
+        provenance: Provenance,
+        skipped: usize,
+    ) -> (Baseline, Provenance, usize) {
         for bad in baseline.known_bad() {
             log::error!(
                 "unit {:?}: {} in the image matches known-bad indicator {}; its execution will be denied",
@@ -372,7 +485,7 @@ impl Armer {
                 req.id
             );
         }
-        Ok((baseline, provenance, skipped))
+        (baseline, provenance, skipped)
     }
 
     /// Replaces the policy and pushes each armed unit's allow entries to the engine.

@@ -27,7 +27,37 @@ pub struct UnitRecord {
     pub rootfs_mnt_id: u64,
 }
 
-/// Why a recorded unit was not armed again (its record is then forgotten).
+/// What [`Armer::rearm_recorded`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RearmSummary {
+    /// Units armed again.
+    pub rearmed: usize,
+    /// Records of containers that are gone, deleted.
+    pub forgotten: usize,
+    /// Units whose re-arm failed: kept and retried.
+    pub pending: usize,
+}
+
+/// A recorded unit whose re-arm failed, retried until armed or gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUnit {
+    /// The unit.
+    pub id: String,
+    /// Attempts so far.
+    pub attempts: u64,
+    /// The last attempt's error.
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RearmOutcome {
+    Armed,
+    Forgotten,
+    Pending,
+}
+
+/// Why a recorded unit was not armed again (a failed arm keeps the record; the other
+/// reasons mean the container is gone, and the record is forgotten).
 #[derive(Debug, thiserror::Error)]
 pub enum RearmError {
     /// The record could not be read or parsed.
@@ -66,43 +96,104 @@ impl Armer {
         write_atomic(&self.record_path(&record.request.id), &data)
     }
 
-    /// Forgets a unit's record (after disarm).
+    /// Forgets a unit's record (after disarm), and stops retrying its re-arm.
     pub fn forget(&self, id: &str) {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
         if valid_id(id) {
             let _ = std::fs::remove_file(self.record_path(id));
         }
     }
 
     /// Re-arms every recorded unit whose container still runs (same pid and start time)
-    /// and forgets the rest. Returns (re-armed, forgotten).
-    pub fn rearm_recorded(&self) -> (usize, usize) {
+    /// and forgets the ones that are gone. A unit whose re-arm fails is kept, recorded and
+    /// pending: [`Armer::retry_pending`] tries it again until it is armed or its container
+    /// is gone (a container's root must not be able to end its protection by making one
+    /// re-arm fail). Returns what happened.
+    pub fn rearm_recorded(&self) -> RearmSummary {
+        let mut summary = RearmSummary::default();
         let Ok(dir) = std::fs::read_dir(&self.units_dir) else {
-            return (0, 0);
+            return summary;
         };
-        let (mut rearmed, mut forgotten) = (0, 0);
-        for entry in dir.flatten() {
-            let path = entry.path();
-            if path.extension() != Some(std::ffi::OsStr::new("json")) {
-                continue;
-            }
-            let outcome = std::fs::read(&path)
-                .ok()
-                .and_then(|d| serde_json::from_slice::<UnitRecord>(&d).ok())
-                .ok_or(RearmError::Unreadable)
-                .and_then(|rec| self.rearm_one(rec));
-            match outcome {
-                Ok(id) => {
-                    log::info!("re-armed unit {id:?} after restart");
-                    rearmed += 1;
-                }
-                Err(why) => {
-                    log::info!("forgetting {}: {why}", path.display());
-                    let _ = std::fs::remove_file(&path);
-                    forgotten += 1;
-                }
+        let mut ids: Vec<String> = dir
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let id = name.to_str()?.strip_suffix(".json")?;
+                valid_id(id).then(|| id.to_string())
+            })
+            .collect();
+        ids.sort();
+        for id in ids {
+            match self.rearm_id(&id) {
+                RearmOutcome::Armed => summary.rearmed += 1,
+                RearmOutcome::Forgotten => summary.forgotten += 1,
+                RearmOutcome::Pending => summary.pending += 1,
             }
         }
-        (rearmed, forgotten)
+        summary
+    }
+
+    /// Tries every pending unit again; returns how many are still pending.
+    pub fn retry_pending(&self) -> usize {
+        let ids: Vec<String> = self.pending_units().into_iter().map(|p| p.id).collect();
+        ids.iter()
+            .filter(|id| self.rearm_id(id) == RearmOutcome::Pending)
+            .count()
+    }
+
+    /// Units whose re-arm failed and is being retried.
+    pub fn pending_units(&self) -> Vec<PendingUnit> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn rearm_id(&self, id: &str) -> RearmOutcome {
+        let path = self.record_path(id);
+        let outcome = std::fs::read(&path)
+            .ok()
+            .and_then(|d| serde_json::from_slice::<UnitRecord>(&d).ok())
+            .ok_or(RearmError::Unreadable)
+            .and_then(|rec| self.rearm_one(rec));
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match outcome {
+            Ok(id) => {
+                log::info!("re-armed unit {id:?}");
+                pending.remove(&id);
+                RearmOutcome::Armed
+            }
+            Err(RearmError::Arm(e)) => {
+                let entry = pending
+                    .entry(id.to_string())
+                    .or_insert_with(|| PendingUnit {
+                        id: id.to_string(),
+                        attempts: 0,
+                        error: String::new(),
+                    });
+                entry.attempts += 1;
+                entry.error = e.to_string();
+                log::error!(
+                    "unit {id:?}: re-arm failed (attempt {}), kept and retried: {e}",
+                    entry.attempts
+                );
+                RearmOutcome::Pending
+            }
+            Err(why) => {
+                log::info!("forgetting {}: {why}", path.display());
+                let _ = std::fs::remove_file(&path);
+                pending.remove(id);
+                RearmOutcome::Forgotten
+            }
+        }
     }
 
     fn rearm_one(&self, rec: UnitRecord) -> Result<String, RearmError> {
@@ -128,7 +219,7 @@ impl Armer {
                 }
             }
         }
-        Ok(self.arm(req)?.id)
+        Ok(self.arm_as(req, super::ArmOrigin::Rearm)?.id)
     }
 
     pub(super) fn load_record(&self, id: &str) -> Option<UnitRecord> {

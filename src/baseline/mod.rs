@@ -18,7 +18,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 pub use format::FormatError;
 pub use hash::{FileDigests, HashError, hash_fd, hash_fd_content};
-pub use snapshot::{Snapshot, SnapshotError, SnapshotFileError, snapshot, snapshot_checked};
+pub use snapshot::{
+    Snapshot, SnapshotError, SnapshotFileError, SnapshotLimits, snapshot, snapshot_checked,
+    snapshot_limited,
+};
 pub use store::{BaselineStore, StoreError};
 
 /// A BLAKE3 digest.
@@ -187,6 +190,13 @@ impl Baseline {
     pub fn key(&self) -> &[u8] {
         &self.key
     }
+    /// Names where it was taken from (informational), when the snapshot's root path does
+    /// not say (a detached mount of the image's layers).
+    pub fn with_source(mut self, source: Vec<u8>) -> Self {
+        self.source = source;
+        self
+    }
+
     /// The rootfs path it was taken from (informational).
     pub fn source(&self) -> &[u8] {
         &self.source

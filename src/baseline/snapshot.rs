@@ -49,6 +49,39 @@ pub enum SnapshotError {
         #[source]
         source: nix::Error,
     },
+    /// The snapshot ran past its deadline (a huge or slow image, or files made to be slow
+    /// to read): it is abandoned rather than stored half done.
+    #[error(
+        "snapshot abandoned after {secs} s (the deadline): {files} files hashed, {bytes} bytes"
+    )]
+    Deadline {
+        /// The deadline, seconds.
+        secs: u64,
+        /// Files hashed by then.
+        files: usize,
+        /// Bytes hashed by then.
+        bytes: u64,
+    },
+}
+
+/// Bounds on one snapshot, so an image (or a container that writes into its own rootfs
+/// before a snapshot) cannot hold an arm, or a restarted daemon's start, indefinitely.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotLimits {
+    /// Executables larger than this are not hashed: left out of the baseline (denied if
+    /// executed) and listed among the skipped files.
+    pub max_file: u64,
+    /// The snapshot is abandoned after this long.
+    pub deadline: std::time::Duration,
+}
+
+impl Default for SnapshotLimits {
+    fn default() -> Self {
+        SnapshotLimits {
+            max_file: 4 << 30,
+            deadline: std::time::Duration::from_secs(90),
+        }
+    }
 }
 
 /// The result of a snapshot.
@@ -102,7 +135,19 @@ pub fn snapshot_checked(
     threads: usize,
     indicators: Option<&Indicators>,
 ) -> Result<Snapshot, SnapshotError> {
+    snapshot_limited(root, key, threads, indicators, SnapshotLimits::default())
+}
+
+/// Like [`snapshot_checked`], within `limits`.
+pub fn snapshot_limited(
+    root: &Path,
+    key: Vec<u8>,
+    threads: usize,
+    indicators: Option<&Indicators>,
+    limits: SnapshotLimits,
+) -> Result<Snapshot, SnapshotError> {
     let started = Instant::now();
+    let deadline = started + limits.deadline;
     let root_fd = nix::fcntl::open(
         root,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -121,14 +166,20 @@ pub fn snapshot_checked(
     let (out_tx, out_rx) = crossbeam_channel::unbounded::<(Outcome, u64)>();
 
     let mut walk_errors = Vec::new();
+    let cut_short = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let job_rx = job_rx.clone();
             let out_tx = out_tx.clone();
             let root_fd = &root_fd;
+            let cut_short = &cut_short;
             scope.spawn(move || {
                 let mut buf = Vec::new();
                 for job in job_rx {
+                    if Instant::now() > deadline {
+                        cut_short.store(true, std::sync::atomic::Ordering::Relaxed);
+                        break;
+                    }
                     let result = hash_one(root_fd, &job.rel, &mut buf, indicators, threads);
                     if out_tx.send(result).is_err() {
                         break;
@@ -138,7 +189,9 @@ pub fn snapshot_checked(
         }
         drop(job_rx);
         drop(out_tx);
-        walk(&root_fd, &job_tx, &mut walk_errors);
+        if !walk(&root_fd, &job_tx, &mut walk_errors, &limits, deadline) {
+            cut_short.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         drop(job_tx);
     });
 
@@ -167,6 +220,13 @@ pub fn snapshot_checked(
             }
             Outcome::Skipped(e) => errors.push(e),
         }
+    }
+    if cut_short.into_inner() {
+        return Err(SnapshotError::Deadline {
+            secs: limits.deadline.as_secs(),
+            files: entries.len(),
+            bytes,
+        });
     }
     let loaders = resolve_loaders(&root_fd, &interpreters, &mut errors);
     errors.sort_by(|a, b| a.path.cmp(&b.path));
@@ -227,7 +287,9 @@ fn walk(
     root: &OwnedFd,
     jobs: &crossbeam_channel::Sender<Job>,
     errors: &mut Vec<SnapshotFileError>,
-) {
+    limits: &SnapshotLimits,
+    deadline: Instant,
+) -> bool {
     let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
     let root_dev = nix::sys::stat::fstat(root.as_fd()).map(|s| s.st_dev).ok();
     let root_mount = crate::kernel::mount_id_at(root.as_fd(), OsStr::new("."));
@@ -239,6 +301,9 @@ fn walk(
             && crate::kernel::mount_id_at(dir.as_fd(), OsStr::from_bytes(name)) == root_mount
     };
     while let Some(dir_rel) = stack.pop() {
+        if Instant::now() > deadline {
+            return false;
+        }
         let skip = |errors: &mut Vec<SnapshotFileError>, rel: &[u8], reason: String| {
             errors.push(SnapshotFileError {
                 path: display_path(rel),
@@ -311,10 +376,24 @@ fn walk(
                     ) {
                         Ok(st)
                             if is_executable(&st)
+                                && (Some(st.st_dev) == root_dev || same_mount(&dir_fd, name))
+                                && st.st_size as u64 > limits.max_file =>
+                        {
+                            skip(
+                                errors,
+                                &rel_of(name),
+                                format!(
+                                    "{} bytes, over the snapshot's per-file limit of {} bytes: not hashed",
+                                    st.st_size, limits.max_file
+                                ),
+                            );
+                        }
+                        Ok(st)
+                            if is_executable(&st)
                                 && (Some(st.st_dev) == root_dev || same_mount(&dir_fd, name)) =>
                         {
                             if jobs.send(Job { rel: rel_of(name) }).is_err() {
-                                return;
+                                return false;
                             }
                         }
                         Ok(_) => {}
@@ -325,6 +404,7 @@ fn walk(
             }
         }
     }
+    true
 }
 
 fn display_path(rel: &[u8]) -> Vec<u8> {

@@ -142,6 +142,22 @@ impl BaselineStore {
         threads: usize,
         indicators: Option<&Indicators>,
     ) -> Result<(Baseline, Provenance, Option<Snapshot>), StoreError> {
+        self.load_or_else(
+            key,
+            || Ok(snapshot_checked(rootfs, key.to_vec(), threads, indicators)?),
+            |e| e,
+        )
+    }
+
+    /// Loads the baseline of `key`, or stores the one `take` snapshots when there is none
+    /// or the stored one fails verification. One caller per key snapshots at a time; the
+    /// others then load what it stored. The store's own errors become `E` through `store_err`.
+    pub fn load_or_else<E>(
+        &self,
+        key: &[u8],
+        take: impl FnOnce() -> Result<Snapshot, E>,
+        store_err: impl Fn(StoreError) -> E,
+    ) -> Result<(Baseline, Provenance, Option<Snapshot>), E> {
         let key_lock = {
             let mut map = self
                 .in_progress
@@ -153,7 +169,7 @@ impl BaselineStore {
             let _one_at_a_time = key_lock
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            self.load_or_snapshot_locked(key, rootfs, threads, indicators)
+            self.load_or_else_locked(key, take, store_err)
         };
         // Forget the lock once nobody else holds it (the map stays small).
         let mut map = self
@@ -166,13 +182,12 @@ impl BaselineStore {
         result
     }
 
-    fn load_or_snapshot_locked(
+    fn load_or_else_locked<E>(
         &self,
         key: &[u8],
-        rootfs: &Path,
-        threads: usize,
-        indicators: Option<&Indicators>,
-    ) -> Result<(Baseline, Provenance, Option<Snapshot>), StoreError> {
+        take: impl FnOnce() -> Result<Snapshot, E>,
+        store_err: impl Fn(StoreError) -> E,
+    ) -> Result<(Baseline, Provenance, Option<Snapshot>), E> {
         let provenance = match self.load(key) {
             Ok(Some(b)) => return Ok((b, Provenance::Stored, None)),
             Ok(None) => Provenance::Snapshotted,
@@ -180,10 +195,10 @@ impl BaselineStore {
                 log::error!("{err}; taking a new snapshot");
                 Provenance::ReplacedCorrupt
             }
-            Err(err) => return Err(err),
+            Err(err) => return Err(store_err(err)),
         };
-        let snap = snapshot_checked(rootfs, key.to_vec(), threads, indicators)?;
-        self.save(&snap.baseline)?;
+        let snap = take()?;
+        self.save(&snap.baseline).map_err(store_err)?;
         Ok((snap.baseline.clone(), provenance, Some(snap)))
     }
 }

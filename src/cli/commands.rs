@@ -207,6 +207,12 @@ pub(super) fn status(socket: &Path, json: bool) -> Result<i32, CliError> {
         s.in_flight,
         s.stats.unanswered_drops
     );
+    for p in &s.rearm_pending {
+        println!(
+            "re-arm pending for {} ({} attempts, retried): {}",
+            p.id, p.attempts, p.error
+        );
+    }
     if s.stats.kernel_allowed_files > 0 {
         println!(
             "files on immutable filesystems allowed by the kernel without an event: {}",

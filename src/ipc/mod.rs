@@ -19,8 +19,8 @@ mod replies;
 pub mod server;
 
 pub use replies::{
-    ArmResult, CacheReply, CountersReply, ExplainReply, LastDenyReply, MarkReply, Reply,
-    StatsReply, StatusReply, UnitReply,
+    ArmResult, CacheReply, CountersReply, ExplainReply, LastDenyReply, MarkReply, PendingReply,
+    Reply, StatsReply, StatusReply, UnitReply,
 };
 
 use serde::{Deserialize, Serialize};

@@ -284,6 +284,22 @@ pub struct StatusReply {
     /// Configuration reloads refused (the running configuration was kept).
     #[serde(default)]
     pub config_reload_errors: u64,
+    /// Recorded units whose re-arm after a restart failed: kept and retried (their
+    /// containers run unprotected, or with every exec denied if the daemon kept its
+    /// marks, until one succeeds).
+    #[serde(default)]
+    pub rearm_pending: Vec<PendingReply>,
+}
+
+/// A unit whose re-arm is being retried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingReply {
+    /// Unit id.
+    pub id: String,
+    /// Attempts so far.
+    pub attempts: u64,
+    /// The last attempt's error.
+    pub error: String,
 }
 
 impl From<&EngineStatus> for StatusReply {
@@ -294,6 +310,7 @@ impl From<&EngineStatus> for StatusReply {
             in_flight: s.in_flight,
             config_reloads: 0,
             config_reload_errors: 0,
+            rearm_pending: Vec::new(),
         }
     }
 }

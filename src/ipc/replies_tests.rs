@@ -171,6 +171,11 @@ fn every_reply_is_pinned() {
         in_flight: 21,
         config_reloads: 24,
         config_reload_errors: 25,
+        rearm_pending: vec![PendingReply {
+            id: "c9".into(),
+            attempts: 27,
+            error: "e".into(),
+        }],
     });
     assert_eq!(
         ok(&status),
@@ -186,7 +191,8 @@ fn every_reply_is_pinned() {
                         "loader_wait_max_us":17,"loader_thread_gone":18,
                         "unattributed_denied":22,"layer_devices":23,
                         "denied_unhashed":26},
-               "in_flight":21,"config_reloads":24,"config_reload_errors":25})
+               "in_flight":21,"config_reloads":24,"config_reload_errors":25,
+               "rearm_pending":[{"id":"c9","attempts":27,"error":"e"}]})
     );
     let explained = Reply::Explained(ExplainReply {
         unit: "c1".into(),

