@@ -48,8 +48,10 @@ fn issue_12_pipelines_in_a_dynamic_image_are_never_denied_under_load() {
         return;
     }
     let mut sb = Sandbox::new("issue12");
+    // Into the image layer: what the container's writable layer holds at arm time is never
+    // baselined (issue 14).
     install_dynamic(
-        &sb.rootfs,
+        &sb.dir.join("lower"),
         &[
             "/usr/bin/bash",
             "/usr/bin/echo",
@@ -633,4 +635,161 @@ fn issue_14_a_failed_rearm_is_kept_and_retried() {
     let t = exec(&node, "f2", false, "/tmp/p >/dev/null 2>&1; echo rc=$?");
     assert!(t.contains("rc=126"), "protected again: {t}");
     let _ = node.ctr(&["tasks", "kill", "-s", "SIGKILL", "race-1"]);
+}
+
+/// Issue 14 (9): a burst of container creations (a Deployment scaled up on one node).
+/// Before the fix 0-23 of 100 concurrent creations failed: the hook took the daemon's
+/// `busy` (over 64 connections) as a refusal, and concurrent arms of one image raced in
+/// the baseline store. Now `DRIFTLOCK_BURST` (default 200) runc containers, over three
+/// images each on its own overlay, are created at once through driftlock-runtime: every
+/// one is armed, and each image is snapshotted exactly once.
+#[test]
+fn issue_14_a_burst_of_creations_is_all_armed_with_one_snapshot_per_image() {
+    use crate::node::{Node, RUNTIME, images, text};
+    use crate::support::BIN;
+    use std::time::{Duration, Instant};
+    let Some(node) = Node::new("burst") else {
+        return;
+    };
+    let n: usize = std::env::var("DRIFTLOCK_BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    // One unpacked image per tar; each container gets an overlay on top of one of them.
+    let tars = ["busybox.tar", "musl.tar", "glibc.tar"];
+    let mut lowers = Vec::new();
+    for (i, tar) in tars.iter().enumerate() {
+        let layout = node.dir.join(format!("layout{i}"));
+        let bundle = node.dir.join(format!("image{i}"));
+        fs::create_dir_all(&layout).unwrap();
+        assert!(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&layout)
+                .arg("-xf")
+                .arg(images().unwrap().join(tar))
+                .status()
+                .unwrap()
+                .success()
+        );
+        let out = Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:latest", layout.display()))
+            .arg(&bundle)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap();
+        config["process"]["terminal"] = false.into();
+        config["process"]["args"] = serde_json::json!(["sleep", "600"]);
+        lowers.push((bundle.join("rootfs"), config));
+    }
+    let state = node.dir.join("runc-burst");
+    let mut bundles = Vec::new();
+    for i in 0..n {
+        let (lower, config) = &lowers[i % lowers.len()];
+        let b = node.dir.join(format!("b{i}"));
+        for d in ["upper", "work", "rootfs"] {
+            fs::create_dir_all(b.join(d)).unwrap();
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            b.join("upper").display(),
+            b.join("work").display()
+        );
+        assert!(
+            Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", &opts])
+                .arg(b.join("rootfs"))
+                .status()
+                .unwrap()
+                .success()
+        );
+        let mut config = config.clone();
+        config["root"]["path"] = "rootfs".into();
+        fs::write(b.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+        bundles.push(b);
+    }
+    let baselines_before = fs::read_dir(node.dl_state.join("baselines"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let created: Vec<(bool, Duration, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = bundles
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let (state, node) = (&state, &node);
+                s.spawn(move || {
+                    // A file, not a pipe: the container's init keeps runc's stdio open.
+                    let err_path = node.dir.join(format!("b{i}/create.err"));
+                    let err = fs::File::create(&err_path).unwrap();
+                    let t0 = Instant::now();
+                    let status = Command::new(RUNTIME)
+                        .arg("--root")
+                        .arg(state)
+                        .args(["create", "--bundle"])
+                        .arg(b)
+                        .arg(format!("burst-{i}"))
+                        .env("DRIFTLOCK_SOCKET", &node.dl_socket)
+                        .env("DRIFTLOCK_BIN", BIN)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(err)
+                        .status()
+                        .unwrap();
+                    let elapsed = t0.elapsed();
+                    (
+                        status.success(),
+                        elapsed,
+                        fs::read_to_string(&err_path).unwrap_or_default(),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let failed: Vec<&String> = created.iter().filter(|c| !c.0).map(|c| &c.2).collect();
+    let units = node.status()["units"].as_array().map_or(0, Vec::len);
+    let baselines = fs::read_dir(node.dl_state.join("baselines"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "baseline"))
+        .count();
+    let mut times: Vec<Duration> = created.iter().map(|c| c.1).collect();
+    times.sort();
+    crate::support::figure(&format!(
+        "burst: {n} runc creations at once over {} images: {} failed, median {:?}, max {:?}; {} baselines stored",
+        lowers.len(),
+        failed.len(),
+        times[times.len() / 2],
+        times[times.len() - 1],
+        baselines - baselines_before
+    ));
+    for i in 0..n {
+        let _ = Command::new(RUNTIME)
+            .arg("--root")
+            .arg(&state)
+            .args(["delete", "-f"])
+            .arg(format!("burst-{i}"))
+            .env("DRIFTLOCK_SOCKET", &node.dl_socket)
+            .env("DRIFTLOCK_BIN", BIN)
+            .output();
+    }
+    for b in &bundles {
+        let _ = Command::new("umount").arg(b.join("rootfs")).status();
+    }
+    assert!(
+        failed.is_empty(),
+        "{} creations failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert_eq!(units, n, "every container armed");
+    assert_eq!(
+        baselines - baselines_before,
+        lowers.len(),
+        "one snapshot per image"
+    );
 }
