@@ -206,6 +206,8 @@ mod tests {
             evidence: None,
             rule: None,
             detail: None,
+            content_unverified: false,
+            truncated: false,
         }
     }
 

@@ -139,7 +139,19 @@ pub struct AuditRecord {
     /// from the task and what it resolved to, or why none could be read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// True if the SHA-256 (and the BLAKE3, when the verdict was made without one) was read
+    /// after the verdict from a file that may have changed since: it may not describe what
+    /// was judged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub content_unverified: bool,
+    /// True if command lines were left out to keep the record under [`MAX_RECORD_BYTES`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
+
+/// A record is at most about this large: command lines are dropped (farthest ancestor
+/// first) until it fits.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 
 impl AuditRecord {
     /// The JSON line (without newline).
@@ -147,6 +159,127 @@ impl AuditRecord {
         // Serializing a struct of strings and numbers cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
+
+    /// About how many bytes the record takes (its strings, plus the fixed part).
+    pub fn approx_bytes(&self) -> usize {
+        let args = |a: &[String]| a.iter().map(|s| s.len() + 4).sum::<usize>();
+        512 + self.path.as_ref().map_or(0, String::len)
+            + self.image_key.len()
+            + self.detail.as_ref().map_or(0, String::len)
+            + args(&self.cmdline)
+            + self
+                .chain
+                .iter()
+                .map(|p| {
+                    128 + p.comm.len() + p.exe.as_ref().map_or(0, String::len) + args(&p.cmdline)
+                })
+                .sum::<usize>()
+    }
+
+    /// Drops command lines, farthest ancestor first, until the record fits `max` bytes.
+    pub fn fit(&mut self, max: usize) {
+        let mut i = self.chain.len();
+        while self.approx_bytes() > max && i > 0 {
+            i -= 1;
+            if !self.chain[i].cmdline.is_empty() {
+                self.chain[i].cmdline.clear();
+                self.chain[i].cmdline_truncated = true;
+                self.truncated = true;
+            }
+        }
+        if self.approx_bytes() > max && !self.cmdline.is_empty() {
+            self.cmdline.clear();
+            self.truncated = true;
+        }
+    }
+}
+
+/// How many records one unit may write: a bucket of [`RecordBudget::BURST`] refilled at
+/// [`RecordBudget::PER_SECOND`]. Past it, records are counted, not written, and a summary
+/// says how many (the verdicts and counters are not affected), so a container that loops
+/// denied execs cannot flood the log, the queue or another unit's records.
+#[derive(Debug, Clone)]
+pub struct RecordBudget {
+    tokens: f64,
+    last: std::time::Instant,
+    suppressed: u64,
+    first_suppressed: Option<String>,
+}
+
+impl Default for RecordBudget {
+    fn default() -> Self {
+        RecordBudget {
+            tokens: Self::BURST,
+            last: std::time::Instant::now(),
+            suppressed: 0,
+            first_suppressed: None,
+        }
+    }
+}
+
+impl RecordBudget {
+    /// Records a unit may write at once.
+    pub const BURST: f64 = 200.0;
+    /// Records per second after the burst.
+    pub const PER_SECOND: f64 = 50.0;
+
+    fn refill(&mut self, now: std::time::Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * Self::PER_SECOND).min(Self::BURST);
+        self.last = now;
+    }
+
+    /// True if a record may be written now; otherwise counts it as suppressed.
+    pub fn take(&mut self, now: std::time::Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.suppressed += 1;
+            if self.first_suppressed.is_none() {
+                self.first_suppressed = Some(rfc3339(std::time::SystemTime::now()));
+            }
+            false
+        }
+    }
+
+    /// Records suppressed and not yet summarized.
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed
+    }
+
+    /// Takes the count of suppressed records for a summary (once the budget has a token
+    /// for it): `(count, time of the first)`.
+    pub fn take_summary(&mut self, now: std::time::Instant) -> Option<(u64, String)> {
+        if self.suppressed == 0 {
+            return None;
+        }
+        self.refill(now);
+        if self.tokens < 1.0 {
+            return None;
+        }
+        self.tokens -= 1.0;
+        let n = std::mem::take(&mut self.suppressed);
+        Some((n, self.first_suppressed.take().unwrap_or_default()))
+    }
+}
+
+/// A summary of records a unit's budget held back (`"kind": "suppressed"`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SuppressedRecord {
+    /// Format version.
+    pub v: u32,
+    /// Always "suppressed".
+    pub kind: String,
+    /// RFC 3339 UTC time.
+    pub time: String,
+    /// Unit (container) id.
+    pub unit: String,
+    /// Records not written.
+    pub records: u64,
+    /// When the first of them happened.
+    pub since: String,
 }
 
 /// What happened to a unit's coverage after it was armed.
@@ -198,6 +331,18 @@ pub enum AuditJob {
     },
     /// A coverage record.
     Coverage(CoverageRecord),
+    /// Records a unit's budget held back.
+    Suppressed(SuppressedRecord),
+}
+
+impl AuditJob {
+    /// About how many bytes the job holds while queued.
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            AuditJob::Exec { record, .. } => record.approx_bytes(),
+            AuditJob::Coverage(_) | AuditJob::Suppressed(_) => 512,
+        }
+    }
 }
 
 /// Where records go.
@@ -256,6 +401,8 @@ pub struct AuditCounters {
     pub write_errors: AtomicU64,
     /// Records waiting to be written.
     pub queued: AtomicU64,
+    /// About how many bytes they hold.
+    pub queued_bytes: AtomicU64,
 }
 
 /// The sending side used by the engine.
@@ -266,9 +413,17 @@ pub struct AuditQueue {
 }
 
 impl AuditQueue {
-    /// Queues a record; never blocks (a full queue drops and counts).
+    /// Queues a record; never blocks (a full queue, by count or by bytes, drops and counts).
     pub fn send(&self, job: AuditJob) {
-        if self.tx.try_send(job).is_err() {
+        let bytes = job.approx_bytes() as u64;
+        let held = self
+            .counters
+            .queued_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        if held + bytes > QUEUE_BYTES as u64 || self.tx.try_send(job).is_err() {
+            self.counters
+                .queued_bytes
+                .fetch_sub(bytes, Ordering::Relaxed);
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         } else {
             self.counters.queued.fetch_add(1, Ordering::Relaxed);
@@ -289,6 +444,9 @@ impl AuditQueue {
 /// Records waiting at most (bounded memory).
 pub const QUEUE_CAPACITY: usize = 16 * 1024;
 
+/// Bytes of records waiting at most.
+pub const QUEUE_BYTES: usize = 16 << 20;
+
 /// Starts the writer thread. It ends when every [`AuditQueue`] is dropped.
 pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHandle<()>) {
     let (tx, rx) = crossbeam_channel::bounded::<AuditJob>(QUEUE_CAPACITY);
@@ -306,6 +464,7 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
         .spawn(move || {
             let mut buf = Vec::new();
             for job in rx {
+                let job_bytes = job.approx_bytes() as u64;
                 let mut line = match job {
                     AuditJob::Exec { mut record, file } => {
                         // A file too large to be the image's (judged without hashing) is not
@@ -323,10 +482,20 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
                                 // read the same bytes: compare BLAKE3s (metadata may move
                                 // meanwhile, e.g. the container's removal unlinks the file).
                                 let blake = d.blake3.to_string();
-                                if record.blake3.as_ref().is_none_or(|b| *b == blake) {
-                                    record.sha256 = d.sha256.map(hex::encode);
-                                    record.blake3 = Some(blake);
-                                    record.size.get_or_insert(d.stat.size);
+                                match record.blake3.as_ref() {
+                                    Some(judged) if *judged == blake => {
+                                        record.sha256 = d.sha256.map(hex::encode);
+                                    }
+                                    // Rewritten since the verdict: this pass describes
+                                    // another content; leave it out.
+                                    Some(_) => {}
+                                    // Judged without a digest (too large for the image):
+                                    // what this pass read may not be what was denied.
+                                    None => {
+                                        record.sha256 = d.sha256.map(hex::encode);
+                                        record.blake3 = Some(blake);
+                                        record.content_unverified = true;
+                                    }
                                 }
                             }
                         }
@@ -362,9 +531,11 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
                         record.to_json()
                     }
                     AuditJob::Coverage(c) => serde_json::to_string(&c).unwrap_or_default(),
+                    AuditJob::Suppressed(s) => serde_json::to_string(&s).unwrap_or_default(),
                 };
                 line.push('\n');
                 c.queued.fetch_sub(1, Ordering::Relaxed);
+                c.queued_bytes.fetch_sub(job_bytes, Ordering::Relaxed);
                 let mut ok = true;
                 if sinks.stdout {
                     let mut out = std::io::stdout().lock();
@@ -474,6 +645,8 @@ mod tests {
             evidence: None,
             rule: None,
             detail: None,
+            content_unverified: false,
+            truncated: false,
         };
         let line = rec.to_json();
         assert!(!line.contains('\n'));
@@ -489,5 +662,110 @@ mod tests {
         };
         let r = ProcessRecord::from(&long);
         assert!(r.cmdline_truncated && r.cmdline[0].len() == MAX_CMDLINE);
+
+        // Issue 14 (5): nine processes with 4 KiB command lines of bytes that escape to four
+        // times their size fit one record of at most MAX_RECORD_BYTES, nearest kept first.
+        let hostile = ProcessInfo {
+            cmdline: vec![0xff; MAX_CMDLINE * 2],
+            ..long
+        };
+        let mut big = rec.clone();
+        big.cmdline = ProcessRecord::from(&hostile).cmdline;
+        big.chain = vec![ProcessRecord::from(&hostile); MAX_CHAIN + 1];
+        assert!(big.to_json().len() > MAX_RECORD_BYTES);
+        big.fit(MAX_RECORD_BYTES);
+        assert!(big.truncated);
+        assert!(
+            big.to_json().len() <= MAX_RECORD_BYTES,
+            "{}",
+            big.to_json().len()
+        );
+        assert!(
+            !big.chain[0].cmdline.is_empty(),
+            "the nearest process keeps its command line"
+        );
+        assert!(big.chain[MAX_CHAIN].cmdline.is_empty());
+    }
+
+    #[test]
+    fn a_units_record_budget_holds_a_flood_back_and_summarizes_it() {
+        let t0 = std::time::Instant::now();
+        let mut b = RecordBudget::default();
+        let written = (0..10_000).filter(|_| b.take(t0)).count();
+        assert_eq!(written, RecordBudget::BURST as usize);
+        assert_eq!(b.suppressed(), 10_000 - written as u64);
+        assert_eq!(b.take_summary(t0), None, "no room for a summary yet");
+        let later = t0 + std::time::Duration::from_secs(1);
+        let (n, since) = b.take_summary(later).unwrap();
+        assert_eq!(n, 10_000 - written as u64);
+        assert!(since.ends_with('Z'));
+        assert_eq!(b.suppressed(), 0);
+        // One second refills PER_SECOND records (one went to the summary).
+        let again = (0..1000).filter(|_| b.take(later)).count();
+        assert_eq!(again, RecordBudget::PER_SECOND as usize - 1);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes() {
+        let (queue, _writer) = {
+            let (tx, rx) = crossbeam_channel::bounded::<AuditJob>(QUEUE_CAPACITY);
+            let q = AuditQueue {
+                tx,
+                counters: Arc::new(AuditCounters::default()),
+            };
+            (q, rx)
+        };
+        let p = ProcessInfo {
+            pid: 5,
+            ppid: 1,
+            uid: 0,
+            comm: b"sh".to_vec(),
+            cmdline: vec![b'a'; MAX_CMDLINE],
+            exe: None,
+        };
+        let mut rec = AuditRecord {
+            v: RECORD_VERSION,
+            time: rfc3339(UNIX_EPOCH),
+            unit: "u".into(),
+            image_key: "k".into(),
+            image_name: None,
+            k8s_namespace: None,
+            k8s_pod: None,
+            k8s_container: None,
+            mode: Mode::Enforce,
+            verdict: Verdict::Deny,
+            reason: Reason::NotInBaseline,
+            path: None,
+            tid: 5,
+            pid: None,
+            ppid: None,
+            uid: None,
+            comm: None,
+            cmdline: ProcessRecord::from(&p).cmdline,
+            chain: vec![ProcessRecord::from(&p); MAX_CHAIN],
+            blake3: None,
+            sha256: None,
+            size: None,
+            evidence: None,
+            rule: None,
+            detail: None,
+            content_unverified: false,
+            truncated: false,
+        };
+        rec.fit(MAX_RECORD_BYTES);
+        let each = rec.approx_bytes();
+        for _ in 0..QUEUE_CAPACITY {
+            queue.send(AuditJob::Exec {
+                record: Box::new(rec.clone()),
+                file: None,
+            });
+        }
+        let queued = queue.counters().queued.load(Ordering::Relaxed) as usize;
+        assert!(queued * each <= QUEUE_BYTES, "{queued} x {each}");
+        assert!(queued < QUEUE_CAPACITY);
+        assert_eq!(
+            queue.counters().dropped.load(Ordering::Relaxed) as usize,
+            QUEUE_CAPACITY - queued
+        );
     }
 }

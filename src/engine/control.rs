@@ -353,6 +353,7 @@ impl<G: Gate> Engine<G> {
             counters: UnitCounters::default(),
             allow: Allowed::from(spec.allow),
             last_deny: None,
+            records: Default::default(),
         };
         // Registered before marking, so the first event can be attributed.
         let handle = self.registry.insert(unit);

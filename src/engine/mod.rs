@@ -134,6 +134,8 @@ pub struct Engine<G: Gate> {
     /// Adopted a predecessor's group whose marks outlive the registry: until the recorded
     /// units are re-armed, an event on no known unit is held, not allowed.
     restoring: bool,
+    /// Some unit's record budget holds records back (a summary is due).
+    suppressed_units: bool,
     parked: Vec<(ExecEvent, i32, FileStat)>,
     /// When the batch being processed was read (decision latency is measured from it).
     batch_read_at: Instant,
@@ -182,6 +184,7 @@ impl<G: Gate> Engine<G> {
             next_seq: 0,
             heartbeat: None,
             restoring: false,
+            suppressed_units: false,
             parked: Vec::new(),
             batch_read_at: Instant::now(),
             heartbeat_ms,
@@ -243,6 +246,7 @@ impl<G: Gate> Engine<G> {
             }
             self.expire(Instant::now());
             self.look_at_waiting_loaders(Instant::now());
+            self.summarize_suppressed(Instant::now());
             while let Ok(cmd) = self.commands.try_recv() {
                 if matches!(cmd, Command::Shutdown) {
                     self.drain_for_shutdown();
@@ -552,7 +556,8 @@ impl<G: Gate> Engine<G> {
     }
 
     /// Performs what the rule book decided: the answer, the kernel-side allow, the counters
-    /// and the record (its context gathered while the exec is still held).
+    /// and the record (a denial is answered before its context is read; an allowed exec
+    /// that is recorded is described while still held).
     #[allow(clippy::too_many_arguments)]
     fn conclude(
         &mut self,
@@ -565,11 +570,10 @@ impl<G: Gate> Engine<G> {
         detail: Option<String>,
     ) {
         self.observe_answer_latency(&event, judged.arrived);
-        let Some(unit) = self.registry.get_mut(unit_h) else {
+        if self.registry.get(unit_h).is_none() {
             self.answer_unclaimed(event);
             return;
-        };
-        bump(&mut unit.counters, outcome.verdict);
+        }
         if outcome.ignore_mark {
             if let Some(fd) = event.fd() {
                 match self.gate.ignore_exec(fd) {
@@ -578,28 +582,93 @@ impl<G: Gate> Engine<G> {
                 }
             }
         }
-        if !outcome.record {
+        let (verdict, reason, digest) = (outcome.verdict, outcome.reason, judged.digest);
+        if verdict != Verdict::Allow {
+            self.stats.count_denial(verdict, reason);
+        }
+        let now = Instant::now();
+        let recorded = outcome.record
+            && self
+                .registry
+                .get_mut(unit_h)
+                .is_some_and(|u| u.records.take(now));
+        if outcome.record && !recorded {
+            self.stats.records_suppressed += 1;
+            self.suppressed_units = true;
+        }
+        let file = if recorded {
+            event.fd().and_then(|fd| fd.try_clone_to_owned().ok())
+        } else {
+            None
+        };
+        let held = if outcome.answer == Answer::Deny || !recorded {
             self.answer(event, outcome.answer);
+            None
+        } else {
+            Some(event)
+        };
+        let Some(unit) = self.registry.get_mut(unit_h) else {
+            if let Some(event) = held {
+                self.answer_unclaimed(event);
+            }
+            return;
+        };
+        bump(&mut unit.counters, verdict);
+        if !recorded {
             return;
         }
-        let (verdict, reason, digest) = (outcome.verdict, outcome.reason, judged.digest);
-        let mut record = build_record(unit, verdict, reason, &event, tid, digest, stat);
+        let mut record = build_record(
+            unit,
+            verdict,
+            reason,
+            file.as_ref().map(|f| f.as_fd()),
+            tid,
+            digest,
+            stat,
+        );
         record.detail = detail.or_else(|| default_detail(unit, reason, digest, stat.size));
+        record.fit(crate::audit::MAX_RECORD_BYTES);
         if verdict != Verdict::Allow {
             unit.last_deny = Some(crate::registry::LastDeny {
                 time: record.time.clone(),
                 path: record.path.clone(),
                 verdict,
             });
-            self.stats.count_denial(verdict, reason);
         }
-        let file = event.fd().and_then(|fd| fd.try_clone_to_owned().ok());
-        self.answer(event, outcome.answer);
+        if let Some(event) = held {
+            self.answer(event, outcome.answer);
+        }
         self.stats.records += 1;
         self.audit.send(AuditJob::Exec {
             record: Box::new(record),
             file,
         });
+    }
+
+    /// Writes a summary for each unit whose budget held records back, once it has room.
+    fn summarize_suppressed(&mut self, now: Instant) {
+        if !self.suppressed_units {
+            return;
+        }
+        let mut left = false;
+        let mut summaries = Vec::new();
+        for (_, unit) in self.registry.iter_mut() {
+            if let Some((records, since)) = unit.records.take_summary(now) {
+                summaries.push(crate::audit::SuppressedRecord {
+                    v: RECORD_VERSION,
+                    kind: "suppressed".into(),
+                    time: rfc3339(SystemTime::now()),
+                    unit: unit.id.clone(),
+                    records,
+                    since,
+                });
+            }
+            left |= unit.records.suppressed() > 0;
+        }
+        self.suppressed_units = left;
+        for s in summaries {
+            self.audit.send(AuditJob::Suppressed(s));
+        }
     }
 }
 

@@ -1,5 +1,8 @@
-//! Audit records for denied, would-deny and recorded execs: the context is read from
-//! `/proc` while the exec is still held.
+//! Audit records for denied, would-deny and recorded execs. A denied exec is answered
+//! first and its context read after (the denied task is still there, in its old image);
+//! an allowed one is described while it is still held (after the answer, its process is
+//! the new program). Every `/proc` read is capped, every record fits
+//! [`crate::audit::MAX_RECORD_BYTES`], and each unit's records have a budget.
 
 use super::*;
 
@@ -41,16 +44,18 @@ pub(super) fn default_detail(
     })
 }
 
+/// The record of an exec, its process context read from `/proc` (each read capped).
+/// `file` is a duplicate of the event's fd.
 pub(super) fn build_record(
     unit: &Unit,
     verdict: Verdict,
     reason: Reason,
-    event: &ExecEvent,
+    file: Option<BorrowedFd<'_>>,
     tid: i32,
     digest: Option<Digest>,
     stat: &FileStat,
 ) -> AuditRecord {
-    let path = event.fd().and_then(procfs::fd_path);
+    let path = file.and_then(procfs::fd_path);
     let proc_info = procfs::read_process(tid);
     let chain: Vec<ProcessRecord> = proc_info
         .as_ref()
@@ -86,5 +91,7 @@ pub(super) fn build_record(
         evidence: None,
         rule: (verdict != Verdict::Allow).then(|| reason.rule().to_string()),
         detail: None,
+        content_unverified: false,
+        truncated: false,
     }
 }

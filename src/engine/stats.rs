@@ -71,6 +71,9 @@ pub struct EngineStats {
     /// Files judged without hashing: larger than every executable of their image.
     #[serde(default)]
     pub denied_unhashed: u64,
+    /// Records a unit's budget held back (counted in "suppressed" summaries).
+    #[serde(default)]
+    pub records_suppressed: u64,
 }
 
 /// Upper bounds of the decision-latency histogram, seconds.

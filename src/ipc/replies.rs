@@ -234,6 +234,9 @@ pub struct StatsReply {
     /// Files judged without hashing (larger than every executable of their image).
     #[serde(default)]
     pub denied_unhashed: u64,
+    /// Records a unit's budget held back (each unit has a budget; summaries say how many).
+    #[serde(default)]
+    pub records_suppressed: u64,
 }
 
 impl From<&EngineStats> for StatsReply {
@@ -265,6 +268,7 @@ impl From<&EngineStats> for StatsReply {
             unattributed_denied: s.unattributed_denied,
             layer_devices: s.layer_devices,
             denied_unhashed: s.denied_unhashed,
+            records_suppressed: s.records_suppressed,
         }
     }
 }

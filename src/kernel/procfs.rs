@@ -56,7 +56,8 @@ pub fn read_process(tid: i32) -> Option<ProcessInfo> {
         return None;
     }
     let base = format!("/proc/{tid}");
-    let status = std::fs::read_to_string(format!("{base}/status")).ok()?;
+    let status = read_capped(&format!("{base}/status")).ok()?;
+    let status = String::from_utf8_lossy(&status);
     let num = |k| status_field(&status, k).and_then(|v| v.parse::<i32>().ok());
     let uid = status_field(&status, "Uid")
         .and_then(|v| v.split_whitespace().next())

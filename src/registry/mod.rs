@@ -251,6 +251,8 @@ pub struct Unit {
     pub allow: Allowed,
     /// The last deny or would-deny.
     pub last_deny: Option<LastDeny>,
+    /// How many records the unit may still write now.
+    pub records: crate::audit::RecordBudget,
 }
 
 /// Where a container sits in Kubernetes, when its annotations say.

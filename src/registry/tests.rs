@@ -188,6 +188,7 @@ fn attribution_prefers_mount_marks() {
         counters: UnitCounters::default(),
         allow: Allowed::default(),
         last_deny: None,
+        records: Default::default(),
     };
     let fs = PlannedMark {
         path: "/a".into(),

@@ -793,3 +793,108 @@ fn issue_14_a_burst_of_creations_is_all_armed_with_one_snapshot_per_image() {
         "one snapshot per image"
     );
 }
+
+/// Issue 14 (5): records as an event-loop stall and a memory bomb. Nine nested shells,
+/// each with about 1 MB of arguments, loop denied execs of a payload (cached denials, as
+/// fast as the shell forks). Before the fix every denial built its record on the event
+/// loop while the exec was held and queued it whatever its size: the log grew by one
+/// multi-kilobyte record per attempt. Now a denial is answered before its context is read,
+/// every record fits 64 KiB, the queue is bounded in bytes and each unit has a record
+/// budget whose overflow is counted and summarized. Meanwhile image programs of the unit
+/// run without waiting behind the flood.
+#[test]
+fn issue_14_a_record_flood_is_bounded_and_does_not_stall_other_execs() {
+    use std::time::{Duration, Instant};
+    if !root_or_skip("issue 14 record flood") {
+        return;
+    }
+    let mut sb = Sandbox::new("issue14bomb");
+    let payload = sb.install_payload();
+    sb.start_daemon(&[]);
+    sb.arm("bomb", &[]);
+    let nest = sb.dir.join("nest.sh");
+    fs::write(
+        &nest,
+        "n=$1; shift\nif [ \"$n\" -gt 0 ]; then /bin/bash \"$0\" $((n-1)) \"$@\"; exit; fi\n\
+         for ((i = 0; i < LOOPS; i++)); do \"$P\" 2>/dev/null; done\n"
+            .replace("LOOPS", "4000"),
+    )
+    .unwrap();
+    let big = "x".repeat(120_000);
+    let flood_started = Instant::now();
+    let floods: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new("/bin/bash")
+                .arg(&nest)
+                .arg("8")
+                .args(std::iter::repeat_n(&big, 8))
+                .env("P", &payload)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Image programs exec'd meanwhile: their answers must not wait behind the flood.
+    let image_true = sb.rootfs.join("bin/true");
+    let mut waits = Vec::new();
+    while waits.len() < 300 {
+        let t0 = Instant::now();
+        let st = Command::new(&image_true).status().unwrap();
+        assert!(st.success(), "an image program was denied during the flood");
+        waits.push(t0.elapsed());
+    }
+    for mut f in floods {
+        f.wait().unwrap();
+    }
+    let flood = flood_started.elapsed();
+    waits.sort();
+    let status_path = format!("/proc/{}/status", sb.daemon_pid());
+    let hwm_kib: u64 = fs::read_to_string(&status_path)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    let status = sb.status_json();
+    let denied = status["stats"]["denied_by_reason"]["not-in-baseline"]
+        .as_u64()
+        .unwrap_or(0);
+    let suppressed = status["stats"]["records_suppressed"].as_u64().unwrap_or(0);
+    // The summary follows once the budget has room again.
+    let until = Instant::now() + Duration::from_secs(5);
+    let (lines, longest, summaries) = loop {
+        let text = fs::read_to_string(&sb.audit).unwrap_or_default();
+        let lines = text.lines().count();
+        let longest = text.lines().map(str::len).max().unwrap_or(0);
+        let summaries: u64 = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["kind"] == "suppressed")
+            .filter_map(|v| v["records"].as_u64())
+            .sum();
+        if summaries >= suppressed || Instant::now() > until {
+            break (lines, longest, summaries);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    figure(&format!(
+        "record flood: {denied} denials in {flood:?} from 9 nested shells x 1 MB of arguments (x2): \
+         {lines} audit lines (longest {longest} B), {suppressed} records suppressed and summarized; \
+         daemon peak RSS {} MiB; image execs meanwhile median {:?}, max {:?}",
+        hwm_kib / 1024,
+        waits[waits.len() / 2],
+        waits[waits.len() - 1]
+    ));
+    assert!(denied >= 4000, "the flood ran: {denied}");
+    assert!(
+        suppressed > 0 && summaries == suppressed,
+        "{suppressed} vs {summaries}"
+    );
+    assert!(longest <= 64 * 1024, "a record of {longest} bytes");
+    assert!(
+        (lines as u64) < denied / 4,
+        "{lines} lines for {denied} denials: the budget holds a flood back"
+    );
+    assert!(hwm_kib < 128 * 1024, "daemon peak RSS {hwm_kib} KiB");
+}
