@@ -352,6 +352,40 @@ pub fn loader_call(tid: i32, loader: (u64, u64)) -> LoaderObservation {
         ),
         SyscallRead::Exec(target) => {
             let what = syscall_name(&target);
+            // The kernel's own call chain says who opens the loader, and no thread of the
+            // task can rewrite it (the exec name in the task's memory can be, while we
+            // read it): prefer it, and fall back to the name where it cannot be read.
+            match exec_stack(tid) {
+                ExecStack::Interpreter => {
+                    return seen(
+                        LoaderCall::ForProgram,
+                        format!(
+                            "kernel stack: opened by load_elf_binary as the interpreter of the program being executed ({what})"
+                        ),
+                    );
+                }
+                ExecStack::Direct => {
+                    return seen(
+                        LoaderCall::Direct,
+                        format!("kernel stack: the loader is the file being executed ({what})"),
+                    );
+                }
+                ExecStack::OtherInterpreter(by) => {
+                    return seen(
+                        LoaderCall::Direct,
+                        format!(
+                            "kernel stack: opened by {by} (the loader as the interpreter of a script or a registered format would load a file the gate never sees) ({what})"
+                        ),
+                    );
+                }
+                ExecStack::NotHeld => {
+                    return seen(
+                        LoaderCall::NotBlocked,
+                        "kernel stack: not held in the exec event yet".into(),
+                    );
+                }
+                ExecStack::Unavailable => {}
+            }
             match exec_target_identity(tid, &target) {
                 Some(named) if named == loader => seen(
                     LoaderCall::Direct,
@@ -368,6 +402,61 @@ pub fn loader_call(tid: i32, loader: (u64, u64)) -> LoaderObservation {
             }
         }
     }
+}
+
+/// Who opens the file of an exec permission event, as the kernel's stack of the blocked
+/// thread shows it (`/proc/<tid>/stack`, which needs CAP_SYS_ADMIN).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecStack {
+    /// `open_exec` from `load_elf_binary`: the interpreter of an ELF program being executed.
+    Interpreter,
+    /// `open_exec` from another binary format (`load_script`, `load_misc_binary`).
+    OtherInterpreter(String),
+    /// The file named by the exec system call itself (`alloc_bprm`).
+    Direct,
+    /// The thread is not (or no longer) blocked in a fanotify permission event.
+    NotHeld,
+    /// The stack cannot be read here (no permission, or a kernel without it).
+    Unavailable,
+}
+
+/// Reads and classifies the kernel stack of thread `tid`.
+pub fn exec_stack(tid: i32) -> ExecStack {
+    if tid <= 0 {
+        return ExecStack::Unavailable;
+    }
+    match std::fs::read(format!("/proc/{tid}/stack")) {
+        Ok(text) => classify_exec_stack(&text),
+        Err(_) => ExecStack::Unavailable,
+    }
+}
+
+/// Classifies a `/proc/<tid>/stack` text (innermost frame first).
+pub fn classify_exec_stack(text: &[u8]) -> ExecStack {
+    let frames: Vec<&[u8]> = text
+        .split(|b| *b == b'\n')
+        .filter_map(|line| {
+            let start = line.iter().position(|b| *b == b']')? + 1;
+            let rest = line.get(start..)?.trim_ascii_start();
+            let end = rest.iter().position(|b| *b == b'+').unwrap_or(rest.len());
+            Some(&rest[..end])
+        })
+        .collect();
+    if !frames.iter().any(|f| f.starts_with(b"fanotify_")) {
+        return ExecStack::NotHeld;
+    }
+    for f in &frames {
+        if f.ends_with(b"load_elf_binary") {
+            return ExecStack::Interpreter;
+        }
+        if f.starts_with(b"load_") && f.ends_with(b"_binary") || *f == b"load_script" {
+            return ExecStack::OtherInterpreter(String::from_utf8_lossy(f).into_owned());
+        }
+        if *f == b"alloc_bprm" || f.starts_with(b"do_execveat_common") {
+            return ExecStack::Direct;
+        }
+    }
+    ExecStack::Unavailable
 }
 
 /// The (device, inode) of the file thread `tid` asked to execute.
@@ -403,6 +492,44 @@ pub fn exec_target_identity(tid: i32, target: &ExecTarget) -> Option<(u64, u64)>
 
 #[cfg(test)]
 mod tests {
+
+    /// Issue 14 (6): stacks as Linux 6.18 shows them for a loader opened by the kernel for
+    /// a program, directly, and as a script's interpreter.
+    #[test]
+    fn the_kernel_stack_tells_who_opens_the_loader() {
+        let head = "[<0>] fanotify_handle_event+0xb93/0x1b70\n[<0>] fsnotify+0x392/0xfb0\n\
+                    [<0>] fsnotify_open_perm_and_set_mode+0x13a/0x2c0\n[<0>] do_dentry_open+0x144/0x430\n\
+                    [<0>] do_filp_open+0xc3/0x180\n[<0>] do_open_execat+0x5d/0x120\n";
+        let tail = "[<0>] __x64_sys_execve+0x34/0x50\n[<0>] do_syscall_64+0x71/0x280\n";
+        let interp = format!(
+            "{head}[<0>] open_exec+0x26/0x60\n[<0>] load_elf_binary+0x1b1/0x18a0\n\
+             [<0>] bprm_execve+0x2bf/0x510\n[<0>] do_execveat_common.isra.0+0x1a6/0x1b0\n{tail}"
+        );
+        let direct = format!(
+            "{head}[<0>] alloc_bprm+0x20/0x220\n[<0>] do_execveat_common.isra.0+0x8d/0x1b0\n{tail}"
+        );
+        let script = format!(
+            "{head}[<0>] open_exec+0x26/0x60\n[<0>] load_script+0x1ed/0x310\n\
+             [<0>] bprm_execve+0x2bf/0x510\n[<0>] do_execveat_common.isra.0+0x1a6/0x1b0\n{tail}"
+        );
+        assert_eq!(
+            classify_exec_stack(interp.as_bytes()),
+            ExecStack::Interpreter
+        );
+        assert_eq!(classify_exec_stack(direct.as_bytes()), ExecStack::Direct);
+        assert_eq!(
+            classify_exec_stack(script.as_bytes()),
+            ExecStack::OtherInterpreter("load_script".into())
+        );
+        assert_eq!(
+            classify_exec_stack(
+                b"[<0>] hrtimer_nanosleep+0x74/0xf0\n[<0>] do_syscall_64+0x71/0x280\n"
+            ),
+            ExecStack::NotHeld
+        );
+        assert_eq!(classify_exec_stack(b""), ExecStack::NotHeld);
+    }
+
     use super::*;
     use std::os::unix::fs::symlink;
 

@@ -898,3 +898,69 @@ fn issue_14_a_record_flood_is_bounded_and_does_not_stall_other_execs() {
     );
     assert!(hwm_kib < 128 * 1024, "daemon peak RSS {hwm_kib} KiB");
 }
+
+/// Issue 14 (6): the direct-loader check re-read the exec name from the task's memory,
+/// which another thread of the process can rewrite while the exec is held. A racer flips
+/// the name between the loader and an image program while its main thread runs
+/// `ld.so PAYLOAD`. Before the fix the payload ran in some attempts (the check read the
+/// image program's name and took the loader for its interpreter); now who opens the loader
+/// is read from the kernel's stack of the blocked thread, which no thread can rewrite.
+#[test]
+fn issue_14_a_racing_thread_cannot_pass_a_direct_loader_call_off_as_a_program() {
+    if !root_or_skip("issue 14 loader race") {
+        return;
+    }
+    let mut sb = Sandbox::new("issue14race");
+    install_dynamic(&sb.dir.join("lower"), &["/usr/bin/cat"]);
+    let racer = sb.dir.join("loader-race");
+    let cc = Command::new("cc")
+        .args(["-O1", "-pthread", "-o"])
+        .arg(&racer)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/loader-race.c"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let payload = sb.install_payload();
+    sb.start_daemon(&[]);
+    sb.arm("race", &[]);
+    let loader = sb.rootfs.join("lib64/ld-linux-x86-64.so.2");
+    assert!(loader.exists(), "the image has its loader");
+    // The loader does run image programs (the check does not simply deny it).
+    let ok = Command::new("chroot")
+        .arg(&sb.rootfs)
+        .args(["/usr/bin/cat", "/bin/data.txt"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let attempts = 300;
+    let out = Command::new(&racer)
+        .arg(&loader)
+        .arg(sb.rootfs.join("usr/bin/cat"))
+        .arg(&payload)
+        .arg(attempts.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    let status = sb.status_json();
+    let direct = status["stats"]["denied_by_reason"]["direct-loader"]
+        .as_u64()
+        .unwrap_or(0);
+    figure(&format!(
+        "loader race: {attempts} direct loader calls with a thread rewriting the name: {}, {direct} denied as direct-loader",
+        t.trim()
+    ));
+    assert_eq!(t.trim(), "ran 0", "the payload ran through the loader");
+    assert!(direct > 0, "{}", status["stats"]);
+}
