@@ -60,6 +60,11 @@ pub struct AllowEntry {
     /// SHA-256 of the content (64 hex digits).
     #[serde(default, deserialize_with = "de_digest")]
     pub sha256: Option<Digest>,
+    /// Size of the content in bytes (`driftlock tune` writes it). With every entry of a
+    /// container sized, a file whose size is neither in its baseline nor here is denied
+    /// without hashing; an entry without a size makes every miss of its containers hashed.
+    #[serde(default)]
+    pub size: Option<u64>,
     /// Why it is allowed (for people).
     #[serde(default)]
     pub comment: Option<String>,
@@ -269,6 +274,10 @@ impl Config {
             if applies {
                 list.blake3.extend(a.blake3);
                 list.sha256.extend(a.sha256);
+                match a.size {
+                    Some(n) => list.sizes.push(n),
+                    None => list.unsized_entries = true,
+                }
             }
         }
         list
@@ -282,6 +291,10 @@ pub struct AllowList {
     pub blake3: Vec<Digest>,
     /// By SHA-256 (the hash workers then compute SHA-256 too).
     pub sha256: Vec<Digest>,
+    /// The sizes the entries give.
+    pub sizes: Vec<u64>,
+    /// Some entry gives no size: content of any size may be allowed.
+    pub unsized_entries: bool,
 }
 
 impl AllowList {

@@ -20,6 +20,9 @@ pub struct Proposal {
     pub sha256: Option<String>,
     /// BLAKE3.
     pub blake3: Option<String>,
+    /// Size in bytes (written into the entry, so that misses of other sizes are still
+    /// denied without hashing).
+    pub size: Option<u64>,
     /// Paths it was executed from.
     pub paths: BTreeSet<String>,
     /// Units it ran in.
@@ -88,6 +91,7 @@ pub fn propose(records: &[AuditRecord]) -> Vec<Proposal> {
                 image,
                 sha256: r.sha256.clone(),
                 blake3: r.blake3.clone(),
+                size: r.size,
                 paths: BTreeSet::new(),
                 units: BTreeSet::new(),
                 chains: BTreeMap::new(),
@@ -147,6 +151,9 @@ pub fn render(proposals: &[Proposal]) -> String {
             (Some(s), _) => out.push_str(&format!("sha256 = {}\n", toml_str(s))),
             (None, Some(b)) => out.push_str(&format!("blake3 = {}\n", toml_str(b))),
             (None, None) => {}
+        }
+        if let Some(n) = p.size {
+            out.push_str(&format!("size = {n}\n"));
         }
         let first_path = p.paths.iter().next().cloned().unwrap_or_default();
         out.push_str(&format!(
@@ -270,6 +277,10 @@ mod tests {
         let cfg = crate::config::Config::parse(&text, std::path::Path::new("fragment")).unwrap();
         assert_eq!(cfg.allow.len(), 2);
         assert!(text.contains(&a) && text.contains(&c));
+        // Each entry carries its size, so misses of other sizes stay unhashed.
+        assert!(cfg.allow.iter().all(|e| e.size == Some(1)), "{text}");
+        let list = cfg.allowed_for(Some("docker.io/library/postgres:15"));
+        assert!(!list.unsized_entries && list.sizes == vec![1, 1]);
     }
 
     #[test]

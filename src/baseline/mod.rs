@@ -108,6 +108,10 @@ pub struct Baseline {
     /// The size of the largest executable (known-bad ones included): content any larger
     /// cannot be in the baseline.
     largest: u64,
+    /// Every executable's size (known-bad ones included).
+    sizes: HashSet<u64>,
+    /// Every loader is also among the executables, so `sizes` holds its size too.
+    loaders_sized: bool,
 }
 
 impl PartialEq for Baseline {
@@ -132,6 +136,7 @@ impl Baseline {
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         let index = entries.iter().map(|e| e.blake3).collect();
         let largest = entries.iter().map(|e| e.size).max().unwrap_or(0);
+        let sizes = entries.iter().map(|e| e.size).collect();
         Self {
             key,
             source,
@@ -139,6 +144,8 @@ impl Baseline {
             entries,
             index,
             largest,
+            sizes,
+            loaders_sized: true,
             loaders: Vec::new(),
             loader_index: HashSet::default(),
             known_bad: Vec::new(),
@@ -171,6 +178,7 @@ impl Baseline {
         loaders.sort_by(|a, b| a.path.cmp(&b.path));
         loaders.dedup();
         self.loader_index = loaders.iter().map(|l| l.blake3).collect();
+        self.loaders_sized = loaders.iter().all(|l| self.index.contains(&l.blake3));
         self.loaders = loaders;
         self
     }
@@ -209,6 +217,17 @@ impl Baseline {
     pub fn entries(&self) -> &[BaselineEntry] {
         &self.entries
     }
+    /// True if content of `size` bytes could be in the baseline: some executable (or,
+    /// where a loader is not an executable of its own and its size is unknown, anything up
+    /// to the largest) has that size. Content of any other size is not in it, unread.
+    pub fn may_hold_size(&self, size: u64) -> bool {
+        if self.loaders_sized {
+            self.sizes.contains(&size)
+        } else {
+            size <= self.largest
+        }
+    }
+
     /// Number of distinct contents.
     pub fn distinct_contents(&self) -> usize {
         self.index.len()

@@ -17,8 +17,21 @@ pub(super) struct InFlight {
     pub(super) via: MarkKind,
     /// A close-after-write was seen while hashing: the result may describe old content.
     pub(super) tainted: bool,
+    /// Waiting in its unit's backlog (the unit holds its share of the pool), not yet sent
+    /// to a worker.
+    pub(super) queued: bool,
     pub(super) waiters: Vec<Waiter>,
 }
+
+/// Hash jobs one unit may have in the pool at once: its share, so that one container's
+/// slow or huge files cannot keep every worker from another container's misses.
+pub(super) fn unit_share(config: &EngineConfig) -> usize {
+    (config.hash_workers * WORKER_GROWTH / 2).max(1)
+}
+
+/// Files one unit may have waiting beyond its share; past it, a miss is denied at once
+/// (hash-timeout) instead of queueing without bound.
+pub(super) const UNIT_BACKLOG: usize = 1024;
 
 pub(super) struct HashJob {
     pub(super) seq: u64,
@@ -37,8 +50,10 @@ pub(super) struct HashDone {
     pub(super) result: Result<crate::baseline::FileDigests, HashError>,
 }
 
-/// How long a worker keeps hashing one file after its exec was answered by policy.
-pub(super) const WORKER_HARD_LIMIT: Duration = Duration::from_secs(120);
+/// How long a worker keeps hashing one file, as a multiple of the exec's time budget: past
+/// the budget the exec was answered by policy; the rest lets a slow file's result still be
+/// cached for its next exec, and then the worker stops (checked between chunks).
+pub(super) const WORKER_LIMIT_FACTOR: u32 = 2;
 
 /// The pool grows to this many times `hash_workers` when every worker is busy.
 pub(super) const WORKER_GROWTH: usize = 4;
@@ -134,12 +149,63 @@ impl<G: Gate> Engine<G> {
             stat,
             via,
             tainted: false,
+            queued: false,
             waiters: vec![waiter],
         };
+        let share = unit_share(&self.config);
+        if self.unit_jobs.get(&unit).copied().unwrap_or(0) >= share {
+            let backlog = self.backlog.entry(unit).or_default();
+            if backlog.len() >= UNIT_BACKLOG {
+                self.stats.hash_backlog_full += 1;
+                for w in flight.waiters.drain(..) {
+                    self.finish(
+                        unit,
+                        w.event,
+                        w.tid,
+                        Judgement::hashed(
+                            Finding::Unverifiable(Reason::HashTimeout),
+                            None,
+                            w.arrived,
+                        ),
+                        &stat,
+                    );
+                }
+                return;
+            }
+            backlog.push_back(key);
+            flight.queued = true;
+            self.stats.hash_backlogged += 1;
+            self.in_flight.insert(key, flight);
+            return;
+        }
         if !self.dispatch(key, &mut flight) {
             return;
         }
         self.in_flight.insert(key, flight);
+    }
+
+    /// Sends the next files of `unit`'s backlog while it is under its share.
+    pub(super) fn dispatch_backlog(&mut self, unit: UnitHandle) {
+        let share = unit_share(&self.config);
+        while self.unit_jobs.get(&unit).copied().unwrap_or(0) < share {
+            let Some(key) = self.backlog.get_mut(&unit).and_then(|b| b.pop_front()) else {
+                self.backlog.remove(&unit);
+                return;
+            };
+            let Some(mut flight) = self.in_flight.remove(&key) else {
+                continue;
+            };
+            if flight.waiters.is_empty() {
+                // Every waiter was answered by its deadline meanwhile.
+                continue;
+            }
+            flight.queued = false;
+            // The hash starts now, on the content as it is now.
+            flight.tainted = false;
+            if self.dispatch(key, &mut flight) {
+                self.in_flight.insert(key, flight);
+            }
+        }
     }
 
     /// Sends a hash job for `flight`; on failure answers its waiters (unreadable).
@@ -159,13 +225,14 @@ impl<G: Gate> Engine<G> {
                     seq: flight.seq,
                     key,
                     fd,
-                    deadline: Instant::now() + WORKER_HARD_LIMIT,
+                    deadline: Instant::now() + self.config.hash_timeout * WORKER_LIMIT_FACTOR,
                     with_sha256,
                 })
                 .is_ok(),
             _ => false,
         };
         if sent {
+            *self.unit_jobs.entry(key.0).or_insert(0) += 1;
             self.grow_workers_if_saturated();
         } else {
             let stat = flight.stat;
@@ -208,10 +275,22 @@ impl<G: Gate> Engine<G> {
     }
 
     pub(super) fn handle_result(&mut self, done: HashDone) {
+        let unit = done.key.0;
+        if let Some(n) = self.unit_jobs.get_mut(&unit) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.unit_jobs.remove(&unit);
+            }
+        }
+        self.handle_result_of_unit(done);
+        self.dispatch_backlog(unit);
+    }
+
+    fn handle_result_of_unit(&mut self, done: HashDone) {
         let Some(mut flight) = self.in_flight.remove(&done.key) else {
             return;
         };
-        if flight.seq != done.seq {
+        if flight.seq != done.seq || flight.queued {
             self.in_flight.insert(done.key, flight);
             return;
         }

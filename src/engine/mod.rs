@@ -124,6 +124,10 @@ pub struct Engine<G: Gate> {
     busy: Arc<AtomicUsize>,
     workers: Vec<std::thread::JoinHandle<()>>,
     in_flight: HashMap<(UnitHandle, FileKey), InFlight>,
+    /// Hash jobs each unit has in the pool (queued or running).
+    unit_jobs: HashMap<UnitHandle, usize>,
+    /// Files each unit has waiting beyond its share of the pool.
+    backlog: HashMap<UnitHandle, std::collections::VecDeque<(UnitHandle, FileKey)>>,
     audit: AuditQueue,
     batch: Vec<RawEvent>,
     stats: EngineStats,
@@ -177,6 +181,8 @@ impl<G: Gate> Engine<G> {
             busy,
             workers,
             in_flight: HashMap::new(),
+            unit_jobs: HashMap::new(),
+            backlog: HashMap::new(),
             audit,
             batch: Vec::with_capacity(512),
             stats: EngineStats::default(),
@@ -401,14 +407,14 @@ impl<G: Gate> Engine<G> {
                 }
             }
         }
-        // Content larger than every executable of the image cannot be in its baseline:
-        // judged without reading a byte, so a huge (or sparse, 8 EiB) file costs nothing.
-        // Operator allow entries name content of unknown size, so they keep the hash.
-        let too_large = self
-            .registry
-            .get(attr.unit)
-            .is_some_and(|u| u.allow.is_empty() && stat.size > u.baseline.largest());
-        if too_large {
+        // Content whose size no executable of the image and no allow entry has cannot be
+        // allowed: judged without reading a byte, so a huge (or sparse, 8 EiB) file, or
+        // any payload of another size, costs nothing. Allow entries without a size keep
+        // every miss of their units hashed.
+        let unhashed = self.registry.get(attr.unit).is_some_and(|u| {
+            !u.baseline.may_hold_size(stat.size) && !u.allow.may_hold_size(stat.size)
+        });
+        if unhashed {
             self.stats.denied_unhashed += 1;
             let judged = Judgement::hashed(Finding::NotInBaseline, None, self.batch_read_at);
             self.finish(attr.unit, event, tid, judged, &stat);

@@ -20,7 +20,7 @@ pub(super) fn default_detail(
     Some(match reason {
         Reason::InBaseline => return None,
         Reason::NotInBaseline if digest.is_none() => format!(
-            "{size} bytes, larger than every executable of the image ({} bytes): not in its baseline, judged without hashing",
+            "{size} bytes: no executable of the image (the largest has {} bytes) and no allow entry has this size, so it is not in the baseline; judged without hashing",
             unit.baseline.largest()
         ),
         Reason::NotInBaseline => format!(

@@ -68,12 +68,19 @@ pub struct EngineStats {
     /// filesystems).
     #[serde(default)]
     pub layer_devices: u64,
-    /// Files judged without hashing: larger than every executable of their image.
+    /// Files judged without hashing: no executable of their image and no allow entry has
+    /// their size.
     #[serde(default)]
     pub denied_unhashed: u64,
     /// Records a unit's budget held back (counted in "suppressed" summaries).
     #[serde(default)]
     pub records_suppressed: u64,
+    /// Misses that waited in their unit's backlog (the unit held its share of the pool).
+    #[serde(default)]
+    pub hash_backlogged: u64,
+    /// Misses denied at once because their unit's backlog was full.
+    #[serde(default)]
+    pub hash_backlog_full: u64,
 }
 
 /// Upper bounds of the decision-latency histogram, seconds.

@@ -231,12 +231,19 @@ pub struct StatsReply {
     /// Overlay layer devices attributed to their unit by mount.
     #[serde(default)]
     pub layer_devices: u64,
-    /// Files judged without hashing (larger than every executable of their image).
+    /// Files judged without hashing (no executable of their image and no allow entry has
+    /// their size).
     #[serde(default)]
     pub denied_unhashed: u64,
     /// Records a unit's budget held back (each unit has a budget; summaries say how many).
     #[serde(default)]
     pub records_suppressed: u64,
+    /// Misses that waited in their unit's backlog (the unit held its share of the pool).
+    #[serde(default)]
+    pub hash_backlogged: u64,
+    /// Misses denied at once because their unit's backlog was full.
+    #[serde(default)]
+    pub hash_backlog_full: u64,
 }
 
 impl From<&EngineStats> for StatsReply {
@@ -269,6 +276,8 @@ impl From<&EngineStats> for StatsReply {
             layer_devices: s.layer_devices,
             denied_unhashed: s.denied_unhashed,
             records_suppressed: s.records_suppressed,
+            hash_backlogged: s.hash_backlogged,
+            hash_backlog_full: s.hash_backlog_full,
         }
     }
 }

@@ -160,6 +160,8 @@ fn every_reply_is_pinned() {
         layer_devices: 23,
         denied_unhashed: 26,
         records_suppressed: 28,
+        hash_backlogged: 29,
+        hash_backlog_full: 30,
         ..Default::default()
     };
     stats.denied_by_reason.insert("not-in-baseline".into(), 19);
@@ -191,7 +193,8 @@ fn every_reply_is_pinned() {
                         "loader_checks":14,"loader_not_blocked_looks":15,"loader_waits":16,
                         "loader_wait_max_us":17,"loader_thread_gone":18,
                         "unattributed_denied":22,"layer_devices":23,
-                        "denied_unhashed":26,"records_suppressed":28},
+                        "denied_unhashed":26,"records_suppressed":28,
+                        "hash_backlogged":29,"hash_backlog_full":30},
                "in_flight":21,"config_reloads":24,"config_reload_errors":25,
                "rearm_pending":[{"id":"c9","attempts":27,"error":"e"}]})
     );

@@ -273,6 +273,10 @@ pub struct Allowed {
     pub blake3: std::collections::HashSet<crate::baseline::Digest>,
     /// By SHA-256.
     pub sha256: std::collections::HashSet<crate::baseline::Digest>,
+    /// Sizes the entries give.
+    pub sizes: std::collections::HashSet<u64>,
+    /// Some entry gives no size.
+    pub unsized_entries: bool,
 }
 
 impl From<crate::config::AllowList> for Allowed {
@@ -280,6 +284,8 @@ impl From<crate::config::AllowList> for Allowed {
         Self {
             blake3: l.blake3.into_iter().collect(),
             sha256: l.sha256.into_iter().collect(),
+            sizes: l.sizes.into_iter().collect(),
+            unsized_entries: l.unsized_entries,
         }
     }
 }
@@ -288,6 +294,11 @@ impl Allowed {
     /// True if the operator allowed nothing beyond the baseline.
     pub fn is_empty(&self) -> bool {
         self.blake3.is_empty() && self.sha256.is_empty()
+    }
+
+    /// True if some entry could allow content of `size` bytes.
+    pub fn may_hold_size(&self, size: u64) -> bool {
+        !self.is_empty() && (self.unsized_entries || self.sizes.contains(&size))
     }
 
     /// True if an operator entry allows content with these digests.

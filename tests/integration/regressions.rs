@@ -964,3 +964,145 @@ fn issue_14_a_racing_thread_cannot_pass_a_direct_loader_call_off_as_a_program() 
     assert_eq!(t.trim(), "ran 0", "the payload ran through the loader");
     assert!(direct > 0, "{}", status["stats"]);
 }
+
+/// Issue 14 (4): hashing as a node-wide CPU and availability attack. A container whose
+/// misses must be hashed (an operator allow entry without a size) execs 64 sparse 8 EiB
+/// files at once. Before the fix its jobs filled the whole pool and the unbounded queue,
+/// each worker read zeros for up to 120 s, and another container's first execs (misses)
+/// waited behind them past their budget and were denied. Now each unit has a share of the
+/// pool and a bounded backlog, and a worker stops at twice the exec's budget: the other
+/// container's misses are answered, correctly, at once.
+#[test]
+fn issue_14_one_containers_hashing_cannot_starve_anothers_misses() {
+    use crate::support::{EPERM, IMAGE, exec};
+    use std::time::{Duration, Instant};
+    if !root_or_skip("issue 14 pool share") {
+        return;
+    }
+    let mut sb = Sandbox::new("issue14share");
+    // A second container: its own overlay over a copy of the image.
+    let (lower2, upper2, work2, root2) = (
+        sb.dir.join("lower2"),
+        sb.dir.join("upper2"),
+        sb.dir.join("work2"),
+        sb.dir.join("rootfs2"),
+    );
+    for d in [&lower2.join("bin"), &upper2, &work2, &root2] {
+        fs::create_dir_all(d).unwrap();
+    }
+    for src in IMAGE {
+        sb.install(
+            src,
+            &lower2.join("bin").join(Path::new(src).file_name().unwrap()),
+        );
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower2.display(),
+        upper2.display(),
+        work2.display()
+    );
+    assert!(
+        Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&root2)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let config = sb.dir.join("config.toml");
+    fs::write(
+        &config,
+        format!(
+            "[[allow]]\nimage = \"hog\"\nblake3 = \"{}\"\ncomment = \"no size: every miss of this image is hashed\"\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    sb.start_daemon(&["--config", config.to_str().unwrap()]);
+    sb.arm("hog", &["--image-name", "hog"]);
+    let out = sb.client(&["arm", "--id", "victim", "--rootfs", root2.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files: Vec<_> = (0..64)
+        .map(|i| {
+            let p = sb.tmp.join(format!("sparse-{i}"));
+            fs::File::create(&p)
+                .unwrap()
+                .set_len(i64::MAX as u64)
+                .unwrap();
+            sb.install_mode(&p);
+            p
+        })
+        .collect();
+    let cpu = |pid: u32| -> f64 {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<u64> = rest.split(' ').filter_map(|x| x.parse().ok()).collect();
+        // utime and stime are fields 14 and 15 (11 and 12 after the state and the name).
+        (f[10] + f[11]) as f64 / 100.0
+    };
+    let cpu0 = cpu(sb.daemon_pid());
+    let started = Instant::now();
+    let victim_bins: Vec<_> = IMAGE
+        .iter()
+        .map(|src| root2.join("bin").join(Path::new(src).file_name().unwrap()))
+        .collect();
+    let (hog, victim) = std::thread::scope(|s| {
+        let hog: Vec<_> = files.iter().map(|p| s.spawn(move || exec(p))).collect();
+        // Let the hog's jobs take the pool, then time the other container's misses: each
+        // a fresh copy of one of its image programs (a new inode: hashed).
+        std::thread::sleep(Duration::from_millis(300));
+        let mut victim = Vec::new();
+        for i in 0..20 {
+            let bin = &victim_bins[i % 2];
+            let copy = root2.join(format!("copy-{i}"));
+            sb.install(bin.to_str().unwrap(), &copy);
+            let t = Instant::now();
+            let result = if bin.ends_with("true") {
+                exec(&copy)
+            } else {
+                // cat with no input: exits 0.
+                Command::new(&copy)
+                    .stdin(Stdio::null())
+                    .status()
+                    .map(|s| s.code().unwrap_or(-1))
+                    .map_err(|e| e.raw_os_error().unwrap_or(0))
+            };
+            victim.push((result, t.elapsed()));
+        }
+        let hog: Vec<_> = hog.into_iter().map(|h| h.join().unwrap()).collect();
+        (hog, victim)
+    });
+    // Wait for the workers to stop, to take the episode's CPU.
+    let quiet = Instant::now() + Duration::from_secs(15);
+    while sb.status_json()["in_flight"].as_u64().unwrap_or(1) > 0 && Instant::now() < quiet {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let episode = started.elapsed();
+    let used = cpu(sb.daemon_pid()) - cpu0;
+    let mut lat: Vec<Duration> = victim.iter().map(|v| v.1).collect();
+    lat.sort();
+    let stats = sb.status_json()["stats"].clone();
+    figure(&format!(
+        "pool share: 64 sparse 8 EiB files hashed by one container; the other's 20 misses: median {:?}, worst {:?}; \
+         daemon CPU {used:.1} s over the {episode:?} episode; {} misses backlogged",
+        lat[lat.len() / 2],
+        lat[lat.len() - 1],
+        stats["hash_backlogged"]
+    ));
+    assert!(hog.iter().all(|r| *r == EPERM), "{hog:?}");
+    for (i, (r, took)) in victim.iter().enumerate() {
+        assert_eq!(*r, Ok(0), "miss {i} of the other container, after {took:?}");
+    }
+    assert!(
+        lat[lat.len() - 1] < Duration::from_secs(2),
+        "the other container's misses waited past their budget: {lat:?}"
+    );
+    assert!(stats["hash_backlogged"].as_u64().unwrap() > 0, "{stats}");
+    sb.kill_daemon();
+    let _ = Command::new("umount").arg(&root2).status();
+}

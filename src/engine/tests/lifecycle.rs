@@ -7,7 +7,8 @@ fn content_decides_and_hits_come_from_the_cache() {
     let h = Harness::new("content", cfg(), None);
     let sh = h.file("sh", b"image shell");
     let copy = h.file("renamed-copy", b"image shell");
-    let payload = h.file("payload", b"kdevtmpfsi");
+    // The size of an image program, so that its content must be read to be judged.
+    let payload = h.file("payload", b"kdevtmpfsi2");
     settle();
     h.arm("c1", Mode::Enforce, &[b"image shell"]).unwrap();
     assert_eq!(h.exec(&sh), Answer::Allow);
@@ -31,9 +32,9 @@ fn content_decides_and_hits_come_from_the_cache() {
     assert!(recs[0].path.as_deref().unwrap().ends_with("/payload"));
     assert_eq!(
         recs[0].blake3.as_deref(),
-        Some(blake3::hash(b"kdevtmpfsi").to_hex().as_str())
+        Some(blake3::hash(b"kdevtmpfsi2").to_hex().as_str())
     );
-    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"kdevtmpfsi"));
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"kdevtmpfsi2"));
     assert_eq!(recs[0].sha256.as_deref(), Some(sha.as_str()));
     assert_eq!(recs[0].pid, Some(std::process::id() as i32));
     assert!(!recs[0].chain.is_empty());
@@ -265,11 +266,20 @@ fn operator_allow_entries_by_blake3_and_sha256_and_their_reload() {
     h.allow = crate::config::AllowList {
         blake3: vec![blake3::hash(b"runtime generated a").into()],
         sha256: vec![crate::baseline::Digest(sha)],
+        // Sized entries (as `tune` writes them): "payload" has a size neither the image
+        // nor an entry has, and is denied without hashing.
+        sizes: vec![19, 19],
+        unsized_entries: false,
     };
     h.arm("c1", Mode::Enforce, &[b"image"]).unwrap();
     assert_eq!(h.exec(&by_blake), Answer::Allow);
     assert_eq!(h.exec(&by_sha), Answer::Allow);
     assert_eq!(h.exec(&other), Answer::Deny);
+    assert_eq!(
+        h.unit("c1").counters.hashed,
+        2,
+        "the payload's size is in no entry: denied unread"
+    );
     // A reload that removes the entries applies to the armed unit (its cache is dropped).
     h.handle.set_allow("c1", Default::default()).unwrap();
     assert_eq!(h.exec(&by_blake), Answer::Deny);
@@ -279,6 +289,9 @@ fn operator_allow_entries_by_blake3_and_sha256_and_their_reload() {
             crate::config::AllowList {
                 blake3: vec![blake3::hash(b"payload").into()],
                 sha256: vec![],
+                sizes: vec![],
+                // An entry without a size: every miss is hashed.
+                unsized_entries: true,
             },
         )
         .unwrap();
