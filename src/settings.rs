@@ -177,6 +177,7 @@ impl Settings {
             evidence: (evidence_file_mb > 0).then_some(crate::audit::evidence::Limits {
                 max_file: evidence_file_mb << 20,
                 max_total: evidence_total_mb << 20,
+                max_files: crate::audit::evidence::DEFAULT_MAX_FILES,
             }),
             falcosidekick: match self.falcosidekick_url {
                 Some(url) => Some(url.parse()?),

@@ -3,8 +3,10 @@
 //! The attacker deletes the payload and the logs inside the container; incident response
 //! wants the bytes. Each file is stored once under `STATE_DIR/evidence/<sha256>` (content
 //! addressed, so a payload run a thousand times costs one copy), with a small JSON sidecar.
-//! The directory is root-only (0700, files 0400). Its size is bounded per file and in total;
-//! the oldest entries are evicted first.
+//! The directory is root-only (0700, files 0400). Its size is bounded per file, in total
+//! and in file count. Past a bound, the unit holding the most (bytes, or files when the
+//! count is over) loses its oldest entry first: one container flooding the quarantine with
+//! large or many tiny payloads evicts its own evidence, never another's that holds less.
 
 use std::fs;
 use std::io::Write;
@@ -22,13 +24,19 @@ pub struct Limits {
     pub max_file: u64,
     /// Most bytes kept in total.
     pub max_total: u64,
+    /// Most files kept.
+    pub max_files: usize,
 }
+
+/// Files the quarantine keeps at most by default.
+pub const DEFAULT_MAX_FILES: usize = 4096;
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_file: 64 << 20,
             max_total: 512 << 20,
+            max_files: DEFAULT_MAX_FILES,
         }
     }
 }
@@ -238,14 +246,36 @@ impl Quarantine {
         self.list().iter().map(|(m, _)| m.size).sum()
     }
 
-    /// Evicts the oldest files until the total is within the limit.
+    /// Evicts until the total and the count are within the limits: each time the oldest
+    /// entry of the unit that holds the most (files when the count is over, else bytes).
     fn evict(&self) {
-        let entries = self.list();
+        let mut entries = self.list();
         let mut total: u64 = entries.iter().map(|(m, _)| m.size).sum();
-        for (m, _) in &entries {
-            if total <= self.limits.max_total {
-                break;
+        while total > self.limits.max_total || entries.len() > self.limits.max_files {
+            let by_count = entries.len() > self.limits.max_files;
+            let mut held: std::collections::HashMap<&str, (u64, usize)> = Default::default();
+            for (m, _) in &entries {
+                let h = held.entry(m.unit.as_str()).or_default();
+                h.0 += m.size;
+                h.1 += 1;
             }
+            let Some(top) = held
+                .iter()
+                .max_by_key(|(u, (bytes, files))| {
+                    (
+                        if by_count { *files as u64 } else { *bytes },
+                        std::cmp::Reverse(**u),
+                    )
+                })
+                .map(|(u, _)| u.to_string())
+            else {
+                break;
+            };
+            // Entries are oldest first: the first of that unit goes.
+            let Some(i) = entries.iter().position(|(m, _)| m.unit == top) else {
+                break;
+            };
+            let (m, _) = entries.remove(i);
             let _ = fs::remove_file(self.dir.join(&m.sha256));
             let _ = fs::remove_file(self.dir.join(format!("{}.json", m.sha256)));
             total = total.saturating_sub(m.size);
@@ -259,12 +289,16 @@ mod tests {
     use std::os::fd::AsFd;
 
     fn meta(sha: &str, size: u64) -> EvidenceMeta {
+        meta_of("u", sha, size)
+    }
+
+    fn meta_of(unit: &str, sha: &str, size: u64) -> EvidenceMeta {
         EvidenceMeta {
             sha256: sha.into(),
             size,
             first_seen: "t".into(),
             path: Some("/tmp/p".into()),
-            unit: "u".into(),
+            unit: unit.into(),
             image: "i".into(),
             verdict: crate::verdict::Verdict::Deny,
         }
@@ -290,6 +324,7 @@ mod tests {
             Limits {
                 max_file: 100_000,
                 max_total: 250_000,
+                max_files: 100,
             },
         )
         .unwrap();
@@ -343,6 +378,55 @@ mod tests {
             Err(EvidenceError::Changed)
         ));
         assert!(q.path_of("../../etc/passwd").is_err());
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// Issue 14 (7): one container flooding the quarantine (a few large payloads, then many
+    /// tiny ones) evicts its own evidence, never another's.
+    #[test]
+    fn a_flooding_unit_evicts_its_own_evidence_not_anothers() {
+        let base =
+            std::env::temp_dir().join(format!("driftlock-evidence-fair-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base).unwrap();
+        let q = Quarantine::open(
+            &base.join("state"),
+            Limits {
+                max_file: 100_000,
+                max_total: 300_000,
+                max_files: 40,
+            },
+        )
+        .unwrap();
+        let (f, victim) = payload(&base, 0, 50_000);
+        q.keep(
+            f.as_fd(),
+            &victim,
+            50_000,
+            meta_of("billing", &victim, 50_000),
+        )
+        .unwrap();
+        for n in 1..=8 {
+            let (f, sha) = payload(&base, n, 90_000);
+            q.keep(f.as_fd(), &sha, 90_000, meta_of("attacker", &sha, 90_000))
+                .unwrap();
+            assert!(q.total() <= 300_000);
+        }
+        assert!(
+            q.path_of(&victim).is_ok(),
+            "large payloads evicted another's evidence"
+        );
+        for n in 100..300 {
+            let (f, sha) = payload(&base, n, 64);
+            q.keep(f.as_fd(), &sha, 64, meta_of("attacker", &sha, 64))
+                .unwrap();
+        }
+        let kept = q.list();
+        assert!(kept.len() <= 40, "{}", kept.len());
+        assert!(
+            q.path_of(&victim).is_ok(),
+            "tiny payloads evicted another's evidence"
+        );
         fs::remove_dir_all(&base).unwrap();
     }
 }
