@@ -1106,3 +1106,119 @@ fn issue_14_one_containers_hashing_cannot_starve_anothers_misses() {
     sb.kill_daemon();
     let _ = Command::new("umount").arg(&root2).status();
 }
+
+/// Issue 14 (8): the shipped unit broke features it documents: `RestrictAddressFamilies=
+/// AF_UNIX` refused the TCP sockets of `--metrics-addr` and `--falcosidekick-url`, the
+/// daemon exited, and systemd restart-looped it. The daemon now runs here under the unit's
+/// own restrictions, read from `systemd/driftlock.service` (its capability bounding set, no
+/// new privileges, and its address families through a seccomp filter as systemd applies
+/// them), with every documented output on, and each works. The old unit's families stop
+/// the daemon at start (the check bites).
+#[test]
+fn issue_14_every_documented_output_works_under_the_units_restrictions() {
+    use crate::support::{EPERM, PAYLOAD_SOURCE, exec};
+    use std::io::{Read, Write};
+    if !root_or_skip("issue 14 unit restrictions") {
+        return;
+    }
+    let unit = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/driftlock.service"
+    ))
+    .unwrap();
+    let setting = |key: &str| -> String {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key} in the unit"))
+            .trim()
+            .to_string()
+    };
+    let families = setting("RestrictAddressFamilies=").replace(' ', ",");
+    let caps: Vec<String> = setting("CapabilityBoundingSet=")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    assert_eq!(setting("NoNewPrivileges="), "yes");
+    let mut sb = Sandbox::new("issue14unit");
+    let restrict = sb.dir.join("restrict-af");
+    let cc = Command::new("cc")
+        .args(["-O1", "-o"])
+        .arg(&restrict)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/restrict-af.c"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let falco = format!("http://{}/", listener.local_addr().unwrap());
+    let indicators = sb.dir.join("indicators.txt");
+    fs::write(&indicators, format!("{} test\n", "0".repeat(64))).unwrap();
+    let outputs = [
+        "--metrics-addr",
+        &metrics,
+        "--falcosidekick-url",
+        &falco,
+        "--indicators",
+        indicators.to_str().unwrap(),
+    ];
+    // The unit as it was: AF_UNIX only. The daemon cannot start with these outputs.
+    let old = Command::new(&restrict)
+        .args(["AF_UNIX", "--", crate::support::BIN, "daemon", "--socket"])
+        .arg(sb.dir.join("old.sock"))
+        .arg("--state-dir")
+        .arg(sb.dir.join("old-state"))
+        .args(outputs)
+        .output()
+        .unwrap();
+    assert!(
+        !old.status.success(),
+        "the old unit's families must stop the daemon: {}",
+        String::from_utf8_lossy(&old.stderr)
+    );
+    let bounding = format!("--bounding-set=-all,{}", caps.join(","));
+    let restrict_s = restrict.to_str().unwrap().to_string();
+    sb.start_daemon_via(
+        &["setpriv", &bounding, "--", &restrict_s, &families, "--"],
+        &outputs,
+    );
+    sb.arm("u1", &[]);
+    let payload = sb.tmp.join("p");
+    sb.install(PAYLOAD_SOURCE, &payload);
+    assert_eq!(exec(&payload), EPERM);
+    assert_eq!(exec(&sb.rootfs.join("bin/true")), Ok(0));
+    // Falcosidekick gets the alert.
+    listener.set_nonblocking(false).unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 8192];
+    let n = s.read(&mut buf).unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("POST / HTTP/1.1"),
+        "falcosidekick"
+    );
+    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    // Metrics are served.
+    let mut m = std::net::TcpStream::connect(&metrics).unwrap();
+    m.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    m.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.0 200 OK"), "{body}");
+    assert!(
+        body.contains("driftlock_execs_total{verdict=\"deny\"} 1"),
+        "{body}"
+    );
+    assert!(sb.daemon_alive());
+}

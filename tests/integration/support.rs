@@ -123,7 +123,20 @@ impl Sandbox {
     }
 
     pub fn start_daemon(&mut self, extra: &[&str]) {
-        let child = Command::new(BIN)
+        self.start_daemon_via(&[], extra);
+    }
+
+    /// Starts the daemon through `prefix` (a program that restricts it, then runs it).
+    pub fn start_daemon_via(&mut self, prefix: &[&str], extra: &[&str]) {
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .arg("daemon")
             .arg("--socket")
             .arg(&self.socket)
