@@ -217,6 +217,39 @@ pub fn render(
         "Armed units (containers).",
         vec![format!(" {}", s.units.len())],
     );
+    section(
+        "driftlock_rearm_pending_units",
+        "gauge",
+        "Recorded units whose re-arm after a restart failed and is being retried.",
+        vec![format!(" {}", armer.pending_units().len())],
+    );
+    section(
+        "driftlock_denied_unhashed_total",
+        "counter",
+        "Files denied without hashing: no executable of their image and no allow entry has their size.",
+        vec![format!(" {}", s.stats.denied_unhashed)],
+    );
+    section(
+        "driftlock_unattributed_denied_total",
+        "counter",
+        "Execs on a marked filesystem that no unit claims, denied.",
+        vec![format!(" {}", s.stats.unattributed_denied)],
+    );
+    section(
+        "driftlock_hash_backlog_total",
+        "counter",
+        "Misses that waited in their unit's backlog (the unit held its share of the hash pool), and misses denied because that backlog was full.",
+        vec![
+            format!("{{result=\"queued\"}} {}", s.stats.hash_backlogged),
+            format!("{{result=\"full\"}} {}", s.stats.hash_backlog_full),
+        ],
+    );
+    section(
+        "driftlock_records_suppressed_total",
+        "counter",
+        "Records a unit's record budget held back (summarized in \"suppressed\" lines).",
+        vec![format!(" {}", s.stats.records_suppressed)],
+    );
     let armed = armer.stats.armed.load(Relaxed);
     section(
         "driftlock_arms_total",

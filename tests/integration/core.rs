@@ -672,6 +672,10 @@ fn metrics_count_the_execs_generated() {
         5.0
     );
     assert!(value("driftlock_hash_bytes_total") > 0.0);
+    // The payload's size is no image program's: denied unread (issue 14).
+    assert_eq!(value("driftlock_denied_unhashed_total"), 2.0);
+    assert_eq!(value("driftlock_rearm_pending_units"), 0.0);
+    assert_eq!(value("driftlock_records_suppressed_total"), 0.0);
     assert!(value("driftlock_event_loop_age_seconds") < 5.0);
     // Off the loopback it is refused.
     let out = Command::new(BIN)
