@@ -27,6 +27,10 @@ pub struct UnitRecord {
     pub rootfs_mnt_id: u64,
 }
 
+/// Re-arms at start stop after this long; the rest are retried once the daemon serves
+/// (systemd's `TimeoutStartSec` is 120 s).
+const STARTUP_REARM_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What [`Armer::rearm_recorded`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RearmSummary {
@@ -126,7 +130,27 @@ impl Armer {
             })
             .collect();
         ids.sort();
+        let started = std::time::Instant::now();
         for id in ids {
+            if started.elapsed() > STARTUP_REARM_BUDGET {
+                // The service manager would kill a start that takes too long (and each
+                // arm is bounded by its snapshot's deadline): the rest are armed by the
+                // retry thread, after the socket serves new containers.
+                log::warn!(
+                    "unit {id:?}: re-arm deferred (restart re-arms took over {STARTUP_REARM_BUDGET:?})"
+                );
+                self.pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(id.clone())
+                    .or_insert_with(|| PendingUnit {
+                        id: id.clone(),
+                        attempts: 0,
+                        error: "deferred: the daemon's start took too long".into(),
+                    });
+                summary.pending += 1;
+                continue;
+            }
             match self.rearm_id(&id) {
                 RearmOutcome::Armed => summary.rearmed += 1,
                 RearmOutcome::Forgotten => summary.forgotten += 1,

@@ -55,7 +55,13 @@ fn direct_loader_invocation_is_denied_for_glibc_and_musl() {
              exec-paths loader {loader} /tmp/p >/dev/null; echo execve=$?\n\
              {program} >/dev/null; echo dynamic-after=$?\n"
         );
-        let t = in_container(&node, image, id, &script);
+        let out = node.run(image, id, &[], &script);
+        let t = format!(
+            "{}\n(exit status {:?}; daemon records: {:?})\n",
+            text(&out),
+            out.status,
+            reasons(&node, 0)
+        );
         expect(
             &t,
             &[
