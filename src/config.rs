@@ -140,6 +140,9 @@ pub struct Config {
     /// `--memfd-noexec`.
     #[serde(default)]
     pub memfd_noexec: Option<bool>,
+    /// `--mapping-gate`.
+    #[serde(default)]
+    pub mapping_gate: Option<bool>,
     /// `--script-control`.
     #[serde(default)]
     pub script_control: Option<bool>,
@@ -255,6 +258,7 @@ impl Config {
             cache_capacity: self.cache_capacity,
             snapshot_threads: self.snapshot_threads,
             memfd_noexec: self.memfd_noexec,
+            mapping_gate: self.mapping_gate,
             script_control: self.script_control,
             interpreters: self.interpreters.clone(),
             record_misses: self.record_misses,

@@ -31,6 +31,8 @@ pub struct DaemonConfig {
     pub snapshot_threads: usize,
     /// Set `vm.memfd_noexec=2` in the PID namespace of each container armed by pid.
     pub memfd_noexec: bool,
+    /// Load (or adopt) the BPF LSM mapping gate where the kernel allows it.
+    pub mapping_gate: bool,
     /// Serve Prometheus metrics here (loopback only).
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Also post records to Falcosidekick here.
@@ -81,6 +83,7 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
                 let mut reply = StatusReply::from(&s);
                 reply.config_reloads = ctx.stats.reloads.load(Relaxed);
                 reply.config_reload_errors = ctx.stats.reload_errors.load(Relaxed);
+                reply.mapping_gate = mapping_gate_state();
                 reply.rearm_pending = ctx
                     .pending_units()
                     .into_iter()
@@ -143,6 +146,42 @@ fn retry_rearms(armer: &Armer, stop: &std::sync::atomic::AtomicBool) {
         }
         if armer.retry_pending() > 0 {
             interval = (interval * 2).min(Duration::from_secs(30));
+        }
+    }
+}
+
+/// What the mapping gate is doing, in words (for `status`).
+static MAPPING_GATE_STATE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The mapping gate's state in words.
+pub fn mapping_gate_state() -> String {
+    MAPPING_GATE_STATE
+        .get()
+        .cloned()
+        .unwrap_or_else(|| "not loaded".into())
+}
+
+fn load_mapping_gate() -> Option<crate::kernel::mapping_gate::MappingGate> {
+    use crate::kernel::mapping_gate::{DEFAULT_PIN_DIR, MappingGate};
+    match MappingGate::load(std::path::Path::new(DEFAULT_PIN_DIR)) {
+        Ok(g) => {
+            let how = if g.adopted() {
+                "adopted from the previous daemon"
+            } else {
+                "loaded"
+            };
+            log::info!(
+                "mapping gate active ({how}, pinned in {DEFAULT_PIN_DIR}): executable mappings and direct loader execs are judged in the kernel"
+            );
+            MAPPING_GATE_STATE.set(format!("active ({how})")).ok();
+            Some(g)
+        }
+        Err(e) => {
+            log::warn!(
+                "mapping gate unavailable: {e}. Running on fanotify alone: code mapped without an exec (LD_PRELOAD, /etc/ld.so.preload, dlopen of a dropped library) is not stopped; direct loader execs are judged from the blocked task's kernel stack"
+            );
+            MAPPING_GATE_STATE.set(format!("unavailable: {e}")).ok();
+            None
         }
     }
 }
@@ -230,6 +269,18 @@ pub fn run(
         },
     });
     let (mut engine, handle) = Engine::new(gate, config.engine.clone(), audit.clone());
+    let mapping_gate = if config.mapping_gate {
+        load_mapping_gate()
+    } else {
+        MAPPING_GATE_STATE
+            .set("off (--mapping-gate false)".into())
+            .ok();
+        None
+    };
+    let mapping_active = mapping_gate.is_some();
+    if let Some(g) = mapping_gate {
+        engine.set_mapping_gate(g);
+    }
     let audit_for_metrics = audit.counters_handle();
     engine.set_restoring(restoring);
     let mut watchdog = crate::service::Watchdog::from_env();
@@ -252,6 +303,7 @@ pub fn run(
         policy: std::sync::RwLock::new(policy),
         stats: Default::default(),
         indicators: config.indicators.clone(),
+        mapping_gate: mapping_active,
         pending: Default::default(),
     });
     let reloader = Arc::clone(&armer);

@@ -218,6 +218,28 @@ pub fn render(
         vec![format!(" {}", s.units.len())],
     );
     section(
+        "driftlock_mapping_gate_active",
+        "gauge",
+        "1 if the BPF LSM mapping gate is active (executable mappings judged in the kernel).",
+        vec![format!(
+            " {}",
+            u8::from(crate::daemon::mapping_gate_state().starts_with("active"))
+        )],
+    );
+    section(
+        "driftlock_mapping_total",
+        "counter",
+        "Executable mappings of armed files the mapping gate checked, refused, or would refuse (audit).",
+        vec![
+            format!("{{result=\"checked\"}} {}", s.stats.mapping_checked),
+            format!("{{result=\"refused\"}} {}", s.stats.mapping_refused),
+            format!(
+                "{{result=\"would-refuse\"}} {}",
+                s.stats.mapping_would_refuse
+            ),
+        ],
+    );
+    section(
         "driftlock_rearm_pending_units",
         "gauge",
         "Recorded units whose re-arm after a restart failed and is being retried.",

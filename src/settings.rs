@@ -73,6 +73,8 @@ pub struct Settings {
     pub snapshot_threads: Option<usize>,
     /// Block fileless execution.
     pub memfd_noexec: Option<bool>,
+    /// The BPF LSM mapping gate.
+    pub mapping_gate: Option<bool>,
     /// Script control on.
     pub script_control: Option<bool>,
     /// Interpreters of the script control.
@@ -118,6 +120,7 @@ impl Settings {
             cache_capacity: self.cache_capacity.or(lower.cache_capacity),
             snapshot_threads: self.snapshot_threads.or(lower.snapshot_threads),
             memfd_noexec: self.memfd_noexec.or(lower.memfd_noexec),
+            mapping_gate: self.mapping_gate.or(lower.mapping_gate),
             script_control: self.script_control.or(lower.script_control),
             interpreters: self.interpreters.or(lower.interpreters),
             record_misses: self.record_misses.or(lower.record_misses),
@@ -169,6 +172,7 @@ impl Settings {
             },
             snapshot_threads: self.snapshot_threads.unwrap_or(0),
             memfd_noexec: self.memfd_noexec.unwrap_or(d::MEMFD_NOEXEC),
+            mapping_gate: self.mapping_gate.unwrap_or(true),
             metrics_addr: self.metrics_addr,
             indicators: match self.indicators {
                 Some(p) => Some(crate::baseline::indicators::Indicators::load(&p)?),

@@ -26,6 +26,7 @@ use crate::kernel::mountinfo::MountInfoError;
 use crate::kernel::{KernelError, ns};
 use crate::registry::PlanError;
 
+mod code;
 mod layers;
 mod paths;
 mod records;
@@ -236,6 +237,8 @@ pub struct Armer {
     pub stats: ArmStats,
     /// Known-bad indicators checked at snapshot.
     pub indicators: Option<crate::baseline::indicators::Indicators>,
+    /// The mapping gate is active: arms enter the image's code objects into it.
+    pub mapping_gate: bool,
     /// Recorded units whose re-arm failed, by id: retried.
     pub pending: std::sync::Mutex<std::collections::BTreeMap<String, PendingUnit>>,
 }
@@ -315,6 +318,14 @@ impl Armer {
         req.image_key = Some(escape_bytes(baseline.key()));
         let image_key = escape_bytes(baseline.key());
         let contents = baseline.distinct_contents();
+        let (code_files, loader_files) = if self.mapping_gate {
+            let overlay =
+                layers::overlay_at(&unit.rootfs, &unit.mounts, unit.rootfs_stat.mnt_id_legacy);
+            let upper = overlay.and_then(code::upper_dir);
+            code::code_files(&baseline, &view.access(&unit.rootfs), upper.as_deref())
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let placed = self.engine.arm(UnitSpec {
             id: req.id.clone(),
             image_key: baseline.key().to_vec(),
@@ -329,6 +340,8 @@ impl Armer {
             baseline: Arc::new(baseline),
             marks: unit.marks,
             allow,
+            code_files,
+            loader_files,
         })?;
         let record = UnitRecord {
             v: 1,

@@ -112,6 +112,14 @@ fn open_beneath(root: &OwnedFd, rel: &[u8], extra: OFlag) -> nix::Result<OwnedFd
 
 struct Job {
     rel: Vec<u8>,
+    /// A shared object without an exec bit: kept if it is ELF (its code is mapped, not
+    /// exec'd; the mapping gate needs it).
+    library: bool,
+}
+
+/// True for names of shared objects (`libc.so.6`, `x.so`, `_ssl.cpython-311-x86_64-linux-gnu.so`).
+fn looks_like_library(name: &[u8]) -> bool {
+    name.ends_with(b".so") || name.windows(4).any(|w| w == b".so.")
 }
 
 enum Outcome {
@@ -119,6 +127,8 @@ enum Outcome {
     /// indicator it matched (if any).
     Entry(BaselineEntry, Option<Vec<u8>>, Option<String>),
     Skipped(SnapshotFileError),
+    /// Named like a library but not ELF: not code.
+    Ignored,
 }
 
 /// Walks `root` and hashes every regular file with an exec bit. `threads` hashing threads
@@ -180,7 +190,14 @@ pub fn snapshot_limited(
                         cut_short.store(true, std::sync::atomic::Ordering::Relaxed);
                         break;
                     }
-                    let result = hash_one(root_fd, &job.rel, &mut buf, indicators, threads);
+                    let result = hash_one(
+                        root_fd,
+                        &job.rel,
+                        job.library,
+                        &mut buf,
+                        indicators,
+                        threads,
+                    );
                     if out_tx.send(result).is_err() {
                         break;
                     }
@@ -219,6 +236,7 @@ pub fn snapshot_limited(
                 }
             }
             Outcome::Skipped(e) => errors.push(e),
+            Outcome::Ignored => {}
         }
     }
     if cut_short.into_inner() {
@@ -392,7 +410,28 @@ fn walk(
                             if is_executable(&st)
                                 && (Some(st.st_dev) == root_dev || same_mount(&dir_fd, name)) =>
                         {
-                            if jobs.send(Job { rel: rel_of(name) }).is_err() {
+                            if jobs
+                                .send(Job {
+                                    rel: rel_of(name),
+                                    library: false,
+                                })
+                                .is_err()
+                            {
+                                return false;
+                            }
+                        }
+                        Ok(st)
+                            if looks_like_library(name)
+                                && st.st_size as u64 <= limits.max_file
+                                && (Some(st.st_dev) == root_dev || same_mount(&dir_fd, name)) =>
+                        {
+                            if jobs
+                                .send(Job {
+                                    rel: rel_of(name),
+                                    library: true,
+                                })
+                                .is_err()
+                            {
                                 return false;
                             }
                         }
@@ -417,6 +456,7 @@ fn display_path(rel: &[u8]) -> Vec<u8> {
 fn hash_one(
     root: &OwnedFd,
     rel: &[u8],
+    library: bool,
     buf: &mut Vec<u8>,
     indicators: Option<&Indicators>,
     parts: usize,
@@ -436,8 +476,15 @@ fn hash_one(
         Ok(fd) => fd,
         Err(e) => return skipped(format!("cannot open: {e}")),
     };
+    if library {
+        let mut magic = [0u8; 4];
+        if !matches!(nix::sys::uio::pread(fd.as_fd(), &mut magic, 0), Ok(4)) || magic != *b"\x7fELF"
+        {
+            return (Outcome::Ignored, 0);
+        }
+    }
     match hash_fd_split(fd.as_fd(), buf, parts) {
-        Ok(d) if d.stat.mode & 0o111 != 0 => (
+        Ok(d) if library || d.stat.mode & 0o111 != 0 => (
             Outcome::Entry(
                 BaselineEntry {
                     path: path.clone(),

@@ -207,6 +207,18 @@ pub(super) fn status(socket: &Path, json: bool) -> Result<i32, CliError> {
         s.in_flight,
         s.stats.unanswered_drops
     );
+    if !s.mapping_gate.is_empty() {
+        println!("mapping gate: {}", s.mapping_gate);
+    }
+    if s.stats.mapping_checked + s.stats.mapping_refused + s.stats.mapping_would_refuse > 0 {
+        println!(
+            "mapping gate: {} executable mappings checked, {} refused, {} would be refused, {} allowed files dropped by writes",
+            s.stats.mapping_checked,
+            s.stats.mapping_refused,
+            s.stats.mapping_would_refuse,
+            s.stats.mapping_entries_dropped
+        );
+    }
     for p in &s.rearm_pending {
         println!(
             "re-arm pending for {} ({} attempts, retried): {}",

@@ -157,6 +157,13 @@ pub struct DaemonArgs {
     /// (memfd_create + fexecve), which no fanotify mark can see, fails there [default: true].
     #[arg(long, action = clap::ArgAction::Set)]
     pub memfd_noexec: Option<bool>,
+    /// The BPF LSM mapping gate: refuse executable mappings (LD_PRELOAD, ld.so.preload,
+    /// dlopen of dropped libraries) and direct loader execs in the kernel, pinned in
+    /// /sys/fs/bpf/driftlock so that it keeps enforcing across restarts. Where the kernel
+    /// refuses BPF LSM programs, the daemon says so at start and runs on fanotify alone
+    /// [default: true].
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub mapping_gate: Option<bool>,
     /// Script control (opt-in): interpreters may not open files on a container's tmpfs
     /// mounts (/tmp, /run, /dev/shm, /dev) whose content is not in the baseline, so
     /// `sh /tmp/x.sh` fails. Every open on those mounts then waits for the daemon; an
@@ -207,6 +214,7 @@ impl DaemonArgs {
             cache_capacity: self.cache_capacity,
             snapshot_threads: self.snapshot_threads,
             memfd_noexec: self.memfd_noexec,
+            mapping_gate: self.mapping_gate,
             script_control: self.script_control.then_some(true),
             interpreters: self.interpreters.clone(),
             record_misses: self.record_misses.then_some(true),

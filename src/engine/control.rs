@@ -88,6 +88,11 @@ pub struct UnitSpec {
     pub marks: Vec<PlannedMark>,
     /// Content the operator allowed besides the baseline.
     pub allow: crate::config::AllowList,
+    /// The unit's image code objects (executables and shared objects) as the mapping gate
+    /// keys them: mappable from the start.
+    pub code_files: Vec<crate::kernel::mapping_gate::FileKey>,
+    /// The unit's dynamic loaders as the mapping gate keys them: never a main binary.
+    pub loader_files: Vec<crate::kernel::mapping_gate::FileKey>,
 }
 
 /// A request to the engine thread.
@@ -366,6 +371,39 @@ impl<G: Gate> Engine<G> {
                 return Err(e.into());
             }
         }
+        if let Some(gate) = self.mapping.as_mut() {
+            let mode = match spec.mode {
+                Mode::Enforce => crate::kernel::mapping_gate::GateMode::Enforce,
+                Mode::Audit => crate::kernel::mapping_gate::GateMode::Audit,
+            };
+            // Only the unit's own filesystems: a mount mark covers a filesystem shared with
+            // the host, whose other users the gate must not judge.
+            let devs: Vec<u64> = marks
+                .iter()
+                .filter(|m| m.kind == MarkKind::Filesystem)
+                .map(|m| crate::kernel::mapping_gate::kernel_dev(m.dev))
+                .collect();
+            let mut failed = None;
+            for f in spec.code_files.iter().chain(&spec.loader_files) {
+                if let Err(e) = gate.allow(*f) {
+                    failed = Some(e);
+                }
+            }
+            for f in &spec.loader_files {
+                if let Err(e) = gate.add_loader(*f) {
+                    failed = Some(e);
+                }
+            }
+            for d in &devs {
+                if let Err(e) = gate.watch(*d, mode) {
+                    failed = Some(e);
+                }
+            }
+            if let Some(e) = failed {
+                log::error!("unit {:?}: the mapping gate is incomplete: {e}", spec.id);
+            }
+            self.mapping_devs.insert(handle, devs);
+        }
         log::info!(
             "armed unit {:?} ({} mode, {} marks)",
             spec.id,
@@ -493,6 +531,12 @@ impl<G: Gate> Engine<G> {
         let Some(unit) = self.registry.remove(handle) else {
             return Err(EngineError::UnknownId(id.to_string()));
         };
+        if let (Some(gate), Some(devs)) = (self.mapping.as_mut(), self.mapping_devs.remove(&handle))
+        {
+            for d in devs {
+                gate.forget_filesystem(d);
+            }
+        }
         for m in &unit.marks {
             // Only remove a mark if the path still leads to the mount we marked: a path
             // whose mount is gone may now lead to another filesystem.
@@ -511,6 +555,13 @@ impl<G: Gate> Engine<G> {
         units.sort_by(|a, b| a.id.cmp(&b.id));
         let mut stats = self.stats.clone();
         stats.unanswered_drops = unanswered_drops();
+        if let Some(g) = self.mapping.as_ref() {
+            let [checked, refused, would, dropped] = g.counters();
+            stats.mapping_checked = checked;
+            stats.mapping_refused = refused;
+            stats.mapping_would_refuse = would;
+            stats.mapping_entries_dropped = dropped;
+        }
         EngineStatus {
             units,
             stats,

@@ -124,6 +124,10 @@ pub struct Engine<G: Gate> {
     busy: Arc<AtomicUsize>,
     workers: Vec<std::thread::JoinHandle<()>>,
     in_flight: HashMap<(UnitHandle, FileKey), InFlight>,
+    /// The BPF LSM mapping gate, where the kernel runs it.
+    mapping: Option<crate::kernel::mapping_gate::MappingGate>,
+    /// Filesystems each unit had the mapping gate watch.
+    mapping_devs: HashMap<UnitHandle, Vec<u64>>,
     /// Hash jobs each unit has in the pool (queued or running).
     unit_jobs: HashMap<UnitHandle, usize>,
     /// Files each unit has waiting beyond its share of the pool.
@@ -181,6 +185,8 @@ impl<G: Gate> Engine<G> {
             busy,
             workers,
             in_flight: HashMap::new(),
+            mapping: None,
+            mapping_devs: HashMap::new(),
             unit_jobs: HashMap::new(),
             backlog: HashMap::new(),
             audit,
@@ -218,6 +224,12 @@ impl<G: Gate> Engine<G> {
                 log::error!("{e}");
             }
         }
+    }
+
+    /// Hands the engine the mapping gate: allowed execs are made mappable before they are
+    /// answered, and the fanotify-side loader check gives way to the gate's exact one.
+    pub fn set_mapping_gate(&mut self, gate: crate::kernel::mapping_gate::MappingGate) {
+        self.mapping = Some(gate);
     }
 
     /// Replaces how exec'ing tasks are looked at (tests use a fake).
@@ -511,7 +523,9 @@ impl<G: Gate> Engine<G> {
             mode: unit.mode,
             event: event.kind(),
             finding: judged.finding,
-            is_loader: judged.digest.is_some_and(|d| unit.baseline.is_loader(&d)),
+            // With the mapping gate, the kernel refuses a loader as a main binary itself.
+            is_loader: self.mapping.is_none()
+                && judged.digest.is_some_and(|d| unit.baseline.is_loader(&d)),
             loader_call: None,
             immutable_fs: unit.content_is_immutable(stat.dev),
             from_cache: judged.from_cache,
@@ -592,6 +606,9 @@ impl<G: Gate> Engine<G> {
         if verdict != Verdict::Allow {
             self.stats.count_denial(verdict, reason);
         }
+        if outcome.answer == Answer::Allow && matches!(event, ExecEvent::Permission(_)) {
+            self.make_mappable(unit_h, stat, digest);
+        }
         let now = Instant::now();
         let recorded = outcome.record
             && self
@@ -649,6 +666,32 @@ impl<G: Gate> Engine<G> {
             record: Box::new(record),
             file,
         });
+    }
+
+    /// Before an exec is allowed, its file must be mappable: the kernel maps a program and
+    /// its interpreter with `PROT_EXEC` after the exec's point of no return, where a refusal
+    /// is a SIGSEGV. Done on every allowed exec (a write may have dropped the entry in the
+    /// kernel since); a loader's content is also entered as a loader.
+    fn make_mappable(&mut self, unit_h: UnitHandle, stat: &FileStat, digest: Option<Digest>) {
+        let Some(gate) = self.mapping.as_mut() else {
+            return;
+        };
+        let key = crate::kernel::mapping_gate::FileKey {
+            dev: crate::kernel::mapping_gate::kernel_dev(stat.dev),
+            ino: stat.ino,
+        };
+        if let Err(e) = gate.allow(key) {
+            log::warn!("mapping gate: {e}");
+        }
+        let loader = match (self.registry.get(unit_h), digest) {
+            (Some(u), Some(d)) => u.baseline.is_loader(&d),
+            _ => false,
+        };
+        if loader {
+            if let Err(e) = gate.add_loader(key) {
+                log::warn!("mapping gate: {e}");
+            }
+        }
     }
 
     /// Writes a summary for each unit whose budget held records back, once it has room.

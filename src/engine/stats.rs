@@ -81,6 +81,18 @@ pub struct EngineStats {
     /// Misses denied at once because their unit's backlog was full.
     #[serde(default)]
     pub hash_backlog_full: u64,
+    /// Executable mappings of armed files the mapping gate checked (BPF LSM).
+    #[serde(default)]
+    pub mapping_checked: u64,
+    /// Executable mappings and loader execs the gate refused (enforce).
+    #[serde(default)]
+    pub mapping_refused: u64,
+    /// Executable mappings the gate would have refused (audit).
+    #[serde(default)]
+    pub mapping_would_refuse: u64,
+    /// Allowed files the gate dropped because they were opened for writing or truncated.
+    #[serde(default)]
+    pub mapping_entries_dropped: u64,
 }
 
 /// Upper bounds of the decision-latency histogram, seconds.

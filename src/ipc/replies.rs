@@ -244,6 +244,18 @@ pub struct StatsReply {
     /// Misses denied at once because their unit's backlog was full.
     #[serde(default)]
     pub hash_backlog_full: u64,
+    /// Executable mappings of armed files the mapping gate checked.
+    #[serde(default)]
+    pub mapping_checked: u64,
+    /// Mappings and loader execs the gate refused.
+    #[serde(default)]
+    pub mapping_refused: u64,
+    /// Mappings the gate would have refused (audit).
+    #[serde(default)]
+    pub mapping_would_refuse: u64,
+    /// Allowed files dropped from the gate by a write-open or truncate.
+    #[serde(default)]
+    pub mapping_entries_dropped: u64,
 }
 
 impl From<&EngineStats> for StatsReply {
@@ -278,6 +290,10 @@ impl From<&EngineStats> for StatsReply {
             records_suppressed: s.records_suppressed,
             hash_backlogged: s.hash_backlogged,
             hash_backlog_full: s.hash_backlog_full,
+            mapping_checked: s.mapping_checked,
+            mapping_refused: s.mapping_refused,
+            mapping_would_refuse: s.mapping_would_refuse,
+            mapping_entries_dropped: s.mapping_entries_dropped,
         }
     }
 }
@@ -302,6 +318,10 @@ pub struct StatusReply {
     /// marks, until one succeeds).
     #[serde(default)]
     pub rearm_pending: Vec<PendingReply>,
+    /// The BPF LSM mapping gate: `active (loaded)`, `active (adopted ...)`, `unavailable:
+    /// why`, or `off`.
+    #[serde(default)]
+    pub mapping_gate: String,
 }
 
 /// A unit whose re-arm is being retried.
@@ -324,6 +344,7 @@ impl From<&EngineStatus> for StatusReply {
             config_reloads: 0,
             config_reload_errors: 0,
             rearm_pending: Vec::new(),
+            mapping_gate: String::new(),
         }
     }
 }

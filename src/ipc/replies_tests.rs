@@ -162,6 +162,10 @@ fn every_reply_is_pinned() {
         records_suppressed: 28,
         hash_backlogged: 29,
         hash_backlog_full: 30,
+        mapping_checked: 31,
+        mapping_refused: 32,
+        mapping_would_refuse: 33,
+        mapping_entries_dropped: 34,
         ..Default::default()
     };
     stats.denied_by_reason.insert("not-in-baseline".into(), 19);
@@ -179,6 +183,7 @@ fn every_reply_is_pinned() {
             attempts: 27,
             error: "e".into(),
         }],
+        mapping_gate: "off".into(),
     });
     assert_eq!(
         ok(&status),
@@ -194,9 +199,12 @@ fn every_reply_is_pinned() {
                         "loader_wait_max_us":17,"loader_thread_gone":18,
                         "unattributed_denied":22,"layer_devices":23,
                         "denied_unhashed":26,"records_suppressed":28,
-                        "hash_backlogged":29,"hash_backlog_full":30},
+                        "hash_backlogged":29,"hash_backlog_full":30,
+                        "mapping_checked":31,"mapping_refused":32,"mapping_would_refuse":33,
+                        "mapping_entries_dropped":34},
                "in_flight":21,"config_reloads":24,"config_reload_errors":25,
-               "rearm_pending":[{"id":"c9","attempts":27,"error":"e"}]})
+               "rearm_pending":[{"id":"c9","attempts":27,"error":"e"}],
+               "mapping_gate":"off"})
     );
     let explained = Reply::Explained(ExplainReply {
         unit: "c1".into(),

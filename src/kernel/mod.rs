@@ -9,6 +9,7 @@
 
 pub mod exec_name;
 mod fanotify;
+pub mod mapping_gate;
 pub mod mountinfo;
 pub mod ns;
 pub mod overlay;

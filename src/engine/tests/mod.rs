@@ -282,6 +282,8 @@ impl Harness {
                 },
             ],
             allow: self.allow.clone(),
+            code_files: Vec::new(),
+            loader_files: Vec::new(),
         })
     }
 

@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: GPL-2.0
+/* driftlock's mapping gate (BPF LSM).
+ *
+ * fanotify sees execs; it does not see code mapped without one (LD_PRELOAD, ld.so.preload,
+ * dlopen, `ld.so /tmp/x` mapping the program itself). This program refuses a PROT_EXEC
+ * mapping of a file on an armed unit's filesystem unless the daemon put that file in
+ * `allowed` (its content was judged allowed), refuses an exec whose main binary is one of
+ * the units' loaders (a PT_INTERP loader is never the main binary), and drops a file from
+ * `allowed` the moment it is opened for writing, released by a writer, or truncated.
+ *
+ * Keys are the kernel's own: the superblock's s_dev (major << 20 | minor) and the inode
+ * number, as the file's f_inode has them (for an overlay file: the overlay's). */
+#include "kernel_types.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#define PROT_EXEC 0x4
+#define VM_EXEC 0x4
+#define FMODE_WRITE 0x2
+#define EPERM 1
+
+/* Unit modes in `watched`. */
+#define MODE_ENFORCE 1
+#define MODE_AUDIT 2
+
+/* Event kinds sent to the daemon. */
+#define KIND_MMAP 1
+#define KIND_MPROTECT 2
+#define KIND_LOADER_EXEC 3
+
+struct file_key {
+	u64 dev;
+	u64 ino;
+};
+
+struct gate_event {
+	u32 kind;
+	u32 mode;
+	u64 dev;
+	u64 ino;
+	u32 pid;
+	u32 tgid;
+	u32 denied;
+	u32 pad;
+};
+
+/* Devices of armed units' filesystems -> mode. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, u64);
+	__type(value, u32);
+} watched SEC(".maps");
+
+/* Files whose content was judged allowed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__type(key, struct file_key);
+	__type(value, u8);
+} allowed SEC(".maps");
+
+/* Files whose content is one of the units' dynamic loaders. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct file_key);
+	__type(value, u8);
+} loaders SEC(".maps");
+
+/* Counters: [0] mappings checked, [1] refused, [2] would refuse, [3] entries dropped. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 8);
+	__type(key, u32);
+	__type(value, u64);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+static __always_inline void count(u32 i)
+{
+	u64 *n = bpf_map_lookup_elem(&counters, &i);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+static __always_inline bool key_of(struct file *file, struct file_key *key)
+{
+	struct inode *inode;
+	if (!file)
+		return false;
+	inode = BPF_CORE_READ(file, f_inode);
+	if (!inode)
+		return false;
+	key->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	key->ino = BPF_CORE_READ(inode, i_ino);
+	return true;
+}
+
+static __always_inline void report(u32 kind, u32 mode, struct file_key *key, bool denied)
+{
+	struct gate_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	u64 id = bpf_get_current_pid_tgid();
+	if (!e)
+		return;
+	e->kind = kind;
+	e->mode = mode;
+	e->dev = key->dev;
+	e->ino = key->ino;
+	e->pid = (u32)id;
+	e->tgid = id >> 32;
+	e->denied = denied;
+	e->pad = 0;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* 0: allowed; -EPERM: refuse. */
+static __always_inline int judge_mapping(struct file *file, u32 kind)
+{
+	struct file_key key = {};
+	u32 *mode;
+	if (!key_of(file, &key))
+		return 0;
+	mode = bpf_map_lookup_elem(&watched, &key.dev);
+	if (!mode)
+		return 0;
+	count(0);
+	if (bpf_map_lookup_elem(&allowed, &key))
+		return 0;
+	if (*mode == MODE_ENFORCE) {
+		count(1);
+		report(kind, *mode, &key, true);
+		return -EPERM;
+	}
+	count(2);
+	report(kind, *mode, &key, false);
+	return 0;
+}
+
+SEC("lsm/mmap_file")
+int BPF_PROG(driftlock_mmap_file, struct file *file, unsigned long reqprot,
+	     unsigned long prot, unsigned long flags, int ret)
+{
+	if (ret)
+		return ret;
+	if (!(prot & PROT_EXEC))
+		return 0;
+	return judge_mapping(file, KIND_MMAP);
+}
+
+SEC("lsm/file_mprotect")
+int BPF_PROG(driftlock_file_mprotect, struct vm_area_struct *vma, unsigned long reqprot,
+	     unsigned long prot, int ret)
+{
+	if (ret)
+		return ret;
+	if (!(prot & PROT_EXEC))
+		return 0;
+	if (BPF_CORE_READ(vma, vm_flags) & VM_EXEC)
+		return 0;
+	return judge_mapping(BPF_CORE_READ(vma, vm_file), KIND_MPROTECT);
+}
+
+SEC("lsm/bprm_check_security")
+int BPF_PROG(driftlock_bprm_check, struct linux_binprm *bprm, int ret)
+{
+	struct file_key key = {};
+	u32 *mode;
+	if (ret)
+		return ret;
+	if (!key_of(BPF_CORE_READ(bprm, file), &key))
+		return 0;
+	if (!bpf_map_lookup_elem(&loaders, &key))
+		return 0;
+	mode = bpf_map_lookup_elem(&watched, &key.dev);
+	if (!mode)
+		return 0;
+	if (*mode == MODE_ENFORCE) {
+		report(KIND_LOADER_EXEC, *mode, &key, true);
+		return -EPERM;
+	}
+	report(KIND_LOADER_EXEC, *mode, &key, false);
+	return 0;
+}
+
+static __always_inline void forget(struct file *file)
+{
+	struct file_key key = {};
+	if (!key_of(file, &key))
+		return;
+	if (!bpf_map_lookup_elem(&watched, &key.dev))
+		return;
+	if (bpf_map_delete_elem(&allowed, &key) == 0)
+		count(3);
+}
+
+SEC("lsm/file_open")
+int BPF_PROG(driftlock_file_open, struct file *file, int ret)
+{
+	if (ret)
+		return ret;
+	if (BPF_CORE_READ(file, f_mode) & FMODE_WRITE)
+		forget(file);
+	return 0;
+}
+
+SEC("lsm/file_free_security")
+int BPF_PROG(driftlock_file_free, struct file *file)
+{
+	if (BPF_CORE_READ(file, f_mode) & FMODE_WRITE)
+		forget(file);
+	return 0;
+}
+
+SEC("lsm/path_truncate")
+int BPF_PROG(driftlock_path_truncate, const struct path *path, int ret)
+{
+	struct file_key key = {};
+	struct inode *inode;
+	if (ret)
+		return ret;
+	inode = BPF_CORE_READ(path, dentry, d_inode);
+	if (!inode)
+		return 0;
+	key.dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	key.ino = BPF_CORE_READ(inode, i_ino);
+	if (bpf_map_lookup_elem(&watched, &key.dev) && bpf_map_delete_elem(&allowed, &key) == 0)
+		count(3);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

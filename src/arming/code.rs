@@ -1,0 +1,78 @@
+//! The image's code objects as the mapping gate keys them: each baseline entry (executables
+//! and shared objects) found in the unit's own view of its rootfs, with the device and inode
+//! a mapping of it will carry. A file the container changed is entered only if its content
+//! still is the baseline's.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::baseline::Baseline;
+use crate::kernel::mapping_gate::{FileKey, kernel_dev};
+use crate::kernel::mountinfo::MountEntry;
+
+/// (code files, loader files) of `baseline` under `root` (the rootfs as the daemon reaches
+/// it). `upper`: the overlay's upper layer, where the container's changes are (a file not
+/// there is the image's, unread); without one, every file is hashed.
+pub(super) fn code_files(
+    baseline: &Baseline,
+    root: &Path,
+    upper: Option<&Path>,
+) -> (Vec<FileKey>, Vec<FileKey>) {
+    let mut code = Vec::with_capacity(baseline.entries().len());
+    let mut loaders = Vec::new();
+    let mut buf = Vec::new();
+    for e in baseline.entries() {
+        let rel = e.path.strip_prefix(b"/").unwrap_or(&e.path);
+        let rel = Path::new(std::ffi::OsStr::from_bytes(rel));
+        let path = root.join(rel);
+        let Ok(st) = crate::kernel::stat_path(&path) else {
+            continue;
+        };
+        let unchanged = match upper {
+            Some(up) => std::fs::symlink_metadata(up.join(rel)).is_err(),
+            None => false,
+        };
+        if !unchanged {
+            let same = nix::fcntl::open(
+                &path,
+                nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_NOFOLLOW
+                    | nix::fcntl::OFlag::O_NONBLOCK
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .ok()
+            .and_then(|fd| {
+                crate::baseline::hash_fd(std::os::fd::AsFd::as_fd(&fd), &mut buf, false, None).ok()
+            })
+            .is_some_and(|d| d.blake3 == e.blake3);
+            if !same {
+                continue;
+            }
+        }
+        let key = FileKey {
+            dev: kernel_dev(st.dev),
+            ino: st.ino,
+        };
+        if baseline.is_loader(&e.blake3) {
+            loaders.push(key);
+        } else {
+            code.push(key);
+        }
+    }
+    (code, loaders)
+}
+
+/// The upper layer of the overlay `entry`, as this daemon reaches it.
+pub(super) fn upper_dir(entry: &MountEntry) -> Option<std::path::PathBuf> {
+    let upper = entry
+        .super_options
+        .split(|b| *b == b',')
+        .find_map(|o| o.strip_prefix(b"upperdir="))?;
+    let p = Path::new(std::ffi::OsStr::from_bytes(upper));
+    if p.is_dir() {
+        return Some(p.to_path_buf());
+    }
+    let via_host = Path::new("/proc/1/root").join(p.strip_prefix("/").ok()?);
+    via_host.is_dir().then_some(via_host)
+}

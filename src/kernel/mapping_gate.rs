@@ -1,0 +1,438 @@
+//! The mapping gate: a BPF LSM program (`bpf/gate.bpf.c`) that refuses `PROT_EXEC` mappings
+//! of files whose content was not judged allowed, and execs whose main binary is a unit's
+//! dynamic loader. Loaded with aya (pure Rust: no C library in the daemon, and the object's
+//! CO-RE relocations are resolved against the running kernel's BTF).
+//!
+//! Its links and maps are pinned in bpffs, so a crashed or upgraded daemon leaves it
+//! enforcing with the last map state, and the successor adopts them. Where the kernel
+//! refuses BPF LSM programs (this project's CI machine does), lacks BTF or the hooks,
+//! [`MappingGate::load`] says why, and the daemon runs on fanotify alone.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
+
+/// The compiled gate (empty when clang was missing at build time).
+// Aligned: the ELF parser reads 64-bit headers in place.
+const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gate.bpf.o"));
+
+/// Programs and the LSM hooks they attach to.
+const PROGRAMS: &[(&str, &str)] = &[
+    ("driftlock_mmap_file", "mmap_file"),
+    ("driftlock_file_mprotect", "file_mprotect"),
+    ("driftlock_bprm_check", "bprm_check_security"),
+    ("driftlock_file_open", "file_open"),
+    ("driftlock_file_free", "file_free_security"),
+    ("driftlock_path_truncate", "path_truncate"),
+];
+
+/// Maps pinned beside the links.
+const MAPS: &[&str] = &["watched", "allowed", "loaders", "counters", "events"];
+
+/// Where the gate is pinned by default.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/driftlock";
+
+/// A file as the kernel keys it: the superblock's `s_dev` (`major << 20 | minor`) and the
+/// inode number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(C)]
+pub struct FileKey {
+    /// Kernel device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+// SAFETY: FileKey is repr(C), two u64 fields and no padding: every bit pattern is valid and
+// it has the layout of `struct file_key` in gate.bpf.c.
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for FileKey {}
+
+/// The kernel's encoding of a device number from glibc's (`makedev`).
+pub fn kernel_dev(glibc_dev: u64) -> u64 {
+    let major = libc::major(glibc_dev) as u64;
+    let minor = libc::minor(glibc_dev) as u64;
+    (major << 20) | minor
+}
+
+/// How the gate treats a watched filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateMode {
+    /// Refuse.
+    Enforce = 1,
+    /// Report only.
+    Audit = 2,
+}
+
+/// What the gate reported (a refused or would-be-refused mapping or loader exec).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateEvent {
+    /// 1: mmap, 2: mprotect, 3: loader exec.
+    pub kind: u32,
+    /// The unit's mode.
+    pub mode: u32,
+    /// The file.
+    pub file: FileKey,
+    /// Thread id.
+    pub tid: u32,
+    /// Process id.
+    pub pid: u32,
+    /// Refused (enforce) or only reported (audit).
+    pub denied: bool,
+}
+
+/// Why the gate is not active.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// Built without clang.
+    #[error("the daemon was built without the BPF gate (clang was missing at build time)")]
+    NotBuilt,
+    /// No BTF.
+    #[error("the kernel has no BTF (/sys/kernel/btf/vmlinux): {0}")]
+    NoBtf(String),
+    /// The BPF LSM is not enabled.
+    #[error("the BPF LSM is not active (add `bpf` to the lsm= boot parameter): {0}")]
+    LsmInactive(String),
+    /// Loading or attaching failed.
+    #[error("the kernel refused the gate's {what}: {reason}")]
+    Refused {
+        /// Program or map.
+        what: String,
+        /// The error.
+        reason: String,
+    },
+    /// bpffs.
+    #[error("cannot pin the gate in {}: {reason}", dir.display())]
+    Pin {
+        /// The pin directory.
+        dir: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The loaded (or adopted) gate.
+pub struct MappingGate {
+    watched: HashMap<MapData, u64, u32>,
+    allowed: HashMap<MapData, FileKey, u8>,
+    loaders: HashMap<MapData, FileKey, u8>,
+    counters: Array<MapData, u64>,
+    events: Option<RingBuf<MapData>>,
+    adopted: bool,
+    pin_dir: PathBuf,
+    // Keeps unpinned programs alive when pinning is off (tests).
+    _ebpf: Option<aya::Ebpf>,
+}
+
+impl std::fmt::Debug for MappingGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappingGate")
+            .field("adopted", &self.adopted)
+            .field("pin_dir", &self.pin_dir)
+            .finish()
+    }
+}
+
+fn refused(what: impl Into<String>, e: impl std::fmt::Display) -> GateError {
+    GateError::Refused {
+        what: what.into(),
+        reason: e.to_string(),
+    }
+}
+
+/// An error with its causes (aya keeps the system error in the source chain).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string().trim_end_matches(['.', ' ']).to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+/// Fails only when the kernel's LSM list is readable and lacks `bpf` (securityfs may not be
+/// mounted: then loading tells).
+fn lsm_listed() -> Result<(), GateError> {
+    let Ok(list) = std::fs::read_to_string("/sys/kernel/security/lsm") else {
+        return Ok(());
+    };
+    if list.trim().split(',').any(|l| l == "bpf") {
+        Ok(())
+    } else {
+        Err(GateError::LsmInactive(format!(
+            "active LSMs: {}",
+            list.trim()
+        )))
+    }
+}
+
+impl MappingGate {
+    /// Adopts the gate pinned in `pin_dir` by a predecessor, or loads, attaches and pins a
+    /// new one there.
+    pub fn load(pin_dir: &Path) -> Result<Self, GateError> {
+        if OBJECT.is_empty() {
+            return Err(GateError::NotBuilt);
+        }
+        if pin_dir.join("links").is_dir() && pin_dir.join("maps/allowed").exists() {
+            match Self::adopt(pin_dir) {
+                Ok(g) => return Ok(g),
+                Err(e) => {
+                    log::warn!("cannot adopt the pinned mapping gate ({e}); loading a new one");
+                    unpin(pin_dir);
+                }
+            }
+        }
+        let btf = aya::Btf::from_sys_fs().map_err(|e| GateError::NoBtf(e.to_string()))?;
+        lsm_listed()?;
+        let mut ebpf = aya::EbpfLoader::new()
+            .btf(Some(&btf))
+            .load(OBJECT)
+            .map_err(|e| refused("object", e))?;
+        let mut links = Vec::new();
+        for (name, hook) in PROGRAMS {
+            let prog: &mut aya::programs::Lsm = ebpf
+                .program_mut(name)
+                .ok_or_else(|| refused(*name, "missing from the object"))?
+                .try_into()
+                .map_err(|e| refused(*name, e))?;
+            prog.load(hook, &btf)
+                .map_err(|e| refused(*name, chain(&e)))?;
+            let id = prog.attach().map_err(|e| refused(*name, chain(&e)))?;
+            let link = prog.take_link(id).map_err(|e| refused(*name, e))?;
+            links.push((*name, aya::programs::links::FdLink::from(link)));
+        }
+        let pin_err = |reason: String| GateError::Pin {
+            dir: pin_dir.to_path_buf(),
+            reason,
+        };
+        ensure_bpffs(pin_dir).map_err(pin_err)?;
+        std::fs::create_dir_all(pin_dir.join("links")).map_err(|e| pin_err(e.to_string()))?;
+        std::fs::create_dir_all(pin_dir.join("maps")).map_err(|e| pin_err(e.to_string()))?;
+        for name in MAPS {
+            let map = ebpf
+                .map(name)
+                .ok_or_else(|| refused(*name, "missing from the object"))?;
+            map_data(map)
+                .pin(pin_dir.join("maps").join(name))
+                .map_err(|e| pin_err(e.to_string()))?;
+        }
+        for (name, link) in links {
+            let pinned = link
+                .pin(pin_dir.join("links").join(name))
+                .map_err(|e| pin_err(e.to_string()))?;
+            // The pin keeps the program attached; the fd is not needed.
+            drop(pinned);
+        }
+        drop(ebpf);
+        let mut gate = Self::adopt(pin_dir)?;
+        gate.adopted = false;
+        Ok(gate)
+    }
+
+    fn adopt(pin_dir: &Path) -> Result<Self, GateError> {
+        let map = |name: &str| -> Result<MapData, GateError> {
+            MapData::from_pin(pin_dir.join("maps").join(name)).map_err(|e| refused(name, e))
+        };
+        for (name, _) in PROGRAMS {
+            if !pin_dir.join("links").join(name).exists() {
+                return Err(refused(*name, "link not pinned"));
+            }
+        }
+        Ok(MappingGate {
+            watched: HashMap::try_from(Map::HashMap(map("watched")?))
+                .map_err(|e| refused("watched", e))?,
+            allowed: HashMap::try_from(Map::HashMap(map("allowed")?))
+                .map_err(|e| refused("allowed", e))?,
+            loaders: HashMap::try_from(Map::HashMap(map("loaders")?))
+                .map_err(|e| refused("loaders", e))?,
+            counters: Array::try_from(Map::Array(map("counters")?))
+                .map_err(|e| refused("counters", e))?,
+            events: RingBuf::try_from(Map::RingBuf(map("events")?)).ok(),
+            adopted: true,
+            pin_dir: pin_dir.to_path_buf(),
+            _ebpf: None,
+        })
+    }
+
+    /// True if this gate was left pinned by a predecessor and adopted.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Gates `PROT_EXEC` mappings on the filesystem `dev` (kernel encoding).
+    pub fn watch(&mut self, dev: u64, mode: GateMode) -> Result<(), GateError> {
+        self.watched
+            .insert(dev, mode as u32, 0)
+            .map_err(|e| refused("watched", e))
+    }
+
+    /// Stops gating the filesystem `dev`.
+    pub fn unwatch(&mut self, dev: u64) {
+        let _ = self.watched.remove(&dev);
+    }
+
+    /// The watched filesystems.
+    pub fn watched(&self) -> Vec<u64> {
+        self.watched.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Lets `file` be mapped executable (its content was judged allowed).
+    pub fn allow(&mut self, file: FileKey) -> Result<(), GateError> {
+        self.allowed
+            .insert(file, 1, 0)
+            .map_err(|e| refused("allowed", e))
+    }
+
+    /// True if `file` may be mapped executable now.
+    pub fn is_allowed(&self, file: &FileKey) -> bool {
+        self.allowed.get(file, 0).is_ok()
+    }
+
+    /// Takes `file` out of the allowed set.
+    pub fn disallow(&mut self, file: &FileKey) {
+        let _ = self.allowed.remove(file);
+    }
+
+    /// Marks `file` as a dynamic loader: an exec of it as the main binary is refused.
+    pub fn add_loader(&mut self, file: FileKey) -> Result<(), GateError> {
+        self.loaders
+            .insert(file, 1, 0)
+            .map_err(|e| refused("loaders", e))
+    }
+
+    /// Drops every entry on filesystem `dev` (a unit's disarm).
+    pub fn forget_filesystem(&mut self, dev: u64) {
+        let stale: Vec<FileKey> = self
+            .allowed
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.dev == dev)
+            .collect();
+        for k in stale {
+            let _ = self.allowed.remove(&k);
+        }
+        let stale: Vec<FileKey> = self
+            .loaders
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.dev == dev)
+            .collect();
+        for k in stale {
+            let _ = self.loaders.remove(&k);
+        }
+        self.unwatch(dev);
+    }
+
+    /// Counters: mappings checked, refused, would-refuse, entries dropped by writes.
+    pub fn counters(&self) -> [u64; 4] {
+        let mut out = [0; 4];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = self.counters.get(&(i as u32), 0).unwrap_or(0);
+        }
+        out
+    }
+
+    /// Reported refusals since the last call.
+    pub fn drain_events(&mut self) -> Vec<GateEvent> {
+        let mut out = Vec::new();
+        let Some(ring) = self.events.as_mut() else {
+            return out;
+        };
+        while let Some(item) = ring.next() {
+            let b: &[u8] = &item;
+            if b.len() < 40 {
+                continue;
+            }
+            let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+            let u64_at = |o: usize| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&b[o..o + 8]);
+                u64::from_ne_bytes(a)
+            };
+            out.push(GateEvent {
+                kind: u32_at(0),
+                mode: u32_at(4),
+                file: FileKey {
+                    dev: u64_at(8),
+                    ino: u64_at(16),
+                },
+                tid: u32_at(24),
+                pid: u32_at(28),
+                denied: u32_at(32) != 0,
+            });
+        }
+        out
+    }
+
+    /// The pin directory.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+}
+
+fn map_data(map: &Map) -> &MapData {
+    match map {
+        Map::Array(m)
+        | Map::HashMap(m)
+        | Map::RingBuf(m)
+        | Map::LruHashMap(m)
+        | Map::PerCpuArray(m)
+        | Map::PerCpuHashMap(m)
+        | Map::PerCpuLruHashMap(m)
+        | Map::BloomFilter(m)
+        | Map::CpuMap(m)
+        | Map::DevMap(m)
+        | Map::DevMapHash(m)
+        | Map::LpmTrie(m)
+        | Map::PerfEventArray(m)
+        | Map::ProgramArray(m)
+        | Map::Queue(m)
+        | Map::SockHash(m)
+        | Map::SockMap(m)
+        | Map::Stack(m)
+        | Map::StackTraceMap(m)
+        | Map::XskMap(m)
+        | Map::Unsupported(m) => m,
+    }
+}
+
+/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), String> {
+    let root = Path::new("/sys/fs/bpf");
+    if !pin_dir.starts_with(root) {
+        return Ok(());
+    }
+    let mounted = std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf"))
+    });
+    if mounted {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot mount bpffs at /sys/fs/bpf: {e}"))
+}
+
+/// Removes the pinned gate (links first: the programs detach): `systemctl stop` and package
+/// removal. Returns whether anything was pinned.
+pub fn unpin(pin_dir: &Path) -> bool {
+    let mut any = false;
+    for sub in ["links", "maps"] {
+        if let Ok(dir) = std::fs::read_dir(pin_dir.join(sub)) {
+            for e in dir.flatten() {
+                any |= std::fs::remove_file(e.path()).is_ok();
+            }
+        }
+        let _ = std::fs::remove_dir(pin_dir.join(sub));
+    }
+    let _ = std::fs::remove_dir(pin_dir);
+    any
+}
