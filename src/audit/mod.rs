@@ -265,6 +265,55 @@ impl RecordBudget {
     }
 }
 
+/// A refused (or, in audit mode, would-be-refused) executable mapping or loader exec,
+/// reported by the mapping gate (`"kind": "mapping"`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MappingRecord {
+    /// Format version.
+    pub v: u32,
+    /// Always "mapping".
+    pub kind: String,
+    /// RFC 3339 UTC time.
+    pub time: String,
+    /// Unit (container) id.
+    pub unit: String,
+    /// Image key (escaped).
+    pub image_key: String,
+    /// Image name, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_name: Option<String>,
+    /// Unit mode.
+    pub mode: Mode,
+    /// `deny` or `would-deny`.
+    pub verdict: Verdict,
+    /// `mmap`, `mprotect` (an executable mapping of a file not judged allowed) or `exec`
+    /// (a dynamic loader as the main binary of an exec).
+    pub what: String,
+    /// The rule: `mapping` or `loader`.
+    pub rule: String,
+    /// The file's path (escaped), where the process still had it open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The file as the kernel keys it: device (major:minor) and inode.
+    pub file: String,
+    /// BLAKE3 of the file, where it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    /// Thread and process.
+    pub tid: i32,
+    /// Process id.
+    pub pid: i32,
+    /// comm of the process (escaped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    /// Command line (escaped arguments).
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+    /// The process and its ancestors, nearest first.
+    #[serde(default)]
+    pub chain: Vec<ProcessRecord>,
+}
+
 /// A summary of records a unit's budget held back (`"kind": "suppressed"`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SuppressedRecord {
@@ -333,6 +382,8 @@ pub enum AuditJob {
     Coverage(CoverageRecord),
     /// Records a unit's budget held back.
     Suppressed(SuppressedRecord),
+    /// A mapping the gate refused.
+    Mapping(Box<MappingRecord>),
 }
 
 impl AuditJob {
@@ -341,6 +392,13 @@ impl AuditJob {
         match self {
             AuditJob::Exec { record, .. } => record.approx_bytes(),
             AuditJob::Coverage(_) | AuditJob::Suppressed(_) => 512,
+            AuditJob::Mapping(m) => {
+                1024 + m.cmdline.iter().map(String::len).sum::<usize>()
+                    + m.chain
+                        .iter()
+                        .map(|p| 128 + p.cmdline.iter().map(String::len).sum::<usize>())
+                        .sum::<usize>()
+            }
         }
     }
 }
@@ -532,6 +590,7 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
                     }
                     AuditJob::Coverage(c) => serde_json::to_string(&c).unwrap_or_default(),
                     AuditJob::Suppressed(s) => serde_json::to_string(&s).unwrap_or_default(),
+                    AuditJob::Mapping(m) => serde_json::to_string(&m).unwrap_or_default(),
                 };
                 line.push('\n');
                 c.queued.fetch_sub(1, Ordering::Relaxed);

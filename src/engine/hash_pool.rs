@@ -20,6 +20,11 @@ pub(super) struct InFlight {
     /// Waiting in its unit's backlog (the unit holds its share of the pool), not yet sent
     /// to a worker.
     pub(super) queued: bool,
+    /// Hashed for the mapping gate (a file just written), not for an exec: an allowed
+    /// result makes it mappable.
+    pub(super) for_mapping: bool,
+    /// A duplicate of the file's fd, for a flight without waiters (for the mapping gate).
+    pub(super) file: Option<OwnedFd>,
     pub(super) waiters: Vec<Waiter>,
 }
 
@@ -150,6 +155,8 @@ impl<G: Gate> Engine<G> {
             via,
             tainted: false,
             queued: false,
+            for_mapping: false,
+            file: None,
             waiters: vec![waiter],
         };
         let share = unit_share(&self.config);
@@ -184,6 +191,40 @@ impl<G: Gate> Engine<G> {
         self.in_flight.insert(key, flight);
     }
 
+    /// Hashes a file no exec waits for (see `judge_for_mapping`), within the unit's share.
+    pub(super) fn start_background_hash(
+        &mut self,
+        unit: UnitHandle,
+        via: MarkKind,
+        stat: FileStat,
+        fd: BorrowedFd<'_>,
+    ) {
+        let key = (unit, FileKey::from(&stat));
+        if self.in_flight.contains_key(&key)
+            || self.unit_jobs.get(&unit).copied().unwrap_or(0) >= unit_share(&self.config)
+        {
+            return;
+        }
+        let Ok(file) = fd.try_clone_to_owned() else {
+            return;
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut flight = InFlight {
+            seq,
+            stat,
+            via,
+            tainted: false,
+            queued: false,
+            for_mapping: true,
+            file: Some(file),
+            waiters: Vec::new(),
+        };
+        if self.dispatch(key, &mut flight) {
+            self.in_flight.insert(key, flight);
+        }
+    }
+
     /// Sends the next files of `unit`'s backlog while it is under its share.
     pub(super) fn dispatch_backlog(&mut self, unit: UnitHandle) {
         let share = unit_share(&self.config);
@@ -214,6 +255,7 @@ impl<G: Gate> Engine<G> {
             .waiters
             .first()
             .and_then(|w| w.event.fd())
+            .or_else(|| flight.file.as_ref().map(|f| f.as_fd()))
             .and_then(|fd| fd.try_clone_to_owned().ok());
         let with_sha256 = self
             .registry
@@ -348,6 +390,10 @@ impl<G: Gate> Engine<G> {
             if let (Some(unit), Some(d)) = (self.registry.get_mut(unit_h), digest) {
                 unit.cache.insert(&flight.stat, finding, d, done.started);
             }
+        }
+        if flight.for_mapping && finding == Finding::InBaseline {
+            self.stats.mapping_prepared += 1;
+            self.make_mappable(unit_h, &flight.stat, digest);
         }
         let stat = flight.stat;
         for w in flight.waiters.drain(..) {

@@ -265,6 +265,7 @@ impl<G: Gate> Engine<G> {
             self.expire(Instant::now());
             self.look_at_waiting_loaders(Instant::now());
             self.summarize_suppressed(Instant::now());
+            self.record_mapping_events();
             while let Ok(cmd) = self.commands.try_recv() {
                 if matches!(cmd, Command::Shutdown) {
                     self.drain_for_shutdown();
@@ -491,7 +492,38 @@ impl<G: Gate> Engine<G> {
         }
         if let Some(f) = self.in_flight.get_mut(&(attr.unit, key)) {
             f.tainted = true;
+            return;
         }
+        self.judge_for_mapping(attr.unit, attr.via, stat, fd);
+    }
+
+    /// A file just written on a unit's filesystem may be mapped next (a copied library, a
+    /// generated one an allow entry names): with the mapping gate, an ELF file whose size
+    /// the unit's baseline or allow entries have is hashed now, and made mappable if its
+    /// content is allowed. A mapping that comes before the hash ends is judged without it.
+    fn judge_for_mapping(
+        &mut self,
+        unit_h: UnitHandle,
+        via: MarkKind,
+        stat: &FileStat,
+        fd: BorrowedFd<'_>,
+    ) {
+        if self.mapping.is_none() || !self.mapping_devs.contains_key(&unit_h) {
+            return;
+        }
+        let Some(unit) = self.registry.get(unit_h) else {
+            return;
+        };
+        if !stat.is_regular()
+            || !(unit.baseline.may_hold_size(stat.size) || unit.allow.may_hold_size(stat.size))
+        {
+            return;
+        }
+        let mut magic = [0u8; 4];
+        if !matches!(nix::sys::uio::pread(fd, &mut magic, 0), Ok(4)) || magic != *b"\x7fELF" {
+            return;
+        }
+        self.start_background_hash(unit_h, via, *stat, fd);
     }
 
     fn answer(&mut self, event: ExecEvent, answer: Answer) {
@@ -694,6 +726,43 @@ impl<G: Gate> Engine<G> {
         }
     }
 
+    /// Records what the mapping gate refused (or would have, in audit mode) since the last
+    /// look, within each unit's record budget.
+    fn record_mapping_events(&mut self) {
+        let Some(gate) = self.mapping.as_mut() else {
+            return;
+        };
+        let events = gate.drain_events();
+        for e in events {
+            let Some(unit_h) = self
+                .mapping_devs
+                .iter()
+                .find(|(_, devs)| devs.contains(&e.file.dev))
+                .map(|(h, _)| *h)
+            else {
+                continue;
+            };
+            if e.denied {
+                self.stats
+                    .count_denial(Verdict::Deny, mapping_reason(e.kind));
+            } else {
+                self.stats
+                    .count_denial(Verdict::WouldDeny, mapping_reason(e.kind));
+            }
+            let Some(unit) = self.registry.get_mut(unit_h) else {
+                continue;
+            };
+            if !unit.records.take(Instant::now()) {
+                self.stats.records_suppressed += 1;
+                self.suppressed_units = true;
+                continue;
+            }
+            let record = record::mapping_record(unit, &e);
+            self.stats.records += 1;
+            self.audit.send(AuditJob::Mapping(Box::new(record)));
+        }
+    }
+
     /// Writes a summary for each unit whose budget held records back, once it has room.
     fn summarize_suppressed(&mut self, now: Instant) {
         if !self.suppressed_units {
@@ -718,6 +787,15 @@ impl<G: Gate> Engine<G> {
         for s in summaries {
             self.audit.send(AuditJob::Suppressed(s));
         }
+    }
+}
+
+/// The reason counted for a mapping gate event.
+fn mapping_reason(kind: u32) -> Reason {
+    if kind == 3 {
+        Reason::DirectLoader
+    } else {
+        Reason::MappingNotAllowed
     }
 }
 

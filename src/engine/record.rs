@@ -44,6 +44,64 @@ pub(super) fn default_detail(
     })
 }
 
+/// The record of a mapping (or loader exec) the mapping gate refused: the process is read
+/// from `/proc`, and the file found among its open fds where it still has it open.
+pub(super) fn mapping_record(
+    unit: &Unit,
+    e: &crate::kernel::mapping_gate::GateEvent,
+) -> crate::audit::MappingRecord {
+    let tid = e.tid as i32;
+    let proc_info = procfs::read_process(tid);
+    let chain: Vec<ProcessRecord> = proc_info
+        .as_ref()
+        .map(|p| procfs::parent_chain(p.pid, crate::audit::MAX_CHAIN, unit.pid))
+        .unwrap_or_default()
+        .iter()
+        .map(ProcessRecord::from)
+        .collect();
+    let me = proc_info.as_ref().map(ProcessRecord::from);
+    let found = procfs::find_open_file(e.pid as i32, e.file.dev, e.file.ino);
+    let blake3 = found.as_ref().and_then(|(_, fd)| {
+        crate::baseline::hash_fd(fd.as_fd(), &mut Vec::new(), false, None)
+            .ok()
+            .map(|d| d.blake3.to_string())
+    });
+    crate::audit::MappingRecord {
+        v: RECORD_VERSION,
+        kind: "mapping".into(),
+        time: rfc3339(SystemTime::now()),
+        unit: unit.id.clone(),
+        image_key: escape_bytes(&unit.image_key),
+        image_name: unit.image_name.clone(),
+        mode: unit.mode,
+        verdict: if e.denied {
+            Verdict::Deny
+        } else {
+            Verdict::WouldDeny
+        },
+        what: match e.kind {
+            1 => "mmap",
+            2 => "mprotect",
+            _ => "exec",
+        }
+        .into(),
+        rule: if e.kind == 3 { "loader" } else { "mapping" }.into(),
+        path: found.map(|(p, _)| escape_bytes(&p)),
+        file: format!(
+            "{}:{}:{}",
+            e.file.dev >> 20,
+            e.file.dev & 0xfffff,
+            e.file.ino
+        ),
+        blake3,
+        tid,
+        pid: e.pid as i32,
+        comm: me.as_ref().map(|m| m.comm.clone()),
+        cmdline: me.map(|m| m.cmdline).unwrap_or_default(),
+        chain,
+    }
+}
+
 /// The record of an exec, its process context read from `/proc` (each read capped).
 /// `file` is a duplicate of the event's fd.
 pub(super) fn build_record(

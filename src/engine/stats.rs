@@ -93,6 +93,10 @@ pub struct EngineStats {
     /// Allowed files the gate dropped because they were opened for writing or truncated.
     #[serde(default)]
     pub mapping_entries_dropped: u64,
+    /// Files just written whose content was judged allowed and made mappable before any
+    /// mapping (copies of image libraries, content named by allow entries).
+    #[serde(default)]
+    pub mapping_prepared: u64,
 }
 
 /// Upper bounds of the decision-latency histogram, seconds.

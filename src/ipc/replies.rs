@@ -256,6 +256,9 @@ pub struct StatsReply {
     /// Allowed files dropped from the gate by a write-open or truncate.
     #[serde(default)]
     pub mapping_entries_dropped: u64,
+    /// Files just written made mappable because their content is allowed.
+    #[serde(default)]
+    pub mapping_prepared: u64,
 }
 
 impl From<&EngineStats> for StatsReply {
@@ -294,6 +297,7 @@ impl From<&EngineStats> for StatsReply {
             mapping_refused: s.mapping_refused,
             mapping_would_refuse: s.mapping_would_refuse,
             mapping_entries_dropped: s.mapping_entries_dropped,
+            mapping_prepared: s.mapping_prepared,
         }
     }
 }

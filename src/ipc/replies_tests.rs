@@ -166,6 +166,7 @@ fn every_reply_is_pinned() {
         mapping_refused: 32,
         mapping_would_refuse: 33,
         mapping_entries_dropped: 34,
+        mapping_prepared: 35,
         ..Default::default()
     };
     stats.denied_by_reason.insert("not-in-baseline".into(), 19);
@@ -201,7 +202,7 @@ fn every_reply_is_pinned() {
                         "denied_unhashed":26,"records_suppressed":28,
                         "hash_backlogged":29,"hash_backlog_full":30,
                         "mapping_checked":31,"mapping_refused":32,"mapping_would_refuse":33,
-                        "mapping_entries_dropped":34},
+                        "mapping_entries_dropped":34,"mapping_prepared":35},
                "in_flight":21,"config_reloads":24,"config_reload_errors":25,
                "rearm_pending":[{"id":"c9","attempts":27,"error":"e"}],
                "mapping_gate":"off"})

@@ -49,11 +49,14 @@ pub enum Reason {
     ScriptNotInBaseline,
     /// The file is in the image but matched a known-bad indicator when it was snapshotted.
     KnownBad,
+    /// A file was mapped executable (`LD_PRELOAD`, `dlopen`, `mmap`/`mprotect` with
+    /// `PROT_EXEC`) whose content was never judged allowed (the mapping gate).
+    MappingNotAllowed,
 }
 
 impl Reason {
     /// Every reason, in a fixed order (for counters).
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::InBaseline,
         Reason::NotInBaseline,
         Reason::ChangedDuringHash,
@@ -64,6 +67,7 @@ impl Reason {
         Reason::LoaderUnobservable,
         Reason::ScriptNotInBaseline,
         Reason::KnownBad,
+        Reason::MappingNotAllowed,
     ];
 
     /// The name used in records, `status` and metric labels.
@@ -79,6 +83,7 @@ impl Reason {
             Reason::LoaderUnobservable => "loader-unobservable",
             Reason::ScriptNotInBaseline => "script-not-in-baseline",
             Reason::KnownBad => "known-bad",
+            Reason::MappingNotAllowed => "mapping-not-allowed",
         }
     }
 
@@ -92,6 +97,7 @@ impl Reason {
             }
             Reason::ScriptNotInBaseline => "script",
             Reason::KnownBad => "known-bad",
+            Reason::MappingNotAllowed => "mapping",
         }
     }
 }
