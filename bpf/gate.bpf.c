@@ -6,7 +6,13 @@
  * mapping of a file on an armed unit's filesystem unless the daemon put that file in
  * `allowed` (its content was judged allowed), refuses an exec whose main binary is one of
  * the units' loaders (a PT_INTERP loader is never the main binary), and drops a file from
- * `allowed` the moment it is opened for writing, released by a writer, or truncated.
+ * `allowed` the moment it is opened for writing or truncated.
+ *
+ * Each write-open or truncate of a watched file also advances its `generation`, and an
+ * `allowed` entry holds the generation the daemon read before it judged the content: an
+ * entry made from a judgement older than the last write never admits a mapping, whatever
+ * the order in which the daemon's update and the write arrive. While a writer holds the
+ * file open (`writers`), no mapping is admitted either (exec has ETXTBSY for this).
  *
  * Keys are the kernel's own: the superblock's s_dev (major << 20 | minor) and the inode
  * number, as the file's f_inode has them (for an overlay file: the overlay's). */
@@ -53,13 +59,29 @@ struct {
 	__type(value, u32);
 } watched SEC(".maps");
 
-/* Files whose content was judged allowed. */
+/* Files whose content was judged allowed -> the generation judged. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 20);
 	__type(key, struct file_key);
-	__type(value, u8);
+	__type(value, u64);
 } allowed SEC(".maps");
+
+/* Write-opens and truncates of watched files, per file. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__type(key, struct file_key);
+	__type(value, u64);
+} generation SEC(".maps");
+
+/* Open writers of watched files, per file. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 18);
+	__type(key, struct file_key);
+	__type(value, u64);
+} writers SEC(".maps");
 
 /* Files whose content is one of the units' dynamic loaders. */
 struct {
@@ -119,6 +141,19 @@ static __always_inline void report(u32 kind, u32 mode, struct file_key *key, boo
 	bpf_ringbuf_submit(e, 0);
 }
 
+static __always_inline bool admitted(struct file_key *key)
+{
+	u64 *judged = bpf_map_lookup_elem(&allowed, key);
+	u64 *gen, *w;
+	if (!judged)
+		return false;
+	gen = bpf_map_lookup_elem(&generation, key);
+	if (*judged != (gen ? *gen : 0))
+		return false;
+	w = bpf_map_lookup_elem(&writers, key);
+	return !w || *w == 0;
+}
+
 /* 0: allowed; -EPERM: refuse. */
 static __always_inline int judge_mapping(struct file *file, u32 kind)
 {
@@ -130,7 +165,7 @@ static __always_inline int judge_mapping(struct file *file, u32 kind)
 	if (!mode)
 		return 0;
 	count(0);
-	if (bpf_map_lookup_elem(&allowed, &key))
+	if (admitted(&key))
 		return 0;
 	if (*mode == MODE_ENFORCE) {
 		count(1);
@@ -188,32 +223,55 @@ int BPF_PROG(driftlock_bprm_check, struct linux_binprm *bprm, int ret)
 	return 0;
 }
 
-static __always_inline void forget(struct file *file)
+/* A write is coming: advance the file's generation and drop its entry. */
+static __always_inline void written(struct file_key *key)
 {
-	struct file_key key = {};
-	if (!key_of(file, &key))
-		return;
-	if (!bpf_map_lookup_elem(&watched, &key.dev))
-		return;
-	if (bpf_map_delete_elem(&allowed, &key) == 0)
+	u64 one = 1, *gen;
+	gen = bpf_map_lookup_elem(&generation, key);
+	if (gen)
+		__sync_fetch_and_add(gen, 1);
+	else
+		bpf_map_update_elem(&generation, key, &one, BPF_ANY);
+	if (bpf_map_delete_elem(&allowed, key) == 0)
 		count(3);
 }
 
 SEC("lsm/file_open")
 int BPF_PROG(driftlock_file_open, struct file *file, int ret)
 {
+	struct file_key key = {};
+	u64 one = 1, *w;
 	if (ret)
 		return ret;
-	if (BPF_CORE_READ(file, f_mode) & FMODE_WRITE)
-		forget(file);
+	if (!(BPF_CORE_READ(file, f_mode) & FMODE_WRITE))
+		return 0;
+	if (!key_of(file, &key) || !bpf_map_lookup_elem(&watched, &key.dev))
+		return 0;
+	written(&key);
+	w = bpf_map_lookup_elem(&writers, &key);
+	if (w)
+		__sync_fetch_and_add(w, 1);
+	else
+		bpf_map_update_elem(&writers, &key, &one, BPF_ANY);
 	return 0;
 }
 
 SEC("lsm/file_free_security")
 int BPF_PROG(driftlock_file_free, struct file *file)
 {
-	if (BPF_CORE_READ(file, f_mode) & FMODE_WRITE)
-		forget(file);
+	struct file_key key = {};
+	u64 *w;
+	if (!(BPF_CORE_READ(file, f_mode) & FMODE_WRITE))
+		return 0;
+	if (!key_of(file, &key) || !bpf_map_lookup_elem(&watched, &key.dev))
+		return 0;
+	w = bpf_map_lookup_elem(&writers, &key);
+	if (w) {
+		if (*w <= 1)
+			bpf_map_delete_elem(&writers, &key);
+		else
+			__sync_fetch_and_sub(w, 1);
+	}
 	return 0;
 }
 
@@ -229,8 +287,8 @@ int BPF_PROG(driftlock_path_truncate, const struct path *path, int ret)
 		return 0;
 	key.dev = BPF_CORE_READ(inode, i_sb, s_dev);
 	key.ino = BPF_CORE_READ(inode, i_ino);
-	if (bpf_map_lookup_elem(&watched, &key.dev) && bpf_map_delete_elem(&allowed, &key) == 0)
-		count(3);
+	if (bpf_map_lookup_elem(&watched, &key.dev))
+		written(&key);
 	return 0;
 }
 

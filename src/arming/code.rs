@@ -18,6 +18,9 @@ pub(super) fn code_files(
     root: &Path,
     upper: Option<&Path>,
 ) -> (Vec<FileKey>, Vec<FileKey>) {
+    // The kernel keys by superblock: the rootfs mount's own device (a file's st_dev may be
+    // its overlay layer's), for files on that mount.
+    let root_stat = crate::kernel::stat_path(root).ok();
     let mut code = Vec::with_capacity(baseline.entries().len());
     let mut loaders = Vec::new();
     let mut buf = Vec::new();
@@ -50,8 +53,12 @@ pub(super) fn code_files(
                 continue;
             }
         }
+        let dev = match root_stat {
+            Some(r) if r.mnt_id == st.mnt_id => r.dev,
+            _ => st.dev,
+        };
         let key = FileKey {
-            dev: kernel_dev(st.dev),
+            dev: kernel_dev(dev),
             ino: st.ino,
         };
         if baseline.is_loader(&e.blake3) {

@@ -25,6 +25,8 @@ pub(super) struct InFlight {
     pub(super) for_mapping: bool,
     /// A duplicate of the file's fd, for a flight without waiters (for the mapping gate).
     pub(super) file: Option<OwnedFd>,
+    /// The file's write generation in the mapping gate, read before it was hashed.
+    pub(super) mapping_generation: u64,
     pub(super) waiters: Vec<Waiter>,
 }
 
@@ -157,6 +159,7 @@ impl<G: Gate> Engine<G> {
             queued: false,
             for_mapping: false,
             file: None,
+            mapping_generation: 0,
             waiters: vec![waiter],
         };
         let share = unit_share(&self.config);
@@ -208,6 +211,7 @@ impl<G: Gate> Engine<G> {
         let Ok(file) = fd.try_clone_to_owned() else {
             return;
         };
+        let mapping_generation = self.mapping_key(unit, &stat).map_or(0, |(_, g)| g);
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut flight = InFlight {
@@ -218,6 +222,7 @@ impl<G: Gate> Engine<G> {
             queued: false,
             for_mapping: true,
             file: Some(file),
+            mapping_generation,
             waiters: Vec::new(),
         };
         if self.dispatch(key, &mut flight) {
@@ -393,7 +398,12 @@ impl<G: Gate> Engine<G> {
         }
         if flight.for_mapping && finding == Finding::InBaseline {
             self.stats.mapping_prepared += 1;
-            self.make_mappable(unit_h, &flight.stat, digest);
+            self.make_mappable_at(
+                unit_h,
+                &flight.stat,
+                digest,
+                Some(flight.mapping_generation),
+            );
         }
         let stat = flight.stat;
         for w in flight.waiters.drain(..) {

@@ -639,7 +639,7 @@ impl<G: Gate> Engine<G> {
             self.stats.count_denial(verdict, reason);
         }
         if outcome.answer == Answer::Allow && matches!(event, ExecEvent::Permission(_)) {
-            self.make_mappable(unit_h, stat, digest);
+            self.make_mappable_at(unit_h, stat, digest, None);
         }
         let now = Instant::now();
         let recorded = outcome.record
@@ -704,15 +704,23 @@ impl<G: Gate> Engine<G> {
     /// its interpreter with `PROT_EXEC` after the exec's point of no return, where a refusal
     /// is a SIGSEGV. Done on every allowed exec (a write may have dropped the entry in the
     /// kernel since); a loader's content is also entered as a loader.
-    fn make_mappable(&mut self, unit_h: UnitHandle, stat: &FileStat, digest: Option<Digest>) {
+    ///
+    /// `judged`: the file's write generation read before its content was judged (a file
+    /// hashed at close); `None`: judged as it is now (an exec, which no writer can hold).
+    fn make_mappable_at(
+        &mut self,
+        unit_h: UnitHandle,
+        stat: &FileStat,
+        digest: Option<Digest>,
+        judged: Option<u64>,
+    ) {
+        let Some((key, now)) = self.mapping_key(unit_h, stat) else {
+            return;
+        };
         let Some(gate) = self.mapping.as_mut() else {
             return;
         };
-        let key = crate::kernel::mapping_gate::FileKey {
-            dev: crate::kernel::mapping_gate::kernel_dev(stat.dev),
-            ino: stat.ino,
-        };
-        if let Err(e) = gate.allow(key) {
+        if let Err(e) = gate.allow_at(key, judged.unwrap_or(now)) {
             log::warn!("mapping gate: {e}");
         }
         let loader = match (self.registry.get(unit_h), digest) {
@@ -761,6 +769,28 @@ impl<G: Gate> Engine<G> {
             self.stats.records += 1;
             self.audit.send(AuditJob::Mapping(Box::new(record)));
         }
+    }
+
+    /// The mapping gate's key of a file of a unit, and its write generation now.
+    pub(super) fn mapping_key(
+        &self,
+        unit_h: UnitHandle,
+        stat: &FileStat,
+    ) -> Option<(crate::kernel::mapping_gate::FileKey, u64)> {
+        let gate = self.mapping.as_ref()?;
+        // The kernel keys a file by its superblock: for an overlay that is the overlay's,
+        // which its mount root reports (a file's own st_dev may be its layer's).
+        let dev = self
+            .registry
+            .get(unit_h)
+            .and_then(|u| u.marks.iter().find(|m| m.mnt_id == stat.mnt_id))
+            .map_or(stat.dev, |m| m.dev);
+        let key = crate::kernel::mapping_gate::FileKey {
+            dev: crate::kernel::mapping_gate::kernel_dev(dev),
+            ino: stat.ino,
+        };
+        let generation = gate.generation(&key);
+        Some((key, generation))
     }
 
     /// Writes a summary for each unit whose budget held records back, once it has room.

@@ -27,7 +27,15 @@ const PROGRAMS: &[(&str, &str)] = &[
 ];
 
 /// Maps pinned beside the links.
-const MAPS: &[&str] = &["watched", "allowed", "loaders", "counters", "events"];
+const MAPS: &[&str] = &[
+    "watched",
+    "allowed",
+    "generation",
+    "writers",
+    "loaders",
+    "counters",
+    "events",
+];
 
 /// Where the gate is pinned by default.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/driftlock";
@@ -114,7 +122,9 @@ pub enum GateError {
 /// The loaded (or adopted) gate.
 pub struct MappingGate {
     watched: HashMap<MapData, u64, u32>,
-    allowed: HashMap<MapData, FileKey, u8>,
+    allowed: HashMap<MapData, FileKey, u64>,
+    generation: HashMap<MapData, FileKey, u64>,
+    writers: HashMap<MapData, FileKey, u64>,
     loaders: HashMap<MapData, FileKey, u8>,
     counters: Array<MapData, u64>,
     events: Option<RingBuf<MapData>>,
@@ -245,6 +255,10 @@ impl MappingGate {
                 .map_err(|e| refused("watched", e))?,
             allowed: HashMap::try_from(Map::HashMap(map("allowed")?))
                 .map_err(|e| refused("allowed", e))?,
+            generation: HashMap::try_from(Map::HashMap(map("generation")?))
+                .map_err(|e| refused("generation", e))?,
+            writers: HashMap::try_from(Map::HashMap(map("writers")?))
+                .map_err(|e| refused("writers", e))?,
             loaders: HashMap::try_from(Map::HashMap(map("loaders")?))
                 .map_err(|e| refused("loaders", e))?,
             counters: Array::try_from(Map::Array(map("counters")?))
@@ -278,11 +292,23 @@ impl MappingGate {
         self.watched.keys().filter_map(Result::ok).collect()
     }
 
-    /// Lets `file` be mapped executable (its content was judged allowed).
+    /// Lets `file` be mapped executable: its content, as it is now, was judged allowed.
     pub fn allow(&mut self, file: FileKey) -> Result<(), GateError> {
+        let now = self.generation(&file);
+        self.allow_at(file, now)
+    }
+
+    /// Lets `file` be mapped executable as long as no write-open or truncate came after
+    /// generation `judged` (read before its content was judged).
+    pub fn allow_at(&mut self, file: FileKey, judged: u64) -> Result<(), GateError> {
         self.allowed
-            .insert(file, 1, 0)
+            .insert(file, judged, 0)
             .map_err(|e| refused("allowed", e))
+    }
+
+    /// How many write-opens and truncates `file` has seen.
+    pub fn generation(&self, file: &FileKey) -> u64 {
+        self.generation.get(file, 0).unwrap_or(0)
     }
 
     /// True if `file` may be mapped executable now.
@@ -321,6 +347,16 @@ impl MappingGate {
             .collect();
         for k in stale {
             let _ = self.loaders.remove(&k);
+        }
+        for map in [&mut self.generation, &mut self.writers] {
+            let stale: Vec<FileKey> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.dev == dev)
+                .collect();
+            for k in stale {
+                let _ = map.remove(&k);
+            }
         }
         self.unwatch(dev);
     }
