@@ -34,6 +34,8 @@
 #define KIND_MMAP 1
 #define KIND_MPROTECT 2
 #define KIND_LOADER_EXEC 3
+#define KIND_MEMFD 4
+#define MAX_PID_LEVELS 8
 
 struct file_key {
 	u64 dev;
@@ -90,6 +92,23 @@ struct {
 	__type(key, struct file_key);
 	__type(value, u8);
 } loaders SEC(".maps");
+
+/* PID namespaces (inode numbers) of armed containers -> mode: their processes may not map
+ * memfd or shared memory files executable (fileless code). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, u32);
+	__type(value, u32);
+} memfd_scopes SEC(".maps");
+
+/* [0]: the device of the kernel's internal shmem mount (memfds, shared anonymous memory). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u64);
+} shmem_dev SEC(".maps");
 
 /* Counters: [0] mappings checked, [1] refused, [2] would refuse, [3] entries dropped. */
 struct {
@@ -154,13 +173,58 @@ static __always_inline bool admitted(struct file_key *key)
 	return !w || *w == 0;
 }
 
+/* The mode of the armed container whose PID namespace (or an ancestor of it) the current
+ * task is in, if any. The active namespace cannot be changed by the task. */
+static __always_inline u32 *container_scope(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct pid *pid = BPF_CORE_READ(task, thread_pid);
+	unsigned int level;
+	if (!pid)
+		return NULL;
+	level = BPF_CORE_READ(pid, level);
+	for (int i = 0; i < MAX_PID_LEVELS; i++) {
+		struct upid up = {};
+		u32 inum;
+		u32 *mode;
+		if (i > level)
+			break;
+		bpf_probe_read_kernel(&up, sizeof(up), &pid->numbers[i]);
+		if (!up.ns)
+			continue;
+		inum = BPF_CORE_READ(up.ns, ns.inum);
+		mode = bpf_map_lookup_elem(&memfd_scopes, &inum);
+		if (mode)
+			return mode;
+	}
+	return NULL;
+}
+
 /* 0: allowed; -EPERM: refuse. */
 static __always_inline int judge_mapping(struct file *file, u32 kind)
 {
 	struct file_key key = {};
+	u32 zero = 0;
 	u32 *mode;
+	u64 *shm;
 	if (!key_of(file, &key))
 		return 0;
+	shm = bpf_map_lookup_elem(&shmem_dev, &zero);
+	if (shm && *shm && key.dev == *shm) {
+		/* A memfd or shared memory mapped executable by a container's process. */
+		mode = container_scope();
+		if (!mode)
+			return 0;
+		count(0);
+		if (*mode == MODE_ENFORCE) {
+			count(1);
+			report(KIND_MEMFD, *mode, &key, true);
+			return -EPERM;
+		}
+		count(2);
+		report(KIND_MEMFD, *mode, &key, false);
+		return 0;
+	}
 	mode = bpf_map_lookup_elem(&watched, &key.dev);
 	if (!mode)
 		return 0;

@@ -79,10 +79,21 @@ struct nsproxy {
 	struct pid_namespace *pid_ns_for_children;
 } __attribute__((preserve_access_index));
 
+struct upid {
+	int nr;
+	struct pid_namespace *ns;
+} __attribute__((preserve_access_index));
+
+struct pid {
+	unsigned int level;
+	struct upid numbers[1];
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	int pid;
 	int tgid;
 	struct nsproxy *nsproxy;
+	struct pid *thread_pid;
 } __attribute__((preserve_access_index));
 
 #endif

@@ -342,6 +342,13 @@ impl Armer {
             allow,
             code_files,
             loader_files,
+            // Never the daemon's own namespace (a container sharing the host's PIDs): that
+            // would judge every process on the node.
+            pid_namespace: pid
+                .and_then(crate::kernel::procfs::pid_namespace)
+                .filter(|ns| {
+                    Some(*ns) != crate::kernel::procfs::pid_namespace(std::process::id() as i32)
+                }),
         })?;
         let record = UnitRecord {
             v: 1,

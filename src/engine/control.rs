@@ -93,6 +93,9 @@ pub struct UnitSpec {
     pub code_files: Vec<crate::kernel::mapping_gate::FileKey>,
     /// The unit's dynamic loaders as the mapping gate keys them: never a main binary.
     pub loader_files: Vec<crate::kernel::mapping_gate::FileKey>,
+    /// The container's PID namespace (inode number), where armed by pid: its processes may
+    /// not map memfds or shared memory executable.
+    pub pid_namespace: Option<u32>,
 }
 
 /// A request to the engine thread.
@@ -399,6 +402,12 @@ impl<G: Gate> Engine<G> {
                     failed = Some(e);
                 }
             }
+            if let Some(ns) = spec.pid_namespace {
+                if let Err(e) = gate.scope_pid_namespace(ns, mode) {
+                    failed = Some(e);
+                }
+                self.mapping_pid_ns.insert(handle, ns);
+            }
             if let Some(e) = failed {
                 log::error!("unit {:?}: the mapping gate is incomplete: {e}", spec.id);
             }
@@ -535,6 +544,13 @@ impl<G: Gate> Engine<G> {
         {
             for d in devs {
                 gate.forget_filesystem(d);
+            }
+        }
+        if let (Some(gate), Some(ns)) = (self.mapping.as_mut(), self.mapping_pid_ns.remove(&handle))
+        {
+            // A pod's containers may share a PID namespace: keep it while another unit has it.
+            if !self.mapping_pid_ns.values().any(|n| *n == ns) {
+                gate.unscope_pid_namespace(ns);
             }
         }
         for m in &unit.marks {

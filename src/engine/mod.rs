@@ -128,6 +128,8 @@ pub struct Engine<G: Gate> {
     mapping: Option<crate::kernel::mapping_gate::MappingGate>,
     /// Filesystems each unit had the mapping gate watch.
     mapping_devs: HashMap<UnitHandle, Vec<u64>>,
+    /// The PID namespace each unit had the mapping gate scope.
+    mapping_pid_ns: HashMap<UnitHandle, u32>,
     /// Hash jobs each unit has in the pool (queued or running).
     unit_jobs: HashMap<UnitHandle, usize>,
     /// Files each unit has waiting beyond its share of the pool.
@@ -187,6 +189,7 @@ impl<G: Gate> Engine<G> {
             in_flight: HashMap::new(),
             mapping: None,
             mapping_devs: HashMap::new(),
+            mapping_pid_ns: HashMap::new(),
             unit_jobs: HashMap::new(),
             backlog: HashMap::new(),
             audit,
@@ -742,12 +745,20 @@ impl<G: Gate> Engine<G> {
         };
         let events = gate.drain_events();
         for e in events {
-            let Some(unit_h) = self
+            let by_dev = self
                 .mapping_devs
                 .iter()
                 .find(|(_, devs)| devs.contains(&e.file.dev))
-                .map(|(h, _)| *h)
-            else {
+                .map(|(h, _)| *h);
+            // A memfd: the unit whose PID namespace the process is in.
+            let by_ns = || {
+                let ns = crate::kernel::procfs::pid_namespace(e.pid as i32)?;
+                self.mapping_pid_ns
+                    .iter()
+                    .find(|(_, n)| **n == ns)
+                    .map(|(h, _)| *h)
+            };
+            let Some(unit_h) = by_dev.or_else(by_ns) else {
                 continue;
             };
             if e.denied {

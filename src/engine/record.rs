@@ -82,6 +82,7 @@ pub(super) fn mapping_record(
         what: match e.kind {
             1 => "mmap",
             2 => "mprotect",
+            4 => "memfd",
             _ => "exec",
         }
         .into(),

@@ -33,6 +33,8 @@ const MAPS: &[&str] = &[
     "generation",
     "writers",
     "loaders",
+    "memfd_scopes",
+    "shmem_dev",
     "counters",
     "events",
 ];
@@ -126,6 +128,7 @@ pub struct MappingGate {
     generation: HashMap<MapData, FileKey, u64>,
     writers: HashMap<MapData, FileKey, u64>,
     loaders: HashMap<MapData, FileKey, u8>,
+    memfd_scopes: HashMap<MapData, u32, u32>,
     counters: Array<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     adopted: bool,
@@ -236,7 +239,24 @@ impl MappingGate {
             drop(pinned);
         }
         drop(ebpf);
-        let mut gate = Self::adopt(pin_dir)?;
+        let gate = Self::adopt(pin_dir)?;
+        // memfds and shared anonymous memory live on one internal shmem mount: its device.
+        let shm = nix::sys::memfd::memfd_create(
+            c"driftlock-shmem-probe",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .ok()
+        .and_then(|fd| super::stat_fd(std::os::fd::AsFd::as_fd(&fd)).ok())
+        .map(|st| kernel_dev(st.dev));
+        if let Some(dev) = shm {
+            let mut arr: Array<MapData, u64> = Array::try_from(Map::Array(
+                MapData::from_pin(pin_dir.join("maps/shmem_dev"))
+                    .map_err(|e| refused("shmem_dev", e))?,
+            ))
+            .map_err(|e| refused("shmem_dev", e))?;
+            arr.set(0, dev, 0).map_err(|e| refused("shmem_dev", e))?;
+        }
+        let mut gate = gate;
         gate.adopted = false;
         Ok(gate)
     }
@@ -261,6 +281,8 @@ impl MappingGate {
                 .map_err(|e| refused("writers", e))?,
             loaders: HashMap::try_from(Map::HashMap(map("loaders")?))
                 .map_err(|e| refused("loaders", e))?,
+            memfd_scopes: HashMap::try_from(Map::HashMap(map("memfd_scopes")?))
+                .map_err(|e| refused("memfd_scopes", e))?,
             counters: Array::try_from(Map::Array(map("counters")?))
                 .map_err(|e| refused("counters", e))?,
             events: RingBuf::try_from(Map::RingBuf(map("events")?)).ok(),
@@ -326,6 +348,19 @@ impl MappingGate {
         self.loaders
             .insert(file, 1, 0)
             .map_err(|e| refused("loaders", e))
+    }
+
+    /// Refuses executable mappings of memfds and shared memory to processes in PID
+    /// namespace `inum` (an armed container's) and the namespaces below it.
+    pub fn scope_pid_namespace(&mut self, inum: u32, mode: GateMode) -> Result<(), GateError> {
+        self.memfd_scopes
+            .insert(inum, mode as u32, 0)
+            .map_err(|e| refused("memfd_scopes", e))
+    }
+
+    /// Stops scoping PID namespace `inum`.
+    pub fn unscope_pid_namespace(&mut self, inum: u32) {
+        let _ = self.memfd_scopes.remove(&inum);
     }
 
     /// Drops every entry on filesystem `dev` (a unit's disarm).

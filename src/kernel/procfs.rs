@@ -124,6 +124,14 @@ pub fn fd_path(fd: BorrowedFd<'_>) -> Option<Vec<u8>> {
         .map(|p| p.as_os_str().as_bytes().to_vec())
 }
 
+/// The inode number of process `pid`'s PID namespace.
+pub fn pid_namespace(pid: i32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+        .ok()
+        .and_then(|m| u32::try_from(m.ino()).ok())
+}
+
 /// Finds the file `(dev, ino)` (kernel device encoding) among the open fds of process
 /// `pid` (the first 1,024): its path as the process sees it, and an fd of it opened
 /// through `/proc/<pid>/fd/N` (read-only).

@@ -284,6 +284,7 @@ impl Harness {
             allow: self.allow.clone(),
             code_files: Vec::new(),
             loader_files: Vec::new(),
+            pid_namespace: None,
         })
     }
 
