@@ -37,6 +37,47 @@ pub struct Proposal {
     pub last_seen: String,
 }
 
+/// An exec record, or a mapping the gate refused (a library the workload maps: proposed
+/// like a program, by its BLAKE3 and size; loader execs are never proposed).
+fn parse_record(line: &str) -> Option<AuditRecord> {
+    if let Ok(r) = serde_json::from_str::<AuditRecord>(line) {
+        return Some(r);
+    }
+    let m = serde_json::from_str::<crate::audit::MappingRecord>(line).ok()?;
+    if m.kind != "mapping" || m.rule != "mapping" {
+        return None;
+    }
+    Some(AuditRecord {
+        v: m.v,
+        time: m.time,
+        unit: m.unit,
+        image_key: m.image_key,
+        image_name: m.image_name,
+        k8s_namespace: None,
+        k8s_pod: None,
+        k8s_container: None,
+        mode: m.mode,
+        verdict: m.verdict,
+        reason: Reason::NotInBaseline,
+        path: m.path,
+        tid: m.tid,
+        pid: Some(m.pid),
+        ppid: None,
+        uid: None,
+        comm: m.comm,
+        cmdline: m.cmdline,
+        chain: m.chain,
+        blake3: m.blake3,
+        sha256: None,
+        size: m.size,
+        evidence: None,
+        rule: Some("mapping".into()),
+        detail: None,
+        content_unverified: false,
+        truncated: false,
+    })
+}
+
 /// Reads records from JSON lines or a `journalctl -o json` export; returns them and the
 /// number of lines that were neither.
 pub fn read_records(reader: impl BufRead) -> (Vec<AuditRecord>, usize) {
@@ -46,7 +87,7 @@ pub fn read_records(reader: impl BufRead) -> (Vec<AuditRecord>, usize) {
         if line.trim().is_empty() {
             continue;
         }
-        if let Ok(r) = serde_json::from_str::<AuditRecord>(&line) {
+        if let Some(r) = parse_record(&line) {
             records.push(r);
             continue;
         }
@@ -57,7 +98,7 @@ pub fn read_records(reader: impl BufRead) -> (Vec<AuditRecord>, usize) {
                     .and_then(|m| m.as_str())
                     .map(str::to_string)
             })
-            .and_then(|m| serde_json::from_str::<AuditRecord>(&m).ok());
+            .and_then(|m| parse_record(&m));
         match inner {
             Some(r) => records.push(r),
             None => skipped += 1,
@@ -296,9 +337,26 @@ mod tests {
         let line = r.to_json();
         let journal =
             serde_json::json!({"MESSAGE": line, "_SYSTEMD_UNIT": "driftlock.service"}).to_string();
-        let input = format!("{line}\n{journal}\nnot json\n\n");
+        // A library the mapping gate refused is proposed like a program; a loader exec is not.
+        let mapping = |rule: &str| {
+            format!(
+                r#"{{"v":1,"kind":"mapping","time":"t","unit":"u","image_key":"k","mode":"audit","verdict":"would-deny","what":"mmap","rule":"{rule}","path":"/tmp/gen.so","file":"0:5:9","blake3":"{}","size":7,"tid":1,"pid":1}}"#,
+                "c".repeat(64)
+            )
+        };
+        let input = format!(
+            "{line}\n{journal}\nnot json\n\n{}\n{}\n",
+            mapping("mapping"),
+            mapping("loader")
+        );
         let (records, skipped) = read_records(input.as_bytes());
-        assert_eq!(records.len(), 2);
-        assert_eq!(skipped, 1);
+        assert_eq!(records.len(), 3);
+        assert_eq!(skipped, 2);
+        let props = propose(&records);
+        let lib = props
+            .iter()
+            .find(|p| p.blake3.as_deref() == Some(&*"c".repeat(64)))
+            .expect("the library is proposed");
+        assert_eq!(lib.size, Some(7));
     }
 }

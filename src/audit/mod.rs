@@ -299,6 +299,9 @@ pub struct MappingRecord {
     /// BLAKE3 of the file, where it could be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blake3: Option<String>,
+    /// Its size, where it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     /// Thread and process.
     pub tid: i32,
     /// Process id.

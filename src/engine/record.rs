@@ -61,11 +61,11 @@ pub(super) fn mapping_record(
         .collect();
     let me = proc_info.as_ref().map(ProcessRecord::from);
     let found = procfs::find_open_file(e.pid as i32, e.file.dev, e.file.ino);
-    let blake3 = found.as_ref().and_then(|(_, fd)| {
-        crate::baseline::hash_fd(fd.as_fd(), &mut Vec::new(), false, None)
-            .ok()
-            .map(|d| d.blake3.to_string())
+    let digests = found.as_ref().and_then(|(_, fd)| {
+        crate::baseline::hash_fd(fd.as_fd(), &mut Vec::new(), false, None).ok()
     });
+    let blake3 = digests.as_ref().map(|d| d.blake3.to_string());
+    let size = digests.as_ref().map(|d| d.stat.size);
     crate::audit::MappingRecord {
         v: RECORD_VERSION,
         kind: "mapping".into(),
@@ -95,6 +95,7 @@ pub(super) fn mapping_record(
             e.file.ino
         ),
         blake3,
+        size,
         tid,
         pid: e.pid as i32,
         comm: me.as_ref().map(|m| m.comm.clone()),
