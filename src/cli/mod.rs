@@ -111,6 +111,11 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Remove the BPF mapping gate the daemon pinned in /sys/fs/bpf/driftlock: its programs
+    /// detach and executable mappings are no longer judged in the kernel. The daemon pins
+    /// it so that it keeps enforcing across restarts and crashes; run this after stopping
+    /// the daemon for good (the package's removal does).
+    GateUnpin,
 }
 
 /// The socket flag shared by client commands.
@@ -546,5 +551,14 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             connect_wait_secs,
             socket,
         } => hook(stage, fail_open, connect_wait_secs, socket.socket),
+        Command::GateUnpin => {
+            let dir = std::path::Path::new(crate::kernel::mapping_gate::DEFAULT_PIN_DIR);
+            if crate::kernel::mapping_gate::unpin(dir) {
+                println!("removed the mapping gate pinned in {}", dir.display());
+            } else {
+                println!("no mapping gate pinned in {}", dir.display());
+            }
+            Ok(0)
+        }
     }
 }
