@@ -21,6 +21,19 @@ int main(int argc, char **argv) {
             return 1;
         }
         printf(mprotect(p, 4096, PROT_READ | PROT_EXEC) == 0 ? "MPROTECT-OK\n" : "MPROTECT-FAIL\n");
+    } else if (argc == 3 && !strcmp(argv[1], "mmapwrite")) {
+        /* Changes the file's last byte through a shared writable mapping. */
+        int fd = open(argv[2], O_RDWR);
+        off_t size = fd < 0 ? 0 : lseek(fd, 0, SEEK_END);
+        char *p = size <= 0 ? MAP_FAILED : mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) {
+            printf("MMAPWRITE-FAIL\n");
+            return 1;
+        }
+        close(fd);
+        p[size - 1] ^= 1;
+        munmap(p, size);
+        printf("MMAPWRITE-OK\n");
     } else if (argc == 3 && !strcmp(argv[1], "mmap")) {
         int fd = open(argv[2], O_RDONLY);
         void *p = fd < 0 ? MAP_FAILED : mmap(NULL, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE, fd, 0);

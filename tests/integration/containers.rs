@@ -348,8 +348,8 @@ fn the_daemon_works_with_only_the_units_capabilities() {
         .unwrap_or("");
     assert_eq!(
         bnd.trim_start_matches("CapBnd:").trim(),
-        "0000000000280004",
-        "sys_admin|sys_ptrace|dac_read_search"
+        "000000c200280004",
+        "sys_admin|sys_ptrace|dac_read_search|mac_admin|perfmon|bpf"
     );
 }
 
