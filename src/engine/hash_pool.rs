@@ -30,6 +30,23 @@ pub(super) struct InFlight {
     pub(super) waiters: Vec<Waiter>,
 }
 
+impl InFlight {
+    /// A file about to be hashed, with nobody waiting yet.
+    pub(super) fn new(seq: u64, stat: FileStat, via: MarkKind) -> Self {
+        InFlight {
+            seq,
+            stat,
+            via,
+            tainted: false,
+            queued: false,
+            for_mapping: false,
+            file: None,
+            mapping_generation: 0,
+            waiters: Vec::new(),
+        }
+    }
+}
+
 /// Hash jobs one unit may have in the pool at once: its share, so that one container's
 /// slow or huge files cannot keep every worker from another container's misses.
 pub(super) fn unit_share(config: &EngineConfig) -> usize {
@@ -151,17 +168,8 @@ impl<G: Gate> Engine<G> {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let mut flight = InFlight {
-            seq,
-            stat,
-            via,
-            tainted: false,
-            queued: false,
-            for_mapping: false,
-            file: None,
-            mapping_generation: 0,
-            waiters: vec![waiter],
-        };
+        let mut flight = InFlight::new(seq, stat, via);
+        flight.waiters.push(waiter);
         let share = unit_share(&self.config);
         if self.unit_jobs.get(&unit).copied().unwrap_or(0) >= share {
             let backlog = self.backlog.entry(unit).or_default();
@@ -214,17 +222,10 @@ impl<G: Gate> Engine<G> {
         let mapping_generation = self.mapping_key(unit, &stat).map_or(0, |(_, g)| g);
         let seq = self.next_seq;
         self.next_seq += 1;
-        let mut flight = InFlight {
-            seq,
-            stat,
-            via,
-            tainted: false,
-            queued: false,
-            for_mapping: true,
-            file: Some(file),
-            mapping_generation,
-            waiters: Vec::new(),
-        };
+        let mut flight = InFlight::new(seq, stat, via);
+        flight.for_mapping = true;
+        flight.file = Some(file);
+        flight.mapping_generation = mapping_generation;
         if self.dispatch(key, &mut flight) {
             self.in_flight.insert(key, flight);
         }

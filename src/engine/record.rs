@@ -44,15 +44,18 @@ pub(super) fn default_detail(
     })
 }
 
-/// The record of a mapping (or loader exec) the mapping gate refused: the process is read
-/// from `/proc`, and the file found among its open fds where it still has it open.
-pub(super) fn mapping_record(
+/// Thread `tid`'s process, as read from `/proc`, as a record, and its chain of ancestors
+/// up to the unit's first process.
+fn process_context(
     unit: &Unit,
-    e: &crate::kernel::mapping_gate::GateEvent,
-) -> crate::audit::MappingRecord {
-    let tid = e.tid as i32;
+    tid: i32,
+) -> (
+    Option<procfs::ProcessInfo>,
+    Option<ProcessRecord>,
+    Vec<ProcessRecord>,
+) {
     let proc_info = procfs::read_process(tid);
-    let chain: Vec<ProcessRecord> = proc_info
+    let chain = proc_info
         .as_ref()
         .map(|p| procfs::parent_chain(p.pid, crate::audit::MAX_CHAIN, unit.pid))
         .unwrap_or_default()
@@ -60,6 +63,17 @@ pub(super) fn mapping_record(
         .map(ProcessRecord::from)
         .collect();
     let me = proc_info.as_ref().map(ProcessRecord::from);
+    (proc_info, me, chain)
+}
+
+/// The record of a mapping (or loader exec) the mapping gate refused: the process is read
+/// from `/proc`, and the file found among its open fds where it still has it open.
+pub(super) fn mapping_record(
+    unit: &Unit,
+    e: &crate::kernel::mapping_gate::GateEvent,
+) -> crate::audit::MappingRecord {
+    let tid = e.tid as i32;
+    let (_, me, chain) = process_context(unit, tid);
     let found = procfs::find_open_file(e.pid as i32, e.file.dev, e.file.ino);
     let digests = found.as_ref().and_then(|(_, fd)| {
         crate::baseline::hash_fd(fd.as_fd(), &mut Vec::new(), false, None).ok()
@@ -116,15 +130,7 @@ pub(super) fn build_record(
     stat: &FileStat,
 ) -> AuditRecord {
     let path = file.and_then(procfs::fd_path);
-    let proc_info = procfs::read_process(tid);
-    let chain: Vec<ProcessRecord> = proc_info
-        .as_ref()
-        .map(|p| procfs::parent_chain(p.pid, crate::audit::MAX_CHAIN, unit.pid))
-        .unwrap_or_default()
-        .iter()
-        .map(ProcessRecord::from)
-        .collect();
-    let me = proc_info.as_ref().map(ProcessRecord::from);
+    let (proc_info, me, chain) = process_context(unit, tid);
     AuditRecord {
         v: RECORD_VERSION,
         time: rfc3339(SystemTime::now()),

@@ -6,6 +6,27 @@ use std::process::{Command, Stdio};
 
 use crate::support::{Sandbox, figure, root_or_skip};
 
+/// Mounts an overlay of `lowers` (uppermost first) with `upper` and `work` at `target`.
+fn mount_overlay(lowers: &[&Path], upper: &Path, work: &Path, target: &Path) {
+    let lower: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    assert!(
+        Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(target)
+            .status()
+            .unwrap()
+            .success(),
+        "mount overlay at {}",
+        target.display()
+    );
+}
+
 /// Copies host programs and every library they load (and the loader) into `root`, at the
 /// same paths, so that `chroot root PROG` runs them: a small dynamically linked image.
 fn install_dynamic(root: &Path, progs: &[&str]) {
@@ -254,18 +275,7 @@ fn issue_14_overlay_layers_on_different_filesystems_are_judged_by_content() {
     for d in [&upper, &work, &merged] {
         fs::create_dir_all(d).unwrap();
     }
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
-        upper.display(),
-        work.display()
-    );
-    let mounted = Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &opts])
-        .arg(&merged)
-        .status()
-        .unwrap();
-    assert!(mounted.success());
+    mount_overlay(&[&lower], &upper, &work, &merged);
     let tmp = merged.join("tmp");
     assert!(
         Command::new("mount")
@@ -527,21 +537,7 @@ fn issue_14_an_overlay_is_baselined_from_its_image_layers_only() {
     // program (copied up).
     sb.install("/usr/bin/env", &upper.join("bin/planted"));
     sb.install("/usr/bin/env", &upper.join("bin/true"));
-    let opts = format!(
-        "lowerdir={}:{},upperdir={},workdir={}",
-        l2.display(),
-        l1.display(),
-        upper.display(),
-        work.display()
-    );
-    assert!(
-        Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &opts])
-            .arg(&merged)
-            .status()
-            .unwrap()
-            .success()
-    );
+    mount_overlay(&[&l2, &l1], &upper, &work, &merged);
     sb.start_daemon(&[]);
     let out = sb.client(&["arm", "--id", "lower", "--rootfs", merged.to_str().unwrap()]);
     assert!(
@@ -693,19 +689,11 @@ fn issue_14_a_burst_of_creations_is_all_armed_with_one_snapshot_per_image() {
         for d in ["upper", "work", "rootfs"] {
             fs::create_dir_all(b.join(d)).unwrap();
         }
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.display(),
-            b.join("upper").display(),
-            b.join("work").display()
-        );
-        assert!(
-            Command::new("mount")
-                .args(["-t", "overlay", "overlay", "-o", &opts])
-                .arg(b.join("rootfs"))
-                .status()
-                .unwrap()
-                .success()
+        mount_overlay(
+            &[lower],
+            &b.join("upper"),
+            &b.join("work"),
+            &b.join("rootfs"),
         );
         let mut config = config.clone();
         config["root"]["path"] = "rootfs".into();
@@ -996,20 +984,7 @@ fn issue_14_one_containers_hashing_cannot_starve_anothers_misses() {
             &lower2.join("bin").join(Path::new(src).file_name().unwrap()),
         );
     }
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower2.display(),
-        upper2.display(),
-        work2.display()
-    );
-    assert!(
-        Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &opts])
-            .arg(&root2)
-            .status()
-            .unwrap()
-            .success()
-    );
+    mount_overlay(&[&lower2], &upper2, &work2, &root2);
     let config = sb.dir.join("config.toml");
     fs::write(
         &config,
