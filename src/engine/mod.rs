@@ -659,6 +659,11 @@ impl<G: Gate> Engine<G> {
         } else {
             None
         };
+        // A denied task may exit the moment it is answered: its own process (a few capped
+        // reads) is read first, its ancestors after the answer.
+        let read_first = (recorded && outcome.answer == Answer::Deny)
+            .then(|| procfs::read_process(tid))
+            .flatten();
         let held = if outcome.answer == Answer::Deny || !recorded {
             self.answer(event, outcome.answer);
             None
@@ -683,6 +688,7 @@ impl<G: Gate> Engine<G> {
             tid,
             digest,
             stat,
+            read_first,
         );
         record.detail = detail.or_else(|| default_detail(unit, reason, digest, stat.size));
         record.fit(crate::audit::MAX_RECORD_BYTES);

@@ -1,7 +1,7 @@
-//! Audit records for denied, would-deny and recorded execs. A denied exec is answered
-//! first and its context read after (the denied task is still there, in its old image);
-//! an allowed one is described while it is still held (after the answer, its process is
-//! the new program). Every `/proc` read is capped, every record fits
+//! Audit records for denied, would-deny and recorded execs. Of a denied exec, only its own
+//! process is read while it is held (a few capped reads: it may exit as soon as it is
+//! answered), its ancestors after the answer; an allowed one is described while it is still
+//! held (after the answer, its process is the new program). Every `/proc` read is capped, every record fits
 //! [`crate::audit::MAX_RECORD_BYTES`], and each unit's records have a budget.
 
 use super::*;
@@ -44,24 +44,29 @@ pub(super) fn default_detail(
     })
 }
 
-/// Thread `tid`'s process, as read from `/proc`, as a record, and its chain of ancestors
-/// up to the unit's first process.
+/// Thread `tid`'s process (`read`: as already read, before the exec was answered), as a
+/// record, and its chain of ancestors up to the unit's first process.
 fn process_context(
     unit: &Unit,
     tid: i32,
+    read: Option<procfs::ProcessInfo>,
 ) -> (
     Option<procfs::ProcessInfo>,
     Option<ProcessRecord>,
     Vec<ProcessRecord>,
 ) {
-    let proc_info = procfs::read_process(tid);
-    let chain = proc_info
-        .as_ref()
-        .map(|p| procfs::parent_chain(p.pid, crate::audit::MAX_CHAIN, unit.pid))
-        .unwrap_or_default()
-        .iter()
-        .map(ProcessRecord::from)
-        .collect();
+    let proc_info = read.or_else(|| procfs::read_process(tid));
+    let mut chain: Vec<ProcessRecord> = Vec::new();
+    if let Some(p) = &proc_info {
+        chain.push(ProcessRecord::from(p));
+        if Some(p.pid) != unit.pid {
+            chain.extend(
+                procfs::parent_chain(p.ppid, crate::audit::MAX_CHAIN - 1, unit.pid)
+                    .iter()
+                    .map(ProcessRecord::from),
+            );
+        }
+    }
     let me = proc_info.as_ref().map(ProcessRecord::from);
     (proc_info, me, chain)
 }
@@ -73,7 +78,7 @@ pub(super) fn mapping_record(
     e: &crate::kernel::mapping_gate::GateEvent,
 ) -> crate::audit::MappingRecord {
     let tid = e.tid as i32;
-    let (_, me, chain) = process_context(unit, tid);
+    let (_, me, chain) = process_context(unit, tid, None);
     let found = procfs::find_open_file(e.pid as i32, e.file.dev, e.file.ino);
     let digests = found.as_ref().and_then(|(_, fd)| {
         crate::baseline::hash_fd(fd.as_fd(), &mut Vec::new(), false, None).ok()
@@ -120,6 +125,7 @@ pub(super) fn mapping_record(
 
 /// The record of an exec, its process context read from `/proc` (each read capped).
 /// `file` is a duplicate of the event's fd.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn build_record(
     unit: &Unit,
     verdict: Verdict,
@@ -128,9 +134,10 @@ pub(super) fn build_record(
     tid: i32,
     digest: Option<Digest>,
     stat: &FileStat,
+    read: Option<procfs::ProcessInfo>,
 ) -> AuditRecord {
     let path = file.and_then(procfs::fd_path);
-    let (proc_info, me, chain) = process_context(unit, tid);
+    let (proc_info, me, chain) = process_context(unit, tid, read);
     AuditRecord {
         v: RECORD_VERSION,
         time: rfc3339(SystemTime::now()),
