@@ -453,10 +453,17 @@ fn fd_store_hand_over_leaves_no_unprotected_window() {
             .stdout(std::process::Stdio::null());
         if let Some(g) = group {
             let raw = g.as_raw_fd();
-            // SAFETY (test): dup2 is async-signal-safe; it puts the group at fd 3.
+            // SAFETY (test): dup2 and fcntl are async-signal-safe. They put the group at
+            // fd 3 without close-on-exec: when it is fd 3 already, dup2 would be a no-op
+            // that leaves the flag set (and the daemon would start with no group).
             unsafe {
                 cmd.pre_exec(move || {
-                    if libc::dup2(raw, 3) < 0 {
+                    let rc = if raw == 3 {
+                        libc::fcntl(3, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(raw, 3)
+                    };
+                    if rc < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
