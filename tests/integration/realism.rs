@@ -137,7 +137,14 @@ fn exec_events(node: &Node) -> u64 {
 /// the workload reached its end.
 fn check_results(what: &str, out: &std::process::Output) -> usize {
     let t = text(out);
-    assert!(t.contains("WORKLOAD-DONE"), "{what} did not finish: {t}");
+    // The last line can be missing from ctr's copy of the container's output (seen once
+    // under the full suite's load); a workload's exit status of 0 (that of its last
+    // command, `echo WORKLOAD-DONE`) says as well that it reached its end.
+    assert!(
+        t.contains("WORKLOAD-DONE") || out.status.success(),
+        "{what} did not finish (exit {:?}): {t}",
+        out.status
+    );
     let mut n = 0;
     for line in t.lines().filter(|l| l.starts_with("RESULT ")) {
         let mut it = line.split_whitespace().skip(1);
