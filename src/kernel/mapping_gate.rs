@@ -133,8 +133,6 @@ pub struct MappingGate {
     events: Option<RingBuf<MapData>>,
     adopted: bool,
     pin_dir: PathBuf,
-    // Keeps unpinned programs alive when pinning is off (tests).
-    _ebpf: Option<aya::Ebpf>,
 }
 
 impl std::fmt::Debug for MappingGate {
@@ -288,7 +286,6 @@ impl MappingGate {
             events: RingBuf::try_from(Map::RingBuf(map("events")?)).ok(),
             adopted: true,
             pin_dir: pin_dir.to_path_buf(),
-            _ebpf: None,
         })
     }
 
@@ -309,11 +306,6 @@ impl MappingGate {
         let _ = self.watched.remove(&dev);
     }
 
-    /// The watched filesystems.
-    pub fn watched(&self) -> Vec<u64> {
-        self.watched.keys().filter_map(Result::ok).collect()
-    }
-
     /// Lets `file` be mapped executable: its content, as it is now, was judged allowed.
     pub fn allow(&mut self, file: FileKey) -> Result<(), GateError> {
         let now = self.generation(&file);
@@ -331,16 +323,6 @@ impl MappingGate {
     /// How many write-opens and truncates `file` has seen.
     pub fn generation(&self, file: &FileKey) -> u64 {
         self.generation.get(file, 0).unwrap_or(0)
-    }
-
-    /// True if `file` may be mapped executable now.
-    pub fn is_allowed(&self, file: &FileKey) -> bool {
-        self.allowed.get(file, 0).is_ok()
-    }
-
-    /// Takes `file` out of the allowed set.
-    pub fn disallow(&mut self, file: &FileKey) {
-        let _ = self.allowed.remove(file);
     }
 
     /// Marks `file` as a dynamic loader: an exec of it as the main binary is refused.
@@ -365,34 +347,10 @@ impl MappingGate {
 
     /// Drops every entry on filesystem `dev` (a unit's disarm).
     pub fn forget_filesystem(&mut self, dev: u64) {
-        let stale: Vec<FileKey> = self
-            .allowed
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.dev == dev)
-            .collect();
-        for k in stale {
-            let _ = self.allowed.remove(&k);
-        }
-        let stale: Vec<FileKey> = self
-            .loaders
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.dev == dev)
-            .collect();
-        for k in stale {
-            let _ = self.loaders.remove(&k);
-        }
-        for map in [&mut self.generation, &mut self.writers] {
-            let stale: Vec<FileKey> = map
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.dev == dev)
-                .collect();
-            for k in stale {
-                let _ = map.remove(&k);
-            }
-        }
+        remove_on_dev(&mut self.allowed, dev);
+        remove_on_dev(&mut self.loaders, dev);
+        remove_on_dev(&mut self.generation, dev);
+        remove_on_dev(&mut self.writers, dev);
         self.unwatch(dev);
     }
 
@@ -436,10 +394,17 @@ impl MappingGate {
         }
         out
     }
+}
 
-    /// The pin directory.
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
+/// Removes the entries of `map` for files on filesystem `dev`.
+fn remove_on_dev<V: aya::Pod>(map: &mut HashMap<MapData, FileKey, V>, dev: u64) {
+    let stale: Vec<FileKey> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.dev == dev)
+        .collect();
+    for k in stale {
+        let _ = map.remove(&k);
     }
 }
 
