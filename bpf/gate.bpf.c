@@ -201,14 +201,12 @@ static __always_inline u32 *container_scope(void)
 }
 
 /* 0: allowed; -EPERM: refuse. */
-static __always_inline int judge_mapping(struct file *file, u32 kind)
+static __always_inline int judge_key(struct file_key *k, u32 kind)
 {
-	struct file_key key = {};
+	struct file_key key = *k;
 	u32 zero = 0;
 	u32 *mode;
 	u64 *shm;
-	if (!key_of(file, &key))
-		return 0;
 	shm = bpf_map_lookup_elem(&shmem_dev, &zero);
 	if (shm && *shm && key.dev == *shm) {
 		/* A memfd or shared memory mapped executable by a container's process. */
@@ -241,6 +239,14 @@ static __always_inline int judge_mapping(struct file *file, u32 kind)
 	return 0;
 }
 
+static __always_inline int judge_mapping(struct file *file, u32 kind)
+{
+	struct file_key key = {};
+	if (!key_of(file, &key))
+		return 0;
+	return judge_key(&key, kind);
+}
+
 SEC("lsm/mmap_file")
 int BPF_PROG(driftlock_mmap_file, struct file *file, unsigned long reqprot,
 	     unsigned long prot, unsigned long flags, int ret)
@@ -252,17 +258,52 @@ int BPF_PROG(driftlock_mmap_file, struct file *file, unsigned long reqprot,
 	return judge_mapping(file, KIND_MMAP);
 }
 
+/* The key of the file a mapping holds, as its process opened it. A mapping of an overlay
+ * file holds the layer's file (since 6.6 a backing file, embedded in a struct backing_file
+ * with the overlay path the process opened), while the daemon's entries are keyed by the
+ * overlay inode. FMODE_BACKING is bit 25 up to 6.13 and bit 24 after the fsnotify rework
+ * (which stable kernels also took: Debian's 6.12.117 has 24), so either bit is accepted
+ * and the follow is kept only when it lands on an overlay dentry: on any other file the
+ * read is of unrelated memory (probe reads fail safely) or of another filesystem, and the
+ * file's own key is used. */
+#define FMODE_BACKING_BITS ((1u << 24) | (1u << 25))
+#define OVERLAYFS_SUPER_MAGIC 0x794c7630
+
+static __always_inline bool mapped_key_of(struct file *file, struct file_key *key)
+{
+	struct dentry *dentry;
+	struct inode *inode;
+	if (!file)
+		return false;
+	if (bpf_core_type_exists(struct backing_file) &&
+	    (BPF_CORE_READ(file, f_mode) & FMODE_BACKING_BITS)) {
+		dentry = BPF_CORE_READ((struct backing_file *)file, user_path.dentry);
+		if (dentry && BPF_CORE_READ(dentry, d_sb, s_magic) == OVERLAYFS_SUPER_MAGIC) {
+			inode = BPF_CORE_READ(dentry, d_inode);
+			if (inode) {
+				key->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+				key->ino = BPF_CORE_READ(inode, i_ino);
+				return true;
+			}
+		}
+	}
+	return key_of(file, key);
+}
+
 SEC("lsm/file_mprotect")
 int BPF_PROG(driftlock_file_mprotect, struct vm_area_struct *vma, unsigned long reqprot,
 	     unsigned long prot, int ret)
 {
+	struct file_key key = {};
 	if (ret)
 		return ret;
 	if (!(prot & PROT_EXEC))
 		return 0;
 	if (BPF_CORE_READ(vma, vm_flags) & VM_EXEC)
 		return 0;
-	return judge_mapping(BPF_CORE_READ(vma, vm_file), KIND_MPROTECT);
+	if (!mapped_key_of(BPF_CORE_READ(vma, vm_file), &key))
+		return 0;
+	return judge_key(&key, KIND_MPROTECT);
 }
 
 SEC("lsm/bprm_check_security")

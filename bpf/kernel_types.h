@@ -38,6 +38,7 @@ enum {
 
 struct super_block {
 	dev_t s_dev;
+	unsigned long s_magic;
 } __attribute__((preserve_access_index));
 
 struct inode {
@@ -52,10 +53,18 @@ struct file {
 
 struct dentry {
 	struct inode *d_inode;
+	struct super_block *d_sb;
 } __attribute__((preserve_access_index));
 
 struct path {
 	struct dentry *dentry;
+} __attribute__((preserve_access_index));
+
+/* 6.6 and later: the file an overlay puts in a mapping (vma->vm_file) is the layer's file,
+ * embedded in one of these with the overlay path the process opened. */
+struct backing_file {
+	struct file file;
+	struct path user_path;
 } __attribute__((preserve_access_index));
 
 struct linux_binprm {

@@ -165,10 +165,15 @@ fn load_mapping_gate() -> Option<crate::kernel::mapping_gate::MappingGate> {
     use crate::kernel::mapping_gate::{DEFAULT_PIN_DIR, MappingGate};
     match MappingGate::load(std::path::Path::new(DEFAULT_PIN_DIR)) {
         Ok(g) => {
-            let how = if g.adopted() {
+            let adopted = if g.adopted() {
                 "adopted from the previous daemon"
             } else {
                 "loaded"
+            };
+            let how = if g.follows_backing_files() {
+                format!("{adopted}; overlay mprotect judged")
+            } else {
+                format!("{adopted}; overlay mprotect not judged: no backing files before 6.6")
             };
             log::info!(
                 "mapping gate active ({how}, pinned in {DEFAULT_PIN_DIR}): executable mappings and direct loader execs are judged in the kernel"

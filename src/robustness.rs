@@ -111,7 +111,7 @@ fn oci_state_and_config_never_panic() {
         } else {
             state.to_vec()
         };
-        let _ = crate::runtime::hook::arm_request(&st, move |_| Ok(cfg));
+        let _ = crate::runtime::hook::arm_request(&st, move |_| Ok(cfg.clone()));
     });
 }
 

@@ -107,3 +107,57 @@ impl Watchdog {
         self.every.is_some()
     }
 }
+
+/// Whether a service that just stopped is stopping for good (an `ExecStopPost=` decides
+/// whether to take down what must outlive restarts, like the pinned mapping gate).
+///
+/// `service_result` is systemd's `$SERVICE_RESULT`; `jobs` is `systemctl list-jobs
+/// --no-legend --plain` output, in which `unit` has a job while it is being stopped or
+/// restarted by request. Only a requested stop (a `stop` job) is for good: a failure
+/// (crash, watchdog, SIGKILL) or a clean exit without a job is followed by `Restart=`, and a
+/// `restart` job by the new instance, which adopts what was kept.
+pub fn stopping_for_good(service_result: Option<&str>, jobs: &str, unit: &str) -> bool {
+    if service_result.is_some_and(|r| r != "success") {
+        return false;
+    }
+    jobs.lines().any(|line| {
+        let mut cols = line.split_whitespace();
+        let (_id, name, kind) = (cols.next(), cols.next(), cols.next());
+        name == Some(unit) && kind == Some("stop")
+    })
+}
+
+/// The jobs systemd has queued or running (`systemctl list-jobs`), or `None` where
+/// systemctl cannot be run.
+pub fn list_jobs() -> Option<String> {
+    let out = std::process::Command::new("systemctl")
+        .args(["list-jobs", "--no-legend", "--plain", "--no-pager"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use super::stopping_for_good;
+
+    const UNIT: &str = "driftlock.service";
+
+    #[test]
+    fn only_a_requested_stop_is_for_good() {
+        let stop = "1234 driftlock.service stop running\n";
+        let restart = "1235 driftlock.service restart running\n";
+        let other = "1236 nginx.service stop running\n";
+        assert!(stopping_for_good(Some("success"), stop, UNIT));
+        assert!(stopping_for_good(None, stop, UNIT));
+        assert!(!stopping_for_good(Some("success"), restart, UNIT));
+        assert!(!stopping_for_good(Some("success"), other, UNIT));
+        assert!(!stopping_for_good(Some("success"), "", UNIT));
+        // A crash is followed by Restart=: the successor adopts.
+        assert!(!stopping_for_good(Some("signal"), stop, UNIT));
+        assert!(!stopping_for_good(Some("watchdog"), stop, UNIT));
+        assert!(!stopping_for_good(Some("core-dump"), "", UNIT));
+    }
+}

@@ -114,8 +114,14 @@ pub enum Command {
     /// Remove the BPF mapping gate the daemon pinned in /sys/fs/bpf/driftlock: its programs
     /// detach and executable mappings are no longer judged in the kernel. The daemon pins
     /// it so that it keeps enforcing across restarts and crashes; run this after stopping
-    /// the daemon for good (the package's removal does).
-    GateUnpin,
+    /// the daemon for good (the package's removal and `systemctl stop` do).
+    GateUnpin {
+        /// Run as the unit's ExecStopPost=: unpin only when systemd is stopping the unit
+        /// by request (a `stop` job for UNIT), not when the daemon failed (it is restarted
+        /// and adopts the gate) or is being restarted.
+        #[arg(long, value_name = "UNIT")]
+        if_stopped: Option<String>,
+    },
 }
 
 /// The socket flag shared by client commands.
@@ -471,6 +477,25 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                     .unwrap_or_default();
                 println!("{} in {} ({} mode): {verdict}", e.path, e.unit, e.mode);
                 println!("  {}", e.why);
+                match e.mapping {
+                    Some(m) => {
+                        let m = serde_json::to_value(m)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default();
+                        println!(
+                            "  mapped executable (dlopen, LD_PRELOAD): {m}: {}",
+                            e.mapping_why
+                        );
+                    }
+                    None if !e.mapping_why.is_empty() => {
+                        println!(
+                            "  mapped executable (dlopen, LD_PRELOAD): {}",
+                            e.mapping_why
+                        );
+                    }
+                    None => {}
+                }
                 println!("  sha256 {}", e.sha256.as_deref().unwrap_or("?"));
                 println!("  blake3 {}", e.blake3);
             }
@@ -551,8 +576,19 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             connect_wait_secs,
             socket,
         } => hook(stage, fail_open, connect_wait_secs, socket.socket),
-        Command::GateUnpin => {
+        Command::GateUnpin { if_stopped } => {
             let dir = std::path::Path::new(crate::kernel::mapping_gate::DEFAULT_PIN_DIR);
+            if let Some(unit) = if_stopped {
+                let result = std::env::var("SERVICE_RESULT").ok();
+                let jobs = crate::service::list_jobs().unwrap_or_default();
+                if !crate::service::stopping_for_good(result.as_deref(), &jobs, &unit) {
+                    println!(
+                        "{unit} is not stopping for good (result {}): the mapping gate stays pinned for its successor",
+                        result.as_deref().unwrap_or("unknown")
+                    );
+                    return Ok(0);
+                }
+            }
             if crate::kernel::mapping_gate::unpin(dir) {
                 println!("removed the mapping gate pinned in {}", dir.display());
             } else {

@@ -159,6 +159,14 @@ pub struct Explanation {
     pub verdict: Verdict,
     /// In words.
     pub why: String,
+    /// The verdict an executable mapping of it (`dlopen`, `LD_PRELOAD`, `mmap` or
+    /// `mprotect` with `PROT_EXEC`) would get from the mapping gate now; absent where the
+    /// gate does not judge it (unavailable, or not on a filesystem it watches for the unit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<Verdict>,
+    /// The mapping verdict in words (also why there is none).
+    #[serde(default)]
+    pub mapping_why: String,
 }
 
 /// The outcome of [`Command::AddMarks`].
@@ -486,7 +494,10 @@ impl<G: Gate> Engine<G> {
             (true, false, true, _) => "not in the image, allowed by an operator entry".to_string(),
             (true, false, false, _) => "not in the image's baseline and no allow entry".to_string(),
         };
+        let (mapping, mapping_why) = self.explain_mapping(handle, unit.mode, d, finding);
         Ok(Explanation {
+            mapping,
+            mapping_why,
             unit: unit.id.clone(),
             mode: unit.mode,
             path: String::new(),
@@ -500,6 +511,56 @@ impl<G: Gate> Engine<G> {
             verdict: if covered { verdict } else { Verdict::Allow },
             why,
         })
+    }
+
+    /// What the mapping gate would do with an executable mapping of the file `d` describes.
+    fn explain_mapping(
+        &self,
+        handle: UnitHandle,
+        mode: Mode,
+        d: &crate::baseline::FileDigests,
+        finding: Finding,
+    ) -> (Option<Verdict>, String) {
+        let Some(gate) = self.mapping.as_ref() else {
+            return (
+                None,
+                "the mapping gate is not active: executable mappings are not judged".into(),
+            );
+        };
+        let key = crate::kernel::mapping_gate::FileKey {
+            dev: crate::kernel::mapping_gate::kernel_dev(d.stat.dev),
+            ino: d.stat.ino,
+        };
+        let watched = self
+            .mapping_devs
+            .get(&handle)
+            .is_some_and(|devs| devs.contains(&key.dev));
+        if !watched {
+            return (
+                None,
+                "not on a filesystem the mapping gate watches for this unit: its mappings are not judged".into(),
+            );
+        }
+        if gate.admits(&key) {
+            return (
+                Some(Verdict::Allow),
+                "admitted: its content was judged allowed and it has not been written since".into(),
+            );
+        }
+        let refused = match mode {
+            Mode::Enforce => Verdict::Deny,
+            Mode::Audit => Verdict::WouldDeny,
+        };
+        match finding {
+            Finding::InBaseline => (
+                Some(refused),
+                "its content is allowed, but the gate holds no entry for this file as it is now (written or still open for writing; it is admitted once closed and hashed)".into(),
+            ),
+            _ => (
+                Some(refused),
+                "not admitted: its content is neither in the image's baseline nor allowed by an entry".into(),
+            ),
+        }
     }
 
     pub(super) fn add_marks(

@@ -380,6 +380,13 @@ pub struct ExplainReply {
     pub verdict: Verdict,
     /// In words.
     pub why: String,
+    /// The verdict an executable mapping of it (`dlopen`, `LD_PRELOAD`) would get from the
+    /// mapping gate; absent where the gate does not judge it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<Verdict>,
+    /// The mapping verdict in words (also why there is none).
+    #[serde(default)]
+    pub mapping_why: String,
 }
 
 impl From<&Explanation> for ExplainReply {
@@ -396,6 +403,8 @@ impl From<&Explanation> for ExplainReply {
             allowed_by_entry: e.allowed_by_entry,
             loader: e.loader,
             verdict: e.verdict,
+            mapping: e.mapping,
+            mapping_why: e.mapping_why.clone(),
             why: e.why.clone(),
         }
     }

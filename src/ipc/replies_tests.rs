@@ -220,12 +220,15 @@ fn every_reply_is_pinned() {
         loader: false,
         verdict: Verdict::Allow,
         why: "in the image".into(),
+        mapping: Some(Verdict::WouldDeny),
+        mapping_why: "not admitted".into(),
     });
     assert_eq!(
         ok(&explained),
         json!({"unit":"c1","mode":"audit","path":"/tmp/x","sha256":"ab","blake3":"cd",
                "size":5,"covered":true,"baseline_paths":["/bin/x"],"allowed_by_entry":false,
-               "loader":false,"verdict":"allow","why":"in the image"})
+               "loader":false,"verdict":"allow","why":"in the image",
+               "mapping":"would-deny","mapping_why":"not admitted"})
     );
     assert_eq!(
         ok(&Reply::Pong {

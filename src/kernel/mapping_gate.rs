@@ -132,6 +132,7 @@ pub struct MappingGate {
     counters: Array<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     adopted: bool,
+    follows_backing_files: bool,
     pin_dir: PathBuf,
 }
 
@@ -177,6 +178,13 @@ fn lsm_listed() -> Result<(), GateError> {
             list.trim()
         )))
     }
+}
+
+/// True if the running kernel has backing files (6.6 and later): the layer file an overlay
+/// puts in a mapping, which the gate follows back to the overlay inode at `mprotect`.
+fn has_backing_files(btf: &aya::Btf) -> bool {
+    btf.id_by_type_name_kind("backing_file", aya_obj::btf::BtfKind::Struct)
+        .is_ok()
 }
 
 impl MappingGate {
@@ -285,6 +293,9 @@ impl MappingGate {
                 .map_err(|e| refused("counters", e))?,
             events: RingBuf::try_from(Map::RingBuf(map("events")?)).ok(),
             adopted: true,
+            follows_backing_files: aya::Btf::from_sys_fs()
+                .map(|btf| has_backing_files(&btf))
+                .unwrap_or(false),
             pin_dir: pin_dir.to_path_buf(),
         })
     }
@@ -292,6 +303,13 @@ impl MappingGate {
     /// True if this gate was left pinned by a predecessor and adopted.
     pub fn adopted(&self) -> bool {
         self.adopted
+    }
+
+    /// True if an `mprotect(PROT_EXEC)` of an overlay file mapped without it is judged
+    /// (the kernel has backing files, 6.6 and later); false on older kernels, where such a
+    /// mapping holds the layer's file and is not followed back to the overlay.
+    pub fn follows_backing_files(&self) -> bool {
+        self.follows_backing_files
     }
 
     /// Gates `PROT_EXEC` mappings on the filesystem `dev` (kernel encoding).
@@ -318,6 +336,17 @@ impl MappingGate {
         self.allowed
             .insert(file, judged, 0)
             .map_err(|e| refused("allowed", e))
+    }
+
+    /// True if the gate would admit an executable mapping of `file` now (the mirror of the
+    /// kernel program's check: an entry as new as the last write, and no open writer).
+    pub fn admits(&self, file: &FileKey) -> bool {
+        match self.allowed.get(file, 0) {
+            Ok(judged) => {
+                judged == self.generation(file) && self.writers.get(file, 0).unwrap_or(0) == 0
+            }
+            Err(_) => false,
+        }
     }
 
     /// How many write-opens and truncates `file` has seen.

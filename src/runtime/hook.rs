@@ -24,6 +24,7 @@ pub const MODE_ANNOTATION: &str = "driftlock.io/mode";
 /// Annotations that name the image, in order of preference.
 pub const IMAGE_NAME_ANNOTATIONS: &[&str] = &[
     "io.kubernetes.cri.image-name",
+    "io.kubernetes.cri-o.ImageName",
     "io.containerd.image.name",
     "org.opencontainers.image.ref.name",
 ];
@@ -69,6 +70,10 @@ pub enum Stage {
     /// Disarm the container.
     #[value(name = "poststop")]
     Poststop,
+    /// Either, by the OCI state's status ("creating": createRuntime, "stopped":
+    /// poststop): one hooks.d file (Podman, CRI-O) registers the hook for both stages.
+    #[value(name = "oci")]
+    FromState,
 }
 
 /// What the hook needs besides stdin.
@@ -108,10 +113,59 @@ fn normal(path: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
+/// Docker's record of container `id` (`<data-root>/containers/<id>/config.v2.json`): the
+/// source of the container's `/etc/hostname` mount lives in that directory.
+fn docker_config_path(config: &Value, id: &str) -> Option<PathBuf> {
+    let mounts = config.pointer("/mounts")?.as_array()?;
+    let source = mounts.iter().find_map(|m| {
+        (m.get("destination")?.as_str()? == "/etc/hostname")
+            .then(|| m.get("source")?.as_str())
+            .flatten()
+    })?;
+    let dir = normal(Path::new(source))?.parent()?.to_path_buf();
+    let named_for_id = dir
+        .file_name()
+        .is_some_and(|n| n.as_bytes() == id.as_bytes());
+    let in_containers = dir
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|n| n == "containers");
+    (named_for_id && in_containers).then(|| dir.join("config.v2.json"))
+}
+
+/// The image name Podman (containers/storage) recorded for container `id`, whose bundle is
+/// `<graphroot>/<driver>-containers/<id>/userdata`: the container's entry in that
+/// directory's `containers.json` has it in its metadata (`image-name`).
+fn storage_image_name(
+    bundle: &Path,
+    id: &str,
+    read: &impl Fn(&Path) -> Result<Vec<u8>, String>,
+) -> Option<String> {
+    let by_id = bundle.parent()?;
+    let store = by_id.parent()?;
+    let layout_ok = bundle.file_name()? == "userdata"
+        && by_id.file_name()?.as_bytes() == id.as_bytes()
+        && store.file_name()?.as_bytes().ends_with(b"-containers");
+    if !layout_ok {
+        return None;
+    }
+    let list: Value = serde_json::from_slice(&read(&store.join("containers.json")).ok()?).ok()?;
+    let entry = list
+        .as_array()?
+        .iter()
+        .find(|c| c.get("id").and_then(Value::as_str) == Some(id))?;
+    let metadata: Value = serde_json::from_str(entry.get("metadata")?.as_str()?).ok()?;
+    metadata
+        .get("image-name")?
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+}
+
 /// Builds the arm request for a container from its OCI state and bundle config.
 pub fn arm_request(
     state_json: &[u8],
-    read_config: impl FnOnce(&Path) -> Result<Vec<u8>, String>,
+    read_config: impl Fn(&Path) -> Result<Vec<u8>, String>,
 ) -> Result<ArmRequest, HookError> {
     let state: State =
         serde_json::from_slice(state_json).map_err(|e| HookError::State(e.to_string()))?;
@@ -149,7 +203,21 @@ pub fn arm_request(
             .and_then(Value::as_str)
             .map(str::to_string)
     };
-    let mode = match annotation(MODE_ANNOTATION).as_deref() {
+    // Docker (20.10) passes no annotations: its own record of the container, found
+    // through the container's /etc/hostname mount, has the image name and the labels.
+    let docker = docker_config_path(&config, &id)
+        .and_then(|p| read_config(&p).ok())
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+    let docker_label = |key: &str| -> Option<String> {
+        docker
+            .as_ref()?
+            .pointer("/Config/Labels")?
+            .get(key)?
+            .as_str()
+            .map(str::to_string)
+    };
+    let mode_setting = annotation(MODE_ANNOTATION).or_else(|| docker_label(MODE_ANNOTATION));
+    let mode = match mode_setting.as_deref() {
         None => None,
         Some("audit") => Some(Mode::Audit),
         Some("enforce") => Some(Mode::Enforce),
@@ -159,7 +227,17 @@ pub fn arm_request(
             )));
         }
     };
-    let image_name = IMAGE_NAME_ANNOTATIONS.iter().find_map(|k| annotation(k));
+    let image_name = IMAGE_NAME_ANNOTATIONS
+        .iter()
+        .find_map(|k| annotation(k))
+        .or_else(|| {
+            docker
+                .as_ref()?
+                .pointer("/Config/Image")?
+                .as_str()
+                .map(str::to_string)
+        })
+        .or_else(|| storage_image_name(bundle, &id, &read_config));
     let namespace = NAMESPACE_ANNOTATIONS.iter().find_map(|k| annotation(k));
     let pod = annotation("io.kubernetes.cri.sandbox-name")
         .or_else(|| annotation("io.kubernetes.pod.name"));
@@ -181,6 +259,18 @@ pub fn arm_request(
         pod,
         container_name,
     })
+}
+
+/// The stage a hook registered for several is run at, from the OCI state's status.
+fn stage_of(state: &[u8]) -> Result<Stage, HookError> {
+    let v: Value = serde_json::from_slice(state).map_err(|e| HookError::State(e.to_string()))?;
+    match v.get("status").and_then(Value::as_str) {
+        Some("creating") => Ok(Stage::CreateRuntime),
+        Some("stopped") => Ok(Stage::Poststop),
+        other => Err(HookError::State(format!(
+            "status {other:?}: register this hook for createRuntime and poststop only"
+        ))),
+    }
 }
 
 /// Runs `f` until it gets an answer: a daemon not listening yet is waited for up to
@@ -214,7 +304,12 @@ fn with_retry<T>(
 /// Runs a hook stage with the OCI state read from `stdin`.
 pub fn run(stage: Stage, opts: &HookOptions, stdin: impl Read) -> Result<String, HookError> {
     let state = read_limited(stdin, "stdin").map_err(HookError::State)?;
+    let stage = match stage {
+        Stage::FromState => stage_of(&state)?,
+        s => s,
+    };
     match stage {
+        Stage::FromState => Err(HookError::State("no stage".into())),
         Stage::CreateRuntime => {
             let req = arm_request(&state, |p| {
                 read_limited(
@@ -271,12 +366,96 @@ mod tests {
 
     const STATE: &str = r#"{"ociVersion":"1.0.2","id":"web-1","status":"creating","pid":4242,"bundle":"/run/containerd/io.containerd.runtime.v2.task/default/web-1"}"#;
 
-    fn config(extra: &str) -> impl FnOnce(&Path) -> Result<Vec<u8>, String> {
+    fn config(extra: &str) -> impl Fn(&Path) -> Result<Vec<u8>, String> {
         let text = format!(r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}}{extra}}}"#);
         move |p: &Path| {
             assert!(p.ends_with("web-1/config.json"));
-            Ok(text.into_bytes())
+            Ok(text.clone().into_bytes())
         }
+    }
+
+    #[test]
+    fn docker_containers_get_their_image_name_and_mode_label_from_dockers_record() {
+        let state = r#"{"ociVersion":"1.0.2","id":"c5c0","status":"creating","pid":7,"bundle":"/run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby/c5c0"}"#;
+        let config = r#"{"ociVersion":"1.0.2","root":{"path":"/var/lib/docker/overlay2/x/merged"},
+            "mounts":[{"destination":"/proc","source":"proc"},
+                      {"destination":"/etc/hostname","source":"/var/lib/docker/containers/c5c0/hostname"}]}"#;
+        let v2 = r#"{"ID":"c5c0","Config":{"Image":"driftlock/glibc:latest","Labels":{"driftlock.io/mode":"audit"}}}"#;
+        let read = |p: &Path| -> Result<Vec<u8>, String> {
+            if p.ends_with("config.json") {
+                Ok(config.as_bytes().to_vec())
+            } else if p == Path::new("/var/lib/docker/containers/c5c0/config.v2.json") {
+                Ok(v2.as_bytes().to_vec())
+            } else {
+                Err(format!("unexpected read of {}", p.display()))
+            }
+        };
+        let req = arm_request(state.as_bytes(), read).unwrap();
+        assert_eq!(req.image_name.as_deref(), Some("driftlock/glibc:latest"));
+        assert_eq!(req.mode, Some(Mode::Audit));
+        // A hostname mount that is not Docker's (another id, or not under containers/)
+        // is not read.
+        for source in [
+            "/var/lib/docker/containers/other/hostname",
+            "/var/lib/elsewhere/c5c0/hostname",
+            "/var/lib/docker/containers/../c5c0/hostname",
+        ] {
+            let cfg = config.replace("/var/lib/docker/containers/c5c0/hostname", source);
+            let req = arm_request(state.as_bytes(), |p: &Path| {
+                if p.ends_with("config.json") {
+                    Ok(cfg.as_bytes().to_vec())
+                } else {
+                    Err(format!("unexpected read of {}", p.display()))
+                }
+            })
+            .unwrap();
+            assert_eq!(req.image_name, None, "{source}");
+            assert_eq!(req.mode, None, "{source}");
+        }
+    }
+
+    #[test]
+    fn podman_containers_get_their_image_name_from_containers_storage() {
+        let state = r#"{"ociVersion":"1.0.2","id":"803c","status":"creating","pid":7,"bundle":"/var/lib/containers/storage/overlay-containers/803c/userdata"}"#;
+        let list = r#"[{"id":"0000","metadata":"{\"image-name\":\"other\"}"},
+                       {"id":"803c","names":["x"],"metadata":"{\"image-name\":\"localhost/driftlock/glibc:latest\",\"name\":\"x\"}"}]"#;
+        let read = |p: &Path| -> Result<Vec<u8>, String> {
+            if p.ends_with("userdata/config.json") {
+                Ok(br#"{"ociVersion":"1.0.2","root":{"path":"/x/merged"}}"#.to_vec())
+            } else if p
+                == Path::new("/var/lib/containers/storage/overlay-containers/containers.json")
+            {
+                Ok(list.as_bytes().to_vec())
+            } else {
+                Err(format!("unexpected read of {}", p.display()))
+            }
+        };
+        let req = arm_request(state.as_bytes(), read).unwrap();
+        assert_eq!(
+            req.image_name.as_deref(),
+            Some("localhost/driftlock/glibc:latest")
+        );
+        // Another layout is not read.
+        let elsewhere = state.replace("overlay-containers/803c/userdata", "803c");
+        let req = arm_request(elsewhere.as_bytes(), |p: &Path| {
+            if p.ends_with("config.json") {
+                Ok(br#"{"ociVersion":"1.0.2","root":{"path":"/x/merged"}}"#.to_vec())
+            } else {
+                Err(format!("unexpected read of {}", p.display()))
+            }
+        })
+        .unwrap();
+        assert_eq!(req.image_name, None);
+    }
+
+    #[test]
+    fn one_hook_for_both_stages_goes_by_the_status() {
+        assert_eq!(stage_of(STATE.as_bytes()).unwrap(), Stage::CreateRuntime);
+        let stopped = STATE.replace("creating", "stopped");
+        assert_eq!(stage_of(stopped.as_bytes()).unwrap(), Stage::Poststop);
+        let running = STATE.replace("creating", "running");
+        assert!(stage_of(running.as_bytes()).is_err());
+        assert!(stage_of(b"{").is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod bypasses;
 mod cli;
+mod clients;
 mod containers;
 mod core;
 mod faults;
