@@ -225,6 +225,11 @@ pub fn run(
         .thread_block()
         .map_err(|e| DaemonError::Setup(format!("cannot block signals: {e}")))?;
     raise_fd_limit();
+    crate::kernel::probe_openat2().map_err(|e| {
+        DaemonError::Setup(format!(
+            "openat2 fails ({e}): a seccomp filter blocks it (systemd's RestrictSUIDSGID=, or a container's seccomp profile); every snapshot would skip every file and every container's execs would be denied. Remove the filter (driftlock's own unit sets none)"
+        ))
+    })?;
 
     let store = BaselineStore::open(&config.state_dir)?;
     // A group kept in systemd's fd store by a predecessor still holds every container's

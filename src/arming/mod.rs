@@ -356,6 +356,7 @@ impl Armer {
             start_time,
             rootfs_dev: unit.rootfs_stat.dev,
             rootfs_mnt_id: unit.rootfs_stat.mnt_id,
+            rootfs_ino: Some(unit.rootfs_stat.ino),
         };
         if let Err(e) = self.save_record(&record) {
             // Armed but unrecorded, a restart would drop the unit's protection without a
@@ -479,7 +480,11 @@ impl Armer {
             }
         };
         let (baseline, provenance, snap) = self.store.load_or_else(&key, take, state_dir_error)?;
-        let skipped = snap.map_or(0, |s| s.errors.len());
+        let skipped = snap.as_ref().map_or(0, |s| s.errors.len());
+        // Each skipped file with its reason (a few: the count says the rest).
+        for e in snap.iter().flat_map(|s| s.errors.iter()).take(10) {
+            log::warn!("unit {:?}: snapshot skipped {e}", req.id);
+        }
         Ok(self.checked_baseline(req, baseline, provenance, skipped))
     }
 

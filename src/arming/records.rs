@@ -25,6 +25,11 @@ pub struct UnitRecord {
     pub rootfs_dev: u64,
     /// Mount id of the rootfs (for units armed by path).
     pub rootfs_mnt_id: u64,
+    /// Inode of the rootfs directory (for units armed by path): with the device, what
+    /// identifies it in a successor whose mount namespace is new (systemd gives each start
+    /// of a sandboxed unit one, with new mount ids).
+    #[serde(default)]
+    pub rootfs_ino: Option<u64>,
 }
 
 /// Re-arms at start stop after this long; the rest are retried once the daemon serves
@@ -237,7 +242,10 @@ impl Armer {
             }
             None => {
                 let rootfs = decode_path("rootfs", &req.rootfs, true)?;
-                let live = stat_path(&rootfs).is_ok_and(|s| s.mnt_id == rec.rootfs_mnt_id);
+                let live = stat_path(&rootfs).is_ok_and(|s| {
+                    s.mnt_id == rec.rootfs_mnt_id
+                        || (s.dev == rec.rootfs_dev && rec.rootfs_ino == Some(s.ino))
+                });
                 if !live {
                     return Err(RearmError::RootfsGone);
                 }

@@ -168,6 +168,24 @@ impl TaskProbe for ProcTaskProbe {
     }
 }
 
+/// Checks that `openat2` can be called: every snapshot and in-root open goes through it.
+/// A seccomp filter may answer it with ENOSYS (systemd's `RestrictSUIDSGID=` does, as it
+/// cannot inspect its flags; so do some container profiles), which would skip every file
+/// of every image: the daemon refuses to start instead.
+pub fn probe_openat2() -> nix::Result<()> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH);
+    openat2(nix::fcntl::AT_FDCWD, "/", how)
+        .map(drop)
+        .or_else(|e| match e {
+            // "/" is not beneath the cwd: the call itself works.
+            nix::Error::EXDEV => Ok(()),
+            e => Err(e),
+        })
+}
+
 /// Opens `path` for reading as process `pid` sees it: resolved inside its root
 /// (`openat2` with `RESOLVE_IN_ROOT`, so `..` and absolute symlinks cannot leave it).
 pub fn open_in_root_of(pid: i32, path: &[u8]) -> nix::Result<OwnedFd> {

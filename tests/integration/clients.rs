@@ -418,3 +418,258 @@ fn podman_arms_through_the_packages_hooks_d_file_with_no_wrapper() {
     let t = text(&podman.podman(&args));
     assert!(t.contains("rc=126"), "{t}");
 }
+
+/// How many containers a burst creates at once (`DRIFTLOCK_BURST`, default 100).
+fn burst_size() -> usize {
+    std::env::var("DRIFTLOCK_BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+}
+
+fn median_and_max(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let median = ms.get(ms.len() / 2).copied().unwrap_or(0.0);
+    (median, ms.last().copied().unwrap_or(0.0))
+}
+
+/// Runs `create(i)` for `n` containers at once; returns each one's wall time (ms).
+fn burst(n: usize, create: impl Fn(usize) -> Output + Sync) -> Vec<f64> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let create = &create;
+                s.spawn(move || {
+                    let t = Instant::now();
+                    let out = create(i);
+                    assert!(out.status.success(), "container {i}: {}", text(&out));
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Each container's first program drops and runs a payload and keeps its exit status:
+/// 126 in every one shows each was armed before its first exec.
+const FIRST_EXEC: &str = "cp /usr/share/dormant /tmp/p; chmod +x /tmp/p; /tmp/p >/dev/null 2>&1; echo $? > /tmp/rc; sleep 600";
+
+#[test]
+fn a_burst_of_containers_through_containerd_is_armed_before_each_first_exec() {
+    let Some(node) = Node::new("burst-ctr") else {
+        return;
+    };
+    let n = burst_size();
+    let run = |runtime: Option<&str>, id: String| {
+        let mut args = vec!["run", "-d", "--net-host"];
+        if let Some(r) = runtime {
+            args.extend_from_slice(&["--runc-binary", r]);
+        }
+        args.extend_from_slice(&[crate::node::GLIBC, &id, "sh", "-c", FIRST_EXEC]);
+        node.ctr(&args)
+    };
+    let kill_all = |prefix: &str| {
+        for i in 0..n {
+            let id = format!("{prefix}-{i}");
+            let _ = node.ctr(&["tasks", "kill", "-s", "SIGKILL", &id]);
+        }
+        for i in 0..n {
+            let id = format!("{prefix}-{i}");
+            let _ = node.ctr(&["tasks", "delete", "-f", &id]);
+            let _ = node.ctr(&["containers", "delete", &id]);
+        }
+    };
+    // Without driftlock first (plain runc), then through the wrapper.
+    let plain = burst(n, |i| run(None, format!("plain-{i}")));
+    kill_all("plain");
+    let armed_ms = burst(n, |i| run(Some(RUNTIME), format!("dl-{i}")));
+    let units = node.status()["units"].as_array().map_or(0, Vec::len);
+    assert_eq!(units, n, "every container of the burst is armed");
+    for i in 0..n {
+        let id = format!("dl-{i}");
+        let mut rc = String::new();
+        wait_for(
+            &format!("{id}'s first exec"),
+            Duration::from_secs(60),
+            || {
+                rc = text(&node.ctr(&["tasks", "exec", "--exec-id", "rc", &id, "cat", "/tmp/rc"]));
+                !rc.trim().is_empty() && !rc.contains("No such file")
+            },
+        );
+        assert_eq!(
+            rc.trim(),
+            "126",
+            "{id} ran its payload: not armed before its first exec"
+        );
+    }
+    kill_all("dl");
+    wait_for(
+        "every stopped container disarmed",
+        Duration::from_secs(60),
+        || node.status()["units"].as_array().is_some_and(Vec::is_empty),
+    );
+    let (pm, px) = median_and_max(plain);
+    let (dm, dx) = median_and_max(armed_ms);
+    crate::support::figure(&format!(
+        "burst of {n} containers through containerd (ctr run -d, all at once): creation median {pm:.0} ms / max {px:.0} ms with runc, {dm:.0} ms / {dx:.0} ms through driftlock ({:.2}x median)",
+        dm / pm.max(1.0)
+    ));
+}
+
+#[test]
+fn a_burst_of_containers_through_docker_is_armed_before_each_first_exec() {
+    let Some(docker) = Docker::new("burst-docker") else {
+        return;
+    };
+    let n = burst_size();
+    let run = |runtime: &str, name: String| {
+        docker.docker(&[
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            "--network",
+            "host",
+            "--name",
+            &name,
+            "driftlock/glibc:latest",
+            "sh",
+            "-c",
+            FIRST_EXEC,
+        ])
+    };
+    let plain = burst(n, |i| run("runc", format!("plain-{i}")));
+    let out = docker.docker(&["ps", "-aq"]);
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(ids.iter().map(String::as_str));
+    let _ = docker.docker(&rm);
+    let armed_ms = burst(n, |i| run("driftlock", format!("dl-{i}")));
+    let units = docker.node.status()["units"].as_array().map_or(0, Vec::len);
+    assert_eq!(units, n, "every container of the burst is armed");
+    for i in 0..n {
+        let name = format!("dl-{i}");
+        let mut rc = String::new();
+        wait_for(
+            &format!("{name}'s first exec"),
+            Duration::from_secs(60),
+            || {
+                rc = docker.exec(&name, "cat /tmp/rc 2>/dev/null");
+                !rc.trim().is_empty()
+            },
+        );
+        assert_eq!(
+            rc.trim(),
+            "126",
+            "{name} ran its payload: not armed before its first exec"
+        );
+    }
+    let out = docker.docker(&["ps", "-aq"]);
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(ids.iter().map(String::as_str));
+    let _ = docker.docker(&rm);
+    wait_for(
+        "every stopped container disarmed",
+        Duration::from_secs(60),
+        || {
+            docker.node.status()["units"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+        },
+    );
+    let (pm, px) = median_and_max(plain);
+    let (dm, dx) = median_and_max(armed_ms);
+    crate::support::figure(&format!(
+        "burst of {n} containers through Docker (docker run -d, all at once): creation median {pm:.0} ms / max {px:.0} ms with runc, {dm:.0} ms / {dx:.0} ms through driftlock ({:.2}x median)",
+        dm / pm.max(1.0)
+    ));
+}
+
+/// Start overhead per runtime, one container at a time: `run --rm ... true`, 20 each way,
+/// alternating so that the machine's noise falls on both sides.
+#[test]
+fn container_start_overhead_per_runtime() {
+    const RUNS: usize = 20;
+    let time = |f: &dyn Fn() -> Output| {
+        let t = Instant::now();
+        let out = f();
+        assert!(out.status.success(), "{}", text(&out));
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    let report = |runtime: &str, plain: Vec<f64>, armed: Vec<f64>| {
+        let (pm, _) = median_and_max(plain);
+        let (dm, _) = median_and_max(armed);
+        crate::support::figure(&format!(
+            "container start ({runtime}, run --rm true, median of {RUNS}): {pm:.0} ms without driftlock, {dm:.0} ms with ({:+.0} ms, {:.2}x)",
+            dm - pm,
+            dm / pm.max(1.0)
+        ));
+    };
+    if let Some(node) = Node::new("start-ctr") {
+        let (mut plain, mut armed) = (Vec::new(), Vec::new());
+        for i in 0..RUNS {
+            plain.push(time(&|| {
+                node.ctr(&[
+                    "run",
+                    "--rm",
+                    "--net-host",
+                    crate::node::GLIBC,
+                    &format!("p{i}"),
+                    "true",
+                ])
+            }));
+            armed.push(time(&|| {
+                node.run_argv(crate::node::GLIBC, &format!("d{i}"), &[], &["true"])
+            }));
+        }
+        report("containerd/ctr", plain, armed);
+    }
+    if let Some(docker) = Docker::new("start-docker") {
+        let (mut plain, mut armed) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            for (runtime, v) in [("runc", &mut plain), ("driftlock", &mut armed)] {
+                v.push(time(&|| {
+                    docker.docker(&[
+                        "run",
+                        "--rm",
+                        "--runtime",
+                        runtime,
+                        "--network",
+                        "none",
+                        "driftlock/glibc:latest",
+                        "true",
+                    ])
+                }));
+            }
+        }
+        report("Docker", plain, armed);
+    }
+    if let Some(podman) = Podman::new("start-podman") {
+        // Without the hook: the same storage, an empty hooks directory.
+        let empty = podman.node.dir.join("podman/no-hooks");
+        fs::create_dir_all(&empty).unwrap();
+        let hooks_arg = podman.args.iter().position(|a| a == "--hooks-dir").unwrap() + 1;
+        let mut bare = podman.args.clone();
+        bare[hooks_arg] = empty.to_string_lossy().into_owned();
+        let run = |args: &[String]| {
+            let mut c = Command::new("podman");
+            c.args(args).args(["run", "--rm"]).args(Podman::RUN);
+            c.args(["localhost/driftlock/glibc:latest", "true"]);
+            c.output().unwrap()
+        };
+        let (mut plain, mut armed) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            plain.push(time(&|| run(&bare)));
+            armed.push(time(&|| run(&podman.args)));
+        }
+        report("Podman", plain, armed);
+    }
+}
