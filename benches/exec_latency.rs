@@ -2,8 +2,9 @@
 //!
 //! In a private mount namespace, one tmpfs per side holds the same programs:
 //! - `none`: never marked (no listener);
-//! - `floor`: marked by a minimal allow-all `FAN_OPEN_EXEC_PERM` responder written here,
-//!   the floor any fanotify enforcer pays;
+//! - `floor`: marked by a minimal allow-all `FAN_OPEN_EXEC_PERM` responder in a process of
+//!   its own (`benches/floor.c`: one read, one write, one close per event), the floor any
+//!   fanotify enforcer pays;
 //! - `driftlock warm`: armed in enforce mode, every exec after the first a cache hit;
 //! - `driftlock cold`: armed in enforce mode, every exec a new file (hashed);
 //! - `driftlock audit`: armed in audit mode (exec notifications, never held);
@@ -19,7 +20,10 @@
 //! Rounds alternate between the sides, each starting at another side, so machine noise
 //! hits all alike; each row gives the
 //! median and p99 per fork+exec+wait, the paired ratio to `none` (median of per-round
-//! ratios), the overhead in µs, and the overhead relative to the floor's. Programs: a static
+//! ratios), the paired overhead in µs (median of per-round differences to `none`), the
+//! overhead relative to the floor's, and the CPU its listener (the floor's process, the
+//! daemon, fapolicyd) used per exec, from `/proc/<pid>/task/*/schedstat`, against the
+//! floor's. Programs: a static
 //! binary (`cc -static`), dynamic `/usr/bin/true` (loader on the host), and dynamic
 //! `/usr/bin/true` run in a chroot whose loader and libc are on the side's filesystem (two
 //! events per exec and the loader check). `DRIFTLOCK_BENCH_ROUNDS` (default 30),
@@ -27,18 +31,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unsafe_code)]
 
 use std::fs;
-use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sys::fanotify::{
-    EventFFlags, Fanotify, FanotifyResponse, InitFlags, MarkFlags, MaskFlags, Response,
-};
 
 const BIN: &str = env!("CARGO_BIN_EXE_driftlock");
 
@@ -95,35 +94,61 @@ impl Drop for Daemon {
     }
 }
 
-/// The floor: a minimal responder answering ALLOW to every exec on one filesystem.
-fn floor_responder(dir: &Path, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    let group = Fanotify::init(
-        InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC | InitFlags::FAN_NONBLOCK,
-        EventFFlags::O_RDONLY | EventFFlags::O_CLOEXEC,
-    )
-    .unwrap();
-    group
-        .mark(
-            MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM,
-            MaskFlags::FAN_OPEN_EXEC_PERM,
-            nix::fcntl::AT_FDCWD,
-            Some(dir),
-        )
-        .unwrap();
-    std::thread::spawn(move || {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        while !stop.load(Ordering::Relaxed) {
-            let mut fds = [PollFd::new(group.as_fd(), PollFlags::POLLIN)];
-            if poll(&mut fds, PollTimeout::from(100u16)).unwrap_or(0) == 0 {
-                continue;
-            }
-            for ev in group.read_events().unwrap_or_default() {
-                if let Some(fd) = ev.fd() {
-                    let _ = group.write_response(FanotifyResponse::new(fd, Response::FAN_ALLOW));
-                }
-            }
-        }
-    })
+/// The floor: `benches/floor.c`, a minimal allow-all responder in a process of its own
+/// (one read, one write and one close per event), built here with cc and killed by PID.
+struct Floor(Child);
+
+impl Floor {
+    fn start(base: &Path, dir: &Path) -> Self {
+        use std::io::BufRead;
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/floor.c");
+        let bin = base.join("floor");
+        let built = Command::new("cc")
+            .args(["-O2", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            built,
+            "exec_latency: cannot build {} (needs cc)",
+            src.display()
+        );
+        let mut child = Command::new(&bin)
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the floor did not start");
+        Floor(child)
+    }
+
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU time (ns) all threads of `pid` have run: the first field of each task's schedstat.
+fn cpu_ns(pid: i32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// What to execute: a path, optionally inside a chroot.
@@ -422,8 +447,7 @@ fn main() {
             "exec_latency: fapolicyd is not installed (apt-get install fapolicyd); its side is skipped"
         );
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let floor = floor_responder(&dirs[1], Arc::clone(&stop));
+    let floor = Floor::start(&base, &dirs[1]);
     let sock = base.join("d.sock");
     let daemon = Daemon::start(BIN, &sock, &base.join("state"));
     // The racily-clean rule keeps just-written files out of the cache; let them age.
@@ -449,15 +473,25 @@ fn main() {
     for (i, mode) in armed_sides {
         arm(BIN, &sock, &format!("side{i}"), mode, &dirs[i]);
     }
+    // The process that answers each side's events, whose CPU per exec is measured.
+    let listener: Vec<Option<i32>> = (0..SIDES.len())
+        .map(|s| match s {
+            0 => None,
+            1 => Some(floor.pid()),
+            FAPOLICYD => fapolicyd.as_ref().map(|f| f.pid.as_raw()),
+            REFERENCE => _reference.as_ref().map(|d| d.0.id() as i32),
+            _ => Some(daemon.0.id() as i32),
+        })
+        .collect();
 
     println!(
         "exec latency: {rounds} rounds x {per_round} execs per side, sides alternating; µs per fork+exec+wait"
     );
     if markdown {
         println!(
-            "\n| program | side | median µs | p99 µs | ratio to none | overhead µs | overhead / floor's |"
+            "\n| program | side | median µs | p99 µs | ratio to none | overhead µs (paired) | overhead / floor's | listener CPU µs/exec | CPU / floor's |"
         );
-        println!("|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|");
     }
     let own_ns: Arc<std::os::fd::OwnedFd> =
         Arc::new(fs::File::open("/proc/self/ns/mnt").unwrap().into());
@@ -505,6 +539,10 @@ fn main() {
         }
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); SIDES.len()];
         let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); SIDES.len()];
+        // Per round: the side's median minus none's (paired), and its listener's CPU per
+        // exec (µs).
+        let mut deltas: Vec<Vec<f64>> = vec![Vec::new(); SIDES.len()];
+        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); SIDES.len()];
         for round in 0..rounds {
             // Cold: a new file for every exec (same content), created here on the cold side's
             // own tmpfs and removed after the round. A chroot target has no cold side.
@@ -529,6 +567,7 @@ fn main() {
             // (the cold side's files were just written) falls on every side alike.
             for s in (0..sides.len()).map(|k| (k + round) % sides.len()) {
                 let t = &sides[s];
+                let cpu_before = listener[s].map(cpu_ns);
                 let mut v: Vec<f64> = match (s, &cold) {
                     (3, Some(cold)) => cold.iter().map(run_once).collect(),
                     (3, None) => continue,
@@ -537,12 +576,17 @@ fn main() {
                     (REFERENCE, _) if reference_bin.is_none() => continue,
                     _ => (0..per_round).map(|_| run_once(t)).collect(),
                 };
+                if let (Some(pid), Some(before)) = (listener[s], cpu_before) {
+                    let used = cpu_ns(pid).saturating_sub(before) as f64 / 1e3;
+                    cpu[s].push(used / v.len().max(1) as f64);
+                }
                 medians[s] = pct(&mut v, 0.5);
                 samples[s].extend(v);
             }
             for s in 0..SIDES.len() {
-                if !samples[s].is_empty() {
+                if !samples[s].is_empty() && medians[s] > 0.0 {
                     ratios[s].push(medians[s] / medians[0]);
+                    deltas[s].push(medians[s] - medians[0]);
                 }
             }
             for c in cold.into_iter().flatten() {
@@ -560,40 +604,54 @@ fn main() {
             .iter_mut()
             .map(|v| if v.is_empty() { 0.0 } else { pct(v, 0.99) })
             .collect();
-        let floor_overhead = med[1] - med[0];
+        let paired: Vec<f64> = deltas
+            .iter_mut()
+            .map(|v| if v.is_empty() { 0.0 } else { pct(v, 0.5) })
+            .collect();
+        let cpu_per_exec: Vec<Option<f64>> = cpu
+            .iter_mut()
+            .map(|v| (!v.is_empty()).then(|| pct(v, 0.5)))
+            .collect();
+        let floor_overhead = paired[1];
+        let floor_cpu = cpu_per_exec[1];
         if !markdown {
             println!("\n{name}");
             println!(
-                "  {:<18} {:>10} {:>10} {:>8} {:>10} {:>12}",
-                "side", "median", "p99", "ratio", "overhead", "vs floor"
+                "  {:<22} {:>9} {:>9} {:>8} {:>10} {:>9} {:>10} {:>9}",
+                "side", "median", "p99", "ratio", "overhead", "vs floor", "cpu/exec", "vs floor"
             );
         }
         for s in 0..SIDES.len() {
             // A chroot target always runs the same path: there is no cold side for it.
             if samples[s].is_empty() {
                 if markdown {
-                    println!("| {name} | {} | n/a | | | | |", SIDES[s]);
+                    println!("| {name} | {} | n/a | | | | | | |", SIDES[s]);
                 } else {
                     println!("  {:<18} {:>10}", SIDES[s], "n/a");
                 }
                 continue;
             }
             let ratio = pct(&mut ratios[s], 0.5);
-            let overhead = med[s] - med[0];
+            let overhead = paired[s];
             let vs_floor = if s == 0 || floor_overhead <= 0.0 {
                 String::from("-")
             } else {
                 format!("{:.2}x", overhead / floor_overhead)
             };
+            let (cpu_text, cpu_vs) = match (cpu_per_exec[s], floor_cpu) {
+                (Some(c), Some(f)) if f > 0.0 => (format!("{c:.1}"), format!("{:.2}x", c / f)),
+                (Some(c), _) => (format!("{c:.1}"), String::from("-")),
+                _ => (String::from("-"), String::from("-")),
+            };
             if markdown {
                 println!(
-                    "| {name} | {} | {:.1} | {:.1} | {ratio:.3}x | {overhead:+.1} | {vs_floor} |",
+                    "| {name} | {} | {:.1} | {:.1} | {ratio:.3}x | {overhead:+.1} | {vs_floor} | {cpu_text} | {cpu_vs} |",
                     SIDES[s], med[s], p99[s]
                 );
             } else {
                 println!(
-                    "  {:<18} {:>10.1} {:>10.1} {:>7.3}x {:>+10.1} {:>12}",
-                    SIDES[s], med[s], p99[s], ratio, overhead, vs_floor
+                    "  {:<22} {:>9.1} {:>9.1} {:>7.3}x {:>+10.1} {:>9} {:>10} {:>9}",
+                    SIDES[s], med[s], p99[s], ratio, overhead, vs_floor, cpu_text, cpu_vs
                 );
             }
         }
@@ -606,8 +664,7 @@ fn main() {
     if !markdown {
         print!("\n{}", String::from_utf8_lossy(&status.stdout));
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = floor.join();
+    drop(floor);
     if let Some(f) = fapolicyd {
         let report = f.stop();
         if !markdown {
