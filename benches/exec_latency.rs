@@ -12,6 +12,10 @@
 //!   configuration made permissive, in a mount namespace of its own (see [`Fapolicyd`]);
 //! - `driftlock warm, erofs`: armed in enforce mode on an erofs image (when mkfs.erofs is
 //!   installed): after a file's first allowed exec the kernel allows it without an event;
+//! - `driftlock cold deny`: armed in enforce mode, every exec a new file whose size no
+//!   executable of the image has: denied without being read (the exec fails, so its
+//!   latency is fork + failed exec; its listener CPU per exec is the figure to compare
+//!   with a warm hit's);
 //! - `reference warm`: with `DRIFTLOCK_BENCH_REFERENCE_BIN=PATH` (a `driftlock` binary of
 //!   another build, say the last release), that build's daemon armed in enforce mode on
 //!   its own tmpfs, so a change is compared with its predecessor in the same run, round by
@@ -191,6 +195,17 @@ fn run_once(t: &Target) -> f64 {
     start.elapsed().as_secs_f64() * 1e6
 }
 
+/// fork + an exec the listener denies + wait (the cold-deny side): the spawn fails EPERM.
+fn run_denied(t: &Target) -> f64 {
+    let start = Instant::now();
+    let err = Command::new(&t.path)
+        .stdout(Stdio::null())
+        .status()
+        .expect_err("a denied exec");
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    start.elapsed().as_secs_f64() * 1e6
+}
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[((v.len() - 1) as f64 * p).round() as usize]
@@ -234,7 +249,7 @@ fn install(src: &Path, dst: &Path) {
     fs::set_permissions(dst, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-const SIDES: [&str; 8] = [
+const SIDES: [&str; 9] = [
     "none",
     "floor",
     "driftlock warm",
@@ -243,7 +258,11 @@ const SIDES: [&str; 8] = [
     "fapolicyd permissive",
     "driftlock warm, erofs",
     "reference warm",
+    "driftlock cold deny",
 ];
+/// The side where every exec is a new file of a size no executable of the image has:
+/// denied without being read (its exec fails: compare its listener CPU per exec).
+const COLD_DENY: usize = 8;
 /// The side of `DRIFTLOCK_BENCH_REFERENCE_BIN`'s daemon.
 const REFERENCE: usize = 7;
 /// The side whose programs sit on an erofs image: after the first exec of a file, the
@@ -452,7 +471,12 @@ fn main() {
     let daemon = Daemon::start(BIN, &sock, &base.join("state"));
     // The racily-clean rule keeps just-written files out of the cache; let them age.
     std::thread::sleep(Duration::from_millis(50));
-    let mut armed_sides = vec![(2, "enforce"), (3, "enforce"), (4, "audit")];
+    let mut armed_sides = vec![
+        (2, "enforce"),
+        (3, "enforce"),
+        (4, "audit"),
+        (COLD_DENY, "enforce"),
+    ];
     if immutable {
         armed_sides.push((IMMUTABLE, "enforce"));
     }
@@ -562,6 +586,27 @@ fn main() {
                             })
                             .collect()
                     });
+            // Cold deny: new files, each a byte longer than the last (no size of the image).
+            let denied: Option<Vec<Target>> = src
+                .as_ref()
+                .filter(|_| sides[COLD_DENY].chroot.is_none())
+                .map(|src| {
+                    let content = fs::read(src).unwrap();
+                    (0..per_round)
+                        .map(|i| {
+                            let p = dirs[COLD_DENY].join(format!("deny-{round}-{i}"));
+                            let mut c = content.clone();
+                            c.extend(std::iter::repeat_n(0u8, 1 + round * per_round + i));
+                            fs::write(&p, c).unwrap();
+                            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+                            Target {
+                                path: p,
+                                chroot: None,
+                                ns: Arc::clone(&own_ns),
+                            }
+                        })
+                        .collect()
+                });
             let mut medians = [0.0; SIDES.len()];
             // Each round starts at another side, so whatever the start of a round costs
             // (the cold side's files were just written) falls on every side alike.
@@ -571,6 +616,12 @@ fn main() {
                 let mut v: Vec<f64> = match (s, &cold) {
                     (3, Some(cold)) => cold.iter().map(run_once).collect(),
                     (3, None) => continue,
+                    (COLD_DENY, Some(_)) => denied
+                        .iter()
+                        .flatten()
+                        .map(run_denied)
+                        .collect(),
+                    (COLD_DENY, None) => continue,
                     (FAPOLICYD, _) if fapolicyd.is_none() => continue,
                     (IMMUTABLE, _) if !immutable => continue,
                     (REFERENCE, _) if reference_bin.is_none() => continue,
@@ -587,6 +638,11 @@ fn main() {
                 if !samples[s].is_empty() && medians[s] > 0.0 {
                     ratios[s].push(medians[s] / medians[0]);
                     deltas[s].push(medians[s] - medians[0]);
+                }
+            }
+            for c in denied.into_iter().flatten() {
+                if c.path.starts_with(&dirs[COLD_DENY]) {
+                    let _ = fs::remove_file(c.path);
                 }
             }
             for c in cold.into_iter().flatten() {
