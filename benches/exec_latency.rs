@@ -616,11 +616,7 @@ fn main() {
                 let mut v: Vec<f64> = match (s, &cold) {
                     (3, Some(cold)) => cold.iter().map(run_once).collect(),
                     (3, None) => continue,
-                    (COLD_DENY, Some(_)) => denied
-                        .iter()
-                        .flatten()
-                        .map(run_denied)
-                        .collect(),
+                    (COLD_DENY, Some(_)) => denied.iter().flatten().map(run_denied).collect(),
                     (COLD_DENY, None) => continue,
                     (FAPOLICYD, _) if fapolicyd.is_none() => continue,
                     (IMMUTABLE, _) if !immutable => continue,

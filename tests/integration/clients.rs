@@ -148,14 +148,22 @@ impl Docker {
     fn exec(&self, name: &str, script: &str) -> String {
         text(&self.docker(&["exec", name, "sh", "-c", script]))
     }
+
+    /// `docker rm -f` of every container.
+    fn remove_all(&self) {
+        let out = self.docker(&["ps", "-aq"]);
+        let ids = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut rm = vec!["rm", "-f"];
+        rm.extend(ids.split_whitespace());
+        if rm.len() > 2 {
+            let _ = self.docker(&rm);
+        }
+    }
 }
 
 impl Drop for Docker {
     fn drop(&mut self) {
-        let ps = self.docker(&["ps", "-aq"]);
-        for id in String::from_utf8_lossy(&ps.stdout).split_whitespace() {
-            let _ = self.docker(&["rm", "-f", id]);
-        }
+        self.remove_all();
         if let Some(mut d) = self.dockerd.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(d.id() as i32),
@@ -177,6 +185,39 @@ fn drop_and_run(url: &str, path: &str) -> String {
     format!("wget -q -O {path} {url} && chmod +x {path}; {path} >/dev/null 2>&1; echo rc=$?")
 }
 
+/// In container `id` (reached through `exec`): an image program runs, and the payload
+/// dropped in /tmp is denied, with a record naming the unit and `image`.
+fn image_runs_and_payload_is_denied(
+    node: &Node,
+    id: &str,
+    exec: impl Fn(&str) -> String,
+    image: &str,
+) {
+    let t = exec("hello-dyn");
+    assert!(t.contains("hello from a dynamically"), "{t}");
+    let t = exec(&drop_and_run(&node.payload_url(), "/tmp/kdevtmpfsi"));
+    assert!(t.contains("rc=126"), "{t}");
+    let recs = records_of(node, id, 1);
+    let rec = recs
+        .iter()
+        .find(|r| r["path"] == "/tmp/kdevtmpfsi")
+        .unwrap_or_else(|| panic!("no record of the payload: {recs:?}"));
+    assert_eq!(rec["verdict"], "deny", "{rec}");
+    assert_eq!(rec["image_name"], image, "{rec}");
+}
+
+/// In audit-mode container `id`: the payload runs and is recorded as would-deny.
+fn payload_runs_and_is_recorded_would_deny(node: &Node, id: &str, exec: impl Fn(&str) -> String) {
+    let t = exec(&drop_and_run(&node.payload_url(), "/tmp/kdevtmpfsi"));
+    assert!(t.contains("rc=0"), "audit mode must not deny: {t}");
+    let recs = records_of(node, id, 1);
+    assert!(
+        recs.iter()
+            .any(|r| r["path"] == "/tmp/kdevtmpfsi" && r["verdict"] == "would-deny"),
+        "{recs:?}"
+    );
+}
+
 #[test]
 fn docker_run_through_the_driftlock_runtime_denies_the_drop_and_keeps_it_across_restart() {
     let Some(docker) = Docker::new("docker") else {
@@ -184,21 +225,13 @@ fn docker_run_through_the_driftlock_runtime_denies_the_drop_and_keeps_it_across_
     };
     let url = docker.node.payload_url();
     let id = docker.run_detached("web", &[]);
-    // Image programs run; `docker exec` is gated like the container's own processes.
-    assert!(
-        docker
-            .exec("web", "hello-dyn")
-            .contains("hello from a dynamically")
+    // `docker exec` is gated like the container's own processes.
+    image_runs_and_payload_is_denied(
+        &docker.node,
+        &id,
+        |script| docker.exec("web", script),
+        "driftlock/glibc:latest",
     );
-    let t = docker.exec("web", &drop_and_run(&url, "/tmp/kdevtmpfsi"));
-    assert!(t.contains("rc=126"), "{t}");
-    let recs = records_of(&docker.node, &id, 1);
-    let rec = recs
-        .iter()
-        .find(|r| r["path"] == "/tmp/kdevtmpfsi")
-        .unwrap_or_else(|| panic!("no record of the payload: {recs:?}"));
-    assert_eq!(rec["verdict"], "deny", "{rec}");
-    assert_eq!(rec["image_name"], "driftlock/glibc:latest", "{rec}");
 
     // Dropped in the writable layer before a restart: the restart must not baseline it.
     let t = docker.exec(
@@ -242,21 +275,15 @@ fn docker_audit_mode_by_label_records_would_deny() {
     let Some(docker) = Docker::new("docker-audit") else {
         return;
     };
-    let url = docker.node.payload_url();
     let id = docker.run_detached("tuned", &["--label", "driftlock.io/mode=audit"]);
     let unit = docker.node.status()["units"]
         .as_array()
         .and_then(|u| u.iter().find(|u| u["id"] == id.as_str()).cloned())
         .unwrap();
     assert_eq!(unit["mode"], "audit", "{unit}");
-    let t = docker.exec("tuned", &drop_and_run(&url, "/tmp/kdevtmpfsi"));
-    assert!(t.contains("rc=0"), "audit mode must not deny: {t}");
-    let recs = records_of(&docker.node, &id, 1);
-    assert!(
-        recs.iter()
-            .any(|r| r["path"] == "/tmp/kdevtmpfsi" && r["verdict"] == "would-deny"),
-        "{recs:?}"
-    );
+    payload_runs_and_is_recorded_would_deny(&docker.node, &id, |script| {
+        docker.exec("tuned", script)
+    });
 }
 
 /// Podman with a private storage root, arming through the package's hooks.d file.
@@ -375,22 +402,11 @@ fn podman_arms_through_the_packages_hooks_d_file_with_no_wrapper() {
     };
     let url = podman.node.payload_url();
     let id = podman.run_detached("pod-web", &[]);
-    assert!(
-        podman
-            .exec("pod-web", "hello-dyn")
-            .contains("hello from a dynamically")
-    );
-    let t = podman.exec("pod-web", &drop_and_run(&url, "/tmp/kdevtmpfsi"));
-    assert!(t.contains("rc=126"), "{t}");
-    let recs = records_of(&podman.node, &id, 1);
-    let rec = recs
-        .iter()
-        .find(|r| r["path"] == "/tmp/kdevtmpfsi")
-        .unwrap_or_else(|| panic!("no record of the payload: {recs:?}"));
-    assert_eq!(rec["verdict"], "deny", "{rec}");
-    assert_eq!(
-        rec["image_name"], "localhost/driftlock/glibc:latest",
-        "{rec}"
+    image_runs_and_payload_is_denied(
+        &podman.node,
+        &id,
+        |script| podman.exec("pod-web", script),
+        "localhost/driftlock/glibc:latest",
     );
     // poststop, from the same file: disarmed when the container goes.
     let out = podman.podman(&["rm", "-f", "-t", "0", "pod-web"]);
@@ -401,14 +417,9 @@ fn podman_arms_through_the_packages_hooks_d_file_with_no_wrapper() {
 
     // Audit mode by annotation.
     let id = podman.run_detached("pod-audit", &["--annotation", "driftlock.io/mode=audit"]);
-    let t = podman.exec("pod-audit", &drop_and_run(&url, "/tmp/kdevtmpfsi"));
-    assert!(t.contains("rc=0"), "audit mode must not deny: {t}");
-    let recs = records_of(&podman.node, &id, 1);
-    assert!(
-        recs.iter()
-            .any(|r| r["path"] == "/tmp/kdevtmpfsi" && r["verdict"] == "would-deny"),
-        "{recs:?}"
-    );
+    payload_runs_and_is_recorded_would_deny(&podman.node, &id, |script| {
+        podman.exec("pod-audit", script)
+    });
 
     // A `podman run --rm` that drops and runs at once.
     let mut args = vec!["run", "--rm"];
@@ -540,14 +551,7 @@ fn a_burst_of_containers_through_docker_is_armed_before_each_first_exec() {
         ])
     };
     let plain = burst(n, |i| run("runc", format!("plain-{i}")));
-    let out = docker.docker(&["ps", "-aq"]);
-    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    let mut rm = vec!["rm", "-f"];
-    rm.extend(ids.iter().map(String::as_str));
-    let _ = docker.docker(&rm);
+    docker.remove_all();
     let armed_ms = burst(n, |i| run("driftlock", format!("dl-{i}")));
     let units = docker.node.status()["units"].as_array().map_or(0, Vec::len);
     assert_eq!(units, n, "every container of the burst is armed");
@@ -568,14 +572,7 @@ fn a_burst_of_containers_through_docker_is_armed_before_each_first_exec() {
             "{name} ran its payload: not armed before its first exec"
         );
     }
-    let out = docker.docker(&["ps", "-aq"]);
-    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    let mut rm = vec!["rm", "-f"];
-    rm.extend(ids.iter().map(String::as_str));
-    let _ = docker.docker(&rm);
+    docker.remove_all();
     wait_for(
         "every stopped container disarmed",
         Duration::from_secs(60),
