@@ -261,6 +261,138 @@ impl Wake for EventFdWaker {
     }
 }
 
+/// A file of no name whose writes are events of the group itself (an inode mark for
+/// `FAN_MODIFY`): ringing it makes a blocked `read` of the group return. With it the event
+/// loop blocks in `read` on the group alone, as the floor does, instead of `poll` on the
+/// group and an eventfd and then `read`: one system call fewer per event.
+struct Doorbell {
+    file: std::fs::File,
+}
+
+impl Doorbell {
+    /// An unnamed file (`O_TMPFILE`) in the temporary directory, marked on `group`.
+    fn new(group: &Fanotify) -> Option<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+            .open(std::env::temp_dir())
+            .ok()?;
+        let bell = Doorbell { file };
+        bell.mark(group).ok()?;
+        Some(bell)
+    }
+
+    fn mark(&self, group: &Fanotify) -> nix::Result<()> {
+        group.mark(
+            MarkFlags::FAN_MARK_ADD,
+            MaskFlags::FAN_MODIFY,
+            self.file.as_fd(),
+            None::<&Path>,
+        )
+    }
+
+    fn ring(&self) {
+        use std::os::unix::fs::FileExt;
+        let _ = self.file.write_at(&[1], 0);
+    }
+}
+
+impl Wake for Doorbell {
+    fn wake(&self) {
+        self.ring();
+    }
+}
+
+/// Rings the doorbell when the event loop's timeout is due: the loop's `read` has none.
+/// The loop publishes its next deadline on every turn (an atomic store; a later deadline
+/// than the last needs nothing else, an earlier one wakes this thread through `cv`).
+struct Ticker {
+    bell: Arc<Doorbell>,
+    base: std::time::Instant,
+    /// Nanoseconds after `base`; `u64::MAX`: none.
+    deadline: AtomicU64,
+    lock: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Ticker {
+    fn start(bell: Arc<Doorbell>) -> Option<Arc<Self>> {
+        let t = Arc::new(Ticker {
+            bell,
+            base: std::time::Instant::now(),
+            deadline: AtomicU64::new(u64::MAX),
+            lock: std::sync::Mutex::new(false),
+            cv: std::sync::Condvar::new(),
+        });
+        let run = Arc::clone(&t);
+        std::thread::Builder::new()
+            .name("driftlock-ticker".into())
+            .spawn(move || run.run())
+            .ok()?;
+        Some(t)
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos().min(u128::from(u64::MAX - 1)) as u64
+    }
+
+    /// The loop wants to be woken `after` from now.
+    fn wake_after(&self, after: Duration) {
+        let when = self
+            .now_ns()
+            .saturating_add(after.as_nanos().min(u128::from(u64::MAX)) as u64);
+        let before = self.deadline.swap(when, Ordering::AcqRel);
+        if when < before {
+            // Taken after the store: the ticker either sees the new deadline before it
+            // waits, or is waiting and gets this notification.
+            let _g = self
+                .lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.cv.notify_one();
+        }
+    }
+
+    fn stop(&self) {
+        let mut stopped = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *stopped = true;
+        self.cv.notify_one();
+    }
+
+    fn run(&self) {
+        let mut stopped = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while !*stopped {
+            let due = self.deadline.load(Ordering::Acquire);
+            let now = self.now_ns();
+            if due <= now {
+                if self
+                    .deadline
+                    .compare_exchange(due, u64::MAX, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    self.bell.ring();
+                }
+                continue;
+            }
+            let wait = Duration::from_nanos((due - now).min(60_000_000_000));
+            stopped = self
+                .cv
+                .wait_timeout(stopped, wait)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
 /// Bytes read per `read(2)` of the group: up to ~340 events, each of which opens an fd.
 const READ_BUFFER: usize = 8192;
 
@@ -268,7 +400,17 @@ const READ_BUFFER: usize = 8192;
 pub struct FanotifyGate {
     group: Arc<Fanotify>,
     waker: Arc<EventFdWaker>,
+    /// Where the loop blocks in `read` alone (see [`Doorbell`]); else it polls.
+    bell: Option<(Arc<Doorbell>, Arc<Ticker>)>,
     buf: Box<[u8; READ_BUFFER]>,
+}
+
+impl Drop for FanotifyGate {
+    fn drop(&mut self) {
+        if let Some((_, ticker)) = &self.bell {
+            ticker.stop();
+        }
+    }
 }
 
 impl FanotifyGate {
@@ -304,9 +446,30 @@ impl FanotifyGate {
     fn with_group(group: Fanotify) -> Result<Self, KernelError> {
         let eventfd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
             .map_err(KernelError::Poll)?;
+        // DRIFTLOCK_EVENT_WAIT=poll keeps the poll loop (a way back, should a filesystem
+        // refuse the doorbell's mark in some setup).
+        let want_bell = std::env::var("DRIFTLOCK_EVENT_WAIT").map_or(true, |v| v != "poll");
+        let bell = want_bell
+            .then(|| Doorbell::new(&group))
+            .flatten()
+            .map(Arc::new)
+            .and_then(|b| Some((Arc::clone(&b), Ticker::start(b)?)));
+        if bell.is_some() {
+            // The loop blocks in read: the group must block.
+            let _ = nix::fcntl::fcntl(
+                &group,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+            );
+        } else {
+            log::debug!(
+                "event loop: poll (no doorbell file in {})",
+                std::env::temp_dir().display()
+            );
+        }
         Ok(Self {
             group: Arc::new(group),
             waker: Arc::new(EventFdWaker(eventfd)),
+            bell,
             buf: Box::new([0u8; READ_BUFFER]),
         })
     }
@@ -360,7 +523,26 @@ impl FanotifyGate {
             Err(Errno::EAGAIN | Errno::EINTR) => return Ok(()),
             Err(err) => return Err(KernelError::Read(err)),
         };
-        parse_events(&self.buf[..n], out)
+        let first = out.len();
+        let parsed = parse_events(&self.buf[..n], out);
+        if self.bell.is_some() {
+            // The doorbell's rings (and a predecessor's): no event to judge; their fds
+            // close as they drop.
+            let mut i = first;
+            while i < out.len() {
+                if out[i].mask == libc::FAN_MODIFY {
+                    out.swap_remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        parsed
+    }
+
+    /// True if the event loop blocks in `read` on the group alone (see [`Doorbell`]).
+    pub fn blocks_in_read(&self) -> bool {
+        self.bell.is_some()
     }
 }
 
@@ -417,6 +599,15 @@ impl Gate for FanotifyGate {
         timeout: Option<Duration>,
         out: &mut Vec<RawEvent>,
     ) -> Result<(), KernelError> {
+        // With the doorbell, block in read alone unless the deadline is (almost) due,
+        // which the ticker would ring at once anyway.
+        if let Some((_, ticker)) = &self.bell {
+            let due_now = timeout.is_some_and(|d| d < Duration::from_millis(1));
+            if !due_now {
+                ticker.wake_after(timeout.unwrap_or(Duration::from_secs(60)));
+                return self.read_available(out);
+            }
+        }
         let timeout = match timeout {
             None => PollTimeout::NONE,
             Some(d) => {
@@ -454,7 +645,10 @@ impl Gate for FanotifyGate {
     }
 
     fn waker(&self) -> Arc<dyn Wake> {
-        self.waker.clone()
+        match &self.bell {
+            Some((bell, _)) => bell.clone(),
+            None => self.waker.clone(),
+        }
     }
 
     fn ignore_exec(&self, fd: BorrowedFd<'_>) -> Result<(), KernelError> {
@@ -475,7 +669,8 @@ impl Gate for FanotifyGate {
     fn clear_ignored_execs(&self) -> Result<(), KernelError> {
         // A flush with neither FAN_MARK_MOUNT nor FAN_MARK_FILESYSTEM removes the group's
         // inode marks, which only `ignore_exec` places.
-        self.group
+        let flushed = self
+            .group
             .mark(
                 MarkFlags::FAN_MARK_FLUSH,
                 MaskFlags::empty(),
@@ -485,7 +680,16 @@ impl Gate for FanotifyGate {
             .map_err(|source| KernelError::Ignore {
                 action: "flush",
                 source,
-            })
+            });
+        // The flush took the doorbell's inode mark too: the loop would block unwakeable.
+        if let Some((bell, _)) = &self.bell {
+            if let Err(e) = bell.mark(&self.group) {
+                log::error!(
+                    "doorbell mark lost ({e}): ringing still wakes the loop at its next event or tick"
+                );
+            }
+        }
+        flushed
     }
 
     fn mark(&self, mark: &Mark, add: bool) -> Result<(), KernelError> {
