@@ -19,15 +19,18 @@
 //! - `reference warm`: with `DRIFTLOCK_BENCH_REFERENCE_BIN=PATH` (a `driftlock` binary of
 //!   another build, say the last release), that build's daemon armed in enforce mode on
 //!   its own tmpfs, so a change is compared with its predecessor in the same run, round by
-//!   round.
+//!   round (`DRIFTLOCK_BENCH_REFERENCE_ENV="NAME=value ..."` sets its environment: the same
+//!   binary with `DRIFTLOCK_EVENT_WAIT=poll` compares the event loop's two waits).
 //!
 //! Rounds alternate between the sides, each starting at another side, so machine noise
 //! hits all alike; each row gives the
 //! median and p99 per fork+exec+wait, the paired ratio to `none` (median of per-round
 //! ratios), the paired overhead in µs (median of per-round differences to `none`), the
-//! overhead relative to the floor's, and the CPU its listener (the floor's process, the
-//! daemon, fapolicyd) used per exec, from `/proc/<pid>/task/*/schedstat`, against the
-//! floor's. Programs: a static
+//! overhead relative to the floor's, and the CPU its listener used per exec, from
+//! `/proc/<pid>/task/*/schedstat`, against the floor's: the floor's process, fapolicyd's
+//! threads, the daemon's event thread (its record writer and hash workers are left out:
+//! one daemon serves several sides, and a side's batch would inherit the records of the
+//! last; a miss's hashing shows in the cold side's latency). Programs: a static
 //! binary (`cc -static`), dynamic `/usr/bin/true` (loader on the host), and dynamic
 //! `/usr/bin/true` run in a chroot whose loader and libc are on the side's filesystem (two
 //! events per exec and the loader check). `DRIFTLOCK_BENCH_ROUNDS` (default 30),
@@ -57,8 +60,14 @@ struct Daemon(Child);
 impl Daemon {
     /// Starts the daemon `bin` on `sock` and waits for its socket.
     fn start(bin: &str, sock: &Path, state: &Path) -> Self {
+        Self::start_with(bin, sock, state, &[])
+    }
+
+    /// [`Daemon::start`] with `env` (`NAME=value`) added to the daemon's environment.
+    fn start_with(bin: &str, sock: &Path, state: &Path, env: &[(String, String)]) -> Self {
         let d = Daemon(
             Command::new(bin)
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .args(["daemon", "--log-level", "warn", "--socket"])
                 .arg(sock)
                 .arg("--state-dir")
@@ -143,17 +152,28 @@ impl Drop for Floor {
     }
 }
 
-/// CPU time (ns) all threads of `pid` have run: the first field of each task's schedstat.
-fn cpu_ns(pid: i32) -> u64 {
+/// CPU time (ns) the threads of `listener` have run (the first field of each task's
+/// schedstat): every thread, or those whose name starts with the given prefix.
+fn cpu_ns(listener: (i32, Option<&str>)) -> u64 {
+    let (pid, only) = listener;
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
     };
     tasks
         .flatten()
+        .filter(|t| {
+            only.is_none_or(|prefix| {
+                fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
+            })
+        })
         .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// The daemon's thread that reads and answers the events (its other threads write
+/// records, hash misses, serve the socket: work a side's batch may inherit from the last).
+const ENGINE_THREAD: &str = "driftlock-engin";
 
 /// What to execute: a path, optionally inside a chroot.
 #[derive(Clone)]
@@ -482,9 +502,22 @@ fn main() {
     }
     // Another build's daemon, on its own socket and state, guarding the reference side.
     let reference_bin = std::env::var("DRIFTLOCK_BENCH_REFERENCE_BIN").ok();
+    // DRIFTLOCK_BENCH_REFERENCE_ENV="NAME=value ...": the reference daemon's own settings
+    // (say DRIFTLOCK_EVENT_WAIT=poll, to compare the event loop's two waits in one run).
+    let reference_env: Vec<(String, String)> = std::env::var("DRIFTLOCK_BENCH_REFERENCE_ENV")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let reference_sock = base.join("ref.sock");
     let _reference = reference_bin.as_ref().map(|bin| {
-        let d = Daemon::start(bin, &reference_sock, &base.join("ref-state"));
+        let d = Daemon::start_with(
+            bin,
+            &reference_sock,
+            &base.join("ref-state"),
+            &reference_env,
+        );
         arm(
             bin,
             &reference_sock,
@@ -498,13 +531,15 @@ fn main() {
         arm(BIN, &sock, &format!("side{i}"), mode, &dirs[i]);
     }
     // The process that answers each side's events, whose CPU per exec is measured.
-    let listener: Vec<Option<i32>> = (0..SIDES.len())
+    let listener: Vec<Option<(i32, Option<&str>)>> = (0..SIDES.len())
         .map(|s| match s {
             0 => None,
-            1 => Some(floor.pid()),
-            FAPOLICYD => fapolicyd.as_ref().map(|f| f.pid.as_raw()),
-            REFERENCE => _reference.as_ref().map(|d| d.0.id() as i32),
-            _ => Some(daemon.0.id() as i32),
+            1 => Some((floor.pid(), None)),
+            FAPOLICYD => fapolicyd.as_ref().map(|f| (f.pid.as_raw(), None)),
+            REFERENCE => _reference
+                .as_ref()
+                .map(|d| (d.0.id() as i32, Some(ENGINE_THREAD))),
+            _ => Some((daemon.0.id() as i32, Some(ENGINE_THREAD))),
         })
         .collect();
 
@@ -623,8 +658,8 @@ fn main() {
                     (REFERENCE, _) if reference_bin.is_none() => continue,
                     _ => (0..per_round).map(|_| run_once(t)).collect(),
                 };
-                if let (Some(pid), Some(before)) = (listener[s], cpu_before) {
-                    let used = cpu_ns(pid).saturating_sub(before) as f64 / 1e3;
+                if let (Some(l), Some(before)) = (listener[s], cpu_before) {
+                    let used = cpu_ns(l).saturating_sub(before) as f64 / 1e3;
                     cpu[s].push(used / v.len().max(1) as f64);
                 }
                 medians[s] = pct(&mut v, 0.5);
