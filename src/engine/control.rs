@@ -527,9 +527,10 @@ impl<G: Gate> Engine<G> {
                 "the mapping gate is not active: executable mappings are not judged".into(),
             );
         };
-        let key = crate::kernel::mapping_gate::FileKey {
-            dev: crate::kernel::mapping_gate::kernel_dev(d.stat.dev),
-            ino: d.stat.ino,
+        // Keyed as the kernel keys it (an overlay file by the overlay's superblock, which a
+        // file's own st_dev may not be): as for every exec.
+        let Some((key, _)) = self.mapping_key(handle, &d.stat) else {
+            return (None, "the mapping gate is not active".into());
         };
         let watched = self
             .mapping_devs

@@ -523,20 +523,8 @@ impl FanotifyGate {
             Err(Errno::EAGAIN | Errno::EINTR) => return Ok(()),
             Err(err) => return Err(KernelError::Read(err)),
         };
-        let first = out.len();
         let parsed = parse_events(&self.buf[..n], out);
-        if self.bell.is_some() {
-            // The doorbell's rings (and a predecessor's): no event to judge; their fds
-            // close as they drop.
-            let mut i = first;
-            while i < out.len() {
-                if out[i].mask == libc::FAN_MODIFY {
-                    out.swap_remove(i);
-                } else {
-                    i += 1;
-                }
-            }
-        }
+        drop_doorbell_rings(out);
         parsed
     }
 
@@ -544,6 +532,14 @@ impl FanotifyGate {
     pub fn blocks_in_read(&self) -> bool {
         self.bell.is_some()
     }
+}
+
+/// Drops the doorbell's rings (ours, or a predecessor's whose mark the group kept): no
+/// event to judge (the group marks FAN_MODIFY on nothing else); their fds close as they
+/// drop. In place and in order: a write's invalidation must stay ahead of an exec of the
+/// same file read in the same batch.
+fn drop_doorbell_rings(out: &mut Vec<RawEvent>) {
+    out.retain(|e| e.mask != libc::FAN_MODIFY);
 }
 
 const METADATA_LEN: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
@@ -717,6 +713,25 @@ impl Gate for FanotifyGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doorbell_rings_are_dropped_and_the_rest_keeps_its_order() {
+        let ev = |mask: u64, tid: i32| RawEvent {
+            mask,
+            fd: None,
+            tid,
+        };
+        let mut out = vec![
+            ev(libc::FAN_CLOSE_WRITE, 1),
+            ev(libc::FAN_MODIFY, 2),
+            ev(libc::FAN_OPEN_EXEC_PERM, 3),
+            ev(libc::FAN_MODIFY, 4),
+            ev(libc::FAN_OPEN_EXEC_PERM, 5),
+        ];
+        drop_doorbell_rings(&mut out);
+        let tids: Vec<i32> = out.iter().map(|e| e.tid).collect();
+        assert_eq!(tids, [1, 3, 5]);
+    }
 
     fn meta(mask: u64, fd: i32, pid: i32, vers: u8) -> Vec<u8> {
         let m = libc::fanotify_event_metadata {
