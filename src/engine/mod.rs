@@ -151,6 +151,7 @@ pub struct Engine<G: Gate> {
     batch_read_at: Instant,
     /// Wall-clock milliseconds of the last loop iteration, shared with the handle.
     heartbeat_ms: Arc<std::sync::atomic::AtomicU64>,
+    heartbeat_at: Option<Instant>,
     /// Asks exec'ing tasks what they named (the loader rule).
     probe: Box<dyn TaskProbe>,
     /// Loader execs whose thread was not yet seen blocked: looked at again shortly.
@@ -203,6 +204,7 @@ impl<G: Gate> Engine<G> {
             parked: Vec::new(),
             batch_read_at: Instant::now(),
             heartbeat_ms,
+            heartbeat_at: None,
             probe: Box::new(ProcTaskProbe),
             loader_waits: Vec::new(),
         };
@@ -265,9 +267,12 @@ impl<G: Gate> Engine<G> {
             while let Ok(done) = self.results.try_recv() {
                 self.handle_result(done);
             }
-            self.expire(Instant::now());
-            self.look_at_waiting_loaders(Instant::now());
-            self.summarize_suppressed(Instant::now());
+            // One clock read per turn serves the housekeeping (each part returns at once
+            // when it has nothing due, as on a warm hit).
+            let now = Instant::now();
+            self.expire(now);
+            self.look_at_waiting_loaders(now);
+            self.summarize_suppressed(now);
             self.record_mapping_events();
             while let Ok(cmd) = self.commands.try_recv() {
                 if matches!(cmd, Command::Shutdown) {
@@ -279,11 +284,19 @@ impl<G: Gate> Engine<G> {
             if let Some(hb) = self.heartbeat.as_mut() {
                 hb();
             }
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            self.heartbeat_ms
-                .store(now_ms, std::sync::atomic::Ordering::Relaxed);
+            // The heartbeat is read in whole milliseconds: the wall clock is read once per
+            // millisecond of the loop's own clock, not on every turn.
+            if self
+                .heartbeat_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_millis(1))
+            {
+                self.heartbeat_at = Some(now);
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                self.heartbeat_ms
+                    .store(now_ms, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 
@@ -644,12 +657,11 @@ impl<G: Gate> Engine<G> {
         if outcome.answer == Answer::Allow && matches!(event, ExecEvent::Permission(_)) {
             self.make_mappable_at(unit_h, stat, digest, None);
         }
-        let now = Instant::now();
         let recorded = outcome.record
             && self
                 .registry
                 .get_mut(unit_h)
-                .is_some_and(|u| u.records.take(now));
+                .is_some_and(|u| u.records.take(Instant::now()));
         if outcome.record && !recorded {
             self.stats.records_suppressed += 1;
             self.suppressed_units = true;
@@ -680,7 +692,7 @@ impl<G: Gate> Engine<G> {
         if !recorded {
             return;
         }
-        let mut record = build_record(
+        let (mut record, ancestors) = build_record(
             unit,
             verdict,
             reason,
@@ -706,6 +718,7 @@ impl<G: Gate> Engine<G> {
         self.audit.send(AuditJob::Exec {
             record: Box::new(record),
             file,
+            ancestors,
         });
     }
 

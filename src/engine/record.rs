@@ -55,20 +55,40 @@ fn process_context(
     Option<ProcessRecord>,
     Vec<ProcessRecord>,
 ) {
-    let proc_info = read.or_else(|| procfs::read_process(tid));
-    let mut chain: Vec<ProcessRecord> = Vec::new();
-    if let Some(p) = &proc_info {
-        chain.push(ProcessRecord::from(p));
-        if Some(p.pid) != unit.pid {
-            chain.extend(
-                procfs::parent_chain(p.ppid, crate::audit::MAX_CHAIN - 1, unit.pid)
-                    .iter()
-                    .map(ProcessRecord::from),
-            );
-        }
+    let (proc_info, me, mut chain, ancestors) = process_itself(unit, tid, read);
+    if let Some(a) = ancestors {
+        chain.extend(
+            procfs::parent_chain(a.parent, crate::audit::MAX_CHAIN - 1, a.stop)
+                .iter()
+                .map(ProcessRecord::from),
+        );
     }
-    let me = proc_info.as_ref().map(ProcessRecord::from);
     (proc_info, me, chain)
+}
+
+/// The process itself (read now, or `read` before the answer) and where its ancestors are
+/// to be read from, unless it is the unit's first process.
+fn process_itself(
+    unit: &Unit,
+    tid: i32,
+    read: Option<procfs::ProcessInfo>,
+) -> (
+    Option<procfs::ProcessInfo>,
+    Option<ProcessRecord>,
+    Vec<ProcessRecord>,
+    Option<crate::audit::Ancestors>,
+) {
+    let proc_info = read.or_else(|| procfs::read_process(tid));
+    let me = proc_info.as_ref().map(ProcessRecord::from);
+    let chain: Vec<ProcessRecord> = me.iter().cloned().collect();
+    let ancestors = proc_info
+        .as_ref()
+        .filter(|p| Some(p.pid) != unit.pid)
+        .map(|p| crate::audit::Ancestors {
+            parent: p.ppid,
+            stop: unit.pid,
+        });
+    (proc_info, me, chain, ancestors)
 }
 
 /// The record of a mapping (or loader exec) the mapping gate refused: the process is read
@@ -135,10 +155,10 @@ pub(super) fn build_record(
     digest: Option<Digest>,
     stat: &FileStat,
     read: Option<procfs::ProcessInfo>,
-) -> AuditRecord {
+) -> (AuditRecord, Option<crate::audit::Ancestors>) {
     let path = file.and_then(procfs::fd_path);
-    let (proc_info, me, chain) = process_context(unit, tid, read);
-    AuditRecord {
+    let (proc_info, me, chain, ancestors) = process_itself(unit, tid, read);
+    let record = AuditRecord {
         v: RECORD_VERSION,
         time: rfc3339(SystemTime::now()),
         unit: unit.id.clone(),
@@ -166,5 +186,6 @@ pub(super) fn build_record(
         detail: None,
         content_unverified: false,
         truncated: false,
-    }
+    };
+    (record, ancestors)
 }

@@ -315,7 +315,9 @@ pub type UnitHandle = u64;
 /// Armed units, with the maps that attribute an event's file to one of them.
 #[derive(Debug, Default)]
 pub struct Registry {
-    units: HashMap<UnitHandle, Unit>,
+    // Looked up several times per event: the multiply-xorshift hasher, not SipHash (handles
+    // are ours, not attacker-chosen).
+    units: HashMap<UnitHandle, Unit, BuildHasherDefault<KeyHasher>>,
     by_dev: HashMap<u64, UnitHandle, BuildHasherDefault<KeyHasher>>,
     by_mnt: HashMap<u64, UnitHandle, BuildHasherDefault<KeyHasher>>,
     next: UnitHandle,
