@@ -175,6 +175,23 @@ fn cpu_ns(listener: (i32, Option<&str>)) -> u64 {
 /// records, hash misses, serve the socket: work a side's batch may inherit from the last).
 const ENGINE_THREAD: &str = "driftlock-engin";
 
+/// Puts every thread of process `pid` on CPU `cpu` alone (threads it starts later inherit
+/// the affinity of the thread that starts them).
+fn pin_process(pid: i32, cpu: usize) {
+    use nix::sched::{CpuSet, sched_setaffinity};
+    let mut set = CpuSet::new();
+    set.set(cpu).unwrap();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        if let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+        {
+            let _ = sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set);
+        }
+    }
+}
+
 /// What to execute: a path, optionally inside a chroot.
 #[derive(Clone)]
 struct Target {
@@ -543,8 +560,28 @@ fn main() {
         })
         .collect();
 
+    // DRIFTLOCK_BENCH_CPU=N: every listener's threads and this process (so each exec's
+    // task) on CPU N alone. On a VM, whether the exec's task and its listener share a
+    // vCPU decides the response's cost (a wakeup across vCPUs is an IPI to a halted vCPU);
+    // on one CPU that noise is gone and each listener's own work is compared.
+    let pinned = std::env::var("DRIFTLOCK_BENCH_CPU")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok());
+    if let Some(cpu) = pinned {
+        let mut pids: Vec<i32> = vec![std::process::id() as i32];
+        pids.extend(listener.iter().flatten().map(|(pid, _)| *pid));
+        for pid in pids {
+            pin_process(pid, cpu);
+        }
+    }
+    let samples_out = std::env::var_os("DRIFTLOCK_BENCH_SAMPLES").map(PathBuf::from);
+    let mut samples_csv = String::from("program,side,us\n");
     println!(
-        "exec latency: {rounds} rounds x {per_round} execs per side, sides alternating; µs per fork+exec+wait"
+        "exec latency: {rounds} rounds x {per_round} execs per side, sides alternating; µs per fork+exec+wait{}",
+        match pinned {
+            Some(c) => format!("; the execs and every listener on CPU {c} alone"),
+            None => String::from("; all CPUs"),
+        }
     );
     if markdown {
         println!(
@@ -699,6 +736,11 @@ fn main() {
             .iter_mut()
             .map(|v| (!v.is_empty()).then(|| pct(v, 0.5)))
             .collect();
+        for (s, v) in samples.iter().enumerate() {
+            for us in v {
+                samples_csv.push_str(&format!("{name},{},{us:.1}\n", SIDES[s]));
+            }
+        }
         let floor_overhead = paired[1];
         let floor_cpu = cpu_per_exec[1];
         if !markdown {
@@ -742,6 +784,9 @@ fn main() {
                 );
             }
         }
+    }
+    if let Some(path) = samples_out {
+        fs::write(&path, samples_csv).unwrap();
     }
     let status = Command::new(BIN)
         .args(["status", "--socket"])

@@ -3,7 +3,7 @@
  * blocks in read() on the group, and answers each event with one write() (allow) and a
  * close() of the event's fd, which the kernel opened for it.
  *
- *   floor DIR      prints "ready" once marked; runs until killed.
+ *   floor DIR...   prints "ready" once every DIR's filesystem is marked; runs until killed.
  * Built by benches/exec_latency.rs with cc. */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -12,13 +12,19 @@
 #include <unistd.h>
 
 int main(int argc, char **argv) {
-    if (argc != 2)
+    if (argc < 2)
         return 2;
     int g = fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC, O_RDONLY | O_CLOEXEC);
-    if (g < 0 || fanotify_mark(g, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_OPEN_EXEC_PERM,
-                               AT_FDCWD, argv[1]) != 0) {
+    if (g < 0) {
         perror("floor");
         return 1;
+    }
+    for (int i = 1; i < argc; i++) {
+        if (fanotify_mark(g, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_OPEN_EXEC_PERM, AT_FDCWD,
+                          argv[i]) != 0) {
+            perror(argv[i]);
+            return 1;
+        }
     }
     printf("ready\n");
     fflush(stdout);

@@ -32,7 +32,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [ttrpc]
   address = "$t/c.sock.ttrpc"
 EOT
-"$bin/driftlock" daemon --log-level warn --socket "$t/dl/d.sock" --state-dir "$t/dl/state" >/dev/null &
+"$bin/driftlock" daemon --log-level info --socket "$t/dl/d.sock" --state-dir "$t/dl/state" >/dev/null 2>"$t/daemon.log" &
 dpid=$!
 DRIFTLOCK_SOCKET=$t/dl/d.sock containerd --config "$t/config.toml" >/dev/null 2>&1 &
 cpid=$!
@@ -54,4 +54,25 @@ med() { sort -n "$1" | awk '{a[NR]=$1} END {printf "%.1f", a[int((NR+1)/2)]/1000
 p=$(med "$t/plain"); c=$(med "$t/cold"); w=$(med "$t/warm")
 echo "ctr run --rm /bin/true, $rounds rounds, median ms: runc $p, driftlock first start (snapshot) $c, driftlock later start $w"
 echo "added: first start $(echo "$c - $p" | bc) ms, later start $(echo "$w - $p" | bc) ms"
+# Where the later start's milliseconds go.
+# - The daemon's own arm, by phase (its log line per arm of a later start).
+phase() { grep -E "arm of \"w[0-9]+\" took" "$t/daemon.log" | sed -n "s/.*$1 \([0-9.]*\).*/\1/p" | sort -n | awk '{a[NR]=$1} END {if (NR) printf "%.2f", a[int((NR+1)/2)]; else printf "n/a"}'; }
+arm_total=$(phase took); mounts=$(phase "mounts"); base=$(phase "baseline"); memfd=$(phase "memfd_noexec"); marks=$(phase "marks"); rec=$(phase "record")
+# - The runtime's invocations of runc during one `ctr run --rm`, each through the wrapper
+#   (counted once under strace, which follows containerd's children).
+strace -f -qq -e trace=execve -e signal=none -o "$t/strace" -p "$cpid" & spid=$!
+sleep 0.5
+$ctr run --rm --runc-binary "$bin/driftlock-runtime" "$img" "s1" /bin/true >/dev/null </dev/null
+sleep 0.3; kill "$spid"; wait "$spid" 2>/dev/null || true
+wrapped=$(grep -c "execve(\"$bin/driftlock-runtime\"" "$t/strace" || true)
+hooks=$(grep -c "execve(\"[^\"]*driftlock\", \[[^]]*\"hook\"" "$t/strace" || true)
+# - Process start costs, measured alone: the wrapper in front of runc, and a hook process
+#   (the driftlock binary doing nothing).
+hf() { hyperfine -N -w 5 -r 40 --export-json "$t/hf.json" "$@" >/dev/null 2>&1; jq -r '.results[].median * 1000' "$t/hf.json"; }
+read -r runc_v wrap_v < <(hf "/usr/sbin/runc --version" "$bin/driftlock-runtime --version" | paste -sd' ')
+hook_start=$(hf "$bin/driftlock --version")
+wrap_each=$(echo "$wrap_v - $runc_v" | bc -l)
+added=$(echo "$w - $p" | bc -l)
+explained=$(echo "$wrapped * $wrap_each + $hooks * $hook_start + $arm_total" | bc -l)
+echo "BREAKDOWN wrapped=$wrapped wrap_each=$(printf %.2f "$wrap_each") hooks=$hooks hook_start=$(printf %.2f "$hook_start") arm=$arm_total mounts=$mounts baseline=$base memfd=$memfd marks=$marks record=$rec rest=$(echo "$added - $explained" | bc -l | xargs printf %.1f)"
 INNER

@@ -296,8 +296,10 @@ impl Armer {
         let unit = resolve_unit(&req, &view)?;
         let (mode, allow) = self.policy_for(&req);
         let baseline_started = Instant::now();
+        let resolve_ms = ms_between(started, baseline_started);
         let (baseline, provenance, skipped) = self.obtain_baseline(&req, &unit, &view, origin)?;
         let baseline_ms = baseline_started.elapsed().as_secs_f64() * 1e3;
+        let memfd_started = Instant::now();
         let memfd_noexec = match pid {
             Some(p) if self.memfd_noexec => match ns::set_memfd_noexec(p, 2) {
                 Ok(()) => true,
@@ -315,6 +317,7 @@ impl Armer {
             },
             _ => false,
         };
+        let marks_started = Instant::now();
         req.image_key = Some(escape_bytes(baseline.key()));
         let image_key = escape_bytes(baseline.key());
         let contents = baseline.distinct_contents();
@@ -350,6 +353,7 @@ impl Armer {
                     Some(*ns) != crate::kernel::procfs::pid_namespace(std::process::id() as i32)
                 }),
         })?;
+        let record_started = Instant::now();
         let record = UnitRecord {
             v: 1,
             request: req.clone(),
@@ -366,6 +370,17 @@ impl Armer {
             }
             return Err(state_dir_error(e));
         }
+        let done = Instant::now();
+        log::info!(
+            "arm of {:?} took {:.2} ms: mounts {:.2}, baseline {:.2}, memfd_noexec {:.2}, marks {:.2}, record {:.2}",
+            req.id,
+            ms_between(started, done),
+            resolve_ms,
+            baseline_ms,
+            ms_between(memfd_started, marks_started),
+            ms_between(marks_started, record_started),
+            ms_between(record_started, done)
+        );
         Ok(ArmResult {
             id: req.id,
             mode,
@@ -574,4 +589,9 @@ impl Armer {
         e.path = shown;
         Ok(e)
     }
+}
+
+/// Milliseconds from `a` to `b`.
+fn ms_between(a: Instant, b: Instant) -> f64 {
+    b.saturating_duration_since(a).as_secs_f64() * 1e3
 }

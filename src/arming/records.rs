@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use super::paths::{decode_path, rootfs_by_dev, valid_id};
 use super::{ArmError, Armer};
-use crate::baseline::store::{StoreError, write_atomic};
+use crate::baseline::store::{StoreError, write_atomic_unsynced};
 use crate::escape::escape_bytes;
 use crate::ipc::ArmRequest;
 use crate::kernel::mountinfo::{MountInfoError, read_mountinfo_of};
@@ -102,7 +102,7 @@ impl Armer {
             path: self.record_path(&record.request.id),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         })?;
-        write_atomic(&self.record_path(&record.request.id), &data)
+        write_atomic_unsynced(&self.record_path(&record.request.id), &data)
     }
 
     /// Forgets a unit's record (after disarm), and stops retrying its re-arm.

@@ -343,7 +343,8 @@ pub fn patch_bundle(bundle: &Path, cfg: &RuntimeConfig) -> Result<bool, RuntimeE
     let write = || -> std::io::Result<()> {
         std::fs::write(&tmp, &out)?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-        std::fs::File::open(&tmp)?.sync_all()?;
+        // Not synced: a bundle does not outlive the node (runtimes keep it under /run), and
+        // the rename alone is atomic for runc, which reads it next.
         std::fs::rename(&tmp, &path)
     };
     write().map_err(|e| {
