@@ -738,7 +738,7 @@ fn main() {
             .collect();
         for (s, v) in samples.iter().enumerate() {
             for us in v {
-                samples_csv.push_str(&format!("{name},{},{us:.1}\n", SIDES[s]));
+                samples_csv.push_str(&format!("\"{name}\",\"{}\",{us:.1}\n", SIDES[s]));
             }
         }
         let floor_overhead = paired[1];

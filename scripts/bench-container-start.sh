@@ -7,6 +7,8 @@
 #
 # "cold": the stored baseline is deleted first (the first start of an image: snapshot);
 # "warm": the baseline is in the store (every later start of the image).
+# Prints a markdown section with a breakdown of the added time (needs hyperfine, jq and
+# strace); with DRIFTLOCK_BENCH_RESULTS=FILE also key=value lines there.
 set -euo pipefail
 rounds=${1:-30}
 [ "$(id -u)" = 0 ] || { echo "needs root" >&2; exit 1; }
@@ -50,10 +52,8 @@ for i in $(seq "$rounds"); do
   ms $ctr run --rm --runc-binary "$bin/driftlock-runtime" "$img" "c$i" /bin/true >> "$t/cold"
   ms $ctr run --rm --runc-binary "$bin/driftlock-runtime" "$img" "w$i" /bin/true >> "$t/warm"
 done
-med() { sort -n "$1" | awk '{a[NR]=$1} END {printf "%.1f", a[int((NR+1)/2)]/1000}'; }
+med() { sort -n "$1" | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)]/1000}'; }
 p=$(med "$t/plain"); c=$(med "$t/cold"); w=$(med "$t/warm")
-echo "ctr run --rm /bin/true, $rounds rounds, median ms: runc $p, driftlock first start (snapshot) $c, driftlock later start $w"
-echo "added: first start $(echo "$c - $p" | bc) ms, later start $(echo "$w - $p" | bc) ms"
 # Where the later start's milliseconds go.
 # - The daemon's own arm, by phase (its log line per arm of a later start).
 phase() { grep -E "arm of \"w[0-9]+\" took" "$t/daemon.log" | sed -n "s/.*$1 \([0-9.]*\).*/\1/p" | sort -n | awk '{a[NR]=$1} END {if (NR) printf "%.2f", a[int((NR+1)/2)]; else printf "n/a"}'; }
@@ -74,5 +74,35 @@ hook_start=$(hf "$bin/driftlock --version")
 wrap_each=$(echo "$wrap_v - $runc_v" | bc -l)
 added=$(echo "$w - $p" | bc -l)
 explained=$(echo "$wrapped * $wrap_each + $hooks * $hook_start + $arm_total" | bc -l)
-echo "BREAKDOWN wrapped=$wrapped wrap_each=$(printf %.2f "$wrap_each") hooks=$hooks hook_start=$(printf %.2f "$hook_start") arm=$arm_total mounts=$mounts baseline=$base memfd=$memfd marks=$marks record=$rec rest=$(echo "$added - $explained" | bc -l | xargs printf %.1f)"
+rest=$(echo "$added - $explained" | bc -l)
+f() { printf %.1f "$1"; }
+echo "## Container start"
+echo
+echo "\`./scripts/bench-container-start.sh $rounds\`: \`ctr run --rm\` of busybox's \`/bin/true\` through plain runc and through \`driftlock-runtime\` (the hooks arm and disarm the container), alternating, $rounds rounds, medians, in a private containerd."
+echo
+echo "| start | ms | added ms |"
+echo "|---|---|---|"
+echo "| runc alone | $(f "$p") | |"
+echo "| driftlock, the image's first start (snapshot) | $(f "$c") | $(f "$(echo "$c - $p" | bc -l)") |"
+echo "| driftlock, a later start (stored baseline) | $(f "$w") | $(f "$added") |"
+echo
+echo "Where a later start's added milliseconds go:"
+echo
+echo "| part | ms |"
+echo "|---|---|"
+echo "| the wrapper in front of runc: $wrapped invocations per \`ctr run --rm\` × $(f "$wrap_each") ms each (\`driftlock-runtime --version\` against \`runc --version\`, hyperfine medians) | $(f "$(echo "$wrapped * $wrap_each" | bc -l)") |"
+echo "| the hook processes: $hooks (createRuntime arms, poststop disarms) × $(f "$hook_start") ms to start one (\`driftlock --version\`) | $(f "$(echo "$hooks * $hook_start" | bc -l)") |"
+echo "| the daemon's arm (its log, median): reading the mount tables $mounts, baseline from the store $base, \`vm.memfd_noexec\` helper $memfd, marks $marks, unit record $rec | $arm_total |"
+echo "| the rest: the hooks' own work (OCI state, bundle config, the socket round trips), the disarm, runc's running of hooks, noise | $(f "$rest") |"
+if [ -n "${DRIFTLOCK_BENCH_RESULTS:-}" ]; then
+  {
+    echo "start_added_ms=$added"
+    echo "start_first_added_ms=$(echo "$c - $p" | bc -l)"
+    echo "start_runc_ms=$p"
+    echo "start_wrapper_ms=$(echo "$wrapped * $wrap_each" | bc -l)"
+    echo "start_hooks_ms=$(echo "$hooks * $hook_start" | bc -l)"
+    echo "start_arm_ms=$arm_total"
+    echo "start_memfd_ms=$memfd"
+  } >> "$DRIFTLOCK_BENCH_RESULTS"
+fi
 INNER

@@ -100,6 +100,8 @@ arm_med=$(med < "$t/arm_ms")
 arm_p99=$(pct 0.99 < "$t/arm_ms")
 total_s=$(echo "$(med < "$t/arm_total") / 1000" | bc -l)
 for i in $(seq 2 "$units"); do arm_unit "$i" > /dev/null; done
+idle0=$(awk '{print $14+$15}' /proc/$d/stat); sleep 10; idle1=$(awk '{print $14+$15}' /proc/$d/stat)
+idle_ticks=$((idle1 - idle0))
 
 # The storm. Each side runs one exec loop per unit (its static program) for the same time.
 storm_round() { # side
@@ -142,6 +144,7 @@ echo "| daemon RSS: no unit, $units units with a cache entry each | $rss0 MB, $r
 echo "| warm exec with 1 unit armed: median µs, event thread CPU µs per exec | $w1_lat, $(printf %.1f "$w1_cpu") |"
 echo "| warm exec with $units units armed: median µs, event thread CPU µs per exec | $wn_lat, $(printf %.1f "$wn_cpu") |"
 echo "| warm cost, $units units against 1 (median of per-round ratios): CPU per exec; latency | $(printf %.2f "$cpu_ratio")x; $(printf %.2f "$lat_ratio")x |"
+echo "| daemon CPU while idle with $units units armed | $idle_ticks ticks in 10 s ($(getconf CLK_TCK) per second) |"
 echo
 echo "The storm: $storm_units exec loops at once (one per unit) for $storm_secs s, $rounds rounds alternating between the sides; medians over rounds."
 echo
@@ -152,4 +155,16 @@ for s in none floor driftlock; do
 done
 echo
 echo "Storm throughput, driftlock against the floor: $(echo "$d_rate / $f_rate" | bc -l | xargs printf %.2f)x (the floor against none: $(echo "$f_rate / $n_rate" | bc -l | xargs printf %.2f)x)."
+if [ -n "${DRIFTLOCK_BENCH_RESULTS:-}" ]; then
+  {
+    echo "scale_units=$units"
+    echo "scale_cpu_ratio=$cpu_ratio"
+    echo "scale_lat_ratio=$lat_ratio"
+    echo "scale_arm_ms=$arm_med"
+    echo "scale_rss_mb=$rss1"
+    echo "storm_ratio=$(echo "$d_rate / $f_rate" | bc -l)"
+    echo "storm_p99_driftlock=$(side driftlock 3)"
+    echo "storm_p99_floor=$(side floor 3)"
+  } >> "$DRIFTLOCK_BENCH_RESULTS"
+fi
 INNER

@@ -10,7 +10,9 @@
 #   creates and runs programs (enforce mode denies them by design).
 # Each workload runs in a fresh overlay per run, in a private mount namespace; the image is
 # built once and cached (/var/cache/driftlock-realism, as the realism suite keys it).
-# Prints a markdown section on stdout. DRIFTLOCK_BENCH_WORKLOADS=python|hello runs one.
+# Prints a markdown section on stdout. DRIFTLOCK_BENCH_WORKLOADS=python|hello runs one;
+# DRIFTLOCK_BENCH_SIDES="none driftlock" runs those sides; DRIFTLOCK_BENCH_KEEP=DIR keeps
+# the daemon's status after each driftlock run there.
 set -euo pipefail
 rounds=${1:-5}
 [ "$(id -u)" = 0 ] || { echo "bench-workloads: run as root" >&2; exit 1; }
@@ -100,6 +102,7 @@ hello_work='set -e; cp -a /src/hello /tmp/hello; cd /tmp/hello; ./configure --qu
 has_fapolicyd=$(command -v fapolicyd >/dev/null && echo yes || echo no)
 sides="none floor driftlock"
 [ "$has_fapolicyd" = yes ] && sides="$sides fapolicyd"
+sides=${DRIFTLOCK_BENCH_SIDES:-$sides}
 n_sides=$(wc -w <<<"$sides")
 
 run_side() { # workload mode side -> seconds
@@ -120,6 +123,7 @@ run_side() { # workload mode side -> seconds
     floor) kill "$fl"; wait "$fl" 2>/dev/null || true ;;
     driftlock)
       "$bin" status --socket "$t/d.sock" --json > "$t/status.json" </dev/null
+      [ -z "${DRIFTLOCK_BENCH_KEEP:-}" ] || cp "$t/status.json" "$DRIFTLOCK_BENCH_KEEP/status-$w-$(date +%s).json"
       "$bin" disarm --socket "$t/d.sock" --id w >/dev/null </dev/null ;;
     fapolicyd) fapolicyd_stop ;;
   esac

@@ -380,9 +380,8 @@ pub enum AuditJob {
         record: Box<AuditRecord>,
         /// The executed file.
         file: Option<OwnedFd>,
-        /// The process's ancestors still to be read into the record's chain (by the
-        /// writer: a walk up `/proc` costs the event thread some 200 µs).
-        ancestors: Option<Ancestors>,
+        /// The process context still to be read into the record (by the writer).
+        process: Option<ProcessToRead>,
     },
     /// A coverage record.
     Coverage(CoverageRecord),
@@ -409,25 +408,30 @@ impl AuditJob {
     }
 }
 
-/// Where a record's process chain goes on: the parent's PID, and the container's first
-/// process, where the walk stops.
+/// The part of a record's process context the record writer reads: the process's
+/// ancestors (a walk up `/proc` costs the event thread some 200 µs; the process itself is
+/// read on the event thread, before a denied exec is answered, as it may be reaped the
+/// moment it is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ancestors {
-    /// The denied (or recorded) process's parent.
-    pub parent: i32,
+pub struct ProcessToRead {
     /// The unit's first process: the chain ends with it.
     pub stop: Option<i32>,
 }
 
-impl Ancestors {
-    /// Reads the ancestors into `record`'s chain, then fits the record to its budget.
+impl ProcessToRead {
+    /// Reads the ancestors of the record's process into its chain, then fits the record to
+    /// its budget.
     pub fn read_into(self, record: &mut AuditRecord) {
-        let room = MAX_CHAIN.saturating_sub(record.chain.len());
-        record.chain.extend(
-            crate::kernel::procfs::parent_chain(self.parent, room, self.stop)
-                .iter()
-                .map(ProcessRecord::from),
-        );
+        if let (Some(pid), Some(ppid)) = (record.pid, record.ppid) {
+            if Some(pid) != self.stop {
+                let room = MAX_CHAIN.saturating_sub(record.chain.len());
+                record.chain.extend(
+                    crate::kernel::procfs::parent_chain(ppid, room, self.stop)
+                        .iter()
+                        .map(ProcessRecord::from),
+                );
+            }
+        }
         record.fit(MAX_RECORD_BYTES);
     }
 }
@@ -556,10 +560,10 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
                     AuditJob::Exec {
                         mut record,
                         file,
-                        ancestors,
+                        process,
                     } => {
-                        if let Some(a) = ancestors {
-                            a.read_into(&mut record);
+                        if let Some(p) = process {
+                            p.read_into(&mut record);
                         }
                         // A file too large to be the image's (judged without hashing) is not
                         // hashed here either: an 8 EiB sparse file would hold this thread.
@@ -853,7 +857,7 @@ mod tests {
             queue.send(AuditJob::Exec {
                 record: Box::new(rec.clone()),
                 file: None,
-                ancestors: None,
+                process: None,
             });
         }
         let queued = queue.counters().queued.load(Ordering::Relaxed) as usize;

@@ -671,8 +671,8 @@ impl<G: Gate> Engine<G> {
         } else {
             None
         };
-        // A denied task may exit the moment it is answered: its own process (a few capped
-        // reads) is read first, its ancestors after the answer.
+        // A denied task may exit (and be reaped) the moment it is answered: its own process
+        // (a few capped reads) is read first; its ancestors by the record writer.
         let read_first = (recorded && outcome.answer == Answer::Deny)
             .then(|| procfs::read_process(tid))
             .flatten();
@@ -692,7 +692,7 @@ impl<G: Gate> Engine<G> {
         if !recorded {
             return;
         }
-        let (mut record, ancestors) = build_record(
+        let (mut record, process) = build_record(
             unit,
             verdict,
             reason,
@@ -718,7 +718,7 @@ impl<G: Gate> Engine<G> {
         self.audit.send(AuditJob::Exec {
             record: Box::new(record),
             file,
-            ancestors,
+            process: Some(process),
         });
     }
 

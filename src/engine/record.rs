@@ -44,51 +44,25 @@ pub(super) fn default_detail(
     })
 }
 
-/// Thread `tid`'s process (`read`: as already read, before the exec was answered), as a
-/// record, and its chain of ancestors up to the unit's first process.
 fn process_context(
     unit: &Unit,
     tid: i32,
-    read: Option<procfs::ProcessInfo>,
 ) -> (
     Option<procfs::ProcessInfo>,
     Option<ProcessRecord>,
     Vec<ProcessRecord>,
 ) {
-    let (proc_info, me, mut chain, ancestors) = process_itself(unit, tid, read);
-    if let Some(a) = ancestors {
+    let proc_info = procfs::read_process(tid);
+    let me = proc_info.as_ref().map(ProcessRecord::from);
+    let mut chain: Vec<ProcessRecord> = me.iter().cloned().collect();
+    if let Some(p) = proc_info.as_ref().filter(|p| Some(p.pid) != unit.pid) {
         chain.extend(
-            procfs::parent_chain(a.parent, crate::audit::MAX_CHAIN - 1, a.stop)
+            procfs::parent_chain(p.ppid, crate::audit::MAX_CHAIN - 1, unit.pid)
                 .iter()
                 .map(ProcessRecord::from),
         );
     }
     (proc_info, me, chain)
-}
-
-/// The process itself (read now, or `read` before the answer) and where its ancestors are
-/// to be read from, unless it is the unit's first process.
-fn process_itself(
-    unit: &Unit,
-    tid: i32,
-    read: Option<procfs::ProcessInfo>,
-) -> (
-    Option<procfs::ProcessInfo>,
-    Option<ProcessRecord>,
-    Vec<ProcessRecord>,
-    Option<crate::audit::Ancestors>,
-) {
-    let proc_info = read.or_else(|| procfs::read_process(tid));
-    let me = proc_info.as_ref().map(ProcessRecord::from);
-    let chain: Vec<ProcessRecord> = me.iter().cloned().collect();
-    let ancestors = proc_info
-        .as_ref()
-        .filter(|p| Some(p.pid) != unit.pid)
-        .map(|p| crate::audit::Ancestors {
-            parent: p.ppid,
-            stop: unit.pid,
-        });
-    (proc_info, me, chain, ancestors)
 }
 
 /// The record of a mapping (or loader exec) the mapping gate refused: the process is read
@@ -98,7 +72,7 @@ pub(super) fn mapping_record(
     e: &crate::kernel::mapping_gate::GateEvent,
 ) -> crate::audit::MappingRecord {
     let tid = e.tid as i32;
-    let (_, me, chain) = process_context(unit, tid, None);
+    let (_, me, chain) = process_context(unit, tid);
     let found = procfs::find_open_file(e.pid as i32, e.file.dev, e.file.ino);
     let digests = found.as_ref().and_then(|(_, fd)| {
         crate::baseline::hash_fd(fd.as_fd(), &mut Vec::new(), false, None).ok()
@@ -155,9 +129,14 @@ pub(super) fn build_record(
     digest: Option<Digest>,
     stat: &FileStat,
     read: Option<procfs::ProcessInfo>,
-) -> (AuditRecord, Option<crate::audit::Ancestors>) {
+) -> (AuditRecord, crate::audit::ProcessToRead) {
     let path = file.and_then(procfs::fd_path);
-    let (proc_info, me, chain, ancestors) = process_itself(unit, tid, read);
+    // The process itself now (read before the answer for a denied exec); its ancestors by
+    // the record writer.
+    let proc_info = read.or_else(|| procfs::read_process(tid));
+    let me = proc_info.as_ref().map(ProcessRecord::from);
+    let chain = me.iter().cloned().collect();
+    let process = crate::audit::ProcessToRead { stop: unit.pid };
     let record = AuditRecord {
         v: RECORD_VERSION,
         time: rfc3339(SystemTime::now()),
@@ -187,5 +166,5 @@ pub(super) fn build_record(
         content_unverified: false,
         truncated: false,
     };
-    (record, ancestors)
+    (record, process)
 }
