@@ -335,6 +335,17 @@ fn syscall_name(target: &ExecTarget) -> String {
 /// [`LoaderCall::NotBlocked`] asks the caller to look again.
 pub fn loader_call(tid: i32, loader: (u64, u64)) -> LoaderObservation {
     let seen = |call, evidence: String| LoaderObservation { call, evidence };
+    // Every legitimate dynamic exec on a marked filesystem comes here: the kernel stack
+    // alone settles it (held in the exec event under load_elf_binary), one read instead of
+    // the syscall, the exec name in the task's memory and then the stack. Anything else
+    // (a direct exec, another format's interpreter, a transient state) takes the full look.
+    if tid > 0 && exec_stack(tid) == ExecStack::Interpreter {
+        return seen(
+            LoaderCall::ForProgram,
+            "kernel stack: opened by load_elf_binary as the interpreter of the program being executed"
+                .into(),
+        );
+    }
     match read_exec(tid) {
         SyscallRead::Running => seen(LoaderCall::NotBlocked, "thread not blocked yet".into()),
         SyscallRead::Gone => seen(LoaderCall::Gone, "thread gone".into()),
@@ -425,10 +436,26 @@ pub fn exec_stack(tid: i32) -> ExecStack {
     if tid <= 0 {
         return ExecStack::Unavailable;
     }
-    match std::fs::read(format!("/proc/{tid}/stack")) {
-        Ok(text) => classify_exec_stack(&text),
-        Err(_) => ExecStack::Unavailable,
+    // One open and reads into a buffer on the stack (no size probe, no allocation for the
+    // text): this is read on every loader exec.
+    let Ok(fd) = nix::fcntl::open(
+        format!("/proc/{tid}/stack").as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return ExecStack::Unavailable;
+    };
+    let mut buf = [0u8; 16 * 1024];
+    let mut len = 0;
+    while len < buf.len() {
+        match nix::unistd::read(fd.as_fd(), &mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return ExecStack::Unavailable,
+        }
     }
+    classify_exec_stack(&buf[..len])
 }
 
 /// Classifies a `/proc/<tid>/stack` text (innermost frame first).
