@@ -3,6 +3,8 @@
  *
  *   execloop PROG COUNT OUT       COUNT execs
  *   execloop PROG -t SECONDS OUT  for SECONDS
+ * A PROG holding "%d" names another file for each exec (the exec's number); with
+ * EXECLOOP_DENIED=1 every exec is expected to fail (a denial), not to succeed.
  * Built by scripts/bench-scale.sh with cc. */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -39,20 +41,28 @@ int main(int argc, char **argv) {
         perror("execloop");
         return 1;
     }
-    char *args[] = {(char *)prog, NULL};
+    int per_exec = strstr(prog, "%d") != NULL;
+    int denied = getenv("EXECLOOP_DENIED") != NULL;
+    char name[4096];
     for (long i = 0; count < 0 ? now_us() < until : i < count; i++) {
+        if (per_exec)
+            snprintf(name, sizeof name, prog, (int)i);
+        else
+            snprintf(name, sizeof name, "%s", prog);
+        char *args[] = {name, NULL};
         double a = now_us();
         pid_t p = fork();
         if (p == 0) {
-            execv(prog, args);
+            execv(name, args);
             _exit(127);
         }
         int st;
         if (p < 0 || waitpid(p, &st, 0) < 0)
             return 1;
         fprintf(out, "%.0f\n", now_us() - a);
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            fprintf(stderr, "execloop: %s failed (status %d)\n", prog, st);
+        int ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+        if (ok == denied) {
+            fprintf(stderr, "execloop: %s %s (status %d)\n", name, denied ? "ran" : "failed", st);
             return 1;
         }
     }

@@ -103,6 +103,20 @@ for i in $(seq 2 "$units"); do arm_unit "$i" > /dev/null; done
 idle0=$(awk '{print $14+$15}' /proc/$d/stat); sleep 10; idle1=$(awk '{print $14+$15}' /proc/$d/stat)
 idle_ticks=$((idle1 - idle0))
 
+# A denial flood in unit 1: 2,000 execs of new files whose sizes no image executable has
+# (denied without being read), its record budget spent by the first 200: the event
+# thread's CPU per denial, against a warm hit's in the same minute.
+for i in $(seq 0 1999); do head -c $((64 + i)) /dev/zero > "$t/u1/root/tmp/deny-$i"; done
+chmod +x "$t"/u1/root/tmp/deny-*
+sleep 0.1
+read -r hit_lat hit_cpu <<<"$(warm)"
+c0=$(cpu_ns)
+EXECLOOP_DENIED=1 "$t/execloop" "$t/u1/root/tmp/deny-%d" 2000 "$t/lat"
+c1=$(cpu_ns)
+flood_cpu=$(echo "($c1 - $c0) / 2000 / 1000" | bc -l)
+flood_ratio=$(echo "$flood_cpu / $hit_cpu" | bc -l)
+rm -f "$t"/u1/root/tmp/deny-*
+
 # The storm. Each side runs one exec loop per unit (its static program) for the same time.
 storm_round() { # side
   local i
@@ -145,6 +159,7 @@ echo "| warm exec with 1 unit armed: median µs, event thread CPU µs per exec |
 echo "| warm exec with $units units armed: median µs, event thread CPU µs per exec | $wn_lat, $(printf %.1f "$wn_cpu") |"
 echo "| warm cost, $units units against 1 (median of per-round ratios): CPU per exec; latency | $(printf %.2f "$cpu_ratio")x; $(printf %.2f "$lat_ratio")x |"
 echo "| daemon CPU while idle with $units units armed | $idle_ticks ticks in 10 s ($(getconf CLK_TCK) per second) |"
+echo "| a denial flood (2,000 new files of sizes no image executable has; the first 200 recorded, then 50 a second): event thread CPU µs per denial, against a warm hit's | $(printf %.1f "$flood_cpu"), $(printf %.1f "$hit_cpu") ($(printf %.2f "$flood_ratio")x) |"
 echo
 echo "The storm: $storm_units exec loops at once (one per unit) for $storm_secs s, $rounds rounds alternating between the sides; medians over rounds."
 echo
@@ -163,6 +178,7 @@ if [ -n "${DRIFTLOCK_BENCH_RESULTS:-}" ]; then
     echo "scale_arm_ms=$arm_med"
     echo "scale_rss_mb=$rss1"
     echo "storm_ratio=$(echo "$d_rate / $f_rate" | bc -l)"
+    echo "flood_ratio=$flood_ratio"
     echo "storm_p99_driftlock=$(side driftlock 3)"
     echo "storm_p99_floor=$(side floor 3)"
   } >> "$DRIFTLOCK_BENCH_RESULTS"

@@ -99,7 +99,8 @@ def main():
         add(f"| listener CPU per warm exec ({prog}) / the floor's | ≤ 1.25x | {fmt(vals[0])} | {fmt(vals[1])} | {verdict(vals[1], 1.25)}; {verdict(vals[0], 1.25)} |")
     vals = [ratio(get(r, "static", "driftlock cold deny", "cpu"), get(r, "static", "driftlock warm", "cpu"))
             for r in (all_cpus, one_cpu)]
-    add(f"| cold denial's listener CPU / a warm hit's | ≤ 1.5x | {fmt(vals[0])} | {fmt(vals[1])} | {verdict(vals[1], 1.5)}; {verdict(vals[0], 1.5)} |")
+    add(f"| cold denial, recorded (process context read before the answer): listener CPU / a warm hit's | ≤ 1.5x | {fmt(vals[0])} | {fmt(vals[1])} | {verdict(vals[1], 1.5)}; {verdict(vals[0], 1.5)} |")
+    add(f"| cold denial in a flood (2,000 denials, the record budget spent): event thread CPU / a warm hit's | ≤ 1.5x | {fmt(res.get('flood_ratio'))} | | {verdict(res.get('flood_ratio'), 1.5)} |")
     vals = [ratio(get(r, "dynamic, loader checked", "driftlock warm", "overhead"),
                   get(r, "dynamic, loader checked", "floor", "overhead")) for r in (all_cpus, one_cpu)]
     add(f"| dynamic exec, loader checked: overhead / the floor's (two events) | ≤ 1.5x | {fmt(vals[0])} | {fmt(vals[1])} | {verdict(vals[1], 1.5)}; {verdict(vals[0], 1.5)} |")
@@ -132,7 +133,7 @@ def main():
          row("warm exec, static binary", "static"),
          row("warm exec, dynamic `/usr/bin/true`", "dynamic /usr/bin/true"),
          row("dynamic exec, loader on the marked filesystem (2 events + loader check)", "dynamic, loader checked"),
-         f"| cold denial (a size no image executable has) | listener CPU {fmt(ratio(get(one_cpu, 'static', 'driftlock cold deny', 'cpu'), get(one_cpu, 'static', 'driftlock warm', 'cpu')))} a warm hit's (one CPU) |",
+         f"| cold denial (a size no image executable has) | event thread CPU {fmt(res.get('flood_ratio'))} a warm hit's in a flood; {fmt(ratio(get(one_cpu, 'static', 'driftlock cold deny', 'cpu'), get(one_cpu, 'static', 'driftlock warm', 'cpu')))} when recorded (process context read before the answer) |",
          f"| {units} armed units | warm exec CPU {fmt(res.get('scale_cpu_ratio'))} that of 1 unit; arm {res.get('scale_arm_ms', 0):.1f} ms each; daemon RSS {res.get('scale_rss_mb', 0):.0f} MB |",
          f"| exec storm (50 units, both cores busy) | {fmt(res.get('storm_ratio'))} the floor's throughput |",
          f"| `ctr run --rm` of `/bin/true` | +{res.get('start_added_ms', 0):.1f} ms with a stored baseline (runc alone {res.get('start_runc_ms', 0):.0f} ms) |"]
