@@ -124,8 +124,8 @@ def main():
         f = get(all_cpus, prog, "floor", "overhead")
         c1 = ratio(get(one_cpu, prog, "driftlock warm", "cpu"), get(one_cpu, prog, "floor", "cpu"))
         fa = get(all_cpus, prog, "fapolicyd permissive", "overhead")
-        return (f"| {name} | +{o:.1f} µs (floor +{f:.1f} µs, fapolicyd permissive "
-                f"{'n/a' if fa is None else f'+{fa:.1f} µs'}); listener CPU {fmt(c1)} the floor's on one CPU |"
+        return (f"| {name} | {o:+.1f} µs (floor {f:+.1f} µs, fapolicyd permissive "
+                f"{'n/a' if fa is None else f'{fa:+.1f} µs'}); listener CPU {fmt(c1)} the floor's on one CPU |"
                 if o is not None and f is not None else f"| {name} | n/a |")
     t = ["<!-- bench-table:start (written by ./scripts/bench from BENCHMARKS.md) -->",
          "| measurement (one run of `./scripts/bench`, see BENCHMARKS.md) | result |",
