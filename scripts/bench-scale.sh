@@ -22,16 +22,8 @@ exec unshare -m --propagation private bash -s "$PWD" "$units" "$storm_units" "$s
 set -euo pipefail
 repo=$1 units=$2 storm_units=$3 storm_secs=$4 rounds=$5
 bin=$repo/target/release/driftlock
-t=$(mktemp -d /tmp/driftlock-bench-scale.XXXXXX)
-mount -t tmpfs -o mode=0755 tmpfs "$t"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  umount -R -l "$t" 2>/dev/null || true
-  rmdir "$t" 2>/dev/null || true
-}
-trap cleanup EXIT
+. "$repo/scripts/bench-lib.sh"
+bench_scratch scale
 cc -O2 -o "$t/execloop" "$repo/benches/execloop.c"
 cc -O2 -o "$t/floor" "$repo/benches/floor.c"
 mkdir -p "$t/image/bin" "$t/image/tmp" "$t/image/dev/shm" "$t/state"

@@ -85,18 +85,12 @@ def main():
     add("")
     add("| target | limit | all CPUs | one CPU | verdict (one CPU; all CPUs) |")
     add("|---|---|---|---|---|")
-    for prog in ("static", "dynamic /usr/bin/true"):
-        vals = []
-        for rows in (all_cpus, one_cpu):
-            vals.append(ratio(get(rows, prog, "driftlock warm", "overhead"),
-                              get(rows, prog, "floor", "overhead")))
-        add(f"| warm exec overhead ({prog}) / the floor's | ≤ 1.25x | {fmt(vals[0])} | {fmt(vals[1])} | {verdict(vals[1], 1.25)}; {verdict(vals[0], 1.25)} |")
-    for prog in ("static", "dynamic /usr/bin/true"):
-        vals = []
-        for rows in (all_cpus, one_cpu):
-            vals.append(ratio(get(rows, prog, "driftlock warm", "cpu"),
-                              get(rows, prog, "floor", "cpu")))
-        add(f"| listener CPU per warm exec ({prog}) / the floor's | ≤ 1.25x | {fmt(vals[0])} | {fmt(vals[1])} | {verdict(vals[1], 1.25)}; {verdict(vals[0], 1.25)} |")
+    for col, what in (("overhead", "warm exec overhead ({}) / the floor's"),
+                      ("cpu", "listener CPU per warm exec ({}) / the floor's")):
+        for prog in ("static", "dynamic /usr/bin/true"):
+            vals = [ratio(get(rows, prog, "driftlock warm", col), get(rows, prog, "floor", col))
+                    for rows in (all_cpus, one_cpu)]
+            add(f"| {what.format(prog)} | ≤ 1.25x | {fmt(vals[0])} | {fmt(vals[1])} | {verdict(vals[1], 1.25)}; {verdict(vals[0], 1.25)} |")
     vals = [ratio(get(r, "static", "driftlock cold deny", "cpu"), get(r, "static", "driftlock warm", "cpu"))
             for r in (all_cpus, one_cpu)]
     add(f"| cold denial, recorded (process context read before the answer): listener CPU / a warm hit's | ≤ 1.5x | {fmt(vals[0])} | {fmt(vals[1])} | {verdict(vals[1], 1.5)}; {verdict(vals[0], 1.5)} |")

@@ -30,16 +30,8 @@ exec unshare -m --propagation private bash -s "$PWD" "$image" "$rounds" "${DRIFT
 set -euo pipefail
 repo=$1 image=$2 rounds=$3 workloads=$4
 bin=$repo/target/release/driftlock
-t=$(mktemp -d /tmp/driftlock-bench-work.XXXXXX)
-mount -t tmpfs -o mode=0755 tmpfs "$t"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  umount -R -l "$t" 2>/dev/null || true
-  rmdir "$t" 2>/dev/null || true
-}
-trap cleanup EXIT
+. "$repo/scripts/bench-lib.sh"
+bench_scratch work
 cc -O2 -o "$t/floor" "$repo/benches/floor.c"
 mkdir -p "$t/layout" "$t/state"
 tar -C "$t/layout" -xf "$image"
