@@ -280,6 +280,12 @@ impl Doorbell {
             .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
             .open(std::env::temp_dir())
             .ok()?;
+        // Its one byte is written now, before the mark: a ring then only rewrites it, and a
+        // full filesystem cannot fail a ring later and leave the loop blocked unwoken.
+        {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(&[0], 0).ok()?;
+        }
         let bell = Doorbell { file };
         bell.mark(group).ok()?;
         Some(bell)
@@ -348,28 +354,25 @@ impl Ticker {
         if when < before {
             // Taken after the store: the ticker either sees the new deadline before it
             // waits, or is waiting and gets this notification.
-            let _g = self
-                .lock
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _g = self.stopped();
             self.cv.notify_one();
         }
     }
 
-    fn stop(&self) {
-        let mut stopped = self
-            .lock
+    /// The stop flag's lock (a poisoned lock still guards a plain bool).
+    fn stopped(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.lock
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *stopped = true;
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn stop(&self) {
+        *self.stopped() = true;
         self.cv.notify_one();
     }
 
     fn run(&self) {
-        let mut stopped = self
-            .lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut stopped = self.stopped();
         while !*stopped {
             let due = self.deadline.load(Ordering::Acquire);
             let now = self.now_ns();
