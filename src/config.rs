@@ -155,6 +155,12 @@ pub struct Config {
     /// `--metrics-addr`.
     #[serde(default)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `--metrics-token-file`.
+    #[serde(default, deserialize_with = "de_abs_path")]
+    pub metrics_token_file: Option<PathBuf>,
+    /// `--watch-config`.
+    #[serde(default)]
+    pub watch_config: Option<bool>,
     /// `--falcosidekick-url`.
     #[serde(default)]
     pub falcosidekick_url: Option<String>,
@@ -263,6 +269,8 @@ impl Config {
             interpreters: self.interpreters.clone(),
             record_misses: self.record_misses,
             metrics_addr: self.metrics_addr,
+            metrics_token_file: self.metrics_token_file.clone(),
+            watch_config: self.watch_config,
             falcosidekick_url: self.falcosidekick_url.clone(),
             indicators: self.indicators.clone(),
             evidence_max_file_mb: self.evidence_max_file_mb,

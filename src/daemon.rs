@@ -1,6 +1,7 @@
 //! `driftlock daemon`: wires the store, the kernel gate, the engine, the audit writer and
 //! the socket together, and stops cleanly on SIGTERM/SIGINT.
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use crate::audit::{AuditSinks, start_writer};
 use crate::baseline::BaselineStore;
 use crate::baseline::store::StoreError;
 use crate::engine::{Engine, EngineConfig};
-use crate::ipc::server::{Handler, ServerError, bind, serve};
+use crate::ipc::server::{HandOverHook, Handler, ServerError, bind, bind_replacing, serve};
 use crate::ipc::{ErrorCode, ExplainReply, Reply, Request, Response, StatusReply, UnitReply};
 use crate::kernel::{FanotifyGate, KernelError};
 
@@ -33,8 +34,14 @@ pub struct DaemonConfig {
     pub memfd_noexec: bool,
     /// Load (or adopt) the BPF LSM mapping gate where the kernel allows it.
     pub mapping_gate: bool,
-    /// Serve Prometheus metrics here (loopback only).
+    /// Serve Prometheus metrics here (loopback, or any with a token file).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Scrapers must send the bearer token in this file.
+    pub metrics_token_file: Option<PathBuf>,
+    /// Reload the configuration file when it changes.
+    pub watch_config: bool,
+    /// Take the fanotify group and the socket of a daemon already serving it.
+    pub take_over: bool,
     /// Also post records to Falcosidekick here.
     pub falcosidekick: Option<crate::audit::falco::Endpoint>,
     /// Quarantine limits; `None`: keep no evidence.
@@ -70,6 +77,124 @@ pub enum DaemonError {
     /// The metrics endpoint.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+}
+
+/// Who may still change the daemon's state: closed while it hands over to a successor.
+#[derive(Default)]
+struct Admission {
+    /// Set when a hand-over starts: arm and disarm are refused as busy from then on.
+    closing: std::sync::atomic::AtomicBool,
+    /// Arm and disarm requests under way.
+    changing: std::sync::atomic::AtomicUsize,
+    /// The successor's connection, waiting for the main thread.
+    pending: std::sync::Mutex<Option<std::os::unix::net::UnixStream>>,
+    /// The pid the group was handed to (0: not handed over).
+    successor: std::sync::atomic::AtomicU32,
+}
+
+impl Admission {
+    fn handle(&self, armer: &Armer, req: Request) -> Response {
+        use std::sync::atomic::Ordering::SeqCst;
+        let successor = self.successor.load(SeqCst);
+        if successor != 0 {
+            return Response::err(
+                ErrorCode::Busy,
+                format!("this daemon handed over to pid {successor}: retry"),
+            );
+        }
+        if !matches!(req, Request::Arm(_) | Request::Disarm { .. }) {
+            return handle_request(armer, req);
+        }
+        self.changing.fetch_add(1, SeqCst);
+        let resp = if self.closing.load(SeqCst) {
+            Response::err(
+                ErrorCode::Busy,
+                "the daemon is handing over to its successor: retry",
+            )
+        } else {
+            handle_request(armer, req)
+        };
+        self.changing.fetch_sub(1, SeqCst);
+        resp
+    }
+
+    /// Closes to arm and disarm, and waits for those under way (they record their unit,
+    /// which the successor re-arms from the state directory).
+    fn close_and_drain(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.closing.store(true, SeqCst);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.changing.load(SeqCst) > 0 && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn handed_over(&self) -> bool {
+        self.successor.load(std::sync::atomic::Ordering::SeqCst) != 0
+    }
+
+    fn take_pending(&self) -> Option<std::os::unix::net::UnixStream> {
+        self.pending.lock().ok()?.take()
+    }
+
+    /// A successor asks for the group (on a socket thread).
+    fn hand_over_requested(&self, mut stream: std::os::unix::net::UnixStream, group: &OwnedFd) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let refuse = |stream: &mut std::os::unix::net::UnixStream, msg: String| {
+            let mut line =
+                serde_json::to_vec(&Response::err(ErrorCode::Conflict, msg)).unwrap_or_default();
+            line.push(b'\n');
+            let _ = std::io::Write::write_all(stream, &line);
+        };
+        let successor = self.successor.load(SeqCst);
+        if successor != 0 {
+            // Handed over before: the group can go again only if that successor died.
+            if std::path::Path::new(&format!("/proc/{successor}")).exists() {
+                refuse(
+                    &mut stream,
+                    format!("the fanotify group was handed over to pid {successor}, which runs"),
+                );
+                return;
+            }
+            log::warn!(
+                "the daemon the group was handed to (pid {successor}) is gone; handing the group on"
+            );
+            self.send_group(stream, group, true);
+            return;
+        }
+        if self.closing.swap(true, SeqCst) {
+            refuse(&mut stream, "a hand-over is already under way".into());
+            return;
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            *p = Some(stream);
+        }
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGUSR1);
+    }
+
+    /// Sends the reply with the group attached, and remembers who took it.
+    fn send_group(&self, stream: std::os::unix::net::UnixStream, group: &OwnedFd, relayed: bool) {
+        use std::os::fd::AsFd;
+        let peer =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .map_or(0, |c| c.pid() as u32);
+        let reply = Response::ok(&Reply::HandedOver {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            relayed,
+        });
+        let mut line = serde_json::to_vec(&reply).unwrap_or_default();
+        line.push(b'\n');
+        if let Err(e) = crate::kernel::fdpass::send_with_fd(&stream, &line, group.as_fd()) {
+            log::error!(
+                "handing the fanotify group to pid {peer} failed ({e}); holding it (execs wait in the kernel) until a successor takes it"
+            );
+        }
+        // Recorded even if sending failed: the next successor is handed the group as a
+        // relay, with unanswered events answered.
+        self.successor
+            .store(peer.max(1), std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn handle_request(ctx: &Armer, req: Request) -> Response {
@@ -111,6 +236,7 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
                 Err(e) => Response::err(ErrorCode::from(&e), e.to_string()),
             }
         }
+        Request::HandOver => Response::err(ErrorCode::Invalid, "hand-over is not a plain request"),
         Request::Arm(req) => {
             let id = req.id.clone();
             match ctx.arm(*req) {
@@ -146,6 +272,85 @@ fn retry_rearms(armer: &Armer, stop: &std::sync::atomic::AtomicBool) {
         }
         if armer.retry_pending() > 0 {
             interval = (interval * 2).min(Duration::from_secs(30));
+        }
+    }
+}
+
+/// Reads the configuration file again and applies its mode rules and allow entries; a
+/// broken file is refused and the running configuration kept.
+fn reload_policy(armer: &Armer, path: &std::path::Path, why: &str) {
+    use std::sync::atomic::Ordering::Relaxed;
+    match crate::config::Config::load(path) {
+        Ok(c) => {
+            let n = armer.apply_policy(c);
+            armer.stats.reloads.fetch_add(1, Relaxed);
+            log::info!(
+                "{why}: reloaded {}; allow entries updated for {n} armed units",
+                path.display()
+            );
+        }
+        Err(e) => {
+            armer.stats.reload_errors.fetch_add(1, Relaxed);
+            log::error!("{why}: keeping the running configuration: {e}");
+        }
+    }
+}
+
+/// What identifies one version of the configuration file (following symlinks: a
+/// ConfigMap's `config.toml -> ..data/config.toml`, whose `..data` the kubelet swaps).
+fn config_version(path: &std::path::Path) -> Option<(u64, u64, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// Reloads the configuration file whenever it changes: woken by inotify on its directory,
+/// and compared every two seconds in any case (an edit inside a symlinked directory, or
+/// a directory inotify cannot watch).
+fn watch_config(armer: &Armer, path: &std::path::Path, stop: &std::sync::atomic::AtomicBool) {
+    use std::time::Duration;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let watch = match crate::kernel::dirwatch::DirWatch::new(&dir) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            log::warn!(
+                "cannot watch {} ({e}): the configuration is compared every 2 s instead",
+                dir.display()
+            );
+            None
+        }
+    };
+    let mut last = config_version(path);
+    let mut missing_said = false;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        match &watch {
+            Some(w) => {
+                if w.wait(Duration::from_secs(2)) {
+                    // A swap is a few renames: let it finish before reading.
+                    std::thread::sleep(Duration::from_millis(50));
+                    w.wait(Duration::ZERO);
+                }
+            }
+            None => std::thread::sleep(Duration::from_secs(2)),
+        }
+        let now = config_version(path);
+        if now.is_none() {
+            if !missing_said {
+                log::warn!(
+                    "configuration file {} is gone; the running configuration is kept",
+                    path.display()
+                );
+                missing_said = true;
+            }
+            continue;
+        }
+        missing_said = false;
+        if now != last {
+            last = now;
+            reload_policy(armer, path, "configuration file changed");
         }
     }
 }
@@ -221,6 +426,8 @@ pub fn run(
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGHUP);
+    // Raised by our own socket thread when a successor asks for a hand-over.
+    signals.add(Signal::SIGUSR1);
     signals
         .thread_block()
         .map_err(|e| DaemonError::Setup(format!("cannot block signals: {e}")))?;
@@ -232,22 +439,74 @@ pub fn run(
     })?;
 
     let store = BaselineStore::open(&config.state_dir)?;
+    // Loaded (or found refused, which takes a while) before any group is taken over: a
+    // predecessor's execs wait in the kernel from the hand-over until we read them.
+    let mapping_gate = if config.mapping_gate {
+        load_mapping_gate()
+    } else {
+        MAPPING_GATE_STATE
+            .set("off (--mapping-gate false)".into())
+            .ok();
+        None
+    };
     // A group kept in systemd's fd store by a predecessor still holds every container's
     // marks: execs waited in the kernel meanwhile. Take it back, and first answer the
     // events the predecessor read but never answered (they cannot be judged now: deny).
-    let adopted = crate::service::take_stored_group();
+    let started = std::time::Instant::now();
+    let mut took_over_from = None;
+    let adopted = match crate::service::take_stored_group() {
+        Some(group) => Some((group, true)),
+        None if config.take_over => {
+            match crate::handover::take_over(&config.socket, crate::handover::HAND_OVER_TIMEOUT)
+                .map_err(|e| DaemonError::Setup(e.to_string()))?
+            {
+                crate::handover::TakeOver::Taken {
+                    group,
+                    pid,
+                    version,
+                    relayed,
+                } => {
+                    log::info!(
+                        "took over the fanotify group from the daemon at pid {pid} (driftlock {version}) after {} ms: every container's marks stayed in the kernel",
+                        started.elapsed().as_millis()
+                    );
+                    took_over_from = Some(pid);
+                    Some((group, relayed))
+                }
+                crate::handover::TakeOver::NoDaemon => None,
+                crate::handover::TakeOver::Refused(why) => {
+                    log::warn!(
+                        "the daemon at {} cannot hand over ({why}): waiting for it to stop, then starting afresh (its containers are unprotected from its stop until they are re-armed here)",
+                        config.socket.display()
+                    );
+                    crate::handover::wait_until_gone(&config.socket);
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let restoring = adopted.is_some();
     let gate = match adopted {
-        Some(group) => {
+        Some((group, orphans_possible)) => {
             let gate = FanotifyGate::adopt(group)?;
-            let orphans = gate.answer_orphans(ORPHAN_FD_SCAN, crate::kernel::Answer::Deny);
-            log::warn!(
-                "took over the fanotify group from the previous daemon; denied {orphans} exec(s) it had read but not answered"
-            );
+            if orphans_possible {
+                let orphans = gate.answer_orphans(ORPHAN_FD_SCAN, crate::kernel::Answer::Deny);
+                log::warn!(
+                    "took over the fanotify group from the previous daemon; denied {orphans} exec(s) it had read but not answered"
+                );
+            }
             gate
         }
         None => FanotifyGate::new()?,
     };
+    // Our own copy of the group: handed to a successor (see crate::handover), and held
+    // until we exit so that the marks outlive a successor that dies early.
+    let group_copy = Arc::new(
+        gate.group_fd()
+            .try_clone_to_owned()
+            .map_err(|e| DaemonError::Setup(format!("cannot copy the fanotify group: {e}")))?,
+    );
     match crate::service::store_group(gate.group_fd()) {
         Ok(true) => log::info!("fanotify group kept in the service manager's fd store"),
         Ok(false) => {}
@@ -279,14 +538,6 @@ pub fn run(
         },
     });
     let (mut engine, handle) = Engine::new(gate, config.engine.clone(), audit.clone());
-    let mapping_gate = if config.mapping_gate {
-        load_mapping_gate()
-    } else {
-        MAPPING_GATE_STATE
-            .set("off (--mapping-gate false)".into())
-            .ok();
-        None
-    };
     let mapping_active = mapping_gate.is_some();
     if let Some(g) = mapping_gate {
         engine.set_mapping_gate(g);
@@ -298,7 +549,7 @@ pub fn run(
     if watchdog.enabled() {
         engine.set_heartbeat(Box::new(move || watchdog.tick()));
     }
-    let engine_thread = std::thread::Builder::new()
+    let mut engine_thread = std::thread::Builder::new()
         .name("driftlock-engine".into())
         .spawn(move || engine.run())
         .map_err(|e| DaemonError::Setup(e.to_string()))?;
@@ -329,7 +580,18 @@ pub fn run(
         );
     }
     handle.restore_done();
-    let listener = bind(&config.socket)?;
+    let listener = if took_over_from.is_some() {
+        // The predecessor still serves the path; ours replaces it in one rename.
+        bind_replacing(&config.socket)?
+    } else {
+        bind(&config.socket)?
+    };
+    if let Some(pid) = took_over_from {
+        log::info!(
+            "hand-over from pid {pid} done in {} ms (execs waited in the kernel meanwhile; none ran unjudged)",
+            started.elapsed().as_millis()
+        );
+    }
     let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let (armer, stop) = (Arc::clone(&armer), Arc::clone(&stop_watch));
@@ -345,20 +607,58 @@ pub fn run(
             .spawn(move || retry_rearms(&armer, &stop))
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
     }
+    if config.watch_config {
+        match &policy_path {
+            Some(path) => {
+                let (armer, stop, path) =
+                    (Arc::clone(&armer), Arc::clone(&stop_watch), path.clone());
+                log::info!(
+                    "reloading {} whenever it changes (--watch-config)",
+                    path.display()
+                );
+                std::thread::Builder::new()
+                    .name("driftlock-config".into())
+                    .spawn(move || watch_config(&armer, &path, &stop))
+                    .map_err(|e| DaemonError::Setup(e.to_string()))?;
+            }
+            None => log::warn!("--watch-config: no configuration file to watch"),
+        }
+    }
     if let Some(addr) = config.metrics_addr {
+        let token = config
+            .metrics_token_file
+            .clone()
+            .map(crate::metrics::TokenFile);
+        let auth = match &token {
+            Some(t) => format!(" (bearer token from {})", t.0.display()),
+            None => String::new(),
+        };
         crate::metrics::serve(
             addr,
+            token,
             Arc::clone(&armer),
             audit_for_metrics,
             watchdog_enabled,
         )?;
-        log::info!("metrics on http://{addr}/metrics");
+        log::info!("metrics on http://{addr}/metrics{auth}");
     }
-    let handler: Handler = Arc::new(move |req| handle_request(&armer, req));
-    std::thread::Builder::new()
-        .name("driftlock-accept".into())
-        .spawn(move || serve(listener, handler))
-        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let admission = Arc::new(Admission::default());
+    let handler: Handler = {
+        let admission = Arc::clone(&admission);
+        Arc::new(move |req| admission.handle(&armer, req))
+    };
+    let hand_over: HandOverHook = {
+        let (admission, group) = (Arc::clone(&admission), Arc::clone(&group_copy));
+        Arc::new(move |stream| admission.hand_over_requested(stream, &group))
+    };
+    {
+        let (handler, hand_over) = (Arc::clone(&handler), Arc::clone(&hand_over));
+        std::thread::Builder::new()
+            .name("driftlock-accept".into())
+            .spawn(move || serve(listener, handler, Some(hand_over)))
+            .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    }
+    let predecessor = crate::handover::predecessor_socket(&config.socket);
     if let Err(e) = crate::service::notify("READY=1", &[]) {
         log::warn!("cannot notify the service manager: {e}");
     }
@@ -373,28 +673,51 @@ pub fn run(
         match signals.wait() {
             Ok(Signal::SIGHUP) => match &policy_path {
                 None => log::info!("SIGHUP: no configuration file to reload"),
-                Some(path) => match crate::config::Config::load(path) {
-                    Ok(c) => {
-                        let n = reloader.apply_policy(c);
-                        reloader
-                            .stats
-                            .reloads
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        log::info!(
-                            "SIGHUP: reloaded {}; allow entries updated for {n} armed units",
-                            path.display()
-                        );
-                    }
-                    Err(e) => {
-                        reloader
-                            .stats
-                            .reload_errors
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        log::error!("SIGHUP: keeping the running configuration: {e}");
-                    }
-                },
+                Some(path) => reload_policy(&reloader, path, "SIGHUP"),
             },
+            Ok(Signal::SIGUSR1) => {
+                let Some(stream) = admission.take_pending() else {
+                    continue;
+                };
+                if engine_thread.is_finished() || admission.handed_over() {
+                    continue;
+                }
+                let began = std::time::Instant::now();
+                admission.close_and_drain();
+                stop_watch.store(true, std::sync::atomic::Ordering::Relaxed);
+                handle.shutdown();
+                let stopped = std::mem::replace(
+                    &mut engine_thread,
+                    std::thread::spawn(|| Ok::<(), KernelError>(())),
+                )
+                .join();
+                if !matches!(stopped, Ok(Ok(()))) {
+                    log::error!("the event loop did not stop cleanly before the hand-over");
+                }
+                // Reachable for a relay once the successor's socket takes the name.
+                match bind(&predecessor) {
+                    Ok(l) => {
+                        let (handler, hand_over) = (Arc::clone(&handler), Arc::clone(&hand_over));
+                        let _ = std::thread::Builder::new()
+                            .name("driftlock-predecessor".into())
+                            .spawn(move || serve(l, handler, Some(hand_over)));
+                    }
+                    Err(e) => log::warn!(
+                        "{e}: should the successor die, the next one cannot be handed the group"
+                    ),
+                }
+                admission.send_group(stream, &group_copy, false);
+                log::info!(
+                    "stopped reading events and handed the fanotify group over in {} ms; idle until stopped",
+                    began.elapsed().as_millis()
+                );
+            }
             Ok(sig) => {
+                if admission.handed_over() {
+                    log::info!("{sig}: stopping (the fanotify group was handed over)");
+                    let _ = std::fs::remove_file(&predecessor);
+                    return Ok(());
+                }
                 log::info!("{sig}: answering in-flight events and stopping");
                 break;
             }

@@ -38,6 +38,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod escape;
+pub mod handover;
 pub mod ipc;
 pub mod kernel;
 pub mod metrics;

@@ -1,4 +1,6 @@
-//! Prometheus text exposition (format 0.0.4) on a loopback address, off by default.
+//! Prometheus text exposition (format 0.0.4), off by default: on a loopback address, or
+//! on any address (a pod's, for a cluster's Prometheus) when scrapers must present a
+//! bearer token ([`TokenFile`]).
 //!
 //! Counters come from the event loop's status (one channel round trip per scrape, never a
 //! lock on the exec path), the arm counters and the audit queue.
@@ -16,8 +18,10 @@ use crate::engine::{EngineStatus, LATENCY_BUCKETS};
 /// Errors starting the endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    /// Not a loopback address.
-    #[error("metrics address {0} is not a loopback address (use 127.0.0.1 or [::1])")]
+    /// Not a loopback address, and no token to authenticate scrapers.
+    #[error(
+        "metrics address {0} is not a loopback address: use 127.0.0.1 or [::1], or give --metrics-token-file so that scrapers must authenticate"
+    )]
     NotLoopback(SocketAddr),
     /// Bind failed.
     #[error("cannot listen on {addr} for metrics: {source}")]
@@ -324,26 +328,113 @@ pub fn render(
     out
 }
 
-/// Serves `/metrics` (any path) on `addr` until the process exits.
+/// The bearer token scrapers must present, read from its file at each scrape (a rotated
+/// Kubernetes Secret takes effect at once). A missing, unreadable or empty file refuses
+/// every scrape: metrics are never served unauthenticated by accident.
+#[derive(Debug, Clone)]
+pub struct TokenFile(pub std::path::PathBuf);
+
+impl TokenFile {
+    fn token(&self) -> Result<Vec<u8>, String> {
+        let bytes = std::fs::read(&self.0)
+            .map_err(|e| format!("cannot read the metrics token {}: {e}", self.0.display()))?;
+        let token = bytes.trim_ascii().to_vec();
+        if token.is_empty() {
+            return Err(format!(
+                "the metrics token file {} is empty",
+                self.0.display()
+            ));
+        }
+        Ok(token)
+    }
+}
+
+/// True when the request head carries `Authorization: Bearer <token>` with this token
+/// (compared in constant time).
+pub fn authorized(request: &[u8], token: &[u8]) -> bool {
+    let head = match request.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => &request[..end],
+        None => request,
+    };
+    head.split(|b| *b == b'\n').skip(1).any(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            return false;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if !name.trim_ascii().eq_ignore_ascii_case(b"authorization") || value.len() < 7 {
+            return false;
+        }
+        let (scheme, credentials) = value.split_at(6);
+        scheme.eq_ignore_ascii_case(b"bearer")
+            && credentials.first() == Some(&b' ')
+            && constant_time_eq(credentials[1..].trim_ascii(), token)
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads a request head: up to the blank line, 8 KiB, or the socket's timeout.
+fn read_head(s: &mut std::net::TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 2048];
+    while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    head
+}
+
+/// Serves `/metrics` (any path) on `addr` until the process exits. With `token`, a scrape
+/// without that bearer token gets 401.
 pub fn serve(
     addr: SocketAddr,
+    token: Option<TokenFile>,
     armer: Arc<Armer>,
     audit: Arc<AuditCounters>,
     watchdog: bool,
 ) -> Result<(), MetricsError> {
-    if !addr.ip().is_loopback() {
+    if !addr.ip().is_loopback() && token.is_none() {
         return Err(MetricsError::NotLoopback(addr));
     }
     let listener = TcpListener::bind(addr).map_err(|source| MetricsError::Bind { addr, source })?;
     std::thread::Builder::new()
         .name("driftlock-metrics".into())
         .spawn(move || {
+            let mut last_problem = String::new();
             for conn in listener.incoming() {
                 let Ok(mut s) = conn else { continue };
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                 let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-                let mut req = [0u8; 2048];
-                let _ = s.read(&mut req);
+                let req = read_head(&mut s);
+                if let Some(t) = &token {
+                    let verdict = t.token().map(|tok| authorized(&req, &tok));
+                    if let Err(problem) = &verdict {
+                        // Said once per distinct problem, not at every scrape.
+                        if *problem != last_problem {
+                            log::error!("{problem}: every metrics scrape is refused");
+                            last_problem = problem.clone();
+                        }
+                    } else {
+                        last_problem.clear();
+                    }
+                    if verdict != Ok(true) {
+                        let body = "401 unauthorized: send Authorization: Bearer <token>\n";
+                        let head = format!(
+                            "HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"driftlock\"\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(body.as_bytes()));
+                        continue;
+                    }
+                }
                 let body = match armer.engine.status() {
                     Ok(st) => render(&st, &armer, &audit, armer.engine.loop_age(), watchdog),
                     Err(e) => format!("# event loop unavailable: {e}\n"),
@@ -357,4 +448,66 @@ pub fn serve(
         })
         .map(|_| ())
         .map_err(|source| MetricsError::Bind { addr, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_right_bearer_token_is_authorized() {
+        let tok = b"s3cret-token";
+        let req = |h: &str| format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{h}\r\n\r\n");
+        assert!(authorized(
+            req("Authorization: Bearer s3cret-token").as_bytes(),
+            tok
+        ));
+        assert!(authorized(
+            req("authorization:bearer  s3cret-token ").as_bytes(),
+            tok
+        ));
+        assert!(authorized(
+            req("AUTHORIZATION: bearer s3cret-token").as_bytes(),
+            tok
+        ));
+        assert!(!authorized(
+            req("Authorization: Bearer s3cret-tokeN").as_bytes(),
+            tok
+        ));
+        assert!(!authorized(
+            req("Authorization: Bearer s3cret").as_bytes(),
+            tok
+        ));
+        assert!(!authorized(
+            req("Authorization: Basic s3cret-token").as_bytes(),
+            tok
+        ));
+        assert!(!authorized(
+            req("X-Authorization: Bearer s3cret-token").as_bytes(),
+            tok
+        ));
+        assert!(!authorized(req("").as_bytes(), tok));
+        // A header after the blank line is body, not head.
+        let smuggled = "GET / HTTP/1.1\r\n\r\nAuthorization: Bearer s3cret-token\r\n";
+        assert!(!authorized(smuggled.as_bytes(), tok));
+        // The request line itself is not a header.
+        assert!(!authorized(
+            b"Authorization: Bearer s3cret-token\r\n\r\n",
+            tok
+        ));
+    }
+
+    #[test]
+    fn a_token_file_must_hold_a_token() {
+        let dir = std::env::temp_dir().join(format!("driftlock-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("token");
+        std::fs::write(&f, "abc\n").unwrap();
+        assert_eq!(TokenFile(f.clone()).token().unwrap(), b"abc");
+        std::fs::write(&f, " \n").unwrap();
+        assert!(TokenFile(f.clone()).token().unwrap_err().contains("empty"));
+        std::fs::remove_file(&f).unwrap();
+        assert!(TokenFile(f).token().unwrap_err().contains("cannot read"));
+        std::fs::remove_dir(&dir).unwrap();
+    }
 }

@@ -81,8 +81,12 @@ pub struct Settings {
     pub interpreters: Option<Vec<String>>,
     /// Record allowed misses too.
     pub record_misses: Option<bool>,
-    /// Metrics address (loopback only).
+    /// Metrics address (loopback, or any with a token file).
     pub metrics_addr: Option<SocketAddr>,
+    /// File holding the bearer token metrics scrapers must send.
+    pub metrics_token_file: Option<PathBuf>,
+    /// Reload the configuration file when it changes (a Kubernetes ConfigMap).
+    pub watch_config: Option<bool>,
     /// Falcosidekick URL.
     pub falcosidekick_url: Option<String>,
     /// Known-bad indicator list.
@@ -125,6 +129,8 @@ impl Settings {
             interpreters: self.interpreters.or(lower.interpreters),
             record_misses: self.record_misses.or(lower.record_misses),
             metrics_addr: self.metrics_addr.or(lower.metrics_addr),
+            metrics_token_file: self.metrics_token_file.or(lower.metrics_token_file),
+            watch_config: self.watch_config.or(lower.watch_config),
             falcosidekick_url: self.falcosidekick_url.or(lower.falcosidekick_url),
             indicators: self.indicators.or(lower.indicators),
             evidence_max_file_mb: self.evidence_max_file_mb.or(lower.evidence_max_file_mb),
@@ -137,7 +143,7 @@ impl Settings {
     pub fn resolve(self, debug_logging: bool) -> Result<DaemonConfig, SettingsError> {
         use defaults as d;
         if let Some(addr) = self.metrics_addr {
-            if !addr.ip().is_loopback() {
+            if !addr.ip().is_loopback() && self.metrics_token_file.is_none() {
                 return Err(crate::metrics::MetricsError::NotLoopback(addr).into());
             }
         }
@@ -174,6 +180,9 @@ impl Settings {
             memfd_noexec: self.memfd_noexec.unwrap_or(d::MEMFD_NOEXEC),
             mapping_gate: self.mapping_gate.unwrap_or(true),
             metrics_addr: self.metrics_addr,
+            metrics_token_file: self.metrics_token_file,
+            watch_config: self.watch_config.unwrap_or(false),
+            take_over: false,
             indicators: match self.indicators {
                 Some(p) => Some(crate::baseline::indicators::Indicators::load(&p)?),
                 None => None,
@@ -272,6 +281,18 @@ mod tests {
         .resolve(false)
         .unwrap_err();
         assert!(e.to_string().contains("not a loopback address"), "{e}");
+        let c = Settings {
+            metrics_addr: Some("0.0.0.0:9464".parse().unwrap()),
+            metrics_token_file: Some("/run/secrets/token".into()),
+            ..Default::default()
+        }
+        .resolve(false)
+        .unwrap();
+        assert_eq!(
+            c.metrics_token_file.as_deref(),
+            Some(Path::new("/run/secrets/token")),
+            "any address serves metrics once scrapers must authenticate"
+        );
         let e = Settings {
             falcosidekick_url: Some("https://x/".into()),
             ..Default::default()

@@ -189,9 +189,26 @@ pub struct DaemonArgs {
     /// On by default at `--log-level debug`.
     #[arg(long)]
     pub record_misses: bool,
-    /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9464) [default: off].
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) [default: off]. A
+    /// non-loopback address (a pod's or node's) needs --metrics-token-file.
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Scrapers must send `Authorization: Bearer <token>` with the token in this file (read
+    /// at each scrape, so a rotated Kubernetes Secret takes effect without a restart);
+    /// others get 401. Required for a non-loopback --metrics-addr [default: none].
+    #[arg(long)]
+    pub metrics_token_file: Option<PathBuf>,
+    /// Reload the configuration file when it changes, as SIGHUP does: for a Kubernetes
+    /// ConfigMap, whose files the kubelet replaces by swapping a `..data` symlink
+    /// [default: false].
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub watch_config: Option<bool>,
+    /// If a daemon already serves --socket, take its fanotify group (with every
+    /// container's marks) and its place without a moment unprotected: the way a new
+    /// Kubernetes pod replaces the old one in a rolling update. Without a daemon there,
+    /// start as usual.
+    #[arg(long)]
+    pub take_over: bool,
     /// Also post every record, in Falco's alert shape, to Falcosidekick at this http:// URL
     /// (e.g. http://127.0.0.1:2801/) [default: off].
     #[arg(long)]
@@ -230,6 +247,8 @@ impl DaemonArgs {
             interpreters: self.interpreters.clone(),
             record_misses: self.record_misses.then_some(true),
             metrics_addr: self.metrics_addr,
+            metrics_token_file: self.metrics_token_file.clone(),
+            watch_config: self.watch_config,
             falcosidekick_url: self.falcosidekick_url.clone(),
             indicators: self.indicators.clone(),
             evidence_max_file_mb: self.evidence_max_file_mb,
@@ -250,10 +269,11 @@ impl DaemonArgs {
             ),
             None => (Config::default(), None),
         };
-        let config = self
+        let mut config = self
             .settings()
             .over(file.settings())
             .resolve(log::log_enabled!(log::Level::Debug))?;
+        config.take_over = self.take_over;
         Ok((config, file, path))
     }
 }

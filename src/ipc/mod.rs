@@ -93,6 +93,9 @@ pub enum Request {
     },
     /// Liveness check.
     Ping,
+    /// A successor daemon asks for the fanotify group (sent back with the reply, as
+    /// `SCM_RIGHTS`) and the daemon's place: see [`crate::handover`].
+    HandOver,
 }
 
 /// Parameters of `arm`.

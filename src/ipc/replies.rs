@@ -422,6 +422,17 @@ pub enum Reply {
     Status(StatusReply),
     /// After explain.
     Explained(ExplainReply),
+    /// After hand-over: the fanotify group came with this reply. Before [`Reply::Pong`]:
+    /// untagged, the first variant whose fields are present wins.
+    HandedOver {
+        /// The daemon that handed over.
+        pid: u32,
+        /// Its version.
+        version: String,
+        /// True when its own successor died holding the group: that successor may have read
+        /// events it never answered, which the taker must answer.
+        relayed: bool,
+    },
     /// After ping.
     Pong {
         /// Daemon version.

@@ -76,11 +76,35 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     Ok(listener)
 }
 
+/// Binds a new socket at `path` in place of a live daemon's: bound under a temporary name
+/// beside it, then renamed over it, so that a client connecting meanwhile reaches one
+/// daemon or the other, never no socket.
+pub fn bind_replacing(path: &Path) -> Result<UnixListener, ServerError> {
+    let err = |source| ServerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut temp = path.as_os_str().to_os_string();
+    temp.push(format!(".new-{}", std::process::id()));
+    let temp = PathBuf::from(temp);
+    let _ = fs::remove_file(&temp);
+    let listener = bind(&temp)?;
+    fs::rename(&temp, path).map_err(|e| {
+        let _ = fs::remove_file(&temp);
+        err(e)
+    })?;
+    Ok(listener)
+}
+
 /// Handles one request.
 pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
 
+/// Takes a hand-over request's connection (the reply carries an fd, so it is not a
+/// [`Handler`]'s plain [`Response`]); `None`: this daemon does not hand over.
+pub type HandOverHook = Arc<dyn Fn(UnixStream) + Send + Sync>;
+
 /// Accepts connections forever, one thread each.
-pub fn serve(listener: UnixListener, handler: Handler) {
+pub fn serve(listener: UnixListener, handler: Handler, hand_over: Option<HandOverHook>) {
     let active = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
@@ -95,11 +119,12 @@ pub fn serve(listener: UnixListener, handler: Handler) {
         }
         active.fetch_add(1, Ordering::SeqCst);
         let handler = Arc::clone(&handler);
+        let hand_over = hand_over.clone();
         let active2 = Arc::clone(&active);
         let spawned = std::thread::Builder::new()
             .name("driftlock-client".into())
             .spawn(move || {
-                handle_connection(stream, &handler);
+                handle_connection(stream, &handler, hand_over.as_ref());
                 active2.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
@@ -173,7 +198,7 @@ fn read_request_line(
     }
 }
 
-fn handle_connection(mut stream: UnixStream, handler: &Handler) {
+fn handle_connection(mut stream: UnixStream, handler: &Handler, hand_over: Option<&HandOverHook>) {
     let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
     match getsockopt(&stream, PeerCredentials) {
         Ok(cred) if cred.uid() == 0 => {}
@@ -221,6 +246,13 @@ fn handle_connection(mut stream: UnixStream, handler: &Handler) {
             line.pop();
         }
         let resp = match parse_request(&line) {
+            Ok(Request::HandOver) => match hand_over {
+                Some(hook) => {
+                    hook(stream);
+                    return;
+                }
+                None => Response::err(ErrorCode::Invalid, "this daemon does not hand over"),
+            },
             Ok(req) => handler(req),
             Err(e) => Response::err(ErrorCode::Invalid, e.to_string()),
         };

@@ -7,8 +7,10 @@
 //! a fake gate and no root; the root tests under `tests/` exercise [`FanotifyGate`].
 #![allow(unsafe_code)]
 
+pub mod dirwatch;
 pub mod exec_name;
 mod fanotify;
+pub mod fdpass;
 pub mod mapping_gate;
 pub mod mountinfo;
 pub mod ns;

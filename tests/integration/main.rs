@@ -8,6 +8,7 @@ mod clients;
 mod containers;
 mod core;
 mod faults;
+mod kubernetes;
 mod node;
 mod private_ns;
 mod realism;
