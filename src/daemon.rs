@@ -206,6 +206,7 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
             Ok(s) => {
                 use std::sync::atomic::Ordering::Relaxed;
                 let mut reply = StatusReply::from(&s);
+                reply.pid = std::process::id();
                 reply.config_reloads = ctx.stats.reloads.load(Relaxed);
                 reply.config_reload_errors = ctx.stats.reload_errors.load(Relaxed);
                 reply.mapping_gate = mapping_gate_state();
@@ -282,6 +283,14 @@ fn reload_policy(armer: &Armer, path: &std::path::Path, why: &str) {
     use std::sync::atomic::Ordering::Relaxed;
     match crate::config::Config::load(path) {
         Ok(c) => {
+            if let Some(started) = STARTED_SETTINGS.get() {
+                if c.settings() != *started {
+                    log::warn!(
+                        "{why}: {} changes daemon settings (mode, socket, metrics, ...), which take effect at the next start; mode rules and allow entries apply now",
+                        path.display()
+                    );
+                }
+            }
             let n = armer.apply_policy(c);
             armer.stats.reloads.fetch_add(1, Relaxed);
             log::info!(
@@ -295,6 +304,10 @@ fn reload_policy(armer: &Armer, path: &std::path::Path, why: &str) {
         }
     }
 }
+
+/// The configuration file's daemon settings at start (a reload applies only its rules).
+static STARTED_SETTINGS: std::sync::OnceLock<crate::settings::Settings> =
+    std::sync::OnceLock::new();
 
 /// What identifies one version of the configuration file (following symlinks: a
 /// ConfigMap's `config.toml -> ..data/config.toml`, whose `..data` the kubelet swaps).
@@ -432,6 +445,7 @@ pub fn run(
         .thread_block()
         .map_err(|e| DaemonError::Setup(format!("cannot block signals: {e}")))?;
     raise_fd_limit();
+    STARTED_SETTINGS.set(policy.settings()).ok();
     crate::kernel::probe_openat2().map_err(|e| {
         DaemonError::Setup(format!(
             "openat2 fails ({e}): a seccomp filter blocks it (systemd's RestrictSUIDSGID=, or a container's seccomp profile); every snapshot would skip every file and every container's execs would be denied. Remove the filter (driftlock's own unit sets none)"

@@ -311,7 +311,11 @@ pub struct StatusReply {
     pub stats: StatsReply,
     /// Files being hashed now.
     pub in_flight: usize,
-    /// Configuration reloads applied (SIGHUP).
+    /// The daemon's pid (0 from a daemon before it was reported): a new pod's readiness
+    /// probe checks that the daemon answering is its own.
+    #[serde(default)]
+    pub pid: u32,
+    /// Configuration reloads applied (SIGHUP, or the watched file changed).
     #[serde(default)]
     pub config_reloads: u64,
     /// Configuration reloads refused (the running configuration was kept).
@@ -345,6 +349,7 @@ impl From<&EngineStatus> for StatusReply {
             units: s.units.iter().map(UnitReply::from).collect(),
             stats: StatsReply::from(&s.stats),
             in_flight: s.in_flight,
+            pid: 0,
             config_reloads: 0,
             config_reload_errors: 0,
             rearm_pending: Vec::new(),

@@ -177,6 +177,7 @@ fn every_reply_is_pinned() {
         units: vec![unit()],
         stats,
         in_flight: 21,
+        pid: 36,
         config_reloads: 24,
         config_reload_errors: 25,
         rearm_pending: vec![PendingReply {
@@ -203,7 +204,7 @@ fn every_reply_is_pinned() {
                         "hash_backlogged":29,"hash_backlog_full":30,
                         "mapping_checked":31,"mapping_refused":32,"mapping_would_refuse":33,
                         "mapping_entries_dropped":34,"mapping_prepared":35},
-               "in_flight":21,"config_reloads":24,"config_reload_errors":25,
+               "in_flight":21,"pid":36,"config_reloads":24,"config_reload_errors":25,
                "rearm_pending":[{"id":"c9","attempts":27,"error":"e"}],
                "mapping_gate":"off"})
     );

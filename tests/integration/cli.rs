@@ -148,41 +148,204 @@ fn config_check_reports_the_line_and_the_reason() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Renders a kustomization with `kubectl kustomize` (offline); `None` when kubectl is
+/// missing (.ci/run installs Debian's kubernetes-client).
+fn kustomize(dir: &std::path::Path) -> Option<Vec<serde_yaml::Value>> {
+    let out = match Command::new("kubectl").arg("kustomize").arg(dir).output() {
+        Ok(o) => o,
+        Err(_) => return None,
+    };
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    Some(
+        serde_yaml::Deserializer::from_str(&text)
+            .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap())
+            .collect(),
+    )
+}
+
+/// Issue 18: the base, each overlay and the monitoring kustomization render with kubectl
+/// (Debian 12's 1.20 and newer ones), and what they render fits together: every mount has
+/// its volume, the ConfigMap's config.toml is one the daemon accepts with the modes the
+/// overlay promises, the rolling update surges, the probes use the image's entry point,
+/// and the PodMonitor scrapes the port and Secret the DaemonSet has.
 #[test]
-fn kubernetes_manifests_and_containerd_drop_in_are_valid() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
-    let mut kinds = Vec::new();
-    for file in ["daemonset.yaml", "runtimeclass.yaml"] {
-        let text = fs::read_to_string(dir.join(file)).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let v = <serde_yaml::Value as serde::Deserialize>::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{file}: {e}"));
-            for key in ["apiVersion", "kind"] {
-                assert!(
-                    v.get(key).and_then(|x| x.as_str()).is_some(),
-                    "{file}: no {key}"
-                );
-            }
-            assert!(
-                v["metadata"]["name"].as_str().is_some(),
-                "{file}: no metadata.name"
+fn kustomize_overlays_render_and_fit_together() {
+    use driftlock::Mode;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let Some(base) = kustomize(&root.join("base")) else {
+        eprintln!("skipping: kubectl is not installed (.ci/run installs kubernetes-client)");
+        return;
+    };
+    let find = |docs: &[serde_yaml::Value], kind: &str| -> serde_yaml::Value {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("no {kind}"))
+            .clone()
+    };
+    let config_of = |docs: &[serde_yaml::Value]| -> driftlock::config::Config {
+        let cm = find(docs, "ConfigMap");
+        assert_eq!(cm["metadata"]["name"].as_str(), Some("driftlock-config"));
+        let text = cm["data"]["config.toml"].as_str().expect("config.toml");
+        driftlock::config::Config::parse(text, std::path::Path::new("config.toml"))
+            .unwrap_or_else(|e| panic!("the ConfigMap's config.toml: {e}"))
+    };
+    let mode = |c: &driftlock::config::Config, ns: &str| {
+        c.mode_for(
+            None,
+            Some("registry.example/app:1"),
+            Some(ns),
+            Mode::Enforce,
+        )
+    };
+    for d in &base {
+        for key in ["apiVersion", "kind"] {
+            assert!(d[key].as_str().is_some(), "no {key} in {d:?}");
+        }
+        assert!(d["metadata"]["name"].as_str().is_some());
+        if !matches!(d["kind"].as_str(), Some("Namespace" | "RuntimeClass")) {
+            assert_eq!(
+                d["metadata"]["namespace"].as_str(),
+                Some("driftlock-system"),
+                "{:?}",
+                d["kind"]
             );
-            kinds.push((v["kind"].as_str().unwrap().to_string(), v.clone()));
         }
     }
-    let rc = &kinds.iter().find(|(k, _)| k == "RuntimeClass").unwrap().1;
-    assert_eq!(rc["metadata"]["name"].as_str(), Some("driftlock"));
-    let handler = rc["handler"].as_str().unwrap();
-    let ds = &kinds.iter().find(|(k, _)| k == "DaemonSet").unwrap().1;
+    let ds = find(&base, "DaemonSet");
     let spec = &ds["spec"]["template"]["spec"];
     assert_eq!(spec["hostPID"].as_bool(), Some(true));
-    assert_eq!(
-        spec["containers"][0]["securityContext"]["privileged"].as_bool(),
-        Some(true)
+    assert_ne!(
+        spec["hostNetwork"].as_bool(),
+        Some(true),
+        "pod network: the metrics port is the pod's, two pods overlap in an update"
     );
-    // The drop-in registers the runtime the RuntimeClass names.
+    let rolling = &ds["spec"]["updateStrategy"]["rollingUpdate"];
+    assert_eq!(rolling["maxSurge"].as_i64(), Some(1));
+    assert_eq!(rolling["maxUnavailable"].as_i64(), Some(0));
+    assert_eq!(
+        ds["spec"]["selector"]["matchLabels"],
+        ds["spec"]["template"]["metadata"]["labels"]
+    );
+    let volumes: Vec<&str> = spec["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    let daemon = &spec["containers"][0];
+    for c in spec["initContainers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .chain(spec["containers"].as_sequence().unwrap())
+    {
+        assert_eq!(c["securityContext"]["privileged"].as_bool(), Some(true));
+        assert_eq!(c["image"].as_str(), Some("localhost/driftlock:0.1.0"));
+        for m in c["volumeMounts"].as_sequence().unwrap() {
+            let name = m["name"].as_str().unwrap();
+            assert!(volumes.contains(&name), "mount {name} has no volume");
+        }
+    }
+    assert_eq!(
+        spec["initContainers"][0]["args"][0].as_str(),
+        Some("install")
+    );
+    assert_eq!(daemon["args"][0].as_str(), Some("daemon"));
+    assert_eq!(
+        daemon["readinessProbe"]["exec"]["command"][1].as_str(),
+        Some("ready")
+    );
+    let mounts = daemon["volumeMounts"].as_sequence().unwrap();
+    let mount_of = |path: &str| {
+        mounts
+            .iter()
+            .find(|m| m["mountPath"].as_str() == Some(path))
+            .and_then(|m| m["name"].as_str())
+            .unwrap_or_else(|| panic!("nothing mounted at {path} (driftlock-pod reads it)"))
+    };
+    let volume = |name: &str| {
+        spec["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"].as_str() == Some(name))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        volume(mount_of("/etc/driftlock/config"))["configMap"]["name"].as_str(),
+        Some("driftlock-config")
+    );
+    let secret = volume(mount_of("/etc/driftlock/metrics"))["secret"]["secretName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port = daemon["ports"][0].clone();
+    assert_eq!(port["containerPort"].as_i64(), Some(9464));
+    assert!(
+        daemon["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str() == Some("--metrics-addr=0.0.0.0:9464"))
+    );
+    // The base enforces; the overlays: everything audit, everything enforce, per namespace.
+    assert_eq!(mode(&config_of(&base), "default"), Mode::Enforce);
+    let overlay = |name: &str| kustomize(&root.join("overlays").join(name)).unwrap();
+    let audit = config_of(&overlay("audit"));
+    assert_eq!(mode(&audit, "default"), Mode::Audit);
+    assert_eq!(mode(&audit, "payments"), Mode::Audit);
+    let enforce = config_of(&overlay("enforce"));
+    assert_eq!(mode(&enforce, "default"), Mode::Enforce);
+    let per_ns = overlay("per-namespace");
+    let c = config_of(&per_ns);
+    assert_eq!(mode(&c, "payments"), Mode::Enforce);
+    assert_eq!(mode(&c, "web-shop"), Mode::Enforce);
+    assert_eq!(mode(&c, "default"), Mode::Audit);
+    assert_eq!(
+        per_ns
+            .iter()
+            .filter(|d| d["kind"].as_str() == Some("ConfigMap"))
+            .count(),
+        1,
+        "the overlay replaces the base's ConfigMap"
+    );
+    assert_eq!(
+        find(&per_ns, "DaemonSet"),
+        ds,
+        "only the configuration differs"
+    );
+    // The PodMonitor scrapes the DaemonSet's port with the Secret the daemon reads.
+    let monitoring = kustomize(&root.join("monitoring")).unwrap();
+    let pm = find(&monitoring, "PodMonitor");
+    assert_eq!(
+        pm["spec"]["selector"]["matchLabels"],
+        ds["spec"]["selector"]["matchLabels"]
+    );
+    let endpoint = &pm["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], port["name"]);
+    assert_eq!(
+        endpoint["authorization"]["credentials"]["name"].as_str(),
+        Some(secret.as_str())
+    );
+    assert_eq!(
+        endpoint["authorization"]["credentials"]["key"].as_str(),
+        Some("token")
+    );
+    let np = find(&monitoring, "NetworkPolicy");
+    assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], port["name"]);
+    // The RuntimeClass names the runtime the containerd drop-in adds.
+    let rc = find(&base, "RuntimeClass");
+    assert_eq!(rc["metadata"]["name"].as_str(), Some("driftlock"));
+    let handler = rc["handler"].as_str().unwrap();
     let drop_in: toml::Value =
-        toml::from_str(&fs::read_to_string(dir.join("containerd-driftlock.toml")).unwrap())
+        toml::from_str(&fs::read_to_string(root.join("base/containerd-driftlock.toml")).unwrap())
             .unwrap();
     let runtime =
         &drop_in["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"][handler];
@@ -190,8 +353,13 @@ fn kubernetes_manifests_and_containerd_drop_in_are_valid() {
         runtime["options"]["BinaryName"].as_str(),
         Some("/usr/local/bin/driftlock-runtime")
     );
-    let cri: toml::Value =
-        toml::from_str(&fs::read_to_string(dir.join("../../systemd/containerd-cri.toml")).unwrap())
-            .unwrap();
-    assert!(cri["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["runc"]["options"]["BinaryName"].is_str());
+    let cri: toml::Value = toml::from_str(
+        &fs::read_to_string(root.join("../../systemd/containerd-cri.toml")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        cri["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["runc"]["options"]
+            ["BinaryName"]
+            .is_str()
+    );
 }
