@@ -363,3 +363,145 @@ fn metrics_off_the_loopback_need_the_bearer_token() {
         "{err}"
     );
 }
+
+/// A GET on loopback; returns the body.
+fn get_body(addr: &str, path: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// The value of an instant query through Prometheus's HTTP API (the first series).
+fn prometheus_value(addr: &str, query: &str) -> Option<String> {
+    let encoded: String = query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let body = get_body(addr, &format!("/api/v1/query?query={encoded}"))?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["data"]["result"][0]["value"][1]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Issue 18: a real Prometheus (Debian's package) scrapes the daemon with the bearer token,
+/// as a cluster's Prometheus does through the PodMonitor, and a counter is read back
+/// through Prometheus's HTTP API; a job without the token is refused (its target is down).
+#[test]
+fn prometheus_scrapes_with_the_bearer_token() {
+    if !root_or_skip("prometheus") {
+        return;
+    }
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping prometheus: it is not installed (.ci/run installs it)");
+        return;
+    }
+    let mut sb = Sandbox::new("prometheus");
+    let token = sb.dir.join("token");
+    fs::write(&token, "a-scrape-token\n").unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    sb.start_daemon(&[
+        "--metrics-addr",
+        &metrics,
+        "--metrics-token-file",
+        token.to_str().unwrap(),
+    ]);
+    sb.arm("c1", &[]);
+    for _ in 0..3 {
+        assert_eq!(exec(&sb.rootfs.join("bin/true")), Ok(0));
+    }
+    let payload = sb.install_payload();
+    for _ in 0..2 {
+        assert_eq!(exec(&payload), EPERM);
+    }
+    let config = sb.dir.join("prometheus.yml");
+    fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: driftlock\n    authorization:\n      type: Bearer\n      credentials_file: {}\n    static_configs:\n      - targets: ['{metrics}']\n  - job_name: no-token\n    static_configs:\n      - targets: ['{metrics}']\n",
+            token.display()
+        ),
+    )
+    .unwrap();
+    let check = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let web = format!("127.0.0.1:{}", free_port());
+    let _prometheus = KillOnDrop(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                sb.dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(sb.dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let until = started + Duration::from_secs(60);
+    let deny = loop {
+        if let Some(v) = prometheus_value(&web, "driftlock_execs_total{verdict=\"deny\"}") {
+            break v;
+        }
+        assert!(
+            Instant::now() < until,
+            "Prometheus never had the counter; its log:\n{}",
+            fs::read_to_string(sb.dir.join("prometheus.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(deny, "2", "the denials, read back through Prometheus");
+    assert_eq!(
+        prometheus_value(&web, "driftlock_execs_total{verdict=\"allow\"}").as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        prometheus_value(&web, "up{job=\"driftlock\"}").as_deref(),
+        Some("1")
+    );
+    let no_token = loop {
+        if let Some(v) = prometheus_value(&web, "up{job=\"no-token\"}") {
+            break v;
+        }
+        assert!(Instant::now() < until, "the no-token job was never scraped");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(no_token, "0", "a scrape without the token is refused");
+    let targets = get_body(&web, "/api/v1/targets").unwrap();
+    assert!(targets.contains("401"), "{targets}");
+    figure(&format!(
+        "Prometheus {}: first counter queryable {:.1} s after its start (bearer token; no-token job down with 401)",
+        String::from_utf8_lossy(
+            &Command::new("prometheus")
+                .arg("--version")
+                .output()
+                .unwrap()
+                .stdout
+        )
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or("?"),
+        started.elapsed().as_secs_f64()
+    ));
+}
