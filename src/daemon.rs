@@ -368,6 +368,40 @@ fn watch_config(armer: &Armer, path: &std::path::Path, stop: &std::sync::atomic:
     }
 }
 
+/// Binds the socket again if its path disappears while we run: a daemon we started beside
+/// (one that could not hand over) removes the path when it stops, and an operator may
+/// delete it by mistake. A path that another socket took (a successor's) is left alone.
+fn keep_socket(
+    path: &std::path::Path,
+    stop: &std::sync::atomic::AtomicBool,
+    handler: Handler,
+    hand_over: HandOverHook,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while !stop.load(Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        if stop.load(Relaxed) || std::fs::symlink_metadata(path).is_ok() {
+            continue;
+        }
+        match bind(path) {
+            Ok(listener) => {
+                log::warn!(
+                    "the socket {} was removed (by the daemon this one started beside?): listening there again",
+                    path.display()
+                );
+                let (handler, hand_over) = (Arc::clone(&handler), Arc::clone(&hand_over));
+                if let Err(e) = std::thread::Builder::new()
+                    .name("driftlock-accept".into())
+                    .spawn(move || serve(listener, handler, Some(hand_over)))
+                {
+                    log::error!("cannot serve the socket again: {e}");
+                }
+            }
+            Err(e) => log::error!("the socket was removed and cannot be made again: {e}"),
+        }
+    }
+}
+
 /// What the mapping gate is doing, in words (for `status`).
 static MAPPING_GATE_STATE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -468,6 +502,7 @@ pub fn run(
     // events the predecessor read but never answered (they cannot be judged now: deny).
     let started = std::time::Instant::now();
     let mut took_over_from = None;
+    let mut beside = false;
     let adopted = match crate::service::take_stored_group() {
         Some(group) => Some((group, true)),
         None if config.take_over => {
@@ -489,11 +524,15 @@ pub fn run(
                 }
                 crate::handover::TakeOver::NoDaemon => None,
                 crate::handover::TakeOver::Refused(why) => {
+                    // Waiting for it to stop would stall a rolling update (the old pod goes
+                    // only once this one is ready), and stopping it first would leave its
+                    // containers unprotected: run beside it with a group of our own. Until
+                    // it stops, every exec of its containers is judged by both.
                     log::warn!(
-                        "the daemon at {} cannot hand over ({why}): waiting for it to stop, then starting afresh (its containers are unprotected from its stop until they are re-armed here)",
+                        "the daemon at {} cannot hand over ({why}): starting beside it with a fanotify group of our own and taking its socket; its containers are judged by both daemons until it stops",
                         config.socket.display()
                     );
-                    crate::handover::wait_until_gone(&config.socket);
+                    beside = true;
                     None
                 }
             }
@@ -594,7 +633,7 @@ pub fn run(
         );
     }
     handle.restore_done();
-    let listener = if took_over_from.is_some() {
+    let listener = if took_over_from.is_some() || beside {
         // The predecessor still serves the path; ours replaces it in one rename.
         bind_replacing(&config.socket)?
     } else {
@@ -670,6 +709,14 @@ pub fn run(
         std::thread::Builder::new()
             .name("driftlock-accept".into())
             .spawn(move || serve(listener, handler, Some(hand_over)))
+            .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    }
+    {
+        let (handler, hand_over) = (Arc::clone(&handler), Arc::clone(&hand_over));
+        let (path, stop) = (config.socket.clone(), Arc::clone(&stop_watch));
+        std::thread::Builder::new()
+            .name("driftlock-socket".into())
+            .spawn(move || keep_socket(&path, &stop, handler, hand_over))
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
     }
     let predecessor = crate::handover::predecessor_socket(&config.socket);

@@ -12,7 +12,11 @@
 //! one. The old daemon keeps its copy of the group and idles until it is stopped: should
 //! the successor die before it is done, the group (and the marks) still live, and the
 //! next successor is handed the same group, with the events the dead one read answered
-//! (`relayed`; the old daemon listens at [`predecessor_socket`] for that). Only one process ever reads the group at a time: the kernel matches a
+//! (`relayed`; the old daemon listens at [`predecessor_socket`] for that). A running daemon
+//! that cannot hand over (a version before this protocol) is not waited for: the successor
+//! starts beside it with a group of its own and takes the socket, so its containers are
+//! judged by both until it stops (and rebinds the socket if the old one removes it as it
+//! exits). Only one process ever reads the group at a time: the kernel matches a
 //! response to its event by fd number alone.
 
 use std::os::fd::OwnedFd;
@@ -162,21 +166,5 @@ pub fn take_over(socket: &Path, timeout: Duration) -> Result<TakeOver, HandOverE
             other => Ok(other),
         },
         other => Ok(other),
-    }
-}
-
-/// Waits until no daemon answers at `socket` (the fallback when the running daemon cannot
-/// hand over: it must stop before this one can start).
-pub fn wait_until_gone(socket: &Path) {
-    let mut said = std::time::Instant::now();
-    while UnixStream::connect(socket).is_ok() {
-        if said.elapsed() > Duration::from_secs(30) {
-            log::warn!(
-                "still waiting for the daemon at {} to stop",
-                crate::escape::escape_bytes(socket.as_os_str().as_encoded_bytes())
-            );
-            said = std::time::Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -505,3 +505,61 @@ fn prometheus_scrapes_with_the_bearer_token() {
         started.elapsed().as_secs_f64()
     ));
 }
+
+/// Upgrading from a daemon that cannot hand over (a version before the protocol): the new
+/// one does not wait for it (the rolling update would stall) but starts beside it with its
+/// own group, re-arms the recorded containers and takes the socket; when the old one exits
+/// and removes the socket path, as it does, the new one listens there again.
+#[test]
+fn a_daemon_that_cannot_hand_over_is_joined_not_waited_for() {
+    use std::os::unix::net::UnixListener;
+    if !root_or_skip("no-hand-over") {
+        return;
+    }
+    let mut sb = Sandbox::new("no-hand-over");
+    sb.start_daemon(&[]);
+    sb.arm("c1", &[]);
+    let payload = sb.install_payload();
+    assert_eq!(exec(&payload), EPERM);
+    // The unit stays recorded in the state directory; an old daemon answers the socket and
+    // refuses the request it does not know.
+    sb.kill_daemon();
+    let _ = fs::remove_file(&sb.socket);
+    let old = UnixListener::bind(&sb.socket).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let old_thread = {
+        let stop = Arc::clone(&stop);
+        old.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match old.accept() {
+                    Ok((mut s, _)) => {
+                        let mut buf = [0u8; 4096];
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.read(&mut buf);
+                        let _ = s.write_all(b"{\"v\":1,\"ok\":false,\"code\":\"invalid\",\"error\":\"malformed request: unknown variant `handover`\"}\n");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        })
+    };
+    let log = sb.dir.join("new.log");
+    let _new = start_successor(&sb, &log);
+    wait_for_log(&log, "cannot hand over");
+    wait_for_log(&log, "driftlock daemon ready");
+    assert_eq!(
+        exec(&payload),
+        EPERM,
+        "the recorded container is armed again"
+    );
+    assert_eq!(exec(&sb.rootfs.join("bin/true")), Ok(0));
+    assert!(sb.status_json()["units"][0]["id"] == "c1");
+    // The old daemon exits and removes the socket path.
+    stop.store(true, Ordering::Relaxed);
+    old_thread.join().unwrap();
+    fs::remove_file(&sb.socket).unwrap();
+    wait_for_log(&log, "listening there again");
+    sb.wait_for_status("the socket again", |s| s["units"][0]["id"] == "c1");
+    assert_eq!(exec(&payload), EPERM);
+}
