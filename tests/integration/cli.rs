@@ -220,6 +220,10 @@ fn kustomize_overlays_render_and_fit_together() {
     let ds = find(&base, "DaemonSet");
     let spec = &ds["spec"]["template"]["spec"];
     assert_eq!(spec["hostPID"].as_bool(), Some(true));
+    assert!(
+        spec["runtimeClassName"].is_null(),
+        "the daemon's own pod must never run through driftlock-runtime"
+    );
     assert_ne!(
         spec["hostNetwork"].as_bool(),
         Some(true),
