@@ -58,8 +58,11 @@ EOT
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 # The newest exec record (coverage records, "kind":"coverage", report late mounts).
 last_exec() { jq -c 'select(.kind == null)' "$t/dl/audit.jsonl" | tail -n 1; }
+# The operator's policy: containers of the namespace "tuning" run in audit mode. (A
+# container's own driftlock.io/mode annotation is ignored: its author may be the attacker.)
+printf '[[namespace]]\nname = "tuning"\nmode = "audit"\n' > "$t/dl/config.toml"
 "$bin/driftlock" daemon --log-level warn --socket "$t/dl/d.sock" --state-dir "$t/dl/state" \
-  --audit-log "$t/dl/audit.jsonl" >/dev/null &
+  --audit-log "$t/dl/audit.jsonl" --config "$t/dl/config.toml" >/dev/null &
 dpid=$!
 DRIFTLOCK_SOCKET=$t/dl/d.sock containerd --config "$t/config.toml" >"$t/containerd.log" 2>&1 &
 cpid=$!
@@ -107,9 +110,9 @@ sleep 0.3
 enforce_verdict=$(last_exec | jq -r '"\(.unit) \(.verdict) \(.path)"')
 last_exec | jq '{time, unit, image_name, verdict, reason, path, sha256, chain: [.chain[] | "\(.pid) \(.comm): \(.cmdline | join(" ") | .[0:70])"]}'
 
-say "the same container in audit mode (annotation driftlock.io/mode=audit): the payload runs, the record says would-deny"
+say "the same container in the namespace \"tuning\", which the operator's rule puts in audit mode: the payload runs, the record says would-deny"
 $ctr tasks kill -s SIGKILL pg-1 >/dev/null; sleep 1; $ctr tasks delete -f pg-1 >/dev/null 2>&1; $ctr containers delete pg-1 >/dev/null
-start_pg pg-2 --annotation driftlock.io/mode=audit || exit 1
+start_pg pg-2 --annotation io.kubernetes.cri.sandbox-namespace=tuning || exit 1
 attack
 sleep 0.3
 audit_verdict=$(last_exec | jq -r '"\(.unit) \(.verdict) \(.path)"')

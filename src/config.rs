@@ -122,6 +122,9 @@ pub struct Config {
     /// `--mode`.
     #[serde(default)]
     pub mode: Option<Mode>,
+    /// `--annotations` (ignore, stricter-only, any).
+    #[serde(default)]
+    pub annotations: Option<crate::AnnotationPolicy>,
     /// `--audit-log` (`-` for stdout only).
     #[serde(default, deserialize_with = "de_abs_path")]
     pub audit_log: Option<PathBuf>,
@@ -270,6 +273,7 @@ impl Config {
             record_misses: self.record_misses,
             metrics_addr: self.metrics_addr,
             metrics_token_file: self.metrics_token_file.clone(),
+            annotations: self.annotations,
             watch_config: self.watch_config,
             falcosidekick_url: self.falcosidekick_url.clone(),
             indicators: self.indicators.clone(),

@@ -42,6 +42,8 @@ pub struct DaemonConfig {
     pub watch_config: bool,
     /// Take the fanotify group and the socket of a daemon already serving it.
     pub take_over: bool,
+    /// How far a container's mode annotation counts.
+    pub annotations: crate::AnnotationPolicy,
     /// Also post records to Falcosidekick here.
     pub falcosidekick: Option<crate::audit::falco::Endpoint>,
     /// Quarantine limits; `None`: keep no evidence.
@@ -611,6 +613,7 @@ pub fn run(
         engine: handle.clone(),
         store,
         default_mode: config.mode,
+        annotations: config.annotations,
         snapshot_threads: config.snapshot_threads,
         memfd_noexec: config.memfd_noexec,
         units_dir: config.state_dir.join("units"),

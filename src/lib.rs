@@ -67,11 +67,84 @@ pub enum Mode {
     Audit,
 }
 
+/// Whether a container's own `driftlock.io/mode` annotation (or Docker label) may choose
+/// its mode. Whoever creates a pod writes its annotations: a tenant whose workload was
+/// hijacked, or who wants to run a miner, would annotate it `audit`. The operator's rules
+/// (image, namespace, default) are the policy; annotations are ignored unless the operator
+/// says otherwise.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnnotationPolicy {
+    /// Annotations never change a mode (the default).
+    #[default]
+    Ignore,
+    /// An annotation may make a container stricter (`enforce` where the rules say audit),
+    /// never weaker.
+    StricterOnly,
+    /// An annotation wins over the rules, either way (a cluster whose pod authors are
+    /// trusted as much as its operators).
+    Any,
+}
+
+impl AnnotationPolicy {
+    /// The annotated mode this policy lets count.
+    pub fn admit(self, annotated: Option<Mode>) -> Option<Mode> {
+        match self {
+            AnnotationPolicy::Ignore => None,
+            AnnotationPolicy::StricterOnly => annotated.filter(|m| *m == Mode::Enforce),
+            AnnotationPolicy::Any => annotated,
+        }
+    }
+}
+
+impl std::fmt::Display for AnnotationPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AnnotationPolicy::Ignore => "ignore",
+            AnnotationPolicy::StricterOnly => "stricter-only",
+            AnnotationPolicy::Any => "any",
+        })
+    }
+}
+
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Mode::Enforce => "enforce",
             Mode::Audit => "audit",
         })
+    }
+}
+
+#[cfg(test)]
+mod annotation_policy_tests {
+    use super::*;
+
+    #[test]
+    fn only_what_the_policy_admits_counts() {
+        use AnnotationPolicy::*;
+        for asked in [None, Some(Mode::Audit), Some(Mode::Enforce)] {
+            assert_eq!(Ignore.admit(asked), None);
+            assert_eq!(Any.admit(asked), asked);
+        }
+        assert_eq!(StricterOnly.admit(Some(Mode::Audit)), None, "never weaker");
+        assert_eq!(StricterOnly.admit(Some(Mode::Enforce)), Some(Mode::Enforce));
+        assert_eq!(AnnotationPolicy::default(), Ignore);
+        let parsed: AnnotationPolicy = toml::from_str::<
+            std::collections::BTreeMap<String, AnnotationPolicy>,
+        >("a = \"stricter-only\"")
+        .unwrap()["a"];
+        assert_eq!(parsed, StricterOnly);
+        assert_eq!(StricterOnly.to_string(), "stricter-only");
     }
 }

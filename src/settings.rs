@@ -87,6 +87,8 @@ pub struct Settings {
     pub metrics_token_file: Option<PathBuf>,
     /// Reload the configuration file when it changes (a Kubernetes ConfigMap).
     pub watch_config: Option<bool>,
+    /// How far a container's mode annotation counts.
+    pub annotations: Option<crate::AnnotationPolicy>,
     /// Falcosidekick URL.
     pub falcosidekick_url: Option<String>,
     /// Known-bad indicator list.
@@ -131,6 +133,7 @@ impl Settings {
             metrics_addr: self.metrics_addr.or(lower.metrics_addr),
             metrics_token_file: self.metrics_token_file.or(lower.metrics_token_file),
             watch_config: self.watch_config.or(lower.watch_config),
+            annotations: self.annotations.or(lower.annotations),
             falcosidekick_url: self.falcosidekick_url.or(lower.falcosidekick_url),
             indicators: self.indicators.or(lower.indicators),
             evidence_max_file_mb: self.evidence_max_file_mb.or(lower.evidence_max_file_mb),
@@ -182,6 +185,7 @@ impl Settings {
             metrics_addr: self.metrics_addr,
             metrics_token_file: self.metrics_token_file,
             watch_config: self.watch_config.unwrap_or(false),
+            annotations: self.annotations.unwrap_or_default(),
             take_over: false,
             indicators: match self.indicators {
                 Some(p) => Some(crate::baseline::indicators::Indicators::load(&p)?),

@@ -225,6 +225,8 @@ pub struct Armer {
     pub store: BaselineStore,
     /// Mode for requests without one.
     pub default_mode: Mode,
+    /// How far a container's own mode annotation counts.
+    pub annotations: crate::AnnotationPolicy,
     /// Threads per snapshot.
     pub snapshot_threads: usize,
     /// Set `vm.memfd_noexec=2` in each container's PID namespace.
@@ -401,9 +403,17 @@ impl Armer {
             .policy
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let admitted = self.annotations.admit(req.annotated_mode);
+        if let (Some(asked), None) = (req.annotated_mode, admitted) {
+            log::info!(
+                "{:?}: its annotation asks for {asked} mode; set aside (annotations = {}): the operator's rules decide",
+                req.id.chars().take(128).collect::<String>(),
+                self.annotations
+            );
+        }
         (
             policy.mode_for(
-                req.mode,
+                req.mode.or(admitted),
                 req.image_name.as_deref(),
                 req.namespace.as_deref(),
                 self.default_mode,

@@ -111,6 +111,7 @@ pub(super) fn arm(a: ArmArgs) -> Result<i32, CliError> {
         rootfs: path_arg(&a.rootfs),
         mounts: a.mounts.iter().map(|p| path_arg(p)).collect(),
         mode: a.mode,
+        annotated_mode: None,
         image_key: a.image_key.map(|k| escape_bytes(k.as_bytes())),
         pid: a.pid,
         discover_mounts: a.discover_mounts,

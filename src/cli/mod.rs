@@ -145,9 +145,16 @@ pub struct DaemonArgs {
     /// State directory: baselines and armed units [default: /var/lib/driftlock].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Mode for containers with no annotation or rule [default: enforce].
+    /// Mode for containers no rule matches [default: enforce].
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
+    /// Whether a container's own driftlock.io/mode annotation (or Docker label) may choose
+    /// its mode: ignore (the operator's rules decide), stricter-only (it may ask for
+    /// enforce, never for audit), any (it wins either way). Pod authors write
+    /// annotations: under `any` a tenant can switch its own enforcement off
+    /// [default: ignore].
+    #[arg(long, value_enum)]
+    pub annotations: Option<crate::AnnotationPolicy>,
     /// Audit records: `-` for stdout only, or a FILE appended to as well as stdout [default: -].
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
@@ -249,6 +256,7 @@ impl DaemonArgs {
             metrics_addr: self.metrics_addr,
             metrics_token_file: self.metrics_token_file.clone(),
             watch_config: self.watch_config,
+            annotations: self.annotations,
             falcosidekick_url: self.falcosidekick_url.clone(),
             indicators: self.indicators.clone(),
             evidence_max_file_mb: self.evidence_max_file_mb,

@@ -109,9 +109,13 @@ pub struct ArmRequest {
     /// Further mount points of the unit (escaped bytes).
     #[serde(default)]
     pub mounts: Vec<String>,
-    /// Mode; the daemon's default if absent.
+    /// Mode chosen by the operator (`driftlock arm --mode`); wins over every rule.
     #[serde(default)]
     pub mode: Option<Mode>,
+    /// Mode the container's own annotation asks for (sent by the hook): counts only as far
+    /// as the daemon's annotation policy lets it ([`crate::AnnotationPolicy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotated_mode: Option<Mode>,
     /// Image key (escaped bytes); derived from the rootfs if absent.
     #[serde(default)]
     pub image_key: Option<String>,
@@ -233,6 +237,7 @@ mod tests {
             rootfs: crate::escape::escape_bytes(b"/run/x\n\xff"),
             mounts: vec!["/run/x/tmp".into()],
             mode: Some(Mode::Audit),
+            annotated_mode: None,
             image_key: None,
             pid: Some(42),
             discover_mounts: true,

@@ -16,6 +16,7 @@ fn every_request_is_pinned() {
         rootfs: "/run/c1/rootfs".into(),
         mounts: vec!["/run/c1/rootfs/tmp".into()],
         mode: Some(Mode::Audit),
+        annotated_mode: None,
         image_key: Some("k".into()),
         pid: Some(42),
         discover_mounts: true,

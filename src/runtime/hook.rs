@@ -248,7 +248,8 @@ pub fn arm_request(
         id,
         rootfs: rootfs_text.clone(),
         mounts: Vec::new(),
-        mode,
+        mode: None,
+        annotated_mode: mode,
         image_key: None,
         pid: Some(pid),
         discover_mounts: true,
@@ -259,6 +260,14 @@ pub fn arm_request(
         pod,
         container_name,
     })
+}
+
+/// The request as a daemon before the annotation policy reads it: the annotation's mode
+/// in `mode`.
+fn legacy_request(req: &ArmRequest) -> ArmRequest {
+    let mut old = req.clone();
+    old.mode = old.mode.or(old.annotated_mode.take());
+    old
 }
 
 /// The stage a hook registered for several is run at, from the OCI state's status.
@@ -318,13 +327,25 @@ pub fn run(stage: Stage, opts: &HookOptions, stdin: impl Read) -> Result<String,
                 )
             })?;
             let id = req.id.clone();
-            let reply = with_retry(opts, opts.arm_timeout, || {
-                request(
-                    &opts.socket,
-                    &Request::Arm(Box::new(req.clone())),
-                    opts.arm_timeout,
-                )
-            })
+            let arm = |req: &ArmRequest| {
+                with_retry(opts, opts.arm_timeout, || {
+                    request(
+                        &opts.socket,
+                        &Request::Arm(Box::new(req.clone())),
+                        opts.arm_timeout,
+                    )
+                })
+            };
+            let reply = match arm(&req) {
+                // A daemon one version older knows no `annotated_mode` (and lets every
+                // annotation win): ask it the way it understands.
+                Err(ClientError::Refused { message, .. })
+                    if message.contains("unknown field `annotated_mode`") =>
+                {
+                    arm(&legacy_request(&req))
+                }
+                other => other,
+            }
             .map_err(|source| HookError::Daemon {
                 id: id.clone(),
                 source,
@@ -364,6 +385,35 @@ pub fn run(stage: Stage, opts: &HookOptions, stdin: impl Read) -> Result<String,
 mod tests {
     use super::*;
 
+    /// Issue 19: a daemon one version older rejects the new field by name; the hook then
+    /// sends the annotation's mode where that daemon reads it.
+    #[test]
+    fn an_older_daemon_is_asked_the_old_way() {
+        let line = br#"{"v":1,"op":"arm","id":"c","rootfs":"/r","newer_field":"audit"}"#;
+        let err = crate::ipc::parse_request(line).unwrap_err().to_string();
+        assert!(err.contains("unknown field `newer_field`"), "{err}");
+        let req = ArmRequest {
+            id: "c".into(),
+            rootfs: "/r".into(),
+            mounts: Vec::new(),
+            mode: None,
+            annotated_mode: Some(Mode::Audit),
+            image_key: None,
+            pid: None,
+            discover_mounts: false,
+            host_rootfs: None,
+            image_name: None,
+            namespace: None,
+            pod: None,
+            container_name: None,
+        };
+        let old = legacy_request(&req);
+        assert_eq!((old.mode, old.annotated_mode), (Some(Mode::Audit), None));
+        let wire =
+            String::from_utf8(crate::ipc::encode_request(&Request::Arm(Box::new(old)))).unwrap();
+        assert!(!wire.contains("annotated_mode"), "{wire}");
+    }
+
     const STATE: &str = r#"{"ociVersion":"1.0.2","id":"web-1","status":"creating","pid":4242,"bundle":"/run/containerd/io.containerd.runtime.v2.task/default/web-1"}"#;
 
     fn config(extra: &str) -> impl Fn(&Path) -> Result<Vec<u8>, String> {
@@ -392,7 +442,7 @@ mod tests {
         };
         let req = arm_request(state.as_bytes(), read).unwrap();
         assert_eq!(req.image_name.as_deref(), Some("driftlock/glibc:latest"));
-        assert_eq!(req.mode, Some(Mode::Audit));
+        assert_eq!(req.annotated_mode, Some(Mode::Audit));
         // A hostname mount that is not Docker's (another id, or not under containers/)
         // is not read.
         for source in [
@@ -410,7 +460,7 @@ mod tests {
             })
             .unwrap();
             assert_eq!(req.image_name, None, "{source}");
-            assert_eq!(req.mode, None, "{source}");
+            assert_eq!(req.annotated_mode, None, "{source}");
         }
     }
 
@@ -468,14 +518,14 @@ mod tests {
             req.rootfs,
             "/run/containerd/io.containerd.runtime.v2.task/default/web-1/rootfs"
         );
-        assert_eq!(req.mode, Some(Mode::Audit));
+        assert_eq!(req.annotated_mode, Some(Mode::Audit));
         assert_eq!(
             req.image_name.as_deref(),
             Some("docker.io/library/postgres:16")
         );
         assert!(req.discover_mounts);
         let plain = arm_request(STATE.as_bytes(), config("")).unwrap();
-        assert_eq!(plain.mode, None);
+        assert_eq!(plain.annotated_mode, None);
     }
 
     #[test]

@@ -605,3 +605,68 @@ mkdir -p "$d" && cp /tmp/p "$d/p" && "$d/p" >/dev/null 2>&1; echo deep=$?"#,
     );
     let _ = node.ctr(&["tasks", "kill", "-s", "SIGKILL", "names-1"]);
 }
+
+/// Issue 19: under the default annotation policy (`ignore`) a workload cannot switch its
+/// own enforcement off: its `driftlock.io/mode=audit` annotation is set aside and the
+/// payload is denied; the operator's namespace rule still puts a namespace in audit.
+#[test]
+fn annotations_cannot_weaken_enforcement_by_default() {
+    let Some(node) = Node::with_daemon_args("annotations-ignore", &["--annotations", "ignore"])
+    else {
+        return;
+    };
+    let script = format!(
+        "wget -q -O /tmp/p {} && chmod +x /tmp/p && /tmp/p; echo payload=$?",
+        node.payload_url()
+    );
+    let out = node.run(
+        BUSYBOX,
+        "tenant-1",
+        &["--annotation", "driftlock.io/mode=audit"],
+        &script,
+    );
+    let t = text(&out);
+    assert!(
+        t.contains("payload=126") && !t.contains("payload ran"),
+        "the tenant's annotation must not weaken enforcement: {t}"
+    );
+    let recs = node.records(1);
+    assert_eq!(recs[0]["verdict"], "deny");
+    assert_eq!(recs[0]["mode"], "enforce");
+}
+
+/// Issue 19: `--annotations stricter-only`: an annotation may ask for enforce where the
+/// operator's rules say audit, never for audit where they say enforce.
+#[test]
+fn annotations_stricter_only_tighten_but_never_loosen() {
+    let Some(node) = Node::with_daemon_args(
+        "annotations-stricter",
+        &["--annotations", "stricter-only", "--mode", "audit"],
+    ) else {
+        return;
+    };
+    let script = format!(
+        "wget -q -O /tmp/p {} && chmod +x /tmp/p && /tmp/p; echo payload=$?",
+        node.payload_url()
+    );
+    let t = text(&node.run(
+        BUSYBOX,
+        "strict-1",
+        &["--annotation", "driftlock.io/mode=enforce"],
+        &script,
+    ));
+    assert!(
+        t.contains("payload=126"),
+        "enforce asked, enforce given: {t}"
+    );
+    let t = text(&node.run(BUSYBOX, "plain-1", &[], &script));
+    assert!(t.contains("payload=0"), "the rules say audit: {t}");
+    let recs = node.records(2);
+    let verdict_of = |unit: &str| {
+        recs.iter()
+            .find(|r| r["unit"] == unit)
+            .map(|r| r["verdict"].clone())
+    };
+    assert_eq!(verdict_of("strict-1"), Some("deny".into()));
+    assert_eq!(verdict_of("plain-1"), Some("would-deny".into()));
+}

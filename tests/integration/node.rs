@@ -203,7 +203,16 @@ impl Node {
             dl_socket,
             containerd: Some(containerd),
             daemon: None,
-            daemon_args: args.iter().map(|a| a.to_string()).collect(),
+            // The fixtures' workloads pick audit mode by annotation, as a cluster whose pod
+            // authors are trusted (`--annotations any`) does; the default policy, which
+            // ignores them, has its own tests (annotations_*).
+            daemon_args: if args.iter().any(|a| a.starts_with("--annotations")) {
+                args.iter().map(|a| a.to_string()).collect()
+            } else {
+                std::iter::once("--annotations=any".to_string())
+                    .chain(args.iter().map(|a| a.to_string()))
+                    .collect()
+            },
             daemon_prefix: prefix.iter().map(|a| a.to_string()).collect(),
             http: Http::start(payload),
             dir,
