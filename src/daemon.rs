@@ -211,6 +211,7 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
                 reply.pid = std::process::id();
                 reply.config_reloads = ctx.stats.reloads.load(Relaxed);
                 reply.config_reload_errors = ctx.stats.reload_errors.load(Relaxed);
+                reply.fail_open_containers = ctx.stats.fail_open.load(Relaxed);
                 reply.mapping_gate = mapping_gate_state();
                 reply.rearm_pending = ctx
                     .pending_units()
@@ -401,6 +402,42 @@ fn keep_socket(
             }
             Err(e) => log::error!("the socket was removed and cannot be made again: {e}"),
         }
+    }
+}
+
+/// Records and counts the containers hooks let start unprotected (fail-open), from the
+/// notes they left beside the socket, once a second.
+fn record_fail_opens(
+    armer: &Armer,
+    audit: &crate::audit::AuditQueue,
+    dir: &std::path::Path,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while !stop.load(Relaxed) {
+        for note in crate::runtime::hook::collect_fail_open_notes(dir) {
+            armer.stats.fail_open.fetch_add(1, Relaxed);
+            log::error!(
+                "container {:?} started UNPROTECTED at {} (fail-open: its hook could not reach the daemon: {})",
+                note.id,
+                note.time,
+                note.reason
+            );
+            audit.send(crate::audit::AuditJob::Coverage(
+                crate::audit::CoverageRecord {
+                    v: crate::audit::RECORD_VERSION,
+                    kind: "coverage".into(),
+                    time: note.time,
+                    unit: note.id,
+                    event: crate::audit::CoverageEvent::StartedUnprotected,
+                    path: "/".into(),
+                    fstype: String::new(),
+                    mark: None,
+                    error: Some(format!("fail-open: {}", note.reason)),
+                },
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
     }
 }
 
@@ -649,6 +686,14 @@ pub fn run(
         );
     }
     let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (armer, stop, audit) = (Arc::clone(&armer), Arc::clone(&stop_watch), audit.clone());
+        let dir = crate::runtime::hook::fail_open_dir(&config.socket);
+        std::thread::Builder::new()
+            .name("driftlock-fail-open".into())
+            .spawn(move || record_fail_opens(&armer, &audit, &dir, &stop))
+            .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    }
     {
         let (armer, stop) = (Arc::clone(&armer), Arc::clone(&stop_watch));
         std::thread::Builder::new()

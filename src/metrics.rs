@@ -276,6 +276,12 @@ pub fn render(
         "Records a unit's record budget held back (summarized in \"suppressed\" lines).",
         vec![format!(" {}", s.stats.records_suppressed)],
     );
+    section(
+        "driftlock_fail_open_containers_total",
+        "counter",
+        "Containers that started unprotected because their hook could not reach the daemon (fail-open).",
+        vec![format!(" {}", armer.stats.fail_open.load(Relaxed))],
+    );
     let armed = armer.stats.armed.load(Relaxed);
     section(
         "driftlock_arms_total",

@@ -258,6 +258,8 @@ pub struct ArmStats {
     pub reloads: std::sync::atomic::AtomicU64,
     /// Configuration reloads refused (the file was broken; the running one kept).
     pub reload_errors: std::sync::atomic::AtomicU64,
+    /// Containers that started unprotected (fail-open), as their hooks reported.
+    pub fail_open: std::sync::atomic::AtomicU64,
 }
 
 impl Armer {

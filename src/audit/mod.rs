@@ -343,6 +343,9 @@ pub enum CoverageEvent {
     /// A mount that appeared after the container started could not be marked: execs from
     /// it are not checked.
     MountNotArmed,
+    /// The container started unprotected: its hook could not reach the daemon and the node
+    /// is configured fail-open. Reported by the hook, recorded when the daemon next runs.
+    StartedUnprotected,
 }
 
 /// A coverage record (`"kind": "coverage"`), written to the same sinks as exec records.

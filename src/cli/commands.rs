@@ -11,9 +11,10 @@ pub(super) fn hook(
 ) -> Result<i32, CliError> {
     use crate::runtime::hook::{HookOptions, Stage, run};
     let opts = HookOptions {
-        socket,
+        socket: socket.clone(),
         connect_wait: Duration::from_secs(wait),
-        arm_timeout: Duration::from_secs(crate::runtime::wrapper::CREATE_HOOK_TIMEOUT),
+        // Connecting counts against the same budget: the answer comes before runc's timeout.
+        arm_timeout: crate::runtime::hook::hook_budget(),
     };
     match run(stage, &opts, std::io::stdin().lock()) {
         Ok(msg) => {
@@ -25,7 +26,12 @@ pub(super) fn hook(
             eprintln!("driftlock hook poststop: warning: {e}");
             Ok(0)
         }
-        Err(e) if fail_open => {
+        // Fail-open covers a daemon that cannot be reached or does not answer in time,
+        // never a refusal or a bad config (which a workload could cause on purpose).
+        Err(e) if fail_open && e.daemon_unavailable().is_some() => {
+            if let Some((id, why)) = e.daemon_unavailable() {
+                crate::runtime::hook::note_fail_open(&socket, id, &why);
+            }
             eprintln!("driftlock: WARNING: container runs UNPROTECTED (fail-open): {e}");
             Ok(0)
         }

@@ -43,6 +43,24 @@ impl ClientError {
     pub fn is_busy(&self) -> bool {
         matches!(self, ClientError::Refused { code: Some(c), .. } if c.is_retryable())
     }
+
+    /// True when no daemon answered in time (not running, not listening, too slow, too
+    /// busy): what fail-open covers. A refusal is an answer, and never is.
+    pub fn daemon_unavailable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } | ClientError::NoAnswer => true,
+            ClientError::Io(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+            ),
+            ClientError::Refused { .. } => self.is_busy(),
+            ClientError::BadReply(_) => false,
+        }
+    }
 }
 
 /// First and longest pause between attempts of a request the daemon was too busy for.

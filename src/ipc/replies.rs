@@ -321,6 +321,10 @@ pub struct StatusReply {
     /// Configuration reloads refused (the running configuration was kept).
     #[serde(default)]
     pub config_reload_errors: u64,
+    /// Containers that started unprotected (fail-open: their hook could not reach this
+    /// daemon), counted since it started.
+    #[serde(default)]
+    pub fail_open_containers: u64,
     /// Recorded units whose re-arm after a restart failed: kept and retried (their
     /// containers run unprotected, or with every exec denied if the daemon kept its
     /// marks, until one succeeds).
@@ -352,6 +356,7 @@ impl From<&EngineStatus> for StatusReply {
             pid: 0,
             config_reloads: 0,
             config_reload_errors: 0,
+            fail_open_containers: 0,
             rearm_pending: Vec::new(),
             mapping_gate: String::new(),
         }

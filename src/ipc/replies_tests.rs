@@ -181,6 +181,7 @@ fn every_reply_is_pinned() {
         pid: 36,
         config_reloads: 24,
         config_reload_errors: 25,
+        fail_open_containers: 37,
         rearm_pending: vec![PendingReply {
             id: "c9".into(),
             attempts: 27,
@@ -205,7 +206,7 @@ fn every_reply_is_pinned() {
                         "hash_backlogged":29,"hash_backlog_full":30,
                         "mapping_checked":31,"mapping_refused":32,"mapping_would_refuse":33,
                         "mapping_entries_dropped":34,"mapping_prepared":35},
-               "in_flight":21,"pid":36,"config_reloads":24,"config_reload_errors":25,
+               "in_flight":21,"pid":36,"config_reloads":24,"config_reload_errors":25,"fail_open_containers":37,
                "rearm_pending":[{"id":"c9","attempts":27,"error":"e"}],
                "mapping_gate":"off"})
     );

@@ -61,6 +61,149 @@ pub enum HookError {
     },
 }
 
+/// The whole time the createRuntime hook may take: runc kills it at
+/// [`crate::runtime::wrapper::CREATE_HOOK_TIMEOUT`], and it must answer (fail-open or not)
+/// before that, with a margin for starting up and printing.
+pub fn hook_budget() -> Duration {
+    Duration::from_secs(crate::runtime::wrapper::CREATE_HOOK_TIMEOUT).saturating_sub(HOOK_MARGIN)
+}
+
+/// Kept between the hook's own budget and runc's timeout.
+pub const HOOK_MARGIN: Duration = Duration::from_secs(5);
+
+impl HookError {
+    /// The container id and why, when no daemon answered in time: the only failure
+    /// fail-open lets a container start through. A bad config (a workload's own
+    /// annotations) or a refusal by the daemon fails the container whatever the setting.
+    pub fn daemon_unavailable(&self) -> Option<(&str, String)> {
+        match self {
+            HookError::Daemon { id, source } if source.daemon_unavailable() => {
+                Some((id.as_str(), source.to_string()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Where hooks leave notes of containers started unprotected (fail-open), beside the
+/// daemon's socket; the daemon records and counts them ([`collect_fail_open_notes`]).
+pub fn fail_open_dir(socket: &Path) -> PathBuf {
+    socket
+        .parent()
+        .unwrap_or_else(|| Path::new("/run/driftlock"))
+        .join("fail-open")
+}
+
+/// A note left by a hook that let a container start unprotected.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FailOpenNote {
+    /// The container.
+    pub id: String,
+    /// When (RFC 3339).
+    pub time: String,
+    /// Why the daemon could not arm it.
+    pub reason: String,
+}
+
+/// Says, where an operator looks, that a container started unprotected: syslog at once,
+/// and a note the daemon records (audit record, `status`, metrics) when it runs again.
+pub fn note_fail_open(socket: &Path, id: &str, reason: &str) {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let text = format!("container {id} started UNPROTECTED (fail-open): {reason}");
+    // daemon facility (3), warning (4); the hook runs with no environment, so no tag config.
+    let line = format!("<28>driftlock-hook[{}]: {text}", std::process::id());
+    if let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() {
+        let _ = sock.send_to(line.as_bytes(), "/dev/log");
+    }
+    let dir = fail_open_dir(socket);
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir);
+    let note = FailOpenNote {
+        id: id.to_string(),
+        time: crate::audit::rfc3339(std::time::SystemTime::now()),
+        reason: reason.to_string(),
+    };
+    let name: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(128)
+        .collect();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let path = dir.join(format!("{name}.{nanos}.{}.json", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| {
+            std::io::Write::write_all(
+                &mut f,
+                serde_json::to_string(&note).unwrap_or_default().as_bytes(),
+            )
+        });
+    if let Err(e) = written {
+        eprintln!(
+            "driftlock: cannot leave the fail-open note {}: {e}",
+            path.display()
+        );
+    }
+}
+
+/// Takes the hooks' fail-open notes (oldest first), removing them; unreadable ones are
+/// removed and reported with what is known.
+pub fn collect_fail_open_notes(dir: &Path) -> Vec<FailOpenNote> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let note = read_limited_file(&p).and_then(|b| {
+                serde_json::from_slice::<FailOpenNote>(&b).map_err(|e| e.to_string())
+            });
+            let _ = std::fs::remove_file(&p);
+            note.unwrap_or_else(|e| FailOpenNote {
+                id: p
+                    .file_name()
+                    .map(|n| {
+                        n.to_string_lossy()
+                            .split('.')
+                            .next()
+                            .unwrap_or("")
+                            .to_string()
+                    })
+                    .unwrap_or_default(),
+                time: crate::audit::rfc3339(std::time::SystemTime::now()),
+                reason: format!("unreadable note: {e}"),
+            })
+        })
+        .collect()
+}
+
+fn read_limited_file(p: &Path) -> Result<Vec<u8>, String> {
+    let f = std::fs::File::open(p).map_err(|e| e.to_string())?;
+    let mut data = Vec::new();
+    f.take(64 << 10)
+        .read_to_end(&mut data)
+        .map_err(|e| e.to_string())?;
+    Ok(data)
+}
+
 /// The hook stages driftlock uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Stage {
@@ -83,7 +226,8 @@ pub struct HookOptions {
     pub socket: PathBuf,
     /// How long to keep trying to reach a daemon that is (re)starting.
     pub connect_wait: Duration,
-    /// How long arming may take (a first snapshot of a large image).
+    /// How long arming may take in all (a first snapshot of a large image), connecting
+    /// included: below runc's timeout for the hook ([`hook_budget`]).
     pub arm_timeout: Duration,
 }
 
@@ -282,21 +426,25 @@ fn stage_of(state: &[u8]) -> Result<Stage, HookError> {
     }
 }
 
-/// Runs `f` until it gets an answer: a daemon not listening yet is waited for up to
-/// `connect_wait`, and a daemon that says it is busy (every client slot taken during a
-/// burst of container creations) is asked again with backoff for up to `busy_wait`. Any
-/// other answer, a refusal included, is final.
+/// Runs `f` (given the time it may take) until it gets an answer, all within `budget`: a
+/// daemon not listening yet is waited for up to `connect_wait`, and a daemon that says it
+/// is busy (every client slot taken during a burst of container creations) is asked again
+/// with backoff. Any other answer, a refusal included, is final. Nothing runs past the
+/// budget, so the hook answers before runc's own timeout kills it.
 fn with_retry<T>(
     opts: &HookOptions,
-    busy_wait: Duration,
-    f: impl Fn() -> Result<T, ClientError>,
+    budget: Duration,
+    f: impl Fn(Duration) -> Result<T, ClientError>,
 ) -> Result<T, ClientError> {
     let started = Instant::now();
-    let connect_until = started + opts.connect_wait;
-    let busy_until = started + busy_wait;
+    let connect_until = started + opts.connect_wait.min(budget);
+    let busy_until = started + budget;
     let mut pause = Duration::from_millis(20);
     loop {
-        match f() {
+        let left = busy_until
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        match f(left) {
             Err(ClientError::Connect { .. }) if Instant::now() < connect_until => {
                 std::thread::sleep(Duration::from_millis(100))
             }
@@ -328,12 +476,8 @@ pub fn run(stage: Stage, opts: &HookOptions, stdin: impl Read) -> Result<String,
             })?;
             let id = req.id.clone();
             let arm = |req: &ArmRequest| {
-                with_retry(opts, opts.arm_timeout, || {
-                    request(
-                        &opts.socket,
-                        &Request::Arm(Box::new(req.clone())),
-                        opts.arm_timeout,
-                    )
+                with_retry(opts, opts.arm_timeout, |left| {
+                    request(&opts.socket, &Request::Arm(Box::new(req.clone())), left)
                 })
             };
             let reply = match arm(&req) {
@@ -365,12 +509,8 @@ pub fn run(stage: Stage, opts: &HookOptions, stdin: impl Read) -> Result<String,
             let state: State =
                 serde_json::from_slice(&state).map_err(|e| HookError::State(e.to_string()))?;
             let id = state.id().to_string();
-            with_retry(opts, Duration::from_secs(20), || {
-                request(
-                    &opts.socket,
-                    &Request::Disarm { id: id.clone() },
-                    Duration::from_secs(20),
-                )
+            with_retry(opts, Duration::from_secs(20), |left| {
+                request(&opts.socket, &Request::Disarm { id: id.clone() }, left)
             })
             .map_err(|source| HookError::Daemon {
                 id: id.clone(),
@@ -384,6 +524,53 @@ pub fn run(stage: Stage, opts: &HookOptions, stdin: impl Read) -> Result<String,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 19 (2): the hook answers within its budget, which is below runc's timeout for
+    /// it, whether the daemon never listens or stays busy: a slow arm fails (or fails
+    /// open) before runc kills the hook.
+    #[test]
+    fn the_hook_answers_within_its_budget() {
+        assert!(
+            hook_budget() + HOOK_MARGIN
+                <= Duration::from_secs(crate::runtime::wrapper::CREATE_HOOK_TIMEOUT)
+        );
+        let opts = HookOptions {
+            socket: PathBuf::from("/nonexistent/driftlock.sock"),
+            connect_wait: Duration::from_secs(10),
+            arm_timeout: Duration::from_millis(300),
+        };
+        let started = Instant::now();
+        let r: Result<(), _> = with_retry(&opts, opts.arm_timeout, |left| {
+            assert!(left <= Duration::from_millis(300));
+            Err(ClientError::Connect {
+                path: opts.socket.clone(),
+                source: std::io::ErrorKind::NotFound.into(),
+            })
+        });
+        assert!(r.unwrap_err().daemon_unavailable());
+        assert!(
+            started.elapsed() < Duration::from_millis(800),
+            "{:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        let r: Result<(), _> = with_retry(&opts, opts.arm_timeout, |_| {
+            Err(ClientError::Refused {
+                code: Some(crate::ipc::ErrorCode::Busy),
+                message: "busy".into(),
+            })
+        });
+        assert!(
+            r.unwrap_err().daemon_unavailable(),
+            "busy to the end: unavailable"
+        );
+        assert!(started.elapsed() < Duration::from_millis(800));
+        let refused = ClientError::Refused {
+            code: Some(crate::ipc::ErrorCode::Invalid),
+            message: "no".into(),
+        };
+        assert!(!refused.daemon_unavailable(), "a refusal is an answer");
+    }
 
     /// Issue 19: a daemon one version older rejects the new field by name; the hook then
     /// sends the annotation's mode where that daemon reads it.

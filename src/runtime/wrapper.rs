@@ -389,11 +389,10 @@ pub fn run(argv: Vec<OsString>) -> RuntimeError {
         Err(e) => return e,
     };
     if let Invocation::Create { bundle } = sniff(&args) {
+        // Fail-open is for a daemon that cannot be reached (the hook decides that); a
+        // bundle that cannot carry the hook fails the container whatever the setting.
         if let Err(e) = patch_bundle(&bundle, &cfg) {
-            if !cfg.fail_open {
-                return e;
-            }
-            eprintln!("driftlock-runtime: WARNING: container starts UNPROTECTED (fail-open): {e}");
+            return e;
         }
     }
     let err = std::process::Command::new(&runc)

@@ -476,3 +476,103 @@ fn slow_oversized_and_silent_socket_clients_do_not_block_others() {
         "socket clients: worst status beside 8 trickling, 8 silent and 1 oversized client {worst_status:?}"
     ));
 }
+
+/// Issue 19 (2): fail-open lets a container start only when the daemon cannot be reached,
+/// and says so: syslog at once, and a note the daemon records (a `started-unprotected`
+/// record with the container id) and counts (`status`, metrics) when it runs again. A
+/// refusal by a running daemon, or a bad config, fails the container even under fail-open.
+#[test]
+fn fail_open_is_recorded_and_counted_and_never_covers_a_refusal() {
+    use std::io::Write;
+    use std::process::Stdio;
+    if !root_or_skip("fail-open") {
+        return;
+    }
+    let mut sb = Sandbox::new("fail-open");
+    let bundle = sb.dir.join("bundle");
+    fs::create_dir_all(&bundle).unwrap();
+    let write_config = |root: &str, extra: &str| {
+        fs::write(
+            bundle.join("config.json"),
+            format!(r#"{{"ociVersion":"1.0.2","root":{{"path":"{root}"}}{extra}}}"#),
+        )
+        .unwrap();
+    };
+    write_config(sb.rootfs.to_str().unwrap(), "");
+    let mut init = Command::new("sleep").arg("60").spawn().unwrap();
+    let init_pid = init.id();
+    let socket = sb.socket.clone();
+    let hook = |id: &str| {
+        let state = format!(
+            r#"{{"ociVersion":"1.0.2","id":"{id}","status":"creating","pid":{},"bundle":"{}"}}"#,
+            init_pid,
+            bundle.display()
+        );
+        let mut child = Command::new(BIN)
+            .args([
+                "hook",
+                "createRuntime",
+                "--fail-open",
+                "--connect-wait-secs",
+                "1",
+            ])
+            .arg("--socket")
+            .arg(&socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(state.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let notes = driftlock::runtime::hook::fail_open_dir(&sb.socket);
+    // No daemon: the container may start, and says so.
+    let out = hook("unprotected-1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("UNPROTECTED"), "{err}");
+    assert_eq!(fs::read_dir(&notes).unwrap().count(), 1, "a note is left");
+    // A bad config is not covered by fail-open, daemon or not.
+    write_config(
+        sb.rootfs.to_str().unwrap(),
+        r#","annotations":{"driftlock.io/mode":"off"}"#,
+    );
+    let out = hook("bad-config-1");
+    assert!(!out.status.success(), "a bad config fails the container");
+    write_config(sb.rootfs.to_str().unwrap(), "");
+    // The daemon starts: the note becomes a record and a count.
+    sb.start_daemon(&[]);
+    sb.wait_for_status("the fail-open count", |s| s["fail_open_containers"] == 1);
+    let recs = sb.records(1);
+    let rec = recs
+        .iter()
+        .find(|r| r["event"] == "started-unprotected")
+        .unwrap_or_else(|| panic!("no started-unprotected record: {recs:?}"));
+    assert_eq!(rec["unit"], "unprotected-1");
+    assert_eq!(rec["kind"], "coverage");
+    assert!(rec["error"].as_str().unwrap().contains("fail-open"));
+    assert_eq!(
+        fs::read_dir(&notes).unwrap().count(),
+        0,
+        "the note was taken"
+    );
+    // A running daemon that refuses (here: a rootfs that is not a directory) is an answer:
+    // the container fails, fail-open or not, and nothing is noted.
+    write_config("/proc/version", "");
+    let out = hook("refused-1");
+    assert!(
+        !out.status.success(),
+        "a refusal is never fail-open: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(sb.status_json()["fail_open_containers"], 1);
+    let _ = init.kill();
+    let _ = init.wait();
+}
