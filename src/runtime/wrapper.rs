@@ -59,6 +59,20 @@ pub enum RuntimeError {
         #[source]
         reason: SettingError,
     },
+    /// The configured runc is this wrapper (or runs it again): every call would exec
+    /// itself forever.
+    #[error(
+        "{0} is driftlock-runtime itself, not runc: set RUNC= in {CONFIG_FILE} (or DRIFTLOCK_RUNC) to the real runc, e.g. /usr/sbin/runc"
+    )]
+    RuncIsSelf(String),
+    /// The hook binary cannot be trusted to run as root in every container's creation.
+    #[error("the hook binary {}: {reason} (set DRIFTLOCK= in {CONFIG_FILE} to driftlock, owned by root and writable by root only)", path.display())]
+    HookBinary {
+        /// The binary.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// `execv` failed.
     #[error("cannot execute {}: {source}", path.display())]
     Exec {
@@ -200,7 +214,8 @@ impl RuntimeConfig {
 /// What the wrapper needs to know about a runc invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invocation {
-    /// `create` or `run`: the bundle to patch.
+    /// `create`, `run` or `restore` (a checkpointed container starting again): the bundle
+    /// to patch.
     Create {
         /// The bundle directory (`--bundle`, or the current directory).
         bundle: PathBuf,
@@ -237,7 +252,7 @@ pub fn sniff(args: &[OsString]) -> Invocation {
         }
         break b;
     };
-    if sub != b"create" && sub != b"run" {
+    if sub != b"create" && sub != b"run" && sub != b"restore" {
         return Invocation::Other;
     }
     let rest = &args[i + 1..];
@@ -339,10 +354,26 @@ pub fn patch_bundle(bundle: &Path, cfg: &RuntimeConfig) -> Result<bool, RuntimeE
     let mode = std::fs::metadata(&path)
         .map(|m| m.permissions().mode())
         .unwrap_or(0o644);
-    let tmp = bundle.join(format!(".config.json.driftlock.{}", std::process::id()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = bundle.join(format!(
+        ".config.json.driftlock.{}.{nanos:09}",
+        std::process::id()
+    ));
     let write = || -> std::io::Result<()> {
-        std::fs::write(&tmp, &out)?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // O_EXCL (nothing planted there is followed or reused), readable by root alone
+        // until it has its final mode.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&out)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        drop(f);
         // Not synced: a bundle does not outlive the node (runtimes keep it under /run), and
         // the rename alone is atomic for runc, which reads it next.
         std::fs::rename(&tmp, &path)
@@ -362,14 +393,22 @@ pub const RUNC_CANDIDATES: &[&str] = &[
     "/usr/local/bin/runc",
 ];
 
-/// The real runc: configured, or the first candidate that is not this wrapper.
+/// Set in runc's environment by the wrapper: runc never runs a runtime, so finding it set
+/// means the "runc" we ran is (a script around) this wrapper.
+pub const ACTIVE_ENV: &str = "DRIFTLOCK_RUNTIME_ACTIVE";
+
+/// The real runc: configured (and not this wrapper), or the first candidate that is not
+/// this wrapper.
 pub fn resolve_runc(cfg: &RuntimeConfig) -> Result<PathBuf, RuntimeError> {
-    if let Some(r) = &cfg.runc {
-        return Ok(r.clone());
-    }
     let me = std::fs::metadata("/proc/self/exe")
         .ok()
         .map(|m| (m.dev(), m.ino()));
+    if let Some(r) = &cfg.runc {
+        if std::fs::metadata(r).is_ok_and(|m| Some((m.dev(), m.ino())) == me) {
+            return Err(RuntimeError::RuncIsSelf(r.display().to_string()));
+        }
+        return Ok(r.clone());
+    }
     RUNC_CANDIDATES
         .iter()
         .map(PathBuf::from)
@@ -377,18 +416,66 @@ pub fn resolve_runc(cfg: &RuntimeConfig) -> Result<PathBuf, RuntimeError> {
         .ok_or_else(|| RuntimeError::NoRunc(RUNC_CANDIDATES.join(", ")))
 }
 
+/// Checks that the hook binary may be written into every container's config: runc runs it
+/// as root at each creation, so it must be a root-owned regular file nobody else can
+/// write, and executable.
+pub fn check_hook_binary(path: &Path) -> Result<(), RuntimeError> {
+    let err = |reason: String| RuntimeError::HookBinary {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let m = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if !m.is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    if m.uid() != 0 {
+        return Err(err(format!("owned by uid {}, not root", m.uid())));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(err(format!(
+            "mode {:o}: writable by group or others",
+            m.mode() & 0o7777
+        )));
+    }
+    if m.mode() & 0o100 == 0 {
+        return Err(err("not executable".into()));
+    }
+    Ok(())
+}
+
 /// Runs the wrapper: patch if needed, then `execv` runc. Returns only on failure.
+///
+/// Only a container creation (`create`, `run`, `restore`) needs the wrapper's settings
+/// and the hook: every other subcommand (`state`, `kill`, `delete`, ...) reaches runc even
+/// when the settings are broken (with a warning), so containers can still be stopped.
 pub fn run(argv: Vec<OsString>) -> RuntimeError {
     let args: Vec<OsString> = argv.into_iter().skip(1).collect();
+    if std::env::var_os(ACTIVE_ENV).is_some() {
+        return RuntimeError::RuncIsSelf(format!(
+            "the runc this wrapper ran ({})",
+            std::env::var(ACTIVE_ENV).unwrap_or_default()
+        ));
+    }
+    let invocation = sniff(&args);
+    let creates = matches!(invocation, Invocation::Create { .. });
     let cfg = match RuntimeConfig::load() {
         Ok(c) => c,
-        Err(e) => return e,
+        Err(e) if creates => return e,
+        Err(e) => {
+            eprintln!(
+                "driftlock-runtime: warning: {e}; passing this call to runc with the default settings"
+            );
+            RuntimeConfig::defaults()
+        }
     };
     let runc = match resolve_runc(&cfg) {
         Ok(r) => r,
         Err(e) => return e,
     };
-    if let Invocation::Create { bundle } = sniff(&args) {
+    if let Invocation::Create { bundle } = invocation {
+        if let Err(e) = check_hook_binary(&cfg.driftlock) {
+            return e;
+        }
         // Fail-open is for a daemon that cannot be reached (the hook decides that); a
         // bundle that cannot carry the hook fails the container whatever the setting.
         if let Err(e) = patch_bundle(&bundle, &cfg) {
@@ -398,6 +485,7 @@ pub fn run(argv: Vec<OsString>) -> RuntimeError {
     let err = std::process::Command::new(&runc)
         .arg0("runc")
         .args(&args)
+        .env(ACTIVE_ENV, &runc)
         .exec();
     RuntimeError::Exec {
         path: runc,

@@ -14,3 +14,4 @@ mod private_ns;
 mod realism;
 mod regressions;
 mod support;
+mod wrapper;
