@@ -135,7 +135,7 @@ impl RuntimeConfig {
         let driftlock = std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(|d| d.join("driftlock")))
-            .unwrap_or_else(|| PathBuf::from("/usr/local/bin/driftlock"));
+            .unwrap_or_else(|| PathBuf::from("/usr/bin/driftlock"));
         Self {
             runc: None,
             driftlock,
@@ -572,7 +572,7 @@ mod tests {
         assert!(!add_hooks(&mut v, &cfg()).unwrap(), "idempotent");
         let create = v["hooks"]["createRuntime"].as_array().unwrap();
         assert_eq!(create.len(), 2);
-        assert_eq!(create[0]["path"], "/usr/local/bin/driftlock");
+        assert_eq!(create[0]["path"], "/usr/bin/driftlock");
         assert_eq!(create[0]["args"][2], "createRuntime");
         assert!(create[0].get("env").is_none(), "hooks get no environment");
         assert_eq!(create[1]["path"], "/other/hook");
