@@ -555,7 +555,7 @@ mod tests {
     fn cfg() -> RuntimeConfig {
         RuntimeConfig {
             runc: None,
-            driftlock: "/usr/local/bin/driftlock".into(),
+            driftlock: "/usr/bin/driftlock".into(),
             socket: "/run/driftlock/driftlock.sock".into(),
             fail_open: false,
         }
