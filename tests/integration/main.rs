@@ -5,6 +5,7 @@
 mod bypasses;
 mod cli;
 mod clients;
+mod compat;
 mod containers;
 mod core;
 mod faults;
