@@ -33,18 +33,20 @@ impl Drop for Daemon {
 }
 
 fn start(bin: &Path, sb: &Sandbox, state: &Path) -> Daemon {
-    let child = Command::new(bin)
-        .arg("daemon")
-        .arg("--socket")
-        .arg(&sb.socket)
-        .arg("--state-dir")
-        .arg(state)
-        .arg("--audit-log")
-        .arg(&sb.audit)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Daemon(
+        Command::new(bin)
+            .arg("daemon")
+            .arg("--socket")
+            .arg(&sb.socket)
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--audit-log")
+            .arg(&sb.audit)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let until = Instant::now() + Duration::from_secs(20);
     while Instant::now() < until {
         if Command::new(bin)
@@ -53,7 +55,7 @@ fn start(bin: &Path, sb: &Sandbox, state: &Path) -> Daemon {
             .output()
             .is_ok_and(|o| o.status.success())
         {
-            return Daemon(child);
+            return child;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
