@@ -112,8 +112,11 @@ pub fn note_fail_open(socket: &Path, id: &str, reason: &str) {
     let text = format!("container {id} started UNPROTECTED (fail-open): {reason}");
     // daemon facility (3), warning (4); the hook runs with no environment, so no tag config.
     let line = format!("<28>driftlock-hook[{}]: {text}", std::process::id());
+    // (DRIFTLOCK_SYSLOG_SOCKET: tests; runc gives hooks no environment.)
+    let syslog = std::env::var_os("DRIFTLOCK_SYSLOG_SOCKET")
+        .map_or_else(|| PathBuf::from("/dev/log"), PathBuf::from);
     if let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() {
-        let _ = sock.send_to(line.as_bytes(), "/dev/log");
+        let _ = sock.send_to(line.as_bytes(), &syslog);
     }
     let dir = fail_open_dir(socket);
     let _ = std::fs::DirBuilder::new()

@@ -501,6 +501,11 @@ fn fail_open_is_recorded_and_counted_and_never_covers_a_refusal() {
     write_config(sb.rootfs.to_str().unwrap(), "");
     let mut init = Command::new("sleep").arg("60").spawn().unwrap();
     let init_pid = init.id();
+    let syslog_path = sb.dir.join("syslog.sock");
+    let syslog = std::os::unix::net::UnixDatagram::bind(&syslog_path).unwrap();
+    syslog
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
     let socket = sb.socket.clone();
     let hook = |id: &str| {
         let state = format!(
@@ -518,6 +523,7 @@ fn fail_open_is_recorded_and_counted_and_never_covers_a_refusal() {
             ])
             .arg("--socket")
             .arg(&socket)
+            .env("DRIFTLOCK_SYSLOG_SOCKET", &syslog_path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -538,6 +544,14 @@ fn fail_open_is_recorded_and_counted_and_never_covers_a_refusal() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("UNPROTECTED"), "{err}");
     assert_eq!(fs::read_dir(&notes).unwrap().count(), 1, "a note is left");
+    let mut said = [0u8; 1024];
+    let n = syslog.recv(&mut said).expect("a syslog line");
+    let said = String::from_utf8_lossy(&said[..n]);
+    assert!(
+        said.starts_with("<28>driftlock-hook[")
+            && said.contains("container unprotected-1 started UNPROTECTED"),
+        "{said}"
+    );
     // A bad config is not covered by fail-open, daemon or not.
     write_config(
         sb.rootfs.to_str().unwrap(),
