@@ -4,7 +4,6 @@
 //! disarms, and each side's `status` reads the other's.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -79,25 +78,12 @@ fn hook(bin: &Path, sb: &Sandbox, stage: &str, id: &str, pid: u32) -> std::proce
     } else {
         "stopped"
     };
-    let state = format!(
-        r#"{{"ociVersion":"1.0.2","id":"{id}","status":"{status}","pid":{pid},"bundle":"{}"}}"#,
-        bundle.display()
-    );
-    let mut child = Command::new(bin)
-        .args(["hook", stage, "--socket"])
-        .arg(&sb.socket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(state.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    run_hook(
+        bin,
+        &[stage, "--socket", sb.socket.to_str().unwrap()],
+        &[],
+        (id, status, pid, &bundle),
+    )
 }
 
 fn status(bin: &Path, sb: &Sandbox) -> serde_json::Value {

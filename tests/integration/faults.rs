@@ -483,8 +483,6 @@ fn slow_oversized_and_silent_socket_clients_do_not_block_others() {
 /// refusal by a running daemon, or a bad config, fails the container even under fail-open.
 #[test]
 fn fail_open_is_recorded_and_counted_and_never_covers_a_refusal() {
-    use std::io::Write;
-    use std::process::Stdio;
     if !root_or_skip("fail-open") {
         return;
     }
@@ -508,34 +506,19 @@ fn fail_open_is_recorded_and_counted_and_never_covers_a_refusal() {
         .unwrap();
     let socket = sb.socket.clone();
     let hook = |id: &str| {
-        let state = format!(
-            r#"{{"ociVersion":"1.0.2","id":"{id}","status":"creating","pid":{},"bundle":"{}"}}"#,
-            init_pid,
-            bundle.display()
-        );
-        let mut child = Command::new(BIN)
-            .args([
-                "hook",
+        run_hook(
+            Path::new(BIN),
+            &[
                 "createRuntime",
                 "--fail-open",
                 "--connect-wait-secs",
                 "1",
-            ])
-            .arg("--socket")
-            .arg(&socket)
-            .env("DRIFTLOCK_SYSLOG_SOCKET", &syslog_path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(state.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+                "--socket",
+                socket.to_str().unwrap(),
+            ],
+            &[("DRIFTLOCK_SYSLOG_SOCKET", &syslog_path)],
+            (id, "creating", init_pid, &bundle),
+        )
     };
     let notes = driftlock::runtime::hook::fail_open_dir(&sb.socket);
     // No daemon: the container may start, and says so.

@@ -285,3 +285,36 @@ pub fn record_path(rec: &serde_json::Value) -> Vec<u8> {
 pub fn bytes(p: &Path) -> &[u8] {
     p.as_os_str().as_bytes()
 }
+
+/// Runs `bin hook ARGS` as runc would: the OCI state of container `id` (status `creating`
+/// or `stopped`, runc init's `pid`, `bundle`) on stdin, with `env` added; waits for it.
+pub fn run_hook(
+    bin: &Path,
+    args: &[&str],
+    env: &[(&str, &Path)],
+    (id, status, pid, bundle): (&str, &str, u32, &Path),
+) -> Output {
+    use std::io::Write;
+    let state = format!(
+        r#"{{"ociVersion":"1.0.2","id":"{id}","status":"{status}","pid":{pid},"bundle":"{}"}}"#,
+        bundle.display()
+    );
+    let mut cmd = Command::new(bin);
+    cmd.arg("hook").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(state.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
