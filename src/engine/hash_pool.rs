@@ -300,25 +300,36 @@ impl<G: Gate> Engine<G> {
     /// Adds a worker when jobs wait while every worker is hashing, so a huge or slow file
     /// occupies one worker and does not hold every later miss until its time budget runs
     /// out. Bounded; workers added stay for the daemon's life (they sleep when idle).
+    ///
+    /// As many workers are added as jobs wait (up to the bound), not one per dispatch: a
+    /// burst of one unit's jobs queued ahead of another unit's first miss would otherwise
+    /// take each new worker first, and that miss would wait for a busy worker past its
+    /// budget (seen in CI, under load, as a denied image program).
     pub(super) fn grow_workers_if_saturated(&mut self) {
-        let started = self.workers.len();
         let cap = self.config.hash_workers * WORKER_GROWTH;
-        if started == 0 || started >= cap {
+        if self.workers.is_empty() {
             return;
         }
-        let waiting = self.job_queue.len();
-        if waiting > 0 && self.busy.load(Ordering::Relaxed) + waiting > started {
+        while self.workers.len() < cap {
+            let started = self.workers.len();
+            let waiting = self.job_queue.len();
+            // A worker just added has not taken a job yet: `busy + waiting` is what needs
+            // a worker, whatever the new ones are doing.
+            if waiting == 0 || self.busy.load(Ordering::Relaxed) + waiting <= started {
+                break;
+            }
             let waker = self.gate.waker();
-            if let Some(w) = spawn_hash_worker(
+            let Some(w) = spawn_hash_worker(
                 started,
                 &self.job_queue,
                 &self.result_tx,
                 &waker,
                 &self.busy,
-            ) {
-                log::debug!("every hash worker is busy: started worker {}", started + 1);
-                self.workers.push(w);
-            }
+            ) else {
+                break;
+            };
+            log::debug!("every hash worker is busy: started worker {}", started + 1);
+            self.workers.push(w);
         }
     }
 
