@@ -92,6 +92,8 @@ struct Admission {
     pending: std::sync::Mutex<Option<std::os::unix::net::UnixStream>>,
     /// The pid the group was handed to (0: not handed over).
     successor: std::sync::atomic::AtomicU32,
+    /// That process's start time, so that a reused pid is not taken for it.
+    successor_start: std::sync::atomic::AtomicU64,
 }
 
 impl Admission {
@@ -150,8 +152,12 @@ impl Admission {
         };
         let successor = self.successor.load(SeqCst);
         if successor != 0 {
-            // Handed over before: the group can go again only if that successor died.
-            if std::path::Path::new(&format!("/proc/{successor}")).exists() {
+            // Handed over before: the group can go again only if that successor died (the
+            // same pid with another start time is another process).
+            let started = self.successor_start.load(SeqCst);
+            if crate::kernel::procfs::start_time(successor as i32)
+                .is_some_and(|t| started == 0 || t == started)
+            {
                 refuse(
                     &mut stream,
                     format!("the fanotify group was handed over to pid {successor}, which runs"),
@@ -194,6 +200,10 @@ impl Admission {
         }
         // Recorded even if sending failed: the next successor is handed the group as a
         // relay, with unanswered events answered.
+        self.successor_start.store(
+            crate::kernel::procfs::start_time(peer as i32).unwrap_or(0),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         self.successor
             .store(peer.max(1), std::sync::atomic::Ordering::SeqCst);
     }
