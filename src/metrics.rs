@@ -385,6 +385,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Writes one HTTP/1.0 response (`status` may carry further header lines) and its body.
+fn respond(s: &mut std::net::TcpStream, status: &str, content_type: &str, body: &str) {
+    let head = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s
+        .write_all(head.as_bytes())
+        .and_then(|_| s.write_all(body.as_bytes()));
+}
+
 /// Reads a request head: up to the blank line, 8 KiB, or the socket's timeout.
 fn read_head(s: &mut std::net::TcpStream) -> Vec<u8> {
     let mut head = Vec::new();
@@ -432,12 +443,12 @@ pub fn serve(
                         last_problem.clear();
                     }
                     if verdict != Ok(true) {
-                        let body = "401 unauthorized: send Authorization: Bearer <token>\n";
-                        let head = format!(
-                            "HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"driftlock\"\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                            body.len()
+                        respond(
+                            &mut s,
+                            "401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"driftlock\"",
+                            "text/plain",
+                            "401 unauthorized: send Authorization: Bearer <token>\n",
                         );
-                        let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(body.as_bytes()));
                         continue;
                     }
                 }
@@ -445,11 +456,7 @@ pub fn serve(
                     Ok(st) => render(&st, &armer, &audit, armer.engine.loop_age(), watchdog),
                     Err(e) => format!("# event loop unavailable: {e}\n"),
                 };
-                let head = format!(
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(body.as_bytes()));
+                respond(&mut s, "200 OK", "text/plain; version=0.0.4", &body);
             }
         })
         .map(|_| ())
