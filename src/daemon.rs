@@ -223,6 +223,12 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
                 reply.config_reload_errors = ctx.stats.reload_errors.load(Relaxed);
                 reply.fail_open_containers = ctx.stats.fail_open.load(Relaxed);
                 reply.mapping_gate = mapping_gate_state();
+                let features = ctx
+                    .features
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                reply.kernel = features.kernel.clone();
+                reply.features = features.features.clone();
                 reply.rearm_pending = ctx
                     .pending_units()
                     .into_iter()
@@ -232,7 +238,7 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
                         error: p.error,
                     })
                     .collect();
-                Response::ok(&Reply::Status(reply))
+                Response::ok(&Reply::Status(Box::new(reply)))
             }
             Err(e) => Response::err(ErrorCode::from(&e), e.to_string()),
         },
@@ -492,6 +498,71 @@ fn load_mapping_gate() -> Option<crate::kernel::mapping_gate::MappingGate> {
     }
 }
 
+/// Refuses to start, in one line, where the core guarantee cannot hold.
+fn refuse_without_core_features(
+    features: &crate::kernel::features::KernelFeatures,
+) -> Result<(), DaemonError> {
+    let missing: Vec<String> = features
+        .missing_core()
+        .map(|f| format!("{} ({})", f.name, f.detail))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(DaemonError::Setup(format!(
+        "driftlock cannot protect containers on kernel {}: it needs Linux {} or later with fanotify exec permission events, filesystem marks and openat2; missing: {}",
+        features.kernel,
+        crate::kernel::features::MINIMUM_KERNEL,
+        missing.join("; ")
+    )))
+}
+
+/// The mapping gate as a feature: what the daemon found, not only what the kernel lists.
+fn gate_feature(loaded: bool, wanted: bool) -> crate::kernel::features::FeatureState {
+    crate::kernel::features::FeatureState {
+        name: crate::kernel::features::name::MAPPING_GATE.into(),
+        available: loaded,
+        core: false,
+        detail: mapping_gate_state(),
+        not_covered: match (loaded, wanted) {
+            (true, _) => String::new(),
+            (false, true) => "code mapped without an exec (LD_PRELOAD, /etc/ld.so.preload, dlopen of a dropped library) and, without vm.memfd_noexec, fileless execution; direct loader execs are judged by fanotify from the blocked task".into(),
+            (false, false) => "turned off (--mapping-gate false): code mapped without an exec is not judged".into(),
+        },
+    }
+}
+
+/// One warning at start for each optional feature this kernel lacks.
+fn warn_degradations(features: &crate::kernel::features::KernelFeatures) {
+    use crate::kernel::features::name;
+    for f in features.degraded() {
+        // The gate's absence has its own warning (load_mapping_gate); a feature only the
+        // gate needs is folded into it.
+        if [
+            name::MAPPING_GATE,
+            name::BTF,
+            name::BPF_LSM,
+            name::BACKING_FILES,
+            name::BPF_MEMCG_ACCOUNTING,
+        ]
+        .contains(&f.name.as_str())
+        {
+            continue;
+        }
+        // vm.memfd_noexec has its own (Armer::memfd_noexec_unavailable).
+        if f.name == name::MEMFD_NOEXEC {
+            continue;
+        }
+        log::warn!(
+            "kernel {}: {} unavailable ({}); not covered: {}",
+            features.kernel,
+            f.name,
+            f.detail,
+            f.not_covered
+        );
+    }
+}
+
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
@@ -535,10 +606,18 @@ pub fn run(
         ))
     })?;
 
+    let mut features = crate::kernel::features::probe();
+    refuse_without_core_features(&features)?;
+
     let store = BaselineStore::open(&config.state_dir)?;
     // Loaded (or found refused, which takes a while) before any group is taken over: a
     // predecessor's execs wait in the kernel from the hand-over until we read them.
     let mapping_gate = if config.mapping_gate {
+        if !features.has(crate::kernel::features::name::BPF_MEMCG_ACCOUNTING) {
+            // Before 5.11 BPF maps are charged to the memory-lock limit (64 KiB by default).
+            let limit = crate::kernel::features::raise_memlock_limit();
+            log::info!("kernel before 5.11: RLIMIT_MEMLOCK for the mapping gate's maps is {limit}");
+        }
         load_mapping_gate()
     } else {
         MAPPING_GATE_STATE
@@ -546,6 +625,8 @@ pub fn run(
             .ok();
         None
     };
+    features.set(gate_feature(mapping_gate.is_some(), config.mapping_gate));
+    warn_degradations(&features);
     // A group kept in systemd's fd store by a predecessor still holds every container's
     // marks: execs waited in the kernel meanwhile. Take it back, and first answer the
     // events the predecessor read but never answered (they cannot be judged now: deny).
@@ -662,7 +743,8 @@ pub fn run(
         default_mode: config.mode,
         annotations: config.annotations,
         snapshot_threads: config.snapshot_threads,
-        memfd_noexec: config.memfd_noexec,
+        memfd_noexec: std::sync::atomic::AtomicBool::new(config.memfd_noexec),
+        features: std::sync::RwLock::new(features.clone()),
         units_dir: config.state_dir.join("units"),
         policy: std::sync::RwLock::new(policy),
         stats: Default::default(),
@@ -670,6 +752,14 @@ pub fn run(
         mapping_gate: mapping_active,
         pending: Default::default(),
     });
+    if config.memfd_noexec {
+        if let Some(f) = features
+            .get(crate::kernel::features::name::MEMFD_NOEXEC)
+            .filter(|f| !f.available)
+        {
+            armer.memfd_noexec_unavailable(&f.detail);
+        }
+    }
     let reloader = Arc::clone(&armer);
     // Containers that ran on while the daemon was down are protected again before the
     // socket accepts a request (hooks retry their connection meanwhile).

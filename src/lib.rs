@@ -36,6 +36,7 @@ pub mod baseline;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod doctor;
 pub mod engine;
 pub mod escape;
 pub mod handover;

@@ -222,6 +222,25 @@ pub fn render(
         vec![format!(" {}", s.units.len())],
     );
     section(
+        "driftlock_kernel_feature",
+        "gauge",
+        "1 if the kernel offers the feature driftlock uses (probed at start), 0 if not: protection is then degraded (see `driftlock status` or `driftlock doctor`).",
+        armer
+            .features
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .features
+            .iter()
+            .map(|f| {
+                format!(
+                    "{{feature=\"{}\"}} {}",
+                    label(&f.name),
+                    u8::from(f.available)
+                )
+            })
+            .collect(),
+    );
+    section(
         "driftlock_mapping_gate_active",
         "gauge",
         "1 if the BPF LSM mapping gate is active (executable mappings judged in the kernel).",

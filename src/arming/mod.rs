@@ -217,6 +217,9 @@ fn container_key(req: &ArmRequest, unit: &ResolvedUnit) -> Vec<u8> {
     key
 }
 
+/// The sysctl that refuses executable memfds (per PID namespace, 6.3 and later).
+const MEMFD_NOEXEC_SYSCTL: &str = "/proc/sys/vm/memfd_noexec";
+
 /// What arming needs from the daemon.
 pub struct Armer {
     /// The event loop.
@@ -229,8 +232,11 @@ pub struct Armer {
     pub annotations: crate::AnnotationPolicy,
     /// Threads per snapshot.
     pub snapshot_threads: usize,
-    /// Set `vm.memfd_noexec=2` in each container's PID namespace.
-    pub memfd_noexec: bool,
+    /// Set `vm.memfd_noexec=2` in each container's PID namespace (cleared, with a warning,
+    /// when the kernel turns out not to have it).
+    pub memfd_noexec: std::sync::atomic::AtomicBool,
+    /// What the kernel offers, as probed at start (and corrected by what arming finds).
+    pub features: std::sync::RwLock<crate::kernel::features::KernelFeatures>,
     /// Where unit records live (`STATE_DIR/units`).
     pub units_dir: PathBuf,
     /// Mode rules and allow entries from the configuration file (replaced on SIGHUP).
@@ -305,20 +311,9 @@ impl Armer {
         let baseline_ms = baseline_started.elapsed().as_secs_f64() * 1e3;
         let memfd_started = Instant::now();
         let memfd_noexec = match pid {
-            Some(p) if self.memfd_noexec => match ns::set_memfd_noexec(p, 2) {
-                Ok(()) => true,
-                // Set at the first arm already (the namespace keeps it); a container's root
-                // must not be able to turn a re-arm into no protection at all by killing
-                // the helper that writes it.
-                Err(e) if origin == ArmOrigin::Rearm => {
-                    log::warn!(
-                        "unit {:?}: re-armed without setting vm.memfd_noexec again: {e}",
-                        req.id
-                    );
-                    false
-                }
-                Err(e) => return Err(ArmError::Memfd(e)),
-            },
+            Some(p) if self.memfd_noexec.load(std::sync::atomic::Ordering::Relaxed) => {
+                self.block_fileless_exec(&req.id, p, origin)?
+            }
             _ => false,
         };
         let marks_started = Instant::now();
@@ -397,6 +392,61 @@ impl Armer {
             memfd_noexec,
             marks: placed.iter().map(MarkReply::from).collect(),
         })
+    }
+
+    /// Sets `vm.memfd_noexec=2` in the PID namespace of `pid`; true if it was set. A kernel
+    /// without the sysctl is a degradation (said once, in the log, `status` and metrics),
+    /// never a refused container.
+    fn block_fileless_exec(&self, id: &str, pid: i32, origin: ArmOrigin) -> Result<bool, ArmError> {
+        use crate::kernel::KernelError;
+        match ns::set_memfd_noexec(pid, 2) {
+            Ok(()) => Ok(true),
+            // The helper's word alone is not trusted: the sysctl must be missing for the
+            // daemon too (its file is the kernel's, whatever the PID namespace).
+            Err(e @ KernelError::SysctlMissing { .. })
+                if !std::path::Path::new(MEMFD_NOEXEC_SYSCTL).exists() =>
+            {
+                self.memfd_noexec_unavailable(&e.to_string());
+                Ok(false)
+            }
+            // Set at the first arm already (the namespace keeps it); a container's root
+            // must not be able to turn a re-arm into no protection at all by killing the
+            // helper that writes it.
+            Err(e) if origin == ArmOrigin::Rearm => {
+                log::warn!("unit {id:?}: re-armed without setting vm.memfd_noexec again: {e}");
+                Ok(false)
+            }
+            Err(e) => Err(ArmError::Memfd(e)),
+        }
+    }
+
+    /// Stops trying `vm.memfd_noexec` (the kernel lacks it) and says so once.
+    pub fn memfd_noexec_unavailable(&self, why: &str) {
+        use crate::kernel::features::{FeatureState, name};
+        let was = self
+            .memfd_noexec
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        let covered_by_gate = self.mapping_gate;
+        let not_covered = if covered_by_gate {
+            "nothing: the mapping gate refuses fileless execution (memfd exec and executable memfd mappings) in armed containers"
+        } else {
+            "fileless execution (memfd_create + fexecve) in containers: neither vm.memfd_noexec nor the mapping gate is available"
+        };
+        if was {
+            log::warn!(
+                "vm.memfd_noexec unavailable ({why}): containers are armed without it; not covered: {not_covered}"
+            );
+        }
+        self.features
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set(FeatureState {
+                name: name::MEMFD_NOEXEC.into(),
+                available: false,
+                core: false,
+                detail: why.to_string(),
+                not_covered: not_covered.into(),
+            });
     }
 
     /// The unit's mode and allow entries under the configuration in force.

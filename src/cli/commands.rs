@@ -217,6 +217,7 @@ pub(super) fn status(socket: &Path, json: bool) -> Result<i32, CliError> {
     if !s.mapping_gate.is_empty() {
         println!("mapping gate: {}", s.mapping_gate);
     }
+    print_degradations(&s.kernel, &s.features);
     if s.stats.mapping_checked + s.stats.mapping_refused + s.stats.mapping_would_refuse > 0 {
         println!(
             "mapping gate: {} executable mappings checked, {} refused, {} would be refused, {} allowed files dropped by writes",
@@ -365,6 +366,28 @@ pub(super) fn baseline(cmd: BaselineCommand) -> Result<i32, CliError> {
                 d.changed.len()
             );
             Ok(if d.is_empty() { 0 } else { 1 })
+        }
+    }
+}
+
+/// The kernel features this node lacks, each with what it leaves uncovered (`status`).
+fn print_degradations(kernel: &str, features: &[crate::kernel::features::FeatureState]) {
+    let missing: Vec<_> = features.iter().filter(|f| !f.available).collect();
+    if features.is_empty() {
+        return;
+    }
+    if missing.is_empty() {
+        println!("kernel {kernel}: every feature driftlock uses is available");
+        return;
+    }
+    println!(
+        "kernel {kernel}: degraded ({} feature(s) unavailable):",
+        missing.len()
+    );
+    for f in missing {
+        println!("  {}: {}", f.name, f.detail);
+        if !f.not_covered.is_empty() {
+            println!("    not covered: {}", f.not_covered);
         }
     }
 }

@@ -62,6 +62,23 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// What this node offers and what driftlock will do here: kernel features, the LSM
+    /// list, runtimes pointed at driftlock, the daemon, the state directory, the fd store.
+    ///
+    /// Changes nothing. Exit status: 0 protection will be full; 1 degraded (each gap is
+    /// listed); 2 driftlock cannot protect containers on this node. Run as root: the
+    /// fanotify and mount probes need CAP_SYS_ADMIN.
+    Doctor {
+        /// Print JSON for tools.
+        #[arg(long)]
+        json: bool,
+        /// The state directory.
+        #[arg(long, default_value = crate::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// The daemon's socket.
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Work with baseline files.
     #[command(subcommand)]
     Baseline(BaselineCommand),
@@ -597,6 +614,22 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             Ok(0)
         }
         Command::Status { json, socket } => status(&socket.socket, json),
+        Command::Doctor {
+            json,
+            state_dir,
+            socket,
+        } => {
+            let report = crate::doctor::examine(&socket.socket, &state_dir);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", crate::doctor::render(&report));
+            }
+            Ok(report.verdict.exit_code())
+        }
         Command::Baseline(b) => baseline(b),
         Command::Hook {
             stage,

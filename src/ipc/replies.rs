@@ -334,6 +334,13 @@ pub struct StatusReply {
     /// why`, or `off`.
     #[serde(default)]
     pub mapping_gate: String,
+    /// The kernel release the daemon runs on (empty from an older daemon).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kernel: String,
+    /// What the kernel offers, probed at start: a missing feature is a degradation, said
+    /// here with what it leaves uncovered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<crate::kernel::features::FeatureState>,
 }
 
 /// A unit whose re-arm is being retried.
@@ -359,6 +366,8 @@ impl From<&EngineStatus> for StatusReply {
             fail_open_containers: 0,
             rearm_pending: Vec::new(),
             mapping_gate: String::new(),
+            kernel: String::new(),
+            features: Vec::new(),
         }
     }
 }
@@ -429,7 +438,7 @@ pub enum Reply {
     /// After disarm: the unit's final state.
     Disarmed(UnitReply),
     /// After status.
-    Status(StatusReply),
+    Status(Box<StatusReply>),
     /// After explain.
     Explained(ExplainReply),
     /// After hand-over: the fanotify group came with this reply. Before [`Reply::Pong`]:

@@ -174,7 +174,7 @@ fn every_reply_is_pinned() {
     stats
         .would_deny_by_reason
         .insert("direct-loader".into(), 20);
-    let status = Reply::Status(StatusReply {
+    let status = Reply::Status(Box::new(StatusReply {
         units: vec![unit()],
         stats,
         in_flight: 21,
@@ -188,7 +188,15 @@ fn every_reply_is_pinned() {
             error: "e".into(),
         }],
         mapping_gate: "off".into(),
-    });
+        kernel: "6.1.0-27-amd64".into(),
+        features: vec![crate::kernel::features::FeatureState {
+            name: "memfd_noexec".into(),
+            available: false,
+            core: false,
+            detail: "d".into(),
+            not_covered: "n".into(),
+        }],
+    }));
     assert_eq!(
         ok(&status),
         json!({"units":[unit_json()],
@@ -208,7 +216,9 @@ fn every_reply_is_pinned() {
                         "mapping_entries_dropped":34,"mapping_prepared":35},
                "in_flight":21,"pid":36,"config_reloads":24,"config_reload_errors":25,"fail_open_containers":37,
                "rearm_pending":[{"id":"c9","attempts":27,"error":"e"}],
-               "mapping_gate":"off"})
+               "mapping_gate":"off","kernel":"6.1.0-27-amd64",
+               "features":[{"name":"memfd_noexec","available":false,"core":false,
+                            "detail":"d","not_covered":"n"}]})
     );
     let explained = Reply::Explained(ExplainReply {
         unit: "c1".into(),

@@ -10,7 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
+use aya::maps::{Array, HashMap, Map, MapData};
+
+use super::ring::RingReader;
 
 /// The compiled gate (empty when clang was missing at build time).
 // Aligned: the ELF parser reads 64-bit headers in place.
@@ -130,7 +132,7 @@ pub struct MappingGate {
     loaders: HashMap<MapData, FileKey, u8>,
     memfd_scopes: HashMap<MapData, u32, u32>,
     counters: Array<MapData, u64>,
-    events: Option<RingBuf<MapData>>,
+    events: Option<RingReader>,
     adopted: bool,
     follows_backing_files: bool,
     pin_dir: PathBuf,
@@ -208,7 +210,7 @@ impl MappingGate {
         let mut ebpf = aya::EbpfLoader::new()
             .btf(Some(&btf))
             .load(OBJECT)
-            .map_err(|e| refused("object", e))?;
+            .map_err(|e| refused("object", chain(&e)))?;
         let mut links = Vec::new();
         for (name, hook) in PROGRAMS {
             let prog: &mut aya::programs::Lsm = ebpf
@@ -267,6 +269,35 @@ impl MappingGate {
         Ok(gate)
     }
 
+    /// Whether the gate would load here: the object and every program are loaded and
+    /// verified, then dropped; nothing is attached or pinned (`driftlock doctor`).
+    pub fn probe_load() -> Result<(), GateError> {
+        if OBJECT.is_empty() {
+            return Err(GateError::NotBuilt);
+        }
+        let btf = aya::Btf::from_sys_fs().map_err(|e| GateError::NoBtf(e.to_string()))?;
+        lsm_listed()?;
+        let mut ebpf = aya::EbpfLoader::new()
+            .btf(Some(&btf))
+            .load(OBJECT)
+            .map_err(|e| refused("object", chain(&e)))?;
+        for (name, hook) in PROGRAMS {
+            let prog: &mut aya::programs::Lsm = ebpf
+                .program_mut(name)
+                .ok_or_else(|| refused(*name, "missing from the object"))?
+                .try_into()
+                .map_err(|e| refused(*name, e))?;
+            prog.load(hook, &btf)
+                .map_err(|e| refused(*name, chain(&e)))?;
+        }
+        Ok(())
+    }
+
+    /// True if a gate is pinned in `pin_dir` (a daemon runs it, or a dead one left it).
+    pub fn pinned(pin_dir: &Path) -> bool {
+        pin_dir.join("links").is_dir() && pin_dir.join("maps/allowed").exists()
+    }
+
     fn adopt(pin_dir: &Path) -> Result<Self, GateError> {
         let map = |name: &str| -> Result<MapData, GateError> {
             MapData::from_pin(pin_dir.join("maps").join(name)).map_err(|e| refused(name, e))
@@ -291,7 +322,7 @@ impl MappingGate {
                 .map_err(|e| refused("memfd_scopes", e))?,
             counters: Array::try_from(Map::Array(map("counters")?))
                 .map_err(|e| refused("counters", e))?,
-            events: RingBuf::try_from(Map::RingBuf(map("events")?)).ok(),
+            events: ring_reader(map("events")?),
             adopted: true,
             follows_backing_files: aya::Btf::from_sys_fs()
                 .map(|btf| has_backing_files(&btf))
@@ -398,30 +429,51 @@ impl MappingGate {
         let Some(ring) = self.events.as_mut() else {
             return out;
         };
-        while let Some(item) = ring.next() {
-            let b: &[u8] = &item;
-            if b.len() < 40 {
-                continue;
+        ring.drain(DRAIN_MAX, |b| {
+            if let Some(e) = GateEvent::parse(b) {
+                out.push(e);
             }
-            let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-            let u64_at = |o: usize| {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(&b[o..o + 8]);
-                u64::from_ne_bytes(a)
-            };
-            out.push(GateEvent {
-                kind: u32_at(0),
-                mode: u32_at(4),
-                file: FileKey {
-                    dev: u64_at(8),
-                    ino: u64_at(16),
-                },
-                tid: u32_at(24),
-                pid: u32_at(28),
-                denied: u32_at(32) != 0,
-            });
-        }
+        });
         out
+    }
+}
+
+/// Records taken from the ring per drain: the loop drains again at its next turn.
+const DRAIN_MAX: usize = 4096;
+
+impl GateEvent {
+    /// Decodes a record as `struct gate_event` in gate.bpf.c lays it out.
+    fn parse(b: &[u8]) -> Option<GateEvent> {
+        let u32_at = |o: usize| -> Option<u32> {
+            Some(u32::from_ne_bytes(b.get(o..o + 4)?.try_into().ok()?))
+        };
+        let u64_at = |o: usize| -> Option<u64> {
+            Some(u64::from_ne_bytes(b.get(o..o + 8)?.try_into().ok()?))
+        };
+        Some(GateEvent {
+            kind: u32_at(0)?,
+            mode: u32_at(4)?,
+            file: FileKey {
+                dev: u64_at(8)?,
+                ino: u64_at(16)?,
+            },
+            tid: u32_at(24)?,
+            pid: u32_at(28)?,
+            denied: u32_at(32)? != 0,
+        })
+    }
+}
+
+/// Maps the gate's event ring; `None` (records are then not read, refusals still happen)
+/// if the kernel refuses the mapping.
+fn ring_reader(events: MapData) -> Option<RingReader> {
+    let size = events.info().ok()?.max_entries() as usize;
+    match RingReader::new(std::os::fd::AsFd::as_fd(events.fd()), size) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            log::warn!("mapping gate: cannot map its event ring ({e}): refusals are not recorded");
+            None
+        }
     }
 }
 

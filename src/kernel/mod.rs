@@ -11,11 +11,13 @@ pub mod dirwatch;
 pub mod exec_name;
 mod fanotify;
 pub mod fdpass;
+pub mod features;
 pub mod mapping_gate;
 pub mod mountinfo;
 pub mod ns;
 pub mod overlay;
 pub mod procfs;
+pub mod ring;
 mod stat;
 
 pub use fanotify::{
@@ -149,6 +151,14 @@ pub enum KernelError {
         pid: i32,
         /// What failed.
         step: &'static str,
+    },
+    /// A sysctl the kernel does not have (an older kernel): a missing feature, not a fault.
+    #[error("the kernel has no {name} (before {since})")]
+    SysctlMissing {
+        /// The sysctl.
+        name: &'static str,
+        /// The first kernel that has it.
+        since: &'static str,
     },
 }
 

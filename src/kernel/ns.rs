@@ -63,7 +63,10 @@ pub fn set_memfd_noexec(pid: i32, value: u8) -> Result<(), KernelError> {
     match libc::WEXITSTATUS(status) {
         0 => Ok(()),
         2 => Err(fail("setns into the PID namespace")),
-        3 => Err(fail("open /proc/sys/vm/memfd_noexec (kernel before 6.3?)")),
+        3 => Err(KernelError::SysctlMissing {
+            name: "vm.memfd_noexec",
+            since: "6.3",
+        }),
         4 => Err(fail(
             "write vm.memfd_noexec (a parent namespace may hold a higher value)",
         )),

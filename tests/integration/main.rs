@@ -9,6 +9,7 @@ mod compat;
 mod containers;
 mod core;
 mod faults;
+mod kernels;
 mod kubernetes;
 mod node;
 mod private_ns;

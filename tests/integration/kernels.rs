@@ -1,0 +1,202 @@
+//! Kernels without a feature driftlock uses: the daemon degrades and says so, and never
+//! refuses a container for it. (The guest matrix, `scripts/guest-test`, boots Debian's own
+//! 5.10, 6.1 and 6.12 kernels for real; here a missing sysctl is made so for the daemon.)
+
+use std::fs;
+use std::io::{Read, Write};
+use std::process::Command;
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+use crate::node::*;
+use crate::support::BIN;
+
+fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+fn feature<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["features"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["name"] == name))
+        .unwrap_or_else(|| panic!("no feature {name} in status: {status}"))
+}
+
+/// Hides `/proc/sys/vm` (so `vm.memfd_noexec`) from this test's mount namespace, which the
+/// daemon and its helper share: what a kernel before 6.3 shows. Undone on drop.
+struct NoMemfdSysctl;
+
+impl NoMemfdSysctl {
+    fn new() -> Self {
+        mount(
+            Some("tmpfs"),
+            "/proc/sys/vm",
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=64k"),
+        )
+        .expect("tmpfs over /proc/sys/vm (private mount namespace)");
+        assert!(!std::path::Path::new("/proc/sys/vm/memfd_noexec").exists());
+        NoMemfdSysctl
+    }
+}
+
+impl Drop for NoMemfdSysctl {
+    fn drop(&mut self) {
+        let _ = umount2("/proc/sys/vm", MntFlags::MNT_DETACH);
+    }
+}
+
+fn dreambus(node: &Node, id: &str) -> String {
+    let script = format!(
+        "echo image-ok; wget -q -O /tmp/kdevtmpfsi {} && chmod +x /tmp/kdevtmpfsi && /tmp/kdevtmpfsi; echo payload=$?; ls / >/dev/null; echo ls=$?",
+        node.payload_url()
+    );
+    let out = node.run(BUSYBOX, id, &[], &script);
+    let t = text(&out);
+    assert!(
+        out.status.success(),
+        "the container is created and runs: {t}"
+    );
+    assert!(t.contains("image-ok") && t.contains("ls=0"), "{t}");
+    assert!(t.contains("payload=126"), "the payload is denied: {t}");
+    t
+}
+
+/// Issue 25: on a kernel without `vm.memfd_noexec` (before 6.3) every container creation
+/// was refused by default (`ArmError::Memfd`). Now the arm goes on without it, and the
+/// log, `status` and the metric say what is not covered.
+#[test]
+fn issue_25_a_kernel_without_memfd_noexec_degrades_instead_of_refusing_containers() {
+    let log = std::env::temp_dir().join(format!("driftlock-nomemfd-{}.log", std::process::id()));
+    let _ = fs::remove_file(&log);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let redirect = format!("exec \"$0\" \"$@\" 2>>{}", log.display());
+    let Some(mut node) = Node::with_daemon(
+        "nomemfd",
+        &["sh", "-c", &redirect],
+        &["--metrics-addr", &addr],
+    ) else {
+        return;
+    };
+    assert_eq!(feature(&node.status(), "memfd_noexec")["available"], true);
+
+    // 1. The sysctl disappears under a running daemon: the helper fails at the next arm.
+    let hidden = NoMemfdSysctl::new();
+    dreambus(&node, "nomemfd-1");
+    let status = node.status();
+    let f = feature(&status, "memfd_noexec");
+    assert_eq!(f["available"], false, "{f}");
+    assert!(
+        f["not_covered"].as_str().unwrap().contains("fileless"),
+        "status says what is not covered: {f}"
+    );
+    let body = scrape(&addr);
+    assert!(
+        body.contains("driftlock_kernel_feature{feature=\"memfd_noexec\"} 0"),
+        "{body}"
+    );
+    assert!(body.contains("driftlock_kernel_feature{feature=\"exec_permission_events\"} 1"));
+    let text_status = Command::new(BIN)
+        .args(["status", "--socket"])
+        .arg(&node.dl_socket)
+        .output()
+        .unwrap();
+    let t = String::from_utf8_lossy(&text_status.stdout);
+    assert!(t.contains("degraded") && t.contains("memfd_noexec"), "{t}");
+
+    // 2. A daemon started on such a kernel: the probe finds it missing, one warning.
+    node.kill_daemon();
+    node.start_daemon();
+    dreambus(&node, "nomemfd-2");
+    let status = node.status();
+    assert_eq!(feature(&status, "memfd_noexec")["available"], false);
+    let armed = status["units"].as_array().unwrap();
+    assert!(
+        armed.iter().any(|u| u["id"] == "nomemfd-2") || armed.is_empty(),
+        "{status}"
+    );
+    drop(hidden);
+
+    let logged = fs::read_to_string(&log).unwrap_or_default();
+    let _ = fs::remove_file(&log);
+    assert_eq!(
+        logged.matches("vm.memfd_noexec unavailable").count(),
+        2,
+        "one warning per daemon (the arm-time finding, then the start-time probe):\n{logged}"
+    );
+    assert!(
+        !logged.contains("cannot block fileless execution"),
+        "{logged}"
+    );
+}
+
+/// `doctor` on this machine: the kernel has every core feature and lists the BPF LSM, but
+/// refuses to load BPF LSM programs, so the gate is unavailable and protection degraded.
+#[test]
+fn doctor_json_on_this_machine() {
+    if !crate::support::root_or_skip("doctor") {
+        return;
+    }
+    let out = Command::new(BIN)
+        .args([
+            "doctor",
+            "--json",
+            "--socket",
+            "/nonexistent/driftlock.sock",
+        ])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let features = report["features"].as_array().unwrap();
+    for core in ["exec_permission_events", "filesystem_marks", "openat2"] {
+        let f = features.iter().find(|f| f["name"] == core).unwrap();
+        assert_eq!(f["available"], true, "{f}");
+        assert_eq!(f["core"], true, "{f}");
+    }
+    let has = |n: &str| features.iter().find(|f| f["name"] == n).unwrap()["available"] == true;
+    let release = report["kernel"].as_str().unwrap().to_string();
+    assert_eq!(
+        has("memfd_noexec"),
+        std::path::Path::new("/proc/sys/vm/memfd_noexec").exists()
+    );
+    let gate_loads = has("mapping_gate");
+    if !gate_loads {
+        assert_eq!(out.status.code(), Some(1), "degraded: {report}");
+        assert_eq!(report["verdict"], "degraded");
+        assert!(
+            report["gaps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g.as_str().unwrap().starts_with("mapping_gate:")),
+            "{report}"
+        );
+    }
+    assert!(report["lsm"]["list"].as_str().is_some());
+    assert_eq!(
+        report["daemon"]["ok"], false,
+        "no daemon on a socket that does not exist: {report}"
+    );
+    eprintln!(
+        "doctor on kernel {release}: verdict {}, gate loads: {gate_loads}",
+        report["verdict"]
+    );
+    // The text form says the same.
+    let text = Command::new(BIN)
+        .args(["doctor", "--socket", "/nonexistent/driftlock.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(text.status.code(), out.status.code());
+    assert!(String::from_utf8_lossy(&text.stdout).contains("verdict:"));
+}
