@@ -313,8 +313,16 @@ int BPF_PROG(driftlock_bprm_check, struct linux_binprm *bprm, int ret)
 	u32 *mode;
 	if (ret)
 		return ret;
+	u32 zero = 0;
+	u64 *shm;
 	if (!key_of(BPF_CORE_READ(bprm, file), &key))
 		return 0;
+	/* Fileless execution (a memfd exec'd) by a container's process: refused here with a
+	 * clean error, where vm.memfd_noexec is missing (before 6.3) or not set, rather than at
+	 * the loader's mapping after the exec's point of no return (SIGSEGV). */
+	shm = bpf_map_lookup_elem(&shmem_dev, &zero);
+	if (shm && *shm && key.dev == *shm)
+		return judge_key(&key, KIND_MEMFD);
 	if (!bpf_map_lookup_elem(&loaders, &key))
 		return 0;
 	mode = bpf_map_lookup_elem(&watched, &key.dev);

@@ -311,7 +311,11 @@ impl Armer {
         let baseline_ms = baseline_started.elapsed().as_secs_f64() * 1e3;
         let memfd_started = Instant::now();
         let memfd_noexec = match pid {
-            Some(p) if self.memfd_noexec.load(std::sync::atomic::Ordering::Relaxed) => {
+            // Audit mode never blocks: the sysctl would refuse executable memfds outright.
+            Some(p)
+                if mode == crate::Mode::Enforce
+                    && self.memfd_noexec.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
                 self.block_fileless_exec(&req.id, p, origin)?
             }
             _ => false,
@@ -399,6 +403,17 @@ impl Armer {
     /// never a refused container.
     fn block_fileless_exec(&self, id: &str, pid: i32, origin: ArmOrigin) -> Result<bool, ArmError> {
         use crate::kernel::KernelError;
+        use crate::kernel::procfs::pid_namespace;
+        // A container that shares the host's PID namespace (hostPID, --pid=host): the sysctl
+        // would refuse executable memfds to every process of the node.
+        let ours = pid_namespace(std::process::id() as i32);
+        let theirs = pid_namespace(pid);
+        if theirs.is_none() || theirs == ours {
+            log::warn!(
+                "unit {id:?} shares the node's PID namespace: vm.memfd_noexec is not set for it (it would apply to the whole node); fileless execution there is judged only where the mapping gate runs"
+            );
+            return Ok(false);
+        }
         match ns::set_memfd_noexec(pid, 2) {
             Ok(()) => Ok(true),
             // The helper's word alone is not trusted: the sysctl must be missing for the

@@ -406,6 +406,9 @@ pub struct FanotifyGate {
     /// Where the loop blocks in `read` alone (see [`Doorbell`]); else it polls.
     bell: Option<(Arc<Doorbell>, Arc<Ticker>)>,
     buf: Box<[u8; READ_BUFFER]>,
+    /// The kernel has `FAN_MARK_EVICTABLE` (5.19). Older kernels ignore the flag instead of
+    /// refusing it, so the ignore mark would pin its inode: none is placed there.
+    evictable: bool,
 }
 
 impl Drop for FanotifyGate {
@@ -474,6 +477,8 @@ impl FanotifyGate {
             waker: Arc::new(EventFdWaker(eventfd)),
             bell,
             buf: Box::new([0u8; READ_BUFFER]),
+            evictable: super::features::parse_version(&super::features::kernel_release())
+                .is_some_and(|v| v >= (5, 19)),
         })
     }
 
@@ -651,6 +656,12 @@ impl Gate for FanotifyGate {
     }
 
     fn ignore_exec(&self, fd: BorrowedFd<'_>) -> Result<(), KernelError> {
+        if !self.evictable {
+            return Err(KernelError::Ignore {
+                action: "add (no FAN_MARK_EVICTABLE before 5.19)",
+                source: nix::Error::ENOTSUP,
+            });
+        }
         // Evictable: the mark does not pin the inode in memory; once evicted, the next exec
         // raises an event again and is judged (and ignored again) as usual.
         let flags = MarkFlags::FAN_MARK_ADD

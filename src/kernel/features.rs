@@ -123,14 +123,26 @@ pub fn probe() -> KernelFeatures {
             .map_err(|e| format!("openat2 fails: {e} (kernel before 5.6, or a seccomp filter)")),
         "snapshots cannot open image files safely",
     ));
+    // Before 5.19 fanotify does not check mark flags, and before 6.5 overlay takes any key
+    // until create: a probe alone would say yes there, so the release must agree.
+    let since = |want: (u32, u32), what: &str| -> Result<(), String> {
+        if at_least(want) {
+            Ok(())
+        } else {
+            Err(format!(
+                "kernel {release} is before {}.{}, which {what}",
+                want.0, want.1
+            ))
+        }
+    };
     features.push(optional(
         name::EVICTABLE_MARKS,
-        probe_evictable(),
-        "execs on read-only root filesystems are answered by the daemon each time (slower, nothing uncovered)",
+        probe_evictable().and_then(|ok| since((5, 19), "added FAN_MARK_EVICTABLE").map(|()| ok)),
+        "execs on read-only root filesystems are answered by the daemon each time (slower; nothing uncovered)",
     ));
     features.push(optional(
         name::OVERLAY_LOWERDIR_PLUS,
-        probe_lowerdir_plus(),
+        probe_lowerdir_plus().and_then(|ok| since((6, 8), "added lowerdir+").map(|()| ok)),
         "image layers are passed to overlay in one lowerdir string (layer paths with ',' or ':' cannot be snapshotted)",
     ));
     features.push(optional(

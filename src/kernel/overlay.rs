@@ -67,6 +67,38 @@ pub fn mount_lower_layers(
     layers: &[PathBuf],
     options: &[(&str, &str)],
 ) -> Result<OwnedFd, OverlayError> {
+    // `lowerdir+` (Linux 6.8) takes one layer at a time, so no path needs escaping; older
+    // kernels get the joined form with `:` and `\` escaped. Before 6.5 overlay parses its
+    // options only at create (the legacy context accepts any key): a refusal there is
+    // retried with the joined form too.
+    let fs = match overlay_context(layers, options, true) {
+        Ok(fs) => fs,
+        Err(OverlayError::Mount {
+            step: "lowerdir+" | "create",
+            ..
+        }) => overlay_context(layers, options, false)?,
+        Err(e) => return Err(e),
+    };
+    let attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+    // SAFETY: `fs` is a created fs context; fsmount returns a new mount fd or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
+    if raw < 0 {
+        return Err(OverlayError::Mount {
+            step: "fsmount",
+            source: nix::Error::last(),
+        });
+    }
+    // SAFETY: fsmount returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as i32) })
+}
+
+/// A created overlay context of `layers` with `options`, layers passed one by one
+/// (`lowerdir+`) or joined (`lowerdir`).
+fn overlay_context(
+    layers: &[PathBuf],
+    options: &[(&str, &str)],
+    one_by_one: bool,
+) -> Result<OwnedFd, OverlayError> {
     // SAFETY: fsopen takes a NUL-terminated name and flags; it returns a new fd or -1.
     let raw = unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) };
     if raw < 0 {
@@ -77,27 +109,19 @@ pub fn mount_lower_layers(
     }
     // SAFETY: fsopen returned a new fd that nothing else owns.
     let fs = unsafe { OwnedFd::from_raw_fd(raw as i32) };
-    // `lowerdir+` (Linux 6.8) takes one layer at a time, so no path needs escaping; older
-    // kernels get the joined form with `:` and `\` escaped.
-    let plus = cstr(b"lowerdir+")?;
-    let mut one_by_one = true;
-    for layer in layers {
-        let value = cstr(layer.as_os_str().as_bytes())?;
-        if let Err(e) = fsconfig(
-            &fs,
-            FSCONFIG_SET_STRING,
-            Some(&plus),
-            Some(&value),
-            "lowerdir+",
-        ) {
-            if layer == &layers[0] {
-                one_by_one = false;
-                break;
-            }
-            return Err(e);
+    if one_by_one {
+        let plus = cstr(b"lowerdir+")?;
+        for layer in layers {
+            let value = cstr(layer.as_os_str().as_bytes())?;
+            fsconfig(
+                &fs,
+                FSCONFIG_SET_STRING,
+                Some(&plus),
+                Some(&value),
+                "lowerdir+",
+            )?;
         }
-    }
-    if !one_by_one {
+    } else {
         let mut joined = Vec::new();
         for (i, layer) in layers.iter().enumerate() {
             if i > 0 {
@@ -133,17 +157,7 @@ pub fn mount_lower_layers(
         }
     }
     fsconfig(&fs, FSCONFIG_CMD_CREATE, None, None, "create")?;
-    let attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
-    // SAFETY: `fs` is a created fs context; fsmount returns a new mount fd or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
-    if raw < 0 {
-        return Err(OverlayError::Mount {
-            step: "fsmount",
-            source: nix::Error::last(),
-        });
-    }
-    // SAFETY: fsmount returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw as i32) })
+    Ok(fs)
 }
 
 /// The path through which this process reaches `fd`'s directory (`/proc/self/fd/N`).
