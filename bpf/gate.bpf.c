@@ -378,6 +378,9 @@ int BPF_PROG(driftlock_file_free, struct file *file)
 		return 0;
 	if (!key_of(file, &key) || !bpf_map_lookup_elem(&watched, &key.dev))
 		return 0;
+	/* A judgement made while this writer was open may have read content it then changed
+	 * (through the fd, or a shared mapping): it dies with the writer. */
+	written(&key);
 	w = bpf_map_lookup_elem(&writers, &key);
 	if (w) {
 		if (*w <= 1)

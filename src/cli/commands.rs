@@ -201,6 +201,9 @@ pub(super) fn status(socket: &Path, json: bool) -> Result<i32, CliError> {
                     d.time
                 );
             }
+            if let Some(g) = &u.mapping_gate {
+                println!("{:<24} mapping gate: {g}", "");
+            }
         }
     }
     println!(

@@ -513,6 +513,32 @@ impl<G: Gate> Engine<G> {
         })
     }
 
+    /// What the mapping gate judges of a unit, in words (`None`: no gate runs).
+    fn gate_coverage(&self, handle: UnitHandle, unit: &crate::registry::Unit) -> Option<String> {
+        self.mapping.as_ref()?;
+        let devs = self.mapping_devs.get(&handle);
+        let (covered, not): (Vec<_>, Vec<_>) = unit.marks.iter().partition(|m| {
+            devs.is_some_and(|d| d.contains(&crate::kernel::mapping_gate::kernel_dev(m.dev)))
+        });
+        let paths = |ms: &[&crate::registry::PlannedMark]| {
+            ms.iter()
+                .map(|m| crate::escape::escape_bytes(m.path.as_os_str().as_encoded_bytes()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut out = format!("judges mappings on {}", if covered.is_empty() { "nothing".into() } else { paths(&covered) });
+        if !not.is_empty() {
+            out.push_str(&format!(
+                "; not on {} (marked by mount: a filesystem shared with the host; a library mapped from there is not judged, a loader exec'd from there is judged by fanotify)",
+                paths(&not)
+            ));
+        }
+        if self.mapping_pid_ns.contains_key(&handle) {
+            out.push_str("; memfd and shared-memory code refused in its PID namespace");
+        }
+        Some(out)
+    }
+
     /// What the mapping gate would do with an executable mapping of the file `d` describes.
     fn explain_mapping(
         &self,
@@ -629,7 +655,15 @@ impl<G: Gate> Engine<G> {
     }
 
     pub(super) fn status(&self) -> EngineStatus {
-        let mut units: Vec<UnitStatus> = self.registry.iter().map(|(_, u)| u.status()).collect();
+        let mut units: Vec<UnitStatus> = self
+            .registry
+            .iter()
+            .map(|(h, u)| {
+                let mut st = u.status();
+                st.mapping_gate = self.gate_coverage(*h, u);
+                st
+            })
+            .collect();
         units.sort_by(|a, b| a.id.cmp(&b.id));
         let mut stats = self.stats.clone();
         stats.unanswered_drops = unanswered_drops();

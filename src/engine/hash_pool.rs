@@ -169,6 +169,7 @@ impl<G: Gate> Engine<G> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut flight = InFlight::new(seq, stat, via);
+        flight.mapping_generation = self.mapping_key(unit, &stat).map_or(0, |(_, g)| g);
         flight.waiters.push(waiter);
         let share = unit_share(&self.config);
         if self.unit_jobs.get(&unit).copied().unwrap_or(0) >= share {
@@ -418,12 +419,16 @@ impl<G: Gate> Engine<G> {
             );
         }
         let stat = flight.stat;
+        let generation = flight.mapping_generation;
         for w in flight.waiters.drain(..) {
             self.finish(
                 unit_h,
                 w.event,
                 w.tid,
-                Judgement::hashed(finding, digest, w.arrived),
+                Judgement {
+                    generation: Some(generation),
+                    ..Judgement::hashed(finding, digest, w.arrived)
+                },
                 &stat,
             );
         }

@@ -94,6 +94,9 @@ struct Judgement {
     from_cache: bool,
     /// When the event was read.
     arrived: Instant,
+    /// The file's write generation in the mapping gate, read before its content was judged
+    /// (`None`: read when the file is made mappable).
+    generation: Option<u64>,
 }
 
 impl Judgement {
@@ -103,6 +106,7 @@ impl Judgement {
             digest,
             from_cache: false,
             arrived,
+            generation: None,
         }
     }
 }
@@ -156,7 +160,23 @@ pub struct Engine<G: Gate> {
     probe: Box<dyn TaskProbe>,
     /// Loader execs whose thread was not yet seen blocked: looked at again shortly.
     loader_waits: Vec<LoaderWait>,
+    /// Files closed after a write whose writer the mapping gate still counts: hashed for
+    /// mapping once it has let go (its release advances the file's generation).
+    mapping_waits: Vec<MappingWait>,
 }
+
+/// A written file waiting for its writers to let go before it is hashed for mapping.
+struct MappingWait {
+    unit: UnitHandle,
+    via: MarkKind,
+    stat: FileStat,
+    file: std::os::fd::OwnedFd,
+    since: Instant,
+}
+
+/// How long a written file waits for its writers before it is left unmappable (a later
+/// exec or close judges it again).
+const MAPPING_WAIT: Duration = Duration::from_millis(500);
 
 impl<G: Gate> Engine<G> {
     /// Builds the engine and its hashing workers.
@@ -207,6 +227,7 @@ impl<G: Gate> Engine<G> {
             heartbeat_at: None,
             probe: Box::new(ProcTaskProbe),
             loader_waits: Vec::new(),
+            mapping_waits: Vec::new(),
         };
         (engine, handle)
     }
@@ -274,6 +295,7 @@ impl<G: Gate> Engine<G> {
             self.look_at_waiting_loaders(now);
             self.summarize_suppressed(now);
             self.record_mapping_events();
+            self.retry_mapping_waits(now);
             while let Ok(cmd) = self.commands.try_recv() {
                 if matches!(cmd, Command::Shutdown) {
                     self.drain_for_shutdown();
@@ -321,7 +343,12 @@ impl<G: Gate> Engine<G> {
             .into_iter()
             .chain(self.loader_waits.iter().map(|w| w.next))
             .min();
-        let tick = Duration::from_secs(1);
+        // A written file waits for its writer's release, which follows its close at once.
+        let tick = if self.mapping_waits.is_empty() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(2)
+        };
         Some(match earliest {
             Some(d) => d.saturating_duration_since(Instant::now()).min(tick),
             None => tick,
@@ -420,6 +447,7 @@ impl<G: Gate> Engine<G> {
         if attr.via == MarkKind::Filesystem {
             if let Some(unit) = self.registry.get_mut(attr.unit) {
                 if let Some(hit) = unit.cache.lookup(&stat) {
+                    let generation = self.mapping_key(attr.unit, &stat).map(|(_, g)| g);
                     self.finish(
                         attr.unit,
                         event,
@@ -429,6 +457,7 @@ impl<G: Gate> Engine<G> {
                             digest: Some(hit.blake3),
                             from_cache: true,
                             arrived: self.batch_read_at,
+                            generation,
                         },
                         &stat,
                     );
@@ -539,7 +568,45 @@ impl<G: Gate> Engine<G> {
         if !matches!(nix::sys::uio::pread(fd, &mut magic, 0), Ok(4)) || magic != *b"\x7fELF" {
             return;
         }
+        let writers = self
+            .mapping_key(unit_h, stat)
+            .zip(self.mapping.as_ref())
+            .map_or(0, |((key, _), gate)| gate.writers(&key));
+        if writers > 0 {
+            if let Ok(file) = fd.try_clone_to_owned() {
+                self.mapping_waits.push(MappingWait {
+                    unit: unit_h,
+                    via,
+                    stat: *stat,
+                    file,
+                    since: Instant::now(),
+                });
+            }
+            return;
+        }
         self.start_background_hash(unit_h, via, *stat, fd);
+    }
+
+    /// Hashes the written files whose writers have let go; drops those that waited too long.
+    fn retry_mapping_waits(&mut self, now: Instant) {
+        if self.mapping_waits.is_empty() {
+            return;
+        }
+        let waits = std::mem::take(&mut self.mapping_waits);
+        for w in waits {
+            if self.registry.get(w.unit).is_none() {
+                continue;
+            }
+            let writers = self
+                .mapping_key(w.unit, &w.stat)
+                .zip(self.mapping.as_ref())
+                .map_or(0, |((key, _), gate)| gate.writers(&key));
+            if writers == 0 {
+                self.start_background_hash(w.unit, w.via, w.stat, w.file.as_fd());
+            } else if now.saturating_duration_since(w.since) < MAPPING_WAIT {
+                self.mapping_waits.push(w);
+            }
+        }
     }
 
     fn answer(&mut self, event: ExecEvent, answer: Answer) {
@@ -571,8 +638,10 @@ impl<G: Gate> Engine<G> {
             mode: unit.mode,
             event: event.kind(),
             finding: judged.finding,
-            // With the mapping gate, the kernel refuses a loader as a main binary itself.
-            is_loader: self.mapping.is_none()
+            // Where the mapping gate watches the file's filesystem, the kernel refuses a
+            // loader as a main binary itself; elsewhere (a volume marked by mount) the loader
+            // rule still asks.
+            is_loader: !self.gate_covers(unit_h, stat)
                 && judged.digest.is_some_and(|d| unit.baseline.is_loader(&d)),
             loader_call: None,
             immutable_fs: unit.content_is_immutable(stat.dev),
@@ -655,7 +724,7 @@ impl<G: Gate> Engine<G> {
             self.stats.count_denial(verdict, reason);
         }
         if outcome.answer == Answer::Allow && matches!(event, ExecEvent::Permission(_)) {
-            self.make_mappable_at(unit_h, stat, digest, None);
+            self.make_mappable_at(unit_h, stat, digest, judged.generation);
         }
         let recorded = outcome.record
             && self
@@ -727,8 +796,9 @@ impl<G: Gate> Engine<G> {
     /// is a SIGSEGV. Done on every allowed exec (a write may have dropped the entry in the
     /// kernel since); a loader's content is also entered as a loader.
     ///
-    /// `judged`: the file's write generation read before its content was judged (a file
-    /// hashed at close); `None`: judged as it is now (an exec, which no writer can hold).
+    /// `judged`: the file's write generation read before its content was judged; `None`:
+    /// read now. A writer that opened (or closed) since advanced it, and the entry is then
+    /// never admitted; none is made while a writer holds the file.
     fn make_mappable_at(
         &mut self,
         unit_h: UnitHandle,
@@ -801,6 +871,26 @@ impl<G: Gate> Engine<G> {
         }
     }
 
+    /// True if the mapping gate judges mappings and loader execs of this unit's file.
+    fn gate_covers(&self, unit_h: UnitHandle, stat: &FileStat) -> bool {
+        self.mapping.is_some()
+            && self
+                .mapping_devs
+                .get(&unit_h)
+                .is_some_and(|devs| devs.contains(&self.mapping_dev(unit_h, stat)))
+    }
+
+    /// The kernel's key of the filesystem of a unit's file: for an overlay the overlay's
+    /// superblock, which its mount root reports (a file's own st_dev may be its layer's).
+    fn mapping_dev(&self, unit_h: UnitHandle, stat: &FileStat) -> u64 {
+        let dev = self
+            .registry
+            .get(unit_h)
+            .and_then(|u| u.marks.iter().find(|m| m.mnt_id == stat.mnt_id))
+            .map_or(stat.dev, |m| m.dev);
+        crate::kernel::mapping_gate::kernel_dev(dev)
+    }
+
     /// The mapping gate's key of a file of a unit, and its write generation now.
     pub(super) fn mapping_key(
         &self,
@@ -808,15 +898,8 @@ impl<G: Gate> Engine<G> {
         stat: &FileStat,
     ) -> Option<(crate::kernel::mapping_gate::FileKey, u64)> {
         let gate = self.mapping.as_ref()?;
-        // The kernel keys a file by its superblock: for an overlay that is the overlay's,
-        // which its mount root reports (a file's own st_dev may be its layer's).
-        let dev = self
-            .registry
-            .get(unit_h)
-            .and_then(|u| u.marks.iter().find(|m| m.mnt_id == stat.mnt_id))
-            .map_or(stat.dev, |m| m.dev);
         let key = crate::kernel::mapping_gate::FileKey {
-            dev: crate::kernel::mapping_gate::kernel_dev(dev),
+            dev: self.mapping_dev(unit_h, stat),
             ino: stat.ino,
         };
         let generation = gate.generation(&key);

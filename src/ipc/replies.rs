@@ -132,6 +132,10 @@ pub struct UnitReply {
     /// The last deny or would-deny.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_deny: Option<LastDenyReply>,
+    /// What the mapping gate judges of this unit: its filesystems, and those it does not
+    /// (a volume marked by mount); absent where no gate runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping_gate: Option<String>,
 }
 
 impl From<&UnitStatus> for UnitReply {
@@ -163,6 +167,7 @@ impl From<&UnitStatus> for UnitReply {
                 path: d.path.clone(),
                 verdict: d.verdict,
             }),
+            mapping_gate: u.mapping_gate.clone(),
         }
     }
 }

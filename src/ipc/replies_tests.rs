@@ -87,6 +87,7 @@ fn unit() -> UnitReply {
             path: Some("/tmp/p".into()),
             verdict: Verdict::Deny,
         }),
+        mapping_gate: None,
     }
 }
 

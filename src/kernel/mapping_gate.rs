@@ -364,6 +364,11 @@ impl MappingGate {
     /// Lets `file` be mapped executable as long as no write-open or truncate came after
     /// generation `judged` (read before its content was judged).
     pub fn allow_at(&mut self, file: FileKey, judged: u64) -> Result<(), GateError> {
+        // Never while a writer holds the file: what was judged may not be what it maps.
+        // (A writer that opens after this check advances the generation past `judged`.)
+        if self.writers(&file) > 0 {
+            return Ok(());
+        }
         self.allowed
             .insert(file, judged, 0)
             .map_err(|e| refused("allowed", e))
@@ -380,7 +385,12 @@ impl MappingGate {
         }
     }
 
-    /// How many write-opens and truncates `file` has seen.
+    /// How many writers hold `file` open now.
+    pub fn writers(&self, file: &FileKey) -> u64 {
+        self.writers.get(file, 0).unwrap_or(0)
+    }
+
+    /// How many write-opens, writer releases and truncates `file` has seen.
     pub fn generation(&self, file: &FileKey) -> u64 {
         self.generation.get(file, 0).unwrap_or(0)
     }

@@ -472,6 +472,9 @@ pub struct UnitStatus {
     /// The last deny or would-deny.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_deny: Option<LastDeny>,
+    /// What the mapping gate judges of this unit (`None`: no gate runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping_gate: Option<String>,
 }
 
 impl Unit {
@@ -499,6 +502,7 @@ impl Unit {
             cache: self.cache.stats(),
             cache_entries: self.cache.len(),
             last_deny: self.last_deny.clone(),
+            mapping_gate: None,
         }
     }
 }
