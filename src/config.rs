@@ -149,6 +149,9 @@ pub struct Config {
     /// `--script-control`.
     #[serde(default)]
     pub script_control: Option<bool>,
+    /// `--library-control`.
+    #[serde(default)]
+    pub library_control: Option<bool>,
     /// `--interpreters`.
     #[serde(default)]
     pub interpreters: Option<Vec<String>>,
@@ -269,6 +272,7 @@ impl Config {
             memfd_noexec: self.memfd_noexec,
             mapping_gate: self.mapping_gate,
             script_control: self.script_control,
+            library_control: self.library_control,
             interpreters: self.interpreters.clone(),
             record_misses: self.record_misses,
             metrics_addr: self.metrics_addr,

@@ -77,6 +77,8 @@ pub struct Settings {
     pub mapping_gate: Option<bool>,
     /// Script control on.
     pub script_control: Option<bool>,
+    /// Library control on.
+    pub library_control: Option<bool>,
     /// Interpreters of the script control.
     pub interpreters: Option<Vec<String>>,
     /// Record allowed misses too.
@@ -128,6 +130,7 @@ impl Settings {
             memfd_noexec: self.memfd_noexec.or(lower.memfd_noexec),
             mapping_gate: self.mapping_gate.or(lower.mapping_gate),
             script_control: self.script_control.or(lower.script_control),
+            library_control: self.library_control.or(lower.library_control),
             interpreters: self.interpreters.or(lower.interpreters),
             record_misses: self.record_misses.or(lower.record_misses),
             metrics_addr: self.metrics_addr.or(lower.metrics_addr),
@@ -178,6 +181,7 @@ impl Settings {
                 record_misses: self.record_misses.unwrap_or(false) || debug_logging,
                 interpreters,
                 loader_wait: d::LOADER_WAIT,
+                library_control: self.library_control.unwrap_or(false),
             },
             snapshot_threads: self.snapshot_threads.unwrap_or(0),
             memfd_noexec: self.memfd_noexec.unwrap_or(d::MEMFD_NOEXEC),

@@ -113,7 +113,7 @@ pub fn propose(records: &[AuditRecord]) -> Vec<Proposal> {
     for r in records {
         let allowable = matches!(
             r.reason,
-            Reason::NotInBaseline | Reason::ScriptNotInBaseline
+            Reason::NotInBaseline | Reason::ScriptNotInBaseline | Reason::LibraryNotInBaseline
         );
         if r.verdict == Verdict::Allow || !allowable {
             continue;

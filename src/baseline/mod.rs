@@ -298,6 +298,22 @@ pub(crate) fn test_entry(path: &str, content: &[u8]) -> BaselineEntry {
     }
 }
 
+/// True if the open file is an ELF shared object (`ET_DYN`: a library, or a position-
+/// independent program), read from its header through `fd` (a regular file's).
+pub fn is_shared_object(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    const ET_DYN: u16 = 3;
+    let mut header = [0u8; 18];
+    if !matches!(nix::sys::uio::pread(fd, &mut header, 0), Ok(18)) || header[..4] != *b"\x7fELF" {
+        return false;
+    }
+    // e_type follows the 16-byte identification, in the file's byte order (EI_DATA).
+    let e_type = match header[5] {
+        2 => u16::from_be_bytes([header[16], header[17]]),
+        _ => u16::from_le_bytes([header[16], header[17]]),
+    };
+    e_type == ET_DYN
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

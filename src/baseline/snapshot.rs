@@ -117,9 +117,10 @@ struct Job {
     library: bool,
 }
 
-/// True for names of shared objects (`libc.so.6`, `x.so`, `_ssl.cpython-311-x86_64-linux-gnu.so`).
+/// True for names of shared objects (`libc.so.6`, `x.so`, `_ssl.cpython-311-x86_64-linux-gnu.so`,
+/// and Node's native addons, `x.node`).
 fn looks_like_library(name: &[u8]) -> bool {
-    name.ends_with(b".so") || name.windows(4).any(|w| w == b".so.")
+    name.ends_with(b".so") || name.ends_with(b".node") || name.windows(4).any(|w| w == b".so.")
 }
 
 enum Outcome {

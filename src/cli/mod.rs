@@ -205,6 +205,13 @@ pub struct DaemonArgs {
     /// interpreter reading data there (not a script) is refused too. See the README.
     #[arg(long)]
     pub script_control: bool,
+    /// Library control (opt-in): an open of an ELF shared object on a container's
+    /// filesystems (rootfs, tmpfs, volumes) whose content is not in the baseline is refused
+    /// in enforce mode and recorded in audit mode, so LD_PRELOAD, /etc/ld.so.preload and
+    /// dlopen of a dropped library fail where the mapping gate cannot load. Every open on
+    /// those filesystems then waits for the daemon (cost: see BENCHMARKS.md).
+    #[arg(long)]
+    pub library_control: bool,
     /// Interpreters for --script-control, by process name (comm); `name*` matches a prefix
     /// [default: sh,ash,dash,bash,zsh,ksh,python*,perl*,ruby*,node,php*,lua*,tclsh*].
     #[arg(long, value_delimiter = ',')]
@@ -268,6 +275,7 @@ impl DaemonArgs {
             memfd_noexec: self.memfd_noexec,
             mapping_gate: self.mapping_gate,
             script_control: self.script_control.then_some(true),
+            library_control: self.library_control.then_some(true),
             interpreters: self.interpreters.clone(),
             record_misses: self.record_misses.then_some(true),
             metrics_addr: self.metrics_addr,

@@ -23,6 +23,9 @@ pub struct EngineConfig {
     /// saturated node it may wait for a CPU to go back to sleep (up to ~0.1 s measured on
     /// two busy cores), so this is far longer than any such wait.
     pub loader_wait: Duration,
+    /// Library control (opt-in): opens of shared objects on a unit's filesystems are judged
+    /// by content like execs (`FAN_OPEN_PERM`; notifications in audit mode).
+    pub library_control: bool,
 }
 
 impl Default for EngineConfig {
@@ -35,6 +38,7 @@ impl Default for EngineConfig {
             record_misses: false,
             interpreters: Vec::new(),
             loader_wait: d::LOADER_WAIT,
+            library_control: false,
         }
     }
 }
@@ -307,13 +311,17 @@ impl<G: Gate> Engine<G> {
     pub(super) fn mark_of(&self, planned: &PlannedMark, mode: Mode) -> Mark {
         // Script control gates opens on the scratch filesystems (tmpfs) only, where dropped
         // scripts land; the image's own files are never held on open.
-        let opens = !self.config.interpreters.is_empty() && planned.fstype == "tmpfs";
+        // Library control gates opens on every filesystem of the unit: a library can be
+        // dropped in the rootfs, a tmpfs or a volume.
+        let opens = self.config.library_control
+            || (!self.config.interpreters.is_empty() && planned.fstype == "tmpfs");
         Mark {
             path: planned.path.clone(),
             kind: planned.kind,
             mask: match (mode, opens) {
                 (Mode::Enforce, true) => EventMask::EnforceWithOpens,
                 (Mode::Enforce, false) => EventMask::Enforce,
+                (Mode::Audit, true) if self.config.library_control => EventMask::AuditWithOpens,
                 (Mode::Audit, _) => EventMask::Audit,
             },
         }
@@ -526,7 +534,14 @@ impl<G: Gate> Engine<G> {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let mut out = format!("judges mappings on {}", if covered.is_empty() { "nothing".into() } else { paths(&covered) });
+        let mut out = format!(
+            "judges mappings on {}",
+            if covered.is_empty() {
+                "nothing".into()
+            } else {
+                paths(&covered)
+            }
+        );
         if !not.is_empty() {
             out.push_str(&format!(
                 "; not on {} (marked by mount: a filesystem shared with the host; a library mapped from there is not judged, a loader exec'd from there is judged by fanotify)",

@@ -66,6 +66,11 @@ enum ExecEvent {
     Notice(OwnedFd),
     /// Script control: an interpreter's open of a file, blocked until answered.
     Open(PendingPermission),
+    /// Library control, enforce mode: an open, blocked until answered (a shared object's
+    /// is judged; any other is allowed once its header is read).
+    LibraryOpen(PendingPermission),
+    /// Library control, audit mode: an open already under way.
+    LibraryNotice(OwnedFd),
 }
 
 impl ExecEvent {
@@ -74,14 +79,23 @@ impl ExecEvent {
             ExecEvent::Permission(_) => EventKind::Exec,
             ExecEvent::Notice(_) => EventKind::ExecNotice,
             ExecEvent::Open(_) => EventKind::ScriptOpen,
+            ExecEvent::LibraryOpen(_) | ExecEvent::LibraryNotice(_) => EventKind::LibraryOpen,
         }
     }
 
     fn fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            ExecEvent::Permission(p) | ExecEvent::Open(p) => p.fd(),
-            ExecEvent::Notice(fd) => Some(fd.as_fd()),
+            ExecEvent::Permission(p) | ExecEvent::Open(p) | ExecEvent::LibraryOpen(p) => p.fd(),
+            ExecEvent::Notice(fd) | ExecEvent::LibraryNotice(fd) => Some(fd.as_fd()),
         }
+    }
+
+    /// An open (script or library control), not an exec.
+    fn is_open(&self) -> bool {
+        matches!(
+            self,
+            ExecEvent::Open(_) | ExecEvent::LibraryOpen(_) | ExecEvent::LibraryNotice(_)
+        )
     }
 }
 
@@ -372,16 +386,24 @@ impl<G: Gate> Engine<G> {
         let (permission, notice, close_write) =
             (ev.is_permission(), ev.is_exec_notice(), ev.is_close_write());
         let open = ev.is_open_permission() && !permission;
+        let open_notice =
+            self.config.library_control && ev.is_open_notice() && !permission && !notice;
         let Some(fd) = ev.fd else { return };
         let event = if open {
             self.stats.open_events += 1;
             let pending = PendingPermission::new(fd, Arc::clone(&self.responder), Answer::Deny);
-            if !self.is_interpreter(ev.tid) {
+            if self.is_interpreter(ev.tid) {
+                Some(ExecEvent::Open(pending))
+            } else if self.config.library_control {
+                Some(ExecEvent::LibraryOpen(pending))
+            } else {
                 // Not an interpreter: nothing to judge.
                 self.answer(ExecEvent::Open(pending), Answer::Allow);
                 return;
             }
-            Some(ExecEvent::Open(pending))
+        } else if open_notice {
+            self.stats.open_events += 1;
+            Some(ExecEvent::LibraryNotice(fd))
         } else if permission {
             self.stats.permission_events += 1;
             Some(ExecEvent::Permission(PendingPermission::new(
@@ -416,7 +438,17 @@ impl<G: Gate> Engine<G> {
                 self.invalidate(&stat, fd, ev.tid);
             }
         }
-        if matches!(event, ExecEvent::Open(_)) && !stat.is_regular() {
+        if event.is_open() && !stat.is_regular() {
+            self.answer(event, Answer::Allow);
+            return;
+        }
+        // Library control judges shared objects only: any other open is let through once its
+        // ELF header is read (a regular file, so the read cannot block).
+        if matches!(
+            event,
+            ExecEvent::LibraryOpen(_) | ExecEvent::LibraryNotice(_)
+        ) && !event.fd().is_some_and(crate::baseline::is_shared_object)
+        {
             self.answer(event, Answer::Allow);
             return;
         }
@@ -434,7 +466,9 @@ impl<G: Gate> Engine<G> {
             },
         };
         let Some(attr) = attr else {
-            if self.restoring && !matches!(event, ExecEvent::Notice(_)) {
+            if self.restoring
+                && !matches!(event, ExecEvent::Notice(_) | ExecEvent::LibraryNotice(_))
+            {
                 self.parked.push((event, tid, stat));
                 return;
             }
@@ -610,7 +644,7 @@ impl<G: Gate> Engine<G> {
     }
 
     fn answer(&mut self, event: ExecEvent, answer: Answer) {
-        if let ExecEvent::Permission(p) | ExecEvent::Open(p) = event {
+        if let ExecEvent::Permission(p) | ExecEvent::Open(p) | ExecEvent::LibraryOpen(p) = event {
             if let Err(e) = p.answer(answer) {
                 self.stats.respond_errors += 1;
                 log::error!("{e}");
@@ -723,7 +757,10 @@ impl<G: Gate> Engine<G> {
         if verdict != Verdict::Allow {
             self.stats.count_denial(verdict, reason);
         }
-        if outcome.answer == Answer::Allow && matches!(event, ExecEvent::Permission(_)) {
+        // An allowed library open is as good a judgement for the mapping gate as an exec.
+        if outcome.answer == Answer::Allow
+            && matches!(event, ExecEvent::Permission(_) | ExecEvent::LibraryOpen(_))
+        {
             self.make_mappable_at(unit_h, stat, digest, judged.generation);
         }
         let recorded = outcome.record

@@ -30,6 +30,11 @@ pub(super) fn default_detail(
         Reason::ScriptNotInBaseline => {
             format!("an interpreter opened a file whose {what} is not in the image's baseline")
         }
+        Reason::LibraryNotInBaseline => {
+            format!(
+                "a shared object was opened whose {what} is not in the image's baseline nor in the unit's allow entries (library control)"
+            )
+        }
         Reason::KnownBad => {
             format!("{what} matches a known-bad indicator")
         }

@@ -132,6 +132,10 @@ impl RawEvent {
     pub fn is_open_permission(&self) -> bool {
         self.mask & libc::FAN_OPEN_PERM != 0
     }
+    /// An open notification (library control in audit mode).
+    pub fn is_open_notice(&self) -> bool {
+        self.mask & libc::FAN_OPEN != 0
+    }
     /// An exec notification (audit mode, never blocks the exec).
     pub fn is_exec_notice(&self) -> bool {
         self.mask & libc::FAN_OPEN_EXEC != 0
@@ -174,8 +178,12 @@ pub enum EventMask {
     /// holds an exec, so an audit rollout cannot stall a node.
     Audit,
     /// Enforce plus `FAN_OPEN_PERM`: every open waits for our answer too, so reads of
-    /// scripts by interpreters can be judged (the opt-in script control).
+    /// scripts by interpreters and opens of shared objects can be judged (the opt-in script
+    /// and library controls).
     EnforceWithOpens,
+    /// Audit plus `FAN_OPEN` notifications: opens of shared objects are recorded, never held
+    /// (library control in audit mode).
+    AuditWithOpens,
 }
 
 impl EventMask {
@@ -191,6 +199,9 @@ impl EventMask {
                 MaskFlags::FAN_OPEN_EXEC_PERM
                     | MaskFlags::FAN_OPEN_PERM
                     | MaskFlags::FAN_CLOSE_WRITE
+            }
+            EventMask::AuditWithOpens => {
+                MaskFlags::FAN_OPEN_EXEC | MaskFlags::FAN_OPEN | MaskFlags::FAN_CLOSE_WRITE
             }
         }
     }

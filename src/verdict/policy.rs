@@ -47,6 +47,9 @@ pub enum Reason {
     LoaderUnobservable,
     /// An interpreter opened a file whose content is not in the baseline (script control).
     ScriptNotInBaseline,
+    /// A shared object (ELF `ET_DYN`) was opened whose content is not in the baseline
+    /// (library control: `LD_PRELOAD`, `/etc/ld.so.preload`, `dlopen` of a dropped library).
+    LibraryNotInBaseline,
     /// The file is in the image but matched a known-bad indicator when it was snapshotted.
     KnownBad,
     /// A file was mapped executable (`LD_PRELOAD`, `dlopen`, `mmap`/`mprotect` with
@@ -56,7 +59,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in a fixed order (for counters).
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::InBaseline,
         Reason::NotInBaseline,
         Reason::ChangedDuringHash,
@@ -68,6 +71,7 @@ impl Reason {
         Reason::ScriptNotInBaseline,
         Reason::KnownBad,
         Reason::MappingNotAllowed,
+        Reason::LibraryNotInBaseline,
     ];
 
     /// The name used in records, `status` and metric labels.
@@ -84,6 +88,7 @@ impl Reason {
             Reason::ScriptNotInBaseline => "script-not-in-baseline",
             Reason::KnownBad => "known-bad",
             Reason::MappingNotAllowed => "mapping-not-allowed",
+            Reason::LibraryNotInBaseline => "library-not-in-baseline",
         }
     }
 
@@ -98,6 +103,7 @@ impl Reason {
             Reason::ScriptNotInBaseline => "script",
             Reason::KnownBad => "known-bad",
             Reason::MappingNotAllowed => "mapping",
+            Reason::LibraryNotInBaseline => "library",
         }
     }
 }
@@ -153,6 +159,9 @@ pub enum EventKind {
     ExecNotice,
     /// An interpreter opening a file (script control), held until answered.
     ScriptOpen,
+    /// A shared object opened (library control): held until answered in enforce mode, a
+    /// notification in audit mode.
+    LibraryOpen,
 }
 
 /// Everything the rules look at for one event.
@@ -216,6 +225,9 @@ pub fn judge(facts: &Facts) -> Decision {
     let mut finding = facts.finding;
     if facts.event == EventKind::ScriptOpen && finding == Finding::NotInBaseline {
         finding = Finding::Unverifiable(Reason::ScriptNotInBaseline);
+    }
+    if facts.event == EventKind::LibraryOpen && finding == Finding::NotInBaseline {
+        finding = Finding::Unverifiable(Reason::LibraryNotInBaseline);
     }
     // Only a held exec can be asked; an audit notification's task has moved on.
     if facts.event == EventKind::Exec && finding == Finding::InBaseline && facts.is_loader {

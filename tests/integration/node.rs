@@ -71,13 +71,15 @@ pub fn images() -> Option<&'static PathBuf> {
 }
 
 /// A loopback HTTP server that answers every GET with the payload.
-struct Http {
+/// A one-file HTTP server on the loopback (what an attacker downloads from).
+pub struct Http {
     port: u16,
     stop: Arc<AtomicBool>,
 }
 
 impl Http {
-    fn start(body: Vec<u8>) -> Self {
+    /// Serves `body` at every path.
+    pub fn start(body: Vec<u8>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -245,6 +247,11 @@ impl Node {
     /// Extra daemon arguments for the next [`Node::start_daemon`].
     pub fn set_daemon_args(&mut self, args: &[&str]) {
         self.daemon_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
+    /// Where `http` serves its file.
+    pub fn url_of(http: &Http) -> String {
+        format!("http://127.0.0.1:{}/file", http.port)
     }
 
     pub fn payload_url(&self) -> String {

@@ -230,16 +230,17 @@ echo WORKLOAD-DONE
 "#;
 
 fn run_debian_enforce(record_misses: bool) {
-    let name = if record_misses {
-        "realism-debian-misses"
+    let (name, args): (&str, &[&str]) = if record_misses {
+        ("realism-debian-misses", &["--record-misses"])
     } else {
-        "realism-debian"
+        ("realism-debian", &[])
     };
-    let args: &[&str] = if record_misses {
-        &["--record-misses"]
-    } else {
-        &[]
-    };
+    run_debian_enforce_with(name, args, !record_misses);
+}
+
+/// The Debian enforce workload under daemon `args`; `testsuite`: Python's subprocess tests
+/// too.
+fn run_debian_enforce_with(name: &str, args: &[&str], testsuite: bool) {
     let Some(node) = Node::with_daemon_args(name, args) else {
         return;
     };
@@ -248,7 +249,7 @@ fn run_debian_enforce(record_misses: bool) {
     let n = scale();
     let before = exec_events(&node);
     let started = Instant::now();
-    let suite = if record_misses { "" } else { "testsuite" };
+    let suite = if testsuite { "testsuite" } else { "" };
     let out = node.run_argv(
         DEBIAN,
         name,
@@ -273,12 +274,13 @@ fn run_debian_enforce(record_misses: bool) {
         "{status}"
     );
     figure(&format!(
-        "realism: Debian enforce{}: {results} workloads, {execs} exec events, 0 false denials, {records} records, {:.0} s; loader checks {}, looks at a thread not yet blocked {}, longest wait {} us",
-        if record_misses {
-            " (--record-misses)"
+        "realism: Debian enforce{}: {results} workloads, {execs} exec events, {} opens judged, 0 false denials, {records} records, {:.0} s; loader checks {}, looks at a thread not yet blocked {}, longest wait {} us",
+        if args.is_empty() {
+            String::new()
         } else {
-            ""
+            format!(" ({})", args.join(" "))
         },
+        status["stats"]["open_events"],
         started.elapsed().as_secs_f64(),
         status["stats"]["loader_checks"],
         status["stats"]["loader_not_blocked_looks"],
@@ -294,6 +296,14 @@ fn debian_image_programs_are_never_denied_under_concurrency() {
 #[test]
 fn debian_image_programs_are_never_denied_with_record_misses() {
     run_debian_enforce(true);
+}
+
+/// Library control (issue 25, 5): every open on the container's filesystems waits for the
+/// daemon, and every shared object the workloads load is judged by content; none may be
+/// refused.
+#[test]
+fn debian_image_programs_and_libraries_are_never_denied_with_library_control() {
+    run_debian_enforce_with("realism-debian-libctl", &["--library-control"], true);
 }
 
 #[test]

@@ -303,8 +303,13 @@ impl Harness {
     }
 
     fn exec(&self, path: &Path) -> Answer {
+        self.answer_to(path, libc::FAN_OPEN_EXEC_PERM)
+    }
+
+    /// Pushes a permission event of `mask` for `path` and waits for its one answer.
+    fn answer_to(&self, path: &Path, mask: u64) -> Answer {
         let before = self.log.lock().unwrap().answers.len();
-        let ino = self.push(path, libc::FAN_OPEN_EXEC_PERM, std::process::id() as i32);
+        let ino = self.push(path, mask, std::process::id() as i32);
         for _ in 0..500 {
             {
                 let log = self.log.lock().unwrap();
@@ -372,8 +377,10 @@ fn cfg() -> EngineConfig {
         record_misses: false,
         interpreters: Vec::new(),
         loader_wait: Duration::from_secs(5),
+        library_control: false,
     }
 }
 
+mod library;
 mod lifecycle;
 mod rules;
