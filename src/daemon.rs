@@ -468,7 +468,7 @@ pub fn mapping_gate_state() -> String {
         .unwrap_or_else(|| "not loaded".into())
 }
 
-fn load_mapping_gate() -> Option<crate::kernel::mapping_gate::MappingGate> {
+fn load_mapping_gate(library_control: bool) -> Option<crate::kernel::mapping_gate::MappingGate> {
     use crate::kernel::mapping_gate::{DEFAULT_PIN_DIR, MappingGate};
     match MappingGate::load(std::path::Path::new(DEFAULT_PIN_DIR)) {
         Ok(g) => {
@@ -489,8 +489,13 @@ fn load_mapping_gate() -> Option<crate::kernel::mapping_gate::MappingGate> {
             Some(g)
         }
         Err(e) => {
+            let libraries = if library_control {
+                "dropped libraries (LD_PRELOAD, /etc/ld.so.preload, dlopen) are judged by library control when opened"
+            } else {
+                "code mapped without an exec (LD_PRELOAD, /etc/ld.so.preload, dlopen of a dropped library) is not stopped (library_control = true judges it)"
+            };
             log::warn!(
-                "mapping gate unavailable: {e}. Running on fanotify alone: code mapped without an exec (LD_PRELOAD, /etc/ld.so.preload, dlopen of a dropped library) is not stopped; direct loader execs are judged from the blocked task's kernel stack"
+                "mapping gate unavailable: {e}. Running on fanotify alone: {libraries}; direct loader execs are judged from the blocked task's kernel stack"
             );
             MAPPING_GATE_STATE.set(format!("unavailable: {e}")).ok();
             None
@@ -618,7 +623,7 @@ pub fn run(
             let limit = crate::kernel::features::raise_memlock_limit();
             log::info!("kernel before 5.11: RLIMIT_MEMLOCK for the mapping gate's maps is {limit}");
         }
-        load_mapping_gate()
+        load_mapping_gate(config.engine.library_control)
     } else {
         MAPPING_GATE_STATE
             .set("off (--mapping-gate false)".into())

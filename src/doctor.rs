@@ -34,6 +34,9 @@ pub struct Report {
     pub daemon: Finding,
     /// The state directory.
     pub state_dir: Finding,
+    /// What judges a library dropped in a container here: the mapping gate, library
+    /// control (`library_control` in the configuration), both, or nothing.
+    pub libraries: Finding,
     /// systemd's fd store for the group (the unit's `FileDescriptorStoreMax=`).
     pub fd_store: Finding,
     /// Every gap in protection, in words (empty when protection is full).
@@ -95,17 +98,20 @@ pub struct Runtime {
     pub detail: String,
 }
 
-/// Examines the node. `socket` and `state_dir` are the daemon's.
-pub fn examine(socket: &Path, state_dir: &Path) -> Report {
+/// Examines the node. `socket` and `state_dir` are the daemon's; `config` its
+/// configuration file (absent: built-in defaults).
+pub fn examine(socket: &Path, state_dir: &Path, config: &Path) -> Report {
     let mut kernel = crate::kernel::features::probe();
     let gate = gate_finding(&kernel);
     kernel.set(gate);
+    let library_control = library_control_configured(config);
+    let libraries = libraries_finding(kernel.has(name::MAPPING_GATE), &library_control);
     let lsm = lsm();
     let runtimes = runtimes();
     let daemon = daemon(socket);
     let mut gaps: Vec<String> = Vec::new();
     for f in kernel.degraded() {
-        if let Some(gap) = gap_of(f, &kernel) {
+        if let Some(gap) = gap_of(f, &kernel, library_control == Ok(true)) {
             gaps.push(gap);
         }
     }
@@ -141,15 +147,63 @@ pub fn examine(socket: &Path, state_dir: &Path) -> Report {
         .ok(),
         daemon,
         state_dir: state_dir_finding(state_dir),
+        libraries,
         fd_store: fd_store(),
         gaps,
         kernel,
     }
 }
 
+/// `library_control` as the daemon would read it from `config`.
+fn library_control_configured(config: &Path) -> Result<bool, String> {
+    if !config.exists() {
+        return Ok(false);
+    }
+    crate::config::Config::load(config)
+        .map(|c| c.library_control.unwrap_or(false))
+        .map_err(|e| e.to_string())
+}
+
+fn libraries_finding(gate: bool, library_control: &Result<bool, String>) -> Finding {
+    match (gate, library_control) {
+        (_, Err(e)) => Finding {
+            ok: None,
+            detail: format!("cannot read the configuration: {e}"),
+        },
+        (true, Ok(true)) => Finding {
+            ok: Some(true),
+            detail: "the mapping gate and library control (every filesystem of a container, volumes too)".into(),
+        },
+        (true, Ok(false)) => Finding {
+            ok: Some(true),
+            detail: "the mapping gate (a container's own filesystems; a volume shared with the host is not judged: turn on library_control)".into(),
+        },
+        (false, Ok(true)) => Finding {
+            ok: Some(true),
+            detail: "library control (opens of shared objects, every filesystem of a container)".into(),
+        },
+        (false, Ok(false)) => Finding {
+            ok: Some(false),
+            detail: "nothing: LD_PRELOAD, /etc/ld.so.preload and dlopen of a dropped library run (no mapping gate here; set library_control = true)".into(),
+        },
+    }
+}
+
 /// A missing feature as a gap in coverage, or `None` when nothing is uncovered by it.
-fn gap_of(f: &FeatureState, kernel: &KernelFeatures) -> Option<String> {
+fn gap_of(f: &FeatureState, kernel: &KernelFeatures, library_control: bool) -> Option<String> {
     let gate = kernel.has(name::MAPPING_GATE);
+    if f.name == name::MAPPING_GATE && library_control {
+        return Some(format!(
+            "{}: dropped libraries are judged by library control; not covered: executable memfd mappings{}, and mprotect of written pages ({})",
+            f.name,
+            if kernel.has(name::MEMFD_NOEXEC) {
+                ""
+            } else {
+                " and memfd execs"
+            },
+            f.detail
+        ));
+    }
     match f.name.as_str() {
         // Only slower, or a rare layout: not a gap in what is judged.
         n if n == name::EVICTABLE_MARKS
@@ -471,6 +525,7 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(out, "\ndaemon: {}", r.daemon.detail);
     let _ = writeln!(out, "state directory: {}", r.state_dir.detail);
+    let _ = writeln!(out, "dropped libraries judged by: {}", r.libraries.detail);
     let _ = writeln!(out, "fd store: {}", r.fd_store.detail);
     let _ = writeln!(
         out,

@@ -204,6 +204,9 @@ pub(super) fn status(socket: &Path, json: bool) -> Result<i32, CliError> {
             if let Some(g) = &u.mapping_gate {
                 println!("{:<24} mapping gate: {g}", "");
             }
+            if !u.libraries.is_empty() {
+                println!("{:<24} dropped libraries judged by: {}", "", u.libraries);
+            }
         }
     }
     println!(

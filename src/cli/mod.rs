@@ -75,6 +75,9 @@ pub enum Command {
         /// The state directory.
         #[arg(long, default_value = crate::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// The daemon's configuration file (read for library_control).
+        #[arg(long, default_value = crate::config::DEFAULT_CONFIG)]
+        config: PathBuf,
         /// The daemon's socket.
         #[command(flatten)]
         socket: SocketArg,
@@ -625,9 +628,10 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Doctor {
             json,
             state_dir,
+            config,
             socket,
         } => {
-            let report = crate::doctor::examine(&socket.socket, &state_dir);
+            let report = crate::doctor::examine(&socket.socket, &state_dir, &config);
             if json {
                 println!(
                     "{}",

@@ -554,6 +554,28 @@ impl<G: Gate> Engine<G> {
         Some(out)
     }
 
+    /// What judges a library dropped in a unit, in a few words.
+    fn library_coverage(&self, handle: UnitHandle, unit: &crate::registry::Unit) -> String {
+        let devs = self.mapping_devs.get(&handle);
+        let gated = |m: &crate::registry::PlannedMark| {
+            self.mapping.is_some()
+                && devs.is_some_and(|d| d.contains(&crate::kernel::mapping_gate::kernel_dev(m.dev)))
+        };
+        let all_gated = !unit.marks.is_empty() && unit.marks.iter().all(gated);
+        let some_gated = unit.marks.iter().any(gated);
+        match (self.config.library_control, all_gated, some_gated) {
+            (true, _, true) => "mapping gate and library control".into(),
+            (true, _, false) => "library control".into(),
+            (false, true, _) => "mapping gate".into(),
+            (false, false, true) => {
+                "mapping gate on its own filesystems; none on volumes marked by mount (turn on library_control)".into()
+            }
+            (false, false, false) => {
+                "none: no mapping gate on this kernel and library_control is off".into()
+            }
+        }
+    }
+
     /// What the mapping gate would do with an executable mapping of the file `d` describes.
     fn explain_mapping(
         &self,
@@ -676,6 +698,7 @@ impl<G: Gate> Engine<G> {
             .map(|(h, u)| {
                 let mut st = u.status();
                 st.mapping_gate = self.gate_coverage(*h, u);
+                st.libraries = self.library_coverage(*h, u);
                 st
             })
             .collect();

@@ -136,6 +136,10 @@ pub struct UnitReply {
     /// (a volume marked by mount); absent where no gate runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mapping_gate: Option<String>,
+    /// What judges a library dropped in this unit (`mapping gate`, `library control`, both,
+    /// or `none`); empty from an older daemon.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub libraries: String,
 }
 
 impl From<&UnitStatus> for UnitReply {
@@ -168,6 +172,7 @@ impl From<&UnitStatus> for UnitReply {
                 verdict: d.verdict,
             }),
             mapping_gate: u.mapping_gate.clone(),
+            libraries: u.libraries.clone(),
         }
     }
 }

@@ -88,6 +88,7 @@ fn unit() -> UnitReply {
             verdict: Verdict::Deny,
         }),
         mapping_gate: None,
+        libraries: String::new(),
     }
 }
 

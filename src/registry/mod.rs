@@ -475,6 +475,10 @@ pub struct UnitStatus {
     /// What the mapping gate judges of this unit (`None`: no gate runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mapping_gate: Option<String>,
+    /// What judges a library dropped in this unit: `mapping gate`, `library control`, both,
+    /// or `none` (with where).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub libraries: String,
 }
 
 impl Unit {
@@ -503,6 +507,7 @@ impl Unit {
             cache_entries: self.cache.len(),
             last_deny: self.last_deny.clone(),
             mapping_gate: None,
+            libraries: String::new(),
         }
     }
 }

@@ -192,6 +192,31 @@ fn doctor_json_on_this_machine() {
         "doctor on kernel {release}: verdict {}, gate loads: {gate_loads}",
         report["verdict"]
     );
+    assert_eq!(report["libraries"]["ok"], gate_loads, "{report}");
+    // With library control configured, dropped libraries are judged on any kernel.
+    let config = std::env::temp_dir().join(format!("driftlock-doctor-{}.toml", std::process::id()));
+    fs::write(&config, "library_control = true\n").unwrap();
+    let with = Command::new(BIN)
+        .args([
+            "doctor",
+            "--json",
+            "--socket",
+            "/nonexistent/driftlock.sock",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let _ = fs::remove_file(&config);
+    let with: serde_json::Value = serde_json::from_slice(&with.stdout).unwrap();
+    assert_eq!(with["libraries"]["ok"], true, "{with}");
+    assert!(
+        with["libraries"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("library control"),
+        "{with}"
+    );
     // The text form says the same.
     let text = Command::new(BIN)
         .args(["doctor", "--socket", "/nonexistent/driftlock.sock"])
@@ -295,6 +320,9 @@ fn library_control_refuses_dropped_libraries_where_the_gate_cannot_load() {
             && r["verdict"] == "would-deny"),
         "{recs:?}"
     );
+    // Status says what judges a dropped library in each container.
+    let unit = node.run_detached(GLIBC, "lib-detached");
+    assert_eq!(unit["libraries"], "library control", "{unit}");
     let status = node.status();
     assert!(
         status["stats"]["denied_by_reason"]["library-not-in-baseline"]
