@@ -229,6 +229,11 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 reply.kernel = features.kernel.clone();
                 reply.features = features.features.clone();
+                reply.metrics = ctx
+                    .metrics_state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
                 reply.rearm_pending = ctx
                     .pending_units()
                     .into_iter()
@@ -750,6 +755,7 @@ pub fn run(
         snapshot_threads: config.snapshot_threads,
         memfd_noexec: std::sync::atomic::AtomicBool::new(config.memfd_noexec),
         features: std::sync::RwLock::new(features.clone()),
+        metrics_state: Default::default(),
         units_dir: config.state_dir.join("units"),
         policy: std::sync::RwLock::new(policy),
         stats: Default::default(),
@@ -846,7 +852,7 @@ pub fn run(
             audit_for_metrics,
             watchdog_enabled,
         )?;
-        log::info!("metrics on http://{addr}/metrics{auth}");
+        log::info!("metrics on http://{addr}/metrics{auth} (bound in the background)");
     }
     let admission = Arc::new(Admission::default());
     let handler: Handler = {

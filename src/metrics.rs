@@ -416,10 +416,17 @@ fn respond(s: &mut std::net::TcpStream, status: &str, content_type: &str, body: 
 }
 
 /// Reads a request head: up to the blank line, 8 KiB, or the socket's timeout.
-fn read_head(s: &mut std::net::TcpStream) -> Vec<u8> {
+/// Reads a request head of at most 8 KiB, within `budget` in all (a client that trickles
+/// bytes cannot hold a connection longer).
+fn read_head(s: &mut std::net::TcpStream, budget: Duration) -> Vec<u8> {
+    let until = std::time::Instant::now() + budget;
     let mut head = Vec::new();
     let mut chunk = [0u8; 2048];
     while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
         match s.read(&mut chunk) {
             Ok(0) | Err(_) => break,
             Ok(n) => head.extend_from_slice(&chunk[..n]),
@@ -428,8 +435,14 @@ fn read_head(s: &mut std::net::TcpStream) -> Vec<u8> {
     head
 }
 
+/// Scrapes served at once; one more is answered 503 at once.
+const MAX_SCRAPES: usize = 8;
+
 /// Serves `/metrics` (any path) on `addr` until the process exits. With `token`, a scrape
 /// without that bearer token gets 401.
+///
+/// Metrics never stop enforcement: an address that cannot be bound (another process
+/// holds the port) is retried in the background, and `state` says so (`status`, the log).
 pub fn serve(
     addr: SocketAddr,
     token: Option<TokenFile>,
@@ -440,46 +453,131 @@ pub fn serve(
     if !addr.ip().is_loopback() && token.is_none() {
         return Err(MetricsError::NotLoopback(addr));
     }
-    let listener = TcpListener::bind(addr).map_err(|source| MetricsError::Bind { addr, source })?;
+    let endpoint = Arc::new(Endpoint {
+        token,
+        armer,
+        audit,
+        watchdog,
+        busy: std::sync::atomic::AtomicUsize::new(0),
+        last_problem: std::sync::Mutex::new(String::new()),
+    });
     std::thread::Builder::new()
         .name("driftlock-metrics".into())
         .spawn(move || {
-            let mut last_problem = String::new();
+            let listener = bind_until_free(addr, &endpoint.armer);
             for conn in listener.incoming() {
-                let Ok(mut s) = conn else { continue };
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-                let req = read_head(&mut s);
-                if let Some(t) = &token {
-                    let verdict = t.token().map(|tok| authorized(&req, &tok));
-                    if let Err(problem) = &verdict {
-                        // Said once per distinct problem, not at every scrape.
-                        if *problem != last_problem {
-                            log::error!("{problem}: every metrics scrape is refused");
-                            last_problem = problem.clone();
-                        }
-                    } else {
-                        last_problem.clear();
-                    }
-                    if verdict != Ok(true) {
-                        respond(
-                            &mut s,
-                            "401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"driftlock\"",
-                            "text/plain",
-                            "401 unauthorized: send Authorization: Bearer <token>\n",
-                        );
-                        continue;
-                    }
-                }
-                let body = match armer.engine.status() {
-                    Ok(st) => render(&st, &armer, &audit, armer.engine.loop_age(), watchdog),
-                    Err(e) => format!("# event loop unavailable: {e}\n"),
-                };
-                respond(&mut s, "200 OK", "text/plain; version=0.0.4", &body);
+                let Ok(s) = conn else { continue };
+                endpoint.accept(s);
             }
         })
         .map(|_| ())
         .map_err(|source| MetricsError::Bind { addr, source })
+}
+
+/// Binds `addr`, retrying (1 s, doubling to 30 s) while it is taken; says each change in the
+/// log and in `armer.metrics_state`.
+fn bind_until_free(addr: SocketAddr, armer: &Armer) -> TcpListener {
+    let mut wait = Duration::from_secs(1);
+    let mut said = false;
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(l) => {
+                if said {
+                    log::warn!("metrics: bound {addr} at last; serving");
+                }
+                armer.set_metrics_state(format!("serving on http://{addr}/metrics"));
+                return l;
+            }
+            Err(e) => {
+                let why = format!(
+                    "cannot bind {addr} ({e}): retrying every {}s; enforcement is not affected",
+                    wait.as_secs()
+                );
+                if !said {
+                    log::error!("metrics: {why}");
+                    said = true;
+                }
+                armer.set_metrics_state(why);
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// The endpoint's shared state.
+struct Endpoint {
+    token: Option<TokenFile>,
+    armer: Arc<Armer>,
+    audit: Arc<AuditCounters>,
+    watchdog: bool,
+    busy: std::sync::atomic::AtomicUsize,
+    last_problem: std::sync::Mutex<String>,
+}
+
+impl Endpoint {
+    /// Serves one connection on a thread of its own, up to [`MAX_SCRAPES`] at once.
+    fn accept(self: &Arc<Self>, mut s: std::net::TcpStream) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+        if self.busy.fetch_add(1, SeqCst) >= MAX_SCRAPES {
+            self.busy.fetch_sub(1, SeqCst);
+            respond(&mut s, "503 Service Unavailable", "text/plain", "busy\n");
+            return;
+        }
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("driftlock-scrape".into())
+            .spawn(move || {
+                me.scrape(s);
+                me.busy.fetch_sub(1, SeqCst);
+            });
+        if spawned.is_err() {
+            self.busy.fetch_sub(1, SeqCst);
+        }
+    }
+
+    fn scrape(&self, mut s: std::net::TcpStream) {
+        let req = read_head(&mut s, Duration::from_secs(2));
+        if let Some(t) = &self.token {
+            let verdict = t.token().map(|tok| authorized(&req, &tok));
+            {
+                let mut last = self
+                    .last_problem
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match &verdict {
+                    // Said once per distinct problem, not at every scrape.
+                    Err(problem) if *problem != *last => {
+                        log::error!("{problem}: every metrics scrape is refused");
+                        *last = problem.clone();
+                    }
+                    Err(_) => {}
+                    Ok(_) => last.clear(),
+                }
+            }
+            if verdict != Ok(true) {
+                respond(
+                    &mut s,
+                    "401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"driftlock\"",
+                    "text/plain",
+                    "401 unauthorized: send Authorization: Bearer <token>\n",
+                );
+                return;
+            }
+        }
+        let body = match self.armer.engine.status() {
+            Ok(st) => render(
+                &st,
+                &self.armer,
+                &self.audit,
+                self.armer.engine.loop_age(),
+                self.watchdog,
+            ),
+            Err(e) => format!("# event loop unavailable: {e}\n"),
+        };
+        respond(&mut s, "200 OK", "text/plain; version=0.0.4", &body);
+    }
 }
 
 #[cfg(test)]

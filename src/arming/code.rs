@@ -24,6 +24,11 @@ pub(super) fn code_files(
     let mut code = Vec::with_capacity(baseline.entries().len());
     let mut loaders = Vec::new();
     let mut buf = Vec::new();
+    // The container may have changed any file of the upper layer (a 16 TiB sparse file in
+    // place of /usr/bin/env): what is read is bounded like an exec's hash, and a file not
+    // entered here stays unmappable until an exec or a close judges it.
+    let deadline = std::time::Instant::now() + CODE_FILES_BUDGET;
+    let mut late = 0usize;
     for e in baseline.entries() {
         let rel = e.path.strip_prefix(b"/").unwrap_or(&e.path);
         let rel = Path::new(std::ffi::OsStr::from_bytes(rel));
@@ -31,11 +36,23 @@ pub(super) fn code_files(
         let Ok(st) = crate::kernel::stat_path(&path) else {
             continue;
         };
+        // A size other than the entry's cannot hold its content; only regular files are
+        // read (a FIFO or a device in place of a program is not code).
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() || meta.len() != e.size {
+            continue;
+        }
         let unchanged = match upper {
             Some(up) => std::fs::symlink_metadata(up.join(rel)).is_err(),
             None => false,
         };
         if !unchanged {
+            if std::time::Instant::now() >= deadline {
+                late += 1;
+                continue;
+            }
             let same = nix::fcntl::open(
                 &path,
                 nix::fcntl::OFlag::O_RDONLY
@@ -46,7 +63,13 @@ pub(super) fn code_files(
             )
             .ok()
             .and_then(|fd| {
-                crate::baseline::hash_fd(std::os::fd::AsFd::as_fd(&fd), &mut buf, false, None).ok()
+                crate::baseline::hash_fd(
+                    std::os::fd::AsFd::as_fd(&fd),
+                    &mut buf,
+                    false,
+                    Some(deadline),
+                )
+                .ok()
             })
             .is_some_and(|d| d.blake3 == e.blake3);
             if !same {
@@ -67,8 +90,16 @@ pub(super) fn code_files(
             code.push(key);
         }
     }
+    if late > 0 {
+        log::warn!(
+            "{late} changed file(s) of the image were not checked within {CODE_FILES_BUDGET:?}: they stay unmappable until an exec or a close judges them"
+        );
+    }
     (code, loaders)
 }
+
+/// How long an arm may spend hashing the image's files a container changed.
+const CODE_FILES_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The upper layer of the overlay `entry`, as this daemon reaches it.
 pub(super) fn upper_dir(entry: &MountEntry) -> Option<std::path::PathBuf> {

@@ -237,6 +237,8 @@ pub struct Armer {
     pub memfd_noexec: std::sync::atomic::AtomicBool,
     /// What the kernel offers, as probed at start (and corrected by what arming finds).
     pub features: std::sync::RwLock<crate::kernel::features::KernelFeatures>,
+    /// The metrics endpoint, in words (`status`); empty when metrics are off.
+    pub metrics_state: std::sync::Mutex<String>,
     /// Where unit records live (`STATE_DIR/units`).
     pub units_dir: PathBuf,
     /// Mode rules and allow entries from the configuration file (replaced on SIGHUP).
@@ -433,6 +435,14 @@ impl Armer {
             }
             Err(e) => Err(ArmError::Memfd(e)),
         }
+    }
+
+    /// Records what the metrics endpoint is doing (`status` reports it).
+    pub fn set_metrics_state(&self, state: String) {
+        *self
+            .metrics_state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = state;
     }
 
     /// Stops trying `vm.memfd_noexec` (the kernel lacks it) and says so once.

@@ -224,6 +224,9 @@ pub(super) fn status(socket: &Path, json: bool) -> Result<i32, CliError> {
         println!("mapping gate: {}", s.mapping_gate);
     }
     print_degradations(&s.kernel, &s.features);
+    if !s.metrics.is_empty() {
+        println!("metrics: {}", s.metrics);
+    }
     if s.stats.mapping_checked + s.stats.mapping_refused + s.stats.mapping_would_refuse > 0 {
         println!(
             "mapping gate: {} executable mappings checked, {} refused, {} would be refused, {} allowed files dropped by writes",

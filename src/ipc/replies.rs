@@ -351,6 +351,9 @@ pub struct StatusReply {
     /// here with what it leaves uncovered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<crate::kernel::features::FeatureState>,
+    /// The metrics endpoint: serving, or why not (empty when metrics are off).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metrics: String,
 }
 
 /// A unit whose re-arm is being retried.
@@ -378,6 +381,7 @@ impl From<&EngineStatus> for StatusReply {
             mapping_gate: String::new(),
             kernel: String::new(),
             features: Vec::new(),
+            metrics: String::new(),
         }
     }
 }

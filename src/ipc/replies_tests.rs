@@ -198,6 +198,7 @@ fn every_reply_is_pinned() {
             detail: "d".into(),
             not_covered: "n".into(),
         }],
+        metrics: String::new(),
     }));
     assert_eq!(
         ok(&status),

@@ -573,3 +573,73 @@ fn fail_open_is_recorded_and_counted_and_never_covers_a_refusal() {
     let _ = init.kill();
     let _ = init.wait();
 }
+
+fn scrape(addr: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// Issue 26 (7): a local user who holds the metrics port during a restart kept the daemon
+/// from starting (a fatal bind); one slow client blinded the endpoint. Now the daemon
+/// starts and enforces, says the port is taken, binds it once it is free, and a silent
+/// client does not hold up a scrape.
+#[test]
+fn issue_26_metrics_never_stop_enforcement() {
+    if !root_or_skip("metrics squat") {
+        return;
+    }
+    let squat = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = squat.local_addr().unwrap().to_string();
+    let mut sb = Sandbox::new("metrics-squat");
+    sb.start_daemon(&["--metrics-addr", &addr]);
+    sb.arm("m1", &[]);
+    let payload = sb.install_payload();
+    assert_eq!(
+        exec(&payload),
+        EPERM,
+        "enforcement runs with the port taken"
+    );
+    let status = sb.client(&["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(
+        st["metrics"].as_str().unwrap().contains("cannot bind"),
+        "status says why there are no metrics: {st}"
+    );
+    drop(squat);
+    let started = Instant::now();
+    let mut body = None;
+    while started.elapsed() < Duration::from_secs(10) {
+        body = scrape(&addr).filter(|b| b.starts_with("HTTP/1.0 200"));
+        if body.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let body = body.expect("metrics served once the port is free");
+    assert!(
+        body.contains("driftlock_kernel_feature{feature=\"openat2\"} 1"),
+        "{body}"
+    );
+    // A client that connects and sends nothing does not hold up the next scrape.
+    let idle: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let t = Instant::now();
+    assert!(scrape(&addr).is_some_and(|b| b.starts_with("HTTP/1.0 200")));
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "a scrape waited {:?} behind idle clients",
+        t.elapsed()
+    );
+    drop(idle);
+    let st: serde_json::Value =
+        serde_json::from_slice(&sb.client(&["status", "--json"]).stdout).unwrap();
+    assert!(
+        st["metrics"].as_str().unwrap().starts_with("serving"),
+        "{st}"
+    );
+}
