@@ -756,6 +756,7 @@ pub fn run(
         memfd_noexec: std::sync::atomic::AtomicBool::new(config.memfd_noexec),
         features: std::sync::RwLock::new(features.clone()),
         metrics_state: Default::default(),
+        shared_baselines: Default::default(),
         units_dir: config.state_dir.join("units"),
         policy: std::sync::RwLock::new(policy),
         stats: Default::default(),

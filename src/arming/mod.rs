@@ -239,6 +239,9 @@ pub struct Armer {
     pub features: std::sync::RwLock<crate::kernel::features::KernelFeatures>,
     /// The metrics endpoint, in words (`status`); empty when metrics are off.
     pub metrics_state: std::sync::Mutex<String>,
+    /// Baselines in use, by store key: every unit of an image shares one copy in memory.
+    pub shared_baselines:
+        std::sync::Mutex<std::collections::HashMap<Vec<u8>, std::sync::Weak<Baseline>>>,
     /// Where unit records live (`STATE_DIR/units`).
     pub units_dir: PathBuf,
     /// Mode rules and allow entries from the configuration file (replaced on SIGHUP).
@@ -310,6 +313,7 @@ impl Armer {
         let baseline_started = Instant::now();
         let resolve_ms = ms_between(started, baseline_started);
         let (baseline, provenance, skipped) = self.obtain_baseline(&req, &unit, &view, origin)?;
+        let baseline = self.share(baseline);
         let baseline_ms = baseline_started.elapsed().as_secs_f64() * 1e3;
         let memfd_started = Instant::now();
         let memfd_noexec = match pid {
@@ -345,7 +349,7 @@ impl Armer {
             },
             pid,
             mode,
-            baseline: Arc::new(baseline),
+            baseline: Arc::clone(&baseline),
             marks: unit.marks,
             allow,
             code_files,
@@ -435,6 +439,27 @@ impl Armer {
             }
             Err(e) => Err(ArmError::Memfd(e)),
         }
+    }
+
+    /// The copy of `baseline` other units of its image already hold, or a new shared one:
+    /// fifty containers of one large image hold its baseline once.
+    fn share(&self, baseline: Baseline) -> Arc<Baseline> {
+        let mut shared = self
+            .shared_baselines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        shared.retain(|_, w| w.strong_count() > 0);
+        if let Some(existing) = shared
+            .get(baseline.key())
+            .and_then(std::sync::Weak::upgrade)
+        {
+            if *existing == baseline {
+                return existing;
+            }
+        }
+        let arc = Arc::new(baseline);
+        shared.insert(arc.key().to_vec(), Arc::downgrade(&arc));
+        arc
     }
 
     /// Records what the metrics endpoint is doing (`status` reports it).

@@ -62,6 +62,15 @@ pub enum SnapshotError {
         /// Bytes hashed by then.
         bytes: u64,
     },
+    /// The image holds more executables and libraries than a baseline may (a crafted image
+    /// would cost every container of it memory, and the daemon with it).
+    #[error(
+        "the image holds more than {limit} executables and libraries: refused (a baseline that large would cost every container of this image its memory)"
+    )]
+    TooManyFiles {
+        /// The cap.
+        limit: usize,
+    },
 }
 
 /// Bounds on one snapshot, so an image (or a container that writes into its own rootfs
@@ -73,6 +82,9 @@ pub struct SnapshotLimits {
     pub max_file: u64,
     /// The snapshot is abandoned after this long.
     pub deadline: std::time::Duration,
+    /// At most this many files are taken (executables and libraries); an image with more
+    /// is refused.
+    pub max_entries: usize,
 }
 
 impl Default for SnapshotLimits {
@@ -80,9 +92,14 @@ impl Default for SnapshotLimits {
         SnapshotLimits {
             max_file: 4 << 30,
             deadline: std::time::Duration::from_secs(90),
+            max_entries: MAX_BASELINE_ENTRIES,
         }
     }
 }
+
+/// The most files a baseline may hold. Real images hold a few thousand to a few tens of
+/// thousands (a full Debian with compilers and Python: about 5,000).
+pub const MAX_BASELINE_ENTRIES: usize = 100_000;
 
 /// The result of a snapshot.
 #[derive(Debug)]
@@ -178,6 +195,7 @@ pub fn snapshot_limited(
 
     let mut walk_errors = Vec::new();
     let cut_short = std::sync::atomic::AtomicBool::new(false);
+    let mut queued = 0usize;
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let job_rx = job_rx.clone();
@@ -207,7 +225,14 @@ pub fn snapshot_limited(
         }
         drop(job_rx);
         drop(out_tx);
-        if !walk(&root_fd, &job_tx, &mut walk_errors, &limits, deadline) {
+        if !walk(
+            &root_fd,
+            &job_tx,
+            &mut walk_errors,
+            &limits,
+            deadline,
+            &mut queued,
+        ) {
             cut_short.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         drop(job_tx);
@@ -239,6 +264,11 @@ pub fn snapshot_limited(
             Outcome::Skipped(e) => errors.push(e),
             Outcome::Ignored => {}
         }
+    }
+    if queued > limits.max_entries {
+        return Err(SnapshotError::TooManyFiles {
+            limit: limits.max_entries,
+        });
     }
     if cut_short.into_inner() {
         return Err(SnapshotError::Deadline {
@@ -308,6 +338,7 @@ fn walk(
     errors: &mut Vec<SnapshotFileError>,
     limits: &SnapshotLimits,
     deadline: Instant,
+    queued: &mut usize,
 ) -> bool {
     let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
     let root_dev = nix::sys::stat::fstat(root.as_fd()).map(|s| s.st_dev).ok();
@@ -411,6 +442,10 @@ fn walk(
                             if is_executable(&st)
                                 && (Some(st.st_dev) == root_dev || same_mount(&dir_fd, name)) =>
                         {
+                            *queued += 1;
+                            if *queued > limits.max_entries {
+                                return false;
+                            }
                             if jobs
                                 .send(Job {
                                     rel: rel_of(name),
@@ -426,6 +461,10 @@ fn walk(
                                 && st.st_size as u64 <= limits.max_file
                                 && (Some(st.st_dev) == root_dev || same_mount(&dir_fd, name)) =>
                         {
+                            *queued += 1;
+                            if *queued > limits.max_entries {
+                                return false;
+                            }
                             if jobs
                                 .send(Job {
                                     rel: rel_of(name),
@@ -554,6 +593,34 @@ mod tests {
         assert_eq!(snap.baseline.entries()[2].mode, 0o700);
         assert_eq!(snap.bytes, 3 + 5 + 4);
         assert!(snap.baseline.loaders().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_image_with_more_files_than_the_cap_is_refused() {
+        let dir = tree();
+        let limits = SnapshotLimits {
+            max_entries: 2,
+            ..SnapshotLimits::default()
+        };
+        let err = snapshot_limited(&dir, b"k".to_vec(), 2, None, limits).unwrap_err();
+        assert!(
+            matches!(err, SnapshotError::TooManyFiles { limit: 2 }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("more than 2 executables"), "{err}");
+        let limits = SnapshotLimits {
+            max_entries: 3,
+            ..SnapshotLimits::default()
+        };
+        assert_eq!(
+            snapshot_limited(&dir, b"k".to_vec(), 2, None, limits)
+                .unwrap()
+                .baseline
+                .entries()
+                .len(),
+            3
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unsafe_code)]
 
 mod bypasses;
+mod capacity;
 mod cli;
 mod clients;
 mod compat;
