@@ -103,11 +103,8 @@ const CODE_FILES_BUDGET: std::time::Duration = std::time::Duration::from_secs(5)
 
 /// The upper layer of the overlay `entry`, as this daemon reaches it.
 pub(super) fn upper_dir(entry: &MountEntry) -> Option<std::path::PathBuf> {
-    let upper = entry
-        .super_options
-        .split(|b| *b == b',')
-        .find_map(|o| o.strip_prefix(b"upperdir="))?;
-    let p = Path::new(std::ffi::OsStr::from_bytes(upper));
+    let upper = super::layers::option_path(entry, b"upperdir")?;
+    let p = Path::new(std::ffi::OsStr::from_bytes(&upper));
     if p.is_dir() {
         return Some(p.to_path_buf());
     }

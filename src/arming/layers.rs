@@ -22,12 +22,49 @@ pub(super) fn overlay_at<'a>(
         .then_some(entry)
 }
 
-/// The value of `name=` among an overlay's super options.
+/// The value of `name=` among an overlay's super options. Options are separated by commas
+/// that no backslash escapes: overlay writes a `,` (and a `:`) inside a layer path as `\,`.
 fn option<'a>(entry: &'a MountEntry, name: &[u8]) -> Option<&'a [u8]> {
-    entry.super_options.split(|b| *b == b',').find_map(|opt| {
+    split_options(&entry.super_options).find_map(|opt| {
         opt.strip_prefix(name)
             .and_then(|rest| rest.strip_prefix(b"="))
     })
+}
+
+/// The value of `name=` as a path: overlay's backslash escapes removed.
+pub(super) fn option_path(entry: &MountEntry, name: &[u8]) -> Option<Vec<u8>> {
+    let raw = option(entry, name)?;
+    let mut out = Vec::with_capacity(raw.len());
+    let mut escaped = false;
+    for &b in raw {
+        if escaped || b != b'\\' {
+            out.push(b);
+            escaped = false;
+        } else {
+            escaped = true;
+        }
+    }
+    Some(out)
+}
+
+/// Splits a super-options string at its unescaped commas (escapes are kept).
+fn split_options(options: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    let mut escaped = false;
+    let mut cuts = Vec::new();
+    for (i, &b) in options.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' => escaped = true,
+            b',' => {
+                cuts.push((start, i));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    cuts.push((start, options.len()));
+    cuts.into_iter().map(move |(a, b)| &options[a..b])
 }
 
 /// The overlay's lower layers, uppermost first, as the mounter wrote them. Data-only
@@ -92,10 +129,10 @@ pub(super) fn mount_lower_view(entry: &MountEntry) -> Result<OwnedFd, String> {
     if dirs.is_empty() {
         return Err("the overlay shows no lowerdir".into());
     }
-    let upper = option(entry, b"upperdir");
+    let upper = option_path(entry, b"upperdir");
     let mut layers = Vec::with_capacity(dirs.len());
     for d in &dirs {
-        match reachable(d, upper) {
+        match reachable(d, upper.as_deref()) {
             Some(p) => layers.push(p),
             None => {
                 return Err(format!(
@@ -144,6 +181,24 @@ pub(super) fn mount_lower_view(entry: &MountEntry) -> Result<OwnedFd, String> {
 mod tests {
     use super::*;
     use crate::kernel::mountinfo::parse_mountinfo;
+
+    #[test]
+    fn a_comma_in_a_layer_path_does_not_end_the_option() {
+        let m = parse_mountinfo(
+            b"50 1 0:50 / /c rw - overlay overlay rw,lowerdir=/l/a\\,b:/l/c\\:d,upperdir=/u/x\\,y/diff,workdir=/u/w\n",
+        )
+        .unwrap();
+        assert_eq!(
+            lower_dirs(&m[0]),
+            vec![b"/l/a,b".to_vec(), b"/l/c:d".to_vec()]
+        );
+        assert_eq!(option(&m[0], b"upperdir"), Some(&b"/u/x\\,y/diff"[..]));
+        assert_eq!(
+            option_path(&m[0], b"upperdir"),
+            Some(b"/u/x,y/diff".to_vec())
+        );
+        assert_eq!(option(&m[0], b"workdir"), Some(&b"/u/w"[..]));
+    }
 
     #[test]
     fn lower_dirs_are_split_with_escapes_and_data_only_layers() {

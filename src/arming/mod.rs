@@ -217,6 +217,9 @@ fn container_key(req: &ArmRequest, unit: &ResolvedUnit) -> Vec<u8> {
     key
 }
 
+/// How long `explain` may spend hashing the file it is asked about.
+const EXPLAIN_HASH_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The sysctl that refuses executable memfds (per PID namespace, 6.3 and later).
 const MEMFD_NOEXEC_SYSCTL: &str = "/proc/sys/vm/memfd_noexec";
 
@@ -691,7 +694,9 @@ impl Armer {
             )
             .map_err(open_err)?,
         };
-        let d = crate::baseline::hash_fd(fd.as_fd(), &mut Vec::new(), true, None).map_err(
+        // Bounded like an exec's hash: a client must not hold an arming thread on a huge file.
+        let deadline = Some(Instant::now() + EXPLAIN_HASH_BUDGET);
+        let d = crate::baseline::hash_fd(fd.as_fd(), &mut Vec::new(), true, deadline).map_err(
             |source| ExplainError::Hash {
                 path: shown.clone(),
                 source,

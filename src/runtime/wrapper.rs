@@ -293,7 +293,10 @@ fn hook_entry(cfg: &RuntimeConfig, stage: &str, timeout: u64) -> Value {
     json!({ "path": cfg.driftlock.to_string_lossy(), "args": args, "timeout": timeout })
 }
 
-fn is_ours(entry: &Value, stage: &str) -> bool {
+/// True if `entry` is the hook this wrapper would add: the configured binary itself, not
+/// any program whose name ends in "driftlock" (a bundle's author could otherwise plant a
+/// look-alike and have the real hook left out).
+fn is_ours(entry: &Value, stage: &str, cfg: &RuntimeConfig) -> bool {
     let args = entry.get("args").and_then(Value::as_array);
     args.is_some_and(|a| {
         a.get(1).and_then(Value::as_str) == Some("hook")
@@ -301,7 +304,7 @@ fn is_ours(entry: &Value, stage: &str) -> bool {
     }) && entry
         .get("path")
         .and_then(Value::as_str)
-        .is_some_and(|p| p.ends_with("driftlock"))
+        .is_some_and(|p| Path::new(p) == cfg.driftlock)
 }
 
 /// Adds driftlock's hooks to a runtime config (idempotent). Returns whether it changed.
@@ -318,7 +321,7 @@ pub fn add_hooks(config: &mut Value, cfg: &RuntimeConfig) -> Result<bool, PatchE
         let list = list
             .as_array_mut()
             .ok_or(PatchError::StageNotAnArray(stage))?;
-        if list.iter().any(|e| is_ours(e, stage)) {
+        if list.iter().any(|e| is_ours(e, stage, cfg)) {
             continue;
         }
         let entry = hook_entry(cfg, stage, timeout);
@@ -559,6 +562,29 @@ mod tests {
             socket: "/run/driftlock/driftlock.sock".into(),
             fail_open: false,
         }
+    }
+
+    #[test]
+    fn a_planted_look_alike_hook_does_not_keep_ours_out() {
+        // A bundle whose author put its own "driftlock" hook first: ours is still added.
+        let mut v: Value = serde_json::from_str(
+            r#"{"hooks":{"createRuntime":[{"path":"/tmp/x/driftlock","args":["driftlock","hook","createRuntime"]}],
+                         "poststop":[{"path":"/tmp/x/driftlock","args":["driftlock","hook","poststop"]}]}}"#,
+        )
+        .unwrap();
+        assert!(add_hooks(&mut v, &cfg()).unwrap());
+        let first = &v["hooks"]["createRuntime"][0];
+        assert_eq!(first["path"], "/usr/bin/driftlock");
+        assert_eq!(v["hooks"]["createRuntime"].as_array().unwrap().len(), 2);
+        assert!(
+            v["hooks"]["poststop"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["path"] == "/usr/bin/driftlock")
+        );
+        // Ours already there: nothing changes.
+        assert!(!add_hooks(&mut v, &cfg()).unwrap());
     }
 
     #[test]
