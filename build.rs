@@ -8,6 +8,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=bpf/gate.bpf.c");
     println!("cargo:rerun-if-changed=bpf/kernel_types.h");
     println!("cargo:rustc-check-cfg=cfg(driftlock_gate_built)");
+    // The source revision for `driftlock_build_info` (none outside a git checkout).
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/index");
+    if let Ok(out) = Command::new("git")
+        .args(["describe", "--always", "--dirty", "--abbrev=12"])
+        .output()
+    {
+        let rev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && !rev.is_empty() && rev.len() < 64 {
+            println!("cargo:rustc-env=DRIFTLOCK_REVISION={rev}");
+        }
+    }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("cargo did not set OUT_DIR")?);
     let object = out.join("gate.bpf.o");
     let clang = std::env::var("DRIFTLOCK_CLANG").unwrap_or_else(|_| "clang".into());

@@ -54,7 +54,9 @@ pub fn render(
         out,
         "# HELP driftlock_execs_total Execs judged in the armed units, by verdict.\n# TYPE driftlock_execs_total counter"
     );
-    let (mut allow, mut deny, mut would) = (0, 0, 0);
+    // Units that are gone still count: these are counters, and must never fall.
+    let retired = s.stats.retired;
+    let (mut allow, mut deny, mut would) = (retired.allowed, retired.denied, retired.would_deny);
     for u in &s.units {
         allow += u.counters.allowed;
         deny += u.counters.denied;
@@ -91,8 +93,8 @@ pub fn render(
             })
             .collect(),
     );
-    let hits: u64 = s.units.iter().map(|u| u.cache.hits).sum();
-    let misses: u64 = s.units.iter().map(|u| u.cache.misses).sum();
+    let hits: u64 = retired.cache_hits + s.units.iter().map(|u| u.cache.hits).sum::<u64>();
+    let misses: u64 = retired.cache_misses + s.units.iter().map(|u| u.cache.misses).sum::<u64>();
     section(
         "driftlock_cache_hits_total",
         "counter",
@@ -220,6 +222,16 @@ pub fn render(
         "gauge",
         "Armed units (containers).",
         vec![format!(" {}", s.units.len())],
+    );
+    section(
+        "driftlock_build_info",
+        "gauge",
+        "The running daemon's version and source revision (always 1).",
+        vec![format!(
+            "{{version=\"{}\",revision=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            option_env!("DRIFTLOCK_REVISION").unwrap_or("unknown")
+        )],
     );
     section(
         "driftlock_kernel_feature",

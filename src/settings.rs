@@ -145,8 +145,8 @@ impl Settings {
     }
 
     /// Fills in the defaults and checks what can be checked before the daemon starts.
-    /// `debug_logging`: at debug level every allowed miss is recorded as well.
-    pub fn resolve(self, debug_logging: bool) -> Result<DaemonConfig, SettingsError> {
+    /// `_debug_logging`: the log level (it changes nothing that is recorded).
+    pub fn resolve(self, _debug_logging: bool) -> Result<DaemonConfig, SettingsError> {
         use defaults as d;
         if let Some(addr) = self.metrics_addr {
             if !addr.ip().is_loopback() && self.metrics_token_file.is_none() {
@@ -178,7 +178,9 @@ impl Settings {
                     .hash_timeout_ms
                     .map_or(d::HASH_TIMEOUT, |ms| Duration::from_millis(ms.max(1))),
                 cache_capacity: self.cache_capacity.unwrap_or(d::CACHE_CAPACITY),
-                record_misses: self.record_misses.unwrap_or(false) || debug_logging,
+                // Logging never changes what is recorded: allowed misses are recorded only
+                // when asked for (they would use up the unit's record budget).
+                record_misses: self.record_misses.unwrap_or(false),
                 interpreters,
                 loader_wait: d::LOADER_WAIT,
                 library_control: self.library_control.unwrap_or(false),
@@ -274,13 +276,14 @@ mod tests {
     }
 
     #[test]
-    fn debug_logging_records_misses_and_bad_values_are_refused() {
+    fn debug_logging_changes_no_record_and_bad_values_are_refused() {
         assert!(
-            Settings::default()
+            !Settings::default()
                 .resolve(true)
                 .unwrap()
                 .engine
-                .record_misses
+                .record_misses,
+            "log_level = debug must not turn on record_misses"
         );
         let e = Settings {
             metrics_addr: Some("0.0.0.0:9464".parse().unwrap()),

@@ -220,7 +220,7 @@ pub struct DaemonArgs {
     #[arg(long, value_delimiter = ',')]
     pub interpreters: Option<Vec<String>>,
     /// Also record every cache miss that was allowed (verbose; for tuning and debugging).
-    /// On by default at `--log-level debug`.
+    /// The log level never changes what is recorded.
     #[arg(long)]
     pub record_misses: bool,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) [default: off]. A

@@ -357,6 +357,7 @@ impl<G: Gate> Engine<G> {
             // Its filesystems are gone (the container exited without a disarm) and their
             // device numbers were reused: drop the stale unit and its cache.
             if let Some(u) = self.registry.remove(owner) {
+                self.stats.retired.add(&u);
                 log::warn!(
                     "unit {:?} was stale (its mounts are gone); dropped it",
                     u.id
@@ -665,6 +666,7 @@ impl<G: Gate> Engine<G> {
         let Some(unit) = self.registry.remove(handle) else {
             return Err(EngineError::UnknownId(id.to_string()));
         };
+        self.stats.retired.add(&unit);
         if let (Some(gate), Some(devs)) = (self.mapping.as_mut(), self.mapping_devs.remove(&handle))
         {
             for d in devs {

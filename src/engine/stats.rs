@@ -97,6 +97,37 @@ pub struct EngineStats {
     /// mapping (copies of image libraries, content named by allow entries).
     #[serde(default)]
     pub mapping_prepared: u64,
+    /// Counters of units disarmed (or dropped) since the daemon started: the node-wide
+    /// totals are these plus the armed units', so they never fall when a container exits.
+    #[serde(default)]
+    pub retired: RetiredCounters,
+}
+
+/// What units that are gone had counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetiredCounters {
+    /// Execs allowed.
+    pub allowed: u64,
+    /// Execs denied.
+    pub denied: u64,
+    /// Execs that would have been denied (audit).
+    pub would_deny: u64,
+    /// Verdict cache hits.
+    pub cache_hits: u64,
+    /// Verdict cache misses.
+    pub cache_misses: u64,
+}
+
+impl RetiredCounters {
+    /// Adds a unit that is going away.
+    pub fn add(&mut self, unit: &crate::registry::Unit) {
+        let cache = unit.cache.stats();
+        self.allowed += unit.counters.allowed;
+        self.denied += unit.counters.denied;
+        self.would_deny += unit.counters.would_deny;
+        self.cache_hits += cache.hits;
+        self.cache_misses += cache.misses;
+    }
 }
 
 /// Upper bounds of the decision-latency histogram, seconds.

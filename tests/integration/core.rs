@@ -684,6 +684,32 @@ fn metrics_count_the_execs_generated() {
     assert_eq!(value("driftlock_rearm_pending_units"), 0.0);
     assert_eq!(value("driftlock_records_suppressed_total"), 0.0);
     assert!(value("driftlock_event_loop_age_seconds") < 5.0);
+    assert!(
+        body.contains("driftlock_build_info{version=\"") && body.contains("revision=\""),
+        "{body}"
+    );
+    // Issue 29: counters never fall, not even when the container that counted goes away.
+    let out = sb.client(&["disarm", "--id", "m1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body = scrape();
+    let after = |series: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+    };
+    assert_eq!(after("driftlock_armed_units"), 0.0);
+    assert_eq!(after("driftlock_execs_total{verdict=\"allow\"}"), 3.0);
+    assert_eq!(after("driftlock_execs_total{verdict=\"deny\"}"), 2.0);
+    assert_eq!(
+        after("driftlock_cache_hits_total") + after("driftlock_cache_misses_total"),
+        5.0
+    );
     // Off the loopback it is refused.
     let out = Command::new(BIN)
         .args(["daemon", "--metrics-addr", "0.0.0.0:9464", "--socket"])
