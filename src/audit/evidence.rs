@@ -119,6 +119,22 @@ impl Quarantine {
         Ok(Self { dir, limits })
     }
 
+    /// Opens an existing quarantine for reading (the client commands): creates nothing,
+    /// and a state directory or quarantine that does not exist is an error.
+    pub fn open_existing(state_dir: &Path, limits: Limits) -> Result<Self, EvidenceError> {
+        let dir = state_dir.join("evidence");
+        if !state_dir.is_dir() {
+            return Err(EvidenceError::Io {
+                path: state_dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such state directory (is --state-dir right?)",
+                ),
+            });
+        }
+        Ok(Self { dir, limits })
+    }
+
     /// The file holding evidence `id`.
     pub fn path_of(&self, id: &str) -> Result<PathBuf, EvidenceError> {
         if !valid_id(id) {

@@ -44,7 +44,8 @@ pub(super) fn hook(
 
 pub(super) fn evidence(cmd: EvidenceCommand) -> Result<i32, CliError> {
     use crate::audit::evidence::{Limits, Quarantine};
-    let open = |dir: &Path| Quarantine::open(dir, Limits::default());
+    // Read-only commands create nothing: a state directory that is not there is an error.
+    let open = |dir: &Path| Quarantine::open_existing(dir, Limits::default());
     match cmd {
         EvidenceCommand::List { state_dir } => {
             let q = open(&state_dir)?;

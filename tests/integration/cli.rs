@@ -367,3 +367,27 @@ fn kustomize_overlays_render_and_fit_together() {
             .is_str()
     );
 }
+
+/// Issue 29: read-only commands create nothing; a state directory that is not there is
+/// an error, not an empty answer.
+#[test]
+fn evidence_list_of_a_missing_state_dir_fails_and_creates_nothing() {
+    let base = std::env::temp_dir().join(format!("driftlock-nostate-{}", std::process::id()));
+    let state = base.join("state");
+    let out = std::process::Command::new(crate::support::BIN)
+        .args(["evidence", "list", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such state directory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!base.exists(), "nothing was created");
+}
