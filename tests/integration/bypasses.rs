@@ -6,8 +6,7 @@ use crate::node::*;
 
 /// Runs `script` in a container of `image` and returns its output (stdout and stderr).
 fn in_container(node: &Node, image: &str, id: &str, script: &str) -> String {
-    let out = node.run(image, id, &[], script);
-    text(&out)
+    node.run_logged(image, id, &[], script)
 }
 
 fn expect(t: &str, pairs: &[(&str, i32)]) {

@@ -351,6 +351,57 @@ impl Node {
         self.ctr(&args)
     }
 
+    /// The bind mount (`/.out`) through which [`Node::run_logged`] and
+    /// [`Node::exec_logged`] read a script's output.
+    pub fn out_mount(&self) -> String {
+        let dir = self.dir.join("out");
+        fs::create_dir_all(&dir).unwrap();
+        format!("type=bind,src={},dst=/.out,options=rbind:rw", dir.display())
+    }
+
+    /// Runs `script` in a new container (with [`Node::out_mount`]) and returns what it
+    /// printed, read from a file it wrote: `ctr run --rm` can lose the tail of a task's
+    /// stdout when the task exits at once (its FIFO copy is cut when the task is deleted),
+    /// and a test must not read a lost `echo` as a verdict. Panics if `ctr` fails.
+    pub fn run_logged(&self, image: &str, id: &str, extra: &[&str], script: &str) -> String {
+        let mount = self.out_mount();
+        let mut args: Vec<&str> = vec!["--mount", &mount];
+        args.extend_from_slice(extra);
+        let wrapped = format!("{{\n{script}\n}} >/.out/{id} 2>&1");
+        let out = self.run(image, id, &args, &wrapped);
+        let printed = fs::read_to_string(self.dir.join("out").join(id)).unwrap_or_default();
+        assert!(
+            out.status.success(),
+            "ctr run {id}: {}\n{printed}",
+            text(&out)
+        );
+        printed
+    }
+
+    /// Runs `script` in the running container `id` (started with [`Node::out_mount`]) as
+    /// exec `exec_id`, and returns what it printed (see [`Node::run_logged`]).
+    pub fn exec_logged(&self, id: &str, exec_id: &str, script: &str) -> String {
+        let file = format!("{id}-{exec_id}");
+        let wrapped = format!("{{\n{script}\n}} >/.out/{file} 2>&1");
+        let out = self.ctr(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            exec_id,
+            id,
+            "sh",
+            "-c",
+            &wrapped,
+        ]);
+        let printed = fs::read_to_string(self.dir.join("out").join(&file)).unwrap_or_default();
+        assert!(
+            out.status.success(),
+            "ctr tasks exec {id}: {}\n{printed}",
+            text(&out)
+        );
+        printed
+    }
+
     /// `ctr run --rm --net-host` through driftlock-runtime; returns the output.
     pub fn run(&self, image: &str, id: &str, extra: &[&str], script: &str) -> Output {
         let mut args = vec!["run", "--rm", "--net-host", "--runc-binary", RUNTIME];
