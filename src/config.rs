@@ -38,6 +38,16 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// A file that parses but whose settings the daemon would refuse.
+    pub fn from_settings(path: &Path, e: crate::settings::SettingsError) -> Self {
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("the daemon would refuse these settings: {e}"),
+        }
+    }
+}
+
 /// A mode rule: containers whose image (or namespace) matches `name` get `mode`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

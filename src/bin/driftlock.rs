@@ -12,7 +12,7 @@ fn main() -> std::process::ExitCode {
         Err(err) => {
             // Library errors carry their cause in their message already.
             eprintln!("driftlock: {err}");
-            std::process::ExitCode::from(2)
+            std::process::ExitCode::from(err.exit_code())
         }
     }
 }

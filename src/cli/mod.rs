@@ -479,6 +479,20 @@ pub enum CliError {
     UnexpectedReply(String),
 }
 
+impl CliError {
+    /// The exit status for this error: 1 a failure, 3 the daemon cannot be reached, 4 the
+    /// daemon refused (or no such container or evidence), 5 an invalid configuration.
+    /// (0 is success, 1 also a negative answer, 2 a usage error, from clap.)
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Client(ClientError::Refused { .. }) | CliError::NoEvidence(_) => 4,
+            CliError::Client(_) => 3,
+            CliError::Config(_) | CliError::Settings(_) | CliError::Indicators(_) => 5,
+            _ => 1,
+        }
+    }
+}
+
 impl Cli {
     /// The log level in force: the flag, else (for the daemon) the configuration file's
     /// `log_level`, else `info`. A broken file is reported when the daemon loads it.
@@ -592,7 +606,14 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             Ok(0)
         }
         Command::Config(ConfigCommand::Check { file }) => {
-            match crate::config::Config::load(&file) {
+            // Exactly as the daemon resolves it: a file it would refuse fails here too.
+            let checked = crate::config::Config::load(&file).and_then(|c| {
+                c.settings()
+                    .resolve(false)
+                    .map(|_| c)
+                    .map_err(|e| crate::config::ConfigError::from_settings(&file, e))
+            });
+            match checked {
                 Ok(c) => {
                     println!(
                         "{}: ok ({} image rules, {} namespace rules, {} allow entries)",

@@ -11,7 +11,7 @@ use super::{ErrorCode, MAX_REQUEST, Reply, Request, Response, encode_request};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Could not connect.
-    #[error("cannot connect to the driftlock daemon at {}: {source} (is `driftlock daemon` running?)", path.display())]
+    #[error("{}", connect_message(path, source))]
     Connect {
         /// The socket.
         path: PathBuf,
@@ -36,6 +36,21 @@ pub enum ClientError {
         /// The daemon's message.
         message: String,
     },
+}
+
+/// Why a connection failed, in words an operator can act on.
+fn connect_message(path: &Path, source: &std::io::Error) -> String {
+    if source.kind() == std::io::ErrorKind::PermissionDenied {
+        format!(
+            "permission denied on the driftlock socket {}: its clients must be root",
+            path.display()
+        )
+    } else {
+        format!(
+            "cannot connect to the driftlock daemon at {}: {source} (is `driftlock daemon` running?)",
+            path.display()
+        )
+    }
 }
 
 impl ClientError {

@@ -391,3 +391,83 @@ fn evidence_list_of_a_missing_state_dir_fails_and_creates_nothing() {
     );
     assert!(!base.exists(), "nothing was created");
 }
+
+/// Issue 29: exit codes scripts can trust, and a permission error that says so.
+#[test]
+fn exit_codes_say_what_went_wrong() {
+    let run = |args: &[&str]| Command::new(BIN).args(args).output().unwrap();
+    // 3: no daemon there.
+    let out = run(&["status", "--socket", "/nonexistent/driftlock.sock"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    // 2: usage.
+    assert_eq!(run(&["status", "--no-such-flag"]).status.code(), Some(2));
+    // 5: a configuration the daemon refuses.
+    let dir = std::env::temp_dir().join(format!("driftlock-exit-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    fs::write(&bad, "no_such_key = 1\n").unwrap();
+    let out = run(&[
+        "daemon",
+        "--config",
+        bad.to_str().unwrap(),
+        "--socket",
+        "/nonexistent/x.sock",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // config check refuses what the daemon refuses (1: a negative answer).
+    let open_metrics = dir.join("metrics.toml");
+    fs::write(&open_metrics, "metrics_addr = \"0.0.0.0:9464\"\n").unwrap();
+    let out = run(&["config", "check", open_metrics.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("would refuse"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let missing_indicators = dir.join("ind.toml");
+    fs::write(
+        &missing_indicators,
+        "indicators = \"/nonexistent/indicators.txt\"\n",
+    )
+    .unwrap();
+    let out = run(&["config", "check", missing_indicators.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    fs::remove_dir_all(&dir).unwrap();
+    if !crate::support::root_or_skip("exit codes against a daemon") {
+        return;
+    }
+    let mut sb = crate::support::Sandbox::new("exit-codes");
+    sb.start_daemon(&[]);
+    // 4: refused (no such container).
+    let out = sb.client(&["explain", "/bin/true", "--container", "no-such-unit"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    // A client that is not root: told so, exit 3.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "status",
+            "--socket",
+        ])
+        .arg(&sb.socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission denied on the driftlock socket"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
