@@ -843,13 +843,19 @@ impl<G: Gate> Engine<G> {
         digest: Option<Digest>,
         judged: Option<u64>,
     ) {
-        let Some((key, now)) = self.mapping_key(unit_h, stat) else {
+        if self.mapping.is_none() {
             return;
+        }
+        let key = crate::kernel::mapping_gate::FileKey {
+            dev: self.mapping_dev(unit_h, stat),
+            ino: stat.ino,
         };
         let Some(gate) = self.mapping.as_mut() else {
             return;
         };
-        if let Err(e) = gate.allow_at(key, judged.unwrap_or(now)) {
+        // The generation read before the judgement; read now only when none was.
+        let judged = judged.unwrap_or_else(|| gate.generation(&key));
+        if let Err(e) = gate.allow_at(key, judged) {
             log::warn!("mapping gate: {e}");
         }
         let loader = match (self.registry.get(unit_h), digest) {
