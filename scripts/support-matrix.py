@@ -46,7 +46,11 @@ def coverage(v, gate, memfd):
         mprotect = "refused" if gate else "refused if the gate loads"
     else:
         mprotect = "**not judged** (no backing files before 6.6)"
-    libs = {True: "refused", False: "**not covered**", None: "refused if the gate loads"}[gate]
+    libs = {
+        True: "refused on the container's own filesystems; on a volume shared with the host, with `library_control`",
+        False: "with `library_control` only",
+        None: "refused if the gate loads; else with `library_control`",
+    }[gate]
     return [gate_txt, libs, fileless, mprotect]
 
 
