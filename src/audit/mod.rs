@@ -53,6 +53,47 @@ pub struct ProcessRecord {
 /// Largest file the audit writer hashes for a record's SHA-256 and evidence.
 pub const MAX_RECORD_HASH: u64 = 256 << 20;
 
+/// What one unit may have the writer hash for its records: [`RecordHashBudget::BURST`]
+/// bytes, refilled at [`RecordHashBudget::PER_SECOND`]. Past it, records go out without a
+/// SHA-256 (the BLAKE3 the verdict was made on is kept), so a container that has large
+/// files denied over and over cannot hold the one writer every container's records need.
+#[derive(Debug, Default)]
+pub struct RecordHashBudget {
+    units: std::collections::HashMap<String, (f64, std::time::Instant)>,
+}
+
+impl RecordHashBudget {
+    /// Bytes a unit may have hashed at once.
+    pub const BURST: f64 = 512.0 * 1024.0 * 1024.0;
+    /// Bytes per second a unit's budget refills.
+    pub const PER_SECOND: f64 = 64.0 * 1024.0 * 1024.0;
+
+    /// True (and the bytes taken) if `unit` may have `bytes` hashed now.
+    pub fn take(&mut self, unit: &str, bytes: u64, now: std::time::Instant) -> bool {
+        if self.units.len() > 4096 {
+            // Units come and go: forget those whose budget is full again.
+            self.units.retain(|_, (left, at)| {
+                *left + now.saturating_duration_since(*at).as_secs_f64() * Self::PER_SECOND
+                    < Self::BURST
+            });
+        }
+        let (left, at) = self
+            .units
+            .entry(unit.to_string())
+            .or_insert((Self::BURST, now));
+        *left = (*left + now.saturating_duration_since(*at).as_secs_f64() * Self::PER_SECOND)
+            .min(Self::BURST);
+        *at = now;
+        let bytes = bytes as f64;
+        if *left >= bytes {
+            *left -= bytes;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Bytes of a command line kept in a record (some programs carry huge argument lists).
 pub const MAX_CMDLINE: usize = 4096;
 
@@ -557,6 +598,7 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
         .name("driftlock-audit".into())
         .spawn(move || {
             let mut buf = Vec::new();
+            let mut hash_budget = RecordHashBudget::default();
             for job in rx {
                 let job_bytes = job.approx_bytes() as u64;
                 let mut line = match job {
@@ -570,7 +612,14 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
                         }
                         // A file too large to be the image's (judged without hashing) is not
                         // hashed here either: an 8 EiB sparse file would hold this thread.
-                        let small = record.size.is_none_or(|s| s <= MAX_RECORD_HASH);
+                        let small = record.size.is_none_or(|s| s <= MAX_RECORD_HASH)
+                            && record.sha256.is_none()
+                            && file.is_some()
+                            && hash_budget.take(
+                                &record.unit,
+                                record.size.unwrap_or(0),
+                                std::time::Instant::now(),
+                            );
                         if let (Some(fd), None, true) =
                             (file.as_ref(), record.sha256.as_ref(), small)
                         {
@@ -696,6 +745,22 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_units_record_hashing_is_bounded_and_others_keep_theirs() {
+        let mut b = RecordHashBudget::default();
+        let t0 = std::time::Instant::now();
+        let big = 200 << 20;
+        // A burst, then nothing until it refills.
+        assert!(b.take("flood", big, t0));
+        assert!(b.take("flood", big, t0));
+        assert!(!b.take("flood", big, t0));
+        assert!(b.take("other", big, t0), "another unit has its own budget");
+        // 64 MiB/s: after 4 s, 256 MiB more.
+        let later = t0 + std::time::Duration::from_secs(4);
+        assert!(b.take("flood", big, later));
+        assert!(!b.take("flood", big, later));
+    }
     use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
