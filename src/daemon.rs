@@ -218,6 +218,9 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
             Ok(s) => {
                 use std::sync::atomic::Ordering::Relaxed;
                 let mut reply = StatusReply::from(&s);
+                for u in &mut reply.units {
+                    u.user_namespaces = u.pid.map(user_namespaces_of).unwrap_or_default();
+                }
                 reply.pid = std::process::id();
                 reply.config_reloads = ctx.stats.reloads.load(Relaxed);
                 reply.config_reload_errors = ctx.stats.reload_errors.load(Relaxed);
@@ -262,6 +265,9 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
             }
         }
         Request::HandOver => Response::err(ErrorCode::Invalid, "hand-over is not a plain request"),
+        Request::ModeFor { identity } => Response::ok(&Reply::ModeFor {
+            mode_for: ctx.mode_for(&identity),
+        }),
         Request::Arm(req) => {
             let id = req.id.clone();
             match ctx.arm(*req) {
@@ -459,6 +465,22 @@ fn record_fail_opens(
             ));
         }
         std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+/// Whether the container whose first process is `pid` can make its own user namespaces,
+/// in words: a seccomp filter in force (driftlock-runtime's refuses them in enforce mode, as
+/// Docker's and containerd's default profiles do without `CAP_SYS_ADMIN`), or none.
+fn user_namespaces_of(pid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    match status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .map(str::trim)
+    {
+        Some("2") => "a seccomp filter is in force (driftlock-runtime's refuses new user namespaces; so do Docker's and containerd's default profiles without CAP_SYS_ADMIN)".into(),
+        Some("0") => "not refused: no seccomp filter; the container may make its own user and mount namespaces, whose mounts no mark covers (exec from them is not judged)".into(),
+        _ => String::new(),
     }
 }
 

@@ -502,6 +502,26 @@ impl Armer {
             });
     }
 
+    /// The mode a container of `identity` would be armed in now.
+    pub fn mode_for(&self, identity: &crate::ipc::ContainerIdentity) -> Mode {
+        let req = ArmRequest {
+            id: String::new(),
+            rootfs: String::new(),
+            mounts: Vec::new(),
+            mode: None,
+            annotated_mode: identity.annotated_mode,
+            image_key: None,
+            pid: None,
+            discover_mounts: false,
+            host_rootfs: None,
+            image_name: identity.image_name.clone(),
+            namespace: identity.namespace.clone(),
+            pod: None,
+            container_name: None,
+        };
+        self.policy_for(&req).0
+    }
+
     /// The unit's mode and allow entries under the configuration in force.
     fn policy_for(&self, req: &ArmRequest) -> (Mode, crate::config::AllowList) {
         let policy = self

@@ -208,6 +208,9 @@ pub(super) fn status(socket: &Path, json: bool) -> Result<i32, CliError> {
             if !u.libraries.is_empty() {
                 println!("{:<24} dropped libraries judged by: {}", "", u.libraries);
             }
+            if !u.user_namespaces.is_empty() {
+                println!("{:<24} its own user namespaces: {}", "", u.user_namespaces);
+            }
         }
     }
     println!(

@@ -96,6 +96,27 @@ pub enum Request {
     /// A successor daemon asks for the fanotify group (sent back with the reply, as
     /// `SCM_RIGHTS`) and the daemon's place: see [`crate::handover`].
     HandOver,
+    /// The mode a container of this identity would be armed in (the runtime wrapper asks
+    /// before the container is created, to restrict only enforce-mode containers).
+    ModeFor {
+        /// The container's identity, as the hook will send it at arm.
+        #[serde(flatten)]
+        identity: ContainerIdentity,
+    },
+}
+
+/// What selects a container's mode: its image, its namespace, its own annotation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerIdentity {
+    /// Image name, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_name: Option<String>,
+    /// Kubernetes namespace, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The mode the container's own annotation asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotated_mode: Option<Mode>,
 }
 
 /// Parameters of `arm`.

@@ -140,6 +140,10 @@ pub struct UnitReply {
     /// or `none`); empty from an older daemon.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub libraries: String,
+    /// Whether the container may make its own user namespaces (whose copies of its mounts
+    /// carry no mark), read from its first process; empty when not known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user_namespaces: String,
 }
 
 impl From<&UnitStatus> for UnitReply {
@@ -173,6 +177,7 @@ impl From<&UnitStatus> for UnitReply {
             }),
             mapping_gate: u.mapping_gate.clone(),
             libraries: u.libraries.clone(),
+            user_namespaces: String::new(),
         }
     }
 }
@@ -470,6 +475,11 @@ pub enum Reply {
     Pong {
         /// Daemon version.
         version: String,
+    },
+    /// After mode-for.
+    ModeFor {
+        /// The mode a container of that identity would be armed in.
+        mode_for: Mode,
     },
 }
 

@@ -89,6 +89,7 @@ fn unit() -> UnitReply {
         }),
         mapping_gate: None,
         libraries: String::new(),
+        user_namespaces: String::new(),
     }
 }
 

@@ -309,6 +309,65 @@ fn storage_image_name(
         .map(str::to_string)
 }
 
+/// What selects a container's mode (its image, namespace and own annotation), from its
+/// bundle's `config.json` and the runtime's own records: the hook sends it at arm, and the
+/// runtime wrapper asks the daemon with it before the container is created.
+pub fn container_identity(
+    bundle: &Path,
+    id: &str,
+    config: &Value,
+    read_config: &impl Fn(&Path) -> Result<Vec<u8>, String>,
+) -> Result<crate::ipc::ContainerIdentity, String> {
+    let annotation = |key: &str| -> Option<String> {
+        config
+            .pointer("/annotations")
+            .and_then(|a| a.get(key))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    // Docker (20.10) passes no annotations: its own record of the container, found
+    // through the container's /etc/hostname mount, has the image name and the labels.
+    let docker = docker_config_path(config, id)
+        .and_then(|p| read_config(&p).ok())
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+    let docker_label = |key: &str| -> Option<String> {
+        docker
+            .as_ref()?
+            .pointer("/Config/Labels")?
+            .get(key)?
+            .as_str()
+            .map(str::to_string)
+    };
+    let mode_setting = annotation(MODE_ANNOTATION).or_else(|| docker_label(MODE_ANNOTATION));
+    let mode = match mode_setting.as_deref() {
+        None => None,
+        Some("audit") => Some(Mode::Audit),
+        Some("enforce") => Some(Mode::Enforce),
+        Some(other) => {
+            return Err(format!(
+                "annotation {MODE_ANNOTATION}={other:?}: use audit or enforce"
+            ));
+        }
+    };
+    let image_name = IMAGE_NAME_ANNOTATIONS
+        .iter()
+        .find_map(|k| annotation(k))
+        .or_else(|| {
+            docker
+                .as_ref()?
+                .pointer("/Config/Image")?
+                .as_str()
+                .map(str::to_string)
+        })
+        .or_else(|| storage_image_name(bundle, id, read_config));
+    let namespace = NAMESPACE_ANNOTATIONS.iter().find_map(|k| annotation(k));
+    Ok(crate::ipc::ContainerIdentity {
+        image_name,
+        namespace,
+        annotated_mode: mode,
+    })
+}
+
 /// Builds the arm request for a container from its OCI state and bundle config.
 pub fn arm_request(
     state_json: &[u8],
@@ -343,6 +402,7 @@ pub fn arm_request(
         .ok_or_else(|| cfg_err("no root.path".into()))?;
     let rootfs = normal(&bundle.join(root))
         .ok_or_else(|| cfg_err(format!("root.path {root:?} is not a plain path")))?;
+    let identity = container_identity(bundle, &id, &config, &read_config).map_err(cfg_err)?;
     let annotation = |key: &str| -> Option<String> {
         config
             .pointer("/annotations")
@@ -350,42 +410,6 @@ pub fn arm_request(
             .and_then(Value::as_str)
             .map(str::to_string)
     };
-    // Docker (20.10) passes no annotations: its own record of the container, found
-    // through the container's /etc/hostname mount, has the image name and the labels.
-    let docker = docker_config_path(&config, &id)
-        .and_then(|p| read_config(&p).ok())
-        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
-    let docker_label = |key: &str| -> Option<String> {
-        docker
-            .as_ref()?
-            .pointer("/Config/Labels")?
-            .get(key)?
-            .as_str()
-            .map(str::to_string)
-    };
-    let mode_setting = annotation(MODE_ANNOTATION).or_else(|| docker_label(MODE_ANNOTATION));
-    let mode = match mode_setting.as_deref() {
-        None => None,
-        Some("audit") => Some(Mode::Audit),
-        Some("enforce") => Some(Mode::Enforce),
-        Some(other) => {
-            return Err(cfg_err(format!(
-                "annotation {MODE_ANNOTATION}={other:?}: use audit or enforce"
-            )));
-        }
-    };
-    let image_name = IMAGE_NAME_ANNOTATIONS
-        .iter()
-        .find_map(|k| annotation(k))
-        .or_else(|| {
-            docker
-                .as_ref()?
-                .pointer("/Config/Image")?
-                .as_str()
-                .map(str::to_string)
-        })
-        .or_else(|| storage_image_name(bundle, &id, &read_config));
-    let namespace = NAMESPACE_ANNOTATIONS.iter().find_map(|k| annotation(k));
     let pod = annotation("io.kubernetes.cri.sandbox-name")
         .or_else(|| annotation("io.kubernetes.pod.name"));
     let container_name = annotation("io.kubernetes.cri.container-name")
@@ -396,14 +420,14 @@ pub fn arm_request(
         rootfs: rootfs_text.clone(),
         mounts: Vec::new(),
         mode: None,
-        annotated_mode: mode,
+        annotated_mode: identity.annotated_mode,
         image_key: None,
         pid: Some(pid),
         discover_mounts: true,
         // Before pivot_root the container's view of its rootfs path is the host's.
         host_rootfs: Some(rootfs_text),
-        image_name,
-        namespace,
+        image_name: identity.image_name,
+        namespace: identity.namespace,
         pod,
         container_name,
     })

@@ -96,8 +96,11 @@ pub enum SettingError {
     /// `FAIL_OPEN` that is not a boolean.
     #[error("FAIL_OPEN must be true or false")]
     NotABool,
+    /// `USER_NAMESPACES` that is neither `refuse` nor `allow`.
+    #[error("USER_NAMESPACES must be refuse or allow")]
+    NotRefuseOrAllow,
     /// An unknown key.
-    #[error("unknown setting {0} (RUNC, DRIFTLOCK, SOCKET, FAIL_OPEN)")]
+    #[error("unknown setting {0} (RUNC, DRIFTLOCK, SOCKET, FAIL_OPEN, USER_NAMESPACES)")]
     Unknown(String),
 }
 
@@ -127,6 +130,9 @@ pub struct RuntimeConfig {
     pub socket: PathBuf,
     /// Let a container start unprotected (with a warning) when arming fails.
     pub fail_open: bool,
+    /// Refuse new user namespaces to enforce-mode containers that run without a seccomp
+    /// profile (a tenant's own user and mount namespaces hold mounts no mark covers).
+    pub refuse_user_namespaces: bool,
 }
 
 impl RuntimeConfig {
@@ -141,10 +147,12 @@ impl RuntimeConfig {
             driftlock,
             socket: PathBuf::from(crate::DEFAULT_SOCKET),
             fail_open: false,
+            refuse_user_namespaces: true,
         }
     }
 
-    /// Applies `KEY=VALUE` settings (`RUNC`, `DRIFTLOCK`, `SOCKET`, `FAIL_OPEN`).
+    /// Applies `KEY=VALUE` settings (`RUNC`, `DRIFTLOCK`, `SOCKET`, `FAIL_OPEN`,
+    /// `USER_NAMESPACES`).
     pub fn apply_settings(&mut self, text: &str) -> Result<(), RuntimeError> {
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
@@ -183,6 +191,13 @@ impl RuntimeConfig {
                     _ => return Err(SettingError::NotABool),
                 }
             }
+            "USER_NAMESPACES" => {
+                self.refuse_user_namespaces = match value {
+                    "refuse" => true,
+                    "allow" => false,
+                    _ => return Err(SettingError::NotRefuseOrAllow),
+                }
+            }
             _ => return Err(SettingError::Unknown(key.to_string())),
         }
         Ok(())
@@ -201,6 +216,7 @@ impl RuntimeConfig {
             ("DRIFTLOCK_BIN", "DRIFTLOCK"),
             ("DRIFTLOCK_SOCKET", "SOCKET"),
             ("DRIFTLOCK_FAIL_OPEN", "FAIL_OPEN"),
+            ("DRIFTLOCK_USER_NAMESPACES", "USER_NAMESPACES"),
         ] {
             if let Ok(v) = std::env::var(env) {
                 cfg.set(key, &v)
@@ -336,6 +352,59 @@ pub fn add_hooks(config: &mut Value, cfg: &RuntimeConfig) -> Result<bool, PatchE
     Ok(changed)
 }
 
+/// Clone flag of a new user namespace.
+const CLONE_NEWUSER: u64 = 0x1000_0000;
+
+/// Gives a container with no seccomp profile one that refuses new user namespaces
+/// (`unshare` and `clone` with `CLONE_NEWUSER`: `EPERM`; `clone3`, whose flags a filter
+/// cannot read: `ENOSYS`, so the C library falls back to `clone`), as Docker's and
+/// containerd's default profiles do for a container without `CAP_SYS_ADMIN`. Kubernetes runs
+/// pods `Unconfined` by default; there a tenant could make its own user and mount
+/// namespaces, whose copies of the container's mounts carry no mount mark, and exec from
+/// them. Everything else is allowed. Returns whether `config` changed.
+pub fn add_user_namespace_filter(config: &mut Value) -> bool {
+    let Some(root) = config.as_object_mut() else {
+        return false;
+    };
+    let linux = root.entry("linux").or_insert_with(|| json!({}));
+    let Some(linux) = linux.as_object_mut() else {
+        return false;
+    };
+    if linux.get("seccomp").is_some_and(|s| !s.is_null()) {
+        return false;
+    }
+    let newuser = json!([{
+        "index": 0, "value": CLONE_NEWUSER, "valueTwo": CLONE_NEWUSER, "op": "SCMP_CMP_MASKED_EQ"
+    }]);
+    linux.insert(
+        "seccomp".into(),
+        json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [
+                {"names": ["unshare", "clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM, "args": newuser},
+                {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}
+            ]
+        }),
+    );
+    true
+}
+
+/// The mode the daemon would arm this container in, if it can be asked (an older daemon,
+/// or none: `None`, and the container is not restricted; its hook decides the rest).
+fn daemon_mode_for(bundle: &Path, config: &Value, cfg: &RuntimeConfig) -> Option<crate::Mode> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| e.to_string());
+    let identity = super::hook::container_identity(bundle, "", config, &read).ok()?;
+    match crate::ipc::client::request(
+        &cfg.socket,
+        &crate::ipc::Request::ModeFor { identity },
+        std::time::Duration::from_secs(2),
+    ) {
+        Ok(crate::ipc::Reply::ModeFor { mode_for }) => Some(mode_for),
+        _ => None,
+    }
+}
+
 /// Patches `<bundle>/config.json` in place (temp file + rename, same mode).
 pub fn patch_bundle(bundle: &Path, cfg: &RuntimeConfig) -> Result<bool, RuntimeError> {
     let path = bundle.join("config.json");
@@ -350,7 +419,11 @@ pub fn patch_bundle(bundle: &Path, cfg: &RuntimeConfig) -> Result<bool, RuntimeE
         path: path.clone(),
         source,
     })?;
-    if !patched {
+    let restricted = cfg.refuse_user_namespaces
+        && value.pointer("/linux/seccomp").is_none_or(Value::is_null)
+        && daemon_mode_for(bundle, &value, cfg) == Some(crate::Mode::Enforce)
+        && add_user_namespace_filter(&mut value);
+    if !patched && !restricted {
         return Ok(false);
     }
     let out = serde_json::to_vec(&value).map_err(|e| err(e.to_string()))?;
@@ -561,7 +634,44 @@ mod tests {
             driftlock: "/usr/bin/driftlock".into(),
             socket: "/run/driftlock/driftlock.sock".into(),
             fail_open: false,
+            refuse_user_namespaces: true,
         }
+    }
+
+    #[test]
+    fn a_container_without_a_profile_gets_one_refusing_new_user_namespaces_only() {
+        let mut v: Value =
+            serde_json::from_str(r#"{"linux":{"namespaces":[{"type":"pid"}]}}"#).unwrap();
+        assert!(add_user_namespace_filter(&mut v));
+        let sc = &v["linux"]["seccomp"];
+        assert_eq!(sc["defaultAction"], "SCMP_ACT_ALLOW");
+        let rules = sc["syscalls"].as_array().unwrap();
+        assert_eq!(rules[0]["names"], json!(["unshare", "clone"]));
+        assert_eq!(rules[0]["args"][0]["value"], CLONE_NEWUSER);
+        assert_eq!(rules[0]["args"][0]["valueTwo"], CLONE_NEWUSER);
+        assert_eq!(rules[0]["args"][0]["op"], "SCMP_CMP_MASKED_EQ");
+        assert_eq!(rules[1]["errnoRet"], libc::ENOSYS);
+        assert_eq!(
+            v["linux"]["namespaces"][0]["type"], "pid",
+            "the rest survives"
+        );
+        // A profile of the runtime's own (Docker's, RuntimeDefault) is left as it is.
+        let mut docker: Value =
+            serde_json::from_str(r#"{"linux":{"seccomp":{"defaultAction":"SCMP_ACT_ERRNO"}}}"#)
+                .unwrap();
+        assert!(!add_user_namespace_filter(&mut docker));
+        assert_eq!(
+            docker["linux"]["seccomp"]["defaultAction"],
+            "SCMP_ACT_ERRNO"
+        );
+        // No "linux" at all: one is made.
+        let mut bare = json!({});
+        assert!(add_user_namespace_filter(&mut bare));
+        assert!(bare["linux"]["seccomp"].is_object());
+        let mut cfg = RuntimeConfig::defaults();
+        cfg.apply_settings("USER_NAMESPACES=allow\n").unwrap();
+        assert!(!cfg.refuse_user_namespaces);
+        assert!(cfg.apply_settings("USER_NAMESPACES=maybe\n").is_err());
     }
 
     #[test]

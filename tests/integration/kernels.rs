@@ -331,3 +331,56 @@ fn library_control_refuses_dropped_libraries_where_the_gate_cannot_load() {
         "{status}"
     );
 }
+
+/// Issue 26 (1): a tenant that makes its own user and mount namespaces (`unshare -Urm`, no
+/// privilege needed where user namespaces are open and the pod runs `Unconfined`) got
+/// copies of the container's mounts with no mount mark, and a tmpfs of its own: a payload
+/// on a bind volume, or copied to that tmpfs, ran. On kernels without the mapping gate the
+/// wrapper now gives an enforce-mode container without a seccomp profile one that refuses
+/// new user namespaces; an audit-mode container is left alone (audit never blocks).
+#[test]
+fn issue_26_a_tenants_own_user_namespace_cannot_reach_unmarked_mounts() {
+    let Some(node) = Node::new("userns") else {
+        return;
+    };
+    let vol = node.dir.join("vol");
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", vol.display());
+    let script = format!(
+        "wget -q -O /data/p {url}; chmod +x /data/p; \
+         /data/p; echo direct=$?; \
+         unshare -Urm /data/p; echo userns=$?; \
+         unshare -Urm sh -c 'mount -t tmpfs t /mnt && cp /data/p /mnt/x && /mnt/x'; echo newtmpfs=$?; \
+         ls / >/dev/null; echo ls=$?",
+        url = node.payload_url()
+    );
+    let t = node.run_logged(BUSYBOX, "userns-enforce", &["--mount", &mount], &script);
+    assert!(!t.contains("payload ran"), "no way around the marks: {t}");
+    assert!(t.contains("direct=126"), "{t}");
+    assert!(!t.contains("userns=0") && !t.contains("newtmpfs=0"), "{t}");
+    assert!(t.contains("ls=0"), "image programs run: {t}");
+    // Status says so, per container.
+    let unit = node.run_detached_with(BUSYBOX, "userns-status", &["--mount", &mount]);
+    let said = |id: &str| -> String {
+        node.status()["units"]
+            .as_array()
+            .and_then(|us| us.iter().find(|u| u["id"] == id))
+            .map(|u| u["user_namespaces"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    wait_for(
+        "the container's filter in status",
+        std::time::Duration::from_secs(10),
+        || said("userns-status").starts_with("a seccomp filter"),
+    );
+    drop(unit);
+    let _ = node.ctr(&["tasks", "kill", "-s", "SIGKILL", "userns-status"]);
+    // Audit mode never blocks: the namespace is made, and the payload (whose exec from the
+    // unmarked copy is not seen) runs.
+    let t = node.run_logged(
+        BUSYBOX,
+        "userns-audit",
+        &["--mount", &mount, "--annotation", "driftlock.io/mode=audit"],
+        &script,
+    );
+    assert!(t.contains("userns=0"), "{t}");
+}
