@@ -333,7 +333,12 @@ fn a_full_or_read_only_state_directory_fails_the_arm_cleanly() {
 
     // Space again: arms.
     fs::remove_file(&filler).unwrap();
-    assert!(arm(&sb).status.success());
+    let out = arm(&sb);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(exec(&payload), EPERM);
     assert!(sb.client(&["disarm", "--id", "s1"]).status.success());
 
