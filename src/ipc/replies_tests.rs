@@ -47,6 +47,22 @@ fn every_request_is_pinned() {
         json!({"v":1,"op":"explain","id":"c1","path":"/tmp/x"})
     );
     assert_eq!(line(&Request::Ping), json!({"v":1,"op":"ping"}));
+    assert_eq!(
+        line(&Request::ModeFor {
+            identity: crate::ipc::ContainerIdentity {
+                image_name: Some("img".into()),
+                namespace: Some("web".into()),
+                annotated_mode: None,
+            }
+        }),
+        json!({"v":1,"op":"modefor","image_name":"img","namespace":"web"})
+    );
+    assert_eq!(
+        ok(&Reply::ModeFor {
+            mode_for: Mode::Audit
+        }),
+        json!({"mode_for":"audit"})
+    );
 }
 
 fn mark() -> MarkReply {
