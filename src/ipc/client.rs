@@ -42,7 +42,7 @@ pub enum ClientError {
 fn connect_message(path: &Path, source: &std::io::Error) -> String {
     if source.kind() == std::io::ErrorKind::PermissionDenied {
         format!(
-            "permission denied on the driftlock socket {}: its clients must be root",
+            "permission denied on the driftlock socket {} ({source}): its clients must be root",
             path.display()
         )
     } else {
