@@ -182,6 +182,33 @@ fn lsm_listed() -> Result<(), GateError> {
     }
 }
 
+/// The gate's object with every program loaded into the kernel (verified), none attached.
+fn load_verified() -> Result<aya::Ebpf, GateError> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| GateError::NoBtf(e.to_string()))?;
+    lsm_listed()?;
+    let mut ebpf = aya::EbpfLoader::new()
+        .btf(Some(&btf))
+        .load(OBJECT)
+        .map_err(|e| refused("object", chain(&e)))?;
+    for (name, hook) in PROGRAMS {
+        lsm_program(&mut ebpf, name)?
+            .load(hook, &btf)
+            .map_err(|e| refused(*name, chain(&e)))?;
+    }
+    Ok(ebpf)
+}
+
+/// The LSM program `name` of the gate's object.
+fn lsm_program<'a>(
+    ebpf: &'a mut aya::Ebpf,
+    name: &str,
+) -> Result<&'a mut aya::programs::Lsm, GateError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| refused(name, "missing from the object"))?
+        .try_into()
+        .map_err(|e| refused(name, e))
+}
+
 /// True if the running kernel has backing files (6.6 and later): the layer file an overlay
 /// puts in a mapping, which the gate follows back to the overlay inode at `mprotect`.
 fn has_backing_files(btf: &aya::Btf) -> bool {
@@ -205,21 +232,10 @@ impl MappingGate {
                 }
             }
         }
-        let btf = aya::Btf::from_sys_fs().map_err(|e| GateError::NoBtf(e.to_string()))?;
-        lsm_listed()?;
-        let mut ebpf = aya::EbpfLoader::new()
-            .btf(Some(&btf))
-            .load(OBJECT)
-            .map_err(|e| refused("object", chain(&e)))?;
+        let mut ebpf = load_verified()?;
         let mut links = Vec::new();
-        for (name, hook) in PROGRAMS {
-            let prog: &mut aya::programs::Lsm = ebpf
-                .program_mut(name)
-                .ok_or_else(|| refused(*name, "missing from the object"))?
-                .try_into()
-                .map_err(|e| refused(*name, e))?;
-            prog.load(hook, &btf)
-                .map_err(|e| refused(*name, chain(&e)))?;
+        for (name, _) in PROGRAMS {
+            let prog = lsm_program(&mut ebpf, name)?;
             let id = prog.attach().map_err(|e| refused(*name, chain(&e)))?;
             let link = prog.take_link(id).map_err(|e| refused(*name, e))?;
             links.push((*name, aya::programs::links::FdLink::from(link)));
@@ -275,22 +291,7 @@ impl MappingGate {
         if OBJECT.is_empty() {
             return Err(GateError::NotBuilt);
         }
-        let btf = aya::Btf::from_sys_fs().map_err(|e| GateError::NoBtf(e.to_string()))?;
-        lsm_listed()?;
-        let mut ebpf = aya::EbpfLoader::new()
-            .btf(Some(&btf))
-            .load(OBJECT)
-            .map_err(|e| refused("object", chain(&e)))?;
-        for (name, hook) in PROGRAMS {
-            let prog: &mut aya::programs::Lsm = ebpf
-                .program_mut(name)
-                .ok_or_else(|| refused(*name, "missing from the object"))?
-                .try_into()
-                .map_err(|e| refused(*name, e))?;
-            prog.load(hook, &btf)
-                .map_err(|e| refused(*name, chain(&e)))?;
-        }
-        Ok(())
+        load_verified().map(drop)
     }
 
     /// True if a gate is pinned in `pin_dir` (a daemon runs it, or a dead one left it).

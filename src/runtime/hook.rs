@@ -309,6 +309,15 @@ fn storage_image_name(
         .map(str::to_string)
 }
 
+/// The annotation `key` of a bundle's config, if it is a string.
+fn annotation_of(config: &Value, key: &str) -> Option<String> {
+    config
+        .pointer("/annotations")
+        .and_then(|a| a.get(key))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
 /// What selects a container's mode (its image, namespace and own annotation), from its
 /// bundle's `config.json` and the runtime's own records: the hook sends it at arm, and the
 /// runtime wrapper asks the daemon with it before the container is created.
@@ -318,13 +327,7 @@ pub fn container_identity(
     config: &Value,
     read_config: &impl Fn(&Path) -> Result<Vec<u8>, String>,
 ) -> Result<crate::ipc::ContainerIdentity, String> {
-    let annotation = |key: &str| -> Option<String> {
-        config
-            .pointer("/annotations")
-            .and_then(|a| a.get(key))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
+    let annotation = |key: &str| annotation_of(config, key);
     // Docker (20.10) passes no annotations: its own record of the container, found
     // through the container's /etc/hostname mount, has the image name and the labels.
     let docker = docker_config_path(config, id)
@@ -403,13 +406,7 @@ pub fn arm_request(
     let rootfs = normal(&bundle.join(root))
         .ok_or_else(|| cfg_err(format!("root.path {root:?} is not a plain path")))?;
     let identity = container_identity(bundle, &id, &config, &read_config).map_err(cfg_err)?;
-    let annotation = |key: &str| -> Option<String> {
-        config
-            .pointer("/annotations")
-            .and_then(|a| a.get(key))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
+    let annotation = |key: &str| annotation_of(&config, key);
     let pod = annotation("io.kubernetes.cri.sandbox-name")
         .or_else(|| annotation("io.kubernetes.pod.name"));
     let container_name = annotation("io.kubernetes.cri.container-name")
