@@ -473,10 +473,21 @@ pub fn serve(
         busy: std::sync::atomic::AtomicUsize::new(0),
         last_problem: std::sync::Mutex::new(String::new()),
     });
+    // Bound before the daemon says it is ready, as a scraper expects; only a port that is
+    // taken is waited for, in the background.
+    let first = TcpListener::bind(addr).ok();
+    if first.is_some() {
+        endpoint
+            .armer
+            .set_metrics_state(format!("serving on http://{addr}/metrics"));
+    }
     std::thread::Builder::new()
         .name("driftlock-metrics".into())
         .spawn(move || {
-            let listener = bind_until_free(addr, &endpoint.armer);
+            let listener = match first {
+                Some(l) => l,
+                None => bind_until_free(addr, &endpoint.armer),
+            };
             for conn in listener.incoming() {
                 let Ok(s) = conn else { continue };
                 endpoint.accept(s);
