@@ -46,7 +46,7 @@ fn library_control_refuses_opens_of_dropped_shared_objects_only() {
     // Again, from the cache: the same answers.
     assert_eq!(h.answer_to(&lib, libc::FAN_OPEN_PERM), Answer::Allow);
     assert_eq!(h.answer_to(&evil, libc::FAN_OPEN_PERM), Answer::Deny);
-    let recs = h.records(1);
+    let recs = h.records(2);
     assert_eq!(recs.len(), 2, "{recs:?}");
     for r in &recs {
         assert_eq!(r.reason, Reason::LibraryNotInBaseline);
