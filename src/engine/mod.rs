@@ -469,6 +469,13 @@ impl<G: Gate> Engine<G> {
             if self.restoring
                 && !matches!(event, ExecEvent::Notice(_) | ExecEvent::LibraryNotice(_))
             {
+                // The re-arm itself reads the image's files (the mapping gate's check of
+                // what a container changed): with library control those opens are held
+                // too, and parking the daemon's own would wait on itself.
+                if matches!(event, ExecEvent::LibraryOpen(_)) && procfs::is_own_thread(tid) {
+                    self.answer(event, Answer::Allow);
+                    return;
+                }
                 self.parked.push((event, tid, stat));
                 return;
             }

@@ -124,6 +124,11 @@ pub fn fd_path(fd: BorrowedFd<'_>) -> Option<Vec<u8>> {
         .map(|p| p.as_os_str().as_bytes().to_vec())
 }
 
+/// True if `tid` is a thread of this process (its own open of a marked file).
+pub fn is_own_thread(tid: i32) -> bool {
+    tid > 0 && std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+}
+
 /// The inode number of process `pid`'s PID namespace.
 pub fn pid_namespace(pid: i32) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;

@@ -105,3 +105,34 @@ fn without_library_control_opens_are_not_judged() {
     );
     assert_eq!(h.answer_to(&evil, libc::FAN_OPEN_PERM), Answer::Allow);
 }
+
+#[test]
+fn while_restoring_the_daemons_own_library_opens_are_not_held_behind_it() {
+    // The re-arm reads the image's files itself; with library control its opens raise
+    // held events too, which must not wait for the re-arm they are part of.
+    let h = Harness::restoring("library-restoring", library_cfg());
+    let lib = h.file("libimage.so", &elf(3, b"image library"));
+    let own = nix::unistd::gettid().as_raw();
+    h.push(&lib, libc::FAN_OPEN_PERM, own);
+    let answered = |n: usize| {
+        (0..200).any(|_| {
+            if h.log.lock().unwrap().answers.len() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            false
+        })
+    };
+    assert!(answered(1), "the daemon's own open was held");
+    assert_eq!(h.log.lock().unwrap().answers[0].1, Answer::Allow);
+    // A tenant's open of an unclaimed file waits for the restore, as an exec does.
+    h.push(&lib, libc::FAN_OPEN_PERM, 1);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        h.log.lock().unwrap().answers.len(),
+        1,
+        "held until restored"
+    );
+    h.handle.restore_done();
+    assert!(answered(2), "answered once restored");
+}

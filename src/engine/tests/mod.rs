@@ -178,6 +178,28 @@ impl Harness {
         fail_mark_on: Option<usize>,
         probe: FakeProbe,
     ) -> Self {
+        Self::build(name, config, fail_mark_on, probe, false)
+    }
+
+    /// An engine that adopted a predecessor's group: unclaimed events are held until
+    /// `restore_done`.
+    fn restoring(name: &str, config: EngineConfig) -> Self {
+        Self::build(
+            name,
+            config,
+            None,
+            FakeProbe::new(LoaderCall::ForProgram),
+            true,
+        )
+    }
+
+    fn build(
+        name: &str,
+        config: EngineConfig,
+        fail_mark_on: Option<usize>,
+        probe: FakeProbe,
+        restoring: bool,
+    ) -> Self {
         let dir =
             std::env::temp_dir().join(format!("driftlock-engine-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -200,6 +222,7 @@ impl Harness {
         });
         let (mut engine, handle) = Engine::new(gate, config, audit);
         engine.set_task_probe(Box::new(probe));
+        engine.set_restoring(restoring);
         let thread = Some(std::thread::spawn(move || engine.run()));
         let dev = fs::metadata(&dir)
             .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
