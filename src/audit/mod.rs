@@ -356,6 +356,44 @@ pub struct MappingRecord {
     /// The process and its ancestors, nearest first.
     #[serde(default)]
     pub chain: Vec<ProcessRecord>,
+    /// Where the writer reads the file to fill `blake3` and `size` (the process's
+    /// `/proc/<pid>/fd/N`) and the (kernel device, inode) it must be: the event thread
+    /// never opens or reads it (an open of a marked file can raise an event only it answers,
+    /// and a huge file would stall it).
+    #[serde(skip)]
+    pub source: Option<(std::path::PathBuf, u64, u64)>,
+}
+
+impl MappingRecord {
+    /// Fills `blake3` and `size` from `source`, within `budget` and 10 s.
+    fn read_source(&mut self, budget: &mut RecordHashBudget, buf: &mut Vec<u8>) {
+        use nix::fcntl::OFlag;
+        let Some((path, dev, ino)) = self.source.take() else {
+            return;
+        };
+        let Ok(fd) = nix::fcntl::open(
+            &path,
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            nix::sys::stat::Mode::empty(),
+        ) else {
+            return;
+        };
+        let Ok(st) = crate::kernel::stat_fd(fd.as_fd()) else {
+            return;
+        };
+        if !st.is_regular()
+            || crate::kernel::mapping_gate::kernel_dev(st.dev) != dev
+            || st.ino != ino
+            || !budget.take(&self.unit, st.size, std::time::Instant::now())
+        {
+            return;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        if let Ok(d) = hash_fd_content(fd.as_fd(), buf, false, Some(deadline)) {
+            self.blake3 = Some(d.blake3.to_string());
+            self.size = Some(d.stat.size);
+        }
+    }
 }
 
 /// A summary of records a unit's budget held back (`"kind": "suppressed"`).
@@ -682,7 +720,10 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
                     }
                     AuditJob::Coverage(c) => serde_json::to_string(&c).unwrap_or_default(),
                     AuditJob::Suppressed(s) => serde_json::to_string(&s).unwrap_or_default(),
-                    AuditJob::Mapping(m) => serde_json::to_string(&m).unwrap_or_default(),
+                    AuditJob::Mapping(mut m) => {
+                        m.read_source(&mut hash_budget, &mut buf);
+                        serde_json::to_string(&m).unwrap_or_default()
+                    }
                 };
                 line.push('\n');
                 c.queued.fetch_sub(1, Ordering::Relaxed);
@@ -745,6 +786,48 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mapping_record_is_read_by_the_writer_only_if_it_is_still_the_same_file() {
+        let dir = std::env::temp_dir().join(format!("driftlock-maprec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("lib.so");
+        std::fs::write(&f, b"code").unwrap();
+        let st = crate::kernel::stat_path(&f).unwrap();
+        let dev = crate::kernel::mapping_gate::kernel_dev(st.dev);
+        let record = |source| MappingRecord {
+            v: 1,
+            kind: "mapping".into(),
+            time: "t".into(),
+            unit: "u".into(),
+            image_key: "k".into(),
+            image_name: None,
+            mode: Mode::Enforce,
+            verdict: Verdict::Deny,
+            what: "mmap".into(),
+            rule: "mapping".into(),
+            path: None,
+            file: String::new(),
+            blake3: None,
+            size: None,
+            tid: 1,
+            pid: 1,
+            comm: None,
+            cmdline: Vec::new(),
+            chain: Vec::new(),
+            source,
+        };
+        let (mut budget, mut buf) = (RecordHashBudget::default(), Vec::new());
+        let mut same = record(Some((f.clone(), dev, st.ino)));
+        same.read_source(&mut budget, &mut buf);
+        assert_eq!(same.blake3, Some(blake3::hash(b"code").to_string()));
+        assert_eq!(same.size, Some(4));
+        assert!(same.source.is_none(), "read once");
+        let mut other = record(Some((f.clone(), dev, st.ino + 1)));
+        other.read_source(&mut budget, &mut buf);
+        assert_eq!(other.blake3, None, "another file now: not described");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn one_units_record_hashing_is_bounded_and_others_keep_theirs() {

@@ -78,12 +78,8 @@ pub(super) fn mapping_record(
 ) -> crate::audit::MappingRecord {
     let tid = e.tid as i32;
     let (_, me, chain) = process_context(unit, tid);
+    // Found by name only: the audit writer reads it (see MappingRecord::source).
     let found = procfs::find_open_file(e.pid as i32, e.file.dev, e.file.ino);
-    let digests = found.as_ref().and_then(|(_, fd)| {
-        crate::baseline::hash_fd(fd.as_fd(), &mut Vec::new(), false, None).ok()
-    });
-    let blake3 = digests.as_ref().map(|d| d.blake3.to_string());
-    let size = digests.as_ref().map(|d| d.stat.size);
     crate::audit::MappingRecord {
         v: RECORD_VERSION,
         kind: "mapping".into(),
@@ -105,15 +101,16 @@ pub(super) fn mapping_record(
         }
         .into(),
         rule: if e.kind == 3 { "loader" } else { "mapping" }.into(),
-        path: found.map(|(p, _)| escape_bytes(&p)),
+        path: found.as_ref().map(|(p, _)| escape_bytes(p)),
         file: format!(
             "{}:{}:{}",
             e.file.dev >> 20,
             e.file.dev & 0xfffff,
             e.file.ino
         ),
-        blake3,
-        size,
+        blake3: None,
+        size: None,
+        source: found.map(|(_, fd_path)| (fd_path, e.file.dev, e.file.ino)),
         tid,
         pid: e.pid as i32,
         comm: me.as_ref().map(|m| m.comm.clone()),

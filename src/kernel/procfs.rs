@@ -138,9 +138,9 @@ pub fn pid_namespace(pid: i32) -> Option<u32> {
 }
 
 /// Finds the file `(dev, ino)` (kernel device encoding) among the open fds of process
-/// `pid` (the first 1,024): its path as the process sees it, and an fd of it opened
-/// through `/proc/<pid>/fd/N` (read-only).
-pub fn find_open_file(pid: i32, dev: u64, ino: u64) -> Option<(Vec<u8>, std::os::fd::OwnedFd)> {
+/// `pid` (the first 1,024): its path as the process sees it, and its `/proc/<pid>/fd/N`.
+/// Opens nothing (an open of a marked file may raise an event).
+pub fn find_open_file(pid: i32, dev: u64, ino: u64) -> Option<(Vec<u8>, std::path::PathBuf)> {
     use std::os::unix::fs::MetadataExt;
     let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
     for entry in dir.flatten().take(1024) {
@@ -151,15 +151,7 @@ pub fn find_open_file(pid: i32, dev: u64, ino: u64) -> Option<(Vec<u8>, std::os:
         let kdev = ((libc::major(meta.dev()) as u64) << 20) | libc::minor(meta.dev()) as u64;
         if kdev == dev && meta.ino() == ino && meta.is_file() {
             let target = std::fs::read_link(&path).ok()?;
-            let fd = nix::fcntl::open(
-                &path,
-                nix::fcntl::OFlag::O_RDONLY
-                    | nix::fcntl::OFlag::O_CLOEXEC
-                    | nix::fcntl::OFlag::O_NONBLOCK,
-                nix::sys::stat::Mode::empty(),
-            )
-            .ok()?;
-            return Some((target.as_os_str().as_bytes().to_vec(), fd));
+            return Some((target.as_os_str().as_bytes().to_vec(), path));
         }
     }
     None
