@@ -38,16 +38,6 @@ pub enum ConfigError {
     },
 }
 
-impl ConfigError {
-    /// A file that parses but whose settings the daemon would refuse.
-    pub fn from_settings(path: &Path, e: crate::settings::SettingsError) -> Self {
-        ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message: format!("the daemon would refuse these settings: {e}"),
-        }
-    }
-}
-
 /// A mode rule: containers whose image (or namespace) matches `name` get `mode`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -268,31 +258,14 @@ impl Config {
             .unwrap_or(default)
     }
 
-    /// The daemon settings this file gives (its policy rules aside).
-    pub fn settings(&self) -> crate::settings::Settings {
-        crate::settings::Settings {
-            socket: self.socket.clone(),
-            state_dir: self.state_dir.clone(),
-            mode: self.mode,
-            audit_log: self.audit_log.clone(),
-            hash_workers: self.hash_workers,
-            hash_timeout_ms: self.hash_timeout_ms,
-            cache_capacity: self.cache_capacity,
-            snapshot_threads: self.snapshot_threads,
-            memfd_noexec: self.memfd_noexec,
-            mapping_gate: self.mapping_gate,
-            script_control: self.script_control,
-            library_control: self.library_control,
-            interpreters: self.interpreters.clone(),
-            record_misses: self.record_misses,
-            metrics_addr: self.metrics_addr,
-            metrics_token_file: self.metrics_token_file.clone(),
-            annotations: self.annotations,
-            watch_config: self.watch_config,
-            falcosidekick_url: self.falcosidekick_url.clone(),
-            indicators: self.indicators.clone(),
-            evidence_max_file_mb: self.evidence_max_file_mb,
-            evidence_max_total_mb: self.evidence_max_total_mb,
+    /// This file without its policy rules (mode rules, allow entries): the daemon settings
+    /// alone, which a reload compares.
+    pub fn without_policy(&self) -> Config {
+        Config {
+            image: Vec::new(),
+            namespace: Vec::new(),
+            allow: Vec::new(),
+            ..self.clone()
         }
     }
 

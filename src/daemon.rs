@@ -24,6 +24,8 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// Mode for units that do not ask for one.
     pub mode: Mode,
+    /// The command line set `mode`: a reload of the file does not change it.
+    pub mode_pinned: bool,
     /// Also append audit records to this file (they always go to stdout).
     pub audit_log: Option<PathBuf>,
     /// Engine settings.
@@ -225,7 +227,7 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
                 reply.config_reloads = ctx.stats.reloads.load(Relaxed);
                 reply.config_reload_errors = ctx.stats.reload_errors.load(Relaxed);
                 reply.fail_open_containers = ctx.stats.fail_open.load(Relaxed);
-                reply.mapping_gate = mapping_gate_state();
+                reply.mapping_gate = ctx.mapping_gate_state.clone();
                 let features = ctx
                     .features
                     .read()
@@ -265,6 +267,23 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
             }
         }
         Request::HandOver => Response::err(ErrorCode::Invalid, "hand-over is not a plain request"),
+        Request::SetMode {
+            mode,
+            select,
+            by,
+            reason,
+        } => match ctx.set_mode(&select, mode, &by, &reason) {
+            Ok(mode_changes) => Response::ok(&Reply::ModeSet { mode_changes }),
+            Err(e) => {
+                let code = match &e {
+                    crate::arming::ModeError::NoSelector => ErrorCode::Invalid,
+                    crate::arming::ModeError::NoMatch(_)
+                    | crate::arming::ModeError::Ambiguous { .. } => ErrorCode::NotFound,
+                    crate::arming::ModeError::Arm(a) => a.code(),
+                };
+                Response::err(code, e.to_string())
+            }
+        },
         Request::ModeFor { identity } => Response::ok(&Reply::ModeFor {
             mode_for: ctx.mode_for(&identity),
         }),
@@ -307,37 +326,54 @@ fn retry_rearms(armer: &Armer, stop: &std::sync::atomic::AtomicBool) {
     }
 }
 
-/// Reads the configuration file again and applies its mode rules and allow entries; a
-/// broken file is refused and the running configuration kept.
-fn reload_policy(armer: &Armer, path: &std::path::Path, why: &str) {
-    use std::sync::atomic::Ordering::Relaxed;
-    match crate::config::Config::load(path) {
-        Ok(c) => {
-            if let Some(started) = STARTED_SETTINGS.get() {
-                if c.settings() != *started {
+/// What a reload of the configuration file compares with and may change.
+#[derive(Clone)]
+struct Reload {
+    /// The file's daemon settings at start, its policy rules cleared.
+    started: crate::config::Config,
+    /// The command line chose the default mode: the file's `mode` does not apply.
+    mode_pinned: bool,
+}
+
+impl Reload {
+    /// Reads the configuration file again and applies its mode rules, allow entries and
+    /// default mode (unless the command line set it); a broken file is refused and the
+    /// running configuration kept. Other settings take effect at the next start.
+    fn apply(&self, armer: &Armer, path: &std::path::Path, why: &str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match crate::config::Config::load(path) {
+            Ok(c) => {
+                let (mut now, mut then) = (c.without_policy(), self.started.clone());
+                if !self.mode_pinned {
+                    let mode = c.mode.unwrap_or(Mode::Enforce);
+                    let was = armer.set_default_mode(mode);
+                    if was != mode {
+                        log::warn!(
+                            "{why}: default mode {was} -> {mode}: containers without a rule or annotation are armed in {mode} mode from now on (running ones keep theirs: `driftlock mode` changes them)"
+                        );
+                    }
+                    (now.mode, then.mode) = (None, None);
+                }
+                if now != then {
                     log::warn!(
-                        "{why}: {} changes daemon settings (mode, socket, metrics, ...), which take effect at the next start; mode rules and allow entries apply now",
+                        "{why}: {} changes daemon settings (socket, metrics, hashing, ...), which take effect at the next start; mode rules, allow entries and the default mode apply now",
                         path.display()
                     );
                 }
+                let n = armer.apply_policy(c);
+                armer.stats.reloads.fetch_add(1, Relaxed);
+                log::info!(
+                    "{why}: reloaded {}; allow entries updated for {n} armed units",
+                    path.display()
+                );
             }
-            let n = armer.apply_policy(c);
-            armer.stats.reloads.fetch_add(1, Relaxed);
-            log::info!(
-                "{why}: reloaded {}; allow entries updated for {n} armed units",
-                path.display()
-            );
-        }
-        Err(e) => {
-            armer.stats.reload_errors.fetch_add(1, Relaxed);
-            log::error!("{why}: keeping the running configuration: {e}");
+            Err(e) => {
+                armer.stats.reload_errors.fetch_add(1, Relaxed);
+                log::error!("{why}: keeping the running configuration: {e}");
+            }
         }
     }
 }
-
-/// The configuration file's daemon settings at start (a reload applies only its rules).
-static STARTED_SETTINGS: std::sync::OnceLock<crate::settings::Settings> =
-    std::sync::OnceLock::new();
 
 /// What identifies one version of the configuration file (following symlinks: a
 /// ConfigMap's `config.toml -> ..data/config.toml`, whose `..data` the kubelet swaps).
@@ -350,7 +386,12 @@ fn config_version(path: &std::path::Path) -> Option<(u64, u64, u64, i64, i64)> {
 /// Reloads the configuration file whenever it changes: woken by inotify on its directory,
 /// and compared every two seconds in any case (an edit inside a symlinked directory, or
 /// a directory inotify cannot watch).
-fn watch_config(armer: &Armer, path: &std::path::Path, stop: &std::sync::atomic::AtomicBool) {
+fn watch_config(
+    armer: &Armer,
+    reload: &Reload,
+    path: &std::path::Path,
+    stop: &std::sync::atomic::AtomicBool,
+) {
     use std::time::Duration;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -393,7 +434,7 @@ fn watch_config(armer: &Armer, path: &std::path::Path, stop: &std::sync::atomic:
         missing_said = false;
         if now != last {
             last = now;
-            reload_policy(armer, path, "configuration file changed");
+            reload.apply(armer, path, "configuration file changed");
         }
     }
 }
@@ -484,18 +525,10 @@ fn user_namespaces_of(pid: i32) -> String {
     }
 }
 
-/// What the mapping gate is doing, in words (for `status`).
-static MAPPING_GATE_STATE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// The mapping gate's state in words.
-pub fn mapping_gate_state() -> String {
-    MAPPING_GATE_STATE
-        .get()
-        .cloned()
-        .unwrap_or_else(|| "not loaded".into())
-}
-
-fn load_mapping_gate(library_control: bool) -> Option<crate::kernel::mapping_gate::MappingGate> {
+/// Loads (or adopts) the mapping gate; with what it is doing, in words (for `status`).
+fn load_mapping_gate(
+    library_control: bool,
+) -> (Option<crate::kernel::mapping_gate::MappingGate>, String) {
     use crate::kernel::mapping_gate::{DEFAULT_PIN_DIR, MappingGate};
     match MappingGate::load(std::path::Path::new(DEFAULT_PIN_DIR)) {
         Ok(g) => {
@@ -512,8 +545,7 @@ fn load_mapping_gate(library_control: bool) -> Option<crate::kernel::mapping_gat
             log::info!(
                 "mapping gate active ({how}, pinned in {DEFAULT_PIN_DIR}): executable mappings and direct loader execs are judged in the kernel"
             );
-            MAPPING_GATE_STATE.set(format!("active ({how})")).ok();
-            Some(g)
+            (Some(g), format!("active ({how})"))
         }
         Err(e) => {
             let libraries = if library_control {
@@ -524,8 +556,7 @@ fn load_mapping_gate(library_control: bool) -> Option<crate::kernel::mapping_gat
             log::warn!(
                 "mapping gate unavailable: {e}. Running on fanotify alone: {libraries}; direct loader execs are judged from the blocked task's kernel stack"
             );
-            MAPPING_GATE_STATE.set(format!("unavailable: {e}")).ok();
-            None
+            (None, format!("unavailable: {e}"))
         }
     }
 }
@@ -550,12 +581,12 @@ fn refuse_without_core_features(
 }
 
 /// The mapping gate as a feature: what the daemon found, not only what the kernel lists.
-fn gate_feature(loaded: bool, wanted: bool) -> crate::kernel::features::FeatureState {
+fn gate_feature(loaded: bool, wanted: bool, state: &str) -> crate::kernel::features::FeatureState {
     crate::kernel::features::FeatureState {
         name: crate::kernel::features::name::MAPPING_GATE.into(),
         available: loaded,
         core: false,
-        detail: mapping_gate_state(),
+        detail: state.to_string(),
         not_covered: match (loaded, wanted) {
             (true, _) => String::new(),
             (false, true) => "code mapped without an exec (LD_PRELOAD, /etc/ld.so.preload, dlopen of a dropped library) and, without vm.memfd_noexec, fileless execution; direct loader execs are judged by fanotify from the blocked task".into(),
@@ -631,7 +662,10 @@ pub fn run(
         .thread_block()
         .map_err(|e| DaemonError::Setup(format!("cannot block signals: {e}")))?;
     raise_fd_limit();
-    STARTED_SETTINGS.set(policy.settings()).ok();
+    let reload = Reload {
+        started: policy.without_policy(),
+        mode_pinned: config.mode_pinned,
+    };
     crate::kernel::probe_openat2().map_err(|e| {
         DaemonError::Setup(format!(
             "openat2 fails ({e}): a seccomp filter blocks it (systemd's RestrictSUIDSGID=, or a container's seccomp profile); every snapshot would skip every file and every container's execs would be denied. Remove the filter (driftlock's own unit sets none)"
@@ -644,7 +678,7 @@ pub fn run(
     let store = BaselineStore::open(&config.state_dir)?;
     // Loaded (or found refused, which takes a while) before any group is taken over: a
     // predecessor's execs wait in the kernel from the hand-over until we read them.
-    let mapping_gate = if config.mapping_gate {
+    let (mapping_gate, mapping_gate_state) = if config.mapping_gate {
         if !features.has(crate::kernel::features::name::BPF_MEMCG_ACCOUNTING) {
             // Before 5.11 BPF maps are charged to the memory-lock limit (64 KiB by default).
             let limit = crate::kernel::features::raise_memlock_limit();
@@ -652,12 +686,13 @@ pub fn run(
         }
         load_mapping_gate(config.engine.library_control)
     } else {
-        MAPPING_GATE_STATE
-            .set("off (--mapping-gate false)".into())
-            .ok();
-        None
+        (None, "off (--mapping-gate false)".to_string())
     };
-    features.set(gate_feature(mapping_gate.is_some(), config.mapping_gate));
+    features.set(gate_feature(
+        mapping_gate.is_some(),
+        config.mapping_gate,
+        &mapping_gate_state,
+    ));
     warn_degradations(&features);
     // A group kept in systemd's fd store by a predecessor still holds every container's
     // marks: execs waited in the kernel meanwhile. Take it back, and first answer the
@@ -772,7 +807,7 @@ pub fn run(
     let armer = Arc::new(Armer {
         engine: handle.clone(),
         store,
-        default_mode: config.mode,
+        default_mode: std::sync::Mutex::new(config.mode),
         annotations: config.annotations,
         snapshot_threads: config.snapshot_threads,
         memfd_noexec: std::sync::atomic::AtomicBool::new(config.memfd_noexec),
@@ -784,6 +819,8 @@ pub fn run(
         stats: Default::default(),
         indicators: config.indicators.clone(),
         mapping_gate: mapping_active,
+        mapping_gate_state,
+        audit: Some(audit.clone()),
         pending: Default::default(),
     });
     if config.memfd_noexec {
@@ -845,15 +882,19 @@ pub fn run(
     if config.watch_config {
         match &policy_path {
             Some(path) => {
-                let (armer, stop, path) =
-                    (Arc::clone(&armer), Arc::clone(&stop_watch), path.clone());
+                let (armer, stop, path, reload) = (
+                    Arc::clone(&armer),
+                    Arc::clone(&stop_watch),
+                    path.clone(),
+                    reload.clone(),
+                );
                 log::info!(
                     "reloading {} whenever it changes (--watch-config)",
                     path.display()
                 );
                 std::thread::Builder::new()
                     .name("driftlock-config".into())
-                    .spawn(move || watch_config(&armer, &path, &stop))
+                    .spawn(move || watch_config(&armer, &reload, &path, &stop))
                     .map_err(|e| DaemonError::Setup(e.to_string()))?;
             }
             None => log::warn!("--watch-config: no configuration file to watch"),
@@ -916,7 +957,7 @@ pub fn run(
         match signals.wait() {
             Ok(Signal::SIGHUP) => match &policy_path {
                 None => log::info!("SIGHUP: no configuration file to reload"),
-                Some(path) => reload_policy(&reloader, path, "SIGHUP"),
+                Some(path) => reload.apply(&reloader, path, "SIGHUP"),
             },
             Ok(Signal::SIGUSR1) => {
                 let Some(stream) = admission.take_pending() else {

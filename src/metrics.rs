@@ -258,7 +258,7 @@ pub fn render(
         "1 if the BPF LSM mapping gate is active (executable mappings judged in the kernel).",
         vec![format!(
             " {}",
-            u8::from(crate::daemon::mapping_gate_state().starts_with("active"))
+            u8::from(armer.mapping_gate_state.starts_with("active"))
         )],
     );
     section(

@@ -25,9 +25,9 @@ pub mod defaults {
     /// Audit records to stdout only.
     pub const AUDIT_LOG: &str = "-";
     /// How long an exec may wait for its file to be hashed.
-    pub const HASH_TIMEOUT: Duration = Duration::from_millis(2000);
+    pub const HASH_TIMEOUT: Duration = crate::engine::DEFAULT_HASH_TIMEOUT;
     /// Files cached per container.
-    pub const CACHE_CAPACITY: usize = 65_536;
+    pub const CACHE_CAPACITY: usize = crate::engine::DEFAULT_CACHE_CAPACITY;
     /// Block fileless execution in each container's PID namespace.
     pub const MEMFD_NOEXEC: bool = true;
     /// Largest program kept as evidence, MiB (0: keep none).
@@ -35,21 +35,14 @@ pub mod defaults {
     /// Quarantine size, MiB.
     pub const EVIDENCE_MAX_TOTAL_MB: u64 = 512;
     /// How long a loader exec may wait for its thread to be seen blocked.
-    pub const LOADER_WAIT: Duration = Duration::from_secs(10);
+    pub const LOADER_WAIT: Duration = crate::engine::DEFAULT_LOADER_WAIT;
     /// Interpreters of the script control.
     pub const INTERPRETERS: &[&str] = &[
         "sh", "ash", "dash", "bash", "zsh", "ksh", "python*", "perl*", "ruby*", "node", "php*",
         "lua*", "tclsh*",
     ];
 
-    /// Threads for a setting of `n`: 0 (and the default) means one per core.
-    pub fn threads(n: usize) -> usize {
-        if n > 0 {
-            n
-        } else {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
-        }
-    }
+    pub use crate::engine::threads;
 }
 
 /// Every daemon setting as one source gives it (`None`: not given there).
@@ -99,6 +92,36 @@ pub struct Settings {
     pub evidence_max_file_mb: Option<u64>,
     /// Quarantine size, MiB.
     pub evidence_max_total_mb: Option<u64>,
+}
+
+impl From<&crate::config::Config> for Settings {
+    /// The daemon settings a configuration file gives (its policy rules aside).
+    fn from(c: &crate::config::Config) -> Settings {
+        Settings {
+            socket: c.socket.clone(),
+            state_dir: c.state_dir.clone(),
+            mode: c.mode,
+            audit_log: c.audit_log.clone(),
+            hash_workers: c.hash_workers,
+            hash_timeout_ms: c.hash_timeout_ms,
+            cache_capacity: c.cache_capacity,
+            snapshot_threads: c.snapshot_threads,
+            memfd_noexec: c.memfd_noexec,
+            mapping_gate: c.mapping_gate,
+            script_control: c.script_control,
+            library_control: c.library_control,
+            interpreters: c.interpreters.clone(),
+            record_misses: c.record_misses,
+            metrics_addr: c.metrics_addr,
+            metrics_token_file: c.metrics_token_file.clone(),
+            annotations: c.annotations,
+            watch_config: c.watch_config,
+            falcosidekick_url: c.falcosidekick_url.clone(),
+            indicators: c.indicators.clone(),
+            evidence_max_file_mb: c.evidence_max_file_mb,
+            evidence_max_total_mb: c.evidence_max_total_mb,
+        }
+    }
 }
 
 /// Why settings cannot be used.
@@ -171,6 +194,7 @@ impl Settings {
             socket: self.socket.unwrap_or_else(|| d::SOCKET.into()),
             state_dir: self.state_dir.unwrap_or_else(|| d::STATE_DIR.into()),
             mode: self.mode.unwrap_or(d::MODE),
+            mode_pinned: false,
             audit_log: (audit_log != Path::new("-")).then_some(audit_log),
             engine: EngineConfig {
                 hash_workers: d::threads(self.hash_workers.unwrap_or(0)),

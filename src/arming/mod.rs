@@ -28,10 +28,12 @@ use crate::registry::PlanError;
 
 mod code;
 mod layers;
+mod mode;
 mod paths;
 mod records;
 mod watcher;
 
+pub use mode::{ModeError, select};
 pub use paths::derive_image_key;
 use paths::{ResolvedUnit, UnitView, container_start_time, resolve_unit, valid_id};
 pub use records::{PendingUnit, RearmError, RearmSummary, UnitRecord};
@@ -229,8 +231,8 @@ pub struct Armer {
     pub engine: EngineHandle,
     /// The baseline store.
     pub store: BaselineStore,
-    /// Mode for requests without one.
-    pub default_mode: Mode,
+    /// Mode for requests without one (the configuration file's, reloaded with it).
+    pub default_mode: std::sync::Mutex<Mode>,
     /// How far a container's own mode annotation counts.
     pub annotations: crate::AnnotationPolicy,
     /// Threads per snapshot.
@@ -255,6 +257,10 @@ pub struct Armer {
     pub indicators: Option<crate::baseline::indicators::Indicators>,
     /// The mapping gate is active: arms enter the image's code objects into it.
     pub mapping_gate: bool,
+    /// What the mapping gate is doing, in words (`status`, metrics).
+    pub mapping_gate_state: String,
+    /// Where operator actions (mode switches) are recorded.
+    pub audit: Option<crate::audit::AuditQueue>,
     /// Recorded units whose re-arm failed, by id: retried.
     pub pending: std::sync::Mutex<std::collections::BTreeMap<String, PendingUnit>>,
 }
@@ -465,6 +471,25 @@ impl Armer {
         arc
     }
 
+    /// The mode of containers no rule, annotation or request chooses one for.
+    pub fn default_mode(&self) -> Mode {
+        *self
+            .default_mode
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets the default mode for containers armed from now on; returns the previous one.
+    pub fn set_default_mode(&self, mode: Mode) -> Mode {
+        std::mem::replace(
+            &mut *self
+                .default_mode
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            mode,
+        )
+    }
+
     /// Records what the metrics endpoint is doing (`status` reports it).
     pub fn set_metrics_state(&self, state: String) {
         *self
@@ -541,7 +566,7 @@ impl Armer {
                 req.mode.or(admitted),
                 req.image_name.as_deref(),
                 req.namespace.as_deref(),
-                self.default_mode,
+                self.default_mode(),
             ),
             policy.allowed_for(req.image_name.as_deref()),
         )

@@ -95,7 +95,7 @@ impl RecordHashBudget {
 }
 
 /// Bytes of a command line kept in a record (some programs carry huge argument lists).
-pub const MAX_CMDLINE: usize = 4096;
+pub use crate::kernel::procfs::MAX_CMDLINE;
 
 impl From<&ProcessInfo> for ProcessRecord {
     fn from(p: &ProcessInfo) -> Self {
@@ -452,6 +452,27 @@ pub struct CoverageRecord {
     pub error: Option<String>,
 }
 
+/// An operator changed a running unit's mode (`"kind": "mode"`): who, when, from and to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModeRecord {
+    /// Format version.
+    pub v: u32,
+    /// Always "mode".
+    pub kind: String,
+    /// RFC 3339 UTC time.
+    pub time: String,
+    /// Unit (container) id.
+    pub unit: String,
+    /// The mode it had.
+    pub from: Mode,
+    /// The mode it has now.
+    pub to: Mode,
+    /// Who asked, as the client said (`driftlock mode` sends the user and the host).
+    pub by: String,
+    /// Why, as the operator wrote it (may be empty).
+    pub reason: String,
+}
+
 /// A record on its way to the sinks.
 #[derive(Debug)]
 pub enum AuditJob {
@@ -471,6 +492,8 @@ pub enum AuditJob {
     Suppressed(SuppressedRecord),
     /// A mapping the gate refused.
     Mapping(Box<MappingRecord>),
+    /// A unit's mode changed while it ran.
+    Mode(ModeRecord),
 }
 
 impl AuditJob {
@@ -478,7 +501,7 @@ impl AuditJob {
     pub fn approx_bytes(&self) -> usize {
         match self {
             AuditJob::Exec { record, .. } => record.approx_bytes(),
-            AuditJob::Coverage(_) | AuditJob::Suppressed(_) => 512,
+            AuditJob::Coverage(_) | AuditJob::Suppressed(_) | AuditJob::Mode(_) => 512,
             AuditJob::Mapping(m) => {
                 1024 + m.cmdline.iter().map(String::len).sum::<usize>()
                     + m.chain
@@ -720,6 +743,7 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
                     }
                     AuditJob::Coverage(c) => serde_json::to_string(&c).unwrap_or_default(),
                     AuditJob::Suppressed(s) => serde_json::to_string(&s).unwrap_or_default(),
+                    AuditJob::Mode(m) => serde_json::to_string(&m).unwrap_or_default(),
                     AuditJob::Mapping(mut m) => {
                         m.read_source(&mut hash_budget, &mut buf);
                         serde_json::to_string(&m).unwrap_or_default()

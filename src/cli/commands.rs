@@ -404,3 +404,20 @@ fn print_degradations(kernel: &str, features: &[crate::kernel::features::Feature
         }
     }
 }
+
+/// Who is asking, for the daemon's record: the user (and the one `sudo` ran for), the
+/// process and the host.
+pub(super) fn requester() -> String {
+    let uid = nix::unistd::getuid();
+    let user = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid {uid}"), |u| u.name);
+    let sudo = std::env::var("SUDO_USER")
+        .map(|u| format!(" (sudo by {u})"))
+        .unwrap_or_default();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    format!("{user}{sudo} on {host}, pid {}", std::process::id())
+}

@@ -53,6 +53,42 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Switch running containers to audit or enforce mode now (break-glass, and back).
+    ///
+    /// The next exec in each selected container is judged in the new mode. The change is
+    /// recorded (a "mode" record: who, when, from, to), kept across a daemon restart, and
+    /// reverted by the same command with the other mode. Containers started later follow
+    /// the rules of the configuration file as before.
+    #[command(after_help = "Examples:
+  driftlock mode audit --container 3f2a --reason 'false denials in checkout'
+  driftlock mode audit --namespace shop
+  driftlock mode enforce --all")]
+    Mode {
+        /// The mode to switch to.
+        #[arg(value_enum)]
+        mode: Mode,
+        /// A container id, a unique prefix of one, or containerd://ID.
+        #[arg(long, visible_alias = "id")]
+        container: Option<String>,
+        /// Containers of this Kubernetes namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Containers of images matching this name (`*` at the end matches any suffix).
+        #[arg(long)]
+        image: Option<String>,
+        /// Every armed container.
+        #[arg(long, conflicts_with_all = ["container", "namespace", "image"])]
+        all: bool,
+        /// Why (recorded with the change).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Print JSON for tools.
+        #[arg(long)]
+        json: bool,
+        /// The daemon's socket.
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// List armed units with their mode and counters.
     Status {
         /// Print JSON for tools.
@@ -305,11 +341,13 @@ impl DaemonArgs {
             ),
             None => (Config::default(), None),
         };
-        let mut config = self
-            .settings()
-            .over(file.settings())
+        let flags = self.settings();
+        let mode_pinned = flags.mode.is_some();
+        let mut config = flags
+            .over(crate::settings::Settings::from(&file))
             .resolve(log::log_enabled!(log::Level::Debug))?;
         config.take_over = self.take_over;
+        config.mode_pinned = mode_pinned;
         Ok((config, file, path))
     }
 }
@@ -477,6 +515,9 @@ pub enum CliError {
     /// The daemon answered with a reply of another request.
     #[error("unexpected reply from the daemon: {0}")]
     UnexpectedReply(String),
+    /// Arguments clap cannot check alone.
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl CliError {
@@ -488,6 +529,7 @@ impl CliError {
             CliError::Client(ClientError::Refused { .. }) | CliError::NoEvidence(_) => 4,
             CliError::Client(_) => 3,
             CliError::Config(_) | CliError::Settings(_) | CliError::Indicators(_) => 5,
+            CliError::Usage(_) => 2,
             _ => 1,
         }
     }
@@ -608,10 +650,13 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Config(ConfigCommand::Check { file }) => {
             // Exactly as the daemon resolves it: a file it would refuse fails here too.
             let checked = crate::config::Config::load(&file).and_then(|c| {
-                c.settings()
+                crate::settings::Settings::from(&c)
                     .resolve(false)
                     .map(|_| c)
-                    .map_err(|e| crate::config::ConfigError::from_settings(&file, e))
+                    .map_err(|e| crate::config::ConfigError::Invalid {
+                        path: file.clone(),
+                        message: format!("the daemon would refuse these settings: {e}"),
+                    })
             });
             match checked {
                 Ok(c) => {
@@ -641,6 +686,56 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                     "disarmed {} (allowed {}, denied {}, would-deny {})",
                     s.id, s.counters.allowed, s.counters.denied, s.counters.would_deny
                 ),
+                other => return Err(unexpected(&other)),
+            }
+            Ok(0)
+        }
+        Command::Mode {
+            mode,
+            container,
+            namespace,
+            image,
+            all,
+            reason,
+            json,
+            socket,
+        } => {
+            if container.is_none() && namespace.is_none() && image.is_none() && !all {
+                return Err(CliError::Usage(
+                    "say which containers: --container ID, --namespace NS, --image NAME or --all"
+                        .into(),
+                ));
+            }
+            let req = Request::SetMode {
+                mode,
+                select: crate::ipc::UnitSelector {
+                    container,
+                    namespace,
+                    image,
+                    all,
+                },
+                by: commands::requester(),
+                reason,
+            };
+            match ask(&socket.socket, &req, Duration::from_secs(30))? {
+                Reply::ModeSet { mode_changes } => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&mode_changes).unwrap_or_default()
+                        );
+                    }
+                    for c in &mode_changes {
+                        if json {
+                            break;
+                        }
+                        if c.from == c.to {
+                            println!("{}: already in {} mode", c.id, c.to);
+                        } else {
+                            println!("{}: {} -> {} mode", c.id, c.from, c.to);
+                        }
+                    }
+                }
                 other => return Err(unexpected(&other)),
             }
             Ok(0)

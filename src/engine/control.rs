@@ -28,16 +28,31 @@ pub struct EngineConfig {
     pub library_control: bool,
 }
 
+/// How long an exec may wait for its file to be hashed.
+pub const DEFAULT_HASH_TIMEOUT: Duration = Duration::from_millis(2000);
+/// Files cached per container.
+pub const DEFAULT_CACHE_CAPACITY: usize = 65_536;
+/// How long a loader exec may wait for its thread to be seen blocked.
+pub const DEFAULT_LOADER_WAIT: Duration = Duration::from_secs(10);
+
+/// Threads for a setting of `n`: 0 (and the default) means one per core.
+pub fn threads(n: usize) -> usize {
+    if n > 0 {
+        n
+    } else {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
-        use crate::settings::defaults as d;
         Self {
-            hash_workers: d::threads(0),
-            hash_timeout: d::HASH_TIMEOUT,
-            cache_capacity: d::CACHE_CAPACITY,
+            hash_workers: threads(0),
+            hash_timeout: DEFAULT_HASH_TIMEOUT,
+            cache_capacity: DEFAULT_CACHE_CAPACITY,
             record_misses: false,
             interpreters: Vec::new(),
-            loader_wait: d::LOADER_WAIT,
+            loader_wait: DEFAULT_LOADER_WAIT,
             library_control: false,
         }
     }
@@ -108,6 +123,9 @@ pub enum Command {
     Arm(UnitSpec, Sender<Result<Vec<PlannedMark>, EngineError>>),
     /// Disarm a unit.
     Disarm(String, Sender<Result<UnitStatus, EngineError>>),
+    /// Switch an armed unit to another mode (its marks, its gate entries); replies with
+    /// the mode it had.
+    SetMode(String, Mode, Sender<Result<Mode, EngineError>>),
     /// Replace a unit's operator allow entries (configuration reload); drops its cache.
     SetAllow(
         String,
@@ -212,6 +230,11 @@ impl EngineHandle {
     pub fn disarm(&self, id: &str) -> Result<UnitStatus, EngineError> {
         self.call(|tx| Command::Disarm(id.to_string(), tx))?
     }
+    /// Switches an armed unit to `mode` at once (the next exec is judged in it); returns
+    /// the mode it had.
+    pub fn set_mode(&self, id: &str, mode: Mode) -> Result<Mode, EngineError> {
+        self.call(|tx| Command::SetMode(id.to_string(), mode, tx))?
+    }
     /// Replaces a unit's operator allow entries.
     pub fn set_allow(&self, id: &str, allow: crate::config::AllowList) -> Result<(), EngineError> {
         self.call(|tx| Command::SetAllow(id.to_string(), allow, tx))?
@@ -268,6 +291,10 @@ impl<G: Gate> Engine<G> {
                 let r = self.disarm(&id);
                 // Another unit could arm the same filesystem with another baseline.
                 self.clear_ignored_execs();
+                let _ = reply.send(r);
+            }
+            Command::SetMode(id, mode, reply) => {
+                let r = self.set_mode(&id, mode);
                 let _ = reply.send(r);
             }
             Command::SetAllow(id, allow, reply) => {
@@ -437,6 +464,55 @@ impl<G: Gate> Engine<G> {
             marks.len()
         );
         Ok(marks)
+    }
+
+    /// Moves a unit to `mode`: each mark gets the new mode's mask before the old one's
+    /// own bits go (no event is missed meanwhile), then the gate's entries follow.
+    pub(super) fn set_mode(&mut self, id: &str, mode: Mode) -> Result<Mode, EngineError> {
+        let handle = self
+            .registry
+            .find_id(id)
+            .ok_or_else(|| EngineError::UnknownId(id.to_string()))?;
+        let (was, marks) = match self.registry.get(handle) {
+            Some(u) => (u.mode, u.marks.clone()),
+            None => return Err(EngineError::UnknownId(id.to_string())),
+        };
+        if was == mode {
+            return Ok(was);
+        }
+        for (i, m) in marks.iter().enumerate() {
+            let old = self.mark_of(m, was);
+            if let Err(e) = self.gate.switch_mask(&self.mark_of(m, mode), old.mask) {
+                // Back to the old mode on the marks already switched: one mode per unit.
+                for done in &marks[..i] {
+                    let _ = self
+                        .gate
+                        .switch_mask(&self.mark_of(done, was), self.mark_of(done, mode).mask);
+                }
+                return Err(e.into());
+            }
+        }
+        if let Some(u) = self.registry.get_mut(handle) {
+            u.mode = mode;
+        }
+        if let Some(gate) = self.mapping.as_mut() {
+            let gate_mode = match mode {
+                Mode::Enforce => crate::kernel::mapping_gate::GateMode::Enforce,
+                Mode::Audit => crate::kernel::mapping_gate::GateMode::Audit,
+            };
+            for d in self.mapping_devs.get(&handle).into_iter().flatten() {
+                if let Err(e) = gate.watch(*d, gate_mode) {
+                    log::error!("unit {id:?}: the mapping gate keeps its old mode: {e}");
+                }
+            }
+            if let Some(ns) = self.mapping_pid_ns.get(&handle) {
+                if let Err(e) = gate.scope_pid_namespace(*ns, gate_mode) {
+                    log::error!("unit {id:?}: the mapping gate keeps its old mode: {e}");
+                }
+            }
+        }
+        log::warn!("unit {id:?}: {was} mode -> {mode} mode");
+        Ok(was)
     }
 
     pub(super) fn explain(

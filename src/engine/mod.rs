@@ -50,7 +50,8 @@ mod record;
 mod stats;
 
 pub use control::{
-    AddedMarks, Command, EngineConfig, EngineError, EngineHandle, Explanation, UnitSpec,
+    AddedMarks, Command, DEFAULT_CACHE_CAPACITY, DEFAULT_HASH_TIMEOUT, DEFAULT_LOADER_WAIT,
+    EngineConfig, EngineError, EngineHandle, Explanation, UnitSpec, threads,
 };
 use hash_pool::*;
 use loader::*;

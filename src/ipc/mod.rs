@@ -19,8 +19,8 @@ mod replies;
 pub mod server;
 
 pub use replies::{
-    ArmResult, CacheReply, CountersReply, ExplainReply, LastDenyReply, MarkReply, PendingReply,
-    Reply, StatsReply, StatusReply, UnitReply,
+    ArmResult, CacheReply, CountersReply, ExplainReply, LastDenyReply, MarkReply, ModeChange,
+    PendingReply, Reply, StatsReply, StatusReply, UnitReply,
 };
 
 use serde::{Deserialize, Serialize};
@@ -96,6 +96,20 @@ pub enum Request {
     /// A successor daemon asks for the fanotify group (sent back with the reply, as
     /// `SCM_RIGHTS`) and the daemon's place: see [`crate::handover`].
     HandOver,
+    /// Switch running units to another mode at once (break-glass, and back).
+    SetMode {
+        /// The new mode.
+        mode: Mode,
+        /// Which units.
+        #[serde(flatten)]
+        select: UnitSelector,
+        /// Who asks (recorded).
+        #[serde(default)]
+        by: String,
+        /// Why (recorded).
+        #[serde(default)]
+        reason: String,
+    },
     /// The mode a container of this identity would be armed in (the runtime wrapper asks
     /// before the container is created, to restrict only enforce-mode containers).
     ModeFor {
@@ -103,6 +117,24 @@ pub enum Request {
         #[serde(flatten)]
         identity: ContainerIdentity,
     },
+}
+
+/// Which armed units a request is about. At least one selector must be given; units must
+/// match every one given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitSelector {
+    /// A unit id, a unique prefix of one, or `containerd://ID` (as Kubernetes shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Units of this Kubernetes namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Units of images matching this name (`*` at the end matches any suffix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Every armed unit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
 }
 
 /// What selects a container's mode: its image, its namespace, its own annotation.

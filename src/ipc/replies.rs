@@ -481,6 +481,22 @@ pub enum Reply {
         /// The mode a container of that identity would be armed in.
         mode_for: Mode,
     },
+    /// After set-mode: each selected unit, with the mode it had.
+    ModeSet {
+        /// The units.
+        mode_changes: Vec<ModeChange>,
+    },
+}
+
+/// One unit's mode change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeChange {
+    /// Unit id.
+    pub id: String,
+    /// The mode it had.
+    pub from: Mode,
+    /// The mode it has now.
+    pub to: Mode,
 }
 
 #[cfg(test)]

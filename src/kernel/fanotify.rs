@@ -233,6 +233,10 @@ pub trait Gate: Send + 'static {
     fn waker(&self) -> Arc<dyn Wake>;
     /// Adds (`add`) or removes a mark.
     fn mark(&self, mark: &Mark, add: bool) -> Result<(), KernelError>;
+    /// Changes a mark placed with mask `from` to `mark.mask` with no moment in which an
+    /// event both masks share is missing: the new bits are added first, then the bits only
+    /// `from` had are removed.
+    fn switch_mask(&self, mark: &Mark, from: EventMask) -> Result<(), KernelError>;
     /// Lets the kernel allow later execs of the file behind `fd` without an event: an
     /// evictable inode ignore mark for exec permission. Only for a file whose content can
     /// never change (on a filesystem with no write path at all); undone by
@@ -728,6 +732,31 @@ impl Gate for FanotifyGate {
             .mark(flags, mark.mask.bits(), cwd, Some(mark.path.as_path()))
             .map_err(|source| KernelError::Mark {
                 action: if add { "add" } else { "remove" },
+                kind: mark.kind,
+                path: mark.path.clone(),
+                source,
+            })
+    }
+
+    fn switch_mask(&self, mark: &Mark, from: EventMask) -> Result<(), KernelError> {
+        self.mark(mark, true)?;
+        let only_old = from.bits() & !mark.mask.bits();
+        if only_old.is_empty() {
+            return Ok(());
+        }
+        let kind = match mark.kind {
+            MarkKind::Filesystem => MarkFlags::FAN_MARK_FILESYSTEM,
+            MarkKind::Mount => MarkFlags::FAN_MARK_MOUNT,
+        };
+        self.group
+            .mark(
+                MarkFlags::FAN_MARK_REMOVE | kind,
+                only_old,
+                nix::fcntl::AT_FDCWD,
+                Some(mark.path.as_path()),
+            )
+            .map_err(|source| KernelError::Mark {
+                action: "remove",
                 kind: mark.kind,
                 path: mark.path.clone(),
                 source,

@@ -39,7 +39,10 @@ fn trim_newline(mut v: Vec<u8>) -> Vec<u8> {
 /// Bytes read from one `/proc` file for a record: a process may carry megabytes of
 /// arguments, and nesting such processes must not make each record a memory and time
 /// bomb on the event path. One more byte than records keep, so they can say "truncated".
-pub const MAX_PROC_READ: u64 = crate::audit::MAX_CMDLINE as u64 + 1;
+pub const MAX_PROC_READ: u64 = MAX_CMDLINE as u64 + 1;
+
+/// Bytes of a command line a record keeps (some programs carry huge argument lists).
+pub const MAX_CMDLINE: usize = 4096;
 
 fn read_capped(path: &str) -> std::io::Result<Vec<u8>> {
     use std::io::Read;

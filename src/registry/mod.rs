@@ -479,6 +479,9 @@ pub struct UnitStatus {
     /// or `none` (with where).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub libraries: String,
+    /// Kubernetes namespace, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 impl Unit {
@@ -508,6 +511,7 @@ impl Unit {
             last_deny: self.last_deny.clone(),
             mapping_gate: None,
             libraries: String::new(),
+            namespace: self.k8s.namespace.clone(),
         }
     }
 }

@@ -609,6 +609,104 @@ fn sighup_reloads_allow_entries_without_dropping_marks() {
     assert_eq!(exec(&other), EPERM);
 }
 
+/// Break-glass: `driftlock mode audit` relaxes a running container at once (the next exec
+/// of a payload runs and is recorded as would-deny), the change is recorded with who asked,
+/// survives a daemon crash and restart, and `driftlock mode enforce` puts it back.
+#[test]
+fn mode_switches_a_running_container_both_ways_and_survives_a_restart() {
+    if !root_or_skip("mode switch") {
+        return;
+    }
+    let mut sb = Sandbox::new("modeswitch");
+    sb.start_daemon(&[]);
+    sb.arm("shop-1", &[]);
+    let payload = sb.install_payload();
+    assert_eq!(exec(&payload), EPERM);
+
+    let out = sb.client(&["mode", "audit"]);
+    assert_eq!(out.status.code(), Some(2), "a selector is required");
+    let out = sb.client(&["mode", "audit", "--container", "nope"]);
+    assert_eq!(out.status.code(), Some(4), "no such container");
+
+    let out = sb.client(&[
+        "mode",
+        "audit",
+        "--container",
+        "shop",
+        "--reason",
+        "false denials",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("shop-1: enforce -> audit mode"));
+    assert_eq!(exec(&payload), Ok(0), "audit mode: the payload runs");
+    let units = sb.status_json()["units"].clone();
+    assert_eq!(units[0]["mode"], "audit");
+    let recs = sb.records(2);
+    let change = recs
+        .iter()
+        .find(|r| r["kind"] == "mode")
+        .expect("a mode record");
+    assert_eq!(change["unit"], "shop-1");
+    assert_eq!(
+        (change["from"].as_str(), change["to"].as_str()),
+        (Some("enforce"), Some("audit"))
+    );
+    assert_eq!(change["reason"], "false denials");
+    assert!(
+        change["by"].as_str().is_some_and(|b| b.starts_with("root")),
+        "{change}"
+    );
+    assert!(
+        recs.iter().any(|r| r["verdict"] == "would-deny"),
+        "the payload's exec is recorded as would-deny: {recs:?}"
+    );
+
+    // A crash and a new daemon: the container is armed again in the mode it was switched to.
+    sb.kill_daemon();
+    sb.start_daemon(&[]);
+    sb.wait_for_status("the re-arm", |s| s["units"][0]["mode"] == "audit");
+    assert_eq!(exec(&payload), Ok(0));
+
+    let out = sb.client(&["mode", "enforce", "--all", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let changes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(changes[0]["from"], "audit");
+    assert_eq!(exec(&payload), EPERM, "back in enforce mode");
+    let image_ok = sb.rootfs.join("bin/true");
+    assert_eq!(exec(&image_ok), Ok(0));
+}
+
+/// The node's default mode is reloaded with the file: a rollout goes from audit to enforce
+/// with a SIGHUP, no restart; containers already armed keep their mode.
+#[test]
+fn sighup_reloads_the_default_mode_for_new_containers() {
+    if !root_or_skip("default mode reload") {
+        return;
+    }
+    let mut sb = Sandbox::new("modereload");
+    let config = sb.dir.join("config.toml");
+    fs::write(&config, "mode = \"audit\"\n").unwrap();
+    sb.start_daemon(&["--config", config.to_str().unwrap()]);
+    sb.arm("early", &[]);
+    assert_eq!(sb.status_json()["units"][0]["mode"], "audit");
+    sb.client(&["disarm", "--id", "early"]);
+    fs::write(&config, "mode = \"enforce\"\n").unwrap();
+    sb.signal_daemon(nix::sys::signal::Signal::SIGHUP);
+    sb.wait_for_status("the reload", |s| s["config_reloads"] == 1);
+    sb.arm("late", &[]);
+    assert_eq!(sb.status_json()["units"][0]["mode"], "enforce");
+    let payload = sb.install_payload();
+    assert_eq!(exec(&payload), EPERM);
+}
+
 /// Issue 5: the metrics endpoint, scraped during a test, counts the events generated.
 #[test]
 fn metrics_count_the_execs_generated() {

@@ -89,6 +89,10 @@ impl Gate for FakeGate {
         log.marks.push((mark.clone(), add));
         Ok(())
     }
+    fn switch_mask(&self, mark: &Mark, _from: EventMask) -> Result<(), KernelError> {
+        self.log.lock().unwrap().marks.push((mark.clone(), true));
+        Ok(())
+    }
     fn mark_is_live(&self, _: &Path, _: u64) -> bool {
         true
     }

@@ -1,0 +1,240 @@
+//! The layering guard: which room of `src/` may import which. Each room sits on a layer and
+//! may import only rooms on lower layers, so the import graph has no circle and no arrow
+//! that runs back up. A new room must be given a layer here; a new import that breaks the
+//! order fails this test, naming the file. (In the style of rust-analyzer's `tidy.rs`.)
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Rooms from the bottom (the kernel's facts) to the top (the command line).
+const LAYERS: &[&[&str]] = &[
+    &["escape"],
+    &["kernel"],
+    &["baseline", "service"],
+    &["verdict"],
+    &["audit"],
+    &["config", "tune"],
+    &["registry"],
+    &["engine"],
+    &["ipc"],
+    &["handover", "runtime", "arming"],
+    &["metrics", "doctor", "robustness"],
+    &["daemon"],
+    &["settings"],
+    &["cli"],
+];
+
+/// Rooms only a few others may import, whatever their layer.
+const ONLY_FROM: &[(&str, &[&str])] = &[
+    // The composition of flags, file and defaults: only the command line uses it.
+    ("settings", &["cli"]),
+];
+
+fn layer_of(room: &str) -> Option<usize> {
+    LAYERS.iter().position(|l| l.contains(&room))
+}
+
+/// The room of a file under `src/`: its first path component, without `.rs`.
+fn room_of(rel: &Path) -> Option<String> {
+    let first = rel.components().next()?.as_os_str().to_str()?;
+    Some(first.trim_end_matches(".rs").to_string())
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The source a build without tests compiles: line comments dropped, and everything from a
+/// `#[cfg(test)]` module on (test modules sit at the end of a file).
+fn non_test_code(text: &str) -> String {
+    let mut out = String::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        let t = line.trim_start();
+        if t.starts_with("#[cfg(test)]")
+            && lines
+                .peek()
+                .is_some_and(|n| n.trim_start().starts_with("mod ") || n.contains(" mod "))
+        {
+            break;
+        }
+        let code = match line.find("//") {
+            Some(i) => &line[..i],
+            None => line,
+        };
+        out.push_str(code);
+        out.push('\n');
+    }
+    out
+}
+
+/// The first names after each `crate::` (also inside `crate::{a, b::{c, d}}` groups).
+fn crate_imports(code: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = code;
+    while let Some(i) = rest.find("crate::") {
+        let before = rest[..i].chars().next_back();
+        rest = &rest[i + "crate::".len()..];
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue; // `mycrate::`, `$crate::`
+        }
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 1;
+            let mut end = group.len();
+            for (j, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = j;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let inner = &group[..end];
+            let mut depth = 0;
+            let mut item = String::new();
+            for c in inner.chars().chain(std::iter::once(',')) {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        if let Some(name) = first_name(&item) {
+                            out.insert(name);
+                        }
+                        item.clear();
+                        continue;
+                    }
+                    _ => {}
+                }
+                item.push(c);
+            }
+        } else if let Some(name) = first_name(rest) {
+            out.insert(name);
+        }
+    }
+    out
+}
+
+fn first_name(s: &str) -> Option<String> {
+    let name: String = s
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
+    (!name.is_empty() && name != "self").then_some(name)
+}
+
+/// Every room's imports of other rooms, with the files that make them.
+fn import_graph() -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let rooms: BTreeSet<String> = files
+        .iter()
+        .filter_map(|f| room_of(f.strip_prefix(&src).ok()?))
+        .collect();
+    let mut graph: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for f in &files {
+        let Ok(rel) = f.strip_prefix(&src) else {
+            continue;
+        };
+        let name = rel.to_string_lossy();
+        let test_file = name.ends_with("tests.rs") || name.contains("/tests/");
+        let Some(room) = room_of(rel) else { continue };
+        if test_file || room == "bin" || room == "lib" {
+            continue;
+        }
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        for imported in crate_imports(&non_test_code(&text)) {
+            if imported != room && rooms.contains(&imported) {
+                graph
+                    .entry(room.clone())
+                    .or_default()
+                    .entry(imported)
+                    .or_default()
+                    .insert(name.to_string());
+            }
+        }
+    }
+    graph
+}
+
+#[test]
+fn every_room_has_a_layer() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let unplaced: BTreeSet<String> = files
+        .iter()
+        .filter_map(|f| room_of(f.strip_prefix(&src).ok()?))
+        .filter(|r| r != "bin" && r != "lib" && layer_of(r).is_none())
+        .collect();
+    assert!(
+        unplaced.is_empty(),
+        "rooms with no layer in tests/layering.rs: {unplaced:?}"
+    );
+}
+
+#[test]
+fn no_room_imports_a_room_above_or_beside_it() {
+    let mut wrong = Vec::new();
+    for (room, imports) in import_graph() {
+        let Some(from) = layer_of(&room) else {
+            continue;
+        };
+        for (imported, files) in imports {
+            let Some(to) = layer_of(&imported) else {
+                continue;
+            };
+            if to >= from {
+                wrong.push(format!(
+                    "{room} (layer {from}) imports {imported} (layer {to}) in {files:?}"
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "imports against the layering:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn restricted_rooms_are_imported_only_by_their_users() {
+    let graph = import_graph();
+    let mut wrong = Vec::new();
+    for (restricted, users) in ONLY_FROM {
+        for (room, imports) in &graph {
+            if let Some(files) = imports.get(*restricted) {
+                if !users.contains(&room.as_str()) {
+                    wrong.push(format!("{room} imports {restricted} in {files:?}"));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_parser_sees_grouped_and_nested_imports() {
+    let code = non_test_code(
+        "use crate::{a::X, b::{c, d}, self};\nfn f() { crate::e::g(); } // crate::comment\n#[cfg(test)]\nmod tests { use crate::t; }\n",
+    );
+    let got: Vec<String> = crate_imports(&code).into_iter().collect();
+    assert_eq!(got, ["a", "b", "e"]);
+}
