@@ -15,26 +15,47 @@
  * file open (`writers`), no mapping is admitted either (exec has ETXTBSY for this).
  *
  * Keys are the kernel's own: the superblock's s_dev (major << 20 | minor) and the inode
- * number, as the file's f_inode has them (for an overlay file: the overlay's). */
+ * number, as the file's f_inode has them (for an overlay file: the overlay's).
+ *
+ * Code that never touches a file is judged by the task's scope (an armed container's PID
+ * namespace, `scopes`): with SCOPE_WX (an image without a JIT runtime) a file mapping is
+ * never writable and executable at once or one after the other (no PROT_EXEC added to a
+ * private file mapping that is or was written, no PROT_WRITE added to an executable one,
+ * no writable-and-executable mapping); with SCOPE_ANON (and no runtime that makes
+ * closures or JIT code either) no anonymous or memfd memory is made executable; with
+ * SCOPE_PROC_MEM no /proc/<pid>/mem is opened for writing (the DDexec technique writes
+ * code through it). */
 #include "kernel_types.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 
+#define PROT_WRITE 0x2
 #define PROT_EXEC 0x4
+#define VM_WRITE 0x2
 #define VM_EXEC 0x4
+#define VM_SHARED 0x8
+#define PROC_SUPER_MAGIC 0x9fa0
 #define FMODE_WRITE 0x2
 #define EPERM 1
 
-/* Unit modes in `watched`. */
+/* Unit modes in `watched` and in the low byte of `scopes`. */
 #define MODE_ENFORCE 1
 #define MODE_AUDIT 2
+#define SCOPE_MODE_MASK 0xff
+/* Scope flags above the mode byte. */
+#define SCOPE_WX (1u << 8)
+#define SCOPE_PROC_MEM (1u << 9)
+#define SCOPE_ANON (1u << 10)
 
 /* Event kinds sent to the daemon. */
 #define KIND_MMAP 1
 #define KIND_MPROTECT 2
 #define KIND_LOADER_EXEC 3
 #define KIND_MEMFD 4
+#define KIND_WX 5
+#define KIND_ANON_EXEC 6
+#define KIND_PROC_MEM 7
 #define MAX_PID_LEVELS 8
 
 struct file_key {
@@ -42,6 +63,8 @@ struct file_key {
 	u64 ino;
 };
 
+/* What the daemon records of a refusal; the process's name and parent are taken here, as
+ * a process refused this way often exits before the daemon reads /proc. */
 struct gate_event {
 	u32 kind;
 	u32 mode;
@@ -50,8 +73,16 @@ struct gate_event {
 	u32 pid;
 	u32 tgid;
 	u32 denied;
-	u32 pad;
+	u32 scope;
+	u32 ppid;
+	/* What was asked: the protection (low byte), the mapping's flags before (VM_READ..
+	 * VM_SHARED, next byte), DETAIL_WRITTEN and DETAIL_MPROTECT. */
+	u32 detail;
+	char comm[16];
 };
+
+#define DETAIL_WRITTEN (1u << 16)
+#define DETAIL_MPROTECT (1u << 17)
 
 /* Devices of armed units' filesystems -> mode. */
 struct {
@@ -93,14 +124,14 @@ struct {
 	__type(value, u8);
 } loaders SEC(".maps");
 
-/* PID namespaces (inode numbers) of armed containers -> mode: their processes may not map
- * memfd or shared memory files executable (fileless code). */
+/* PID namespaces (inode numbers) of armed containers -> mode | SCOPE_* flags: their
+ * processes may not exec memfds, and (by flag) make memory-only code. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, u32);
 	__type(value, u32);
-} memfd_scopes SEC(".maps");
+} scopes SEC(".maps");
 
 /* [0]: the device of the kernel's internal shmem mount (memfds, shared anonymous memory). */
 struct {
@@ -143,10 +174,12 @@ static __always_inline bool key_of(struct file *file, struct file_key *key)
 	return true;
 }
 
-static __always_inline void report(u32 kind, u32 mode, struct file_key *key, bool denied)
+static __always_inline void report_detail(u32 kind, u32 mode, struct file_key *key, bool denied,
+					  u32 scope, u32 detail)
 {
 	struct gate_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	u64 id = bpf_get_current_pid_tgid();
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	if (!e)
 		return;
 	e->kind = kind;
@@ -156,8 +189,16 @@ static __always_inline void report(u32 kind, u32 mode, struct file_key *key, boo
 	e->pid = (u32)id;
 	e->tgid = id >> 32;
 	e->denied = denied;
-	e->pad = 0;
+	e->scope = scope;
+	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	e->detail = detail;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void report(u32 kind, u32 mode, struct file_key *key, bool denied)
+{
+	report_detail(kind, mode, key, denied, 0, 0);
 }
 
 static __always_inline bool admitted(struct file_key *key)
@@ -175,7 +216,7 @@ static __always_inline bool admitted(struct file_key *key)
 
 /* The mode of the armed container whose PID namespace (or an ancestor of it) the current
  * task is in, if any. The active namespace cannot be changed by the task. */
-static __always_inline u32 *container_scope(void)
+static __always_inline u32 *container_scope(u32 *scope_inum)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct pid *pid = BPF_CORE_READ(task, thread_pid);
@@ -193,35 +234,47 @@ static __always_inline u32 *container_scope(void)
 		if (!up.ns)
 			continue;
 		inum = BPF_CORE_READ(up.ns, ns.inum);
-		mode = bpf_map_lookup_elem(&memfd_scopes, &inum);
-		if (mode)
+		mode = bpf_map_lookup_elem(&scopes, &inum);
+		if (mode) {
+			*scope_inum = inum;
 			return mode;
+		}
 	}
 	return NULL;
 }
 
-/* 0: allowed; -EPERM: refuse. */
-static __always_inline int judge_key(struct file_key *k, u32 kind)
+/* A refusal by scope: refused in enforce mode, reported in both. */
+static __always_inline int scope_refuses(u32 kind, u32 scope, u32 inum, struct file_key *key,
+					 u32 detail)
+{
+	u32 mode = scope & SCOPE_MODE_MASK;
+	count(0);
+	if (mode == MODE_ENFORCE) {
+		count(1);
+		report_detail(kind, mode, key, true, inum, detail);
+		return -EPERM;
+	}
+	count(2);
+	report_detail(kind, mode, key, false, inum, detail);
+	return 0;
+}
+
+/* 0: allowed; -EPERM: refuse. `exec`: the file is a program being exec'd (not a mapping). */
+static __always_inline int judge_key(struct file_key *k, u32 kind, bool exec)
 {
 	struct file_key key = *k;
-	u32 zero = 0;
-	u32 *mode;
+	u32 zero = 0, inum = 0;
+	u32 *mode, *scope;
 	u64 *shm;
 	shm = bpf_map_lookup_elem(&shmem_dev, &zero);
 	if (shm && *shm && key.dev == *shm) {
-		/* A memfd or shared memory mapped executable by a container's process. */
-		mode = container_scope();
-		if (!mode)
+		/* A memfd exec'd by a container's process (fileless execution: always refused),
+		 * or one mapped executable (refused where the image has no JIT runtime: .NET maps
+		 * its code through a memfd). */
+		scope = container_scope(&inum);
+		if (!scope || !(exec || (*scope & SCOPE_ANON)))
 			return 0;
-		count(0);
-		if (*mode == MODE_ENFORCE) {
-			count(1);
-			report(KIND_MEMFD, *mode, &key, true);
-			return -EPERM;
-		}
-		count(2);
-		report(KIND_MEMFD, *mode, &key, false);
-		return 0;
+		return scope_refuses(KIND_MEMFD, *scope, inum, &key, 0);
 	}
 	mode = bpf_map_lookup_elem(&watched, &key.dev);
 	if (!mode)
@@ -244,17 +297,38 @@ static __always_inline int judge_mapping(struct file *file, u32 kind)
 	struct file_key key = {};
 	if (!key_of(file, &key))
 		return 0;
-	return judge_key(&key, kind);
+	return judge_key(&key, kind, false);
 }
 
 SEC("lsm/mmap_file")
 int BPF_PROG(driftlock_mmap_file, struct file *file, unsigned long reqprot,
 	     unsigned long prot, unsigned long flags, int ret)
 {
+	struct file_key key = {};
+	u32 inum = 0;
+	u32 *scope;
+	bool anon;
 	if (ret)
 		return ret;
 	if (!(prot & PROT_EXEC))
 		return 0;
+	/* What the program asked for (`prot` may add PROT_EXEC for READ_IMPLIES_EXEC). */
+	if (reqprot & PROT_EXEC) {
+		scope = container_scope(&inum);
+		/* Anonymous memory has no file. The hook's argument is tested through a probe
+		 * read: the verifier takes the argument itself for never NULL (and drops the
+		 * branch), which it is for anonymous mappings. */
+		anon = !BPF_CORE_READ(file, f_inode);
+		if (scope) {
+			if (anon && (*scope & SCOPE_ANON))
+				return scope_refuses(KIND_ANON_EXEC, *scope, inum, &key,
+						     reqprot & 0xff);
+			if (!anon && (reqprot & PROT_WRITE) && (*scope & SCOPE_WX)) {
+				key_of(file, &key);
+				return scope_refuses(KIND_WX, *scope, inum, &key, reqprot & 0xff);
+			}
+		}
+	}
 	return judge_mapping(file, KIND_MMAP);
 }
 
@@ -290,20 +364,66 @@ static __always_inline bool mapped_key_of(struct file *file, struct file_key *ke
 	return key_of(file, key);
 }
 
+/* W^X for a container without a JIT runtime: code is never written after it is mapped,
+ * and written memory never becomes code. The loader's own pattern (data mapped
+ * PROT_READ|PROT_WRITE, RELRO made read-only) adds no PROT_EXEC and passes. */
+static __always_inline int strict_mprotect(struct vm_area_struct *vma, unsigned long reqprot,
+					   u32 scope, u32 inum)
+{
+	struct file_key key = {};
+	unsigned long vm_flags = BPF_CORE_READ(vma, vm_flags);
+	struct file *file = BPF_CORE_READ(vma, vm_file);
+	bool adds_exec = (reqprot & PROT_EXEC) && !(vm_flags & VM_EXEC);
+	bool wants_wx = (reqprot & PROT_EXEC) && (reqprot & PROT_WRITE);
+	bool written = BPF_CORE_READ(vma, anon_vma) != 0;
+	u32 detail = (reqprot & 0xff) | ((vm_flags & 0xff) << 8) | DETAIL_MPROTECT |
+		     (written ? DETAIL_WRITTEN : 0);
+	if (!file) {
+		if ((adds_exec || wants_wx) && (scope & SCOPE_ANON))
+			return scope_refuses(KIND_ANON_EXEC, scope, inum, &key, detail);
+		return 0;
+	}
+	if (!(scope & SCOPE_WX))
+		return 0;
+	mapped_key_of(file, &key);
+	if (wants_wx)
+		return scope_refuses(KIND_WX, scope, inum, &key, detail);
+	if (vm_flags & VM_SHARED)
+		return 0;
+	/* Written (copy-on-write pages) or writable, then executable. */
+	if (adds_exec && ((vm_flags & VM_WRITE) || written))
+		return scope_refuses(KIND_WX, scope, inum, &key, detail);
+	/* Executable, then writable. */
+	if ((reqprot & PROT_WRITE) && (vm_flags & VM_EXEC))
+		return scope_refuses(KIND_WX, scope, inum, &key, detail);
+	return 0;
+}
+
 SEC("lsm/file_mprotect")
 int BPF_PROG(driftlock_file_mprotect, struct vm_area_struct *vma, unsigned long reqprot,
 	     unsigned long prot, int ret)
 {
 	struct file_key key = {};
+	u32 inum = 0;
+	u32 *scope;
+	int refused;
 	if (ret)
 		return ret;
+	if (reqprot & (PROT_EXEC | PROT_WRITE)) {
+		scope = container_scope(&inum);
+		if (scope && (*scope & (SCOPE_WX | SCOPE_ANON))) {
+			refused = strict_mprotect(vma, reqprot, *scope, inum);
+			if (refused)
+				return refused;
+		}
+	}
 	if (!(prot & PROT_EXEC))
 		return 0;
 	if (BPF_CORE_READ(vma, vm_flags) & VM_EXEC)
 		return 0;
 	if (!mapped_key_of(BPF_CORE_READ(vma, vm_file), &key))
 		return 0;
-	return judge_key(&key, KIND_MPROTECT);
+	return judge_key(&key, KIND_MPROTECT, false);
 }
 
 SEC("lsm/bprm_check_security")
@@ -322,7 +442,7 @@ int BPF_PROG(driftlock_bprm_check, struct linux_binprm *bprm, int ret)
 	 * the loader's mapping after the exec's point of no return (SIGSEGV). */
 	shm = bpf_map_lookup_elem(&shmem_dev, &zero);
 	if (shm && *shm && key.dev == *shm)
-		return judge_key(&key, KIND_MEMFD);
+		return judge_key(&key, KIND_MEMFD, true);
 	if (!bpf_map_lookup_elem(&loaders, &key))
 		return 0;
 	mode = bpf_map_lookup_elem(&watched, &key.dev);
@@ -349,15 +469,38 @@ static __always_inline void written(struct file_key *key)
 		count(3);
 }
 
+/* True for a /proc/<pid>/mem (or /proc/<pid>/task/<tid>/mem) file. */
+static __always_inline bool is_proc_mem(struct file *file)
+{
+	char name[4] = {};
+	const unsigned char *p;
+	if (BPF_CORE_READ(file, f_inode, i_sb, s_magic) != PROC_SUPER_MAGIC)
+		return false;
+	p = BPF_CORE_READ(file, f_path.dentry, d_name.name);
+	if (!p || bpf_probe_read_kernel(name, sizeof(name), p))
+		return false;
+	return name[0] == 'm' && name[1] == 'e' && name[2] == 'm' && name[3] == 0;
+}
+
 SEC("lsm/file_open")
 int BPF_PROG(driftlock_file_open, struct file *file, int ret)
 {
 	struct file_key key = {};
 	u64 one = 1, *w;
+	u32 inum = 0;
+	u32 *scope;
 	if (ret)
 		return ret;
 	if (!(BPF_CORE_READ(file, f_mode) & FMODE_WRITE))
 		return 0;
+	if (is_proc_mem(file)) {
+		/* Code written into a process through /proc/<pid>/mem (FOLL_FORCE ignores the
+		 * mapping's protection): refused to a container's processes. */
+		scope = container_scope(&inum);
+		if (scope && (*scope & SCOPE_PROC_MEM))
+			return scope_refuses(KIND_PROC_MEM, *scope, inum, &key, 0);
+		return 0;
+	}
 	if (!key_of(file, &key) || !bpf_map_lookup_elem(&watched, &key.dev))
 		return 0;
 	written(&key);

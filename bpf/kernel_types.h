@@ -46,18 +46,24 @@ struct inode {
 	struct super_block *i_sb;
 } __attribute__((preserve_access_index));
 
-struct file {
-	struct inode *f_inode;
-	fmode_t f_mode;
+struct qstr {
+	const unsigned char *name;
 } __attribute__((preserve_access_index));
 
 struct dentry {
 	struct inode *d_inode;
 	struct super_block *d_sb;
+	struct qstr d_name;
 } __attribute__((preserve_access_index));
 
 struct path {
 	struct dentry *dentry;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+	fmode_t f_mode;
+	struct path f_path;
 } __attribute__((preserve_access_index));
 
 /* 6.6 and later: the file an overlay puts in a mapping (vma->vm_file) is the layer's file,
@@ -71,9 +77,13 @@ struct linux_binprm {
 	struct file *file;
 } __attribute__((preserve_access_index));
 
+struct anon_vma;
+
 struct vm_area_struct {
 	unsigned long vm_flags;
 	struct file *vm_file;
+	/* Set once a private mapping has anonymous (written, copy-on-write) pages. */
+	struct anon_vma *anon_vma;
 } __attribute__((preserve_access_index));
 
 struct ns_common {
@@ -103,6 +113,7 @@ struct task_struct {
 	int tgid;
 	struct nsproxy *nsproxy;
 	struct pid *thread_pid;
+	struct task_struct *real_parent;
 } __attribute__((preserve_access_index));
 
 #endif

@@ -188,6 +188,39 @@ pub struct Config {
     /// Operator allow entries.
     #[serde(default)]
     pub allow: Vec<AllowEntry>,
+    /// Images whose containers may make memory-only code (where the mapping gate runs).
+    #[serde(default)]
+    pub memory: Vec<MemoryRule>,
+}
+
+/// Lets containers of an image make code in memory the gate otherwise refuses.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryRule {
+    /// Image name; `*` at the end matches any suffix.
+    pub image: String,
+    /// A JIT runtime the baseline does not show: anonymous and memfd executable memory,
+    /// and W^X on mappings, are not judged.
+    #[serde(default)]
+    pub jit: bool,
+    /// A debugger: writes through `/proc/<pid>/mem` are allowed.
+    #[serde(default)]
+    pub debugger: bool,
+    /// Every memory rule, whatever runtimes the image holds (an image whose Python makes no
+    /// ctypes callbacks, say).
+    #[serde(default)]
+    pub strict: bool,
+}
+
+/// What the `[[memory]]` rules say for one image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryChoice {
+    /// A rule says the image has a JIT.
+    pub jit: bool,
+    /// A rule lets debuggers write through `/proc/<pid>/mem`.
+    pub debugger: bool,
+    /// A rule asks for every memory rule.
+    pub strict: bool,
 }
 
 /// `name*` matches a prefix, `*` everything, anything else itself.
@@ -265,8 +298,24 @@ impl Config {
             image: Vec::new(),
             namespace: Vec::new(),
             allow: Vec::new(),
+            memory: Vec::new(),
             ..self.clone()
         }
+    }
+
+    /// What the `[[memory]]` rules say for a container of `image` (every matching rule).
+    pub fn memory_for(&self, image: Option<&str>) -> MemoryChoice {
+        let Some(image) = image else {
+            return MemoryChoice::default();
+        };
+        self.memory
+            .iter()
+            .filter(|r| matches(&r.image, image))
+            .fold(MemoryChoice::default(), |c, r| MemoryChoice {
+                jit: c.jit || r.jit,
+                debugger: c.debugger || r.debugger,
+                strict: c.strict || r.strict,
+            })
     }
 
     /// The allow entries that apply to a container of `image`.
@@ -310,6 +359,27 @@ impl AllowList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_rules_match_images_and_combine() {
+        let c = Config::parse(
+            "[[memory]]\nimage = \"app:*\"\nstrict = true\n[[memory]]\nimage = \"app:debug\"\ndebugger = true\n[[memory]]\nimage = \"jit\"\njit = true\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let m = c.memory_for(Some("app:debug"));
+        assert!(m.strict && m.debugger && !m.jit);
+        assert!(c.memory_for(Some("jit")).jit);
+        assert_eq!(c.memory_for(None), MemoryChoice::default());
+        assert!(c.without_policy().memory.is_empty());
+        assert!(
+            Config::parse(
+                "[[memory]]\nimage = \"x\"\nfast = true\n",
+                Path::new("c.toml")
+            )
+            .is_err()
+        );
+    }
 
     const GOOD: &str = r#"
 socket = "/run/x.sock"

@@ -370,6 +370,7 @@ impl Armer {
                 .filter(|ns| {
                     Some(*ns) != crate::kernel::procfs::pid_namespace(std::process::id() as i32)
                 }),
+            memory: self.memory_rules(&req.id, &baseline, req.image_name.as_deref()),
         })?;
         let record_started = Instant::now();
         let record = UnitRecord {
@@ -411,6 +412,50 @@ impl Armer {
             memfd_noexec,
             marks: placed.iter().map(MarkReply::from).collect(),
         })
+    }
+
+    /// Which memory-only code the gate refuses in a container: all of it, unless the image
+    /// holds a JIT runtime (no memory rule but `/proc/<pid>/mem`) or a runtime that makes
+    /// closures (anonymous and memfd executable memory allowed), or a `[[memory]]` rule
+    /// says otherwise.
+    fn memory_rules(
+        &self,
+        id: &str,
+        baseline: &Baseline,
+        image: Option<&str>,
+    ) -> crate::kernel::mapping_gate::MemoryRules {
+        let choice = self
+            .policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .memory_for(image);
+        let jit = baseline.jit_runtime();
+        let closures = baseline.closure_runtime();
+        let (wx, anon) = if choice.strict {
+            (true, true)
+        } else if choice.jit || jit.is_some() {
+            (false, false)
+        } else {
+            (true, closures.is_none())
+        };
+        if self.mapping_gate && !choice.strict {
+            if let Some(path) = jit {
+                log::info!(
+                    "unit {id:?}: the image holds a JIT runtime ({}): code it makes in memory (anonymous or memfd executable memory, W^X) is not judged",
+                    escape_bytes(path)
+                );
+            } else if let Some(path) = closures {
+                log::info!(
+                    "unit {id:?}: the image holds a runtime that makes closures ({}): anonymous and memfd executable memory is not judged (W^X on file mappings is; a [[memory]] rule with strict = true judges all)",
+                    escape_bytes(path)
+                );
+            }
+        }
+        crate::kernel::mapping_gate::MemoryRules {
+            wx,
+            anon,
+            proc_mem: !choice.debugger,
+        }
     }
 
     /// Sets `vm.memfd_noexec=2` in the PID namespace of `pid`; true if it was set. A kernel

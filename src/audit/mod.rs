@@ -350,6 +350,12 @@ pub struct MappingRecord {
     /// comm of the process (escaped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
+    /// The parent process, as the kernel had it when it refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<i32>,
+    /// What was asked, for code made in memory (`mprotect to r-x of a rw- private mapping`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// Command line (escaped arguments).
     #[serde(default)]
     pub cmdline: Vec<String>,
@@ -837,6 +843,8 @@ mod tests {
             tid: 1,
             pid: 1,
             comm: None,
+            ppid: None,
+            detail: None,
             cmdline: Vec::new(),
             chain: Vec::new(),
             source,

@@ -72,6 +72,51 @@ impl Hasher for DigestHasher {
     }
 }
 
+/// File names of JIT runtimes: an image holding one makes code in memory by design
+/// (anonymous executable memory, .NET's memfd double mapping), so memory-only code is not
+/// refused in its containers. Matched against each baseline file's name; `*` ends a prefix.
+pub const JIT_RUNTIMES: &[&str] = &[
+    "libjvm.so",
+    "libcoreclr.so",
+    "libclrjit.so",
+    "libmonosgen-2.0.so*",
+    "node",
+    "nodejs",
+    "libnode.so*",
+    "deno",
+    "bun",
+    "libv8.so*",
+    "libv8_libbase.so*",
+    "luajit*",
+    "libluajit*",
+    "pypy*",
+    "libpypy*",
+    "beam.smp",
+    "libmozjs*",
+    "libjavascriptcoregtk*",
+    "libjulia.so*",
+    "libLLVM*",
+    "libgccjit.so*",
+    "libwasmtime.so*",
+    "chrome",
+    "chromium",
+    "electron",
+    "qemu-*",
+];
+
+/// File names of runtimes that make closures in executable memory (libffi's, for
+/// callbacks): where static trampolines are off (Debian 12's libffi), anonymous executable
+/// memory first, then a memfd mapped writable and executable.
+pub const CLOSURE_RUNTIMES: &[&str] = &[
+    "_ctypes.cpython-*",
+    "_ctypes.so",
+    "_cffi_backend*",
+    "fiddle.so",
+    "libgirepository-1.0.so*",
+    "libgirepository-2.0.so*",
+    "Platypus.so",
+];
+
 /// One executable found in the image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaselineEntry {
@@ -213,6 +258,29 @@ impl Baseline {
     pub fn created(&self) -> u64 {
         self.created
     }
+    /// The first file of the image that is a JIT runtime (by name, [`JIT_RUNTIMES`]), as a
+    /// path.
+    pub fn jit_runtime(&self) -> Option<&[u8]> {
+        self.first_named(JIT_RUNTIMES)
+    }
+
+    /// The first file of the image that makes closures in executable memory (by name,
+    /// [`CLOSURE_RUNTIMES`]), as a path.
+    pub fn closure_runtime(&self) -> Option<&[u8]> {
+        self.first_named(CLOSURE_RUNTIMES)
+    }
+
+    /// The first entry whose file name matches one of `patterns` (`*` ends a prefix).
+    pub fn first_named(&self, patterns: &[&str]) -> Option<&[u8]> {
+        self.entries.iter().map(|e| e.path.as_slice()).find(|p| {
+            let name = p.rsplit(|b| *b == b'/').next().unwrap_or(p);
+            patterns.iter().any(|pat| match pat.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix.as_bytes()),
+                None => name == pat.as_bytes(),
+            })
+        })
+    }
+
     /// The entries, sorted by path.
     pub fn entries(&self) -> &[BaselineEntry] {
         &self.entries
@@ -317,6 +385,39 @@ pub fn is_shared_object(fd: std::os::fd::BorrowedFd<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtimes_that_make_code_in_memory_are_found_by_file_name() {
+        let b = |paths: &[&str]| {
+            Baseline::new(
+                b"k".to_vec(),
+                b"/r".to_vec(),
+                0,
+                paths.iter().map(|p| test_entry(p, p.as_bytes())).collect(),
+            )
+        };
+        let plain = b(&["/bin/sh", "/usr/lib/x86_64-linux-gnu/libffi.so.8"]);
+        assert_eq!(plain.jit_runtime(), None);
+        assert_eq!(
+            plain.closure_runtime(),
+            None,
+            "libffi alone makes no closures"
+        );
+        let jvm = b(&["/bin/sh", "/usr/lib/jvm/lib/server/libjvm.so"]);
+        assert_eq!(
+            jvm.jit_runtime(),
+            Some(&b"/usr/lib/jvm/lib/server/libjvm.so"[..])
+        );
+        let node = b(&["/usr/local/bin/node"]);
+        assert!(node.jit_runtime().is_some());
+        let nodejs_lib = b(&["/usr/lib/nodejs/x.js"]);
+        assert!(
+            nodejs_lib.jit_runtime().is_none(),
+            "by file name, not directory"
+        );
+        let py = b(&["/usr/lib/python3.11/lib-dynload/_ctypes.cpython-311-x86_64-linux-gnu.so"]);
+        assert!(py.jit_runtime().is_none() && py.closure_runtime().is_some());
+    }
 
     #[test]
     fn lookup_is_by_content_not_name() {

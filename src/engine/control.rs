@@ -113,8 +113,10 @@ pub struct UnitSpec {
     /// The unit's dynamic loaders as the mapping gate keys them: never a main binary.
     pub loader_files: Vec<crate::kernel::mapping_gate::FileKey>,
     /// The container's PID namespace (inode number), where armed by pid: its processes may
-    /// not map memfds or shared memory executable.
+    /// not exec memfds, and `memory` says which memory-only code they may not make.
     pub pid_namespace: Option<u32>,
+    /// Memory-only code refused in the container's PID namespace (where the gate runs).
+    pub memory: crate::kernel::mapping_gate::MemoryRules,
 }
 
 /// A request to the engine thread.
@@ -447,10 +449,10 @@ impl<G: Gate> Engine<G> {
                 }
             }
             if let Some(ns) = spec.pid_namespace {
-                if let Err(e) = gate.scope_pid_namespace(ns, mode) {
+                self.mapping_pid_ns.insert(handle, (ns, spec.memory));
+                if let Err(e) = self.rescope(ns, mode) {
                     failed = Some(e);
                 }
-                self.mapping_pid_ns.insert(handle, ns);
             }
             if let Some(e) = failed {
                 log::error!("unit {:?}: the mapping gate is incomplete: {e}", spec.id);
@@ -505,14 +507,31 @@ impl<G: Gate> Engine<G> {
                     log::error!("unit {id:?}: the mapping gate keeps its old mode: {e}");
                 }
             }
-            if let Some(ns) = self.mapping_pid_ns.get(&handle) {
-                if let Err(e) = gate.scope_pid_namespace(*ns, gate_mode) {
+            if let Some((ns, _)) = self.mapping_pid_ns.get(&handle).copied() {
+                if let Err(e) = self.rescope(ns, gate_mode) {
                     log::error!("unit {id:?}: the mapping gate keeps its old mode: {e}");
                 }
             }
         }
         log::warn!("unit {id:?}: {was} mode -> {mode} mode");
         Ok(was)
+    }
+
+    /// Scopes PID namespace `ns` in the gate with the memory rules every unit in it
+    /// allows (containers of a pod may share one: a JIT in any of them relaxes them).
+    fn rescope(
+        &mut self,
+        ns: u32,
+        mode: crate::kernel::mapping_gate::GateMode,
+    ) -> Result<(), crate::kernel::mapping_gate::GateError> {
+        let memory = self.mapping_pid_ns.values().filter(|(n, _)| *n == ns).fold(
+            crate::kernel::mapping_gate::MemoryRules::STRICT,
+            |m, (_, r)| m.and(*r),
+        );
+        match self.mapping.as_mut() {
+            Some(gate) => gate.scope_pid_namespace(ns, mode, memory),
+            None => Ok(()),
+        }
     }
 
     pub(super) fn explain(
@@ -625,8 +644,23 @@ impl<G: Gate> Engine<G> {
                 paths(&not)
             ));
         }
-        if self.mapping_pid_ns.contains_key(&handle) {
-            out.push_str("; memfd and shared-memory code refused in its PID namespace");
+        if let Some((_, memory)) = self.mapping_pid_ns.get(&handle) {
+            out.push_str("; in its PID namespace: memfd exec refused");
+            out.push_str(if memory.wx {
+                ", W^X on file mappings"
+            } else {
+                ", W^X not judged (a JIT runtime in the image, or a rule)"
+            });
+            out.push_str(if memory.anon {
+                ", no anonymous or memfd executable memory"
+            } else {
+                ", anonymous and memfd executable memory allowed (a JIT or closure runtime in the image, or a rule)"
+            });
+            out.push_str(if memory.proc_mem {
+                ", no writes through /proc/<pid>/mem"
+            } else {
+                ", writes through /proc/<pid>/mem allowed (a rule)"
+            });
         }
         Some(out)
     }
@@ -749,11 +783,25 @@ impl<G: Gate> Engine<G> {
                 gate.forget_filesystem(d);
             }
         }
-        if let (Some(gate), Some(ns)) = (self.mapping.as_mut(), self.mapping_pid_ns.remove(&handle))
-        {
+        if let Some((ns, _)) = self.mapping_pid_ns.remove(&handle) {
             // A pod's containers may share a PID namespace: keep it while another unit has it.
-            if !self.mapping_pid_ns.values().any(|n| *n == ns) {
-                gate.unscope_pid_namespace(ns);
+            let other = self
+                .mapping_pid_ns
+                .iter()
+                .find(|(_, (n, _))| *n == ns)
+                .and_then(|(h, _)| self.registry.get(*h))
+                .map(|u| u.mode);
+            match other {
+                Some(mode) => {
+                    if let Err(e) = self.rescope(ns, gate_mode_of(mode)) {
+                        log::warn!("mapping gate: {e}");
+                    }
+                }
+                None => {
+                    if let Some(gate) = self.mapping.as_mut() {
+                        gate.unscope_pid_namespace(ns);
+                    }
+                }
             }
         }
         for m in &unit.marks {
@@ -825,5 +873,13 @@ impl<G: Gate> Engine<G> {
                 let _ = w.join();
             }
         }
+    }
+}
+
+/// The gate's mode for a unit's mode.
+pub(super) fn gate_mode_of(mode: Mode) -> crate::kernel::mapping_gate::GateMode {
+    match mode {
+        Mode::Enforce => crate::kernel::mapping_gate::GateMode::Enforce,
+        Mode::Audit => crate::kernel::mapping_gate::GateMode::Audit,
     }
 }

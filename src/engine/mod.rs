@@ -148,7 +148,7 @@ pub struct Engine<G: Gate> {
     /// Filesystems each unit had the mapping gate watch.
     mapping_devs: HashMap<UnitHandle, Vec<u64>>,
     /// The PID namespace each unit had the mapping gate scope.
-    mapping_pid_ns: HashMap<UnitHandle, u32>,
+    mapping_pid_ns: HashMap<UnitHandle, (u32, crate::kernel::mapping_gate::MemoryRules)>,
     /// Hash jobs each unit has in the pool (queued or running).
     unit_jobs: HashMap<UnitHandle, usize>,
     /// Files each unit has waiting beyond its share of the pool.
@@ -885,20 +885,24 @@ impl<G: Gate> Engine<G> {
         };
         let events = gate.drain_events();
         for e in events {
-            let by_dev = self
-                .mapping_devs
-                .iter()
-                .find(|(_, devs)| devs.contains(&e.file.dev))
-                .map(|(h, _)| *h);
-            // A memfd: the unit whose PID namespace the process is in.
-            let by_ns = || {
-                let ns = crate::kernel::procfs::pid_namespace(e.pid as i32)?;
+            // A refusal by scope names the PID namespace that refused it: attributed even when
+            // the process is gone; one by file, the unit watching its filesystem.
+            let in_ns = |ns: u32| {
                 self.mapping_pid_ns
                     .iter()
-                    .find(|(_, n)| **n == ns)
+                    .find(|(_, (n, _))| *n == ns)
                     .map(|(h, _)| *h)
             };
-            let Some(unit_h) = by_dev.or_else(by_ns) else {
+            let by_scope = (e.scope != 0).then(|| in_ns(e.scope)).flatten();
+            let by_dev = || {
+                self.mapping_devs
+                    .iter()
+                    .find(|(_, devs)| devs.contains(&e.file.dev))
+                    .map(|(h, _)| *h)
+            };
+            let by_proc = || crate::kernel::procfs::pid_namespace(e.pid as i32).and_then(in_ns);
+            let Some(unit_h) = by_scope.or_else(by_dev).or_else(by_proc) else {
+                self.stats.mapping_unattributed += 1;
                 continue;
             };
             if e.denied {
@@ -986,10 +990,11 @@ impl<G: Gate> Engine<G> {
 
 /// The reason counted for a mapping gate event.
 fn mapping_reason(kind: u32) -> Reason {
-    if kind == 3 {
-        Reason::DirectLoader
-    } else {
-        Reason::MappingNotAllowed
+    use crate::kernel::mapping_gate::kind;
+    match kind {
+        kind::LOADER_EXEC => Reason::DirectLoader,
+        kind::WX | kind::ANON_EXEC | kind::PROC_MEM => Reason::MemoryCode,
+        _ => Reason::MappingNotAllowed,
     }
 }
 

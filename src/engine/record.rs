@@ -76,10 +76,25 @@ pub(super) fn mapping_record(
     unit: &Unit,
     e: &crate::kernel::mapping_gate::GateEvent,
 ) -> crate::audit::MappingRecord {
+    use crate::kernel::mapping_gate::kind;
     let tid = e.tid as i32;
-    let (_, me, chain) = process_context(unit, tid);
+    let (_, me, mut chain) = process_context(unit, tid);
+    if me.is_none() && e.ppid != 0 {
+        // Gone already (a process refused this way often exits at once): its parent's.
+        chain = procfs::parent_chain(e.ppid as i32, crate::audit::MAX_CHAIN, unit.pid)
+            .iter()
+            .map(ProcessRecord::from)
+            .collect();
+    }
     // Found by name only: the audit writer reads it (see MappingRecord::source).
-    let found = procfs::find_open_file(e.pid as i32, e.file.dev, e.file.ino);
+    let found = (e.file.ino != 0)
+        .then(|| procfs::find_open_file(e.pid as i32, e.file.dev, e.file.ino))
+        .flatten();
+    // The kernel's name for the thread, when the process was gone before /proc was read.
+    let kernel_comm = || {
+        let end = e.comm.iter().position(|b| *b == 0).unwrap_or(e.comm.len());
+        escape_bytes(&e.comm[..end])
+    };
     crate::audit::MappingRecord {
         v: RECORD_VERSION,
         kind: "mapping".into(),
@@ -94,26 +109,43 @@ pub(super) fn mapping_record(
             Verdict::WouldDeny
         },
         what: match e.kind {
-            1 => "mmap",
-            2 => "mprotect",
-            4 => "memfd",
+            kind::MMAP => "mmap",
+            kind::MPROTECT => "mprotect",
+            kind::MEMFD => "memfd",
+            kind::WX => "write-and-execute",
+            kind::ANON_EXEC => "anonymous-executable-memory",
+            kind::PROC_MEM => "proc-mem-write",
             _ => "exec",
         }
         .into(),
-        rule: if e.kind == 3 { "loader" } else { "mapping" }.into(),
+        rule: match e.kind {
+            kind::LOADER_EXEC => "loader",
+            kind::WX | kind::ANON_EXEC | kind::PROC_MEM => "memory",
+            _ => "mapping",
+        }
+        .into(),
         path: found.as_ref().map(|(p, _)| escape_bytes(p)),
-        file: format!(
-            "{}:{}:{}",
-            e.file.dev >> 20,
-            e.file.dev & 0xfffff,
-            e.file.ino
-        ),
+        file: if e.file.ino == 0 {
+            String::new()
+        } else {
+            format!(
+                "{}:{}:{}",
+                e.file.dev >> 20,
+                e.file.dev & 0xfffff,
+                e.file.ino
+            )
+        },
         blake3: None,
         size: None,
         source: found.map(|(_, fd_path)| (fd_path, e.file.dev, e.file.ino)),
         tid,
         pid: e.pid as i32,
-        comm: me.as_ref().map(|m| m.comm.clone()),
+        comm: me
+            .as_ref()
+            .map(|m| m.comm.clone())
+            .or_else(|| Some(kernel_comm())),
+        ppid: (e.ppid != 0).then_some(e.ppid as i32),
+        detail: Some(e.detail_words()).filter(|d| !d.is_empty()),
         cmdline: me.map(|m| m.cmdline).unwrap_or_default(),
         chain,
     }

@@ -93,6 +93,9 @@ pub struct EngineStats {
     /// Allowed files the gate dropped because they were opened for writing or truncated.
     #[serde(default)]
     pub mapping_entries_dropped: u64,
+    /// Gate refusals no armed unit could be found for (not recorded).
+    #[serde(default)]
+    pub mapping_unattributed: u64,
     /// Files just written whose content was judged allowed and made mappable before any
     /// mapping (copies of image libraries, content named by allow entries).
     #[serde(default)]

@@ -35,7 +35,9 @@ const MAPS: &[&str] = &[
     "generation",
     "writers",
     "loaders",
-    "memfd_scopes",
+    // Renamed from `memfd_scopes` when scopes gained flags: a gate pinned by an older
+    // daemon lacks it, is not adopted, and is replaced by this version's programs.
+    "scopes",
     "shmem_dev",
     "counters",
     "events",
@@ -76,10 +78,121 @@ pub enum GateMode {
     Audit = 2,
 }
 
+/// Which memory-only code a container's processes may not make (where the gate runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemoryRules {
+    /// W^X on file mappings: never writable and executable at once or one after the other
+    /// (off for images with a JIT runtime).
+    pub wx: bool,
+    /// No anonymous or memfd memory made executable (off for images with a JIT runtime or
+    /// a runtime that makes closures: Python's ctypes, cffi).
+    pub anon: bool,
+    /// No write-open of `/proc/<pid>/mem` (code written into a process): off only for
+    /// containers that run debuggers.
+    pub proc_mem: bool,
+}
+
+/// Scope flags (gate.bpf.c `SCOPE_*`), above the mode byte.
+const SCOPE_WX: u32 = 1 << 8;
+const SCOPE_PROC_MEM: u32 = 1 << 9;
+const SCOPE_ANON: u32 = 1 << 10;
+
+impl MemoryRules {
+    /// Every rule on.
+    pub const STRICT: MemoryRules = MemoryRules {
+        wx: true,
+        anon: true,
+        proc_mem: true,
+    };
+
+    fn scope_value(self, mode: GateMode) -> u32 {
+        let mut v = mode as u32;
+        if self.wx {
+            v |= SCOPE_WX;
+        }
+        if self.anon {
+            v |= SCOPE_ANON;
+        }
+        if self.proc_mem {
+            v |= SCOPE_PROC_MEM;
+        }
+        v
+    }
+
+    /// The rules both `self` and `other` keep (containers sharing a PID namespace).
+    pub fn and(self, other: MemoryRules) -> MemoryRules {
+        MemoryRules {
+            wx: self.wx && other.wx,
+            anon: self.anon && other.anon,
+            proc_mem: self.proc_mem && other.proc_mem,
+        }
+    }
+}
+
+/// In [`GateEvent::detail`]: the mapping had written (copy-on-write) pages.
+pub const DETAIL_WRITTEN: u32 = 1 << 16;
+/// In [`GateEvent::detail`]: asked by `mprotect` (else by `mmap`).
+pub const DETAIL_MPROTECT: u32 = 1 << 17;
+
+impl GateEvent {
+    /// The memory refusal's detail in words (`mprotect to r-x of a rw- private mapping
+    /// with written pages`); empty when there is none.
+    pub fn detail_words(&self) -> String {
+        if self.detail == 0 {
+            return String::new();
+        }
+        let rwx = |bits: u32| {
+            format!(
+                "{}{}{}",
+                if bits & 1 != 0 { 'r' } else { '-' },
+                if bits & 2 != 0 { 'w' } else { '-' },
+                if bits & 4 != 0 { 'x' } else { '-' }
+            )
+        };
+        let asked = rwx(self.detail & 0xff);
+        if self.detail & DETAIL_MPROTECT == 0 {
+            return format!("mmap {asked}");
+        }
+        let before = (self.detail >> 8) & 0xff;
+        format!(
+            "mprotect to {asked} of a {}{} mapping{}",
+            rwx(before),
+            if before & 0x8 != 0 {
+                " shared"
+            } else {
+                " private"
+            },
+            if self.detail & DETAIL_WRITTEN != 0 {
+                " with written pages"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// What the gate reported, by kind (`GateEvent::kind`).
+pub mod kind {
+    /// An executable mapping of a file not judged allowed.
+    pub const MMAP: u32 = 1;
+    /// `mprotect(PROT_EXEC)` of a file mapping not judged allowed.
+    pub const MPROTECT: u32 = 2;
+    /// An exec of a loader as the main program.
+    pub const LOADER_EXEC: u32 = 3;
+    /// A memfd exec'd, or mapped executable.
+    pub const MEMFD: u32 = 4;
+    /// A mapping writable and executable at once, or one after the other (W^X).
+    pub const WX: u32 = 5;
+    /// Anonymous memory made executable.
+    pub const ANON_EXEC: u32 = 6;
+    /// `/proc/<pid>/mem` opened for writing.
+    pub const PROC_MEM: u32 = 7;
+}
+
 /// What the gate reported (a refused or would-be-refused mapping or loader exec).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GateEvent {
-    /// 1: mmap, 2: mprotect, 3: loader exec.
+    /// What was refused: see [`kind`].
     pub kind: u32,
     /// The unit's mode.
     pub mode: u32,
@@ -91,6 +204,18 @@ pub struct GateEvent {
     pub pid: u32,
     /// Refused (enforce) or only reported (audit).
     pub denied: bool,
+    /// The PID namespace (inode number) of the scope that refused it; 0 for a refusal by
+    /// file.
+    pub scope: u32,
+    /// The process's parent, as the kernel had it.
+    pub ppid: u32,
+    /// What was asked, for memory refusals: the protection asked for (`PROT_*`, low byte),
+    /// the mapping's `VM_*` flags before (next byte), [`DETAIL_WRITTEN`] and
+    /// [`DETAIL_MPROTECT`].
+    pub detail: u32,
+    /// The thread's name, as the kernel had it (the process may be gone by the time the
+    /// record is written).
+    pub comm: [u8; 16],
 }
 
 /// Why the gate is not active.
@@ -130,7 +255,7 @@ pub struct MappingGate {
     generation: HashMap<MapData, FileKey, u64>,
     writers: HashMap<MapData, FileKey, u64>,
     loaders: HashMap<MapData, FileKey, u8>,
-    memfd_scopes: HashMap<MapData, u32, u32>,
+    scopes: HashMap<MapData, u32, u32>,
     counters: Array<MapData, u64>,
     events: Option<RingReader>,
     adopted: bool,
@@ -319,8 +444,8 @@ impl MappingGate {
                 .map_err(|e| refused("writers", e))?,
             loaders: HashMap::try_from(Map::HashMap(map("loaders")?))
                 .map_err(|e| refused("loaders", e))?,
-            memfd_scopes: HashMap::try_from(Map::HashMap(map("memfd_scopes")?))
-                .map_err(|e| refused("memfd_scopes", e))?,
+            scopes: HashMap::try_from(Map::HashMap(map("scopes")?))
+                .map_err(|e| refused("scopes", e))?,
             counters: Array::try_from(Map::Array(map("counters")?))
                 .map_err(|e| refused("counters", e))?,
             events: ring_reader(map("events")?),
@@ -403,17 +528,22 @@ impl MappingGate {
             .map_err(|e| refused("loaders", e))
     }
 
-    /// Refuses executable mappings of memfds and shared memory to processes in PID
-    /// namespace `inum` (an armed container's) and the namespaces below it.
-    pub fn scope_pid_namespace(&mut self, inum: u32, mode: GateMode) -> Result<(), GateError> {
-        self.memfd_scopes
-            .insert(inum, mode as u32, 0)
-            .map_err(|e| refused("memfd_scopes", e))
+    /// Scopes PID namespace `inum` (an armed container's) and the namespaces below it:
+    /// its processes may not exec memfds, and by `memory` may not make memory-only code.
+    pub fn scope_pid_namespace(
+        &mut self,
+        inum: u32,
+        mode: GateMode,
+        memory: MemoryRules,
+    ) -> Result<(), GateError> {
+        self.scopes
+            .insert(inum, memory.scope_value(mode), 0)
+            .map_err(|e| refused("scopes", e))
     }
 
     /// Stops scoping PID namespace `inum`.
     pub fn unscope_pid_namespace(&mut self, inum: u32) {
-        let _ = self.memfd_scopes.remove(&inum);
+        let _ = self.scopes.remove(&inum);
     }
 
     /// Drops every entry on filesystem `dev` (a unit's disarm).
@@ -471,6 +601,10 @@ impl GateEvent {
             tid: u32_at(24)?,
             pid: u32_at(28)?,
             denied: u32_at(32)? != 0,
+            scope: u32_at(36)?,
+            ppid: u32_at(40)?,
+            detail: u32_at(44)?,
+            comm: b.get(48..64)?.try_into().ok()?,
         })
     }
 }
@@ -563,4 +697,64 @@ pub fn unpin(pin_dir: &Path) -> bool {
     }
     let _ = std::fs::remove_dir(pin_dir);
     any
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event_bytes(kind: u32, detail: u32) -> Vec<u8> {
+        let mut b = Vec::new();
+        for v in [kind, 1] {
+            b.extend_from_slice(&v.to_ne_bytes());
+        }
+        for v in [0x0070_0001u64, 42] {
+            b.extend_from_slice(&v.to_ne_bytes());
+        }
+        for v in [101u32, 100, 1, 4026532000, 99, detail] {
+            b.extend_from_slice(&v.to_ne_bytes());
+        }
+        let mut comm = [0u8; 16];
+        comm[..7].copy_from_slice(b"memcode");
+        b.extend_from_slice(&comm);
+        b
+    }
+
+    #[test]
+    fn a_gate_event_carries_the_scope_parent_name_and_detail() {
+        let e = GateEvent::parse(&event_bytes(
+            kind::WX,
+            0x5 | (0x73 << 8) | DETAIL_MPROTECT | DETAIL_WRITTEN,
+        ))
+        .unwrap();
+        assert_eq!((e.kind, e.tid, e.pid, e.denied), (kind::WX, 101, 100, true));
+        assert_eq!((e.scope, e.ppid), (4026532000, 99));
+        assert_eq!(&e.comm[..8], b"memcode\0");
+        assert_eq!(
+            e.detail_words(),
+            "mprotect to r-x of a rw- private mapping with written pages"
+        );
+        let e = GateEvent::parse(&event_bytes(kind::ANON_EXEC, 0x7)).unwrap();
+        assert_eq!(e.detail_words(), "mmap rwx");
+        assert!(
+            GateEvent::parse(&event_bytes(kind::WX, 0)[..60]).is_none(),
+            "short record"
+        );
+    }
+
+    #[test]
+    fn memory_rules_become_scope_flags_above_the_mode() {
+        assert_eq!(MemoryRules::default().scope_value(GateMode::Audit), 2);
+        assert_eq!(
+            MemoryRules::STRICT.scope_value(GateMode::Enforce),
+            1 | SCOPE_WX | SCOPE_ANON | SCOPE_PROC_MEM
+        );
+        let closures = MemoryRules {
+            wx: true,
+            anon: false,
+            proc_mem: true,
+        };
+        assert_eq!(closures.and(MemoryRules::STRICT), closures);
+        assert_eq!(closures.and(MemoryRules::default()), MemoryRules::default());
+    }
 }

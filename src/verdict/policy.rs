@@ -55,11 +55,15 @@ pub enum Reason {
     /// A file was mapped executable (`LD_PRELOAD`, `dlopen`, `mmap`/`mprotect` with
     /// `PROT_EXEC`) whose content was never judged allowed (the mapping gate).
     MappingNotAllowed,
+    /// Code made in memory without a file: a mapping writable and executable (at once or
+    /// one after the other), anonymous or memfd memory made executable, or a write through
+    /// `/proc/<pid>/mem` (the mapping gate, in a container whose image has no JIT runtime).
+    MemoryCode,
 }
 
 impl Reason {
     /// Every reason, in a fixed order (for counters).
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::InBaseline,
         Reason::NotInBaseline,
         Reason::ChangedDuringHash,
@@ -72,6 +76,7 @@ impl Reason {
         Reason::KnownBad,
         Reason::MappingNotAllowed,
         Reason::LibraryNotInBaseline,
+        Reason::MemoryCode,
     ];
 
     /// The name used in records, `status` and metric labels.
@@ -89,6 +94,7 @@ impl Reason {
             Reason::KnownBad => "known-bad",
             Reason::MappingNotAllowed => "mapping-not-allowed",
             Reason::LibraryNotInBaseline => "library-not-in-baseline",
+            Reason::MemoryCode => "memory-code",
         }
     }
 
@@ -104,6 +110,7 @@ impl Reason {
             Reason::KnownBad => "known-bad",
             Reason::MappingNotAllowed => "mapping",
             Reason::LibraryNotInBaseline => "library",
+            Reason::MemoryCode => "memory",
         }
     }
 }

@@ -40,6 +40,26 @@ int main(int argc, char **argv) {
         munmap(p, 4096);
     }
     fprintf(stderr, "BENCH mmap-exec %.0f\n", (now() - t) / n);
+    /* The W^X rules' hook: a mapping of the program's text made read-only and executable
+     * again (adds PROT_EXEC to a mapping never written: allowed). */
+    char *text = mmap(NULL, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE, fd, 0);
+    if (text == MAP_FAILED) { fprintf(stderr, "BENCH mmap failed\n"); return 1; }
+    t = now();
+    for (int i = 0; i < n; i++) {
+        if (mprotect(text, 4096, PROT_READ) || mprotect(text, 4096, PROT_READ | PROT_EXEC)) {
+            fprintf(stderr, "BENCH mprotect failed\n");
+            return 1;
+        }
+    }
+    fprintf(stderr, "BENCH mprotect-pair %.0f\n", (now() - t) / n);
+    /* Anonymous memory, read-write (what every malloc arena does): the mmap_file hook. */
+    t = now();
+    for (int i = 0; i < n; i++) {
+        void *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) { fprintf(stderr, "BENCH mmap failed\n"); return 1; }
+        munmap(p, 4096);
+    }
+    fprintf(stderr, "BENCH mmap-anon-rw %.0f\n", (now() - t) / n);
     n = 100;
     t = now();
     for (int i = 0; i < n; i++) {

@@ -312,6 +312,7 @@ impl Harness {
             code_files: Vec::new(),
             loader_files: Vec::new(),
             pid_namespace: None,
+            memory: Default::default(),
         })
     }
 
