@@ -433,6 +433,12 @@ impl<G: Gate> Engine<G> {
                 .map(|m| crate::kernel::mapping_gate::kernel_dev(m.dev))
                 .collect();
             let mut failed = None;
+            self.mapping_keys.insert(
+                handle,
+                super::gate_keys::GateKeys::pinned(
+                    spec.code_files.iter().chain(&spec.loader_files).copied(),
+                ),
+            );
             for f in spec.code_files.iter().chain(&spec.loader_files) {
                 if let Err(e) = gate.allow(*f) {
                     failed = Some(e);
@@ -644,6 +650,14 @@ impl<G: Gate> Engine<G> {
                 paths(&not)
             ));
         }
+        if let Some(keys) = self.mapping_keys.get(&handle) {
+            out.push_str(&format!(
+                "; {} entries ({} made while running, of {})",
+                keys.len(),
+                keys.runtime_len(),
+                super::gate_keys::RUNTIME_BUDGET
+            ));
+        }
         if let Some((_, memory)) = self.mapping_pid_ns.get(&handle) {
             out.push_str("; in its PID namespace: memfd exec refused");
             out.push_str(if memory.wx {
@@ -777,11 +791,17 @@ impl<G: Gate> Engine<G> {
             return Err(EngineError::UnknownId(id.to_string()));
         };
         self.stats.retired.add(&unit);
+        let keys = self.mapping_keys.remove(&handle);
         if let (Some(gate), Some(devs)) = (self.mapping.as_mut(), self.mapping_devs.remove(&handle))
         {
-            for d in devs {
-                gate.forget_filesystem(d);
+            // Its own entries, not a scan of the shared maps (on this thread: every exec
+            // waits for it); the kernel's per-file write counts on its filesystems are
+            // swept by a thread of their own.
+            if let Some(keys) = keys {
+                let own: Vec<_> = keys.all().copied().collect();
+                gate.forget_keys(&own);
             }
+            gate.forget_filesystems(&devs);
         }
         if let Some((ns, _)) = self.mapping_pid_ns.remove(&handle) {
             // A pod's containers may share a PID namespace: keep it while another unit has it.

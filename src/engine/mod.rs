@@ -44,6 +44,7 @@ use crate::verdict::{
 };
 
 mod control;
+mod gate_keys;
 mod hash_pool;
 mod loader;
 mod record;
@@ -147,6 +148,8 @@ pub struct Engine<G: Gate> {
     mapping: Option<crate::kernel::mapping_gate::MappingGate>,
     /// Filesystems each unit had the mapping gate watch.
     mapping_devs: HashMap<UnitHandle, Vec<u64>>,
+    /// Each unit's entries in the gate (its budget, and what its disarm removes).
+    mapping_keys: HashMap<UnitHandle, gate_keys::GateKeys>,
     /// The PID namespace each unit had the mapping gate scope.
     mapping_pid_ns: HashMap<UnitHandle, (u32, crate::kernel::mapping_gate::MemoryRules)>,
     /// Hash jobs each unit has in the pool (queued or running).
@@ -225,6 +228,7 @@ impl<G: Gate> Engine<G> {
             in_flight: HashMap::new(),
             mapping: None,
             mapping_devs: HashMap::new(),
+            mapping_keys: HashMap::new(),
             mapping_pid_ns: HashMap::new(),
             unit_jobs: HashMap::new(),
             backlog: HashMap::new(),
@@ -865,6 +869,10 @@ impl<G: Gate> Engine<G> {
         let judged = judged.unwrap_or_else(|| gate.generation(&key));
         if let Err(e) = gate.allow_at(key, judged) {
             log::warn!("mapping gate: {e}");
+        }
+        if let Some(oldest) = self.mapping_keys.entry(unit_h).or_default().add(key) {
+            gate.forget_keys(&[oldest]);
+            self.stats.mapping_budget_evictions += 1;
         }
         let loader = match (self.registry.get(unit_h), digest) {
             (Some(u), Some(d)) => u.baseline.is_loader(&d),

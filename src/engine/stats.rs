@@ -93,6 +93,9 @@ pub struct EngineStats {
     /// Allowed files the gate dropped because they were opened for writing or truncated.
     #[serde(default)]
     pub mapping_entries_dropped: u64,
+    /// Gate entries a unit gave up because it made more than its budget while running.
+    #[serde(default)]
+    pub mapping_budget_evictions: u64,
     /// Gate refusals no armed unit could be found for (not recorded).
     #[serde(default)]
     pub mapping_unattributed: u64,

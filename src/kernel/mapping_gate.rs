@@ -546,13 +546,31 @@ impl MappingGate {
         let _ = self.scopes.remove(&inum);
     }
 
-    /// Drops every entry on filesystem `dev` (a unit's disarm).
-    pub fn forget_filesystem(&mut self, dev: u64) {
-        remove_on_dev(&mut self.allowed, dev);
-        remove_on_dev(&mut self.loaders, dev);
-        remove_on_dev(&mut self.generation, dev);
-        remove_on_dev(&mut self.writers, dev);
-        self.unwatch(dev);
+    /// Drops these entries from `allowed` and `loaders` (a unit's own, at its disarm, or
+    /// one past its budget).
+    pub fn forget_keys(&mut self, keys: &[FileKey]) {
+        for k in keys {
+            let _ = self.allowed.remove(k);
+            let _ = self.loaders.remove(k);
+        }
+    }
+
+    /// Stops watching filesystems `devs` (a unit's disarm) and sweeps the kernel's write
+    /// counts for their files on a thread of its own: those entries are the kernel's, so
+    /// only a walk of the maps finds them, and it must not hold up the event loop. An entry
+    /// whose filesystem is watched again by then (a new unit given the same device number)
+    /// is left alone.
+    pub fn forget_filesystems(&mut self, devs: &[u64]) {
+        for d in devs {
+            self.unwatch(*d);
+        }
+        let (devs, pin_dir) = (devs.to_vec(), self.pin_dir.clone());
+        let spawned = std::thread::Builder::new()
+            .name("driftlock-gate-sweep".into())
+            .spawn(move || sweep_filesystems(&pin_dir, &devs));
+        if let Err(e) = spawned {
+            log::warn!("mapping gate: cannot start the sweep of a disarmed unit's entries: {e}");
+        }
     }
 
     /// Counters: mappings checked, refused, would-refuse, entries dropped by writes.
@@ -622,15 +640,30 @@ fn ring_reader(events: MapData) -> Option<RingReader> {
     }
 }
 
-/// Removes the entries of `map` for files on filesystem `dev`.
-fn remove_on_dev<V: aya::Pod>(map: &mut HashMap<MapData, FileKey, V>, dev: u64) {
-    let stale: Vec<FileKey> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| k.dev == dev)
-        .collect();
-    for k in stale {
-        let _ = map.remove(&k);
+/// Removes the kernel's write counts (`generation`, `writers`) for files on `devs`, through
+/// the pinned maps, skipping a filesystem watched again meanwhile.
+fn sweep_filesystems(pin_dir: &Path, devs: &[u64]) {
+    let open = |name: &str| {
+        MapData::from_pin(pin_dir.join("maps").join(name))
+            .ok()
+            .and_then(|m| HashMap::<MapData, FileKey, u64>::try_from(Map::HashMap(m)).ok())
+    };
+    let watched = MapData::from_pin(pin_dir.join("maps/watched"))
+        .ok()
+        .and_then(|m| HashMap::<MapData, u64, u32>::try_from(Map::HashMap(m)).ok());
+    for name in ["generation", "writers"] {
+        let Some(mut map) = open(name) else { continue };
+        let stale: Vec<FileKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| devs.contains(&k.dev))
+            .collect();
+        for k in stale {
+            if watched.as_ref().is_some_and(|w| w.get(&k.dev, 0).is_ok()) {
+                continue;
+            }
+            let _ = map.remove(&k);
+        }
     }
 }
 
