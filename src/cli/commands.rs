@@ -7,14 +7,27 @@ pub(super) fn hook(
     stage: crate::runtime::hook::Stage,
     fail_open: bool,
     wait: u64,
-    socket: PathBuf,
+    socket: Option<PathBuf>,
 ) -> Result<i32, CliError> {
     use crate::runtime::hook::{HookOptions, Stage, run};
+    // The same settings as driftlock-runtime (runtime.conf, then the environment), so a
+    // hooks.d hook (Podman, CRI-O), which runs with no flags, finds a moved socket and
+    // fails open where the node says so. A broken file fails closed with its reason.
+    let settings = match crate::runtime::wrapper::RuntimeConfig::load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("driftlock: {e}");
+            return Ok(1);
+        }
+    };
+    let socket = socket.unwrap_or(settings.socket);
+    let fail_open = fail_open || settings.fail_open;
     let opts = HookOptions {
         socket: socket.clone(),
         connect_wait: Duration::from_secs(wait),
         // Connecting counts against the same budget: the answer comes before runc's timeout.
         arm_timeout: crate::runtime::hook::hook_budget(),
+        exempt_namespaces: settings.exempt_namespaces,
     };
     match run(stage, &opts, std::io::stdin().lock()) {
         Ok(msg) => {

@@ -157,15 +157,18 @@ pub enum Command {
         /// The hook stage.
         #[arg(value_enum)]
         stage: crate::runtime::hook::Stage,
-        /// Let the container start unprotected when arming fails (logged as a warning).
+        /// Let the container start unprotected when the daemon cannot be reached (logged
+        /// and recorded). Without it, FAIL_OPEN in /etc/driftlock/runtime.conf decides.
         #[arg(long)]
         fail_open: bool,
         /// Seconds to keep trying to reach a daemon that is (re)starting.
         #[arg(long, default_value_t = 5)]
         connect_wait_secs: u64,
-        /// The daemon's socket.
-        #[command(flatten)]
-        socket: SocketArg,
+        /// The daemon's socket (default: SOCKET in /etc/driftlock/runtime.conf, then
+        /// $DRIFTLOCK_SOCKET, then /run/driftlock/driftlock.sock), as driftlock-runtime's
+        /// hooks and a hooks.d hook (Podman, CRI-O) both read it.
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Remove the BPF mapping gate the daemon pinned in /sys/fs/bpf/driftlock: its programs
     /// detach and executable mappings are no longer judged in the kernel. The daemon pins
@@ -764,7 +767,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             fail_open,
             connect_wait_secs,
             socket,
-        } => hook(stage, fail_open, connect_wait_secs, socket.socket),
+        } => hook(stage, fail_open, connect_wait_secs, socket),
         Command::GateUnpin { if_stopped } => {
             let dir = std::path::Path::new(crate::kernel::mapping_gate::DEFAULT_PIN_DIR);
             if let Some(unit) = if_stopped {

@@ -232,6 +232,9 @@ pub struct HookOptions {
     /// How long arming may take in all (a first snapshot of a large image), connecting
     /// included: below runc's timeout for the hook ([`hook_budget`]).
     pub arm_timeout: Duration,
+    /// Kubernetes namespaces whose containers are not armed (what repairs a node, such as
+    /// kube-system and the CNI's, must start while the daemon is down).
+    pub exempt_namespaces: Vec<String>,
 }
 
 fn read_limited(mut r: impl Read, what: &str) -> Result<Vec<u8>, String> {
@@ -499,6 +502,15 @@ pub fn run(stage: Stage, opts: &HookOptions, stdin: impl Read) -> Result<String,
                 )
             })?;
             let id = req.id.clone();
+            if let Some(ns) = req.namespace.as_deref().filter(|ns| {
+                opts.exempt_namespaces
+                    .iter()
+                    .any(|e| crate::config::matches(e, ns))
+            }) {
+                return Ok(format!(
+                    "{id}: not armed: namespace {ns} is exempt (EXEMPT_NAMESPACES in runtime.conf)"
+                ));
+            }
             let arm = |req: &ArmRequest| {
                 with_retry(opts, opts.arm_timeout, |left| {
                     request(&opts.socket, &Request::Arm(Box::new(req.clone())), left)
@@ -562,6 +574,7 @@ mod tests {
             socket: PathBuf::from("/nonexistent/driftlock.sock"),
             connect_wait: Duration::from_secs(10),
             arm_timeout: Duration::from_millis(300),
+            exempt_namespaces: Vec::new(),
         };
         let started = Instant::now();
         let r: Result<(), _> = with_retry(&opts, opts.arm_timeout, |left| {

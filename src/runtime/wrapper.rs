@@ -133,6 +133,8 @@ pub struct RuntimeConfig {
     /// Refuse new user namespaces to enforce-mode containers that run without a seccomp
     /// profile (a tenant's own user and mount namespaces hold mounts no mark covers).
     pub refuse_user_namespaces: bool,
+    /// Kubernetes namespaces whose containers are not armed (`*` ends a prefix).
+    pub exempt_namespaces: Vec<String>,
 }
 
 impl RuntimeConfig {
@@ -148,11 +150,12 @@ impl RuntimeConfig {
             socket: PathBuf::from(crate::DEFAULT_SOCKET),
             fail_open: false,
             refuse_user_namespaces: true,
+            exempt_namespaces: Vec::new(),
         }
     }
 
     /// Applies `KEY=VALUE` settings (`RUNC`, `DRIFTLOCK`, `SOCKET`, `FAIL_OPEN`,
-    /// `USER_NAMESPACES`).
+    /// `USER_NAMESPACES`, `EXEMPT_NAMESPACES`).
     pub fn apply_settings(&mut self, text: &str) -> Result<(), RuntimeError> {
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
@@ -198,6 +201,14 @@ impl RuntimeConfig {
                     _ => return Err(SettingError::NotRefuseOrAllow),
                 }
             }
+            "EXEMPT_NAMESPACES" => {
+                self.exempt_namespaces = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
             _ => return Err(SettingError::Unknown(key.to_string())),
         }
         Ok(())
@@ -217,6 +228,7 @@ impl RuntimeConfig {
             ("DRIFTLOCK_SOCKET", "SOCKET"),
             ("DRIFTLOCK_FAIL_OPEN", "FAIL_OPEN"),
             ("DRIFTLOCK_USER_NAMESPACES", "USER_NAMESPACES"),
+            ("DRIFTLOCK_EXEMPT_NAMESPACES", "EXEMPT_NAMESPACES"),
         ] {
             if let Ok(v) = std::env::var(env) {
                 cfg.set(key, &v)
@@ -635,6 +647,7 @@ mod tests {
             socket: "/run/driftlock/driftlock.sock".into(),
             fail_open: false,
             refuse_user_namespaces: true,
+            exempt_namespaces: Vec::new(),
         }
     }
 

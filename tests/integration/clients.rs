@@ -306,9 +306,13 @@ impl Podman {
         let mut hook: serde_json::Value =
             serde_json::from_slice(&fs::read(repo("systemd/hooks.d/driftlock.json")).unwrap())
                 .unwrap();
+        // The hook runs with no flags: it reads the node's runtime.conf, as driftlock-runtime
+        // does (here a file of this test's, with this node's socket).
         hook["hook"]["path"] = BIN.into();
+        let conf = dir.join("runtime.conf");
+        fs::write(&conf, format!("SOCKET={}\n", node.dl_socket.display())).unwrap();
         hook["hook"]["env"] =
-            serde_json::json!([format!("DRIFTLOCK_SOCKET={}", node.dl_socket.display())]);
+            serde_json::json!([format!("DRIFTLOCK_RUNTIME_CONF={}", conf.display())]);
         fs::write(dir.join("hooks/driftlock.json"), hook.to_string()).unwrap();
         let d = |s: &str| dir.join(s).to_string_lossy().into_owned();
         let args = vec![
@@ -348,6 +352,11 @@ impl Podman {
         let out = podman.podman(&["tag", &loaded, "localhost/driftlock/glibc:latest"]);
         assert!(out.status.success(), "podman tag: {}", text(&out));
         Some(podman)
+    }
+
+    /// Replaces the runtime.conf the hook reads.
+    fn set_runtime_conf(&self, text: &str) {
+        fs::write(self.node.dir.join("podman/runtime.conf"), text).unwrap();
     }
 
     fn podman(&self, args: &[&str]) -> Output {
@@ -695,4 +704,62 @@ fn container_start_overhead_per_runtime() {
         }
         report("Podman", plain, armed);
     }
+}
+
+/// The hooks.d hook reads the node's runtime.conf like driftlock-runtime: a moved socket is
+/// found (every test above), FAIL_OPEN lets a container start when no daemon answers (and
+/// leaves the note the daemon records), and EXEMPT_NAMESPACES leaves kube-system unarmed.
+#[test]
+fn podman_hooks_d_hook_follows_runtime_conf_fail_open_and_exemptions() {
+    let Some(podman) = Podman::new("podman-conf") else {
+        return;
+    };
+    // A socket no daemon listens on, beside the real one: a fail-open note left there is
+    // collected and counted by the daemon serving that directory.
+    let gone = podman.node.dl_socket.with_file_name("moved.sock");
+    podman.set_runtime_conf(&format!("SOCKET={}\n", gone.display()));
+    let mut args = vec!["run", "-d", "--name", "closed"];
+    args.extend_from_slice(Podman::RUN);
+    args.extend_from_slice(&["localhost/driftlock/glibc:latest", "sleep", "600"]);
+    let out = podman.podman(&args);
+    assert!(
+        !out.status.success(),
+        "fail-closed without a daemon: {}",
+        text(&out)
+    );
+    let _ = podman.podman(&["rm", "-f", "-t", "0", "closed"]);
+
+    podman.set_runtime_conf(&format!("SOCKET={}\nFAIL_OPEN=true\n", gone.display()));
+    args[3] = "open";
+    let out = podman.podman(&args);
+    assert!(out.status.success(), "fail-open: {}", text(&out));
+    wait_for(
+        "the fail-open note recorded",
+        Duration::from_secs(20),
+        || podman.node.status()["fail_open_containers"] == 1,
+    );
+
+    podman.set_runtime_conf(&format!(
+        "SOCKET={}\nEXEMPT_NAMESPACES=kube-system, calico-*\n",
+        podman.node.dl_socket.display()
+    ));
+    let mut args = vec!["run", "-d", "--name", "exempt"];
+    args.extend_from_slice(Podman::RUN);
+    args.extend_from_slice(&[
+        "--annotation",
+        "io.kubernetes.pod.namespace=kube-system",
+        "localhost/driftlock/glibc:latest",
+        "sleep",
+        "600",
+    ]);
+    let out = podman.podman(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        !armed(&podman.node, &id),
+        "kube-system is exempt: {}",
+        podman.node.status()
+    );
+    let id = podman.run_detached("app", &["--annotation", "io.kubernetes.pod.namespace=shop"]);
+    assert!(armed(&podman.node, &id));
 }
