@@ -224,6 +224,8 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
                     u.user_namespaces = u.pid.map(user_namespaces_of).unwrap_or_default();
                 }
                 reply.pid = std::process::id();
+                reply.version = env!("CARGO_PKG_VERSION").into();
+                reply.schema = crate::ipc::STATUS_SCHEMA;
                 reply.config_reloads = ctx.stats.reloads.load(Relaxed);
                 reply.config_reload_errors = ctx.stats.reload_errors.load(Relaxed);
                 reply.fail_open_containers = ctx.stats.fail_open.load(Relaxed);

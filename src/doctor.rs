@@ -37,6 +37,9 @@ pub struct Report {
     /// What judges a library dropped in a container here: the mapping gate, library
     /// control (`library_control` in the configuration), both, or nothing.
     pub libraries: Finding,
+    /// Whether code made in memory (W^X, anonymous and memfd executable memory,
+    /// `/proc/<pid>/mem` writes) is refused in containers here.
+    pub memory_code: Finding,
     /// systemd's fd store for the group (the unit's `FileDescriptorStoreMax=`).
     pub fd_store: Finding,
     /// Every gap in protection, in words (empty when protection is full).
@@ -147,6 +150,7 @@ pub fn examine(socket: &Path, state_dir: &Path, config: &Path) -> Report {
         .ok(),
         daemon,
         state_dir: state_dir_finding(state_dir),
+        memory_code: memory_code_finding(kernel.has(name::MAPPING_GATE)),
         libraries,
         fd_store: fd_store(),
         gaps,
@@ -186,6 +190,21 @@ fn libraries_finding(gate: bool, library_control: &Result<bool, String>) -> Find
             ok: Some(false),
             detail: "nothing: LD_PRELOAD, /etc/ld.so.preload and dlopen of a dropped library run (no mapping gate here; set library_control = true)".into(),
         },
+    }
+}
+
+/// Whether the gate's memory rules can hold here.
+fn memory_code_finding(gate: bool) -> Finding {
+    if gate {
+        Finding {
+            ok: Some(true),
+            detail: "refused by the mapping gate in containers armed by pid (W^X on file mappings, anonymous and memfd executable memory, /proc/<pid>/mem writes), by what each image holds (a JIT or closure runtime lifts some; `driftlock status` says which per container)".into(),
+        }
+    } else {
+        Finding {
+            ok: Some(false),
+            detail: "not refused: the mapping gate cannot load here (W^X, anonymous and memfd executable memory and /proc/<pid>/mem writes are not judged; memfd exec is, by vm.memfd_noexec where the kernel has it)".into(),
+        }
     }
 }
 
@@ -526,6 +545,7 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(out, "\ndaemon: {}", r.daemon.detail);
     let _ = writeln!(out, "state directory: {}", r.state_dir.detail);
     let _ = writeln!(out, "dropped libraries judged by: {}", r.libraries.detail);
+    let _ = writeln!(out, "code made in memory: {}", r.memory_code.detail);
     let _ = writeln!(out, "fd store: {}", r.fd_store.detail);
     let _ = writeln!(
         out,

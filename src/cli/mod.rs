@@ -641,6 +641,13 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 records.extend(r);
                 skipped += s;
             }
+            if records.is_empty() {
+                // Nothing to learn from: the wrong file, or journalctl without `-o json`.
+                eprintln!(
+                    "no driftlock records read ({skipped} other lines): give audit records (JSON lines: the audit log, or `journalctl -u driftlock -o json`)"
+                );
+                return Ok(1);
+            }
             let proposals = crate::tune::propose(&records);
             print!("{}", crate::tune::render(&proposals));
             eprintln!(

@@ -20,7 +20,7 @@ pub mod server;
 
 pub use replies::{
     ArmResult, CacheReply, CountersReply, ExplainReply, LastDenyReply, MarkReply, ModeChange,
-    PendingReply, Reply, StatsReply, StatusReply, UnitReply,
+    PendingReply, Reply, STATUS_SCHEMA, StatsReply, StatusReply, UnitReply,
 };
 
 use serde::{Deserialize, Serialize};

@@ -320,6 +320,13 @@ impl From<&EngineStats> for StatsReply {
 /// The daemon's state (`status`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReply {
+    /// The daemon's version (empty from a daemon before it was reported).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// The version of this reply's layout: fields are only added within one; a removal or
+    /// a change of meaning raises it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub schema: u32,
     /// Armed units, by id.
     pub units: Vec<UnitReply>,
     /// Counters.
@@ -375,6 +382,8 @@ pub struct PendingReply {
 impl From<&EngineStatus> for StatusReply {
     fn from(s: &EngineStatus) -> Self {
         StatusReply {
+            version: String::new(),
+            schema: 0,
             units: s.units.iter().map(UnitReply::from).collect(),
             stats: StatsReply::from(&s.stats),
             in_flight: s.in_flight,
@@ -502,3 +511,10 @@ pub struct ModeChange {
 #[cfg(test)]
 #[path = "replies_tests.rs"]
 mod tests;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The layout version of [`StatusReply`] this build sends.
+pub const STATUS_SCHEMA: u32 = 1;

@@ -194,6 +194,8 @@ fn every_reply_is_pinned() {
         .would_deny_by_reason
         .insert("direct-loader".into(), 20);
     let status = Reply::Status(Box::new(StatusReply {
+        version: String::new(),
+        schema: 0,
         units: vec![unit()],
         stats,
         in_flight: 21,

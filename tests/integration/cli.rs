@@ -442,6 +442,12 @@ fn exit_codes_say_what_went_wrong() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // tune with nothing to learn from: a negative answer, not an empty proposal.
+    let not_records = dir.join("not-records.txt");
+    fs::write(&not_records, "hello\nworld\n").unwrap();
+    let out = run(&["tune", not_records.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no driftlock records"));
     fs::remove_dir_all(&dir).unwrap();
     if !crate::support::root_or_skip("exit codes against a daemon") {
         return;

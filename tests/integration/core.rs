@@ -643,8 +643,10 @@ fn mode_switches_a_running_container_both_ways_and_survives_a_restart() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("shop-1: enforce -> audit mode"));
     assert_eq!(exec(&payload), Ok(0), "audit mode: the payload runs");
-    let units = sb.status_json()["units"].clone();
-    assert_eq!(units[0]["mode"], "audit");
+    let status = sb.status_json();
+    assert_eq!(status["units"][0]["mode"], "audit");
+    assert_eq!(status["schema"], 1, "status --json names its layout");
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     let recs = sb.records(2);
     let change = recs
         .iter()
