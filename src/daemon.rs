@@ -780,6 +780,8 @@ pub fn run(
     let (audit, audit_thread) = start_writer(AuditSinks {
         stdout: true,
         file,
+        file_path: config.audit_log.clone(),
+        node: crate::audit::node_name(),
         falcosidekick: config.falcosidekick.clone(),
         quarantine: match config.evidence {
             Some(limits) => Some(
@@ -822,7 +824,7 @@ pub fn run(
         indicators: config.indicators.clone(),
         mapping_gate: mapping_active,
         mapping_gate_state,
-        audit: Some(audit.clone()),
+        audit: std::sync::Mutex::new(Some(audit.clone())),
         pending: Default::default(),
     });
     if config.memfd_noexec {
@@ -957,10 +959,14 @@ pub fn run(
 
     loop {
         match signals.wait() {
-            Ok(Signal::SIGHUP) => match &policy_path {
-                None => log::info!("SIGHUP: no configuration file to reload"),
-                Some(path) => reload.apply(&reloader, path, "SIGHUP"),
-            },
+            Ok(Signal::SIGHUP) => {
+                // After a log rotation (logrotate's postrotate sends it).
+                reloader.reopen_audit_file();
+                match &policy_path {
+                    None => log::info!("SIGHUP: no configuration file to reload"),
+                    Some(path) => reload.apply(&reloader, path, "SIGHUP"),
+                }
+            }
             Ok(Signal::SIGUSR1) => {
                 let Some(stream) = admission.take_pending() else {
                     continue;
@@ -1022,6 +1028,7 @@ pub fn run(
     };
     drop(handle);
     let _ = std::fs::remove_file(&config.socket);
+    reloader.close_audit();
     // The writer ends once the engine (the last queue holder) is gone.
     let _ = audit_thread.join();
     result

@@ -259,8 +259,9 @@ pub struct Armer {
     pub mapping_gate: bool,
     /// What the mapping gate is doing, in words (`status`, metrics).
     pub mapping_gate_state: String,
-    /// Where operator actions (mode switches) are recorded.
-    pub audit: Option<crate::audit::AuditQueue>,
+    /// Where operator actions (mode switches) are recorded; taken at shutdown, so the
+    /// writer can end.
+    pub audit: std::sync::Mutex<Option<crate::audit::AuditQueue>>,
     /// Recorded units whose re-arm failed, by id: retried.
     pub pending: std::sync::Mutex<std::collections::BTreeMap<String, PendingUnit>>,
 }
@@ -533,6 +534,38 @@ impl Armer {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
             mode,
         )
+    }
+
+    /// Sends a record to the audit writer (none after shutdown began).
+    pub fn audit(&self, job: crate::audit::AuditJob) {
+        if let Some(q) = self
+            .audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            q.send(job);
+        }
+    }
+
+    /// Lets go of the audit writer (at shutdown: it ends when its last queue goes).
+    pub fn close_audit(&self) {
+        self.audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+    }
+
+    /// Has the audit writer reopen its log file (after a log rotation, on SIGHUP).
+    pub fn reopen_audit_file(&self) {
+        if let Some(q) = self
+            .audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            q.reopen_file();
+        }
     }
 
     /// Records what the metrics endpoint is doing (`status` reports it).

@@ -168,18 +168,16 @@ impl Armer {
                 format!(" ({reason})")
             }
         );
-        if let Some(audit) = &self.audit {
-            audit.send(AuditJob::Mode(ModeRecord {
-                v: RECORD_VERSION,
-                kind: "mode".into(),
-                time: rfc3339(std::time::SystemTime::now()),
-                unit: id.to_string(),
-                from,
-                to,
-                by: by.to_string(),
-                reason: reason.to_string(),
-            }));
-        }
+        self.audit(AuditJob::Mode(ModeRecord {
+            v: RECORD_VERSION,
+            kind: "mode".into(),
+            time: rfc3339(std::time::SystemTime::now()),
+            unit: id.to_string(),
+            from,
+            to,
+            by: by.to_string(),
+            reason: reason.to_string(),
+        }));
     }
 }
 

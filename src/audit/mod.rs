@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::Mode;
 use crate::baseline::hash_fd_content;
@@ -191,8 +191,9 @@ pub struct AuditRecord {
 }
 
 /// A record is at most about this large: command lines are dropped (farthest ancestor
-/// first) until it fits.
-pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+/// first) until it fits. Below journald's default `LineMax=` (48 KiB), which would split a
+/// longer line into pieces no JSON reader parses.
+pub const MAX_RECORD_BYTES: usize = 46 * 1024;
 
 impl AuditRecord {
     /// The JSON line (without newline).
@@ -558,6 +559,25 @@ pub struct AuditSinks {
     pub falcosidekick: Option<falco::Endpoint>,
     /// Keep the bytes of denied and would-deny programs here.
     pub quarantine: Option<evidence::Quarantine>,
+    /// The audit log's path: reopened (after a log rotation) when asked
+    /// ([`AuditQueue::reopen_file`]).
+    pub file_path: Option<std::path::PathBuf>,
+    /// The node's name, put first in every record (`"node"`).
+    pub node: Option<String>,
+}
+
+/// The node's name for records: `$DRIFTLOCK_NODE_NAME` (Kubernetes' downward API gives the
+/// pod `spec.nodeName`), else the host name.
+pub fn node_name() -> Option<String> {
+    std::env::var("DRIFTLOCK_NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
 }
 
 /// Alerts waiting for Falcosidekick at most; more are dropped (and counted).
@@ -605,6 +625,8 @@ pub struct AuditCounters {
     pub queued: AtomicU64,
     /// About how many bytes they hold.
     pub queued_bytes: AtomicU64,
+    /// Set to have the writer reopen the audit log file before its next record.
+    pub reopen: AtomicBool,
 }
 
 /// The sending side used by the engine.
@@ -641,6 +663,12 @@ impl AuditQueue {
     pub fn counters(&self) -> &AuditCounters {
         &self.counters
     }
+
+    /// Has the writer reopen the audit log file (after logrotate moved it) before it writes
+    /// its next record.
+    pub fn reopen_file(&self) {
+        self.counters.reopen.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Records waiting at most (bounded memory).
@@ -661,6 +689,11 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
+    // Encoded once: every record starts with it.
+    let node = sinks
+        .node
+        .as_ref()
+        .and_then(|n| serde_json::to_string(n).ok());
     let handle = std::thread::Builder::new()
         .name("driftlock-audit".into())
         .spawn(move || {
@@ -755,8 +788,22 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
                         serde_json::to_string(&m).unwrap_or_default()
                     }
                 };
+                if let (Some(node), Some(rest)) = (node.as_deref(), line.strip_prefix('{')) {
+                    line = format!("{{\"node\":{node},{rest}");
+                }
                 line.push('\n');
                 c.queued.fetch_sub(1, Ordering::Relaxed);
+                if c.reopen.swap(false, Ordering::Relaxed) {
+                    if let Some(path) = sinks.file_path.as_ref() {
+                        match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                            Ok(f) => sinks.file = Some(f),
+                            Err(e) => log::error!(
+                                "cannot reopen the audit log {}: {e}; still writing to the old file",
+                                path.display()
+                            ),
+                        }
+                    }
+                }
                 c.queued_bytes.fetch_sub(job_bytes, Ordering::Relaxed);
                 let mut ok = true;
                 if sinks.stdout {

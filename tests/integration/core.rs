@@ -684,6 +684,46 @@ fn mode_switches_a_running_container_both_ways_and_survives_a_restart() {
     assert_eq!(exec(&payload), EPERM, "back in enforce mode");
     let image_ok = sb.rootfs.join("bin/true");
     assert_eq!(exec(&image_ok), Ok(0));
+    // A clean stop still ends (the mode switch's record queue is let go at shutdown).
+    sb.signal_daemon(nix::sys::signal::Signal::SIGTERM);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sb.daemon_alive() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the daemon did not stop on SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Records name the node they come from, and SIGHUP reopens the audit log after a rotation
+/// (logrotate moves the file, then signals).
+#[test]
+fn records_name_the_node_and_sighup_reopens_a_rotated_audit_log() {
+    if !root_or_skip("audit log rotation") {
+        return;
+    }
+    let mut sb = Sandbox::new("rotate");
+    sb.start_daemon(&[]);
+    sb.arm("r1", &[]);
+    let payload = sb.install_payload();
+    assert_eq!(exec(&payload), EPERM);
+    let first = sb.records(1);
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(first[0]["node"], host.trim(), "{}", first[0]);
+    let rotated = sb.audit.with_extension("1");
+    fs::rename(&sb.audit, &rotated).unwrap();
+    sb.signal_daemon(nix::sys::signal::Signal::SIGHUP);
+    // The reopen happens before the writer's next record: make one.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(exec(&payload), EPERM);
+    let fresh = sb.records(1);
+    assert_eq!(fresh.len(), 1, "the new file holds the new record only");
+    assert_eq!(
+        fs::read_to_string(&rotated).unwrap().lines().count(),
+        1,
+        "the rotated file keeps the old one"
+    );
 }
 
 /// The node's default mode is reloaded with the file: a rollout goes from audit to enforce

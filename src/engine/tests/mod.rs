@@ -223,6 +223,8 @@ impl Harness {
             quarantine: None,
             stdout: false,
             file: Some(file),
+            file_path: None,
+            node: Some("node-1".into()),
         });
         let (mut engine, handle) = Engine::new(gate, config, audit);
         engine.set_task_probe(Box::new(probe));
