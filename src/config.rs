@@ -48,12 +48,24 @@ pub struct ModeRule {
     pub mode: Mode,
 }
 
-/// An operator allow entry: this content may run in containers of `image`.
+/// An operator allow entry: this content may run in the containers its scopes name (every
+/// scope given must match; none given: every container of the node).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowEntry {
-    /// Image name the entry applies to; `*` at the end matches any suffix; `*` alone: all.
+    /// Image name (a glob: `*` any run of characters, `?` one); `*`: every image.
+    #[serde(default = "every")]
     pub image: String,
+    /// Image repository, any tag or digest (a glob on the name without `:tag`/`@digest`):
+    /// survives an image bump.
+    #[serde(default)]
+    pub repository: Option<String>,
+    /// Kubernetes namespace (a glob).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Container name in its pod (a glob).
+    #[serde(default)]
+    pub container: Option<String>,
     /// BLAKE3 of the content (64 hex digits).
     #[serde(default, deserialize_with = "de_digest")]
     pub blake3: Option<Digest>,
@@ -191,6 +203,80 @@ pub struct Config {
     /// Images whose containers may make memory-only code (where the mapping gate runs).
     #[serde(default)]
     pub memory: Vec<MemoryRule>,
+    /// Files of `conf.d/` merged in (see [`Config::load`]).
+    #[serde(skip)]
+    pub delegated: Vec<PathBuf>,
+    /// Files of `conf.d/` refused, each with its reason (the rest is in force).
+    #[serde(skip)]
+    pub delegation_errors: Vec<String>,
+}
+
+/// A file of `conf.d/`: a team's rules for the namespaces it speaks for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Delegated {
+    /// The namespaces (names or globs) this file may speak for.
+    namespaces: Vec<String>,
+    /// Mode rules for those namespaces.
+    #[serde(default)]
+    namespace: Vec<ModeRule>,
+    /// Allow entries, each scoped to one of those namespaces.
+    #[serde(default)]
+    allow: Vec<AllowEntry>,
+}
+
+impl Delegated {
+    /// True if this file may speak for namespace `pattern` (a name its globs match, or one
+    /// of its globs itself).
+    fn covers(&self, pattern: &str) -> bool {
+        self.namespaces
+            .iter()
+            .any(|d| d == pattern || (!pattern.contains(['*', '?']) && matches(d, pattern)))
+    }
+
+    /// The first rule that reaches outside the file's namespaces, as (line, reason).
+    fn overreach(&self, text: &str) -> Option<(usize, String)> {
+        if self.namespaces.is_empty() {
+            return Some((
+                1,
+                "names no namespaces (`namespaces = [\"team-a\"]`)".into(),
+            ));
+        }
+        for (i, r) in self.namespace.iter().enumerate() {
+            if !self.covers(&r.name) {
+                return Some((
+                    line_of_table(text, "[[namespace]]", i),
+                    format!(
+                        "a mode rule for namespace {:?}, which this file does not speak for",
+                        r.name
+                    ),
+                ));
+            }
+        }
+        for (i, a) in self.allow.iter().enumerate() {
+            let why = match &a.namespace {
+                None => "an allow entry with no namespace (it would apply to every namespace)"
+                    .to_string(),
+                Some(ns) if !self.covers(ns) => {
+                    format!(
+                        "an allow entry for namespace {ns:?}, which this file does not speak for"
+                    )
+                }
+                Some(_) => continue,
+            };
+            return Some((line_of_table(text, "[[allow]]", i), why));
+        }
+        None
+    }
+}
+
+/// The line (from 1) of the `n`-th (from 0) `header` table in `text`.
+fn line_of_table(text: &str, header: &str, n: usize) -> usize {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with(header))
+        .nth(n)
+        .map_or(1, |(i, _)| i + 1)
 }
 
 /// Lets containers of an image make code in memory the gate otherwise refuses.
@@ -223,11 +309,82 @@ pub struct MemoryChoice {
     pub strict: bool,
 }
 
-/// `name*` matches a prefix, `*` everything, anything else itself.
+fn every() -> String {
+    "*".into()
+}
+
+/// A glob: `*` matches any run of characters (`/` and `:` included), `?` one character,
+/// anything else itself. `name*` is a prefix, `*` everything.
 pub fn matches(pattern: &str, value: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => value.starts_with(prefix),
-        None => pattern == value,
+    let (p, v): (Vec<char>, Vec<char>) = (pattern.chars().collect(), value.chars().collect());
+    // Iterative, with one backtrack point: linear in practice, no recursion on input.
+    let (mut pi, mut vi) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while vi < v.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some(pi);
+                mark = vi;
+                pi += 1;
+            }
+            Some(c) if *c == '?' || *c == v[vi] => {
+                pi += 1;
+                vi += 1;
+            }
+            _ => match star {
+                Some(sp) => {
+                    pi = sp + 1;
+                    mark += 1;
+                    vi = mark;
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// An image's repository: its name without `:tag` or `@digest`
+/// (`registry:5000/team/app:1.2@sha256:...` → `registry:5000/team/app`).
+pub fn repository_of(image: &str) -> &str {
+    let name = image.split('@').next().unwrap_or(image);
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    match name[last_slash..].rfind(':') {
+        Some(i) => &name[..last_slash + i],
+        None => name,
+    }
+}
+
+/// Who a container is, for the rules: what its runtime says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Identity<'a> {
+    /// Image name.
+    pub image: Option<&'a str>,
+    /// Kubernetes namespace.
+    pub namespace: Option<&'a str>,
+    /// Container name in its pod.
+    pub container: Option<&'a str>,
+}
+
+impl AllowEntry {
+    /// True if every scope the entry gives matches the container.
+    pub fn applies_to(&self, who: &Identity<'_>) -> bool {
+        let scoped = |pattern: &Option<String>, value: Option<&str>| match pattern {
+            None => true,
+            Some(p) => value.is_some_and(|v| matches(p, v)),
+        };
+        (self.image == "*" || who.image.is_some_and(|i| matches(&self.image, i)))
+            && scoped(&self.repository, who.image.map(repository_of))
+            && scoped(&self.namespace, who.namespace)
+            && scoped(&self.container, who.container)
+    }
+
+    /// True if the entry names no scope at all: every container of the node.
+    pub fn is_node_wide(&self) -> bool {
+        self.image == "*"
+            && self.repository.is_none()
+            && self.namespace.is_none()
+            && self.container.is_none()
     }
 }
 
@@ -253,13 +410,91 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Reads and parses a file.
+    /// Reads and parses a file, then merges the files of `conf.d/` beside it (`*.toml`, in
+    /// name order): each names the namespaces it speaks for and holds mode rules and allow
+    /// entries for those only. A file that cannot be read, parsed, or reaches outside its
+    /// namespaces (or claims one another file claimed) is refused, with its name and line,
+    /// in [`Config::delegation_errors`]; the rest is in force. Rules of the main file come
+    /// first (a mode rule there wins).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut cfg = Self::parse(&text, path)?;
+        if let Some(dir) = path.parent().map(|d| d.join("conf.d")) {
+            cfg.merge_delegated(&dir);
+        }
+        Ok(cfg)
+    }
+
+    fn merge_delegated(&mut self, dir: &Path) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        let mut claimed: Vec<(String, PathBuf)> = Vec::new();
+        for f in files {
+            let refuse =
+                |line: usize, why: String| format!("{}:{line}: refused: {why}", f.display());
+            let text = match std::fs::read_to_string(&f) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.delegation_errors.push(refuse(1, e.to_string()));
+                    continue;
+                }
+            };
+            let d: Delegated = match toml::from_str(&text) {
+                Ok(d) => d,
+                Err(e) => {
+                    let line = e.span().map_or(1, |sp| {
+                        text[..sp.start.min(text.len())].lines().count().max(1)
+                    });
+                    self.delegation_errors
+                        .push(refuse(line, e.message().trim_end().replace('\n', " ")));
+                    continue;
+                }
+            };
+            if let Some((line, why)) = d.overreach(&text) {
+                self.delegation_errors.push(refuse(line, why));
+                continue;
+            }
+            if let Some((ns, other)) = d.namespaces.iter().find_map(|ns| {
+                claimed
+                    .iter()
+                    .find(|(c, _)| c == ns || matches(c, ns) || matches(ns, c))
+                    .map(|(_, other)| (ns.clone(), other.clone()))
+            }) {
+                self.delegation_errors.push(refuse(
+                    line_of_table(&text, "namespaces", 0),
+                    format!(
+                        "namespace {ns:?} is already spoken for by {}",
+                        other.display()
+                    ),
+                ));
+                continue;
+            }
+            if let Some(i) = d
+                .allow
+                .iter()
+                .position(|a| a.blake3.is_none() && a.sha256.is_none())
+            {
+                self.delegation_errors.push(refuse(
+                    line_of_table(&text, "[[allow]]", i),
+                    "an allow entry needs blake3 or sha256".into(),
+                ));
+                continue;
+            }
+            claimed.extend(d.namespaces.iter().map(|n| (n.clone(), f.clone())));
+            self.namespace.extend(d.namespace);
+            self.allow.extend(d.allow);
+            self.delegated.push(f);
+        }
     }
 
     /// The mode for a container: its annotation, else the first matching image rule, else
@@ -299,6 +534,8 @@ impl Config {
             namespace: Vec::new(),
             allow: Vec::new(),
             memory: Vec::new(),
+            delegated: Vec::new(),
+            delegation_errors: Vec::new(),
             ..self.clone()
         }
     }
@@ -318,12 +555,11 @@ impl Config {
             })
     }
 
-    /// The allow entries that apply to a container of `image`.
-    pub fn allowed_for(&self, image: Option<&str>) -> AllowList {
+    /// The allow entries that apply to the container `who`.
+    pub fn allowed_for(&self, who: &Identity<'_>) -> AllowList {
         let mut list = AllowList::default();
         for a in &self.allow {
-            let applies = a.image == "*" || image.is_some_and(|i| matches(&a.image, i));
-            if applies {
+            if a.applies_to(who) {
                 list.blake3.extend(a.blake3);
                 list.sha256.extend(a.sha256);
                 match a.size {
@@ -359,6 +595,132 @@ impl AllowList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_conf_d_file_speaks_for_its_namespaces_only_and_a_bad_one_leaves_the_rest() {
+        let dir = std::env::temp_dir().join(format!("driftlock-confd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+        let main = dir.join("config.toml");
+        std::fs::write(&main, "mode = \"enforce\"\n").unwrap();
+        let a = "a".repeat(64);
+        std::fs::write(
+            dir.join("conf.d/10-payments.toml"),
+            format!("namespaces = [\"payments\", \"payments-*\"]\n\n[[namespace]]\nname = \"payments-batch\"\nmode = \"audit\"\n\n[[allow]]\nnamespace = \"payments\"\nrepository = \"registry.local/api\"\nsha256 = \"{a}\"\n"),
+        )
+        .unwrap();
+        // Reaches into `web` on its second entry (line 9).
+        std::fs::write(
+            dir.join("conf.d/20-sneaky.toml"),
+            format!("namespaces = [\"search\"]\n\n[[allow]]\nnamespace = \"search\"\nsha256 = \"{a}\"\n\n\n\n[[allow]]\nnamespace = \"web\"\nsha256 = \"{a}\"\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("conf.d/30-again.toml"),
+            format!("namespaces = [\"payments-api\"]\n[[allow]]\nnamespace = \"payments-api\"\nsha256 = \"{a}\"\n"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("conf.d/40-broken.toml"), "namespaces = [\"x\"\n").unwrap();
+        let c = Config::load(&main).unwrap();
+        assert_eq!(c.delegated.len(), 1, "{:?}", c.delegation_errors);
+        assert_eq!(c.allow.len(), 1);
+        assert_eq!(c.delegation_errors.len(), 3, "{:?}", c.delegation_errors);
+        assert!(
+            c.delegation_errors[0].contains("20-sneaky.toml:9: refused"),
+            "{:?}",
+            c.delegation_errors
+        );
+        assert!(c.delegation_errors[0].contains("\"web\""));
+        assert!(
+            c.delegation_errors[1].contains("30-again.toml")
+                && c.delegation_errors[1].contains("already spoken for")
+        );
+        assert!(c.delegation_errors[2].contains("40-broken.toml"));
+        let who = |ns| Identity {
+            image: Some("registry.local/api:7"),
+            namespace: Some(ns),
+            container: None,
+        };
+        assert_eq!(c.allowed_for(&who("payments")).sha256.len(), 1);
+        assert!(c.allowed_for(&who("web")).sha256.is_empty());
+        assert_eq!(
+            c.mode_for(None, None, Some("payments-batch"), Mode::Enforce),
+            Mode::Audit
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn img(image: &str) -> Identity<'_> {
+        Identity {
+            image: Some(image),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn globs_match_anywhere() {
+        assert!(matches("*postgres*", "docker.io/library/postgres:16"));
+        assert!(matches("app:1.?", "app:1.2") && !matches("app:1.?", "app:1.23"));
+        assert!(matches("*", "") && matches("a*b*c", "axxbyyc") && !matches("a*b*c", "axxbyy"));
+        assert!(matches("name*", "name") && !matches("name", "names"));
+    }
+
+    #[test]
+    fn repositories_drop_the_tag_and_digest_not_the_registry_port() {
+        assert_eq!(
+            repository_of("registry:5000/team/app:1.2"),
+            "registry:5000/team/app"
+        );
+        assert_eq!(
+            repository_of("docker.io/library/postgres@sha256:ab"),
+            "docker.io/library/postgres"
+        );
+        assert_eq!(repository_of("app"), "app");
+        assert_eq!(repository_of("registry:5000/app"), "registry:5000/app");
+    }
+
+    #[test]
+    fn scoped_entries_apply_only_where_every_scope_matches() {
+        let c = Config::parse(
+            "[[allow]]\nnamespace = \"payments\"\nrepository = \"registry.local/api\"\nsha256 = \"{}\"\n[[allow]]\ncontainer = \"agent-*\"\nblake3 = \"{}\"\n"
+                .replacen("{}", &"a".repeat(64), 1)
+                .replacen("{}", &"b".repeat(64), 1)
+                .as_str(),
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let who = |image, ns, ctr| Identity {
+            image: Some(image),
+            namespace: Some(ns),
+            container: Some(ctr),
+        };
+        // The repository entry survives a tag change, in its namespace only.
+        assert_eq!(
+            c.allowed_for(&who("registry.local/api:1", "payments", "api"))
+                .sha256
+                .len(),
+            1
+        );
+        assert_eq!(
+            c.allowed_for(&who("registry.local/api:2", "payments", "api"))
+                .sha256
+                .len(),
+            1
+        );
+        assert!(
+            c.allowed_for(&who("registry.local/api:2", "web", "api"))
+                .sha256
+                .is_empty()
+        );
+        assert!(
+            c.allowed_for(&who("registry.local/web:2", "payments", "api"))
+                .sha256
+                .is_empty()
+        );
+        assert_eq!(c.allowed_for(&who("x", "y", "agent-apm")).blake3.len(), 1);
+        assert!(c.allowed_for(&who("x", "y", "app")).blake3.is_empty());
+        assert!(!c.allow[0].is_node_wide());
+    }
 
     #[test]
     fn memory_rules_match_images_and_combine() {
@@ -432,13 +794,13 @@ comment = "pg_upgrade helper built at runtime"
             Mode::Enforce
         );
         assert_eq!(
-            c.allowed_for(Some("docker.io/library/postgres:15"))
+            c.allowed_for(&img("docker.io/library/postgres:15"))
                 .sha256
                 .len(),
             1
         );
-        assert!(c.allowed_for(Some("nginx")).is_empty());
-        assert!(c.allowed_for(None).is_empty());
+        assert!(c.allowed_for(&img("nginx")).is_empty());
+        assert!(c.allowed_for(&Identity::default()).is_empty());
     }
 
     fn error_of(text: &str) -> String {

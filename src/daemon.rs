@@ -345,6 +345,12 @@ impl Reload {
         use std::sync::atomic::Ordering::Relaxed;
         match crate::config::Config::load(path) {
             Ok(c) => {
+                for e in &c.delegation_errors {
+                    log::error!("{why}: {e}; the rest of the configuration is in force");
+                }
+                if !c.delegation_errors.is_empty() {
+                    armer.stats.reload_errors.fetch_add(1, Relaxed);
+                }
                 let (mut now, mut then) = (c.without_policy(), self.started.clone());
                 if !self.mode_pinned {
                     let mode = c.mode.unwrap_or(Mode::Enforce);
@@ -664,6 +670,12 @@ pub fn run(
         .thread_block()
         .map_err(|e| DaemonError::Setup(format!("cannot block signals: {e}")))?;
     raise_fd_limit();
+    for e in &policy.delegation_errors {
+        log::error!("configuration: {e}; the rest of the configuration is in force");
+    }
+    for f in &policy.delegated {
+        log::info!("configuration: merged {}", f.display());
+    }
     let reload = Reload {
         started: policy.without_policy(),
         mode_pinned: config.mode_pinned,

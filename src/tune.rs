@@ -14,8 +14,13 @@ use crate::verdict::{Reason, Verdict};
 /// One proposed allow entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proposal {
-    /// Image name the entry is scoped to (`*` when the records carry none).
+    /// Image name the records name (`*` when they carry none).
     pub image: String,
+    /// The entry's repository scope: the image's name without its tag, so an image bump
+    /// keeps the entry.
+    pub repository: Option<String>,
+    /// The entry's namespace scope (Kubernetes records).
+    pub namespace: Option<String>,
     /// SHA-256, if the records have it.
     pub sha256: Option<String>,
     /// BLAKE3.
@@ -109,7 +114,13 @@ pub fn read_records(reader: impl BufRead) -> (Vec<AuditRecord>, usize) {
 
 /// Groups the denied and would-deny records whose content an allow entry could admit.
 pub fn propose(records: &[AuditRecord]) -> Vec<Proposal> {
-    let mut by_key: BTreeMap<(String, String), Proposal> = BTreeMap::new();
+    propose_scoped(records, false)
+}
+
+/// Proposals scoped by namespace and repository (never by exact tag); content the records
+/// tie to neither is proposed node-wide only when `node_wide` is asked.
+pub fn propose_scoped(records: &[AuditRecord], node_wide: bool) -> Vec<Proposal> {
+    let mut by_key: BTreeMap<(String, String, String), Proposal> = BTreeMap::new();
     for r in records {
         let allowable = matches!(
             r.reason,
@@ -122,14 +133,29 @@ pub fn propose(records: &[AuditRecord]) -> Vec<Proposal> {
             continue;
         };
         let image = r.image_name.clone().unwrap_or_else(|| "*".to_string());
+        let repository = r
+            .image_name
+            .as_deref()
+            .map(|i| crate::config::repository_of(i).to_string());
+        let namespace = r.k8s_namespace.clone();
+        if repository.is_none() && namespace.is_none() && !node_wide {
+            continue;
+        }
         let mut chain: Vec<String> = r.chain.iter().rev().map(|p| p.comm.clone()).collect();
         if let Some(path) = &r.path {
             chain.push(path.rsplit('/').next().unwrap_or(path).to_string());
         }
+        let scope = format!(
+            "{}\0{}",
+            namespace.as_deref().unwrap_or(""),
+            repository.as_deref().unwrap_or("")
+        );
         let p = by_key
-            .entry((image.clone(), id))
+            .entry((scope, id, String::new()))
             .or_insert_with(|| Proposal {
                 image,
+                repository,
+                namespace,
                 sha256: r.sha256.clone(),
                 blake3: r.blake3.clone(),
                 size: r.size,
@@ -153,6 +179,77 @@ pub fn propose(records: &[AuditRecord]) -> Vec<Proposal> {
     }
     let mut out: Vec<Proposal> = by_key.into_values().collect();
     out.sort_by(|a, b| b.count.cmp(&a.count).then(a.image.cmp(&b.image)));
+    out
+}
+
+/// What a candidate configuration would change over records (`tune --against`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Comparison {
+    /// Denied (or would-deny) execs the candidate would allow: (unit, path, digest).
+    pub newly_allowed: Vec<(String, String, String)>,
+    /// Allowed execs (recorded with `record_misses`) the current configuration allowed by an
+    /// entry and the candidate would deny.
+    pub newly_denied: Vec<(String, String, String)>,
+    /// Records looked at.
+    pub considered: usize,
+}
+
+/// Whether `config`'s entries permit a record's content in the record's container.
+fn permitted(config: &crate::config::Config, r: &AuditRecord) -> bool {
+    let list = config.allowed_for(&crate::config::Identity {
+        image: r.image_name.as_deref(),
+        namespace: r.k8s_namespace.as_deref(),
+        container: r.k8s_container.as_deref(),
+    });
+    let has = |hex: &Option<String>, set: &[crate::baseline::Digest]| {
+        hex.as_deref()
+            .and_then(|h| h.parse::<crate::baseline::Digest>().ok())
+            .is_some_and(|d| set.contains(&d))
+    };
+    has(&r.blake3, &list.blake3) || has(&r.sha256, &list.sha256)
+}
+
+/// Replays records against a candidate configuration: which denials it would lift, and
+/// which allowed execs it would deny (content the current entries allowed, the candidate's
+/// do not).
+pub fn compare(
+    records: &[AuditRecord],
+    current: &crate::config::Config,
+    candidate: &crate::config::Config,
+) -> Comparison {
+    let mut out = Comparison::default();
+    for r in records {
+        let what = || {
+            (
+                r.unit.clone(),
+                r.path.clone().unwrap_or_default(),
+                r.sha256
+                    .clone()
+                    .or_else(|| r.blake3.clone())
+                    .unwrap_or_default(),
+            )
+        };
+        match r.verdict {
+            Verdict::Deny | Verdict::WouldDeny => {
+                let allowable = matches!(
+                    r.reason,
+                    Reason::NotInBaseline
+                        | Reason::ScriptNotInBaseline
+                        | Reason::LibraryNotInBaseline
+                );
+                out.considered += 1;
+                if allowable && permitted(candidate, r) {
+                    out.newly_allowed.push(what());
+                }
+            }
+            Verdict::Allow => {
+                out.considered += 1;
+                if permitted(current, r) && !permitted(candidate, r) {
+                    out.newly_denied.push(what());
+                }
+            }
+        }
+    }
     out
 }
 
@@ -183,11 +280,18 @@ pub fn render(proposals: &[Proposal]) -> String {
         for (chain, n) in &p.chains {
             out.push_str(&format!("# run by: {chain} ({n}x)\n"));
         }
-        if p.image == "*" {
-            out.push_str("# (the records name no image: this entry would apply to every image)\n");
+        if p.repository.is_none() && p.namespace.is_none() {
+            out.push_str(
+                "# (the records name no image or namespace: this entry applies to every container of the node)\n",
+            );
         }
         out.push_str("[[allow]]\n");
-        out.push_str(&format!("image = {}\n", toml_str(&p.image)));
+        if let Some(ns) = &p.namespace {
+            out.push_str(&format!("namespace = {}\n", toml_str(ns)));
+        }
+        if let Some(repo) = &p.repository {
+            out.push_str(&format!("repository = {}\n", toml_str(repo)));
+        }
         match (&p.sha256, &p.blake3) {
             (Some(s), _) => out.push_str(&format!("sha256 = {}\n", toml_str(s))),
             (None, Some(b)) => out.push_str(&format!("blake3 = {}\n", toml_str(b))),
@@ -320,7 +424,10 @@ mod tests {
         assert!(text.contains(&a) && text.contains(&c));
         // Each entry carries its size, so misses of other sizes stay unhashed.
         assert!(cfg.allow.iter().all(|e| e.size == Some(1)), "{text}");
-        let list = cfg.allowed_for(Some("docker.io/library/postgres:15"));
+        let list = cfg.allowed_for(&crate::config::Identity {
+            image: Some("docker.io/library/postgres:15"),
+            ..Default::default()
+        });
         assert!(!list.unsized_entries && list.sizes == vec![1, 1]);
     }
 
@@ -340,7 +447,7 @@ mod tests {
         // A library the mapping gate refused is proposed like a program; a loader exec is not.
         let mapping = |rule: &str| {
             format!(
-                r#"{{"v":1,"kind":"mapping","time":"t","unit":"u","image_key":"k","mode":"audit","verdict":"would-deny","what":"mmap","rule":"{rule}","path":"/tmp/gen.so","file":"0:5:9","blake3":"{}","size":7,"tid":1,"pid":1}}"#,
+                r#"{{"v":1,"kind":"mapping","time":"t","unit":"u","image_key":"k","image_name":"registry.local/app:3","mode":"audit","verdict":"would-deny","what":"mmap","rule":"{rule}","path":"/tmp/gen.so","file":"0:5:9","blake3":"{}","size":7,"tid":1,"pid":1}}"#,
                 "c".repeat(64)
             )
         };
@@ -358,5 +465,81 @@ mod tests {
             .find(|p| p.blake3.as_deref() == Some(&*"c".repeat(64)))
             .expect("the library is proposed");
         assert_eq!(lib.size, Some(7));
+        assert_eq!(lib.repository.as_deref(), Some("registry.local/app"));
+    }
+
+    #[test]
+    fn a_candidate_shows_which_denials_it_lifts_and_which_allowed_execs_it_denies() {
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let denied = rec(
+            "u",
+            "/tmp/agent.so",
+            &a,
+            Verdict::Deny,
+            Reason::NotInBaseline,
+            "t",
+        );
+        let allowed = rec(
+            "u",
+            "/tmp/jna.so",
+            &b,
+            Verdict::Allow,
+            Reason::InBaseline,
+            "t",
+        );
+        let entry = |sha: &str| {
+            format!("[[allow]]\nrepository = \"docker.io/library/postgres\"\nsha256 = \"{sha}\"\n")
+        };
+        let current = crate::config::Config::parse(&entry(&b), std::path::Path::new("c")).unwrap();
+        let candidate =
+            crate::config::Config::parse(&entry(&a), std::path::Path::new("n")).unwrap();
+        let c = compare(&[denied, allowed], &current, &candidate);
+        assert_eq!(c.considered, 2);
+        assert_eq!(
+            c.newly_allowed,
+            vec![("u".into(), "/tmp/agent.so".into(), a.clone())]
+        );
+        assert_eq!(
+            c.newly_denied,
+            vec![("u".into(), "/tmp/jna.so".into(), b.clone())]
+        );
+    }
+
+    #[test]
+    fn proposals_are_scoped_by_namespace_and_repository_never_node_wide_unless_asked() {
+        let mut r = rec(
+            "u",
+            "/tmp/x",
+            &"a".repeat(64),
+            Verdict::WouldDeny,
+            Reason::NotInBaseline,
+            "t",
+        );
+        r.k8s_namespace = Some("payments".into());
+        let text = render(&propose(std::slice::from_ref(&r)));
+        assert!(
+            text.contains("namespace = \"payments\"")
+                && text.contains("repository = \"docker.io/library/postgres\""),
+            "{text}"
+        );
+        assert!(!text.contains("image ="), "no exact tag: {text}");
+        let cfg = crate::config::Config::parse(&text, std::path::Path::new("fragment")).unwrap();
+        let who = |image| crate::config::Identity {
+            image: Some(image),
+            namespace: Some("payments"),
+            container: None,
+        };
+        assert_eq!(
+            cfg.allowed_for(&who("docker.io/library/postgres:16"))
+                .sha256
+                .len(),
+            1,
+            "an image bump keeps it"
+        );
+        r.image_name = None;
+        r.k8s_namespace = None;
+        assert!(propose(std::slice::from_ref(&r)).is_empty());
+        let wide = propose_scoped(std::slice::from_ref(&r), true);
+        assert!(render(&wide).contains("every container of the node"));
     }
 }

@@ -646,7 +646,11 @@ impl Armer {
                 req.namespace.as_deref(),
                 self.default_mode(),
             ),
-            policy.allowed_for(req.image_name.as_deref()),
+            policy.allowed_for(&crate::config::Identity {
+                image: req.image_name.as_deref(),
+                namespace: req.namespace.as_deref(),
+                container: req.container_name.as_deref(),
+            }),
         )
     }
 
@@ -774,7 +778,11 @@ impl Armer {
         };
         let mut updated = 0;
         for u in &status.units {
-            let list = policy.allowed_for(u.image_name.as_deref());
+            let list = policy.allowed_for(&crate::config::Identity {
+                image: u.image_name.as_deref(),
+                namespace: u.namespace.as_deref(),
+                container: u.container_name.as_deref(),
+            });
             if self.engine.set_allow(&u.id, list).is_ok() {
                 updated += 1;
             }

@@ -147,6 +147,18 @@ pub enum Command {
     Tune {
         /// Record files (`-` or none: standard input).
         files: Vec<PathBuf>,
+        /// Instead of proposing, replay the records against this candidate configuration
+        /// (with its conf.d): which denials it would lift, and which allowed execs (recorded
+        /// with record_misses) it would deny compared with --current.
+        #[arg(long, value_name = "CANDIDATE")]
+        against: Option<PathBuf>,
+        /// The configuration in force, for --against.
+        #[arg(long, default_value = crate::config::DEFAULT_CONFIG)]
+        current: PathBuf,
+        /// Also propose entries for content the records tie to no image and no namespace
+        /// (they apply to every container of the node).
+        #[arg(long)]
+        node_wide: bool,
     },
     /// OCI hook run by runc (added by driftlock-runtime): reads the OCI state on stdin.
     ///
@@ -620,7 +632,12 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 1
             })
         }
-        Command::Tune { files } => {
+        Command::Tune {
+            files,
+            against,
+            current,
+            node_wide,
+        } => {
             let mut records = Vec::new();
             let mut skipped = 0;
             let inputs = if files.is_empty() {
@@ -648,7 +665,29 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 );
                 return Ok(1);
             }
-            let proposals = crate::tune::propose(&records);
+            if let Some(candidate) = against {
+                let candidate = crate::config::Config::load(&candidate)?;
+                let current = if current.exists() {
+                    crate::config::Config::load(&current)?
+                } else {
+                    crate::config::Config::default()
+                };
+                let c = crate::tune::compare(&records, &current, &candidate);
+                for (unit, path, digest) in &c.newly_allowed {
+                    println!("would allow: {unit} {path} {digest}");
+                }
+                for (unit, path, digest) in &c.newly_denied {
+                    println!("would deny: {unit} {path} {digest}");
+                }
+                println!(
+                    "{} records considered: {} denials the candidate lifts, {} allowed execs it denies",
+                    c.considered,
+                    c.newly_allowed.len(),
+                    c.newly_denied.len()
+                );
+                return Ok(0);
+            }
+            let proposals = crate::tune::propose_scoped(&records, node_wide);
             print!("{}", crate::tune::render(&proposals));
             eprintln!(
                 "{} records read ({skipped} other lines skipped), {} entries proposed",
@@ -670,14 +709,34 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             });
             match checked {
                 Ok(c) => {
+                    for f in &c.delegated {
+                        println!("{}: merged", f.display());
+                    }
+                    for e in &c.delegation_errors {
+                        eprintln!("{e}");
+                    }
+                    let node_wide = c.allow.iter().filter(|a| a.is_node_wide()).count();
+                    if node_wide > 0 {
+                        eprintln!(
+                            "{}: warning: {node_wide} allow entries name no scope (image, repository, namespace or container): they apply to every container of the node",
+                            file.display()
+                        );
+                    }
                     println!(
-                        "{}: ok ({} image rules, {} namespace rules, {} allow entries)",
+                        "{}: {} ({} image rules, {} namespace rules, {} allow entries, {} conf.d files merged, {} refused)",
                         file.display(),
+                        if c.delegation_errors.is_empty() {
+                            "ok"
+                        } else {
+                            "errors"
+                        },
                         c.image.len(),
                         c.namespace.len(),
-                        c.allow.len()
+                        c.allow.len(),
+                        c.delegated.len(),
+                        c.delegation_errors.len()
                     );
-                    Ok(0)
+                    Ok(if c.delegation_errors.is_empty() { 0 } else { 1 })
                 }
                 Err(e) => {
                     eprintln!("driftlock: {e}");

@@ -482,6 +482,9 @@ pub struct UnitStatus {
     /// Kubernetes namespace, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Container name in its pod, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
 }
 
 impl Unit {
@@ -512,6 +515,7 @@ impl Unit {
             mapping_gate: None,
             libraries: String::new(),
             namespace: self.k8s.namespace.clone(),
+            container_name: self.k8s.container.clone(),
         }
     }
 }

@@ -607,6 +607,11 @@ fn sighup_reloads_allow_entries_without_dropping_marks() {
     assert!(sb.daemon_alive());
     assert_eq!(exec(&payload), Ok(0));
     assert_eq!(exec(&other), EPERM);
+    // The entry removed: the running container denies it again at its next exec.
+    fs::write(&config, "mode = \"enforce\"\n").unwrap();
+    sb.signal_daemon(nix::sys::signal::Signal::SIGHUP);
+    sb.wait_for_status("the reload", |s| s["config_reloads"] == 2);
+    assert_eq!(exec(&payload), EPERM, "a removed entry denies at once");
 }
 
 /// Break-glass: `driftlock mode audit` relaxes a running container at once (the next exec
