@@ -321,6 +321,21 @@ fn annotation_of(config: &Value, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Whether the Kubernetes annotations of a container can be the kubelet's: not for a
+/// container Podman made (`io.container.manager=libpod`: whoever runs `podman run
+/// --annotation` writes them) nor one Docker made (containerd namespace `moby`). A
+/// namespace read from them would choose the namespace's mode rules and exemptions.
+fn kubernetes_annotations_trusted(bundle: &Path, config: &Value) -> bool {
+    if annotation_of(config, "io.container.manager").as_deref() == Some("libpod") {
+        return false;
+    }
+    let parts: Vec<&std::ffi::OsStr> = bundle.iter().collect();
+    !parts.windows(2).any(|w| {
+        w[0] == std::ffi::OsStr::new("io.containerd.runtime.v2.task")
+            && w[1] == std::ffi::OsStr::new("moby")
+    })
+}
+
 /// What selects a container's mode (its image, namespace and own annotation), from its
 /// bundle's `config.json` and the runtime's own records: the hook sends it at arm, and the
 /// runtime wrapper asks the daemon with it before the container is created.
@@ -366,7 +381,11 @@ pub fn container_identity(
                 .map(str::to_string)
         })
         .or_else(|| storage_image_name(bundle, id, read_config));
-    let namespace = NAMESPACE_ANNOTATIONS.iter().find_map(|k| annotation(k));
+    let namespace = if kubernetes_annotations_trusted(bundle, config) {
+        NAMESPACE_ANNOTATIONS.iter().find_map(|k| annotation(k))
+    } else {
+        None
+    };
     Ok(crate::ipc::ContainerIdentity {
         image_name,
         namespace,
@@ -607,6 +626,39 @@ mod tests {
             message: "no".into(),
         };
         assert!(!refused.daemon_unavailable(), "a refusal is an answer");
+    }
+
+    #[test]
+    fn exempt_namespaces_are_kubernetes_and_never_a_podman_users_word() {
+        let dir = std::env::temp_dir().join(format!("driftlock-exempt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+        let state = format!(
+            r#"{{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":1,"bundle":"{}"}}"#,
+            dir.display()
+        );
+        let opts = HookOptions {
+            socket: PathBuf::from("/nonexistent/driftlock.sock"),
+            connect_wait: Duration::from_millis(10),
+            arm_timeout: Duration::from_millis(50),
+            exempt_namespaces: vec!["kube-*".into()],
+        };
+        let write = |extra: &str| {
+            std::fs::write(
+                dir.join("config.json"),
+                format!(
+                    r#"{{"root":{{"path":"rootfs"}},"annotations":{{"io.kubernetes.cri.sandbox-namespace":"kube-system"{extra}}}}}"#
+                ),
+            )
+            .unwrap();
+        };
+        write("");
+        let r = run(Stage::CreateRuntime, &opts, state.as_bytes()).unwrap();
+        assert!(r.contains("not armed") && r.contains("kube-system"), "{r}");
+        // The same claim on a Podman container: armed (here: no daemon, so it fails).
+        write(r#","io.container.manager":"libpod""#);
+        assert!(run(Stage::CreateRuntime, &opts, state.as_bytes()).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Issue 19: a daemon one version older rejects the new field by name; the hook then
