@@ -9,6 +9,7 @@
 //! break the line nor hide its real bytes.
 
 pub mod evidence;
+mod fair;
 pub mod falco;
 
 use std::fs::File;
@@ -504,6 +505,17 @@ pub enum AuditJob {
 }
 
 impl AuditJob {
+    /// The unit the record is about (its queue).
+    pub fn unit(&self) -> &str {
+        match self {
+            AuditJob::Exec { record, .. } => &record.unit,
+            AuditJob::Coverage(c) => &c.unit,
+            AuditJob::Suppressed(s) => &s.unit,
+            AuditJob::Mapping(m) => &m.unit,
+            AuditJob::Mode(m) => &m.unit,
+        }
+    }
+
     /// About how many bytes the job holds while queued.
     pub fn approx_bytes(&self) -> usize {
         match self {
@@ -629,22 +641,56 @@ pub struct AuditCounters {
     pub reopen: AtomicBool,
 }
 
-/// The sending side used by the engine.
-#[derive(Debug, Clone)]
+/// The sending side used by the engine (and the arming side): records go to their unit's
+/// queue, and the writer serves the units in turn.
 pub struct AuditQueue {
-    tx: crossbeam_channel::Sender<AuditJob>,
+    queue: Arc<fair::FairQueue>,
     counters: Arc<AuditCounters>,
 }
 
+impl std::fmt::Debug for AuditQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditQueue")
+            .field("counters", &self.counters)
+            .finish()
+    }
+}
+
+impl Clone for AuditQueue {
+    fn clone(&self) -> Self {
+        self.queue.add_sender();
+        AuditQueue {
+            queue: Arc::clone(&self.queue),
+            counters: Arc::clone(&self.counters),
+        }
+    }
+}
+
+impl Drop for AuditQueue {
+    fn drop(&mut self) {
+        self.queue.remove_sender();
+    }
+}
+
 impl AuditQueue {
-    /// Queues a record; never blocks (a full queue, by count or by bytes, drops and counts).
+    fn new() -> Self {
+        let queue = Arc::new(fair::FairQueue::default());
+        queue.add_sender();
+        AuditQueue {
+            queue,
+            counters: Arc::new(AuditCounters::default()),
+        }
+    }
+
+    /// Queues a record; never blocks (a full queue, the unit's own, all of them, or by
+    /// bytes, drops and counts).
     pub fn send(&self, job: AuditJob) {
         let bytes = job.approx_bytes() as u64;
         let held = self
             .counters
             .queued_bytes
             .fetch_add(bytes, Ordering::Relaxed);
-        if held + bytes > QUEUE_BYTES as u64 || self.tx.try_send(job).is_err() {
+        if held + bytes > QUEUE_BYTES as u64 || self.queue.push(job, QUEUE_CAPACITY).is_err() {
             self.counters
                 .queued_bytes
                 .fetch_sub(bytes, Ordering::Relaxed);
@@ -679,9 +725,10 @@ pub const QUEUE_BYTES: usize = 16 << 20;
 
 /// Starts the writer thread. It ends when every [`AuditQueue`] is dropped.
 pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHandle<()>) {
-    let (tx, rx) = crossbeam_channel::bounded::<AuditJob>(QUEUE_CAPACITY);
-    let counters = Arc::new(AuditCounters::default());
+    let queue = AuditQueue::new();
+    let counters = Arc::clone(&queue.counters);
     let c = Arc::clone(&counters);
+    let jobs = Arc::clone(&queue.queue);
     let falco = sinks
         .falcosidekick
         .take()
@@ -699,7 +746,7 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
         .spawn(move || {
             let mut buf = Vec::new();
             let mut hash_budget = RecordHashBudget::default();
-            for job in rx {
+            while let Some(job) = jobs.pop() {
                 let job_bytes = job.approx_bytes() as u64;
                 let mut line = match job {
                     AuditJob::Exec {
@@ -831,7 +878,7 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
             std::thread::spawn(|| {})
         }
     };
-    (AuditQueue { tx, counters }, handle)
+    (queue, handle)
 }
 
 /// Formats a wall-clock time as RFC 3339 UTC with microseconds.
@@ -1036,14 +1083,7 @@ mod tests {
 
     #[test]
     fn the_queue_is_bounded_in_bytes() {
-        let (queue, _writer) = {
-            let (tx, rx) = crossbeam_channel::bounded::<AuditJob>(QUEUE_CAPACITY);
-            let q = AuditQueue {
-                tx,
-                counters: Arc::new(AuditCounters::default()),
-            };
-            (q, rx)
-        };
+        let queue = AuditQueue::new();
         let p = ProcessInfo {
             pid: 5,
             ppid: 1,
