@@ -690,7 +690,7 @@ impl AuditQueue {
             .counters
             .queued_bytes
             .fetch_add(bytes, Ordering::Relaxed);
-        if held + bytes > QUEUE_BYTES as u64 || self.queue.push(job, QUEUE_CAPACITY).is_err() {
+        if held + bytes > QUEUE_BYTES as u64 || !self.queue.push(job, QUEUE_CAPACITY) {
             self.counters
                 .queued_bytes
                 .fetch_sub(bytes, Ordering::Relaxed);
