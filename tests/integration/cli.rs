@@ -325,6 +325,25 @@ fn kustomize_overlays_render_and_fit_together() {
         ds,
         "only the configuration differs"
     );
+    // The admission policy requires the RuntimeClass the base ships, in labeled namespaces.
+    let admission = kustomize(&root.join("admission")).unwrap();
+    let policy = find(&admission, "ValidatingAdmissionPolicy");
+    let runtime_class = find(&base, "RuntimeClass");
+    let rc_name = runtime_class["metadata"]["name"].as_str().unwrap();
+    let expr = policy["spec"]["validations"][0]["expression"]
+        .as_str()
+        .unwrap();
+    assert!(
+        expr.contains("runtimeClassName") && expr.contains(&format!("'{rc_name}'")),
+        "{expr}"
+    );
+    let binding = find(&admission, "ValidatingAdmissionPolicyBinding");
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["driftlock.io/enforce"]
+            .as_str(),
+        Some("true")
+    );
     // The PodMonitor scrapes the DaemonSet's port with the Secret the daemon reads.
     let monitoring = kustomize(&root.join("monitoring")).unwrap();
     let pm = find(&monitoring, "PodMonitor");
