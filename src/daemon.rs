@@ -1011,6 +1011,9 @@ pub fn run(
                     ),
                 }
                 admission.send_group(stream, &group_copy, false);
+                // A keeper holding the group (the pod's first process) must not start this
+                // daemon again should it die now: the successor has the group.
+                let _ = crate::service::notify("STOPPING=1", &[]);
                 log::info!(
                     "stopped reading events and handed the fanotify group over in {} ms; idle until stopped",
                     began.elapsed().as_millis()

@@ -48,6 +48,7 @@ mod robustness;
 pub mod runtime;
 pub mod service;
 pub mod settings;
+pub mod supervise;
 pub mod tune;
 pub mod verdict;
 

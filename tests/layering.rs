@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["escape"],
     &["kernel"],
-    &["baseline", "service"],
+    &["baseline", "service", "supervise"],
     &["verdict"],
     &["audit"],
     &["config", "tune"],

@@ -53,6 +53,18 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Run a command (the daemon) under a keeper that holds its fanotify group across a
+    /// crash, as systemd's fd store does: where no service manager runs it (the Kubernetes
+    /// pod's first process). A daemon that dies without stopping is started again with the
+    /// group; every container's marks stay in the kernel meanwhile and their execs wait.
+    Supervise {
+        /// Write the daemon's pid here at each start.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// The command, after `--`.
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Switch running containers to audit or enforce mode now (break-glass, and back).
     ///
     /// The next exec in each selected container is judged in the new mode. The change is
@@ -808,6 +820,15 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
                 other => return Err(unexpected(&other)),
             }
             Ok(0)
+        }
+        Command::Supervise { pid_file, command } => {
+            match crate::supervise::supervise(command, pid_file) {
+                Ok(code) => Ok(code),
+                Err(e) => {
+                    eprintln!("driftlock supervise: {e}");
+                    Ok(1)
+                }
+            }
         }
         Command::Status { json, socket } => status(&socket.socket, json),
         Command::Doctor {

@@ -648,3 +648,59 @@ fn issue_26_metrics_never_stop_enforcement() {
         "{st}"
     );
 }
+
+/// Where no service manager keeps the fanotify group (a Kubernetes pod), the keeper
+/// (`driftlock supervise`) does: a daemon killed with SIGKILL leaves every mark in the
+/// kernel, a payload exec'd meanwhile waits and is then denied (never runs), the daemon is
+/// started again with the group, image programs run, and SIGTERM stops the keeper and the
+/// daemon together. (Without the keeper, SIGKILL releases the group and the payload runs.)
+#[test]
+fn a_kept_group_survives_a_killed_daemon_and_nothing_runs_meanwhile() {
+    if !root_or_skip("keeper") {
+        return;
+    }
+    let mut sb = Sandbox::new("keeper");
+    let pid_file = sb.dir.join("daemon.pid");
+    let pf = pid_file.to_str().unwrap().to_string();
+    sb.start_daemon_via(&[BIN, "supervise", "--pid-file", &pf, "--"], &[]);
+    sb.arm("k1", &[]);
+    let payload = sb.install_payload();
+    let image = sb.rootfs.join("bin/true");
+    assert_eq!(exec(&payload), EPERM);
+    let first: i32 = sb.status_json()["pid"].as_i64().unwrap() as i32;
+    assert_eq!(
+        fs::read_to_string(&pid_file).unwrap().trim(),
+        first.to_string()
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    // Exec'd while no daemon runs: held by the kept group, then judged.
+    let held = {
+        let p = payload.clone();
+        std::thread::spawn(move || exec(&p))
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = Command::new(BIN)
+            .args(["status", "--json", "--socket"])
+            .arg(&sb.socket)
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+            .and_then(|s| s["pid"].as_i64());
+        if now.is_some_and(|p| p as i32 != first) {
+            break;
+        }
+        assert!(Instant::now() < until, "the keeper did not start the daemon again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(held.join().unwrap(), EPERM, "the payload held meanwhile never ran");
+    assert_eq!(exec(&payload), EPERM);
+    assert_eq!(exec(&image), Ok(0));
+    assert!(sb.daemon_alive(), "the keeper runs on");
+    sb.signal_daemon(Signal::SIGTERM);
+    let until = Instant::now() + Duration::from_secs(10);
+    while sb.daemon_alive() {
+        assert!(Instant::now() < until, "SIGTERM did not stop the keeper");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
