@@ -46,8 +46,8 @@ pub enum Command {
     Arm(ArmArgs),
     /// Stop protecting a unit.
     Disarm {
-        /// Unit id.
-        #[arg(long)]
+        /// The container (unit) id (`--id` is the same).
+        #[arg(long = "container", visible_alias = "id")]
         id: String,
         /// The daemon's socket.
         #[command(flatten)]
@@ -382,8 +382,9 @@ impl DaemonArgs {
 /// `driftlock arm` flags.
 #[derive(Debug, clap::Args)]
 pub struct ArmArgs {
-    /// Unit id (container id): 1-128 characters from A-Z a-z 0-9 . _ - : @.
-    #[arg(long)]
+    /// The container (unit) id: 1-128 characters from A-Z a-z 0-9 . _ - : @ (`--id` is the
+    /// same).
+    #[arg(long = "container", visible_alias = "id")]
     pub id: String,
     /// The unit's root filesystem (a mount point, e.g. the container's overlay).
     #[arg(long)]
