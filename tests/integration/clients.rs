@@ -112,12 +112,29 @@ impl Docker {
         Some(docker)
     }
 
+    /// Runs a docker command, killed after 120 s: dockerd has been seen to wedge on a
+    /// `rm -f` of a hundred containers at once (plain runc, no driftlock involved; every
+    /// later command then hung too), and a test must fail, not hang the suite.
     fn docker(&self, args: &[&str]) -> Output {
-        Command::new("docker")
+        let mut child = Command::new("docker")
             .env("DOCKER_HOST", &self.host)
             .args(args)
-            .output()
-            .unwrap()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(120);
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > until {
+                // Killed: its status says failure, and the caller's assertion names it (a
+                // panic here could be one inside Drop, which aborts).
+                let _ = child.kill();
+                eprintln!("docker {args:?} did not finish in 120 s (dockerd wedged?): killed");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
     }
 
     /// `docker run -d` through the driftlock runtime; returns the full container id once
@@ -150,12 +167,15 @@ impl Docker {
     }
 
     /// `docker rm -f` of every container.
+    /// Removes every container, in batches of ten: a single `rm -f` of a hundred at once
+    /// is what wedged dockerd.
     fn remove_all(&self) {
         let out = self.docker(&["ps", "-aq"]);
         let ids = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut rm = vec!["rm", "-f"];
-        rm.extend(ids.split_whitespace());
-        if rm.len() > 2 {
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        for batch in ids.chunks(10) {
+            let mut rm = vec!["rm", "-f"];
+            rm.extend(batch);
             let _ = self.docker(&rm);
         }
     }

@@ -690,10 +690,17 @@ fn a_kept_group_survives_a_killed_daemon_and_nothing_runs_meanwhile() {
         if now.is_some_and(|p| p as i32 != first) {
             break;
         }
-        assert!(Instant::now() < until, "the keeper did not start the daemon again");
+        assert!(
+            Instant::now() < until,
+            "the keeper did not start the daemon again"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(held.join().unwrap(), EPERM, "the payload held meanwhile never ran");
+    assert_eq!(
+        held.join().unwrap(),
+        EPERM,
+        "the payload held meanwhile never ran"
+    );
     assert_eq!(exec(&payload), EPERM);
     assert_eq!(exec(&image), Ok(0));
     assert!(sb.daemon_alive(), "the keeper runs on");
