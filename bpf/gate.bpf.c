@@ -24,7 +24,8 @@
  * no writable-and-executable mapping); with SCOPE_ANON (and no runtime that makes
  * closures or JIT code either) no anonymous or memfd memory is made executable; with
  * SCOPE_PROC_MEM no /proc/<pid>/mem is opened for writing (the DDexec technique writes
- * code through it). */
+ * code through it) and no process is attached with ptrace (PTRACE_POKETEXT writes code
+ * into it; process_vm_writev needs the same right). */
 #include "kernel_types.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -56,6 +57,8 @@
 #define KIND_WX 5
 #define KIND_ANON_EXEC 6
 #define KIND_PROC_MEM 7
+#define KIND_PTRACE 8
+#define PTRACE_MODE_ATTACH 0x02
 #define MAX_PID_LEVELS 8
 
 struct file_key {
@@ -548,6 +551,40 @@ int BPF_PROG(driftlock_path_truncate, const struct path *path, int ret)
 	key.ino = BPF_CORE_READ(inode, i_ino);
 	if (bpf_map_lookup_elem(&watched, &key.dev))
 		written(&key);
+	return 0;
+}
+
+/* Attaching to another process (PTRACE_ATTACH/SEIZE, process_vm_writev, another's
+ * /proc/<pid>/mem): refused to a container's processes unless a rule lets debuggers. A
+ * process's access to itself never reaches this hook. */
+SEC("lsm/ptrace_access_check")
+int BPF_PROG(driftlock_ptrace_access_check, struct task_struct *child, unsigned int mode, int ret)
+{
+	struct file_key key = {};
+	u32 inum = 0;
+	u32 *scope;
+	if (ret)
+		return ret;
+	if (!(mode & PTRACE_MODE_ATTACH))
+		return 0;
+	scope = container_scope(&inum);
+	if (scope && (*scope & SCOPE_PROC_MEM))
+		return scope_refuses(KIND_PTRACE, *scope, inum, &key, 0);
+	return 0;
+}
+
+/* PTRACE_TRACEME: a container's process offering itself to its parent as a tracee. */
+SEC("lsm/ptrace_traceme")
+int BPF_PROG(driftlock_ptrace_traceme, struct task_struct *parent, int ret)
+{
+	struct file_key key = {};
+	u32 inum = 0;
+	u32 *scope;
+	if (ret)
+		return ret;
+	scope = container_scope(&inum);
+	if (scope && (*scope & SCOPE_PROC_MEM))
+		return scope_refuses(KIND_PTRACE, *scope, inum, &key, 0);
 	return 0;
 }
 

@@ -671,9 +671,9 @@ impl<G: Gate> Engine<G> {
                 ", anonymous and memfd executable memory allowed (a JIT or closure runtime in the image, or a rule)"
             });
             out.push_str(if memory.proc_mem {
-                ", no writes through /proc/<pid>/mem"
+                ", no writes through /proc/<pid>/mem or ptrace"
             } else {
-                ", writes through /proc/<pid>/mem allowed (a rule)"
+                ", writes through /proc/<pid>/mem and ptrace allowed (a rule)"
             });
         }
         Some(out)

@@ -1001,7 +1001,7 @@ fn mapping_reason(kind: u32) -> Reason {
     use crate::kernel::mapping_gate::kind;
     match kind {
         kind::LOADER_EXEC => Reason::DirectLoader,
-        kind::WX | kind::ANON_EXEC | kind::PROC_MEM => Reason::MemoryCode,
+        kind::WX | kind::ANON_EXEC | kind::PROC_MEM | kind::PTRACE => Reason::MemoryCode,
         _ => Reason::MappingNotAllowed,
     }
 }

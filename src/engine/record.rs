@@ -115,12 +115,13 @@ pub(super) fn mapping_record(
             kind::WX => "write-and-execute",
             kind::ANON_EXEC => "anonymous-executable-memory",
             kind::PROC_MEM => "proc-mem-write",
+            kind::PTRACE => "ptrace-attach",
             _ => "exec",
         }
         .into(),
         rule: match e.kind {
             kind::LOADER_EXEC => "loader",
-            kind::WX | kind::ANON_EXEC | kind::PROC_MEM => "memory",
+            kind::WX | kind::ANON_EXEC | kind::PROC_MEM | kind::PTRACE => "memory",
             _ => "mapping",
         }
         .into(),

@@ -26,6 +26,8 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("driftlock_file_open", "file_open"),
     ("driftlock_file_free", "file_free_security"),
     ("driftlock_path_truncate", "path_truncate"),
+    ("driftlock_ptrace_access_check", "ptrace_access_check"),
+    ("driftlock_ptrace_traceme", "ptrace_traceme"),
 ];
 
 /// Maps pinned beside the links.
@@ -87,8 +89,8 @@ pub struct MemoryRules {
     /// No anonymous or memfd memory made executable (off for images with a JIT runtime or
     /// a runtime that makes closures: Python's ctypes, cffi).
     pub anon: bool,
-    /// No write-open of `/proc/<pid>/mem` (code written into a process): off only for
-    /// containers that run debuggers.
+    /// No write-open of `/proc/<pid>/mem` and no ptrace attach (code written into a
+    /// process): off only for containers that run debuggers.
     pub proc_mem: bool,
 }
 
@@ -187,6 +189,8 @@ pub mod kind {
     pub const ANON_EXEC: u32 = 6;
     /// `/proc/<pid>/mem` opened for writing.
     pub const PROC_MEM: u32 = 7;
+    /// Another process attached with ptrace (or PTRACE_TRACEME).
+    pub const PTRACE: u32 = 8;
 }
 
 /// What the gate reported (a refused or would-be-refused mapping or loader exec).

@@ -12,13 +12,18 @@
  *   memcode anon-rwx            anonymous read-write-exec memory
  *   memcode anon-mprotect       anonymous read-write memory made read-exec
  *   memcode double-map          .NET's shape: one memfd mapped read-write and read-exec
+ *   memcode ptrace-poke         attach to a child with ptrace, PTRACE_POKETEXT the bytes
+ *                               over its code, let it run them
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/ptrace.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static const unsigned char CODE[] = {0xb8, 0x2a, 0x00, 0x00, 0x00, 0xc3};
@@ -122,6 +127,37 @@ int main(int argc, char **argv) {
         memcpy(p, CODE, sizeof(CODE));
         if (mprotect(p, pg, PROT_READ | PROT_EXEC)) return refused("mprotect");
         return call(p);
+    }
+    if (!strcmp(T, "ptrace-poke")) {
+        int p[2];
+        if (pipe(p)) return refused("pipe");
+        pid_t child = fork();
+        if (child == 0) {
+            raise(SIGSTOP);
+            int v = victim();
+            if (write(p[1], &v, sizeof v) != sizeof v) _exit(1);
+            _exit(0);
+        }
+        int st;
+        waitpid(child, &st, WUNTRACED);
+        if (ptrace(PTRACE_ATTACH, child, 0, 0) < 0) {
+            kill(child, SIGKILL);
+            return refused("attach");
+        }
+        waitpid(child, &st, 0);
+        long word = ptrace(PTRACE_PEEKTEXT, child, (void *)victim, 0);
+        memcpy(&word, CODE, sizeof(CODE));
+        if (ptrace(PTRACE_POKETEXT, child, (void *)victim, (void *)word) < 0) {
+            kill(child, SIGKILL);
+            return refused("poketext");
+        }
+        ptrace(PTRACE_DETACH, child, 0, 0);
+        kill(child, SIGCONT);
+        int v = 0;
+        if (read(p[0], &v, sizeof v) != sizeof v) v = -1;
+        waitpid(child, &st, 0);
+        printf(v == 42 ? "%s-RAN\n" : "%s-ERROR returned %d\n", T, v);
+        return v == 42 ? 0 : 2;
     }
     printf("%s-ERROR unknown technique\n", T);
     return 2;
