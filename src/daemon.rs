@@ -813,7 +813,7 @@ pub fn run(
     let mut watchdog = crate::service::Watchdog::from_env();
     let watchdog_enabled = watchdog.enabled();
     if watchdog.enabled() {
-        engine.set_heartbeat(Box::new(move || watchdog.tick()));
+        engine.set_heartbeat(Box::new(move |now| watchdog.tick(now)));
     }
     let mut engine_thread = std::thread::Builder::new()
         .name("driftlock-engine".into())

@@ -92,12 +92,12 @@ impl Watchdog {
         }
     }
 
-    /// Pings if due.
-    pub fn tick(&mut self) {
+    /// Pings if due (`now`: the caller's clock reading).
+    pub fn tick(&mut self, now: Instant) {
         if let Some(every) = self.every {
-            if self.last.elapsed() >= every {
+            if now.saturating_duration_since(self.last) >= every {
                 let _ = notify("WATCHDOG=1", &[]);
-                self.last = Instant::now();
+                self.last = now;
             }
         }
     }

@@ -209,6 +209,8 @@ pub struct EngineHandle {
     pub(super) waker: Arc<dyn Wake>,
     pub(super) timeout: Duration,
     pub(super) heartbeat_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// The instant the loop's heartbeat counts from.
+    pub(super) started: Instant,
 }
 
 impl EngineHandle {
@@ -261,9 +263,7 @@ impl EngineHandle {
     /// once a second); large means stalled.
     pub fn loop_age(&self) -> f64 {
         let last = self.heartbeat_ms.load(std::sync::atomic::Ordering::Relaxed);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = self.started.elapsed().as_millis() as u64;
         now.saturating_sub(last) as f64 / 1e3
     }
 

@@ -162,7 +162,7 @@ pub struct Engine<G: Gate> {
     config: EngineConfig,
     next_seq: u64,
     /// Called after every loop iteration (the systemd watchdog feeds on it).
-    heartbeat: Option<Box<dyn FnMut() + Send>>,
+    heartbeat: Option<Box<dyn FnMut(Instant) + Send>>,
     /// Adopted a predecessor's group whose marks outlive the registry: until the recorded
     /// units are re-armed, an event on no known unit is held, not allowed.
     restoring: bool,
@@ -171,9 +171,12 @@ pub struct Engine<G: Gate> {
     parked: Vec<(ExecEvent, i32, FileStat)>,
     /// When the batch being processed was read (decision latency is measured from it).
     batch_read_at: Instant,
-    /// Wall-clock milliseconds of the last loop iteration, shared with the handle.
+    /// Milliseconds from `started` to the last loop iteration, shared with the handle.
     heartbeat_ms: Arc<std::sync::atomic::AtomicU64>,
-    heartbeat_at: Option<Instant>,
+    started: Instant,
+    /// Permission events answered in the turn that read them, not yet counted in the
+    /// latency histogram.
+    answered_in_batch: u32,
     /// Asks exec'ing tasks what they named (the loader rule).
     probe: Box<dyn TaskProbe>,
     /// Loader execs whose thread was not yet seen blocked: looked at again shortly.
@@ -208,7 +211,9 @@ impl<G: Gate> Engine<G> {
             .filter_map(|i| spawn_hash_worker(i, &job_rx, &res_tx, &waker, &busy))
             .collect();
         let heartbeat_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let started = Instant::now();
         let handle = EngineHandle {
+            started,
             tx: cmd_tx,
             waker,
             timeout: Duration::from_secs(60),
@@ -243,7 +248,8 @@ impl<G: Gate> Engine<G> {
             parked: Vec::new(),
             batch_read_at: Instant::now(),
             heartbeat_ms,
-            heartbeat_at: None,
+            started,
+            answered_in_batch: 0,
             probe: Box::new(ProcTaskProbe),
             loader_waits: Vec::new(),
             mapping_waits: Vec::new(),
@@ -283,15 +289,19 @@ impl<G: Gate> Engine<G> {
     }
 
     /// Sets a function called once per loop iteration.
-    pub fn set_heartbeat(&mut self, f: Box<dyn FnMut() + Send>) {
+    pub fn set_heartbeat(&mut self, f: Box<dyn FnMut(Instant) + Send>) {
         self.heartbeat = Some(f);
     }
 
     /// Runs until [`EngineHandle::shutdown`]; answers everything in flight before returning.
     pub fn run(mut self) -> Result<(), KernelError> {
+        // The clock is read twice per turn: when a batch arrives (its events' arrival) and
+        // once after it, for the answers' latency, the housekeeping, the next deadline and
+        // the heartbeat alike.
+        let mut now = Instant::now();
         loop {
-            let timeout = self.next_timeout();
-            match self.gate.next_batch(timeout, &mut self.batch) {
+            let deadline = self.next_deadline(now);
+            match self.gate.next_batch(Some(deadline), &mut self.batch) {
                 Ok(()) => {}
                 Err(err @ KernelError::Version { .. }) => {
                     self.process_batch();
@@ -307,9 +317,9 @@ impl<G: Gate> Engine<G> {
             while let Ok(done) = self.results.try_recv() {
                 self.handle_result(done);
             }
-            // One clock read per turn serves the housekeeping (each part returns at once
-            // when it has nothing due, as on a warm hit).
-            let now = Instant::now();
+            now = Instant::now();
+            self.observe_batch_latency(now);
+            // Each part returns at once when it has nothing due, as on a warm hit.
             self.expire(now);
             self.look_at_waiting_loaders(now);
             self.summarize_suppressed(now);
@@ -323,21 +333,11 @@ impl<G: Gate> Engine<G> {
                 self.handle_command(cmd);
             }
             if let Some(hb) = self.heartbeat.as_mut() {
-                hb();
+                hb(now);
             }
-            // The heartbeat is read in whole milliseconds: the wall clock is read once per
-            // millisecond of the loop's own clock, not on every turn.
-            if self
-                .heartbeat_at
-                .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_millis(1))
-            {
-                self.heartbeat_at = Some(now);
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                self.heartbeat_ms
-                    .store(now_ms, std::sync::atomic::Ordering::Relaxed);
-            }
+            let alive_ms = now.saturating_duration_since(self.started).as_millis() as u64;
+            self.heartbeat_ms
+                .store(alive_ms, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -352,26 +352,30 @@ impl<G: Gate> Engine<G> {
         self.batch = batch;
     }
 
-    fn next_timeout(&self) -> Option<Duration> {
-        let earliest = self
-            .in_flight
-            .values()
-            .flat_map(|f| f.waiters.iter().map(|w| w.deadline))
-            .min();
-        let earliest = earliest
-            .into_iter()
-            .chain(self.loader_waits.iter().map(|w| w.next))
-            .min();
+    /// Counts the answers given in the turn that read their events (cache hits, denials
+    /// without reading): their latency is at most the turn's, measured once for all.
+    fn observe_batch_latency(&mut self, now: Instant) {
+        if self.answered_in_batch == 0 {
+            return;
+        }
+        let took = now.saturating_duration_since(self.batch_read_at);
+        for _ in 0..std::mem::take(&mut self.answered_in_batch) {
+            self.observe_latency(took);
+        }
+    }
+
+    fn next_deadline(&self, now: Instant) -> Instant {
         // A written file waits for its writer's release, which follows its close at once.
         let tick = if self.mapping_waits.is_empty() {
             Duration::from_secs(1)
         } else {
             Duration::from_millis(2)
         };
-        Some(match earliest {
-            Some(d) => d.saturating_duration_since(Instant::now()).min(tick),
-            None => tick,
-        })
+        self.in_flight
+            .values()
+            .flat_map(|f| f.waiters.iter().map(|w| w.deadline))
+            .chain(self.loader_waits.iter().map(|w| w.next))
+            .fold(now + tick, Instant::min)
     }
 
     fn handle_event(&mut self, ev: RawEvent) {
@@ -733,7 +737,12 @@ impl<G: Gate> Engine<G> {
     }
 
     fn observe_answer_latency(&mut self, event: &ExecEvent, arrived: Instant) {
-        if matches!(event, ExecEvent::Permission(_)) {
+        if !matches!(event, ExecEvent::Permission(_)) {
+            return;
+        }
+        if arrived == self.batch_read_at {
+            self.answered_in_batch += 1;
+        } else {
             self.observe_latency(arrived.elapsed());
         }
     }

@@ -222,9 +222,12 @@ pub struct Mark {
 pub trait Gate: Send + 'static {
     /// Waits up to `timeout` (forever if `None`) for events and appends them to `out`.
     /// Returns with `out` unchanged on timeout or when woken.
+    /// Waits for events until `deadline` (`None`: until woken) and appends them to `out`.
+    /// A deadline is an instant, not a duration, so the loop's one clock read per turn
+    /// serves it (no clock read here on the doorbell path).
     fn next_batch(
         &mut self,
-        timeout: Option<Duration>,
+        deadline: Option<std::time::Instant>,
         out: &mut Vec<RawEvent>,
     ) -> Result<(), KernelError>;
     /// The responder for permission events read from this gate.
@@ -360,11 +363,12 @@ impl Ticker {
         self.base.elapsed().as_nanos().min(u128::from(u64::MAX - 1)) as u64
     }
 
-    /// The loop wants to be woken `after` from now.
-    fn wake_after(&self, after: Duration) {
-        let when = self
-            .now_ns()
-            .saturating_add(after.as_nanos().min(u128::from(u64::MAX)) as u64);
+    /// The loop wants to be woken at `at`.
+    fn wake_at(&self, at: std::time::Instant) {
+        let when = at
+            .saturating_duration_since(self.base)
+            .as_nanos()
+            .min(u128::from(u64::MAX - 1)) as u64;
         let before = self.deadline.swap(when, Ordering::AcqRel);
         if when < before {
             // Taken after the store: the ticker either sees the new deadline before it
@@ -615,21 +619,20 @@ fn parse_events(buf: &[u8], out: &mut Vec<RawEvent>) -> Result<(), KernelError> 
 impl Gate for FanotifyGate {
     fn next_batch(
         &mut self,
-        timeout: Option<Duration>,
+        deadline: Option<std::time::Instant>,
         out: &mut Vec<RawEvent>,
     ) -> Result<(), KernelError> {
-        // With the doorbell, block in read alone unless the deadline is (almost) due,
-        // which the ticker would ring at once anyway.
+        // With the doorbell, block in read alone; the ticker rings at the deadline.
         if let Some((_, ticker)) = &self.bell {
-            let due_now = timeout.is_some_and(|d| d < Duration::from_millis(1));
-            if !due_now {
-                ticker.wake_after(timeout.unwrap_or(Duration::from_secs(60)));
-                return self.read_available(out);
-            }
+            ticker.wake_at(
+                deadline.unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(60)),
+            );
+            return self.read_available(out);
         }
-        let timeout = match timeout {
+        let timeout = match deadline {
             None => PollTimeout::NONE,
-            Some(d) => {
+            Some(at) => {
+                let d = at.saturating_duration_since(std::time::Instant::now());
                 // Rounded up: a deadline a fraction of a millisecond away must not spin the loop.
                 PollTimeout::try_from(d.as_micros().div_ceil(1000).min(60_000) as i32)
                     .unwrap_or(PollTimeout::MAX)

@@ -56,11 +56,11 @@ impl Wake for FakeWaker {
 impl Gate for FakeGate {
     fn next_batch(
         &mut self,
-        timeout: Option<Duration>,
+        deadline: Option<std::time::Instant>,
         out: &mut Vec<RawEvent>,
     ) -> Result<(), KernelError> {
-        let first = match timeout {
-            Some(t) => self.rx.recv_timeout(t).ok(),
+        let first = match deadline {
+            Some(at) => self.rx.recv_deadline(at).ok(),
             None => self.rx.recv().ok(),
         };
         for feed in first.into_iter().chain(self.rx.try_iter()) {
