@@ -52,8 +52,30 @@ for i in $(seq "$rounds"); do
   ms $ctr run --rm --runc-binary "$bin/driftlock-runtime" "$img" "c$i" /bin/true >> "$t/cold"
   ms $ctr run --rm --runc-binary "$bin/driftlock-runtime" "$img" "w$i" /bin/true >> "$t/warm"
 done
+# The path without a wrapper (containerd's CRI with a base runtime spec): `ctr run --config`
+# with containerd's default spec as it is (runc alone) and through `driftlock base-spec`
+# (hooks, plain runc), each on a fresh overlay of the unpacked image, as CRI's snapshot is.
+mkdir -p "$t/layout" "$t/img" "$t/ov"
+tar -C "$t/layout" -xf "$images/busybox.tar"
+umoci unpack --image "$t/layout:latest" "$t/img" >/dev/null
+$ctr oci spec </dev/null > "$t/default.json"
+"$bin/driftlock" base-spec --from "$t/default.json" --socket "$t/dl/d.sock" --hook-binary "$bin/driftlock" > "$t/hooked.json"
+spec_for() { # SPEC NAME: the spec with a fresh overlay rootfs and /bin/true, at $t/ov/NAME.json
+  mkdir -p "$t/ov/$2"/{u,w,r}
+  mount -t overlay overlay -o "lowerdir=$t/img/rootfs,upperdir=$t/ov/$2/u,workdir=$t/ov/$2/w" "$t/ov/$2/r"
+  jq --arg r "$t/ov/$2/r" --arg c "/driftlock-bench/$2" '.root = {path: $r, readonly: false} | .process.args = ["/bin/true"] | .process.terminal = false | .process.env = ["PATH=/bin"] | .linux.cgroupsPath = $c' "$1" > "$t/ov/$2.json"
+}
+for i in $(seq "$rounds"); do
+  spec_for "$t/default.json" "sp$i"; spec_for "$t/hooked.json" "sb$i"
+  ms $ctr run --rm --config "$t/ov/sp$i.json" "sp$i" >> "$t/spec_plain"
+  ms $ctr run --rm --config "$t/ov/sb$i.json" "sb$i" >> "$t/spec_base"
+  umount "$t/ov/sp$i/r" "$t/ov/sb$i/r"; rm -rf "$t/ov/sp$i" "$t/ov/sb$i"
+done
+based=$(grep -c 'arm of "sb[0-9]*" took' "$t/daemon.log" || true)
 med() { sort -n "$1" | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)]/1000}'; }
 p=$(med "$t/plain"); c=$(med "$t/cold"); w=$(med "$t/warm")
+sp=$(med "$t/spec_plain"); sb=$(med "$t/spec_base")
+base_added=$(echo "$sb - $sp" | bc -l)
 # Where the later start's milliseconds go.
 # - The daemon's own arm, by phase (its log line per arm of a later start).
 phase() { grep -E "arm of \"w[0-9]+\" took" "$t/daemon.log" | sed -n "s/.*$1 \([0-9.]*\).*/\1/p" | sort -n | awk '{a[NR]=$1} END {if (NR) printf "%.2f", a[int((NR+1)/2)]; else printf "n/a"}'; }
@@ -85,6 +107,8 @@ echo "|---|---|---|"
 echo "| runc alone | $(f "$p") | |"
 echo "| driftlock, the image's first start (snapshot) | $(f "$c") | $(f "$(echo "$c - $p" | bc -l)") |"
 echo "| driftlock, a later start (stored baseline) | $(f "$w") | $(f "$added") |"
+echo "| runc alone, containerd's default spec (\`ctr run --config\`, a fresh overlay of the image) | $(f "$sp") | |"
+echo "| driftlock without the wrapper: the same spec through \`driftlock base-spec\` (hooks, plain runc; $based of $rounds starts armed) | $(f "$sb") | $(f "$base_added") |"
 echo
 echo "Where a later start's added milliseconds go:"
 echo
@@ -103,6 +127,8 @@ if [ -n "${DRIFTLOCK_BENCH_RESULTS:-}" ]; then
     echo "start_hooks_ms=$(echo "$hooks * $hook_start" | bc -l)"
     echo "start_arm_ms=$arm_total"
     echo "start_memfd_ms=$memfd"
+    echo "start_base_spec_added_ms=$base_added"
+    echo "start_base_spec_armed=$based/$rounds"
   } >> "$DRIFTLOCK_BENCH_RESULTS"
 fi
 INNER

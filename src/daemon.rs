@@ -670,6 +670,15 @@ pub fn run(
         .thread_block()
         .map_err(|e| DaemonError::Setup(format!("cannot block signals: {e}")))?;
     raise_fd_limit();
+    // Forked now, while the daemon is small: its fork per arm copies its page tables, not
+    // a grown daemon's. Only where there is a sysctl to set.
+    let memfd_setter = (config.memfd_noexec
+        && std::path::Path::new(crate::arming::MEMFD_NOEXEC_SYSCTL).exists())
+    .then(crate::kernel::ns::MemfdSetter::start)
+    .and_then(|r| {
+        r.inspect_err(|e| log::warn!("{e}: vm.memfd_noexec is set by a fork per arm"))
+            .ok()
+    });
     for e in &policy.delegation_errors {
         log::error!("configuration: {e}; the rest of the configuration is in force");
     }
@@ -838,6 +847,7 @@ pub fn run(
         mapping_gate_state,
         audit: std::sync::Mutex::new(Some(audit.clone())),
         pending: Default::default(),
+        memfd_setter,
     });
     if config.memfd_noexec {
         if let Some(f) = features

@@ -388,8 +388,11 @@ fn runtimes() -> Vec<Runtime> {
             name: "containerd".into(),
             uses_driftlock: found.is_some(),
             detail: match found {
-                Some(p) => format!("{} names driftlock-runtime", p.display()),
-                None => "no containerd configuration names driftlock-runtime (merge containerd-cri.toml)".into(),
+                Some(p) => format!(
+                    "{} names driftlock (driftlock-runtime, or a base runtime spec with its hooks)",
+                    p.display()
+                ),
+                None => "no containerd configuration names driftlock (merge containerd-cri-base-spec.toml or containerd-cri.toml)".into(),
             },
         });
     }

@@ -223,7 +223,7 @@ fn container_key(req: &ArmRequest, unit: &ResolvedUnit) -> Vec<u8> {
 const EXPLAIN_HASH_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The sysctl that refuses executable memfds (per PID namespace, 6.3 and later).
-const MEMFD_NOEXEC_SYSCTL: &str = "/proc/sys/vm/memfd_noexec";
+pub const MEMFD_NOEXEC_SYSCTL: &str = "/proc/sys/vm/memfd_noexec";
 
 /// What arming needs from the daemon.
 pub struct Armer {
@@ -264,6 +264,9 @@ pub struct Armer {
     pub audit: std::sync::Mutex<Option<crate::audit::AuditQueue>>,
     /// Recorded units whose re-arm failed, by id: retried.
     pub pending: std::sync::Mutex<std::collections::BTreeMap<String, PendingUnit>>,
+    /// The resident helper that sets `vm.memfd_noexec` in containers (`None`: a fork per
+    /// arm does it).
+    pub memfd_setter: Option<crate::kernel::ns::MemfdSetter>,
 }
 
 /// Arm counters.
@@ -475,7 +478,13 @@ impl Armer {
             );
             return Ok(false);
         }
-        match ns::set_memfd_noexec(pid, 2) {
+        let set = match self.memfd_setter.as_ref().map(|h| h.set(pid, 2)) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(Some(e))) => Err(e),
+            // The helper is gone or stuck (killed): done here, as without it.
+            Some(Err(None)) | None => ns::set_memfd_noexec(pid, 2),
+        };
+        match set {
             Ok(()) => Ok(true),
             // The helper's word alone is not trusted: the sysctl must be missing for the
             // daemon too (its file is the kernel's, whatever the PID namespace).

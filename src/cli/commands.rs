@@ -3,6 +3,46 @@
 
 use super::*;
 
+pub(super) fn base_spec(
+    from: Option<PathBuf>,
+    output: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    hook_binary: Option<PathBuf>,
+) -> Result<i32, CliError> {
+    use std::io::Read as _;
+    let mut settings = crate::runtime::wrapper::RuntimeConfig::load()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    if let Some(s) = socket {
+        settings.socket = s;
+    }
+    if let Some(b) = hook_binary {
+        settings.driftlock = b;
+    }
+    let io = |path: &Path, source: std::io::Error| CliError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let data = match &from {
+        Some(p) => std::fs::read(p).map_err(|e| io(p, e))?,
+        None => {
+            let mut d = Vec::new();
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut d)
+                .map_err(|e| io(Path::new("<stdin>"), e))?;
+            d
+        }
+    };
+    let spec = crate::runtime::wrapper::base_spec(&data, &settings)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    match output {
+        None => println!("{spec}"),
+        Some(out) => crate::runtime::wrapper::write_replacing(&out, spec.as_bytes(), 0o644)
+            .map_err(|e| io(&out, e))?,
+    }
+    Ok(0)
+}
+
 pub(super) fn hook(
     stage: crate::runtime::hook::Stage,
     fail_open: bool,

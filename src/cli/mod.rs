@@ -194,6 +194,33 @@ pub enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Print an OCI runtime spec with driftlock's hooks added, for a runtime's base spec:
+    /// containerd's CRI `base_runtime_spec` then runs the hooks for every container of
+    /// that runtime handler with plain runc, no driftlock-runtime in front of it (four
+    /// fewer process starts per container).
+    ///
+    ///   ctr oci spec | driftlock base-spec -o /etc/containerd/driftlock-base-spec.json
+    ///
+    /// The hooks take the socket and fail-open from /etc/driftlock/runtime.conf as the
+    /// wrapper does. Without the wrapper no seccomp filter is added to containers that run
+    /// without one: where the mapping gate does not run, require RuntimeDefault.
+    BaseSpec {
+        /// The spec to start from (default: standard input). Start from the container
+        /// runtime's own default (`ctr oci spec`), not an empty object.
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+        /// Write the spec here (atomically, mode 0644) instead of standard output.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The daemon's socket the hooks use (default: SOCKET in
+        /// /etc/driftlock/runtime.conf, then /run/driftlock/driftlock.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The driftlock binary the hooks run (default: DRIFTLOCK in runtime.conf, else
+        /// this binary).
+        #[arg(long, value_name = "PATH")]
+        hook_binary: Option<PathBuf>,
+    },
     /// Remove the BPF mapping gate the daemon pinned in /sys/fs/bpf/driftlock: its programs
     /// detach and executable mappings are no longer judged in the kernel. The daemon pins
     /// it so that it keeps enforcing across restarts and crashes; run this after stopping
@@ -856,6 +883,12 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             connect_wait_secs,
             socket,
         } => hook(stage, fail_open, connect_wait_secs, socket),
+        Command::BaseSpec {
+            from,
+            output,
+            socket,
+            hook_binary,
+        } => base_spec(from, output, socket, hook_binary),
         Command::GateUnpin { if_stopped } => {
             let dir = std::path::Path::new(crate::kernel::mapping_gate::DEFAULT_PIN_DIR);
             if let Some(unit) = if_stopped {

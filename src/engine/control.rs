@@ -886,6 +886,9 @@ impl<G: Gate> Engine<G> {
             let detail = format!("daemon stopping: thread {} not seen blocked", w.tid);
             self.conclude_wait(w, outcome, detail);
         }
+        if let Some(denials) = self.denials.take() {
+            denials.finish();
+        }
         self.jobs = None;
         for w in self.workers.drain(..) {
             // Workers stuck on a slow file are left behind; the process is exiting.

@@ -44,6 +44,7 @@ use crate::verdict::{
 };
 
 mod control;
+mod denial;
 mod gate_keys;
 mod hash_pool;
 mod loader;
@@ -179,6 +180,8 @@ pub struct Engine<G: Gate> {
     answered_in_batch: u32,
     /// Asks exec'ing tasks what they named (the loader rule).
     probe: Box<dyn TaskProbe>,
+    /// Reads a recorded denial's process and answers it, off this thread.
+    denials: Option<denial::DenialReader>,
     /// Loader execs whose thread was not yet seen blocked: looked at again shortly.
     loader_waits: Vec<LoaderWait>,
     /// Files closed after a write whose writer the mapping gate still counts: hashed for
@@ -219,6 +222,7 @@ impl<G: Gate> Engine<G> {
             timeout: Duration::from_secs(60),
             heartbeat_ms: Arc::clone(&heartbeat_ms),
         };
+        let denials = denial::DenialReader::spawn(audit.clone());
         let engine = Self {
             responder: gate.responder(),
             gate,
@@ -251,6 +255,7 @@ impl<G: Gate> Engine<G> {
             started,
             answered_in_batch: 0,
             probe: Box::new(ProcTaskProbe),
+            denials,
             loader_waits: Vec::new(),
             mapping_waits: Vec::new(),
         };
@@ -799,11 +804,17 @@ impl<G: Gate> Engine<G> {
             None
         };
         // A denied task may exit (and be reaped) the moment it is answered: its own process
-        // (a few capped reads) is read first; its ancestors by the record writer.
-        let read_first = (recorded && outcome.answer == Answer::Deny)
-            .then(|| procfs::read_process(tid))
-            .flatten();
-        let held = if outcome.answer == Answer::Deny || !recorded {
+        // (a few capped reads) is read while it is held, by the denial-context thread (or
+        // here, when that thread is busy); its ancestors by the record writer.
+        let denied_recorded = recorded && outcome.answer == Answer::Deny;
+        let read_now = if denied_recorded && self.denials.is_none() {
+            ProcessNow::Read(procfs::read_process(tid))
+        } else if denied_recorded {
+            ProcessNow::Later
+        } else {
+            ProcessNow::ReadHere
+        };
+        let held = if (outcome.answer == Answer::Deny && !denied_recorded) || !recorded {
             self.answer(event, outcome.answer);
             None
         } else {
@@ -819,6 +830,7 @@ impl<G: Gate> Engine<G> {
         if !recorded {
             return;
         }
+        let later = matches!(read_now, ProcessNow::Later);
         let (mut record, process) = build_record(
             unit,
             verdict,
@@ -827,10 +839,9 @@ impl<G: Gate> Engine<G> {
             tid,
             digest,
             stat,
-            read_first,
+            read_now,
         );
         record.detail = detail.or_else(|| default_detail(unit, reason, digest, stat.size));
-        record.fit(crate::audit::MAX_RECORD_BYTES);
         if verdict != Verdict::Allow {
             unit.last_deny = Some(crate::registry::LastDeny {
                 time: record.time.clone(),
@@ -838,10 +849,32 @@ impl<G: Gate> Engine<G> {
                 verdict,
             });
         }
-        if let Some(event) = held {
+        self.stats.records += 1;
+        let (event, record, file, process) = match (held, later, self.denials.as_ref()) {
+            (Some(event), true, Some(denials)) => {
+                let held = denial::HeldDenial {
+                    event,
+                    tid,
+                    record: Box::new(record),
+                    file,
+                    process,
+                };
+                match denials.hand(held) {
+                    Ok(()) => return,
+                    // Busy: read and answer here.
+                    Err(mut d) => {
+                        record::fill_process(&mut d.record, procfs::read_process(tid));
+                        (Some(d.event), *d.record, d.file, d.process)
+                    }
+                }
+            }
+            (held, _, _) => (held, record, file, process),
+        };
+        let mut record = record;
+        record.fit(crate::audit::MAX_RECORD_BYTES);
+        if let Some(event) = event {
             self.answer(event, outcome.answer);
         }
-        self.stats.records += 1;
         self.audit.send(AuditJob::Exec {
             record: Box::new(record),
             file,

@@ -163,16 +163,11 @@ pub(super) fn build_record(
     tid: i32,
     digest: Option<Digest>,
     stat: &FileStat,
-    read: Option<procfs::ProcessInfo>,
+    read: ProcessNow,
 ) -> (AuditRecord, crate::audit::ProcessToRead) {
     let path = file.and_then(procfs::fd_path);
-    // The process itself now (read before the answer for a denied exec); its ancestors by
-    // the record writer.
-    let proc_info = read.or_else(|| procfs::read_process(tid));
-    let me = proc_info.as_ref().map(ProcessRecord::from);
-    let chain = me.iter().cloned().collect();
     let process = crate::audit::ProcessToRead { stop: unit.pid };
-    let record = AuditRecord {
+    let mut record = AuditRecord {
         v: RECORD_VERSION,
         time: rfc3339(SystemTime::now()),
         unit: unit.id.clone(),
@@ -186,12 +181,12 @@ pub(super) fn build_record(
         reason,
         path: path.as_deref().map(escape_bytes),
         tid,
-        pid: proc_info.as_ref().map(|p| p.pid),
-        ppid: proc_info.as_ref().map(|p| p.ppid),
-        uid: proc_info.as_ref().map(|p| p.uid),
-        comm: me.as_ref().map(|m| m.comm.clone()),
-        cmdline: me.map(|m| m.cmdline).unwrap_or_default(),
-        chain,
+        pid: None,
+        ppid: None,
+        uid: None,
+        comm: None,
+        cmdline: Vec::new(),
+        chain: Vec::new(),
         blake3: digest.map(|d| d.to_string()),
         sha256: None,
         size: Some(stat.size),
@@ -201,5 +196,34 @@ pub(super) fn build_record(
         content_unverified: false,
         truncated: false,
     };
+    // The process itself: `read` (read before the answer for a denied exec), now, or
+    // `Later` (by the denial-context thread); its ancestors by the record writer.
+    match read {
+        ProcessNow::Read(info) => fill_process(&mut record, info),
+        ProcessNow::ReadHere => fill_process(&mut record, procfs::read_process(tid)),
+        ProcessNow::Later => {}
+    }
     (record, process)
+}
+
+/// When an exec record's own process is read.
+pub(super) enum ProcessNow {
+    /// Already read (`None`: it had exited).
+    Read(Option<procfs::ProcessInfo>),
+    /// Read while the record is built.
+    ReadHere,
+    /// Read later, by whoever answers the held exec.
+    Later,
+}
+
+/// Fills in the record's process fields from what `/proc` said of it.
+pub(super) fn fill_process(record: &mut AuditRecord, info: Option<procfs::ProcessInfo>) {
+    let Some(info) = info else { return };
+    let me = ProcessRecord::from(&info);
+    record.pid = Some(info.pid);
+    record.ppid = Some(info.ppid);
+    record.uid = Some(info.uid);
+    record.comm = Some(me.comm.clone());
+    record.cmdline = me.cmdline.clone();
+    record.chain = vec![me];
 }

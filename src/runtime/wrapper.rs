@@ -442,35 +442,58 @@ pub fn patch_bundle(bundle: &Path, cfg: &RuntimeConfig) -> Result<bool, RuntimeE
     let mode = std::fs::metadata(&path)
         .map(|m| m.permissions().mode())
         .unwrap_or(0o644);
+    // Not synced: a bundle does not outlive the node (runtimes keep it under /run), and
+    // the rename alone is atomic for runc, which reads it next.
+    write_replacing(&path, &out, mode).map_err(|e| err(e.to_string()))?;
+    Ok(true)
+}
+
+/// Replaces `path` with `data` at once: written to a new file beside it (`O_EXCL`, so
+/// nothing planted there is followed or reused; readable by root alone until it has
+/// `mode`), then renamed over it.
+pub fn write_replacing(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let tmp = bundle.join(format!(
-        ".config.json.driftlock.{}.{nanos:09}",
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(
+        ".{name}.driftlock.{}.{nanos:09}",
         std::process::id()
     ));
     let write = || -> std::io::Result<()> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        // O_EXCL (nothing planted there is followed or reused), readable by root alone
-        // until it has its final mode.
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(&out)?;
+        f.write_all(data)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         drop(f);
-        // Not synced: a bundle does not outlive the node (runtimes keep it under /run), and
-        // the rename alone is atomic for runc, which reads it next.
-        std::fs::rename(&tmp, &path)
+        std::fs::rename(&tmp, path)
     };
-    write().map_err(|e| {
+    write().inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
-        err(e.to_string())
-    })?;
-    Ok(true)
+    })
+}
+
+/// A runtime spec (`data`, JSON) with driftlock's hooks added, for a base runtime spec
+/// (containerd's CRI `base_runtime_spec`): the runtime handler's containers run the hooks
+/// with no wrapper in front of runc. Refuses what is not a spec: an empty object, or one
+/// without `process` and `root`, would make every container of the handler fail.
+pub fn base_spec(data: &[u8], cfg: &RuntimeConfig) -> Result<String, String> {
+    let mut spec: Value =
+        serde_json::from_slice(data).map_err(|e| format!("not a JSON runtime spec: {e}"))?;
+    for field in ["ociVersion", "process", "root", "linux"] {
+        if spec.get(field).is_none() {
+            return Err(format!(
+                "the spec has no \"{field}\": start from the runtime's own default (`ctr oci spec`)"
+            ));
+        }
+    }
+    add_hooks(&mut spec, cfg).map_err(|e| e.to_string())?;
+    serde_json::to_string_pretty(&spec).map_err(|e| e.to_string())
 }
 
 /// Where to look for the real runc when none is configured.

@@ -385,6 +385,16 @@ fn kustomize_overlays_render_and_fit_together() {
             ["BinaryName"]
             .is_str()
     );
+    let base: toml::Value = toml::from_str(
+        &fs::read_to_string(root.join("../../systemd/containerd-cri-base-spec.toml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        base["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["runc"]
+            ["base_runtime_spec"]
+            .as_str(),
+        Some("/etc/containerd/driftlock-base-spec.json")
+    );
 }
 
 /// Issue 29: read-only commands create nothing; a state directory that is not there is

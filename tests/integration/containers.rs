@@ -295,6 +295,120 @@ fn plain_runc_run_with_a_bundle() {
     assert_eq!(node.records(1)[0]["unit"], "plain-1");
 }
 
+/// The path without a wrapper, as containerd's CRI runs it with a base runtime spec:
+/// containerd's own default spec (`ctr oci spec`) through `driftlock base-spec`, with the
+/// rootfs, command and mounts set on top as CRI sets them, run by plain runc. The hooks
+/// arm the container (the DreamBus drop is denied, image programs run) and disarm it.
+#[test]
+fn a_base_runtime_spec_protects_containers_without_the_wrapper() {
+    let Some(node) = Node::new("base-spec") else {
+        return;
+    };
+    let default = node.ctr(&["oci", "spec"]);
+    assert!(default.status.success(), "{}", text(&default));
+    let mut made = Command::new(BIN)
+        .args(["base-spec", "--hook-binary", BIN, "--socket"])
+        .arg(&node.dl_socket)
+        .env("DRIFTLOCK_RUNTIME_CONF", node.dir.join("no-runtime.conf"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        made.stdin
+            .take()
+            .unwrap()
+            .write_all(&default.stdout)
+            .unwrap();
+    }
+    let made = made.wait_with_output().unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    let mut spec: serde_json::Value = serde_json::from_slice(&made.stdout).unwrap();
+    assert_eq!(spec["hooks"]["createRuntime"][0]["path"], BIN, "{spec}");
+    assert_eq!(
+        spec["hooks"]["poststop"][0]["args"][2], "poststop",
+        "{spec}"
+    );
+    // An empty object is refused: every container of the handler would fail.
+    let refused = Command::new(BIN)
+        .args(["base-spec", "--from", "/dev/null"])
+        .env("DRIFTLOCK_RUNTIME_CONF", node.dir.join("no-runtime.conf"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "{}", text(&refused));
+
+    // What CRI sets on top of the base spec: the image's rootfs, command and environment, the pod's
+    // network (here the host's, for the payload's server) and a volume.
+    let bundle = node.dir.join("base-bundle");
+    let layout = node.dir.join("base-layout");
+    fs::create_dir_all(&layout).unwrap();
+    let untar = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-xf")
+        .arg(images().unwrap().join("busybox.tar"))
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    let unpack = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:latest", layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(unpack.status.success(), "{}", text(&unpack));
+    let out_dir = node.dir.join("out");
+    fs::create_dir_all(&out_dir).unwrap();
+    let script = format!(
+        "{{ echo image-ok; wget -q -O /tmp/kdevtmpfsi {} && chmod +x /tmp/kdevtmpfsi && /tmp/kdevtmpfsi; echo payload=$?; ls / >/dev/null; echo ls=$?; }} >/.out/base-1 2>&1",
+        node.payload_url()
+    );
+    spec["root"] = serde_json::json!({"path": bundle.join("rootfs"), "readonly": false});
+    spec["process"]["args"] = serde_json::json!(["sh", "-c", script]);
+    spec["process"]["env"] = serde_json::json!(["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
+    spec["process"]["terminal"] = false.into();
+    // A cgroup of its own, as CRI gives each container (the default spec's is shared).
+    spec["linux"]["cgroupsPath"] = "/driftlock-test/base-1".into();
+    spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/.out", "type": "bind", "source": out_dir, "options": ["rbind", "rw"]
+        }));
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "network");
+    let spec_path = node.dir.join("base-spec.json");
+    fs::write(&spec_path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let run = node.ctr(&[
+        "run",
+        "--rm",
+        "--config",
+        spec_path.to_str().unwrap(),
+        "base-1",
+    ]);
+    let printed = fs::read_to_string(out_dir.join("base-1")).unwrap_or_default();
+    assert!(run.status.success(), "{}\n{printed}", text(&run));
+    assert!(printed.contains("image-ok"), "{printed}");
+    assert!(printed.contains("payload=126"), "{printed}");
+    assert!(
+        printed.contains("ls=0"),
+        "image programs keep working: {printed}"
+    );
+    let recs = node.records(1);
+    assert_eq!(recs[0]["unit"], "base-1", "{recs:?}");
+    assert_eq!(recs[0]["verdict"], "deny", "{recs:?}");
+    assert_eq!(recs[0]["path"], "/tmp/kdevtmpfsi", "{recs:?}");
+    // The poststop hook disarmed it.
+    wait_for("the disarm", Duration::from_secs(10), || {
+        node.status()["units"]
+            .as_array()
+            .is_some_and(|u| u.is_empty())
+    });
+}
+
 /// The capability set of systemd/driftlock.service is enough: the daemon runs with only
 /// CAP_SYS_ADMIN, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH in its bounding set and still
 /// arms containers, denies payloads, checks loaders and blocks fileless execution.

@@ -384,3 +384,62 @@ fn issue_26_a_tenants_own_user_namespace_cannot_reach_unmarked_mounts() {
     );
     assert!(t.contains("userns=0"), "{t}");
 }
+
+/// The resident helper that sets `vm.memfd_noexec` for arms (forked once, so an arm does
+/// not fork the grown daemon): the value is set in the container's PID namespace and
+/// nowhere else, and a helper that is gone is reported so the caller does it itself.
+#[test]
+fn the_resident_memfd_helper_sets_the_sysctl_in_that_pid_namespace_only() {
+    if !crate::support::root_or_skip("memfd helper") {
+        return;
+    }
+    let sysctl = "/proc/sys/vm/memfd_noexec";
+    if !std::path::Path::new(sysctl).exists() {
+        eprintln!("skipping the memfd helper test: no {sysctl} (kernel before 6.3)");
+        return;
+    }
+    let host_before = fs::read_to_string(sysctl).unwrap();
+    let mut outer = Command::new("unshare")
+        .args(["--pid", "--fork", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    // The sleep is unshare's child, pid 1 of the new namespace.
+    let children = format!("/proc/{0}/task/{0}/children", outer.id());
+    let mut inner = 0;
+    for _ in 0..200 {
+        inner = fs::read_to_string(&children)
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<i32>().ok())
+            .unwrap_or(0);
+        if inner != 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_ne!(inner, 0, "no process in the new PID namespace");
+    let setter = driftlock::kernel::ns::MemfdSetter::start().unwrap();
+    for _ in 0..3 {
+        setter.set(inner, 2).unwrap();
+    }
+    let seen = Command::new("nsenter")
+        .args(["-t", &inner.to_string(), "-p", "--", "cat", sysctl])
+        .output()
+        .unwrap();
+    // The sleep first (unshare waits for it and exits), so nothing is left behind.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(inner),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = outer.wait();
+    assert_eq!(String::from_utf8_lossy(&seen.stdout).trim(), "2");
+    assert_eq!(
+        fs::read_to_string(sysctl).unwrap(),
+        host_before,
+        "the node's value is untouched"
+    );
+    // A process that is gone: refused with the reason, not a helper fault.
+    assert!(matches!(setter.set(inner, 2), Err(Some(_))));
+    drop(setter);
+}
