@@ -90,9 +90,21 @@ pub fn watch_mounts(
         let _ = f.rewind();
         let _ = f.read_to_end(&mut sink);
     };
+    // The status is asked for again only when the units changed: with a thousand units
+    // armed it is real work on the event loop, four times a second otherwise.
+    let mut seen: Option<(u64, crate::engine::EngineStatus)> = None;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let Ok(status) = armer.engine.status() else {
-            std::thread::sleep(WATCH_TICK);
+        let generation = armer.engine.units_generation();
+        if seen.as_ref().is_none_or(|(g, _)| *g != generation) {
+            match armer.engine.status() {
+                Ok(s) => seen = Some((generation, s)),
+                Err(_) => {
+                    std::thread::sleep(WATCH_TICK);
+                    continue;
+                }
+            }
+        }
+        let Some((_, status)) = seen.as_ref() else {
             continue;
         };
         watched.retain(|id, (pid, _)| {

@@ -208,7 +208,7 @@ pub struct EngineHandle {
     pub(super) tx: Sender<Command>,
     pub(super) waker: Arc<dyn Wake>,
     pub(super) timeout: Duration,
-    pub(super) heartbeat_ms: Arc<std::sync::atomic::AtomicU64>,
+    pub(super) shared: Arc<LoopShared>,
     /// The instant the loop's heartbeat counts from.
     pub(super) started: Instant,
 }
@@ -262,9 +262,21 @@ impl EngineHandle {
     /// Seconds since the event loop last completed an iteration (it iterates at least
     /// once a second); large means stalled.
     pub fn loop_age(&self) -> f64 {
-        let last = self.heartbeat_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let last = self
+            .shared
+            .heartbeat_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
         let now = self.started.elapsed().as_millis() as u64;
         now.saturating_sub(last) as f64 / 1e3
+    }
+
+    /// A number that changes whenever a unit is armed, disarmed or given marks: a watcher
+    /// asks for the status again only when it moved (a status of a thousand units is work
+    /// on the event loop).
+    pub fn units_generation(&self) -> u64 {
+        self.shared
+            .units_changed
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Ends restore mode (see [`Engine::set_restoring`]).
@@ -279,18 +291,35 @@ impl EngineHandle {
     }
 }
 
+/// What the event loop shares with its handles without a round trip through it.
+#[derive(Debug, Default)]
+pub(super) struct LoopShared {
+    /// Milliseconds from the loop's start to its last iteration.
+    pub(super) heartbeat_ms: std::sync::atomic::AtomicU64,
+    /// Bumped whenever a unit is armed, disarmed or given marks.
+    pub(super) units_changed: std::sync::atomic::AtomicU64,
+}
+
 /// The longest a clean stop waits for hashes in progress.
 pub(super) const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 impl<G: Gate> Engine<G> {
+    fn units_changed(&self) {
+        self.shared
+            .units_changed
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     pub(super) fn handle_command(&mut self, cmd: Command) {
         match cmd {
             Command::Arm(spec, reply) => {
                 let r = self.arm(spec);
+                self.units_changed();
                 let _ = reply.send(r);
             }
             Command::Disarm(id, reply) => {
                 let r = self.disarm(&id);
+                self.units_changed();
                 // Another unit could arm the same filesystem with another baseline.
                 self.clear_ignored_execs();
                 let _ = reply.send(r);
@@ -319,6 +348,7 @@ impl<G: Gate> Engine<G> {
             }
             Command::AddMarks(id, marks, reply) => {
                 let r = self.add_marks(&id, marks);
+                self.units_changed();
                 let _ = reply.send(r);
             }
             Command::Status(reply) => {

@@ -51,6 +51,7 @@ mod loader;
 mod record;
 mod stats;
 
+use control::LoopShared;
 pub use control::{
     AddedMarks, Command, DEFAULT_CACHE_CAPACITY, DEFAULT_HASH_TIMEOUT, DEFAULT_LOADER_WAIT,
     EngineConfig, EngineError, EngineHandle, Explanation, UnitSpec, threads,
@@ -173,7 +174,7 @@ pub struct Engine<G: Gate> {
     /// When the batch being processed was read (decision latency is measured from it).
     batch_read_at: Instant,
     /// Milliseconds from `started` to the last loop iteration, shared with the handle.
-    heartbeat_ms: Arc<std::sync::atomic::AtomicU64>,
+    shared: Arc<LoopShared>,
     started: Instant,
     /// Permission events answered in the turn that read them, not yet counted in the
     /// latency histogram.
@@ -213,14 +214,14 @@ impl<G: Gate> Engine<G> {
         let workers = (0..config.hash_workers)
             .filter_map(|i| spawn_hash_worker(i, &job_rx, &res_tx, &waker, &busy))
             .collect();
-        let heartbeat_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let shared = Arc::new(LoopShared::default());
         let started = Instant::now();
         let handle = EngineHandle {
             started,
             tx: cmd_tx,
             waker,
             timeout: Duration::from_secs(60),
-            heartbeat_ms: Arc::clone(&heartbeat_ms),
+            shared: Arc::clone(&shared),
         };
         let denials = denial::DenialReader::spawn(audit.clone());
         let engine = Self {
@@ -251,7 +252,7 @@ impl<G: Gate> Engine<G> {
             suppressed_units: false,
             parked: Vec::new(),
             batch_read_at: Instant::now(),
-            heartbeat_ms,
+            shared,
             started,
             answered_in_batch: 0,
             probe: Box::new(ProcTaskProbe),
@@ -341,7 +342,8 @@ impl<G: Gate> Engine<G> {
                 hb(now);
             }
             let alive_ms = now.saturating_duration_since(self.started).as_millis() as u64;
-            self.heartbeat_ms
+            self.shared
+                .heartbeat_ms
                 .store(alive_ms, std::sync::atomic::Ordering::Relaxed);
         }
     }
