@@ -63,7 +63,7 @@ $ctr oci spec </dev/null > "$t/default.json"
 spec_for() { # SPEC NAME: the spec with a fresh overlay rootfs and /bin/true, at $t/ov/NAME.json
   mkdir -p "$t/ov/$2"/{u,w,r}
   mount -t overlay overlay -o "lowerdir=$t/img/rootfs,upperdir=$t/ov/$2/u,workdir=$t/ov/$2/w" "$t/ov/$2/r"
-  jq --arg r "$t/ov/$2/r" --arg c "/driftlock-bench/$2" '.root = {path: $r, readonly: false} | .process.args = ["/bin/true"] | .process.terminal = false | .process.env = ["PATH=/bin"] | .linux.cgroupsPath = $c' "$1" > "$t/ov/$2.json"
+  jq --arg r "$t/ov/$2/r" --arg c "/default/$2" '.root = {path: $r, readonly: false} | .process.args = ["/bin/true"] | .process.terminal = false | .process.env = ["PATH=/bin"] | .linux.cgroupsPath = $c' "$1" > "$t/ov/$2.json"
 }
 for i in $(seq "$rounds"); do
   spec_for "$t/default.json" "sp$i"; spec_for "$t/hooked.json" "sb$i"
@@ -118,6 +118,9 @@ echo "| the wrapper in front of runc: $wrapped invocations per \`ctr run --rm\` 
 echo "| the hook processes: $hooks (createRuntime arms, poststop disarms) × $(f "$hook_start") ms to start one (\`driftlock --version\`) | $(f "$(echo "$hooks * $hook_start" | bc -l)") |"
 echo "| the daemon's arm (its log, median): reading the mount tables $mounts, baseline from the store $base, \`vm.memfd_noexec\` helper $memfd, marks $marks, unit record $rec | $arm_total |"
 echo "| the rest: the hooks' own work (OCI state, bundle config, the socket round trips), the disarm, runc's running of hooks, noise | $(f "$rest") |"
+base_rest=$(echo "$base_added - $hooks * $hook_start - $arm_total" | bc -l)
+echo
+echo "Without the wrapper (the base runtime spec) its share is gone: $(f "$base_added") ms = the two hook processes $(f "$(echo "$hooks * $hook_start" | bc -l)") + the daemon's arm $arm_total + the rest (the hooks' own work, runc running them, the disarm, noise) $(f "$base_rest")."
 if [ -n "${DRIFTLOCK_BENCH_RESULTS:-}" ]; then
   {
     echo "start_added_ms=$added"

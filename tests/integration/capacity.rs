@@ -124,3 +124,97 @@ fn issue_26_a_crafted_image_is_refused_and_an_image_is_held_once() {
     fs::set_permissions(&dropped, fs::Permissions::from_mode(0o755)).unwrap();
     assert_eq!(exec(&dropped), EPERM);
 }
+
+/// The pod's memory limit holds (the DaemonSet's is 256 MiB): a daemon in a memory cgroup
+/// of 256 MiB arms 50 containers of one image of 100,000 executables (the most a baseline
+/// may hold) and is still serving, with the peak the cgroup saw as a figure.
+#[test]
+fn a_daemon_held_to_256_mib_serves_50_containers_of_the_largest_image() {
+    if !root_or_skip("capacity under a memory limit") {
+        return;
+    }
+    let memory = Path::new("/sys/fs/cgroup/memory");
+    if !memory.join("cgroup.procs").exists() {
+        eprintln!("skipping the memory-limit test: no cgroup v1 memory controller here");
+        return;
+    }
+    let group = memory.join(format!("driftlock-capacity-{}", std::process::id()));
+    fs::create_dir_all(&group).unwrap();
+    fs::write(group.join("memory.limit_in_bytes"), "268435456").unwrap();
+    let mut sb = Sandbox::new("capacity-256m");
+    let enter = format!(
+        "echo $$ > {} && exec \"$@\"",
+        group.join("cgroup.procs").display()
+    );
+    sb.start_daemon_via(&["sh", "-c", &enter, "sh"], &[]);
+    let lower = sb.dir.join("large");
+    tmpfs(&lower);
+    let t = Instant::now();
+    fill(&lower, 100_000);
+    eprintln!("100,000 files made in {:.1} s", t.elapsed().as_secs_f64());
+    let pid = sb.daemon_pid();
+    let t = Instant::now();
+    for i in 0..50 {
+        let c = sb.dir.join(format!("m{i}"));
+        for d in ["upper", "work", "rootfs"] {
+            fs::create_dir_all(c.join(d)).unwrap();
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            c.join("upper").display(),
+            c.join("work").display()
+        );
+        mount(
+            Some("overlay"),
+            &c.join("rootfs"),
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .unwrap();
+        let out = sb.client(&[
+            "arm",
+            "--id",
+            &format!("m{i}"),
+            "--rootfs",
+            c.join("rootfs").to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "arm m{i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let armed_in = t.elapsed();
+    let peak = fs::read_to_string(group.join("memory.max_usage_in_bytes"))
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let failcnt = fs::read_to_string(group.join("memory.failcnt")).unwrap_or_default();
+    let rss = rss_kib(pid);
+    assert!(
+        sb.client(&["status"]).status.success(),
+        "the daemon serves on"
+    );
+    assert_eq!(exec(&sb.dir.join("m49/rootfs/d0/p0")), Ok(0));
+    let dropped = sb.dir.join("m49/rootfs/dropped");
+    fs::write(&dropped, "#!/bin/sh\n# not in the image\n").unwrap();
+    fs::set_permissions(&dropped, fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(exec(&dropped), EPERM);
+    figure(&format!(
+        "daemon held to 256 MiB: 50 units of a 100,000-file image armed in {:.1} s; RSS {:.1} MiB, the cgroup's peak {:.1} MiB (limit hits: {})",
+        armed_in.as_secs_f64(),
+        rss as f64 / 1024.0,
+        peak as f64 / 1048576.0,
+        failcnt.trim()
+    ));
+    sb.kill_daemon();
+    // The daemon's memfd helper leaves the group a moment after the daemon.
+    for _ in 0..100 {
+        if fs::remove_dir(&group).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

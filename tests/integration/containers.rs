@@ -369,7 +369,7 @@ fn a_base_runtime_spec_protects_containers_without_the_wrapper() {
     spec["process"]["env"] = serde_json::json!(["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
     spec["process"]["terminal"] = false.into();
     // A cgroup of its own, as CRI gives each container (the default spec's is shared).
-    spec["linux"]["cgroupsPath"] = "/driftlock-test/base-1".into();
+    spec["linux"]["cgroupsPath"] = "/default/base-1".into();
     spec["mounts"]
         .as_array_mut()
         .unwrap()
