@@ -452,6 +452,15 @@ pub fn arm_request(
     })
 }
 
+/// True only for an older daemon's refusal of the `annotated_mode` field itself: its
+/// request decoder's words at the start of an `invalid` (or, from the first release,
+/// uncoded) refusal. Any other refusal may echo a container's path or name, and a path
+/// holding those words must not turn the annotation's mode into the operator's.
+fn refuses_annotated_mode(e: &ClientError) -> bool {
+    matches!(e, ClientError::Refused { code: None | Some(crate::ipc::ErrorCode::Invalid), message }
+        if message.starts_with("malformed request: unknown field `annotated_mode`"))
+}
+
 /// The request as a daemon before the annotation policy reads it: the annotation's mode
 /// in `mode`.
 fn legacy_request(req: &ArmRequest) -> ArmRequest {
@@ -538,11 +547,7 @@ pub fn run(stage: Stage, opts: &HookOptions, stdin: impl Read) -> Result<String,
             let reply = match arm(&req) {
                 // A daemon one version older knows no `annotated_mode` (and lets every
                 // annotation win): ask it the way it understands.
-                Err(ClientError::Refused { message, .. })
-                    if message.contains("unknown field `annotated_mode`") =>
-                {
-                    arm(&legacy_request(&req))
-                }
+                Err(e) if refuses_annotated_mode(&e) => arm(&legacy_request(&req)),
                 other => other,
             }
             .map_err(|source| HookError::Daemon {
@@ -683,6 +688,29 @@ mod tests {
             pod: None,
             container_name: None,
         };
+        // Only the decoder's own refusal asks the old way: a refusal that merely names the
+        // field (a path can hold any words) does not.
+        let decoder = |code, message: &str| ClientError::Refused {
+            code,
+            message: message.into(),
+        };
+        let old_daemon = err.replace("newer_field", "annotated_mode");
+        assert!(
+            refuses_annotated_mode(&decoder(None, &old_daemon)),
+            "{old_daemon}"
+        );
+        assert!(refuses_annotated_mode(&decoder(
+            Some(crate::ipc::ErrorCode::Invalid),
+            &old_daemon
+        )));
+        assert!(!refuses_annotated_mode(&decoder(
+            Some(crate::ipc::ErrorCode::NotFound),
+            "cannot stat /run/x/malformed request: unknown field `annotated_mode`"
+        )));
+        assert!(!refuses_annotated_mode(&decoder(
+            Some(crate::ipc::ErrorCode::Invalid),
+            "rootfs /a/unknown field `annotated_mode`/b is not a directory"
+        )));
         let old = legacy_request(&req);
         assert_eq!((old.mode, old.annotated_mode), (Some(Mode::Audit), None));
         let wire =
