@@ -36,6 +36,40 @@ fn tmpfs(at: &Path) {
     .unwrap();
 }
 
+/// Mounts a container's overlay of `lower` at `<sandbox>/<id>/rootfs` and arms it as `id`.
+fn arm_overlay_of(sb: &Sandbox, lower: &Path, id: &str) {
+    let c = sb.dir.join(id);
+    for d in ["upper", "work", "rootfs"] {
+        fs::create_dir_all(c.join(d)).unwrap();
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        c.join("upper").display(),
+        c.join("work").display()
+    );
+    mount(
+        Some("overlay"),
+        &c.join("rootfs"),
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .unwrap();
+    let out = sb.client(&[
+        "arm",
+        "--id",
+        id,
+        "--rootfs",
+        c.join("rootfs").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "arm {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn rss_kib(pid: u32) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
@@ -75,36 +109,7 @@ fn issue_26_a_crafted_image_is_refused_and_an_image_is_held_once() {
     let pid = sb.daemon_pid();
     let mut rss = Vec::new();
     for i in 0..30 {
-        let c = sb.dir.join(format!("c{i}"));
-        for d in ["upper", "work", "rootfs"] {
-            fs::create_dir_all(c.join(d)).unwrap();
-        }
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.display(),
-            c.join("upper").display(),
-            c.join("work").display()
-        );
-        mount(
-            Some("overlay"),
-            &c.join("rootfs"),
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(opts.as_str()),
-        )
-        .unwrap();
-        let out = sb.client(&[
-            "arm",
-            "--id",
-            &format!("c{i}"),
-            "--rootfs",
-            c.join("rootfs").to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        arm_overlay_of(&sb, &lower, &format!("c{i}"));
         rss.push(rss_kib(pid));
     }
     let growth_mib = (rss[29] as f64 - rss[0] as f64) / 1024.0;
@@ -155,36 +160,7 @@ fn a_daemon_held_to_256_mib_serves_50_containers_of_the_largest_image() {
     let pid = sb.daemon_pid();
     let t = Instant::now();
     for i in 0..50 {
-        let c = sb.dir.join(format!("m{i}"));
-        for d in ["upper", "work", "rootfs"] {
-            fs::create_dir_all(c.join(d)).unwrap();
-        }
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.display(),
-            c.join("upper").display(),
-            c.join("work").display()
-        );
-        mount(
-            Some("overlay"),
-            &c.join("rootfs"),
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(opts.as_str()),
-        )
-        .unwrap();
-        let out = sb.client(&[
-            "arm",
-            "--id",
-            &format!("m{i}"),
-            "--rootfs",
-            c.join("rootfs").to_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "arm m{i}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        arm_overlay_of(&sb, &lower, &format!("m{i}"));
     }
     let armed_in = t.elapsed();
     let peak = fs::read_to_string(group.join("memory.max_usage_in_bytes"))
