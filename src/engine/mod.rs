@@ -307,7 +307,7 @@ impl<G: Gate> Engine<G> {
         let mut now = Instant::now();
         loop {
             let deadline = self.next_deadline(now);
-            match self.gate.next_batch(Some(deadline), &mut self.batch) {
+            match self.gate.next_batch(now, Some(deadline), &mut self.batch) {
                 Ok(()) => {}
                 Err(err @ KernelError::Version { .. }) => {
                     self.process_batch();

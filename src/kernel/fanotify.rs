@@ -223,10 +223,11 @@ pub trait Gate: Send + 'static {
     /// Waits up to `timeout` (forever if `None`) for events and appends them to `out`.
     /// Returns with `out` unchanged on timeout or when woken.
     /// Waits for events until `deadline` (`None`: until woken) and appends them to `out`.
-    /// A deadline is an instant, not a duration, so the loop's one clock read per turn
-    /// serves it (no clock read here on the doorbell path).
+    /// `now` is the caller's clock reading of this turn: the loop reads the clock once per
+    /// turn and no wait reads it again.
     fn next_batch(
         &mut self,
+        now: std::time::Instant,
         deadline: Option<std::time::Instant>,
         out: &mut Vec<RawEvent>,
     ) -> Result<(), KernelError>;
@@ -619,20 +620,24 @@ fn parse_events(buf: &[u8], out: &mut Vec<RawEvent>) -> Result<(), KernelError> 
 impl Gate for FanotifyGate {
     fn next_batch(
         &mut self,
+        now: std::time::Instant,
         deadline: Option<std::time::Instant>,
         out: &mut Vec<RawEvent>,
     ) -> Result<(), KernelError> {
-        // With the doorbell, block in read alone; the ticker rings at the deadline.
+        // With the doorbell, block in read alone unless the deadline is (almost) due: that
+        // wait is a short poll, not a ring of the doorbell per turn.
         if let Some((_, ticker)) = &self.bell {
-            ticker.wake_at(
-                deadline.unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(60)),
-            );
-            return self.read_available(out);
+            let due_now = deadline
+                .is_some_and(|at| at.saturating_duration_since(now) < Duration::from_millis(1));
+            if !due_now {
+                ticker.wake_at(deadline.unwrap_or(now + Duration::from_secs(60)));
+                return self.read_available(out);
+            }
         }
         let timeout = match deadline {
             None => PollTimeout::NONE,
             Some(at) => {
-                let d = at.saturating_duration_since(std::time::Instant::now());
+                let d = at.saturating_duration_since(now);
                 // Rounded up: a deadline a fraction of a millisecond away must not spin the loop.
                 PollTimeout::try_from(d.as_micros().div_ceil(1000).min(60_000) as i32)
                     .unwrap_or(PollTimeout::MAX)

@@ -56,6 +56,7 @@ impl Wake for FakeWaker {
 impl Gate for FakeGate {
     fn next_batch(
         &mut self,
+        _now: std::time::Instant,
         deadline: Option<std::time::Instant>,
         out: &mut Vec<RawEvent>,
     ) -> Result<(), KernelError> {
