@@ -14,6 +14,15 @@
  * the order in which the daemon's update and the write arrive. While a writer holds the
  * file open (`writers`), no mapping is admitted either (exec has ETXTBSY for this).
  *
+ * A volume a unit marks by mount is shared with the host (`tracked`): its files are judged
+ * only for the processes of the armed containers that see it (`volumes`, by PID namespace and
+ * device), and only once a container wrote them: a container's write-open or truncate there
+ * makes the file's `generation` entry, a host's write only advances one that exists. Such a
+ * file maps only when admitted; one no container wrote since arming maps (its content came
+ * from the host or from before the container, and its exec is judged by content as every
+ * exec is). If that record cannot be kept (the map is full), the volume turns strict: every
+ * mapping of it by those containers must be admitted.
+ *
  * Keys are the kernel's own: the superblock's s_dev (major << 20 | minor) and the inode
  * number, as the file's f_inode has them (for an overlay file: the overlay's).
  *
@@ -87,6 +96,15 @@ struct gate_event {
 #define DETAIL_WRITTEN (1u << 16)
 #define DETAIL_MPROTECT (1u << 17)
 
+/* `tracked` flags: a container's write could not be recorded (a map was full). */
+#define TRACK_STRICT 2
+
+struct volume_key {
+	u32 inum;
+	u32 pad;
+	u64 dev;
+};
+
 /* Devices of armed units' filesystems -> mode. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -94,6 +112,22 @@ struct {
 	__type(key, u64);
 	__type(value, u32);
 } watched SEC(".maps");
+
+/* Devices of volumes units mark by mount (shared with the host) -> 1 | TRACK_STRICT. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, u64);
+	__type(value, u32);
+} tracked SEC(".maps");
+
+/* (PID namespace of an armed container, device of a volume it marks by mount) -> mode. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct volume_key);
+	__type(value, u32);
+} volumes SEC(".maps");
 
 /* Files whose content was judged allowed -> the generation judged. */
 struct {
@@ -262,6 +296,40 @@ static __always_inline int scope_refuses(u32 kind, u32 scope, u32 inum, struct f
 	return 0;
 }
 
+/* A mapping of a file on a volume shared with the host: judged for the processes of the
+ * armed containers that mark it, once a container wrote the file (see the top). */
+static __always_inline int judge_volume(struct file_key *key, u32 kind)
+{
+	struct volume_key vk = {};
+	u32 inum = 0;
+	u32 *track, *scope, *mode;
+	track = bpf_map_lookup_elem(&tracked, &key->dev);
+	if (!track)
+		return 0;
+	scope = container_scope(&inum);
+	if (!scope)
+		return 0;
+	vk.inum = inum;
+	vk.dev = key->dev;
+	mode = bpf_map_lookup_elem(&volumes, &vk);
+	if (!mode)
+		return 0;
+	count(0);
+	if (admitted(key))
+		return 0;
+	if (!(*track & TRACK_STRICT) && !bpf_map_lookup_elem(&generation, key) &&
+	    !bpf_map_lookup_elem(&writers, key))
+		return 0;
+	if (*mode == MODE_ENFORCE) {
+		count(1);
+		report_detail(kind, *mode, key, true, inum, 0);
+		return -EPERM;
+	}
+	count(2);
+	report_detail(kind, *mode, key, false, inum, 0);
+	return 0;
+}
+
 /* 0: allowed; -EPERM: refuse. `exec`: the file is a program being exec'd (not a mapping). */
 static __always_inline int judge_key(struct file_key *k, u32 kind, bool exec)
 {
@@ -281,7 +349,7 @@ static __always_inline int judge_key(struct file_key *k, u32 kind, bool exec)
 	}
 	mode = bpf_map_lookup_elem(&watched, &key.dev);
 	if (!mode)
-		return 0;
+		return judge_volume(&key, kind);
 	count(0);
 	if (admitted(&key))
 		return 0;
@@ -459,17 +527,59 @@ int BPF_PROG(driftlock_bprm_check, struct linux_binprm *bprm, int ret)
 	return 0;
 }
 
-/* A write is coming: advance the file's generation and drop its entry. */
-static __always_inline void written(struct file_key *key)
+/* A write is coming: advance the file's generation and drop its entry. False if the
+ * generation could not be recorded (the map is full). */
+static __always_inline bool written(struct file_key *key)
 {
 	u64 one = 1, *gen;
+	bool kept = true;
 	gen = bpf_map_lookup_elem(&generation, key);
 	if (gen)
 		__sync_fetch_and_add(gen, 1);
 	else
-		bpf_map_update_elem(&generation, key, &one, BPF_ANY);
+		kept = bpf_map_update_elem(&generation, key, &one, BPF_ANY) == 0;
 	if (bpf_map_delete_elem(&allowed, key) == 0)
 		count(3);
+	return kept;
+}
+
+/* A write to a file on a tracked volume: a container's makes the file's record (if it
+ * cannot, the volume turns strict); the host's advances only a record that exists. */
+static __always_inline void volume_written(struct file_key *key, u32 *track, bool by_container)
+{
+	u64 *gen;
+	if (by_container) {
+		/* A plain store: the flag is only ever set (5.10 has no atomic or). */
+		if (!written(key))
+			*track = *track | TRACK_STRICT;
+		return;
+	}
+	gen = bpf_map_lookup_elem(&generation, key);
+	if (gen)
+		__sync_fetch_and_add(gen, 1);
+	if (bpf_map_delete_elem(&allowed, key) == 0)
+		count(3);
+}
+
+static __always_inline void writer_opened(struct file_key *key)
+{
+	u64 one = 1, *w;
+	w = bpf_map_lookup_elem(&writers, key);
+	if (w)
+		__sync_fetch_and_add(w, 1);
+	else
+		bpf_map_update_elem(&writers, key, &one, BPF_ANY);
+}
+
+static __always_inline void writer_released(struct file_key *key)
+{
+	u64 *w = bpf_map_lookup_elem(&writers, key);
+	if (w) {
+		if (*w <= 1)
+			bpf_map_delete_elem(&writers, key);
+		else
+			__sync_fetch_and_sub(w, 1);
+	}
 }
 
 /* True for a /proc/<pid>/mem (or /proc/<pid>/task/<tid>/mem) file. */
@@ -489,9 +599,8 @@ SEC("lsm/file_open")
 int BPF_PROG(driftlock_file_open, struct file *file, int ret)
 {
 	struct file_key key = {};
-	u64 one = 1, *w;
 	u32 inum = 0;
-	u32 *scope;
+	u32 *scope, *track;
 	if (ret)
 		return ret;
 	if (!(BPF_CORE_READ(file, f_mode) & FMODE_WRITE))
@@ -504,14 +613,18 @@ int BPF_PROG(driftlock_file_open, struct file *file, int ret)
 			return scope_refuses(KIND_PROC_MEM, *scope, inum, &key, 0);
 		return 0;
 	}
-	if (!key_of(file, &key) || !bpf_map_lookup_elem(&watched, &key.dev))
+	if (!key_of(file, &key))
 		return 0;
-	written(&key);
-	w = bpf_map_lookup_elem(&writers, &key);
-	if (w)
-		__sync_fetch_and_add(w, 1);
-	else
-		bpf_map_update_elem(&writers, &key, &one, BPF_ANY);
+	if (bpf_map_lookup_elem(&watched, &key.dev)) {
+		written(&key);
+		writer_opened(&key);
+		return 0;
+	}
+	track = bpf_map_lookup_elem(&tracked, &key.dev);
+	if (!track)
+		return 0;
+	volume_written(&key, track, container_scope(&inum) != NULL);
+	writer_opened(&key);
 	return 0;
 }
 
@@ -519,21 +632,23 @@ SEC("lsm/file_free_security")
 int BPF_PROG(driftlock_file_free, struct file *file)
 {
 	struct file_key key = {};
-	u64 *w;
+	u32 *track;
 	if (!(BPF_CORE_READ(file, f_mode) & FMODE_WRITE))
 		return 0;
-	if (!key_of(file, &key) || !bpf_map_lookup_elem(&watched, &key.dev))
+	if (!key_of(file, &key))
 		return 0;
 	/* A judgement made while this writer was open may have read content it then changed
-	 * (through the fd, or a shared mapping): it dies with the writer. */
-	written(&key);
-	w = bpf_map_lookup_elem(&writers, &key);
-	if (w) {
-		if (*w <= 1)
-			bpf_map_delete_elem(&writers, &key);
-		else
-			__sync_fetch_and_sub(w, 1);
+	 * (through the fd, or a shared mapping): it dies with the writer. (On a volume the
+	 * release may run in another task than the open: only an existing record advances.) */
+	if (bpf_map_lookup_elem(&watched, &key.dev)) {
+		written(&key);
+	} else {
+		track = bpf_map_lookup_elem(&tracked, &key.dev);
+		if (!track)
+			return 0;
+		volume_written(&key, track, false);
 	}
+	writer_released(&key);
 	return 0;
 }
 
@@ -542,6 +657,8 @@ int BPF_PROG(driftlock_path_truncate, const struct path *path, int ret)
 {
 	struct file_key key = {};
 	struct inode *inode;
+	u32 inum = 0;
+	u32 *track;
 	if (ret)
 		return ret;
 	inode = BPF_CORE_READ(path, dentry, d_inode);
@@ -549,8 +666,13 @@ int BPF_PROG(driftlock_path_truncate, const struct path *path, int ret)
 		return 0;
 	key.dev = BPF_CORE_READ(inode, i_sb, s_dev);
 	key.ino = BPF_CORE_READ(inode, i_ino);
-	if (bpf_map_lookup_elem(&watched, &key.dev))
+	if (bpf_map_lookup_elem(&watched, &key.dev)) {
 		written(&key);
+		return 0;
+	}
+	track = bpf_map_lookup_elem(&tracked, &key.dev);
+	if (track)
+		volume_written(&key, track, container_scope(&inum) != NULL);
 	return 0;
 }
 

@@ -47,7 +47,7 @@ def coverage(v, gate, memfd):
     else:
         mprotect = "**not judged** (no backing files before 6.6)"
     libs = {
-        True: "refused on the container's own filesystems; on a volume shared with the host, with `library_control`",
+        True: "refused on the container's own filesystems, and on a volume shared with the host once a container wrote it",
         False: "with `library_control` only",
         None: "refused if the gate loads; else with `library_control`",
     }[gate]

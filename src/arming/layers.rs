@@ -177,6 +177,110 @@ pub(super) fn mount_lower_view(entry: &MountEntry) -> Result<OwnedFd, String> {
     crate::kernel::overlay::mount_lower_layers(&layers, &options).map_err(|e| e.to_string())
 }
 
+/// True if `dir` (a lowerdir as the mounter wrote it) is a layer of a runtime's layer store,
+/// which the runtime never changes once unpacked: containerd's `…/snapshots/<n>/fs`,
+/// Docker's `…/overlay2/<id>/diff` and containers/storage's `…/overlay/<id>/diff`, and the
+/// short links both keep in `…/l/<id>` (Docker's long form names them relative, `l/<id>`).
+pub(super) fn in_layer_store(dir: &[u8]) -> bool {
+    let parts: Vec<&[u8]> = dir
+        .split(|b| *b == b'/')
+        .filter(|p| !p.is_empty())
+        .collect();
+    let store = |p: &[u8]| p == b"overlay2" || p == b"overlay";
+    match parts.as_slice() {
+        [.., snapshots, n, fs]
+            if *snapshots == b"snapshots"
+                && *fs == b"fs"
+                && !n.is_empty()
+                && n.iter().all(u8::is_ascii_digit) =>
+        {
+            true
+        }
+        [.., s, id, diff] if store(s) && *diff == b"diff" && *id != b"l" => true,
+        [.., s, l, _] if store(s) && *l == b"l" => true,
+        [l, _] if *l == b"l" && !dir.starts_with(b"/") => true,
+        _ => false,
+    }
+}
+
+/// Entries of mutable layers walked at most, per arm.
+const LAYER_STATE_MAX_ENTRIES: usize = 1_000_000;
+
+/// The state of an overlay's layers that are not in a runtime's layer store (a directory a
+/// user made a container's lower layer: Podman's `--rootfs DIR:O`, or a hand-made overlay),
+/// which may change between two containers of the same lowerdir string: a digest of every
+/// entry's path, inode and change time (a change of content or metadata moves the change
+/// time, which no one can set back). `Ok(None)`: every layer is a store's (the lowerdir
+/// string alone names the image). Costs a `statx` per entry, no read of content.
+pub(super) fn mutable_layers_state(entry: &MountEntry) -> Result<Option<String>, String> {
+    let dirs: Vec<Vec<u8>> = lower_dirs(entry)
+        .into_iter()
+        .filter(|d| !in_layer_store(d))
+        .collect();
+    if dirs.is_empty() {
+        return Ok(None);
+    }
+    let upper = option_path(entry, b"upperdir");
+    let mut hasher = blake3::Hasher::new();
+    let mut seen = 0usize;
+    for d in &dirs {
+        let root = reachable(d, upper.as_deref())
+            .ok_or_else(|| format!("image layer {} is not reachable", escape_bytes(d)))?;
+        hasher.update(d);
+        hasher.update(b"\0");
+        walk_state(&root, &root, &mut hasher, &mut seen)?;
+    }
+    Ok(Some(hasher.finalize().to_hex().to_string()))
+}
+
+fn walk_state(
+    root: &Path,
+    dir: &Path,
+    hasher: &mut blake3::Hasher,
+    seen: &mut usize,
+) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
+        .map_err(|e| {
+            format!(
+                "cannot read {}: {e}",
+                escape_bytes(dir.as_os_str().as_bytes())
+            )
+        })?
+        .filter_map(Result::ok)
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        *seen += 1;
+        if *seen > LAYER_STATE_MAX_ENTRIES {
+            return Err(format!(
+                "more than {LAYER_STATE_MAX_ENTRIES} entries in a layer outside a runtime's layer store"
+            ));
+        }
+        let path = e.path();
+        let Ok(md) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let rel = path.strip_prefix(root).unwrap_or(&path);
+        hasher.update(rel.as_os_str().as_bytes());
+        hasher.update(
+            format!(
+                "\0{}:{}:{}.{}:{}\n",
+                md.mode(),
+                md.ino(),
+                md.ctime(),
+                md.ctime_nsec(),
+                md.size()
+            )
+            .as_bytes(),
+        );
+        if md.is_dir() {
+            walk_state(root, &path, hasher, seen)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +302,62 @@ mod tests {
             Some(b"/u/x,y/diff".to_vec())
         );
         assert_eq!(option(&m[0], b"workdir"), Some(&b"/u/w"[..]));
+    }
+
+    #[test]
+    fn layers_of_runtime_stores_are_told_from_other_directories() {
+        for store in [
+            &b"/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/42/fs"[..],
+            b"/var/lib/docker/overlay2/0123abcd/diff",
+            b"/var/lib/docker/overlay2/l/ABCDEFGH",
+            b"l/ABCDEFGH",
+            b"/var/lib/containers/storage/overlay/0123abcd/diff",
+            b"/var/lib/containers/storage/overlay/l/ABCDEFGH",
+        ] {
+            assert!(in_layer_store(store), "{}", escape_bytes(store));
+        }
+        for other in [
+            &b"/home/me/rootfs"[..],
+            b"/srv/snapshots/x/fs",
+            b"/srv/overlay2/l/diff/x",
+            b"/l/ABC",
+            b"/tmp/it/lower",
+        ] {
+            assert!(!in_layer_store(other), "{}", escape_bytes(other));
+        }
+    }
+
+    #[test]
+    fn the_state_of_a_mutable_layer_follows_its_content() {
+        let dir =
+            std::env::temp_dir().join(format!("driftlock-layer-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::fs::write(dir.join("bin/a"), b"one").unwrap();
+        let line = format!(
+            "5 1 0:41 / /r rw - overlay overlay rw,lowerdir={},upperdir=/u,workdir=/w\n",
+            dir.display()
+        );
+        let m = crate::kernel::mountinfo::parse_mountinfo(line.as_bytes()).unwrap();
+        let first = mutable_layers_state(&m[0]).unwrap().unwrap();
+        assert_eq!(mutable_layers_state(&m[0]).unwrap().unwrap(), first);
+        std::fs::write(dir.join("bin/b"), b"two").unwrap();
+        let added = mutable_layers_state(&m[0]).unwrap().unwrap();
+        assert_ne!(added, first, "a program added");
+        // Same size, new content: the change time moves.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(dir.join("bin/a"), b"ONE").unwrap();
+        assert_ne!(
+            mutable_layers_state(&m[0]).unwrap().unwrap(),
+            added,
+            "a program changed"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = crate::kernel::mountinfo::parse_mountinfo(
+            b"5 1 0:41 / /r rw - overlay overlay rw,lowerdir=/s/snapshots/2/fs:/s/snapshots/1/fs,upperdir=/u,workdir=/w\n",
+        )
+        .unwrap();
+        assert_eq!(mutable_layers_state(&store[0]).unwrap(), None);
     }
 
     #[test]

@@ -713,10 +713,32 @@ impl Armer {
         let key = match (origin, requested) {
             (ArmOrigin::Request, Some(k)) => with_indicators(k),
             _ => match overlay {
-                Some(_) => with_indicators(
-                    derive_image_key(&unit.rootfs, &unit.mounts, unit.rootfs_stat.mnt_id_legacy)
-                        .ok_or_else(|| ArmError::Layers("the overlay shows no lowerdir".into()))?,
-                ),
+                Some(entry) => {
+                    let mut key = derive_image_key(
+                        &unit.rootfs,
+                        &unit.mounts,
+                        unit.rootfs_stat.mnt_id_legacy,
+                    )
+                    .ok_or_else(|| ArmError::Layers("the overlay shows no lowerdir".into()))?;
+                    // A lower layer outside a runtime's layer store may have changed since
+                    // another container of the same lowerdir was snapshotted.
+                    match layers::mutable_layers_state(entry) {
+                        Ok(None) => {}
+                        Ok(Some(state)) => {
+                            key.extend_from_slice(b"\0layers-state:");
+                            key.extend_from_slice(state.as_bytes());
+                        }
+                        Err(e) => {
+                            log::warn!(
+                                "unit {:?}: {e}; its layers are snapshotted for it alone",
+                                req.id
+                            );
+                            key.extend_from_slice(b"\0");
+                            key.extend_from_slice(&container_key(req, unit));
+                        }
+                    }
+                    with_indicators(key)
+                }
                 None if origin == ArmOrigin::Rearm => {
                     return Err(ArmError::BaselineGone {
                         id: req.id.clone(),

@@ -359,6 +359,10 @@ impl<G: Gate> Engine<G> {
             }
             Command::RestoreDone => {
                 self.restoring = false;
+                if let Some(gate) = self.mapping.as_mut() {
+                    let (tracked, judged) = self.mapping_volumes.wanted();
+                    gate.retain_volumes(&tracked, &judged);
+                }
                 for (event, tid, stat) in std::mem::take(&mut self.parked) {
                     self.judge(event, tid, stat);
                 }
@@ -490,6 +494,16 @@ impl<G: Gate> Engine<G> {
                     failed = Some(e);
                 }
             }
+            let volumes = marks
+                .iter()
+                .filter(|m| m.kind == MarkKind::Mount)
+                .map(|m| crate::kernel::mapping_gate::kernel_dev(m.dev));
+            let changes = self
+                .mapping_volumes
+                .add(handle, spec.pid_namespace, volumes, mode);
+            if let Err(e) = self.apply_volume_changes(&changes) {
+                failed = Some(e);
+            }
             if let Some(e) = failed {
                 log::error!("unit {:?}: the mapping gate is incomplete: {e}", spec.id);
             }
@@ -548,9 +562,46 @@ impl<G: Gate> Engine<G> {
                     log::error!("unit {id:?}: the mapping gate keeps its old mode: {e}");
                 }
             }
+            let changes = self.mapping_volumes.set_mode(handle, gate_mode);
+            if let Err(e) = self.apply_volume_changes(&changes) {
+                log::error!("unit {id:?}: the mapping gate keeps its old mode on volumes: {e}");
+            }
         }
         log::warn!("unit {id:?}: {was} mode -> {mode} mode");
         Ok(was)
+    }
+
+    /// Makes the gate's volume maps follow the units' volumes (see `gate_volumes`). Every
+    /// change is tried; the first failure is returned.
+    fn apply_volume_changes(
+        &mut self,
+        changes: &[super::gate_volumes::VolumeChange],
+    ) -> Result<(), crate::kernel::mapping_gate::GateError> {
+        use super::gate_volumes::VolumeChange;
+        let Some(gate) = self.mapping.as_mut() else {
+            return Ok(());
+        };
+        let mut first = None;
+        let mut untracked = Vec::new();
+        for c in changes {
+            let done = match *c {
+                VolumeChange::Track(dev) => gate.track_volume(dev),
+                VolumeChange::Judge(ns, dev, mode) => gate.judge_volume(ns, dev, mode),
+                VolumeChange::Unjudge(ns, dev) => {
+                    gate.unjudge_volume(ns, dev);
+                    Ok(())
+                }
+                VolumeChange::Untrack(dev) => {
+                    untracked.push(dev);
+                    Ok(())
+                }
+            };
+            if let Err(e) = done {
+                first.get_or_insert(e);
+            }
+        }
+        gate.untrack_volumes(&untracked);
+        first.map_or(Ok(()), Err)
     }
 
     /// Scopes PID namespace `ns` in the gate with the memory rules every unit in it
@@ -674,9 +725,29 @@ impl<G: Gate> Engine<G> {
                 paths(&covered)
             }
         );
+        let (judged, not): (Vec<_>, Vec<_>) = not.into_iter().partition(|m| {
+            self.mapping_volumes
+                .judges(handle, crate::kernel::mapping_gate::kernel_dev(m.dev))
+        });
+        if !judged.is_empty() {
+            let strict = judged.iter().any(|m| {
+                self.mapping.as_ref().is_some_and(|g| {
+                    g.volume_strict(crate::kernel::mapping_gate::kernel_dev(m.dev))
+                })
+            });
+            out.push_str(&format!(
+                "; on volumes {} (shared with the host) judges what a container wrote there since it was armed{}; a loader exec'd from there is judged by fanotify",
+                paths(&judged),
+                if strict {
+                    " (strict: the gate could not record a write, so every mapping from there must be admitted)"
+                } else {
+                    ""
+                }
+            ));
+        }
         if !not.is_empty() {
             out.push_str(&format!(
-                "; not on {} (marked by mount: a filesystem shared with the host; a library mapped from there is not judged, a loader exec'd from there is judged by fanotify)",
+                "; not on {} (marked by mount, and the container shares the node's PID namespace: a library mapped from there is not judged, a loader exec'd from there is judged by fanotify)",
                 paths(&not)
             ));
         }
@@ -713,8 +784,10 @@ impl<G: Gate> Engine<G> {
     fn library_coverage(&self, handle: UnitHandle, unit: &crate::registry::Unit) -> String {
         let devs = self.mapping_devs.get(&handle);
         let gated = |m: &crate::registry::PlannedMark| {
+            let dev = crate::kernel::mapping_gate::kernel_dev(m.dev);
             self.mapping.is_some()
-                && devs.is_some_and(|d| d.contains(&crate::kernel::mapping_gate::kernel_dev(m.dev)))
+                && (devs.is_some_and(|d| d.contains(&dev))
+                    || self.mapping_volumes.judges(handle, dev))
         };
         let all_gated = !unit.marks.is_empty() && unit.marks.iter().all(gated);
         let some_gated = unit.marks.iter().any(gated);
@@ -754,7 +827,19 @@ impl<G: Gate> Engine<G> {
             .mapping_devs
             .get(&handle)
             .is_some_and(|devs| devs.contains(&key.dev));
-        if !watched {
+        let volume = !watched && self.mapping_volumes.judges(handle, key.dev);
+        if volume
+            && !gate.admits(&key)
+            && gate.generation(&key) == 0
+            && gate.writers(&key) == 0
+            && !gate.volume_strict(key.dev)
+        {
+            return (
+                Some(Verdict::Allow),
+                "on a volume shared with the host, and no container wrote it since this one was armed: it maps (an exec of it is judged by content)".into(),
+            );
+        }
+        if !watched && !volume {
             return (
                 None,
                 "not on a filesystem the mapping gate watches for this unit: its mappings are not judged".into(),
@@ -809,7 +894,43 @@ impl<G: Gate> Engine<G> {
                 Err(e) => out.failed.push((m, e.to_string())),
             }
         }
+        self.gate_late_marks(handle, mode, &out.placed);
         Ok(out)
+    }
+
+    /// Gives the mapping gate the marks a unit gained after its arm (mounts the watcher
+    /// found): a filesystem of its own is watched, a volume judged, as at arm.
+    fn gate_late_marks(&mut self, handle: UnitHandle, mode: Mode, placed: &[PlannedMark]) {
+        if self.mapping.is_none() || placed.is_empty() {
+            return;
+        }
+        let gate_mode = gate_mode_of(mode);
+        let (own, volumes): (Vec<_>, Vec<_>) =
+            placed.iter().partition(|m| m.kind == MarkKind::Filesystem);
+        let own: Vec<u64> = own
+            .iter()
+            .map(|m| crate::kernel::mapping_gate::kernel_dev(m.dev))
+            .collect();
+        if let Some(gate) = self.mapping.as_mut() {
+            for d in &own {
+                if let Err(e) = gate.watch(*d, gate_mode) {
+                    log::error!("mapping gate: a late mount is not watched: {e}");
+                }
+            }
+        }
+        self.mapping_devs.entry(handle).or_default().extend(own);
+        let ns = self.mapping_pid_ns.get(&handle).map(|(n, _)| *n);
+        let changes = self.mapping_volumes.add(
+            handle,
+            ns,
+            volumes
+                .iter()
+                .map(|m| crate::kernel::mapping_gate::kernel_dev(m.dev)),
+            gate_mode,
+        );
+        if let Err(e) = self.apply_volume_changes(&changes) {
+            log::error!("mapping gate: a late volume is not judged: {e}");
+        }
     }
 
     pub(super) fn disarm(&mut self, id: &str) -> Result<UnitStatus, EngineError> {
@@ -832,6 +953,10 @@ impl<G: Gate> Engine<G> {
                 gate.forget_keys(&own);
             }
             gate.forget_filesystems(&devs);
+        }
+        let changes = self.mapping_volumes.remove(handle);
+        if let Err(e) = self.apply_volume_changes(&changes) {
+            log::warn!("mapping gate: {e}");
         }
         if let Some((ns, _)) = self.mapping_pid_ns.remove(&handle) {
             // A pod's containers may share a PID namespace: keep it while another unit has it.

@@ -46,6 +46,7 @@ use crate::verdict::{
 mod control;
 mod denial;
 mod gate_keys;
+mod gate_volumes;
 mod hash_pool;
 mod loader;
 mod record;
@@ -152,6 +153,8 @@ pub struct Engine<G: Gate> {
     mapping_devs: HashMap<UnitHandle, Vec<u64>>,
     /// Each unit's entries in the gate (its budget, and what its disarm removes).
     mapping_keys: HashMap<UnitHandle, gate_keys::GateKeys>,
+    /// The volumes (filesystems marked by mount) the gate judges for each unit.
+    mapping_volumes: gate_volumes::GateVolumes,
     /// The PID namespace each unit had the mapping gate scope.
     mapping_pid_ns: HashMap<UnitHandle, (u32, crate::kernel::mapping_gate::MemoryRules)>,
     /// Hash jobs each unit has in the pool (queued or running).
@@ -239,6 +242,7 @@ impl<G: Gate> Engine<G> {
             mapping: None,
             mapping_devs: HashMap::new(),
             mapping_keys: HashMap::new(),
+            mapping_volumes: Default::default(),
             mapping_pid_ns: HashMap::new(),
             unit_jobs: HashMap::new(),
             backlog: HashMap::new(),
@@ -945,7 +949,10 @@ impl<G: Gate> Engine<G> {
                     .find(|(_, (n, _))| *n == ns)
                     .map(|(h, _)| *h)
             };
-            let by_scope = (e.scope != 0).then(|| in_ns(e.scope)).flatten();
+            let by_volume = || self.mapping_volumes.unit_judging(e.scope, e.file.dev);
+            let by_scope = (e.scope != 0)
+                .then(|| by_volume().or_else(|| in_ns(e.scope)))
+                .flatten();
             let by_dev = || {
                 self.mapping_devs
                     .iter()

@@ -33,6 +33,10 @@ const PROGRAMS: &[(&str, &str)] = &[
 /// Maps pinned beside the links.
 const MAPS: &[&str] = &[
     "watched",
+    // Added with the judgement of volumes shared with the host: a gate pinned by an older
+    // daemon lacks them and is replaced, as for `scopes`.
+    "tracked",
+    "volumes",
     "allowed",
     "generation",
     "writers",
@@ -93,6 +97,24 @@ pub struct MemoryRules {
     /// process): off only for containers that run debuggers.
     pub proc_mem: bool,
 }
+
+/// In `tracked` (gate.bpf.c `TRACK_STRICT`): a container's write to the volume could not be
+/// recorded, so every mapping of it by its containers must be admitted.
+const TRACK_STRICT: u32 = 2;
+
+/// A volume as one armed container's processes see it (gate.bpf.c `struct volume_key`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(C)]
+struct VolumeKey {
+    inum: u32,
+    pad: u32,
+    dev: u64,
+}
+
+// SAFETY: VolumeKey is repr(C): two u32 then a u64, no implicit padding (the explicit `pad`
+// field fills it); every bit pattern is valid and it has the layout of `struct volume_key`.
+#[allow(unsafe_code)]
+unsafe impl aya::Pod for VolumeKey {}
 
 /// Scope flags (gate.bpf.c `SCOPE_*`), above the mode byte.
 const SCOPE_WX: u32 = 1 << 8;
@@ -255,6 +277,8 @@ pub enum GateError {
 /// The loaded (or adopted) gate.
 pub struct MappingGate {
     watched: HashMap<MapData, u64, u32>,
+    tracked: HashMap<MapData, u64, u32>,
+    volumes: HashMap<MapData, VolumeKey, u32>,
     allowed: HashMap<MapData, FileKey, u64>,
     generation: HashMap<MapData, FileKey, u64>,
     writers: HashMap<MapData, FileKey, u64>,
@@ -440,6 +464,10 @@ impl MappingGate {
         Ok(MappingGate {
             watched: HashMap::try_from(Map::HashMap(map("watched")?))
                 .map_err(|e| refused("watched", e))?,
+            tracked: HashMap::try_from(Map::HashMap(map("tracked")?))
+                .map_err(|e| refused("tracked", e))?,
+            volumes: HashMap::try_from(Map::HashMap(map("volumes")?))
+                .map_err(|e| refused("volumes", e))?,
             allowed: HashMap::try_from(Map::HashMap(map("allowed")?))
                 .map_err(|e| refused("allowed", e))?,
             generation: HashMap::try_from(Map::HashMap(map("generation")?))
@@ -483,6 +511,77 @@ impl MappingGate {
     /// Stops gating the filesystem `dev`.
     pub fn unwatch(&mut self, dev: u64) {
         let _ = self.watched.remove(&dev);
+    }
+
+    /// Tracks containers' writes on the volume `dev` (a filesystem a unit marks by mount,
+    /// shared with the host): from now on a file a container writes there maps only once
+    /// admitted, for the containers [`MappingGate::judge_volume`] names.
+    pub fn track_volume(&mut self, dev: u64) -> Result<(), GateError> {
+        if self.tracked.get(&dev, 0).is_ok() {
+            return Ok(());
+        }
+        self.tracked
+            .insert(dev, 1, 0)
+            .map_err(|e| refused("tracked", e))
+    }
+
+    /// Stops tracking writes on the volume `dev` and sweeps its files' write counts (on a
+    /// thread of its own, as [`MappingGate::forget_filesystems`]).
+    pub fn untrack_volumes(&mut self, devs: &[u64]) {
+        for d in devs {
+            let _ = self.tracked.remove(d);
+        }
+        self.sweep(devs);
+    }
+
+    /// True if a container's write to the volume `dev` could not be recorded (a map was
+    /// full): every mapping of it by its containers must be admitted since.
+    pub fn volume_strict(&self, dev: u64) -> bool {
+        self.tracked
+            .get(&dev, 0)
+            .is_ok_and(|v| v & TRACK_STRICT != 0)
+    }
+
+    /// Judges executable mappings of files containers wrote on the volume `dev`, for the
+    /// processes of PID namespace `inum` (an armed container's), in `mode`.
+    pub fn judge_volume(&mut self, inum: u32, dev: u64, mode: GateMode) -> Result<(), GateError> {
+        self.volumes
+            .insert(VolumeKey { inum, pad: 0, dev }, mode as u32, 0)
+            .map_err(|e| refused("volumes", e))
+    }
+
+    /// Stops judging the volume `dev` for PID namespace `inum`.
+    pub fn unjudge_volume(&mut self, inum: u32, dev: u64) {
+        let _ = self.volumes.remove(&VolumeKey { inum, pad: 0, dev });
+    }
+
+    /// Drops the volume entries a predecessor left for containers that are gone: every
+    /// tracked device not in `tracked`, every judged pair not in `judged`. Their files'
+    /// write counts are kept: a unit whose re-arm is retried later tracks its volume again
+    /// and finds what its container wrote still recorded.
+    pub fn retain_volumes(
+        &mut self,
+        tracked: &std::collections::BTreeSet<u64>,
+        judged: &std::collections::HashSet<(u32, u64)>,
+    ) {
+        let stale: Vec<VolumeKey> = self
+            .volumes
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !judged.contains(&(k.inum, k.dev)))
+            .collect();
+        for k in stale {
+            let _ = self.volumes.remove(&k);
+        }
+        let gone: Vec<u64> = self
+            .tracked
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|d| !tracked.contains(d))
+            .collect();
+        for d in gone {
+            let _ = self.tracked.remove(&d);
+        }
     }
 
     /// Lets `file` be mapped executable: its content, as it is now, was judged allowed.
@@ -568,6 +667,13 @@ impl MappingGate {
         for d in devs {
             self.unwatch(*d);
         }
+        self.sweep(devs);
+    }
+
+    fn sweep(&self, devs: &[u64]) {
+        if devs.is_empty() {
+            return;
+        }
         let (devs, pin_dir) = (devs.to_vec(), self.pin_dir.clone());
         let spawned = std::thread::Builder::new()
             .name("driftlock-gate-sweep".into())
@@ -645,16 +751,24 @@ fn ring_reader(events: MapData) -> Option<RingReader> {
 }
 
 /// Removes the kernel's write counts (`generation`, `writers`) for files on `devs`, through
-/// the pinned maps, skipping a filesystem watched again meanwhile.
+/// the pinned maps, skipping a filesystem watched or tracked again meanwhile.
 fn sweep_filesystems(pin_dir: &Path, devs: &[u64]) {
     let open = |name: &str| {
         MapData::from_pin(pin_dir.join("maps").join(name))
             .ok()
             .and_then(|m| HashMap::<MapData, FileKey, u64>::try_from(Map::HashMap(m)).ok())
     };
-    let watched = MapData::from_pin(pin_dir.join("maps/watched"))
-        .ok()
-        .and_then(|m| HashMap::<MapData, u64, u32>::try_from(Map::HashMap(m)).ok());
+    let devices = |name: &str| {
+        MapData::from_pin(pin_dir.join("maps").join(name))
+            .ok()
+            .and_then(|m| HashMap::<MapData, u64, u32>::try_from(Map::HashMap(m)).ok())
+    };
+    let (watched, tracked) = (devices("watched"), devices("tracked"));
+    let in_use = |dev: &u64| {
+        [&watched, &tracked]
+            .iter()
+            .any(|m| m.as_ref().is_some_and(|m| m.get(dev, 0).is_ok()))
+    };
     for name in ["generation", "writers"] {
         let Some(mut map) = open(name) else { continue };
         let stale: Vec<FileKey> = map
@@ -663,7 +777,7 @@ fn sweep_filesystems(pin_dir: &Path, devs: &[u64]) {
             .filter(|k| devs.contains(&k.dev))
             .collect();
         for k in stale {
-            if watched.as_ref().is_some_and(|w| w.get(&k.dev, 0).is_ok()) {
+            if in_use(&k.dev) {
                 continue;
             }
             let _ = map.remove(&k);

@@ -103,7 +103,9 @@ fn issue_26_a_crafted_image_is_refused_and_an_image_is_held_once() {
     );
 
     // One image, many containers: its baseline is held once.
-    let lower = sb.dir.join("image");
+    // Where a runtime keeps a layer (containerd's snapshot shape): never changed once
+    // unpacked, so its lowerdir alone names the image.
+    let lower = sb.dir.join("image/snapshots/1/fs");
     tmpfs(&lower);
     fill(&lower, 20_000);
     let pid = sb.daemon_pid();
@@ -152,7 +154,7 @@ fn a_daemon_held_to_256_mib_serves_50_containers_of_the_largest_image() {
         group.join("cgroup.procs").display()
     );
     sb.start_daemon_via(&["sh", "-c", &enter, "sh"], &[]);
-    let lower = sb.dir.join("large");
+    let lower = sb.dir.join("large/snapshots/1/fs");
     tmpfs(&lower);
     let t = Instant::now();
     fill(&lower, 100_000);

@@ -1265,3 +1265,56 @@ fn issue_15_where_the_kernel_refuses_the_mapping_gate_the_daemon_says_so() {
     let p = sb.install_payload();
     assert_eq!(crate::support::exec(&p), crate::support::EPERM);
 }
+
+/// Issue 26 (10): a container's lower layer that is a directory of the user's, not a layer
+/// of a runtime's store (Podman's `--rootfs DIR:O`), may change between two containers of
+/// the same lowerdir string. Before the fix the store key was that string alone, so the
+/// second container got the first one's baseline: a program added to the directory was
+/// denied, and one removed from it stayed allowed.
+#[test]
+fn issue_26_a_changed_mutable_lower_layer_is_snapshotted_again() {
+    use crate::support::{EPERM, exec};
+    if !root_or_skip("issue 26 mutable lower layer") {
+        return;
+    }
+    let mut sb = Sandbox::new("issue26mutable");
+    let base = sb.dir.clone();
+    let d = |n: &str| base.join(n);
+    let layer = d("rootfs-dir");
+    fs::create_dir_all(layer.join("bin")).unwrap();
+    sb.install("/usr/bin/true", &layer.join("bin/true"));
+    sb.start_daemon(&[]);
+    let arm_over = |sb: &Sandbox, id: &str| -> std::path::PathBuf {
+        let (upper, work, merged) = (d(&format!("{id}-u")), d(&format!("{id}-w")), d(id));
+        for p in [&upper, &work, &merged] {
+            fs::create_dir_all(p).unwrap();
+        }
+        mount_overlay(&[&layer], &upper, &work, &merged);
+        let out = sb.client(&["arm", "--id", id, "--rootfs", merged.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        merged
+    };
+    let first = arm_over(&sb, "first");
+    assert_eq!(exec(&first.join("bin/true")), Ok(0));
+    assert!(sb.client(&["disarm", "--id", "first"]).status.success());
+    let _ = Command::new("umount").arg(&first).status();
+    // The user changes the directory: a program added, `true` replaced by other content.
+    sb.install("/usr/bin/id", &layer.join("bin/id"));
+    fs::remove_file(layer.join("bin/true")).unwrap();
+    sb.install("/usr/bin/env", &layer.join("bin/true"));
+    let second = arm_over(&sb, "second");
+    assert_eq!(exec(&second.join("bin/id")), Ok(0), "the program added");
+    fs::create_dir_all(second.join("tmp")).unwrap();
+    sb.install("/usr/bin/true", &second.join("tmp/old-true"));
+    assert_eq!(
+        exec(&second.join("tmp/old-true")),
+        EPERM,
+        "the content the directory no longer holds"
+    );
+    sb.kill_daemon();
+    let _ = Command::new("umount").arg(&second).status();
+}
