@@ -264,7 +264,7 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
                 ctx.forget(&id);
             }
             match result {
-                Ok(s) => Response::ok(&Reply::Disarmed(UnitReply::from(&s))),
+                Ok(s) => Response::ok(&Reply::Disarmed(Box::new(UnitReply::from(&s)))),
                 Err(e) => Response::err(ErrorCode::from(&e), e.to_string()),
             }
         }

@@ -214,6 +214,85 @@ pub(super) fn ask(socket: &Path, req: &Request, timeout: Duration) -> Result<Rep
     request_until(socket, req, timeout, std::time::Instant::now() + timeout)
 }
 
+/// The unit ids of pod `NS/NAME`'s armed containers (only the one named `container`, if
+/// given), from the daemon's status. None armed is an error that says so; `one` asks for
+/// exactly one and names the pod's containers when there are several.
+pub(super) fn units_of_pod(
+    socket: &Path,
+    pod: &str,
+    container: Option<&str>,
+    one: bool,
+) -> Result<Vec<String>, CliError> {
+    let Some((ns, name)) = pod
+        .split_once('/')
+        .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+    else {
+        return Err(CliError::Usage(format!(
+            "--pod {pod:?}: write it as NAMESPACE/NAME"
+        )));
+    };
+    let reply = ask(socket, &Request::Status, Duration::from_secs(30))?;
+    let Reply::Status(s) = reply else {
+        return Err(unexpected(&reply));
+    };
+    let of_pod: Vec<_> = s
+        .units
+        .iter()
+        .filter(|u| u.namespace.as_deref() == Some(ns) && u.pod.as_deref() == Some(name))
+        .collect();
+    let chosen: Vec<String> = of_pod
+        .iter()
+        .filter(|u| container.is_none_or(|c| u.container_name.as_deref() == Some(c)))
+        .map(|u| u.id.clone())
+        .collect();
+    let names = || {
+        of_pod
+            .iter()
+            .map(|u| u.container_name.clone().unwrap_or_else(|| u.id.clone()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if chosen.is_empty() {
+        let why = if of_pod.is_empty() {
+            format!("no armed container of pod {ns}/{name}")
+        } else {
+            format!(
+                "pod {ns}/{name} has no armed container {:?} (it has: {})",
+                container.unwrap_or_default(),
+                names()
+            )
+        };
+        return Err(CliError::NoSuchUnit(why));
+    }
+    if one && chosen.len() > 1 {
+        return Err(CliError::Usage(format!(
+            "pod {ns}/{name} has {} armed containers ({}): choose one with -c NAME",
+            chosen.len(),
+            names()
+        )));
+    }
+    Ok(chosen)
+}
+
+/// The one container a command is about: `--container ID`, or `--pod NS/NAME [-c NAME]`.
+pub(super) fn chosen_unit(
+    socket: &Path,
+    id: Option<String>,
+    pod: Option<&str>,
+    container: Option<&str>,
+) -> Result<String, CliError> {
+    match (id, pod) {
+        (Some(id), _) => Ok(id),
+        (None, Some(pod)) => units_of_pod(socket, pod, container, true)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| CliError::NoSuchUnit(format!("no armed container of pod {pod}"))),
+        (None, None) => Err(CliError::Usage(
+            "say which container: --container ID or --pod NS/NAME".into(),
+        )),
+    }
+}
+
 pub(super) fn status(socket: &Path, json: bool) -> Result<i32, CliError> {
     let reply = ask(socket, &Request::Status, Duration::from_secs(30))?;
     let Reply::Status(s) = reply else {

@@ -47,8 +47,19 @@ pub enum Command {
     /// Stop protecting a unit.
     Disarm {
         /// The container (unit) id (`--id` is the same).
-        #[arg(long = "container", visible_alias = "id")]
-        id: String,
+        #[arg(
+            long = "container",
+            visible_alias = "id",
+            required_unless_present = "pod"
+        )]
+        id: Option<String>,
+        /// A Kubernetes pod's container instead: NAMESPACE/NAME (with -c NAME when the pod
+        /// has several).
+        #[arg(long, value_name = "NS/NAME", conflicts_with = "id")]
+        pod: Option<String>,
+        /// The container's name in the pod (with --pod).
+        #[arg(short = 'c', long = "container-name", requires = "pod")]
+        container_name: Option<String>,
         /// The daemon's socket.
         #[command(flatten)]
         socket: SocketArg,
@@ -74,6 +85,7 @@ pub enum Command {
     #[command(after_help = "Examples:
   driftlock mode audit --container 3f2a --reason 'false denials in checkout'
   driftlock mode audit --namespace shop
+  driftlock mode audit --pod shop/checkout-7d9f -c web
   driftlock mode enforce --all")]
     Mode {
         /// The mode to switch to.
@@ -88,8 +100,14 @@ pub enum Command {
         /// Containers of images matching this name (`*` at the end matches any suffix).
         #[arg(long)]
         image: Option<String>,
+        /// A Kubernetes pod's containers: NAMESPACE/NAME (only the one named with -c NAME).
+        #[arg(long, value_name = "NS/NAME", conflicts_with_all = ["container", "namespace", "image"])]
+        pod: Option<String>,
+        /// The container's name in the pod (with --pod).
+        #[arg(short = 'c', long = "container-name", requires = "pod")]
+        container_name: Option<String>,
         /// Every armed container.
-        #[arg(long, conflicts_with_all = ["container", "namespace", "image"])]
+        #[arg(long, conflicts_with_all = ["container", "namespace", "image", "pod"])]
         all: bool,
         /// Why (recorded with the change).
         #[arg(long, default_value = "")]
@@ -145,8 +163,15 @@ pub enum Command {
         /// The file.
         path: PathBuf,
         /// The container (unit id).
-        #[arg(long = "container")]
-        container: String,
+        #[arg(long = "container", required_unless_present = "pod")]
+        container: Option<String>,
+        /// A Kubernetes pod's container instead: NAMESPACE/NAME (with -c NAME when the pod
+        /// has several).
+        #[arg(long, value_name = "NS/NAME", conflicts_with = "container")]
+        pod: Option<String>,
+        /// The container's name in the pod (with --pod).
+        #[arg(short = 'c', long = "container-name", requires = "pod")]
+        container_name: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -567,6 +592,9 @@ pub enum CliError {
     /// No evidence under this id.
     #[error("no evidence with id {0}")]
     NoEvidence(String),
+    /// No armed container matches (`--pod`).
+    #[error("{0}")]
+    NoSuchUnit(String),
     /// The daemon answered with a reply of another request.
     #[error("unexpected reply from the daemon: {0}")]
     UnexpectedReply(String),
@@ -581,7 +609,9 @@ impl CliError {
     /// (0 is success, 1 also a negative answer, 2 a usage error, from clap.)
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Client(ClientError::Refused { .. }) | CliError::NoEvidence(_) => 4,
+            CliError::Client(ClientError::Refused { .. })
+            | CliError::NoEvidence(_)
+            | CliError::NoSuchUnit(_) => 4,
             CliError::Client(_) => 3,
             CliError::Config(_) | CliError::Settings(_) | CliError::Indicators(_) => 5,
             CliError::Usage(_) => 2,
@@ -624,11 +654,19 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Explain {
             path,
             container,
+            pod,
+            container_name,
             json,
             socket,
         } => {
+            let id = commands::chosen_unit(
+                &socket.socket,
+                container,
+                pod.as_deref(),
+                container_name.as_deref(),
+            )?;
             let req = Request::Explain {
-                id: container,
+                id,
                 path: path_arg(&path),
             };
             let reply = ask(&socket.socket, &req, Duration::from_secs(120))?;
@@ -785,7 +823,18 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             }
         }
         Command::Arm(a) => arm(a),
-        Command::Disarm { id, socket } => {
+        Command::Disarm {
+            id,
+            pod,
+            container_name,
+            socket,
+        } => {
+            let id = commands::chosen_unit(
+                &socket.socket,
+                id,
+                pod.as_deref(),
+                container_name.as_deref(),
+            )?;
             match ask(
                 &socket.socket,
                 &Request::Disarm { id },
@@ -804,48 +853,65 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
             container,
             namespace,
             image,
+            pod,
+            container_name,
             all,
             reason,
             json,
             socket,
         } => {
-            if container.is_none() && namespace.is_none() && image.is_none() && !all {
+            if container.is_none()
+                && namespace.is_none()
+                && image.is_none()
+                && pod.is_none()
+                && !all
+            {
                 return Err(CliError::Usage(
-                    "say which containers: --container ID, --namespace NS, --image NAME or --all"
+                    "say which containers: --container ID, --namespace NS, --image NAME, --pod NS/NAME or --all"
                         .into(),
                 ));
             }
-            let req = Request::SetMode {
-                mode,
-                select: crate::ipc::UnitSelector {
-                    container,
-                    namespace,
-                    image,
-                    all,
-                },
-                by: commands::requester(),
-                reason,
-            };
-            match ask(&socket.socket, &req, Duration::from_secs(30))? {
-                Reply::ModeSet { mode_changes } => {
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&mode_changes).unwrap_or_default()
-                        );
-                    }
-                    for c in &mode_changes {
-                        if json {
-                            break;
-                        }
-                        if c.from == c.to {
-                            println!("{}: already in {} mode", c.id, c.to);
-                        } else {
-                            println!("{}: {} -> {} mode", c.id, c.from, c.to);
-                        }
-                    }
+            // A pod's containers, by their ids: one request each.
+            let containers: Vec<Option<String>> = match &pod {
+                Some(pod) => {
+                    commands::units_of_pod(&socket.socket, pod, container_name.as_deref(), false)?
+                        .into_iter()
+                        .map(Some)
+                        .collect()
                 }
-                other => return Err(unexpected(&other)),
+                None => vec![container],
+            };
+            let mut mode_changes = Vec::new();
+            for container in containers {
+                let req = Request::SetMode {
+                    mode,
+                    select: crate::ipc::UnitSelector {
+                        container,
+                        namespace: namespace.clone(),
+                        image: image.clone(),
+                        all,
+                    },
+                    by: commands::requester(),
+                    reason: reason.clone(),
+                };
+                match ask(&socket.socket, &req, Duration::from_secs(30))? {
+                    Reply::ModeSet { mode_changes: c } => mode_changes.extend(c),
+                    other => return Err(unexpected(&other)),
+                }
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&mode_changes).unwrap_or_default()
+                );
+                return Ok(0);
+            }
+            for c in &mode_changes {
+                if c.from == c.to {
+                    println!("{}: already in {} mode", c.id, c.to);
+                } else {
+                    println!("{}: {} -> {} mode", c.id, c.from, c.to);
+                }
             }
             Ok(0)
         }

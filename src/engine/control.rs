@@ -525,13 +525,17 @@ impl<G: Gate> Engine<G> {
             .registry
             .find_id(id)
             .ok_or_else(|| EngineError::UnknownId(id.to_string()))?;
-        let (was, marks) = match self.registry.get(handle) {
-            Some(u) => (u.mode, u.marks.clone()),
+        let (was, marks, pid) = match self.registry.get(handle) {
+            Some(u) => (u.mode, u.marks.clone(), u.pid),
             None => return Err(EngineError::UnknownId(id.to_string())),
         };
         if was == mode {
             return Ok(was);
         }
+        let marks: Vec<PlannedMark> = marks
+            .into_iter()
+            .map(|m| self.reachable_mark(pid, m))
+            .collect();
         for (i, m) in marks.iter().enumerate() {
             let old = self.mark_of(m, was);
             if let Err(e) = self.gate.switch_mask(&self.mark_of(m, mode), old.mask) {
@@ -546,6 +550,8 @@ impl<G: Gate> Engine<G> {
         }
         if let Some(u) = self.registry.get_mut(handle) {
             u.mode = mode;
+            // The paths that lead to the mounts now, for the next switch or the disarm.
+            u.marks = marks;
         }
         if let Some(gate) = self.mapping.as_mut() {
             let gate_mode = match mode {
@@ -898,6 +904,32 @@ impl<G: Gate> Engine<G> {
         Ok(out)
     }
 
+    /// The mark with a path that leads to its mount now. A container armed at creation
+    /// had its mounts reached through its first process before that process changed its
+    /// root (`/proc/<pid>/root/<bundle>/rootfs/...`), a path that leads nowhere once the
+    /// container runs: its mount is then found among that process's mounts (the same
+    /// mounts, seen from its new root) by its mount id. Unchanged when the path still
+    /// leads to the mount or none is found.
+    fn reachable_mark(&self, pid: Option<i32>, mut m: PlannedMark) -> PlannedMark {
+        let Some(pid) = pid else { return m };
+        if self.gate.mark_is_live(&m.path, m.mnt_id) {
+            return m;
+        }
+        let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+        let Ok(mounts) = crate::kernel::mountinfo::read_mountinfo_of(pid) else {
+            return m;
+        };
+        // The last mount at a point is the one a path leads to.
+        for e in mounts.iter().rev() {
+            let at = root.join(e.mount_point.strip_prefix("/").unwrap_or(&e.mount_point));
+            if self.gate.mark_is_live(&at, m.mnt_id) {
+                m.path = at;
+                break;
+            }
+        }
+        m
+    }
+
     /// Gives the mapping gate the marks a unit gained after its arm (mounts the watcher
     /// found): a filesystem of its own is watched, a volume judged, as at arm.
     fn gate_late_marks(&mut self, handle: UnitHandle, mode: Mode, placed: &[PlannedMark]) {
@@ -980,6 +1012,7 @@ impl<G: Gate> Engine<G> {
             }
         }
         for m in &unit.marks {
+            let m = &self.reachable_mark(unit.pid, m.clone());
             // Only remove a mark if the path still leads to the mount we marked: a path
             // whose mount is gone may now lead to another filesystem.
             if self.gate.mark_is_live(&m.path, m.mnt_id) {

@@ -144,6 +144,16 @@ pub struct UnitReply {
     /// carry no mark), read from its first process; empty when not known.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub user_namespaces: String,
+    /// The Kubernetes namespace of its pod, if it is a pod's container (from the CRI's
+    /// annotations; absent from an older daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Its pod's name, if it is a pod's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Its name in the pod, if it is a pod's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
 }
 
 impl From<&UnitStatus> for UnitReply {
@@ -178,6 +188,9 @@ impl From<&UnitStatus> for UnitReply {
             mapping_gate: u.mapping_gate.clone(),
             libraries: u.libraries.clone(),
             user_namespaces: String::new(),
+            namespace: u.namespace.clone(),
+            pod: u.pod.clone(),
+            container_name: u.container_name.clone(),
         }
     }
 }
@@ -464,7 +477,7 @@ pub enum Reply {
     /// After arm.
     Armed(ArmResult),
     /// After disarm: the unit's final state.
-    Disarmed(UnitReply),
+    Disarmed(Box<UnitReply>),
     /// After status.
     Status(Box<StatusReply>),
     /// After explain.

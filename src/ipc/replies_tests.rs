@@ -106,6 +106,9 @@ fn unit() -> UnitReply {
         mapping_gate: None,
         libraries: String::new(),
         user_namespaces: String::new(),
+        namespace: Some("shop".into()),
+        pod: Some("checkout-7d9f".into()),
+        container_name: Some("web".into()),
     }
 }
 
@@ -118,7 +121,8 @@ fn unit_json() -> serde_json::Value {
            "counters":{"allowed":1,"denied":2,"would_deny":3,"hashed":4,"hash_timeouts":5},
            "cache":{"hits":6,"misses":7,"invalidations":8,"racy_skips":9},
            "cache_entries":10,
-           "last_deny":{"time":"2026-12-01T00:00:00Z","path":"/tmp/p","verdict":"deny"}})
+           "last_deny":{"time":"2026-12-01T00:00:00Z","path":"/tmp/p","verdict":"deny"},
+           "namespace":"shop","pod":"checkout-7d9f","container_name":"web"})
 }
 
 fn ok(reply: &Reply) -> serde_json::Value {
@@ -153,7 +157,7 @@ fn every_reply_is_pinned() {
                "memfd_noexec":true,
                "marks":[serde_json::from_str::<serde_json::Value>(MARK).unwrap()]})
     );
-    assert_eq!(ok(&Reply::Disarmed(unit())), unit_json());
+    assert_eq!(ok(&Reply::Disarmed(Box::new(unit()))), unit_json());
     let mut stats = StatsReply {
         events: 1,
         permission_events: 2,

@@ -485,6 +485,9 @@ pub struct UnitStatus {
     /// Container name in its pod, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_name: Option<String>,
+    /// Kubernetes pod name, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 impl Unit {
@@ -516,6 +519,7 @@ impl Unit {
             libraries: String::new(),
             namespace: self.k8s.namespace.clone(),
             container_name: self.k8s.container.clone(),
+            pod: self.k8s.pod.clone(),
         }
     }
 }

@@ -787,3 +787,101 @@ fn annotations_stricter_only_tighten_but_never_loosen() {
     assert_eq!(verdict_of("strict-1"), Some("deny".into()));
     assert_eq!(verdict_of("plain-1"), Some("would-deny".into()));
 }
+
+/// `--pod NAMESPACE/NAME [-c NAME]` names a Kubernetes pod's containers for `explain`,
+/// `mode` and `disarm`, as `kubectl` users name them; a pod of several containers needs
+/// `-c` where one container is meant, and a pod with none armed is "no such container".
+#[test]
+fn pods_are_named_as_kubectl_names_them() {
+    let Some(node) = Node::new("pods") else {
+        return;
+    };
+    let out = node.out_mount();
+    for (id, name) in [("pod-web", "web"), ("pod-side", "side")] {
+        let ann = [
+            "--mount",
+            &out,
+            "--annotation",
+            "io.kubernetes.cri.sandbox-namespace=shop",
+            "--annotation",
+            "io.kubernetes.cri.sandbox-name=checkout-7d9f",
+            "--annotation",
+            &format!("io.kubernetes.cri.container-name={name}"),
+        ];
+        let ann: Vec<&str> = ann.iter().map(|s| s.as_ref()).collect();
+        node.run_detached_with(BUSYBOX, id, &ann);
+    }
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .arg("--socket")
+            .arg(&node.dl_socket)
+            .output()
+            .unwrap()
+    };
+    let both = cli(&["explain", "/bin/sh", "--pod", "shop/checkout-7d9f"]);
+    assert_eq!(both.status.code(), Some(2), "{}", text(&both));
+    assert!(text(&both).contains("-c NAME"), "{}", text(&both));
+    let one = cli(&[
+        "explain",
+        "/bin/sh",
+        "--pod",
+        "shop/checkout-7d9f",
+        "-c",
+        "web",
+    ]);
+    assert!(one.status.success(), "{}", text(&one));
+    assert!(text(&one).contains("pod-web"), "{}", text(&one));
+    let none = cli(&["explain", "/bin/sh", "--pod", "shop/gone"]);
+    assert_eq!(none.status.code(), Some(4), "{}", text(&none));
+
+    // A script dropped in the running container: denied, then (audit) run, then denied
+    // again, without restarting it. The container was armed at creation, through a path
+    // that leads nowhere once it runs: the switch finds its mounts from its process.
+    let drop_and_run = |exec_id: &str| {
+        node.exec_logged(
+            "pod-web",
+            exec_id,
+            "printf '#!/bin/sh\necho DROPPED-RAN\n' > /tmp/p; chmod +x /tmp/p; /tmp/p; echo rc=$?",
+        )
+    };
+    let before = drop_and_run("e1");
+    assert!(before.contains("rc=126"), "{before}");
+    let switched = cli(&["mode", "audit", "--pod", "shop/checkout-7d9f", "--json"]);
+    assert!(switched.status.success(), "{}", text(&switched));
+    let changes: serde_json::Value = serde_json::from_slice(&switched.stdout).unwrap();
+    assert_eq!(changes.as_array().map(Vec::len), Some(2), "{changes}");
+    let modes: Vec<_> = node.status()["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["id"].as_str().unwrap().to_string(), u["mode"].clone()))
+        .collect();
+    assert!(modes.iter().all(|(_, m)| m == "audit"), "{modes:?}");
+    let audited = drop_and_run("e2");
+    assert!(audited.contains("DROPPED-RAN"), "{audited}");
+    let back = cli(&[
+        "mode",
+        "enforce",
+        "--pod",
+        "shop/checkout-7d9f",
+        "-c",
+        "web",
+    ]);
+    assert!(back.status.success(), "{}", text(&back));
+    let after = drop_and_run("e3");
+    assert!(after.contains("rc=126"), "{after}");
+
+    let gone = cli(&["disarm", "--pod", "shop/checkout-7d9f", "-c", "side"]);
+    assert!(gone.status.success(), "{}", text(&gone));
+    let left: Vec<_> = node.status()["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, vec!["pod-web".to_string()]);
+    for id in ["pod-web", "pod-side"] {
+        let _ = node.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+    }
+}
