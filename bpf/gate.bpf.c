@@ -34,7 +34,12 @@
  * closures or JIT code either) no anonymous or memfd memory is made executable; with
  * SCOPE_PROC_MEM no /proc/<pid>/mem is opened for writing (the DDexec technique writes
  * code through it) and no process is attached with ptrace (PTRACE_POKETEXT writes code
- * into it; process_vm_writev needs the same right). */
+ * into it; process_vm_writev needs the same right); with SCOPE_FOREIGN no file is exec'd
+ * or mapped executable from a filesystem no armed unit marked (a tmpfs, overlay or fuse
+ * the container mounted in a user and mount namespace of its own, whose copies of the
+ * container's mounts also carry no fanotify mark; a detached mount), and a file a
+ * container wrote on a volume is exec'd only once judged (through such a copy no mark
+ * sees the exec). */
 #include "kernel_types.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -57,6 +62,7 @@
 #define SCOPE_WX (1u << 8)
 #define SCOPE_PROC_MEM (1u << 9)
 #define SCOPE_ANON (1u << 10)
+#define SCOPE_FOREIGN (1u << 11)
 
 /* Event kinds sent to the daemon. */
 #define KIND_MMAP 1
@@ -67,6 +73,8 @@
 #define KIND_ANON_EXEC 6
 #define KIND_PROC_MEM 7
 #define KIND_PTRACE 8
+#define KIND_FOREIGN 9
+#define KIND_VOLUME_EXEC 10
 #define PTRACE_MODE_ATTACH 0x02
 #define MAX_PID_LEVELS 8
 
@@ -95,6 +103,7 @@ struct gate_event {
 
 #define DETAIL_WRITTEN (1u << 16)
 #define DETAIL_MPROTECT (1u << 17)
+#define DETAIL_EXEC (1u << 18)
 
 /* `tracked` flags: a container's write could not be recorded (a map was full). */
 #define TRACK_STRICT 2
@@ -296,16 +305,28 @@ static __always_inline int scope_refuses(u32 kind, u32 scope, u32 inum, struct f
 	return 0;
 }
 
-/* A mapping of a file on a volume shared with the host: judged for the processes of the
- * armed containers that mark it, once a container wrote the file (see the top). */
-static __always_inline int judge_volume(struct file_key *key, u32 kind)
+/* Code from a filesystem no armed unit marked (neither watched nor tracked), by a
+ * container's process: refused where its scope says so. */
+static __always_inline int judge_foreign(struct file_key *key, u32 detail)
+{
+	u32 inum = 0;
+	u32 *scope = container_scope(&inum);
+	if (!scope || !(*scope & SCOPE_FOREIGN))
+		return 0;
+	return scope_refuses(KIND_FOREIGN, *scope, inum, key, detail);
+}
+
+/* A mapping (or exec) of a file on a volume shared with the host: judged for the processes
+ * of the armed containers that mark it, once a container wrote the file (see the top). On
+ * a filesystem no unit marked, judged by `judge_foreign` when `foreign`. */
+static __always_inline int judge_volume(struct file_key *key, u32 kind, bool foreign)
 {
 	struct volume_key vk = {};
 	u32 inum = 0;
 	u32 *track, *scope, *mode;
 	track = bpf_map_lookup_elem(&tracked, &key->dev);
 	if (!track)
-		return 0;
+		return foreign ? judge_foreign(key, kind == KIND_VOLUME_EXEC ? DETAIL_EXEC : 0) : 0;
 	scope = container_scope(&inum);
 	if (!scope)
 		return 0;
@@ -349,7 +370,9 @@ static __always_inline int judge_key(struct file_key *k, u32 kind, bool exec)
 	}
 	mode = bpf_map_lookup_elem(&watched, &key.dev);
 	if (!mode)
-		return judge_volume(&key, kind);
+		/* Not for mprotect: before 6.6 an overlay file's mapping holds the layer's file,
+		 * on a filesystem no unit marks. */
+		return judge_volume(&key, kind, kind == KIND_MMAP);
 	count(0);
 	if (admitted(&key))
 		return 0;
@@ -514,10 +537,13 @@ int BPF_PROG(driftlock_bprm_check, struct linux_binprm *bprm, int ret)
 	shm = bpf_map_lookup_elem(&shmem_dev, &zero);
 	if (shm && *shm && key.dev == *shm)
 		return judge_key(&key, KIND_MEMFD, true);
-	if (!bpf_map_lookup_elem(&loaders, &key))
-		return 0;
 	mode = bpf_map_lookup_elem(&watched, &key.dev);
 	if (!mode)
+		/* Off the unit's own filesystems: a filesystem no unit marked, or a file a
+		 * container wrote on a volume and exec'd where no mark saw it. (The loader rule for
+		 * volumes is fanotify's.) */
+		return judge_volume(&key, KIND_VOLUME_EXEC, true);
+	if (!bpf_map_lookup_elem(&loaders, &key))
 		return 0;
 	if (*mode == MODE_ENFORCE) {
 		report(KIND_LOADER_EXEC, *mode, &key, true);

@@ -296,6 +296,11 @@ pub struct MemoryRule {
     /// ctypes callbacks, say).
     #[serde(default)]
     pub strict: bool,
+    /// The workload runs code from filesystems it mounts itself (an image builder, a
+    /// nested container runtime): such code is not judged (it is refused otherwise, where
+    /// the mapping gate runs).
+    #[serde(default)]
+    pub own_filesystems: bool,
 }
 
 /// What the `[[memory]]` rules say for one image.
@@ -307,6 +312,8 @@ pub struct MemoryChoice {
     pub debugger: bool,
     /// A rule asks for every memory rule.
     pub strict: bool,
+    /// A rule lets the workload run code from filesystems it mounts itself.
+    pub own_filesystems: bool,
 }
 
 fn every() -> String {
@@ -552,6 +559,7 @@ impl Config {
                 jit: c.jit || r.jit,
                 debugger: c.debugger || r.debugger,
                 strict: c.strict || r.strict,
+                own_filesystems: c.own_filesystems || r.own_filesystems,
             })
     }
 
@@ -732,7 +740,14 @@ mod tests {
         let m = c.memory_for(Some("app:debug"));
         assert!(m.strict && m.debugger && !m.jit);
         assert!(c.memory_for(Some("jit")).jit);
+        assert!(!c.memory_for(Some("jit")).own_filesystems);
         assert_eq!(c.memory_for(None), MemoryChoice::default());
+        let builder = Config::parse(
+            "[[memory]]\nimage = \"buildkit*\"\nown_filesystems = true\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert!(builder.memory_for(Some("buildkit:0.12")).own_filesystems);
         assert!(c.without_policy().memory.is_empty());
         assert!(
             Config::parse(

@@ -459,6 +459,7 @@ impl Armer {
             wx,
             anon,
             proc_mem: !choice.debugger,
+            foreign: !choice.own_filesystems,
         }
     }
 

@@ -464,7 +464,7 @@ impl<G: Gate> Engine<G> {
             let devs: Vec<u64> = marks
                 .iter()
                 .filter(|m| m.kind == MarkKind::Filesystem)
-                .map(|m| crate::kernel::mapping_gate::kernel_dev(m.dev))
+                .map(|m| crate::kernel::mapping_gate::kernel_dev(m.superblock_dev()))
                 .collect();
             let mut failed = None;
             self.mapping_keys.insert(
@@ -497,7 +497,7 @@ impl<G: Gate> Engine<G> {
             let volumes = marks
                 .iter()
                 .filter(|m| m.kind == MarkKind::Mount)
-                .map(|m| crate::kernel::mapping_gate::kernel_dev(m.dev));
+                .map(|m| crate::kernel::mapping_gate::kernel_dev(m.superblock_dev()));
             let changes = self
                 .mapping_volumes
                 .add(handle, spec.pid_namespace, volumes, mode);
@@ -715,7 +715,9 @@ impl<G: Gate> Engine<G> {
         self.mapping.as_ref()?;
         let devs = self.mapping_devs.get(&handle);
         let (covered, not): (Vec<_>, Vec<_>) = unit.marks.iter().partition(|m| {
-            devs.is_some_and(|d| d.contains(&crate::kernel::mapping_gate::kernel_dev(m.dev)))
+            devs.is_some_and(|d| {
+                d.contains(&crate::kernel::mapping_gate::kernel_dev(m.superblock_dev()))
+            })
         });
         let paths = |ms: &[&crate::registry::PlannedMark]| {
             ms.iter()
@@ -732,13 +734,15 @@ impl<G: Gate> Engine<G> {
             }
         );
         let (judged, not): (Vec<_>, Vec<_>) = not.into_iter().partition(|m| {
-            self.mapping_volumes
-                .judges(handle, crate::kernel::mapping_gate::kernel_dev(m.dev))
+            self.mapping_volumes.judges(
+                handle,
+                crate::kernel::mapping_gate::kernel_dev(m.superblock_dev()),
+            )
         });
         if !judged.is_empty() {
             let strict = judged.iter().any(|m| {
                 self.mapping.as_ref().is_some_and(|g| {
-                    g.volume_strict(crate::kernel::mapping_gate::kernel_dev(m.dev))
+                    g.volume_strict(crate::kernel::mapping_gate::kernel_dev(m.superblock_dev()))
                 })
             });
             out.push_str(&format!(
@@ -782,6 +786,11 @@ impl<G: Gate> Engine<G> {
             } else {
                 ", writes through /proc/<pid>/mem and ptrace allowed (a rule)"
             });
+            out.push_str(if memory.foreign {
+                ", no code from filesystems no unit marked (its own mounts in a namespace of its own), and a file a container wrote on a volume is exec'd only once judged"
+            } else {
+                ", code from filesystems it mounts itself allowed (a rule: not judged)"
+            });
         }
         Some(out)
     }
@@ -790,7 +799,7 @@ impl<G: Gate> Engine<G> {
     fn library_coverage(&self, handle: UnitHandle, unit: &crate::registry::Unit) -> String {
         let devs = self.mapping_devs.get(&handle);
         let gated = |m: &crate::registry::PlannedMark| {
-            let dev = crate::kernel::mapping_gate::kernel_dev(m.dev);
+            let dev = crate::kernel::mapping_gate::kernel_dev(m.superblock_dev());
             self.mapping.is_some()
                 && (devs.is_some_and(|d| d.contains(&dev))
                     || self.mapping_volumes.judges(handle, dev))
@@ -941,7 +950,7 @@ impl<G: Gate> Engine<G> {
             placed.iter().partition(|m| m.kind == MarkKind::Filesystem);
         let own: Vec<u64> = own
             .iter()
-            .map(|m| crate::kernel::mapping_gate::kernel_dev(m.dev))
+            .map(|m| crate::kernel::mapping_gate::kernel_dev(m.superblock_dev()))
             .collect();
         if let Some(gate) = self.mapping.as_mut() {
             for d in &own {
@@ -957,7 +966,7 @@ impl<G: Gate> Engine<G> {
             ns,
             volumes
                 .iter()
-                .map(|m| crate::kernel::mapping_gate::kernel_dev(m.dev)),
+                .map(|m| crate::kernel::mapping_gate::kernel_dev(m.superblock_dev())),
             gate_mode,
         );
         if let Err(e) = self.apply_volume_changes(&changes) {

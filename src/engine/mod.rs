@@ -1001,7 +1001,7 @@ impl<G: Gate> Engine<G> {
             .registry
             .get(unit_h)
             .and_then(|u| u.marks.iter().find(|m| m.mnt_id == stat.mnt_id))
-            .map_or(stat.dev, |m| m.dev);
+            .map_or(stat.dev, |m| m.superblock_dev());
         crate::kernel::mapping_gate::kernel_dev(dev)
     }
 

@@ -116,12 +116,15 @@ pub(super) fn mapping_record(
             kind::ANON_EXEC => "anonymous-executable-memory",
             kind::PROC_MEM => "proc-mem-write",
             kind::PTRACE => "ptrace-attach",
+            kind::FOREIGN if e.detail & crate::kernel::mapping_gate::DETAIL_EXEC == 0 => "mmap",
             _ => "exec",
         }
         .into(),
         rule: match e.kind {
             kind::LOADER_EXEC => "loader",
             kind::WX | kind::ANON_EXEC | kind::PROC_MEM | kind::PTRACE => "memory",
+            kind::FOREIGN => "unmarked-filesystem",
+            kind::VOLUME_EXEC => "volume",
             _ => "mapping",
         }
         .into(),

@@ -320,6 +320,7 @@ fn a_mark_path_that_is_not_utf8_is_escaped() {
         dev: 1,
         mnt_id: 2,
         fstype: "tmpfs".into(),
+        sb_dev: 0,
     };
     assert_eq!(MarkReply::from(&m).path, "/run/\\xff\\x0a");
 }

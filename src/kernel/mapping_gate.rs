@@ -96,6 +96,10 @@ pub struct MemoryRules {
     /// No write-open of `/proc/<pid>/mem` and no ptrace attach (code written into a
     /// process): off only for containers that run debuggers.
     pub proc_mem: bool,
+    /// No exec or executable mapping of a file on a filesystem no armed unit marked (a
+    /// tmpfs or overlay the container mounted in a namespace of its own, a detached
+    /// mount): off for workloads that run code from mounts of their own (a rule).
+    pub foreign: bool,
 }
 
 /// In `tracked` (gate.bpf.c `TRACK_STRICT`): a container's write to the volume could not be
@@ -120,6 +124,7 @@ unsafe impl aya::Pod for VolumeKey {}
 const SCOPE_WX: u32 = 1 << 8;
 const SCOPE_PROC_MEM: u32 = 1 << 9;
 const SCOPE_ANON: u32 = 1 << 10;
+const SCOPE_FOREIGN: u32 = 1 << 11;
 
 impl MemoryRules {
     /// Every rule on.
@@ -127,6 +132,7 @@ impl MemoryRules {
         wx: true,
         anon: true,
         proc_mem: true,
+        foreign: true,
     };
 
     fn scope_value(self, mode: GateMode) -> u32 {
@@ -140,6 +146,9 @@ impl MemoryRules {
         if self.proc_mem {
             v |= SCOPE_PROC_MEM;
         }
+        if self.foreign {
+            v |= SCOPE_FOREIGN;
+        }
         v
     }
 
@@ -149,6 +158,7 @@ impl MemoryRules {
             wx: self.wx && other.wx,
             anon: self.anon && other.anon,
             proc_mem: self.proc_mem && other.proc_mem,
+            foreign: self.foreign && other.foreign,
         }
     }
 }
@@ -157,11 +167,27 @@ impl MemoryRules {
 pub const DETAIL_WRITTEN: u32 = 1 << 16;
 /// In [`GateEvent::detail`]: asked by `mprotect` (else by `mmap`).
 pub const DETAIL_MPROTECT: u32 = 1 << 17;
+/// In [`GateEvent::detail`]: an exec (else a mapping), for [`kind::FOREIGN`].
+pub const DETAIL_EXEC: u32 = 1 << 18;
 
 impl GateEvent {
     /// The memory refusal's detail in words (`mprotect to r-x of a rw- private mapping
     /// with written pages`); empty when there is none.
     pub fn detail_words(&self) -> String {
+        match self.kind {
+            kind::FOREIGN => {
+                return if self.detail & DETAIL_EXEC != 0 {
+                    "exec of a file on a filesystem no armed unit marked (a mount of the container's own)"
+                } else {
+                    "executable mapping of a file on a filesystem no armed unit marked (a mount of the container's own)"
+                }
+                .into();
+            }
+            kind::VOLUME_EXEC => {
+                return "exec of a file a container wrote on a volume, not judged, that no mark saw (a copy of the volume's mount)".into();
+            }
+            _ => {}
+        }
         if self.detail == 0 {
             return String::new();
         }
@@ -213,6 +239,12 @@ pub mod kind {
     pub const PROC_MEM: u32 = 7;
     /// Another process attached with ptrace (or PTRACE_TRACEME).
     pub const PTRACE: u32 = 8;
+    /// An exec or executable mapping of a file on a filesystem no armed unit marked (the
+    /// container's own mount in a namespace of its own, a detached mount).
+    pub const FOREIGN: u32 = 9;
+    /// An exec of a file a container wrote on a volume, not judged allowed, that no mark
+    /// saw (through a copy of the volume's mount in a namespace of the container's own).
+    pub const VOLUME_EXEC: u32 = 10;
 }
 
 /// What the gate reported (a refused or would-be-refused mapping or loader exec).
@@ -887,6 +919,13 @@ mod tests {
         );
         let e = GateEvent::parse(&event_bytes(kind::ANON_EXEC, 0x7)).unwrap();
         assert_eq!(e.detail_words(), "mmap rwx");
+        let e = GateEvent::parse(&event_bytes(kind::FOREIGN, DETAIL_EXEC)).unwrap();
+        assert!(
+            e.detail_words()
+                .starts_with("exec of a file on a filesystem no armed unit marked")
+        );
+        let e = GateEvent::parse(&event_bytes(kind::FOREIGN, 0)).unwrap();
+        assert!(e.detail_words().starts_with("executable mapping"));
         assert!(
             GateEvent::parse(&event_bytes(kind::WX, 0)[..60]).is_none(),
             "short record"
@@ -898,12 +937,13 @@ mod tests {
         assert_eq!(MemoryRules::default().scope_value(GateMode::Audit), 2);
         assert_eq!(
             MemoryRules::STRICT.scope_value(GateMode::Enforce),
-            1 | SCOPE_WX | SCOPE_ANON | SCOPE_PROC_MEM
+            1 | SCOPE_WX | SCOPE_ANON | SCOPE_PROC_MEM | SCOPE_FOREIGN
         );
         let closures = MemoryRules {
             wx: true,
             anon: false,
             proc_mem: true,
+            foreign: true,
         };
         assert_eq!(closures.and(MemoryRules::STRICT), closures);
         assert_eq!(closures.and(MemoryRules::default()), MemoryRules::default());

@@ -71,6 +71,22 @@ pub struct PlannedMark {
     pub mnt_id: u64,
     /// Filesystem type.
     pub fstype: String,
+    /// The filesystem's device as its superblock has it (mountinfo's `major:minor`), which
+    /// `statx` may not report (a btrfs subvolume shows a device of its own): what the
+    /// mapping gate keys filesystems by. 0 when not known (then `dev`).
+    #[serde(default)]
+    pub sb_dev: u64,
+}
+
+impl PlannedMark {
+    /// The device the kernel's superblock has (`sb_dev`, else `dev`), glibc-encoded.
+    pub fn superblock_dev(&self) -> u64 {
+        if self.sb_dev != 0 {
+            self.sb_dev
+        } else {
+            self.dev
+        }
+    }
 }
 
 /// Filesystems with no write path at all (not even a remount read-write): a file's content
@@ -192,6 +208,7 @@ pub fn plan_marks(
                 dev: st.dev,
                 mnt_id: st.mnt_id,
                 fstype: entry.fstype.clone(),
+                sb_dev: entry.dev,
             });
         }
     }

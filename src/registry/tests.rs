@@ -196,6 +196,7 @@ fn attribution_prefers_mount_marks() {
         dev: 5,
         mnt_id: 50,
         fstype: "tmpfs".into(),
+        sb_dev: 0,
     };
     let mnt = PlannedMark {
         path: "/b".into(),
@@ -203,6 +204,7 @@ fn attribution_prefers_mount_marks() {
         dev: 5,
         mnt_id: 51,
         fstype: "tmpfs".into(),
+        sb_dev: 0,
     };
     let a = r.insert(mk("a", vec![fs.clone()]));
     let b = r.insert(mk("b", vec![mnt.clone()]));

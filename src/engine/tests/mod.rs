@@ -302,6 +302,7 @@ impl Harness {
                     dev: self.dev,
                     mnt_id: dir_stat.mnt_id,
                     fstype: fstype.into(),
+                    sb_dev: 0,
                 },
                 PlannedMark {
                     path: "/other".into(),
@@ -309,6 +310,7 @@ impl Harness {
                     dev: 1,
                     mnt_id: u64::MAX,
                     fstype: "test".into(),
+                    sb_dev: 0,
                 },
             ],
             allow: self.allow.clone(),
