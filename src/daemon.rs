@@ -221,7 +221,11 @@ fn handle_request(ctx: &Armer, req: Request) -> Response {
                 use std::sync::atomic::Ordering::Relaxed;
                 let mut reply = StatusReply::from(&s);
                 for u in &mut reply.units {
-                    u.user_namespaces = u.pid.map(user_namespaces_of).unwrap_or_default();
+                    let gated = u.mapping_gate.is_some();
+                    u.user_namespaces = u
+                        .pid
+                        .map(|p| user_namespaces_of(p, gated))
+                        .unwrap_or_default();
                 }
                 reply.pid = std::process::id();
                 reply.version = env!("CARGO_PKG_VERSION").into();
@@ -519,8 +523,9 @@ fn record_fail_opens(
 
 /// Whether the container whose first process is `pid` can make its own user namespaces,
 /// in words: a seccomp filter in force (driftlock-runtime's refuses them in enforce mode, as
-/// Docker's and containerd's default profiles do without `CAP_SYS_ADMIN`), or none.
-fn user_namespaces_of(pid: i32) -> String {
+/// Docker's and containerd's default profiles do without `CAP_SYS_ADMIN`), or none; and
+/// whether the mapping gate (`gated`) judges code from the mounts such a namespace holds.
+fn user_namespaces_of(pid: i32, gated: bool) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     match status
         .lines()
@@ -528,6 +533,7 @@ fn user_namespaces_of(pid: i32) -> String {
         .map(str::trim)
     {
         Some("2") => "a seccomp filter is in force (driftlock-runtime's refuses new user namespaces; so do Docker's and containerd's default profiles without CAP_SYS_ADMIN)".into(),
+        Some("0") if gated => "not refused: no seccomp filter; the container may make its own user and mount namespaces, whose mounts no mark covers: the mapping gate judges code from them (see its line)".into(),
         Some("0") => "not refused: no seccomp filter; the container may make its own user and mount namespaces, whose mounts no mark covers (exec from them is not judged)".into(),
         _ => String::new(),
     }
