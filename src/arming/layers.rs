@@ -306,24 +306,24 @@ mod tests {
 
     #[test]
     fn layers_of_runtime_stores_are_told_from_other_directories() {
-        for store in [
-            &b"/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/42/fs"[..],
-            b"/var/lib/docker/overlay2/0123abcd/diff",
-            b"/var/lib/docker/overlay2/l/ABCDEFGH",
-            b"l/ABCDEFGH",
-            b"/var/lib/containers/storage/overlay/0123abcd/diff",
-            b"/var/lib/containers/storage/overlay/l/ABCDEFGH",
-        ] {
-            assert!(in_layer_store(store), "{}", escape_bytes(store));
-        }
-        for other in [
-            &b"/home/me/rootfs"[..],
-            b"/srv/snapshots/x/fs",
-            b"/srv/overlay2/l/diff/x",
-            b"/l/ABC",
-            b"/tmp/it/lower",
-        ] {
-            assert!(!in_layer_store(other), "{}", escape_bytes(other));
+        let table: [(&[u8], bool); 11] = [
+            (
+                b"/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/42/fs",
+                true,
+            ),
+            (b"/var/lib/docker/overlay2/0123abcd/diff", true),
+            (b"/var/lib/docker/overlay2/l/ABCDEFGH", true),
+            (b"l/ABCDEFGH", true),
+            (b"/var/lib/containers/storage/overlay/0123abcd/diff", true),
+            (b"/var/lib/containers/storage/overlay/l/ABCDEFGH", true),
+            (b"/home/me/rootfs", false),
+            (b"/srv/snapshots/x/fs", false),
+            (b"/srv/overlay2/l/diff/x", false),
+            (b"/l/ABC", false),
+            (b"/tmp/it/lower", false),
+        ];
+        for (dir, store) in table {
+            assert_eq!(in_layer_store(dir), store, "{}", escape_bytes(dir));
         }
     }
 

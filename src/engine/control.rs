@@ -928,8 +928,11 @@ impl<G: Gate> Engine<G> {
         let Ok(mounts) = crate::kernel::mountinfo::read_mountinfo_of(pid) else {
             return m;
         };
-        // The last mount at a point is the one a path leads to.
-        for e in mounts.iter().rev() {
+        // The last mount at a point is the one a path leads to. Only mounts of the mark's
+        // filesystem are looked at: a stat of another (a stuck FUSE server's) could block
+        // the event loop.
+        let sb_dev = m.superblock_dev();
+        for e in mounts.iter().rev().filter(|e| e.dev == sb_dev) {
             let at = root.join(e.mount_point.strip_prefix("/").unwrap_or(&e.mount_point));
             if self.gate.mark_is_live(&at, m.mnt_id) {
                 m.path = at;
