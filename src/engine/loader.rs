@@ -5,16 +5,59 @@ use super::*;
 
 /// A loader exec waiting until its thread is seen blocked in the exec.
 pub(super) struct LoaderWait {
-    pub(super) unit: UnitHandle,
-    pub(super) event: ExecEvent,
-    pub(super) tid: i32,
-    pub(super) judged: Judgement,
+    pub(super) claim: Claimed,
+    judged: Judgement,
     /// The facts the rule book asked about; `loader_call` is filled in by each look.
     pub(super) facts: Facts,
-    pub(super) stat: FileStat,
-    pub(super) since: Instant,
-    pub(super) looks: u32,
-    pub(super) next: Instant,
+    since: Instant,
+    looks: u32,
+    next: Instant,
+}
+
+impl LoaderWait {
+    /// A loader exec the rule book asked about, not yet looked at.
+    pub(super) fn new(claim: Claimed, judged: Judgement, facts: Facts) -> Self {
+        let now = Instant::now();
+        Self {
+            claim,
+            judged,
+            facts,
+            since: now,
+            looks: 0,
+            next: now,
+        }
+    }
+}
+
+/// The loader execs waiting to be looked at again, and how a task is looked at.
+pub(super) struct LoaderWaits {
+    waits: Vec<LoaderWait>,
+    /// Asks exec'ing tasks what they named (the loader rule).
+    probe: Box<dyn TaskProbe>,
+}
+
+impl LoaderWaits {
+    pub(super) fn new(probe: Box<dyn TaskProbe>) -> Self {
+        Self {
+            waits: Vec::new(),
+            probe,
+        }
+    }
+
+    /// Replaces how exec'ing tasks are looked at (tests use a fake).
+    pub(super) fn set_probe(&mut self, probe: Box<dyn TaskProbe>) {
+        self.probe = probe;
+    }
+
+    /// When the next wait is due for a look.
+    pub(super) fn next_look(&self) -> Option<Instant> {
+        self.waits.iter().map(|w| w.next).min()
+    }
+
+    /// Every waiting loader exec, taken off the list.
+    pub(super) fn take_all(&mut self) -> Vec<LoaderWait> {
+        std::mem::take(&mut self.waits)
+    }
 }
 
 /// Looks at a loader exec's thread on the event path before it waits off the loop: most
@@ -38,7 +81,11 @@ impl<G: Gate> Engine<G> {
             if i > 0 {
                 std::thread::yield_now();
             }
-            let seen = self.probe.loader_call(w.tid, (w.stat.dev, w.stat.ino));
+            let stat = &w.claim.stat;
+            let seen = self
+                .loader
+                .probe
+                .loader_call(w.claim.tid, (stat.dev, stat.ino));
             w.looks += 1;
             w.facts.loader_call = Some(seen.call);
             let Decision::Answer(outcome) = judge(&w.facts) else {
@@ -68,13 +115,13 @@ impl<G: Gate> Engine<G> {
         if waited >= self.config.loader_wait {
             log::warn!(
                 "loader exec of thread {} answered by policy: the thread was never seen blocked in {} looks over {} ms",
-                w.tid,
+                w.claim.tid,
                 w.looks,
                 waited.as_millis()
             );
             let detail = format!(
                 "thread {} never seen blocked in its exec: {} looks over {} ms",
-                w.tid,
+                w.claim.tid,
                 w.looks,
                 waited.as_millis()
             );
@@ -91,31 +138,23 @@ impl<G: Gate> Engine<G> {
             .saturating_mul(1 << later)
             .min(LOADER_RETRY_MAX);
         w.next = Instant::now() + pause;
-        self.loader_waits.push(w);
+        self.loader.waits.push(w);
     }
 
     /// Answers a waiting loader exec with the rule book's outcome and the evidence.
     pub(super) fn conclude_wait(&mut self, w: LoaderWait, outcome: Outcome, detail: String) {
-        self.conclude(
-            w.unit,
-            w.event,
-            w.tid,
-            w.judged,
-            &w.stat,
-            outcome,
-            Some(detail),
-        );
+        self.conclude(w.claim, w.judged, outcome, Some(detail));
     }
 
     /// Looks again at the loader execs whose pause has passed.
     pub(super) fn look_at_waiting_loaders(&mut self, now: Instant) {
-        if self.loader_waits.iter().all(|w| w.next > now) {
+        if self.loader.waits.iter().all(|w| w.next > now) {
             return;
         }
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.loader_waits)
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.loader.waits)
             .into_iter()
             .partition(|w| w.next <= now);
-        self.loader_waits = later;
+        self.loader.waits = later;
         for w in due {
             self.look_at_loader(w, 1);
         }

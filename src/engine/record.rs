@@ -157,17 +157,16 @@ pub(super) fn mapping_record(
 
 /// The record of an exec, its process context read from `/proc` (each read capped).
 /// `file` is a duplicate of the event's fd.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn build_record(
     unit: &Unit,
-    verdict: Verdict,
-    reason: Reason,
+    outcome: &Outcome,
     file: Option<BorrowedFd<'_>>,
     tid: i32,
     digest: Option<Digest>,
     stat: &FileStat,
     read: ProcessNow,
 ) -> (AuditRecord, crate::audit::ProcessToRead) {
+    let (verdict, reason) = (outcome.verdict, outcome.reason);
     let path = file.and_then(procfs::fd_path);
     let process = crate::audit::ProcessToRead { stop: unit.pid };
     let mut record = AuditRecord {

@@ -12,9 +12,11 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::*;
 use crate::audit::{AuditSinks, start_writer};
+use crate::baseline::Baseline;
 use crate::baseline::BaselineEntry;
 use crate::kernel::exec_name::{LoaderCall, LoaderObservation};
 use crate::kernel::{Answer, Gate, KernelError, Mark, RawEvent, Respond, TaskProbe, Wake};
+use std::sync::atomic::Ordering;
 
 enum Feed {
     Event(RawEvent),

@@ -2,6 +2,7 @@
 //! loader rule's wait for the exec'ing thread.
 
 use super::*;
+use std::sync::atomic::Ordering;
 
 #[test]
 fn allowed_execs_on_an_immutable_filesystem_are_left_to_the_kernel() {
