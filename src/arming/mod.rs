@@ -21,7 +21,6 @@ use crate::baseline::store::{Provenance, StoreError};
 use crate::baseline::{Baseline, BaselineStore};
 use crate::engine::{EngineError, EngineHandle, UnitSpec};
 use crate::escape::{escape_bytes, unescape};
-use crate::ipc::{ArmRequest, ArmResult, ErrorCode, MarkReply};
 use crate::kernel::mountinfo::MountInfoError;
 use crate::kernel::{KernelError, ns};
 use crate::registry::PlanError;
@@ -31,12 +30,14 @@ mod layers;
 mod mode;
 mod paths;
 mod records;
+mod request;
 mod watcher;
 
 pub use mode::{ModeError, select};
 pub use paths::derive_image_key;
 use paths::{ResolvedUnit, UnitView, container_start_time, resolve_unit, valid_id};
 pub use records::{PendingUnit, RearmError, RearmSummary, UnitRecord};
+pub use request::{Armed, Identity, ModeSwitch, Selector, UnitRequest};
 pub use watcher::watch_mounts;
 
 /// Why an arm request failed.
@@ -112,24 +113,6 @@ pub enum ArmError {
     Engine(#[from] EngineError),
 }
 
-impl ArmError {
-    /// The protocol's error code for this failure.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            ArmError::BadId(_) | ArmError::BadPath { .. } | ArmError::Plan(_) => ErrorCode::Invalid,
-            ArmError::NoProcess(_) | ArmError::Resolve { .. } => ErrorCode::NotFound,
-            ArmError::Engine(e) => ErrorCode::from(e),
-            ArmError::Stat { .. }
-            | ArmError::MountInfo(_)
-            | ArmError::Store(_)
-            | ArmError::StateDir(_)
-            | ArmError::Memfd(_)
-            | ArmError::Layers(_)
-            | ArmError::BaselineGone { .. } => ErrorCode::Internal,
-        }
-    }
-}
-
 /// Why `explain` could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
@@ -162,21 +145,6 @@ pub enum ExplainError {
     Engine(#[from] EngineError),
 }
 
-impl ExplainError {
-    /// The protocol's error code for this failure.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            ExplainError::UnknownId(_) => ErrorCode::NotFound,
-            ExplainError::BadPath(_) => ErrorCode::Invalid,
-            ExplainError::Open { source, .. } if *source == nix::Error::ENOENT => {
-                ErrorCode::NotFound
-            }
-            ExplainError::Open { .. } | ExplainError::Hash { .. } => ErrorCode::Internal,
-            ExplainError::Engine(e) => ErrorCode::from(e),
-        }
-    }
-}
-
 /// Classifies a store error: a state directory that cannot be written gets its own
 /// message, so an operator sees at once what to fix.
 fn state_dir_error(e: StoreError) -> ArmError {
@@ -206,7 +174,7 @@ pub(crate) enum ArmOrigin {
 /// The store key of a rootfs without image layers: the container and the very directory
 /// (device and inode) it was first armed with, so that a restart of that container finds
 /// its first baseline again, and a new container made at the same path does not.
-fn container_key(req: &ArmRequest, unit: &ResolvedUnit) -> Vec<u8> {
+fn container_key(req: &UnitRequest, unit: &ResolvedUnit) -> Vec<u8> {
     let mut key = b"rootfs:".to_vec();
     key.extend_from_slice(unit.rootfs.as_os_str().as_bytes());
     key.extend_from_slice(
@@ -288,11 +256,11 @@ pub struct ArmStats {
 
 impl Armer {
     /// Arms a unit; returns once its marks are in place, and records it.
-    pub fn arm(&self, req: ArmRequest) -> Result<ArmResult, ArmError> {
+    pub fn arm(&self, req: UnitRequest) -> Result<Armed, ArmError> {
         self.arm_as(req, ArmOrigin::Request)
     }
 
-    pub(crate) fn arm_as(&self, req: ArmRequest, origin: ArmOrigin) -> Result<ArmResult, ArmError> {
+    pub(crate) fn arm_as(&self, req: UnitRequest, origin: ArmOrigin) -> Result<Armed, ArmError> {
         use std::sync::atomic::Ordering::Relaxed;
         let result = self.arm_inner(req, origin);
         match &result {
@@ -313,7 +281,7 @@ impl Armer {
         result
     }
 
-    fn arm_inner(&self, mut req: ArmRequest, origin: ArmOrigin) -> Result<ArmResult, ArmError> {
+    fn arm_inner(&self, mut req: UnitRequest, origin: ArmOrigin) -> Result<Armed, ArmError> {
         let started = Instant::now();
         if !valid_id(&req.id) {
             return Err(ArmError::BadId(req.id.chars().take(200).collect()));
@@ -404,7 +372,7 @@ impl Armer {
             ms_between(marks_started, record_started),
             ms_between(record_started, done)
         );
-        Ok(ArmResult {
+        Ok(Armed {
             id: req.id,
             mode,
             image_key,
@@ -414,7 +382,7 @@ impl Armer {
             baseline_ms,
             arm_ms: started.elapsed().as_secs_f64() * 1e3,
             memfd_noexec,
-            marks: placed.iter().map(MarkReply::from).collect(),
+            marks: placed,
         })
     }
 
@@ -616,27 +584,13 @@ impl Armer {
     }
 
     /// The mode a container of `identity` would be armed in now.
-    pub fn mode_for(&self, identity: &crate::ipc::ContainerIdentity) -> Mode {
-        let req = ArmRequest {
-            id: String::new(),
-            rootfs: String::new(),
-            mounts: Vec::new(),
-            mode: None,
-            annotated_mode: identity.annotated_mode,
-            image_key: None,
-            pid: None,
-            discover_mounts: false,
-            host_rootfs: None,
-            image_name: identity.image_name.clone(),
-            namespace: identity.namespace.clone(),
-            pod: None,
-            container_name: None,
-        };
+    pub fn mode_for(&self, identity: &Identity) -> Mode {
+        let req = UnitRequest::of_identity(identity);
         self.policy_for(&req).0
     }
 
     /// The unit's mode and allow entries under the configuration in force.
-    fn policy_for(&self, req: &ArmRequest) -> (Mode, crate::config::AllowList) {
+    fn policy_for(&self, req: &UnitRequest) -> (Mode, crate::config::AllowList) {
         let policy = self
             .policy
             .read()
@@ -672,7 +626,7 @@ impl Armer {
     /// and how many files the snapshot skipped.
     fn obtain_baseline(
         &self,
-        req: &ArmRequest,
+        req: &UnitRequest,
         unit: &ResolvedUnit,
         view: &UnitView,
         origin: ArmOrigin,
@@ -780,7 +734,7 @@ impl Armer {
     /// Logs what an operator must know about a unit's baseline, and passes it on.
     fn checked_baseline(
         &self,
-        req: &ArmRequest,
+        req: &UnitRequest,
         baseline: Baseline,
         provenance: Provenance,
         skipped: usize,

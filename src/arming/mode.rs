@@ -2,9 +2,9 @@
 //! record, and kept across a daemon restart.
 
 use super::{ArmError, Armer};
+use super::{ModeSwitch, Selector};
 use crate::Mode;
 use crate::audit::{AuditJob, ModeRecord, RECORD_VERSION, rfc3339};
-use crate::ipc::{ModeChange, UnitSelector};
 use crate::registry::UnitStatus;
 
 /// Why a mode switch was refused.
@@ -34,7 +34,7 @@ pub enum ModeError {
 /// The units `select` names among `units`.
 pub fn select<'a>(
     units: &'a [UnitStatus],
-    select: &UnitSelector,
+    select: &Selector,
 ) -> Result<Vec<&'a UnitStatus>, ModeError> {
     if select.container.is_none()
         && select.namespace.is_none()
@@ -86,7 +86,7 @@ pub fn select<'a>(
     Ok(chosen)
 }
 
-fn describe(s: &UnitSelector) -> String {
+fn describe(s: &Selector) -> String {
     let mut parts = Vec::new();
     if let Some(c) = &s.container {
         parts.push(format!("container {c:?}"));
@@ -110,11 +110,11 @@ impl Armer {
     /// so a restarted daemon arms the container in it again. Switching back is the same call.
     pub fn set_mode(
         &self,
-        sel: &UnitSelector,
+        sel: &Selector,
         mode: Mode,
         by: &str,
         reason: &str,
-    ) -> Result<Vec<ModeChange>, ModeError> {
+    ) -> Result<Vec<ModeSwitch>, ModeError> {
         let status = self.engine.status().map_err(ArmError::from)?;
         let chosen = select(&status.units, sel)?;
         let mut changes = Vec::new();
@@ -133,7 +133,7 @@ impl Armer {
                 self.audit_mode_change(&u.id, from, mode, by, reason);
             }
             self.keep_mode(&u.id, mode);
-            changes.push(ModeChange {
+            changes.push(ModeSwitch {
                 id: u.id.clone(),
                 from,
                 to: mode,
@@ -209,7 +209,7 @@ mod tests {
             unit("abd456", Some("web"), Some("redis:7")),
             unit("ffff", Some("batch"), Some("nginx:2")),
         ];
-        let sel = |c: Option<&str>, n: Option<&str>, i: Option<&str>, all| UnitSelector {
+        let sel = |c: Option<&str>, n: Option<&str>, i: Option<&str>, all| Selector {
             container: c.map(str::to_string),
             namespace: n.map(str::to_string),
             image: i.map(str::to_string),

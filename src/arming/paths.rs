@@ -7,8 +7,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use super::ArmError;
+use super::UnitRequest;
 use crate::escape::{escape_bytes, unescape};
-use crate::ipc::ArmRequest;
 use crate::kernel::mountinfo::{MountEntry, read_mountinfo, read_mountinfo_of};
 use crate::kernel::{PathStat, procfs, stat_path};
 use crate::registry::{MountTables, PlannedMark, discover_mounts, plan_marks};
@@ -104,7 +104,7 @@ pub(super) struct ResolvedUnit {
 
 /// Resolves the rootfs and mounts of a request (discovering mounts under the rootfs when
 /// asked) and plans the marks that cover them.
-pub(super) fn resolve_unit(req: &ArmRequest, view: &UnitView) -> Result<ResolvedUnit, ArmError> {
+pub(super) fn resolve_unit(req: &UnitRequest, view: &UnitView) -> Result<ResolvedUnit, ArmError> {
     let in_daemon_ns = view.in_daemon_ns();
     let rootfs = decode_path("rootfs", &req.rootfs, in_daemon_ns)?;
     let daemon_mounts = read_mountinfo()?;

@@ -4,11 +4,11 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
+use super::UnitRequest;
 use super::paths::{decode_path, rootfs_by_dev, valid_id};
 use super::{ArmError, Armer};
 use crate::baseline::store::{StoreError, write_atomic_unsynced};
 use crate::escape::escape_bytes;
-use crate::ipc::ArmRequest;
 use crate::kernel::mountinfo::{MountInfoError, read_mountinfo_of};
 use crate::kernel::{procfs, stat_path};
 
@@ -18,7 +18,7 @@ pub struct UnitRecord {
     /// Record format version.
     pub v: u32,
     /// The request as armed (with the image key filled in).
-    pub request: ArmRequest,
+    pub request: UnitRequest,
     /// Start time of `request.pid`, to tell the container from a reused pid.
     pub start_time: Option<u64>,
     /// Device of the rootfs, to find it again after the container's `pivot_root`.

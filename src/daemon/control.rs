@@ -1,7 +1,10 @@
 //! The socket's requests: each one to the owner that answers it (the armer, the engine).
 
+use super::wire::{arm_error_code, explain_error_code, mode_error_code};
 use crate::arming::Armer;
-use crate::ipc::{ErrorCode, ExplainReply, Reply, Request, Response, StatusReply, UnitReply};
+use crate::ipc::{
+    ErrorCode, ExplainReply, ModeChange, Reply, Request, Response, StatusReply, UnitReply,
+};
 
 /// Answers one request.
 pub(super) fn handle_request(ctx: &Armer, req: Request) -> Response {
@@ -53,7 +56,7 @@ pub(super) fn handle_request(ctx: &Armer, req: Request) -> Response {
         },
         Request::Explain { id, path } => match ctx.explain(&id, &path) {
             Ok(e) => Response::ok(&Reply::Explained(ExplainReply::from(&e))),
-            Err(e) => Response::err(e.code(), e.to_string()),
+            Err(e) => Response::err(explain_error_code(&e), e.to_string()),
         },
         Request::Disarm { id } => {
             let result = ctx.engine.disarm(&id);
@@ -71,31 +74,25 @@ pub(super) fn handle_request(ctx: &Armer, req: Request) -> Response {
             select,
             by,
             reason,
-        } => match ctx.set_mode(&select, mode, &by, &reason) {
-            Ok(mode_changes) => Response::ok(&Reply::ModeSet { mode_changes }),
-            Err(e) => {
-                let code = match &e {
-                    crate::arming::ModeError::NoSelector => ErrorCode::Invalid,
-                    crate::arming::ModeError::NoMatch(_)
-                    | crate::arming::ModeError::Ambiguous { .. } => ErrorCode::NotFound,
-                    crate::arming::ModeError::Arm(a) => a.code(),
-                };
-                Response::err(code, e.to_string())
-            }
+        } => match ctx.set_mode(&select.into(), mode, &by, &reason) {
+            Ok(switched) => Response::ok(&Reply::ModeSet {
+                mode_changes: switched.into_iter().map(ModeChange::from).collect(),
+            }),
+            Err(e) => Response::err(mode_error_code(&e), e.to_string()),
         },
         Request::ModeFor { identity } => Response::ok(&Reply::ModeFor {
-            mode_for: ctx.mode_for(&identity),
+            mode_for: ctx.mode_for(&identity.into()),
         }),
         Request::Arm(req) => {
             let id = req.id.clone();
-            match ctx.arm(*req) {
-                Ok(r) => Response::ok(&Reply::Armed(r)),
+            match ctx.arm((*req).into()) {
+                Ok(r) => Response::ok(&Reply::Armed(r.into())),
                 Err(e) => {
                     log::warn!(
                         "arm {:?} failed: {e}",
                         id.chars().take(128).collect::<String>()
                     );
-                    Response::err(e.code(), format!("arm failed: {e}"))
+                    Response::err(arm_error_code(&e), format!("arm failed: {e}"))
                 }
             }
         }

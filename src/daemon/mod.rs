@@ -23,6 +23,7 @@ mod config;
 mod control;
 mod startup;
 mod tasks;
+mod wire;
 
 use admission::Admission;
 pub use config::{DaemonConfig, DaemonError};

@@ -54,18 +54,6 @@ impl ErrorCode {
     }
 }
 
-impl From<&crate::engine::EngineError> for ErrorCode {
-    fn from(e: &crate::engine::EngineError) -> Self {
-        use crate::engine::EngineError as E;
-        match e {
-            E::DuplicateId(_) | E::Conflict { .. } => ErrorCode::Conflict,
-            E::UnknownId(_) => ErrorCode::NotFound,
-            E::Timeout(_) => ErrorCode::Busy,
-            E::Mark(_) | E::Stopped => ErrorCode::Internal,
-        }
-    }
-}
-
 /// Protocol version spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Longest request line accepted.

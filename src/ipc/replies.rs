@@ -6,10 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Mode;
 use crate::baseline::store::Provenance;
-use crate::engine::{EngineStats, EngineStatus, Explanation};
-use crate::escape::escape_bytes;
 use crate::kernel::MarkKind;
-use crate::registry::{PlannedMark, UnitStatus};
 use crate::verdict::Verdict;
 
 /// A mark placed for a unit.
@@ -25,19 +22,6 @@ pub struct MarkReply {
     pub mnt_id: u64,
     /// Filesystem type.
     pub fstype: String,
-}
-
-impl From<&PlannedMark> for MarkReply {
-    fn from(m: &PlannedMark) -> Self {
-        use std::os::unix::ffi::OsStrExt;
-        MarkReply {
-            path: escape_bytes(m.path.as_os_str().as_bytes()),
-            kind: m.kind,
-            dev: m.dev,
-            mnt_id: m.mnt_id,
-            fstype: m.fstype.clone(),
-        }
-    }
 }
 
 /// The result of a successful `arm`.
@@ -156,45 +140,6 @@ pub struct UnitReply {
     pub container_name: Option<String>,
 }
 
-impl From<&UnitStatus> for UnitReply {
-    fn from(u: &UnitStatus) -> Self {
-        UnitReply {
-            id: u.id.clone(),
-            image_key: u.image_key.clone(),
-            image_name: u.image_name.clone(),
-            pid: u.pid,
-            mode: u.mode,
-            baseline_contents: u.baseline_contents,
-            marks: u.marks.iter().map(MarkReply::from).collect(),
-            counters: CountersReply {
-                allowed: u.counters.allowed,
-                denied: u.counters.denied,
-                would_deny: u.counters.would_deny,
-                hashed: u.counters.hashed,
-                hash_timeouts: u.counters.hash_timeouts,
-            },
-            cache: CacheReply {
-                hits: u.cache.hits,
-                misses: u.cache.misses,
-                invalidations: u.cache.invalidations,
-                racy_skips: u.cache.racy_skips,
-            },
-            cache_entries: u.cache_entries,
-            last_deny: u.last_deny.as_ref().map(|d| LastDenyReply {
-                time: d.time.clone(),
-                path: d.path.clone(),
-                verdict: d.verdict,
-            }),
-            mapping_gate: u.mapping_gate.clone(),
-            libraries: u.libraries.clone(),
-            user_namespaces: String::new(),
-            namespace: u.namespace.clone(),
-            pod: u.pod.clone(),
-            container_name: u.container_name.clone(),
-        }
-    }
-}
-
 /// Whole-daemon counters.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsReply {
@@ -289,47 +234,6 @@ pub struct StatsReply {
     pub mapping_prepared: u64,
 }
 
-impl From<&EngineStats> for StatsReply {
-    fn from(s: &EngineStats) -> Self {
-        StatsReply {
-            events: s.events,
-            permission_events: s.permission_events,
-            exec_notices: s.exec_notices,
-            open_events: s.open_events,
-            close_writes: s.close_writes,
-            overflows: s.overflows,
-            unattributed: s.unattributed,
-            respond_errors: s.respond_errors,
-            stat_errors: s.stat_errors,
-            unanswered_drops: s.unanswered_drops,
-            records: s.records,
-            hashed_bytes: s.hashed_bytes,
-            hash_seconds: s.hash_seconds,
-            latency_buckets: s.latency_buckets.to_vec(),
-            latency_seconds: s.latency_seconds,
-            kernel_allowed_files: s.kernel_allowed_files,
-            denied_by_reason: s.denied_by_reason.clone(),
-            would_deny_by_reason: s.would_deny_by_reason.clone(),
-            loader_checks: s.loader_checks,
-            loader_not_blocked_looks: s.loader_not_blocked_looks,
-            loader_waits: s.loader_waits,
-            loader_wait_max_us: s.loader_wait_max_us,
-            loader_thread_gone: s.loader_thread_gone,
-            unattributed_denied: s.unattributed_denied,
-            layer_devices: s.layer_devices,
-            denied_unhashed: s.denied_unhashed,
-            records_suppressed: s.records_suppressed,
-            hash_backlogged: s.hash_backlogged,
-            hash_backlog_full: s.hash_backlog_full,
-            mapping_checked: s.mapping_checked,
-            mapping_refused: s.mapping_refused,
-            mapping_would_refuse: s.mapping_would_refuse,
-            mapping_entries_dropped: s.mapping_entries_dropped,
-            mapping_prepared: s.mapping_prepared,
-        }
-    }
-}
-
 /// The daemon's state (`status`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReply {
@@ -392,27 +296,6 @@ pub struct PendingReply {
     pub error: String,
 }
 
-impl From<&EngineStatus> for StatusReply {
-    fn from(s: &EngineStatus) -> Self {
-        StatusReply {
-            version: String::new(),
-            schema: 0,
-            units: s.units.iter().map(UnitReply::from).collect(),
-            stats: StatsReply::from(&s.stats),
-            in_flight: s.in_flight,
-            pid: 0,
-            config_reloads: 0,
-            config_reload_errors: 0,
-            fail_open_containers: 0,
-            rearm_pending: Vec::new(),
-            mapping_gate: String::new(),
-            kernel: String::new(),
-            features: Vec::new(),
-            metrics: String::new(),
-        }
-    }
-}
-
 /// Why a file would or would not run in a unit (`explain`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExplainReply {
@@ -447,27 +330,6 @@ pub struct ExplainReply {
     /// The mapping verdict in words (also why there is none).
     #[serde(default)]
     pub mapping_why: String,
-}
-
-impl From<&Explanation> for ExplainReply {
-    fn from(e: &Explanation) -> Self {
-        ExplainReply {
-            unit: e.unit.clone(),
-            mode: e.mode,
-            path: e.path.clone(),
-            sha256: e.sha256.clone(),
-            blake3: e.blake3.clone(),
-            size: e.size,
-            covered: e.covered,
-            baseline_paths: e.baseline_paths.clone(),
-            allowed_by_entry: e.allowed_by_entry,
-            loader: e.loader,
-            verdict: e.verdict,
-            mapping: e.mapping,
-            mapping_why: e.mapping_why.clone(),
-            why: e.why.clone(),
-        }
-    }
 }
 
 /// A reply payload.

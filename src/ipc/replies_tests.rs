@@ -297,30 +297,3 @@ fn failures_carry_a_code_and_old_replies_without_one_still_read() {
         serde_json::from_str(r#"{"v":1,"ok":false,"error":"daemon busy"}"#).unwrap();
     assert_eq!(old.code, None);
 }
-
-#[test]
-fn engine_errors_map_to_codes() {
-    use crate::engine::EngineError as E;
-    let code = |e: E| ErrorCode::from(&e);
-    assert_eq!(code(E::DuplicateId("x".into())), ErrorCode::Conflict);
-    assert_eq!(code(E::UnknownId("x".into())), ErrorCode::NotFound);
-    assert_eq!(
-        code(E::Timeout(std::time::Duration::from_secs(1))),
-        ErrorCode::Busy
-    );
-    assert_eq!(code(E::Stopped), ErrorCode::Internal);
-}
-
-#[test]
-fn a_mark_path_that_is_not_utf8_is_escaped() {
-    use std::os::unix::ffi::OsStrExt;
-    let m = PlannedMark {
-        path: std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b"/run/\xff\n")),
-        kind: MarkKind::Mount,
-        dev: 1,
-        mnt_id: 2,
-        fstype: "tmpfs".into(),
-        sb_dev: 0,
-    };
-    assert_eq!(MarkReply::from(&m).path, "/run/\\xff\\x0a");
-}
