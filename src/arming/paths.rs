@@ -246,6 +246,22 @@ pub fn derive_image_key(
     Some(key)
 }
 
+/// The store key of a rootfs without image layers: the container and the very directory
+/// (device and inode) it was first armed with, so that a restart of that container finds
+/// its first baseline again, and a new container made at the same path does not.
+pub(super) fn container_key(req: &UnitRequest, unit: &ResolvedUnit) -> Vec<u8> {
+    let mut key = b"rootfs:".to_vec();
+    key.extend_from_slice(unit.rootfs.as_os_str().as_bytes());
+    key.extend_from_slice(
+        format!(
+            "\0unit:{}\0dir:{}:{}",
+            req.id, unit.rootfs_stat.dev, unit.rootfs_stat.ino
+        )
+        .as_bytes(),
+    );
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
