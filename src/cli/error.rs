@@ -1,0 +1,79 @@
+//! What can go wrong on the command line, and its exit status.
+
+use super::*;
+
+/// Errors of CLI commands.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Talking to the daemon.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Running the daemon.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    /// A baseline file.
+    #[error("{}: {source}", path.display())]
+    Baseline {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: FormatError,
+    },
+    /// Reading or writing a file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The daemon's settings.
+    #[error(transparent)]
+    Settings(#[from] crate::settings::SettingsError),
+    /// The quarantine.
+    #[error(transparent)]
+    Evidence(#[from] crate::audit::evidence::EvidenceError),
+    /// A known-bad indicator list.
+    #[error(transparent)]
+    Indicators(#[from] crate::baseline::indicators::IndicatorError),
+    /// Taking a snapshot.
+    #[error(transparent)]
+    Snapshot(#[from] crate::baseline::SnapshotError),
+    /// Writing a file atomically.
+    #[error(transparent)]
+    Store(#[from] crate::baseline::store::StoreError),
+    /// No evidence under this id.
+    #[error("no evidence with id {0}")]
+    NoEvidence(String),
+    /// No armed container matches (`--pod`).
+    #[error("{0}")]
+    NoSuchUnit(String),
+    /// The daemon answered with a reply of another request.
+    #[error("unexpected reply from the daemon: {0}")]
+    UnexpectedReply(String),
+    /// Arguments clap cannot check alone.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CliError {
+    /// The exit status for this error: 1 a failure, 3 the daemon cannot be reached, 4 the
+    /// daemon refused (or no such container or evidence), 5 an invalid configuration.
+    /// (0 is success, 1 also a negative answer, 2 a usage error, from clap.)
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Client(ClientError::Refused { .. })
+            | CliError::NoEvidence(_)
+            | CliError::NoSuchUnit(_) => 4,
+            CliError::Client(_) => 3,
+            CliError::Config(_) | CliError::Settings(_) | CliError::Indicators(_) => 5,
+            CliError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
