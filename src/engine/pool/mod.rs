@@ -312,6 +312,10 @@ impl HashPool {
     /// The waiters whose deadline has passed, taken off their flights.
     pub(super) fn expired(&mut self, now: Instant) -> Vec<(UnitHandle, Waiter, FileStat)> {
         let mut expired = Vec::new();
+        if self.in_flight.is_empty() {
+            // A table that once held many keeps its buckets: not scanned on a warm turn.
+            return expired;
+        }
         for (key, f) in self.in_flight.iter_mut() {
             let mut i = 0;
             while i < f.waiters.len() {
@@ -327,6 +331,9 @@ impl HashPool {
 
     /// The earliest deadline of a waiting event.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
+        if self.in_flight.is_empty() {
+            return None;
+        }
         self.in_flight
             .values()
             .flat_map(|f| f.waiters.iter().map(|w| w.deadline))
