@@ -1,33 +1,43 @@
 //! driftlock: container drift prevention.
 //!
 //! A container may execute a program only if the program's *content* (BLAKE3) is in the
-//! baseline snapshotted from its image. The data flows through the modules in this order:
+//! baseline snapshotted from its image. The data flows through the rooms (modules) in this
+//! order; each room imports only rooms below it (`tests/layering.rs` keeps it so):
 //!
 //! 0. [`runtime`]: `driftlock-runtime` wraps runc and adds driftlock's OCI hooks to each
 //!    container; the `createRuntime` hook holds the container until it is armed.
 //! 1. [`ipc`]: the hook (or `driftlock arm`) asks the daemon to protect a unit (a
 //!    container: its rootfs and mounts) over a root-only Unix socket, in a versioned
-//!    protocol whose messages are its own (pinned JSON) and whose failures carry a code
-//!    (`busy` is retried); [`arming`] turns the request into marks and a baseline (its
-//!    rooms: a unit's paths and mounts, unit records and re-arming, the mount watcher).
+//!    protocol of plain data (pinned JSON) that knows nothing of its server; failures
+//!    carry a code (`busy` is retried). [`daemon`] maps the request to the armer's terms,
+//!    and [`arming`] turns it into marks and a baseline (its rooms: a unit's paths and
+//!    mounts, the baseline, the policy in force, unit records and re-arming, the mount
+//!    watcher), under the policy of [`config`] (the configuration file's schema).
 //! 2. [`registry`]: plans the marks for a unit (filesystem mark where every mount of the
 //!    filesystem lies inside the unit, mount mark elsewhere, never the host root) and maps
 //!    file identities back to units.
 //! 3. [`baseline`]: the per-image baseline: snapshot (walk + parallel hash), the on-disk
 //!    format, the atomic, verified store.
 //! 4. [`kernel`]: the only `unsafe`: fanotify group, marks, pending permission events that
-//!    answer on drop, `statx`, `/proc` and mount table readers; what the engine asks of an
-//!    exec'ing task goes through the [`kernel::TaskProbe`] trait.
+//!    answer on drop, `statx`, `/proc` and mount table readers, the BPF mapping gate; what
+//!    the engine asks of an exec'ing task goes through the [`kernel::TaskProbe`] trait.
+//!    [`escape`] writes paths (bytes) losslessly for JSON and logs.
 //! 5. [`verdict`]: the verdict cache (identity → verdict, invalidated by content changes)
 //!    and the rule book: [`verdict::judge`], a pure function from plain facts (mode,
 //!    content, loader evidence, filesystem) to the answer, the reason and the effects.
 //! 6. [`engine`]: the event loop and hot path (read a batch → attribute to a unit → cache
-//!    → gather facts → judge → answer → audit), with the hash pool, the loader rule's
-//!    bounded wait, control commands and statistics each in a room of its own.
+//!    → gather facts → judge → answer → audit); each concern an owner of its state: the
+//!    hash pool, the mapping gate's entries, the loader rule's bounded wait, the commands.
 //! 7. [`audit`]: versioned JSON-lines records for deny / would-deny (each naming its rule
-//!    and evidence), written off the event thread.
-//! 8. [`daemon`]: wires the above together; [`settings`] resolves flags, the configuration
-//!    file and the defaults (in one place); [`cli`] is the command line.
+//!    and evidence), written off the event thread; [`tune`] turns audit records into allow
+//!    entries.
+//! 8. [`daemon`]: the composition root: it takes the fanotify group (from [`service`]'s fd
+//!    store, or handed over by a predecessor through [`handover`]), starts the engine,
+//!    the audit writer, the armer, the socket and [`metrics`], and maps the wire to the
+//!    owners' types. [`supervise`] keeps the group across a crash where no service
+//!    manager runs; [`doctor`] checks a node; `robustness` holds the failure-injection
+//!    tests. [`settings`] resolves flags, the configuration file and the defaults (in one
+//!    place); [`cli`] is the command line.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod arming;

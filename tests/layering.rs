@@ -250,6 +250,30 @@ fn rooms_keep_off_what_they_must_not_know() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
+/// The crate's documentation names every room, so its data flow stays the map of `src/`.
+#[test]
+fn the_crate_docs_name_every_room() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap_or_default();
+    let docs: String = lib
+        .lines()
+        .filter_map(|l| l.strip_prefix("//!"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let unnamed: Vec<&str> = LAYERS
+        .iter()
+        .flat_map(|l| l.iter())
+        .copied()
+        .filter(|room| {
+            !docs.contains(&format!("[`{room}`]")) && !docs.contains(&format!("`{room}`"))
+        })
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "rooms the data flow in lib.rs does not name: {unnamed:?}"
+    );
+}
+
 #[test]
 fn the_parser_sees_grouped_and_nested_imports() {
     let code = non_test_code(

@@ -195,7 +195,7 @@ impl EngineHandle {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Ends restore mode (see [`Engine::set_restoring`]).
+    /// Ends restore mode (see [`super::Engine::set_restoring`]).
     pub fn restore_done(&self) {
         let _ = self.tx.send(Command::RestoreDone);
         self.waker.wake();

@@ -13,7 +13,7 @@
 //! a [`PendingPermission`], which answers on drop: no path can leave one unanswered.
 //!
 //! The rooms, each an owner of its state: this file is the loop and the cache hit (`run`
-//! → `handle_event` → `judge`); `intake` turns a kernel event into an [`exec::ExecEvent`]
+//! → `handle_event` → `judge`); `intake` turns a kernel event into an `ExecEvent`
 //! (or an invalidation); `misses` sends misses to the `pool` (the workers, the in-flight
 //! table, the deadlines) and judges what comes back; `answer` asks the rule book and
 //! performs its decision (`finish` → `conclude`); `loader` the loader rule's bounded wait
