@@ -13,6 +13,14 @@ use serde::Deserialize;
 use crate::Mode;
 use crate::baseline::Digest;
 
+mod allow;
+mod delegated;
+mod memory;
+
+pub use allow::*;
+use delegated::*;
+pub use memory::*;
+
 /// Default location.
 pub const DEFAULT_CONFIG: &str = "/etc/driftlock/config.toml";
 
@@ -46,55 +54,6 @@ pub struct ModeRule {
     pub name: String,
     /// The mode.
     pub mode: Mode,
-}
-
-/// An operator allow entry: this content may run in the containers its scopes name (every
-/// scope given must match; none given: every container of the node).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AllowEntry {
-    /// Image name (a glob: `*` any run of characters, `?` one); `*`: every image.
-    #[serde(default = "every")]
-    pub image: String,
-    /// Image repository, any tag or digest (a glob on the name without `:tag`/`@digest`):
-    /// survives an image bump.
-    #[serde(default)]
-    pub repository: Option<String>,
-    /// Kubernetes namespace (a glob).
-    #[serde(default)]
-    pub namespace: Option<String>,
-    /// Container name in its pod (a glob).
-    #[serde(default)]
-    pub container: Option<String>,
-    /// BLAKE3 of the content (64 hex digits).
-    #[serde(default, deserialize_with = "de_digest")]
-    pub blake3: Option<Digest>,
-    /// SHA-256 of the content (64 hex digits).
-    #[serde(default, deserialize_with = "de_digest")]
-    pub sha256: Option<Digest>,
-    /// Size of the content in bytes (`driftlock tune` writes it). With every entry of a
-    /// container sized, a file whose size is neither in its baseline nor here is denied
-    /// without hashing; an entry without a size makes every miss of its containers hashed.
-    #[serde(default)]
-    pub size: Option<u64>,
-    /// Why it is allowed (for people).
-    #[serde(default)]
-    pub comment: Option<String>,
-}
-
-fn de_digest<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Digest>, D::Error> {
-    let s = String::deserialize(d)?;
-    s.parse::<Digest>()
-        .map(Some)
-        .map_err(|_| serde::de::Error::custom(format!("{s:?} is not 64 hex digits")))
-}
-
-fn de_positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let v = u64::deserialize(d)?;
-    if v == 0 {
-        return Err(serde::de::Error::custom("must be greater than 0"));
-    }
-    Ok(Some(v))
 }
 
 fn de_log_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -209,190 +168,6 @@ pub struct Config {
     /// Files of `conf.d/` refused, each with its reason (the rest is in force).
     #[serde(skip)]
     pub delegation_errors: Vec<String>,
-}
-
-/// A file of `conf.d/`: a team's rules for the namespaces it speaks for.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Delegated {
-    /// The namespaces (names or globs) this file may speak for.
-    namespaces: Vec<String>,
-    /// Mode rules for those namespaces.
-    #[serde(default)]
-    namespace: Vec<ModeRule>,
-    /// Allow entries, each scoped to one of those namespaces.
-    #[serde(default)]
-    allow: Vec<AllowEntry>,
-}
-
-impl Delegated {
-    /// True if this file may speak for namespace `pattern` (a name its globs match, or one
-    /// of its globs itself).
-    fn covers(&self, pattern: &str) -> bool {
-        self.namespaces
-            .iter()
-            .any(|d| d == pattern || (!pattern.contains(['*', '?']) && matches(d, pattern)))
-    }
-
-    /// The first rule that reaches outside the file's namespaces, as (line, reason).
-    fn overreach(&self, text: &str) -> Option<(usize, String)> {
-        if self.namespaces.is_empty() {
-            return Some((
-                1,
-                "names no namespaces (`namespaces = [\"team-a\"]`)".into(),
-            ));
-        }
-        for (i, r) in self.namespace.iter().enumerate() {
-            if !self.covers(&r.name) {
-                return Some((
-                    line_of_table(text, "[[namespace]]", i),
-                    format!(
-                        "a mode rule for namespace {:?}, which this file does not speak for",
-                        r.name
-                    ),
-                ));
-            }
-        }
-        for (i, a) in self.allow.iter().enumerate() {
-            let why = match &a.namespace {
-                None => "an allow entry with no namespace (it would apply to every namespace)"
-                    .to_string(),
-                Some(ns) if !self.covers(ns) => {
-                    format!(
-                        "an allow entry for namespace {ns:?}, which this file does not speak for"
-                    )
-                }
-                Some(_) => continue,
-            };
-            return Some((line_of_table(text, "[[allow]]", i), why));
-        }
-        None
-    }
-}
-
-/// The line (from 1) of the `n`-th (from 0) `header` table in `text`.
-fn line_of_table(text: &str, header: &str, n: usize) -> usize {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| l.trim_start().starts_with(header))
-        .nth(n)
-        .map_or(1, |(i, _)| i + 1)
-}
-
-/// Lets containers of an image make code in memory the gate otherwise refuses.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MemoryRule {
-    /// Image name; `*` at the end matches any suffix.
-    pub image: String,
-    /// A JIT runtime the baseline does not show: anonymous and memfd executable memory,
-    /// and W^X on mappings, are not judged.
-    #[serde(default)]
-    pub jit: bool,
-    /// A debugger: writes through `/proc/<pid>/mem` are allowed.
-    #[serde(default)]
-    pub debugger: bool,
-    /// Every memory rule, whatever runtimes the image holds (an image whose Python makes no
-    /// ctypes callbacks, say).
-    #[serde(default)]
-    pub strict: bool,
-    /// The workload runs code from filesystems it mounts itself (an image builder, a
-    /// nested container runtime): such code is not judged (it is refused otherwise, where
-    /// the mapping gate runs).
-    #[serde(default)]
-    pub own_filesystems: bool,
-}
-
-/// What the `[[memory]]` rules say for one image.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MemoryChoice {
-    /// A rule says the image has a JIT.
-    pub jit: bool,
-    /// A rule lets debuggers write through `/proc/<pid>/mem`.
-    pub debugger: bool,
-    /// A rule asks for every memory rule.
-    pub strict: bool,
-    /// A rule lets the workload run code from filesystems it mounts itself.
-    pub own_filesystems: bool,
-}
-
-fn every() -> String {
-    "*".into()
-}
-
-/// A glob: `*` matches any run of characters (`/` and `:` included), `?` one character,
-/// anything else itself. `name*` is a prefix, `*` everything.
-pub fn matches(pattern: &str, value: &str) -> bool {
-    let (p, v): (Vec<char>, Vec<char>) = (pattern.chars().collect(), value.chars().collect());
-    // Iterative, with one backtrack point: linear in practice, no recursion on input.
-    let (mut pi, mut vi) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while vi < v.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some(pi);
-                mark = vi;
-                pi += 1;
-            }
-            Some(c) if *c == '?' || *c == v[vi] => {
-                pi += 1;
-                vi += 1;
-            }
-            _ => match star {
-                Some(sp) => {
-                    pi = sp + 1;
-                    mark += 1;
-                    vi = mark;
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
-
-/// An image's repository: its name without `:tag` or `@digest`
-/// (`registry:5000/team/app:1.2@sha256:...` → `registry:5000/team/app`).
-pub fn repository_of(image: &str) -> &str {
-    let name = image.split('@').next().unwrap_or(image);
-    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
-    match name[last_slash..].rfind(':') {
-        Some(i) => &name[..last_slash + i],
-        None => name,
-    }
-}
-
-/// Who a container is, for the rules: what its runtime says.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Identity<'a> {
-    /// Image name.
-    pub image: Option<&'a str>,
-    /// Kubernetes namespace.
-    pub namespace: Option<&'a str>,
-    /// Container name in its pod.
-    pub container: Option<&'a str>,
-}
-
-impl AllowEntry {
-    /// True if every scope the entry gives matches the container.
-    pub fn applies_to(&self, who: &Identity<'_>) -> bool {
-        let scoped = |pattern: &Option<String>, value: Option<&str>| match pattern {
-            None => true,
-            Some(p) => value.is_some_and(|v| matches(p, v)),
-        };
-        (self.image == "*" || who.image.is_some_and(|i| matches(&self.image, i)))
-            && scoped(&self.repository, who.image.map(repository_of))
-            && scoped(&self.namespace, who.namespace)
-            && scoped(&self.container, who.container)
-    }
-
-    /// True if the entry names no scope at all: every container of the node.
-    pub fn is_node_wide(&self) -> bool {
-        self.image == "*"
-            && self.repository.is_none()
-            && self.namespace.is_none()
-            && self.container.is_none()
-    }
 }
 
 impl Config {
@@ -577,26 +352,6 @@ impl Config {
             }
         }
         list
-    }
-}
-
-/// Content an operator allowed for one container, besides its baseline.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowList {
-    /// By BLAKE3.
-    pub blake3: Vec<Digest>,
-    /// By SHA-256 (the hash workers then compute SHA-256 too).
-    pub sha256: Vec<Digest>,
-    /// The sizes the entries give.
-    pub sizes: Vec<u64>,
-    /// Some entry gives no size: content of any size may be allowed.
-    pub unsized_entries: bool,
-}
-
-impl AllowList {
-    /// True if nothing is allowed beyond the baseline.
-    pub fn is_empty(&self) -> bool {
-        self.blake3.is_empty() && self.sha256.is_empty()
     }
 }
 
@@ -845,7 +600,7 @@ comment = "pg_upgrade helper built at runtime"
 
     #[test]
     fn the_shipped_example_parses() {
-        let text = include_str!("../systemd/config.toml");
+        let text = include_str!("../../systemd/config.toml");
         Config::parse(text, Path::new("systemd/config.toml")).unwrap();
     }
 }
