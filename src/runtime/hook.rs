@@ -8,31 +8,19 @@
 
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::State;
 use serde_json::Value;
 
-use crate::Mode;
 use crate::escape::escape_bytes;
 use crate::ipc::client::{ClientError, request};
 use crate::ipc::{ArmRequest, Reply, Request};
 
-/// Annotation that sets a container's mode.
-pub const MODE_ANNOTATION: &str = "driftlock.io/mode";
-/// Annotations that name the image, in order of preference.
-pub const IMAGE_NAME_ANNOTATIONS: &[&str] = &[
-    "io.kubernetes.cri.image-name",
-    "io.kubernetes.cri-o.ImageName",
-    "io.containerd.image.name",
-    "org.opencontainers.image.ref.name",
-];
-/// Annotations that name the Kubernetes namespace.
-pub const NAMESPACE_ANNOTATIONS: &[&str] = &[
-    "io.kubernetes.cri.sandbox-namespace",
-    "io.kubernetes.pod.namespace",
-];
+pub use super::identity::*;
+pub use super::notes::*;
+
 /// Largest OCI state or config accepted.
 const MAX_INPUT: u64 = 16 << 20;
 
@@ -85,128 +73,6 @@ impl HookError {
     }
 }
 
-/// Where hooks leave notes of containers started unprotected (fail-open), beside the
-/// daemon's socket; the daemon records and counts them ([`collect_fail_open_notes`]).
-pub fn fail_open_dir(socket: &Path) -> PathBuf {
-    socket
-        .parent()
-        .unwrap_or_else(|| Path::new("/run/driftlock"))
-        .join("fail-open")
-}
-
-/// A note left by a hook that let a container start unprotected.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FailOpenNote {
-    /// The container.
-    pub id: String,
-    /// When (RFC 3339).
-    pub time: String,
-    /// Why the daemon could not arm it.
-    pub reason: String,
-}
-
-/// Says, where an operator looks, that a container started unprotected: syslog at once,
-/// and a note the daemon records (audit record, `status`, metrics) when it runs again.
-pub fn note_fail_open(socket: &Path, id: &str, reason: &str) {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let text = format!("container {id} started UNPROTECTED (fail-open): {reason}");
-    // daemon facility (3), warning (4); the hook runs with no environment, so no tag config.
-    let line = format!("<28>driftlock-hook[{}]: {text}", std::process::id());
-    // (DRIFTLOCK_SYSLOG_SOCKET: tests; runc gives hooks no environment.)
-    let syslog = std::env::var_os("DRIFTLOCK_SYSLOG_SOCKET")
-        .map_or_else(|| PathBuf::from("/dev/log"), PathBuf::from);
-    if let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() {
-        let _ = sock.send_to(line.as_bytes(), &syslog);
-    }
-    let dir = fail_open_dir(socket);
-    let _ = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir);
-    let note = FailOpenNote {
-        id: id.to_string(),
-        time: crate::audit::rfc3339(std::time::SystemTime::now()),
-        reason: reason.to_string(),
-    };
-    let name: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(128)
-        .collect();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let path = dir.join(format!("{name}.{nanos}.{}.json", std::process::id()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .and_then(|mut f| {
-            std::io::Write::write_all(
-                &mut f,
-                serde_json::to_string(&note).unwrap_or_default().as_bytes(),
-            )
-        });
-    if let Err(e) = written {
-        eprintln!(
-            "driftlock: cannot leave the fail-open note {}: {e}",
-            path.display()
-        );
-    }
-}
-
-/// Takes the hooks' fail-open notes (oldest first), removing them; unreadable ones are
-/// removed and reported with what is known.
-pub fn collect_fail_open_notes(dir: &Path) -> Vec<FailOpenNote> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    paths.sort();
-    paths
-        .into_iter()
-        .map(|p| {
-            let note = read_limited_file(&p).and_then(|b| {
-                serde_json::from_slice::<FailOpenNote>(&b).map_err(|e| e.to_string())
-            });
-            let _ = std::fs::remove_file(&p);
-            note.unwrap_or_else(|e| FailOpenNote {
-                id: p
-                    .file_name()
-                    .map(|n| {
-                        n.to_string_lossy()
-                            .split('.')
-                            .next()
-                            .unwrap_or("")
-                            .to_string()
-                    })
-                    .unwrap_or_default(),
-                time: crate::audit::rfc3339(std::time::SystemTime::now()),
-                reason: format!("unreadable note: {e}"),
-            })
-        })
-        .collect()
-}
-
-fn read_limited_file(p: &Path) -> Result<Vec<u8>, String> {
-    let f = std::fs::File::open(p).map_err(|e| e.to_string())?;
-    let mut data = Vec::new();
-    f.take(64 << 10)
-        .read_to_end(&mut data)
-        .map_err(|e| e.to_string())?;
-    Ok(data)
-}
-
 /// The hook stages driftlock uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Stage {
@@ -247,150 +113,6 @@ fn read_limited(mut r: impl Read, what: &str) -> Result<Vec<u8>, String> {
         return Err(format!("{what} is larger than {MAX_INPUT} bytes"));
     }
     Ok(data)
-}
-
-/// Removes `.` components and trailing slashes; refuses `..` (a path runc resolved
-/// never holds one, so it is a sign of a crafted config).
-fn normal(path: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::from("/");
-    for c in path.components() {
-        match c {
-            Component::RootDir | Component::CurDir => {}
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
-}
-
-/// Docker's record of container `id` (`<data-root>/containers/<id>/config.v2.json`): the
-/// source of the container's `/etc/hostname` mount lives in that directory.
-fn docker_config_path(config: &Value, id: &str) -> Option<PathBuf> {
-    let mounts = config.pointer("/mounts")?.as_array()?;
-    let source = mounts.iter().find_map(|m| {
-        (m.get("destination")?.as_str()? == "/etc/hostname")
-            .then(|| m.get("source")?.as_str())
-            .flatten()
-    })?;
-    let dir = normal(Path::new(source))?.parent()?.to_path_buf();
-    let named_for_id = dir
-        .file_name()
-        .is_some_and(|n| n.as_bytes() == id.as_bytes());
-    let in_containers = dir
-        .parent()
-        .and_then(Path::file_name)
-        .is_some_and(|n| n == "containers");
-    (named_for_id && in_containers).then(|| dir.join("config.v2.json"))
-}
-
-/// The image name Podman (containers/storage) recorded for container `id`, whose bundle is
-/// `<graphroot>/<driver>-containers/<id>/userdata`: the container's entry in that
-/// directory's `containers.json` has it in its metadata (`image-name`).
-fn storage_image_name(
-    bundle: &Path,
-    id: &str,
-    read: &impl Fn(&Path) -> Result<Vec<u8>, String>,
-) -> Option<String> {
-    let by_id = bundle.parent()?;
-    let store = by_id.parent()?;
-    let layout_ok = bundle.file_name()? == "userdata"
-        && by_id.file_name()?.as_bytes() == id.as_bytes()
-        && store.file_name()?.as_bytes().ends_with(b"-containers");
-    if !layout_ok {
-        return None;
-    }
-    let list: Value = serde_json::from_slice(&read(&store.join("containers.json")).ok()?).ok()?;
-    let entry = list
-        .as_array()?
-        .iter()
-        .find(|c| c.get("id").and_then(Value::as_str) == Some(id))?;
-    let metadata: Value = serde_json::from_str(entry.get("metadata")?.as_str()?).ok()?;
-    metadata
-        .get("image-name")?
-        .as_str()
-        .filter(|n| !n.is_empty())
-        .map(str::to_string)
-}
-
-/// The annotation `key` of a bundle's config, if it is a string.
-fn annotation_of(config: &Value, key: &str) -> Option<String> {
-    config
-        .pointer("/annotations")
-        .and_then(|a| a.get(key))
-        .and_then(Value::as_str)
-        .map(str::to_string)
-}
-
-/// Whether the Kubernetes annotations of a container can be the kubelet's: not for a
-/// container Podman made (`io.container.manager=libpod`: whoever runs `podman run
-/// --annotation` writes them) nor one Docker made (containerd namespace `moby`). A
-/// namespace read from them would choose the namespace's mode rules and exemptions.
-fn kubernetes_annotations_trusted(bundle: &Path, config: &Value) -> bool {
-    if annotation_of(config, "io.container.manager").as_deref() == Some("libpod") {
-        return false;
-    }
-    let parts: Vec<&std::ffi::OsStr> = bundle.iter().collect();
-    !parts.windows(2).any(|w| {
-        w[0] == std::ffi::OsStr::new("io.containerd.runtime.v2.task")
-            && w[1] == std::ffi::OsStr::new("moby")
-    })
-}
-
-/// What selects a container's mode (its image, namespace and own annotation), from its
-/// bundle's `config.json` and the runtime's own records: the hook sends it at arm, and the
-/// runtime wrapper asks the daemon with it before the container is created.
-pub fn container_identity(
-    bundle: &Path,
-    id: &str,
-    config: &Value,
-    read_config: &impl Fn(&Path) -> Result<Vec<u8>, String>,
-) -> Result<crate::ipc::ContainerIdentity, String> {
-    let annotation = |key: &str| annotation_of(config, key);
-    // Docker (20.10) passes no annotations: its own record of the container, found
-    // through the container's /etc/hostname mount, has the image name and the labels.
-    let docker = docker_config_path(config, id)
-        .and_then(|p| read_config(&p).ok())
-        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
-    let docker_label = |key: &str| -> Option<String> {
-        docker
-            .as_ref()?
-            .pointer("/Config/Labels")?
-            .get(key)?
-            .as_str()
-            .map(str::to_string)
-    };
-    let mode_setting = annotation(MODE_ANNOTATION).or_else(|| docker_label(MODE_ANNOTATION));
-    let mode = match mode_setting.as_deref() {
-        None => None,
-        Some("audit") => Some(Mode::Audit),
-        Some("enforce") => Some(Mode::Enforce),
-        Some(other) => {
-            return Err(format!(
-                "annotation {MODE_ANNOTATION}={other:?}: use audit or enforce"
-            ));
-        }
-    };
-    let image_name = IMAGE_NAME_ANNOTATIONS
-        .iter()
-        .find_map(|k| annotation(k))
-        .or_else(|| {
-            docker
-                .as_ref()?
-                .pointer("/Config/Image")?
-                .as_str()
-                .map(str::to_string)
-        })
-        .or_else(|| storage_image_name(bundle, id, read_config));
-    let namespace = if kubernetes_annotations_trusted(bundle, config) {
-        NAMESPACE_ANNOTATIONS.iter().find_map(|k| annotation(k))
-    } else {
-        None
-    };
-    Ok(crate::ipc::ContainerIdentity {
-        image_name,
-        namespace,
-        annotated_mode: mode,
-    })
 }
 
 /// Builds the arm request for a container from its OCI state and bundle config.
@@ -584,6 +306,7 @@ pub fn run(stage: Stage, opts: &HookOptions, stdin: impl Read) -> Result<String,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Mode;
 
     /// Issue 19 (2): the hook answers within its budget, which is below runc's timeout for
     /// it, whether the daemon never listens or stays busy: a slow arm fails (or fails

@@ -10,4 +10,8 @@
 //! does (fail-closed) unless the node is configured fail-open.
 
 pub mod hook;
+mod identity;
+mod notes;
+mod runtime_error;
+mod spec;
 pub mod wrapper;

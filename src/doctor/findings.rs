@@ -1,165 +1,10 @@
-//! `driftlock doctor`: what this node offers and what driftlock will do here.
-//!
-//! Reads the kernel (through [`crate::kernel::features`], and a trial load of the mapping
-//! gate that attaches and pins nothing), the container runtimes' configuration, and the
-//! daemon's socket and state directory. Changes nothing on the node.
+//! What the doctor looks at: the kernel's features and LSMs, user namespaces, the runtimes
+//! and their hooks, the daemon, the state directory, the fd store.
 
-use std::path::{Path, PathBuf};
-
-use serde::Serialize;
-
-use crate::kernel::features::{FeatureState, KernelFeatures, name};
-
-/// What `doctor` found.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    /// driftlock's version.
-    pub version: String,
-    /// `full`, `degraded` or `cannot-protect`.
-    pub verdict: Verdict,
-    /// Kernel release and its features.
-    #[serde(flatten)]
-    pub kernel: KernelFeatures,
-    /// The active LSM list, and whether `bpf` is in it.
-    pub lsm: Lsm,
-    /// `proc_mem.force_override` as booted (`always` when not set: the kernel's default).
-    pub proc_mem_force_override: String,
-    /// Whether unprivileged processes may create user namespaces, and from what.
-    pub unprivileged_user_namespaces: Finding,
-    /// Container runtimes on the node and whether they reach driftlock.
-    pub runtimes: Vec<Runtime>,
-    /// The real runc the wrapper would run.
-    pub runc: Option<PathBuf>,
-    /// The daemon's socket.
-    pub daemon: Finding,
-    /// The state directory.
-    pub state_dir: Finding,
-    /// What judges a library dropped in a container here: the mapping gate, library
-    /// control (`library_control` in the configuration), both, or nothing.
-    pub libraries: Finding,
-    /// Whether code made in memory (W^X, anonymous and memfd executable memory,
-    /// `/proc/<pid>/mem` writes) is refused in containers here.
-    pub memory_code: Finding,
-    /// systemd's fd store for the group (the unit's `FileDescriptorStoreMax=`).
-    pub fd_store: Finding,
-    /// Every gap in protection, in words (empty when protection is full).
-    pub gaps: Vec<String>,
-}
-
-/// The overall answer (and `doctor`'s exit status: 0, 1, 2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Verdict {
-    /// Every feature driftlock uses is there.
-    Full,
-    /// Containers are protected, with the gaps listed.
-    Degraded,
-    /// driftlock cannot protect containers on this node.
-    CannotProtect,
-}
-
-impl Verdict {
-    /// The exit status.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Verdict::Full => 0,
-            Verdict::Degraded => 1,
-            Verdict::CannotProtect => 2,
-        }
-    }
-}
-
-/// The LSM list.
-#[derive(Debug, Clone, Serialize)]
-pub struct Lsm {
-    /// As the kernel lists it (empty if unreadable).
-    pub list: String,
-    /// `bpf` is in it.
-    pub bpf: bool,
-    /// The boot parameter that adds `bpf`, when it is missing.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub add_with: Option<String>,
-}
-
-/// A yes/no finding with its detail.
-#[derive(Debug, Clone, Serialize)]
-pub struct Finding {
-    /// The answer (`None`: could not tell).
-    pub ok: Option<bool>,
-    /// What was found.
-    pub detail: String,
-}
-
-/// A container runtime found on the node.
-#[derive(Debug, Clone, Serialize)]
-pub struct Runtime {
-    /// containerd, docker, podman, cri-o.
-    pub name: String,
-    /// Whether its containers reach driftlock (the wrapper or the OCI hook).
-    pub uses_driftlock: bool,
-    /// Where that was read.
-    pub detail: String,
-}
-
-/// Examines the node. `socket` and `state_dir` are the daemon's; `config` its
-/// configuration file (absent: built-in defaults).
-pub fn examine(socket: &Path, state_dir: &Path, config: &Path) -> Report {
-    let mut kernel = crate::kernel::features::probe();
-    let gate = gate_finding(&kernel);
-    kernel.set(gate);
-    let library_control = library_control_configured(config);
-    let libraries = libraries_finding(kernel.has(name::MAPPING_GATE), &library_control);
-    let lsm = lsm();
-    let runtimes = runtimes();
-    let daemon = daemon(socket);
-    let mut gaps: Vec<String> = Vec::new();
-    for f in kernel.degraded() {
-        if let Some(gap) = gap_of(f, &kernel, library_control == Ok(true)) {
-            gaps.push(gap);
-        }
-    }
-    for r in runtimes.iter().filter(|r| !r.uses_driftlock) {
-        gaps.push(format!(
-            "{}: its containers do not reach driftlock ({})",
-            r.name, r.detail
-        ));
-    }
-    if daemon.ok == Some(false) {
-        gaps.push(format!("daemon: {}", daemon.detail));
-    }
-    let verdict = if kernel.missing_core().next().is_some() {
-        Verdict::CannotProtect
-    } else if gaps.is_empty() {
-        Verdict::Full
-    } else {
-        Verdict::Degraded
-    };
-    for f in kernel.missing_core() {
-        gaps.insert(0, format!("{}: {} ({})", f.name, f.not_covered, f.detail));
-    }
-    Report {
-        version: env!("CARGO_PKG_VERSION").into(),
-        verdict,
-        lsm,
-        proc_mem_force_override: proc_mem_force_override(),
-        unprivileged_user_namespaces: user_namespaces(),
-        runtimes,
-        runc: crate::runtime::wrapper::resolve_runc(
-            &crate::runtime::wrapper::RuntimeConfig::defaults(),
-        )
-        .ok(),
-        daemon,
-        state_dir: state_dir_finding(state_dir),
-        memory_code: memory_code_finding(kernel.has(name::MAPPING_GATE)),
-        libraries,
-        fd_store: fd_store(),
-        gaps,
-        kernel,
-    }
-}
+use super::*;
 
 /// `library_control` as the daemon would read it from `config`.
-fn library_control_configured(config: &Path) -> Result<bool, String> {
+pub(super) fn library_control_configured(config: &Path) -> Result<bool, String> {
     if !config.exists() {
         return Ok(false);
     }
@@ -168,7 +13,7 @@ fn library_control_configured(config: &Path) -> Result<bool, String> {
         .map_err(|e| e.to_string())
 }
 
-fn libraries_finding(gate: bool, library_control: &Result<bool, String>) -> Finding {
+pub(super) fn libraries_finding(gate: bool, library_control: &Result<bool, String>) -> Finding {
     match (gate, library_control) {
         (_, Err(e)) => Finding {
             ok: None,
@@ -194,7 +39,7 @@ fn libraries_finding(gate: bool, library_control: &Result<bool, String>) -> Find
 }
 
 /// Whether the gate's memory rules can hold here.
-fn memory_code_finding(gate: bool) -> Finding {
+pub(super) fn memory_code_finding(gate: bool) -> Finding {
     if gate {
         Finding {
             ok: Some(true),
@@ -209,7 +54,11 @@ fn memory_code_finding(gate: bool) -> Finding {
 }
 
 /// A missing feature as a gap in coverage, or `None` when nothing is uncovered by it.
-fn gap_of(f: &FeatureState, kernel: &KernelFeatures, library_control: bool) -> Option<String> {
+pub(super) fn gap_of(
+    f: &FeatureState,
+    kernel: &KernelFeatures,
+    library_control: bool,
+) -> Option<String> {
     let gate = kernel.has(name::MAPPING_GATE);
     if f.name == name::MAPPING_GATE && library_control {
         return Some(format!(
@@ -240,7 +89,7 @@ fn gap_of(f: &FeatureState, kernel: &KernelFeatures, library_control: bool) -> O
 }
 
 /// The gate as `doctor` can know it: pinned (a daemon runs it), or a trial load.
-fn gate_finding(kernel: &KernelFeatures) -> FeatureState {
+pub(super) fn gate_finding(kernel: &KernelFeatures) -> FeatureState {
     use crate::kernel::mapping_gate::{DEFAULT_PIN_DIR, MappingGate};
     let result = if MappingGate::pinned(Path::new(DEFAULT_PIN_DIR)) {
         Ok(format!("pinned in {DEFAULT_PIN_DIR} (a daemon loaded it)"))
@@ -274,7 +123,7 @@ fn gate_finding(kernel: &KernelFeatures) -> FeatureState {
     }
 }
 
-fn lsm() -> Lsm {
+pub(super) fn lsm() -> Lsm {
     let list = crate::kernel::features::lsm_list().unwrap_or_default();
     let bpf = list.split(',').any(|l| l == "bpf");
     Lsm {
@@ -285,7 +134,7 @@ fn lsm() -> Lsm {
 }
 
 /// The value of `proc_mem.force_override=` on the kernel command line, or `always`.
-fn proc_mem_force_override() -> String {
+pub(super) fn proc_mem_force_override() -> String {
     std::fs::read_to_string("/proc/cmdline")
         .ok()
         .and_then(|c| {
@@ -296,13 +145,13 @@ fn proc_mem_force_override() -> String {
         .unwrap_or_else(|| "always".into())
 }
 
-fn read_trimmed(path: &str) -> Option<String> {
+pub(super) fn read_trimmed(path: &str) -> Option<String> {
     std::fs::read_to_string(path)
         .ok()
         .map(|s| s.trim().to_string())
 }
 
-fn user_namespaces() -> Finding {
+pub(super) fn user_namespaces() -> Finding {
     let max = read_trimmed("/proc/sys/user/max_user_namespaces");
     let debian = read_trimmed("/proc/sys/kernel/unprivileged_userns_clone");
     let apparmor = read_trimmed("/proc/sys/kernel/apparmor_restrict_unprivileged_userns");
@@ -338,11 +187,11 @@ fn user_namespaces() -> Finding {
 }
 
 /// Whether `path` exists and its text mentions driftlock.
-fn mentions_driftlock(path: &Path) -> bool {
+pub(super) fn mentions_driftlock(path: &Path) -> bool {
     std::fs::read_to_string(path).is_ok_and(|t| t.contains("driftlock"))
 }
 
-fn any_mentions(dir: &Path) -> Option<PathBuf> {
+pub(super) fn any_mentions(dir: &Path) -> Option<PathBuf> {
     std::fs::read_dir(dir)
         .ok()?
         .flatten()
@@ -350,7 +199,7 @@ fn any_mentions(dir: &Path) -> Option<PathBuf> {
         .find(|p| mentions_driftlock(p))
 }
 
-fn installed(program: &str) -> bool {
+pub(super) fn installed(program: &str) -> bool {
     [
         "/usr/bin",
         "/usr/sbin",
@@ -363,7 +212,7 @@ fn installed(program: &str) -> bool {
     .any(|d| Path::new(d).join(program).exists())
 }
 
-fn runtimes() -> Vec<Runtime> {
+pub(super) fn runtimes() -> Vec<Runtime> {
     let mut out = Vec::new();
     let hooks_dirs = [
         "/usr/share/containers/oci/hooks.d",
@@ -424,7 +273,7 @@ fn runtimes() -> Vec<Runtime> {
     out
 }
 
-fn daemon(socket: &Path) -> Finding {
+pub(super) fn daemon(socket: &Path) -> Finding {
     match crate::ipc::client::request(
         socket,
         &crate::ipc::Request::Ping,
@@ -445,7 +294,7 @@ fn daemon(socket: &Path) -> Finding {
     }
 }
 
-fn state_dir_finding(dir: &Path) -> Finding {
+pub(super) fn state_dir_finding(dir: &Path) -> Finding {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Finding {
             ok: Some(true),
@@ -462,7 +311,7 @@ fn state_dir_finding(dir: &Path) -> Finding {
     }
 }
 
-fn fd_store() -> Finding {
+pub(super) fn fd_store() -> Finding {
     let unit = [
         "/etc/systemd/system/driftlock.service",
         "/lib/systemd/system/driftlock.service",
@@ -493,74 +342,4 @@ fn fd_store() -> Finding {
                 .into(),
         },
     }
-}
-
-/// The report in words, for `doctor` without `--json`.
-pub fn render(r: &Report) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let _ = writeln!(out, "driftlock {} on kernel {}", r.version, r.kernel.kernel);
-    let _ = writeln!(out, "\nkernel features:");
-    for f in &r.kernel.features {
-        let mark = if f.available { "yes" } else { "NO " };
-        let core = if f.core { " (core)" } else { "" };
-        let _ = writeln!(out, "  {mark} {}{core}: {}", f.name, f.detail);
-    }
-    let _ = writeln!(
-        out,
-        "\nLSMs: {}{}",
-        if r.lsm.list.is_empty() {
-            "(unreadable)"
-        } else {
-            &r.lsm.list
-        },
-        r.lsm
-            .add_with
-            .as_deref()
-            .map(|p| format!(" — bpf missing: boot with {p}"))
-            .unwrap_or_default()
-    );
-    let _ = writeln!(
-        out,
-        "proc_mem.force_override: {}",
-        r.proc_mem_force_override
-    );
-    let _ = writeln!(
-        out,
-        "unprivileged user namespaces: {}",
-        r.unprivileged_user_namespaces.detail
-    );
-    let _ = writeln!(out, "\nruntimes:");
-    if r.runtimes.is_empty() {
-        let _ = writeln!(out, "  none found");
-    }
-    for rt in &r.runtimes {
-        let mark = if rt.uses_driftlock { "yes" } else { "NO " };
-        let _ = writeln!(out, "  {mark} {}: {}", rt.name, rt.detail);
-    }
-    let _ = writeln!(
-        out,
-        "  real runc: {}",
-        r.runc
-            .as_deref()
-            .map_or("not found".into(), |p| p.display().to_string())
-    );
-    let _ = writeln!(out, "\ndaemon: {}", r.daemon.detail);
-    let _ = writeln!(out, "state directory: {}", r.state_dir.detail);
-    let _ = writeln!(out, "dropped libraries judged by: {}", r.libraries.detail);
-    let _ = writeln!(out, "code made in memory: {}", r.memory_code.detail);
-    let _ = writeln!(out, "fd store: {}", r.fd_store.detail);
-    let _ = writeln!(
-        out,
-        "\nverdict: {}",
-        match r.verdict {
-            Verdict::Full => "full protection",
-            Verdict::Degraded => "degraded",
-            Verdict::CannotProtect => "driftlock cannot protect containers on this node",
-        }
-    );
-    for g in &r.gaps {
-        let _ = writeln!(out, "  - {g}");
-    }
-    out
 }
