@@ -22,6 +22,12 @@ use super::indicators::{Indicators, KnownBad};
 use super::{Baseline, BaselineEntry, LoaderEntry, elf};
 use crate::escape::escape_bytes;
 
+mod hashing;
+mod walk;
+
+use hashing::*;
+use walk::walk;
+
 /// A file that could not be taken into the baseline (it will be denied if executed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotFileError {
@@ -140,15 +146,6 @@ fn looks_like_library(name: &[u8]) -> bool {
     name.ends_with(b".so") || name.ends_with(b".node") || name.windows(4).any(|w| w == b".so.")
 }
 
-enum Outcome {
-    /// A program, with the interpreter it names (if dynamically linked) and the known-bad
-    /// indicator it matched (if any).
-    Entry(BaselineEntry, Option<Vec<u8>>, Option<String>),
-    Skipped(SnapshotFileError),
-    /// Named like a library but not ELF: not code.
-    Ignored,
-}
-
 /// Walks `root` and hashes every regular file with an exec bit. `threads` hashing threads
 /// (0 = one per core) run beside the walker.
 pub fn snapshot(root: &Path, key: Vec<u8>, threads: usize) -> Result<Snapshot, SnapshotError> {
@@ -203,24 +200,14 @@ pub fn snapshot_limited(
             let root_fd = &root_fd;
             let cut_short = &cut_short;
             scope.spawn(move || {
-                let mut buf = Vec::new();
-                for job in job_rx {
-                    if Instant::now() > deadline {
-                        cut_short.store(true, std::sync::atomic::Ordering::Relaxed);
-                        break;
-                    }
-                    let result = hash_one(
-                        root_fd,
-                        &job.rel,
-                        job.library,
-                        &mut buf,
-                        indicators,
-                        threads,
-                    );
-                    if out_tx.send(result).is_err() {
-                        break;
-                    }
-                }
+                hash_jobs(
+                    job_rx,
+                    out_tx,
+                    root_fd,
+                    deadline,
+                    cut_short,
+                    (indicators, threads),
+                )
             });
         }
         drop(job_rx);
@@ -238,33 +225,13 @@ pub fn snapshot_limited(
         drop(job_tx);
     });
 
-    let mut entries = Vec::new();
-    let mut errors = walk_errors;
-    let mut bytes = 0;
-    let mut interpreters: Vec<Vec<u8>> = Vec::new();
-    let mut known_bad = Vec::new();
-    for (outcome, n) in out_rx.try_iter() {
-        bytes += n;
-        match outcome {
-            Outcome::Entry(e, interp, bad) => {
-                if let Some(indicator) = bad {
-                    known_bad.push(KnownBad {
-                        path: e.path.clone(),
-                        blake3: e.blake3,
-                        indicator,
-                    });
-                }
-                entries.push(e);
-                if let Some(i) = interp {
-                    if !interpreters.contains(&i) {
-                        interpreters.push(i);
-                    }
-                }
-            }
-            Outcome::Skipped(e) => errors.push(e),
-            Outcome::Ignored => {}
-        }
-    }
+    let Gathered {
+        entries,
+        mut errors,
+        bytes,
+        interpreters,
+        known_bad,
+    } = gather(out_rx, walk_errors);
     if queued > limits.max_entries {
         return Err(SnapshotError::TooManyFiles {
             limit: limits.max_entries,
@@ -292,259 +259,97 @@ pub fn snapshot_limited(
     })
 }
 
-/// Resolves each interpreter path inside the rootfs (symlinks followed within it, as the
-/// kernel would for the container) and hashes the file it names.
-fn resolve_loaders(
-    root: &OwnedFd,
-    interpreters: &[Vec<u8>],
-    errors: &mut Vec<SnapshotFileError>,
-) -> Vec<LoaderEntry> {
-    let mut buf = Vec::new();
-    let mut loaders = Vec::new();
-    for interp in interpreters {
-        let rel: &[u8] = interp.strip_prefix(b"/").unwrap_or(interp);
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
-            .resolve(ResolveFlag::RESOLVE_IN_ROOT);
-        let fd = match openat2(root.as_fd(), OsStr::from_bytes(rel), how) {
-            // Programs naming a loader the image lacks cannot run at all: nothing to check.
-            Err(nix::Error::ENOENT) => continue,
-            other => other,
-        };
-        let result = fd
-            .map_err(|e| format!("interpreter named by the image's programs cannot be opened: {e}"))
-            .and_then(|fd| hash_fd(fd.as_fd(), &mut buf, false, None).map_err(|e| e.to_string()));
-        match result {
-            Ok(d) => loaders.push(LoaderEntry {
-                path: interp.clone(),
-                blake3: d.blake3,
-            }),
-            Err(reason) => errors.push(SnapshotFileError {
-                path: interp.clone(),
-                reason,
-            }),
+/// What the hashing threads found.
+struct Gathered {
+    entries: Vec<BaselineEntry>,
+    errors: Vec<SnapshotFileError>,
+    bytes: u64,
+    /// The interpreters (dynamic loaders) the programs name, each once.
+    interpreters: Vec<Vec<u8>>,
+    known_bad: Vec<KnownBad>,
+}
+
+/// Collects the hashing threads' outcomes (after the walk's own errors).
+fn gather(
+    out_rx: crossbeam_channel::Receiver<(Outcome, u64)>,
+    walk_errors: Vec<SnapshotFileError>,
+) -> Gathered {
+    let mut entries = Vec::new();
+    let mut errors = walk_errors;
+    let mut bytes = 0;
+    let mut interpreters: Vec<Vec<u8>> = Vec::new();
+    let mut known_bad = Vec::new();
+    for (outcome, n) in out_rx.try_iter() {
+        bytes += n;
+        match outcome {
+            Outcome::Entry(e, interp, bad) => {
+                if let Some(indicator) = bad {
+                    known_bad.push(KnownBad {
+                        path: e.path.clone(),
+                        blake3: e.blake3,
+                        indicator,
+                    });
+                }
+                entries.push(e);
+                if let Some(i) = interp {
+                    if !interpreters.contains(&i) {
+                        interpreters.push(i);
+                    }
+                }
+            }
+            Outcome::Skipped(e) => errors.push(e),
+            Outcome::Ignored => {}
         }
     }
-    loaders
+    Gathered {
+        entries,
+        errors,
+        bytes,
+        interpreters,
+        known_bad,
+    }
+}
+
+/// A hashing thread: hashes queued files until the queue closes or the deadline passes
+/// (then the snapshot is cut short). `(indicators, threads)`: the known-bad list to check
+/// against, and how many threads share the work.
+fn hash_jobs(
+    job_rx: crossbeam_channel::Receiver<Job>,
+    out_tx: crossbeam_channel::Sender<(Outcome, u64)>,
+    root_fd: &OwnedFd,
+    deadline: Instant,
+    cut_short: &std::sync::atomic::AtomicBool,
+    (indicators, threads): (Option<&Indicators>, usize),
+) {
+    let mut buf = Vec::new();
+    for job in job_rx {
+        if Instant::now() > deadline {
+            cut_short.store(true, std::sync::atomic::Ordering::Relaxed);
+            break;
+        }
+        let result = hash_one(
+            root_fd,
+            &job.rel,
+            job.library,
+            &mut buf,
+            indicators,
+            threads,
+        );
+        if out_tx.send(result).is_err() {
+            break;
+        }
+    }
 }
 
 fn is_executable(st: &NixStat) -> bool {
     st.st_mode & 0o111 != 0
 }
 
-fn walk(
-    root: &OwnedFd,
-    jobs: &crossbeam_channel::Sender<Job>,
-    errors: &mut Vec<SnapshotFileError>,
-    limits: &SnapshotLimits,
-    deadline: Instant,
-    queued: &mut usize,
-) -> bool {
-    let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
-    let root_dev = nix::sys::stat::fstat(root.as_fd()).map(|s| s.st_dev).ok();
-    let root_mount = crate::kernel::mount_id_at(root.as_fd(), OsStr::new("."));
-    // A file on another device is either bind mounted over the rootfs (another mount:
-    // covered by its own mark) or an overlay file whose layer is on another filesystem
-    // (overlay then gives each layer's files a device number of its own): its mount tells.
-    let same_mount = |dir: &OwnedFd, name: &[u8]| {
-        root_mount.is_some()
-            && crate::kernel::mount_id_at(dir.as_fd(), OsStr::from_bytes(name)) == root_mount
-    };
-    while let Some(dir_rel) = stack.pop() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        let skip = |errors: &mut Vec<SnapshotFileError>, rel: &[u8], reason: String| {
-            errors.push(SnapshotFileError {
-                path: display_path(rel),
-                reason,
-            })
-        };
-        let dir_fd = match open_beneath(root, &dir_rel, OFlag::O_DIRECTORY) {
-            Ok(fd) => fd,
-            // A mount point inside the rootfs: another filesystem, covered by its own mark.
-            Err(nix::Error::EXDEV) => continue,
-            Err(e) => {
-                skip(errors, &dir_rel, format!("cannot open directory: {e}"));
-                continue;
-            }
-        };
-        let Ok(dup) = dir_fd.try_clone() else {
-            skip(errors, &dir_rel, "cannot duplicate directory fd".into());
-            continue;
-        };
-        let mut dir = match Dir::from_fd(dup) {
-            Ok(d) => d,
-            Err(e) => {
-                skip(errors, &dir_rel, format!("cannot read directory: {e}"));
-                continue;
-            }
-        };
-        for entry in dir.iter() {
-            let Ok(entry) = entry else {
-                skip(errors, &dir_rel, "error while reading directory".into());
-                break;
-            };
-            let name = entry.file_name().to_bytes();
-            if name == b"." || name == b".." {
-                continue;
-            }
-            // The relative path is built only for what is kept: most entries are data files.
-            let rel_of = |name: &[u8]| {
-                let mut rel = Vec::with_capacity(dir_rel.len() + 1 + name.len());
-                rel.extend_from_slice(&dir_rel);
-                if !rel.is_empty() {
-                    rel.push(b'/');
-                }
-                rel.extend_from_slice(name);
-                rel
-            };
-            let kind = match entry.file_type() {
-                Some(t) => Some(t),
-                None => fstatat(
-                    dir_fd.as_fd(),
-                    OsStr::from_bytes(name),
-                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .ok()
-                .map(|st| {
-                    match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
-                        SFlag::S_IFDIR => Type::Directory,
-                        SFlag::S_IFREG => Type::File,
-                        _ => Type::Symlink,
-                    }
-                }),
-            };
-            match kind {
-                Some(Type::Directory) => stack.push(rel_of(name)),
-                Some(Type::File) => {
-                    // Only files with an exec bit: stat here to avoid queuing data files.
-                    match fstatat(
-                        dir_fd.as_fd(),
-                        OsStr::from_bytes(name),
-                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                    ) {
-                        Ok(st)
-                            if is_executable(&st)
-                                && (Some(st.st_dev) == root_dev || same_mount(&dir_fd, name))
-                                && st.st_size as u64 > limits.max_file =>
-                        {
-                            skip(
-                                errors,
-                                &rel_of(name),
-                                format!(
-                                    "{} bytes, over the snapshot's per-file limit of {} bytes: not hashed",
-                                    st.st_size, limits.max_file
-                                ),
-                            );
-                        }
-                        Ok(st)
-                            if is_executable(&st)
-                                && (Some(st.st_dev) == root_dev || same_mount(&dir_fd, name)) =>
-                        {
-                            *queued += 1;
-                            if *queued > limits.max_entries {
-                                return false;
-                            }
-                            if jobs
-                                .send(Job {
-                                    rel: rel_of(name),
-                                    library: false,
-                                })
-                                .is_err()
-                            {
-                                return false;
-                            }
-                        }
-                        Ok(st)
-                            if looks_like_library(name)
-                                && st.st_size as u64 <= limits.max_file
-                                && (Some(st.st_dev) == root_dev || same_mount(&dir_fd, name)) =>
-                        {
-                            *queued += 1;
-                            if *queued > limits.max_entries {
-                                return false;
-                            }
-                            if jobs
-                                .send(Job {
-                                    rel: rel_of(name),
-                                    library: true,
-                                })
-                                .is_err()
-                            {
-                                return false;
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => skip(errors, &rel_of(name), format!("cannot stat: {e}")),
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    true
-}
-
-fn display_path(rel: &[u8]) -> Vec<u8> {
+pub(super) fn display_path(rel: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(rel.len() + 1);
     p.push(b'/');
     p.extend_from_slice(rel);
     p
-}
-
-fn hash_one(
-    root: &OwnedFd,
-    rel: &[u8],
-    library: bool,
-    buf: &mut Vec<u8>,
-    indicators: Option<&Indicators>,
-    parts: usize,
-) -> (Outcome, u64) {
-    let path = display_path(rel);
-    let skipped = |reason: String| {
-        (
-            Outcome::Skipped(SnapshotFileError {
-                path: path.clone(),
-                reason,
-            }),
-            0,
-        )
-    };
-    // O_NONBLOCK: a FIFO swapped in for the file must not block the open.
-    let fd = match open_beneath(root, rel, OFlag::O_NONBLOCK) {
-        Ok(fd) => fd,
-        Err(e) => return skipped(format!("cannot open: {e}")),
-    };
-    if library {
-        let mut magic = [0u8; 4];
-        if !matches!(nix::sys::uio::pread(fd.as_fd(), &mut magic, 0), Ok(4)) || magic != *b"\x7fELF"
-        {
-            return (Outcome::Ignored, 0);
-        }
-    }
-    match hash_fd_split(fd.as_fd(), buf, parts) {
-        Ok(d) if library || d.stat.mode & 0o111 != 0 => (
-            Outcome::Entry(
-                BaselineEntry {
-                    path: path.clone(),
-                    size: d.stat.size,
-                    mode: d.stat.mode & 0o7777,
-                    blake3: d.blake3,
-                },
-                elf::interpreter(fd.as_fd()),
-                indicators
-                    .and_then(|i| i.check(fd.as_fd()))
-                    .map(|(hash, _)| hash),
-            ),
-            d.stat.size,
-        ),
-        Ok(_) => skipped("exec bit removed during the snapshot".into()),
-        Err(HashError::NotRegular) => {
-            skipped("replaced by a non-regular file during the snapshot".into())
-        }
-        Err(e) => skipped(e.to_string()),
-    }
 }
 
 #[cfg(test)]
