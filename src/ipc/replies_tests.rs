@@ -137,27 +137,7 @@ fn ok(reply: &Reply) -> serde_json::Value {
 }
 
 #[test]
-fn every_reply_is_pinned() {
-    let armed = Reply::Armed(ArmResult {
-        id: "c1".into(),
-        mode: Mode::Enforce,
-        image_key: "k".into(),
-        baseline: Provenance::Stored,
-        baseline_contents: 3,
-        snapshot_skipped: 0,
-        baseline_ms: 1.5,
-        arm_ms: 2.5,
-        memfd_noexec: true,
-        marks: vec![mark()],
-    });
-    assert_eq!(
-        ok(&armed),
-        json!({"id":"c1","mode":"enforce","image_key":"k","baseline":"stored",
-               "baseline_contents":3,"snapshot_skipped":0,"baseline_ms":1.5,"arm_ms":2.5,
-               "memfd_noexec":true,
-               "marks":[serde_json::from_str::<serde_json::Value>(MARK).unwrap()]})
-    );
-    assert_eq!(ok(&Reply::Disarmed(Box::new(unit()))), unit_json());
+fn the_status_reply_is_pinned() {
     let mut stats = StatsReply {
         events: 1,
         permission_events: 2,
@@ -246,6 +226,30 @@ fn every_reply_is_pinned() {
                "features":[{"name":"memfd_noexec","available":false,"core":false,
                             "detail":"d","not_covered":"n"}]})
     );
+}
+
+#[test]
+fn every_reply_is_pinned() {
+    let armed = Reply::Armed(ArmResult {
+        id: "c1".into(),
+        mode: Mode::Enforce,
+        image_key: "k".into(),
+        baseline: Provenance::Stored,
+        baseline_contents: 3,
+        snapshot_skipped: 0,
+        baseline_ms: 1.5,
+        arm_ms: 2.5,
+        memfd_noexec: true,
+        marks: vec![mark()],
+    });
+    assert_eq!(
+        ok(&armed),
+        json!({"id":"c1","mode":"enforce","image_key":"k","baseline":"stored",
+               "baseline_contents":3,"snapshot_skipped":0,"baseline_ms":1.5,"arm_ms":2.5,
+               "memfd_noexec":true,
+               "marks":[serde_json::from_str::<serde_json::Value>(MARK).unwrap()]})
+    );
+    assert_eq!(ok(&Reply::Disarmed(Box::new(unit()))), unit_json());
     let explained = Reply::Explained(ExplainReply {
         unit: "c1".into(),
         mode: Mode::Audit,
