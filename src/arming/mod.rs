@@ -101,6 +101,9 @@ pub struct Armer {
     /// The resident helper that sets `vm.memfd_noexec` in containers (`None`: a fork per
     /// arm does it).
     pub memfd_setter: Option<crate::kernel::ns::MemfdSetter>,
+    /// The configuration in force ([`crate::config::Config::files_digest`]; `none`: no
+    /// file), for metrics.
+    pub config_digest: std::sync::Mutex<String>,
 }
 
 /// Arm counters.

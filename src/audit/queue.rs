@@ -18,6 +18,12 @@ pub struct AuditCounters {
     pub queued_bytes: AtomicU64,
     /// Set to have the writer reopen the audit log file before its next record.
     pub reopen: AtomicBool,
+    /// Alerts Falcosidekick took (a 2xx answer).
+    pub falco_sent: AtomicU64,
+    /// Alerts it refused (another answer) or could not be given (no connection).
+    pub falco_failed: AtomicU64,
+    /// Alerts dropped because the queue to Falcosidekick was full.
+    pub falco_dropped: AtomicU64,
 }
 
 /// The sending side used by the engine (and the arming side): records go to their unit's

@@ -127,13 +127,15 @@ fn start_falco_poster(
         .spawn(move || {
             for alert in rx {
                 match falco::post(&endpoint, &alert) {
-                    Ok(code) if (200..300).contains(&code) => {}
+                    Ok(code) if (200..300).contains(&code) => {
+                        counters.falco_sent.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(code) => {
-                        counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                        counters.falco_failed.fetch_add(1, Ordering::Relaxed);
                         log::warn!("Falcosidekick at {} answered {code}", endpoint.authority);
                     }
                     Err(e) => {
-                        counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                        counters.falco_failed.fetch_add(1, Ordering::Relaxed);
                         log::warn!(
                             "cannot post to Falcosidekick at {}: {e}",
                             endpoint.authority
@@ -190,7 +192,7 @@ pub fn start_writer(mut sinks: AuditSinks) -> (AuditQueue, std::thread::JoinHand
                         drop(file);
                         if let Some(tx) = &falco {
                             if tx.try_send(falco::to_falco(&record, &hostname)).is_err() {
-                                c.dropped.fetch_add(1, Ordering::Relaxed);
+                                c.falco_dropped.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                         record.to_json()

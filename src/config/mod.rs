@@ -308,6 +308,27 @@ impl Config {
             .unwrap_or(default)
     }
 
+    /// A digest of the configuration loaded from `path`: the file and every drop-in merged
+    /// into it, each by path and content (BLAKE3, the first 16 hex digits). Metrics carry it,
+    /// so a fleet shows which nodes run which configuration.
+    pub fn files_digest(&self, path: &Path) -> String {
+        let mut h = blake3::Hasher::new();
+        for p in std::iter::once(path).chain(self.delegated.iter().map(PathBuf::as_path)) {
+            h.update(p.as_os_str().as_encoded_bytes());
+            h.update(b"\0");
+            match std::fs::read(p) {
+                Ok(bytes) => {
+                    h.update(&(bytes.len() as u64).to_le_bytes());
+                    h.update(&bytes);
+                }
+                Err(_) => {
+                    h.update(b"unreadable");
+                }
+            }
+        }
+        h.finalize().to_hex()[..16].to_string()
+    }
+
     /// This file without its policy rules (mode rules, allow entries): the daemon settings
     /// alone, which a reload compares.
     pub fn without_policy(&self) -> Config {

@@ -65,6 +65,9 @@ pub fn run(
     let mapping_active = mapping_gate.is_some();
     let (engine_thread, handle, watchdog_enabled) =
         start_engine(&config, group.gate, group.restoring, mapping_gate, &audit)?;
+    let config_digest = policy_path
+        .as_deref()
+        .map_or_else(|| "none".to_string(), |p| policy.files_digest(p));
     let armer = Arc::new(Armer {
         engine: handle.clone(),
         store,
@@ -84,6 +87,7 @@ pub fn run(
         audit: std::sync::Mutex::new(Some(audit.clone())),
         pending: Default::default(),
         memfd_setter,
+        config_digest: std::sync::Mutex::new(config_digest),
     });
     if config.memfd_noexec {
         if let Some(f) = features

@@ -70,7 +70,12 @@ impl Reload {
                         path.display()
                     );
                 }
+                let digest = c.files_digest(path);
                 let n = armer.apply_policy(c);
+                *armer
+                    .config_digest
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = digest;
                 armer.stats.reloads.fetch_add(1, Relaxed);
                 log::info!(
                     "{why}: reloaded {}; allow entries updated for {n} armed units",

@@ -268,6 +268,35 @@ impl From<ModeSwitch> for ModeChange {
 mod tests {
     use super::*;
 
+    /// The armer's request is the wire's, field for field: the unit record keeps the one
+    /// in the JSON of the other, so a field added to one and not the other fails here.
+    #[test]
+    fn the_unit_request_is_the_arm_request_in_the_armers_terms() {
+        let wire = ArmRequest {
+            id: "c1".into(),
+            rootfs: "/run/c1/rootfs".into(),
+            mounts: vec!["/run/c1/rootfs/tmp".into()],
+            mode: Some(crate::Mode::Audit),
+            annotated_mode: Some(crate::Mode::Enforce),
+            image_key: Some("k".into()),
+            pid: Some(7),
+            discover_mounts: true,
+            host_rootfs: Some("/run/c1/rootfs".into()),
+            image_name: Some("img".into()),
+            namespace: Some("ns".into()),
+            pod: Some("p".into()),
+            container_name: Some("c".into()),
+        };
+        let domain = UnitRequest::from(wire.clone());
+        assert_eq!(
+            serde_json::to_value(&domain).unwrap(),
+            serde_json::to_value(&wire).unwrap()
+        );
+        let back: ArmRequest =
+            serde_json::from_value(serde_json::to_value(&domain).unwrap()).unwrap();
+        assert_eq!(back, wire);
+    }
+
     #[test]
     fn engine_errors_map_to_codes() {
         use EngineError as E;

@@ -15,6 +15,7 @@ use crate::arming::Armer;
 use crate::audit::AuditCounters;
 use crate::engine::{EngineStatus, LATENCY_BUCKETS};
 
+mod node;
 mod render;
 pub use render::render;
 

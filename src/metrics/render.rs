@@ -1,6 +1,7 @@
 //! The exposition text: every metric, from the engine's status, the arm counters and the
 //! audit queue.
 
+use super::node::{render_delivery, render_node};
 use super::*;
 
 /// Renders the exposition text.
@@ -16,11 +17,12 @@ pub fn render(
     render_events(&mut out, s);
     render_node(&mut out, s, armer);
     render_daemon(&mut out, s, armer, audit, (loop_age, watchdog));
+    render_delivery(&mut out, armer, audit);
     out
 }
 
 /// Writes one metric's help, type and lines.
-fn section(out: &mut String, name: &str, kind: &str, help: &str, lines: Vec<String>) {
+pub(super) fn section(out: &mut String, name: &str, kind: &str, help: &str, lines: Vec<String>) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for l in lines {
         let _ = writeln!(out, "{name}{l}");
@@ -218,104 +220,6 @@ fn render_events(out: &mut String, s: &EngineStatus) {
     );
 }
 
-/// The build, the kernel's features, the mapping gate, re-arms, and what the engine did
-/// without hashing or on its budgets.
-fn render_node(out: &mut String, s: &EngineStatus, armer: &Armer) {
-    section(
-        out,
-        "driftlock_build_info",
-        "gauge",
-        "The running daemon's version and source revision (always 1).",
-        vec![format!(
-            "{{version=\"{}\",revision=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION"),
-            option_env!("DRIFTLOCK_REVISION").unwrap_or("unknown")
-        )],
-    );
-    section(
-        out,
-        "driftlock_kernel_feature",
-        "gauge",
-        "1 if the kernel offers the feature driftlock uses (probed at start), 0 if not: protection is then degraded (see `driftlock status` or `driftlock doctor`).",
-        armer
-            .features
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .features
-            .iter()
-            .map(|f| {
-                format!(
-                    "{{feature=\"{}\"}} {}",
-                    label(&f.name),
-                    u8::from(f.available)
-                )
-            })
-            .collect(),
-    );
-    section(
-        out,
-        "driftlock_mapping_gate_active",
-        "gauge",
-        "1 if the BPF LSM mapping gate is active (executable mappings judged in the kernel).",
-        vec![format!(
-            " {}",
-            u8::from(armer.mapping_gate_state.starts_with("active"))
-        )],
-    );
-    section(
-        out,
-        "driftlock_mapping_total",
-        "counter",
-        "Executable mappings of armed files the mapping gate checked, refused, or would refuse (audit).",
-        vec![
-            format!("{{result=\"checked\"}} {}", s.stats.mapping_checked),
-            format!("{{result=\"refused\"}} {}", s.stats.mapping_refused),
-            format!(
-                "{{result=\"would-refuse\"}} {}",
-                s.stats.mapping_would_refuse
-            ),
-        ],
-    );
-    section(
-        out,
-        "driftlock_rearm_pending_units",
-        "gauge",
-        "Recorded units whose re-arm after a restart failed and is being retried.",
-        vec![format!(" {}", armer.pending_units().len())],
-    );
-    section(
-        out,
-        "driftlock_denied_unhashed_total",
-        "counter",
-        "Files denied without hashing: no executable of their image and no allow entry has their size.",
-        vec![format!(" {}", s.stats.denied_unhashed)],
-    );
-    section(
-        out,
-        "driftlock_unattributed_denied_total",
-        "counter",
-        "Execs on a marked filesystem that no unit claims, denied.",
-        vec![format!(" {}", s.stats.unattributed_denied)],
-    );
-    section(
-        out,
-        "driftlock_hash_backlog_total",
-        "counter",
-        "Misses that waited in their unit's backlog (the unit held its share of the hash pool), and misses denied because that backlog was full.",
-        vec![
-            format!("{{result=\"queued\"}} {}", s.stats.hash_backlogged),
-            format!("{{result=\"full\"}} {}", s.stats.hash_backlog_full),
-        ],
-    );
-    section(
-        out,
-        "driftlock_records_suppressed_total",
-        "counter",
-        "Records a unit's record budget held back (summarized in \"suppressed\" lines).",
-        vec![format!(" {}", s.stats.records_suppressed)],
-    );
-}
-
 /// Arms, the hash pool, the audit queue and the loop's health (`(loop age, watchdog)`).
 fn render_daemon(
     out: &mut String,
@@ -390,7 +294,7 @@ fn render_daemon(
     );
 }
 
-fn label(v: &str) -> String {
+pub(super) fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

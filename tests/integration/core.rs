@@ -581,8 +581,15 @@ fn sighup_reloads_allow_entries_without_dropping_marks() {
     let mut sb = Sandbox::new("reload");
     let config = sb.dir.join("config.toml");
     fs::write(&config, "mode = \"enforce\"\n").unwrap();
-    sb.start_daemon(&["--config", config.to_str().unwrap()]);
+    let metrics = free_metrics_addr();
+    sb.start_daemon(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--metrics-addr",
+        &metrics,
+    ]);
     sb.arm("c1", &["--image-name", "registry.local/app:1"]);
+    let digest_at_start = metric_labels(&metrics, "driftlock_config_info").unwrap();
     let payload = sb.tmp.join("generated");
     sb.install(PAYLOAD_SOURCE, &payload);
     assert_eq!(exec(&payload), EPERM);
@@ -597,6 +604,16 @@ fn sighup_reloads_allow_entries_without_dropping_marks() {
     sb.signal_daemon(nix::sys::signal::Signal::SIGHUP);
     sb.wait_for_status("the reload", |s| s["config_reloads"] == 1);
     assert_eq!(exec(&payload), Ok(0), "the allow entry applies");
+    // Issue 29: metrics say which configuration is in force, and how its reloads went.
+    let digest_reloaded = metric_labels(&metrics, "driftlock_config_info").unwrap();
+    assert_ne!(
+        digest_reloaded, digest_at_start,
+        "the digest follows the file"
+    );
+    assert_eq!(
+        metric(&metrics, "driftlock_config_reloads_total{result=\"ok\"}"),
+        Some(1.0)
+    );
     let other = sb.tmp.join("other");
     sb.install("/usr/bin/env", &other);
     assert_eq!(exec(&other), EPERM, "only the allowed content");
@@ -605,6 +622,15 @@ fn sighup_reloads_allow_entries_without_dropping_marks() {
     sb.signal_daemon(nix::sys::signal::Signal::SIGHUP);
     sb.wait_for_status("the refused reload", |s| s["config_reload_errors"] == 1);
     assert!(sb.daemon_alive());
+    assert_eq!(
+        metric(&metrics, "driftlock_config_reloads_total{result=\"error\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_labels(&metrics, "driftlock_config_info").unwrap(),
+        digest_reloaded,
+        "a refused file is not the configuration in force"
+    );
     assert_eq!(exec(&payload), Ok(0));
     assert_eq!(exec(&other), EPERM);
     // The entry removed: the running container denies it again at its next exec.
@@ -612,6 +638,11 @@ fn sighup_reloads_allow_entries_without_dropping_marks() {
     sb.signal_daemon(nix::sys::signal::Signal::SIGHUP);
     sb.wait_for_status("the reload", |s| s["config_reloads"] == 2);
     assert_eq!(exec(&payload), EPERM, "a removed entry denies at once");
+    assert_eq!(
+        metric_labels(&metrics, "driftlock_config_info").unwrap(),
+        digest_at_start,
+        "the same file, the same digest"
+    );
 }
 
 /// Break-glass: `driftlock mode audit` relaxes a running container at once (the next exec
@@ -833,6 +864,12 @@ fn metrics_count_the_execs_generated() {
         body.contains("driftlock_build_info{version=\"") && body.contains("revision=\""),
         "{body}"
     );
+    assert_eq!(value("driftlock_config_reloads_total{result=\"ok\"}"), 0.0);
+    assert_eq!(
+        value("driftlock_falcosidekick_alerts_total{result=\"sent\"}"),
+        0.0
+    );
+    assert!(body.contains("\ndriftlock_config_info{digest=\""), "{body}");
     // Issue 29: counters never fall, not even when the container that counted goes away.
     let out = sb.client(&["disarm", "--id", "m1"]);
     assert!(
@@ -900,7 +937,8 @@ fn denied_execs_are_posted_to_falcosidekick_as_falco_alerts() {
         }
     });
     let mut sb = Sandbox::new("falco");
-    sb.start_daemon(&["--falcosidekick-url", &url]);
+    let metrics = free_metrics_addr();
+    sb.start_daemon(&["--falcosidekick-url", &url, "--metrics-addr", &metrics]);
     sb.arm("f1", &["--image-name", "docker.io/library/postgres:15"]);
     let payload = sb.tmp.join("kdevtmpfsi");
     sb.install(PAYLOAD_SOURCE, &payload);
@@ -927,6 +965,13 @@ fn denied_execs_are_posted_to_falcosidekick_as_falco_alerts() {
             .starts_with("Drift prevented:")
     );
     assert!(alert["time"].as_str().unwrap().ends_with('Z'));
+    // Issue 29: the delivery is counted (once Falcosidekick's answer is read).
+    let sent = "driftlock_falcosidekick_alerts_total{result=\"sent\"}";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(&metrics, sent).unwrap_or(0.0) < 1.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(metric(&metrics, sent), Some(1.0));
 }
 
 /// Issue 8: the daemon never blocks on itself. Its state directory (baselines, unit
