@@ -114,6 +114,9 @@ pub struct DisarmArgs {
     /// The daemon's socket.
     #[command(flatten)]
     pub socket: SocketArg,
+    /// Print JSON for tools (errors too).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The arguments of `driftlock supervise`.
@@ -290,6 +293,9 @@ pub enum EvidenceCommand {
         /// The daemon's state directory.
         #[arg(long, default_value = crate::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// Print JSON for tools (errors too).
+        #[arg(long)]
+        json: bool,
     },
     /// Show what is known about one (by SHA-256).
     Show {
@@ -319,6 +325,9 @@ pub enum ConfigCommand {
     Check {
         /// The file.
         file: PathBuf,
+        /// Print JSON for tools (errors too).
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -100,9 +100,17 @@ pub(super) fn evidence(cmd: EvidenceCommand) -> Result<i32, CliError> {
     // Read-only commands create nothing: a state directory that is not there is an error.
     let open = |dir: &Path| Quarantine::open_existing(dir, Limits::default());
     match cmd {
-        EvidenceCommand::List { state_dir } => {
+        EvidenceCommand::List { state_dir, json } => {
             let q = open(&state_dir)?;
             let list = q.list();
+            if json {
+                let metas: Vec<_> = list.iter().map(|(m, _)| m).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&metas).unwrap_or_default()
+                );
+                return Ok(0);
+            }
             if list.is_empty() {
                 println!("no evidence kept");
             }

@@ -76,4 +76,22 @@ impl CliError {
             _ => 1,
         }
     }
+
+    /// The error as a `--json` command prints it on stdout: `{"ok": false, "error": …,
+    /// "exit": …}`, and the daemon's error code where it gave one.
+    pub fn to_json(&self) -> String {
+        let code = match self {
+            CliError::Client(ClientError::Refused { code, .. }) => *code,
+            _ => None,
+        };
+        let mut v = serde_json::json!({
+            "ok": false,
+            "error": self.to_string(),
+            "exit": self.exit_code(),
+        });
+        if let Some(code) = code.and_then(|c| serde_json::to_value(c).ok()) {
+            v["code"] = code;
+        }
+        v.to_string()
+    }
 }

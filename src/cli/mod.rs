@@ -29,6 +29,21 @@ use node::*;
 use units::*;
 
 impl Cli {
+    /// The command asked for JSON output: its errors are printed as JSON too.
+    pub fn json_output(&self) -> bool {
+        match &self.command {
+            Command::Status(a) => a.json,
+            Command::Mode(a) => a.json,
+            Command::Explain(a) => a.json,
+            Command::Doctor(a) => a.json,
+            Command::Disarm(a) => a.json,
+            Command::Arm(a) => a.json,
+            Command::Evidence(EvidenceCommand::List { json, .. }) => *json,
+            Command::Config(ConfigCommand::Check { json, .. }) => *json,
+            _ => false,
+        }
+    }
+
     /// The log level in force: the flag, else (for the daemon) the configuration file's
     /// `log_level`, else `info`. A broken file is reported when the daemon loads it.
     pub fn effective_log_level(&self) -> String {
@@ -61,7 +76,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Evidence(e) => evidence(e),
         Command::Explain(a) => explain_cmd(a),
         Command::Tune(a) => tune_cmd(a),
-        Command::Config(ConfigCommand::Check { file }) => config_check(&file),
+        Command::Config(ConfigCommand::Check { file, json }) => config_check(&file, json),
         Command::Arm(a) => arm(a),
         Command::Disarm(a) => disarm_cmd(a),
         Command::Mode(a) => mode_cmd(a),

@@ -147,7 +147,7 @@ pub(super) fn gate_unpin_cmd(args: GateUnpinArgs) -> Result<i32, CliError> {
     Ok(0)
 }
 
-pub(super) fn config_check(file: &Path) -> Result<i32, CliError> {
+pub(super) fn config_check(file: &Path, json: bool) -> Result<i32, CliError> {
     // Exactly as the daemon resolves it: a file it would refuse fails here too.
     let checked = crate::config::Config::load(file).and_then(|c| {
         crate::settings::Settings::from(&c)
@@ -158,40 +158,57 @@ pub(super) fn config_check(file: &Path) -> Result<i32, CliError> {
                 message: format!("the daemon would refuse these settings: {e}"),
             })
     });
-    match checked {
-        Ok(c) => {
-            for f in &c.delegated {
-                println!("{}: merged", f.display());
-            }
-            for e in &c.delegation_errors {
-                eprintln!("{e}");
-            }
-            let node_wide = c.allow.iter().filter(|a| a.is_node_wide()).count();
-            if node_wide > 0 {
-                eprintln!(
-                    "{}: warning: {node_wide} allow entries name no scope (image, repository, namespace or container): they apply to every container of the node",
-                    file.display()
-                );
-            }
-            println!(
-                "{}: {} ({} image rules, {} namespace rules, {} allow entries, {} conf.d files merged, {} refused)",
-                file.display(),
-                if c.delegation_errors.is_empty() {
-                    "ok"
-                } else {
-                    "errors"
-                },
-                c.image.len(),
-                c.namespace.len(),
-                c.allow.len(),
-                c.delegated.len(),
-                c.delegation_errors.len()
-            );
-            Ok(if c.delegation_errors.is_empty() { 0 } else { 1 })
+    // Paths as the rest of driftlock writes them: escaped bytes, never assumed UTF-8.
+    let shown = |p: &Path| escape_bytes(p.as_os_str().as_bytes());
+    let c = match checked {
+        Ok(c) => c,
+        Err(e) if json => {
+            let out = serde_json::json!({"file": shown(file), "ok": false, "error": e.to_string()});
+            println!("{out}");
+            return Ok(1);
         }
         Err(e) => {
             eprintln!("driftlock: {e}");
-            Ok(1)
+            return Ok(1);
         }
+    };
+    let node_wide = c.allow.iter().filter(|a| a.is_node_wide()).count();
+    let ok = c.delegation_errors.is_empty();
+    if json {
+        let out = serde_json::json!({
+            "file": shown(file),
+            "ok": ok,
+            "image_rules": c.image.len(),
+            "namespace_rules": c.namespace.len(),
+            "allow_entries": c.allow.len(),
+            "node_wide_allow_entries": node_wide,
+            "merged": c.delegated.iter().map(|p| shown(p)).collect::<Vec<_>>(),
+            "refused": c.delegation_errors,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return Ok(if ok { 0 } else { 1 });
     }
+    for f in &c.delegated {
+        println!("{}: merged", f.display());
+    }
+    for e in &c.delegation_errors {
+        eprintln!("{e}");
+    }
+    if node_wide > 0 {
+        eprintln!(
+            "{}: warning: {node_wide} allow entries name no scope (image, repository, namespace or container): they apply to every container of the node",
+            file.display()
+        );
+    }
+    println!(
+        "{}: {} ({} image rules, {} namespace rules, {} allow entries, {} conf.d files merged, {} refused)",
+        file.display(),
+        if ok { "ok" } else { "errors" },
+        c.image.len(),
+        c.namespace.len(),
+        c.allow.len(),
+        c.delegated.len(),
+        c.delegation_errors.len()
+    );
+    Ok(if ok { 0 } else { 1 })
 }

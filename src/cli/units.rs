@@ -9,6 +9,7 @@ pub(super) fn disarm_cmd(args: DisarmArgs) -> Result<i32, CliError> {
         pod,
         container_name,
         socket,
+        json,
     } = args;
     let id = chosen_unit(
         &socket.socket,
@@ -21,6 +22,9 @@ pub(super) fn disarm_cmd(args: DisarmArgs) -> Result<i32, CliError> {
         &Request::Disarm { id },
         Duration::from_secs(30),
     )? {
+        Reply::Disarmed(s) if json => {
+            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default())
+        }
         Reply::Disarmed(s) => println!(
             "disarmed {} (allowed {}, denied {}, would-deny {})",
             s.id, s.counters.allowed, s.counters.denied, s.counters.would_deny

@@ -506,3 +506,85 @@ fn exit_codes_say_what_went_wrong() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue 29: `--json` output a script can parse, errors included (on stdout, with the exit
+/// status in it), for the commands that report.
+#[test]
+fn json_output_is_json_errors_included() {
+    let run = |args: &[&str]| Command::new(BIN).args(args).output().unwrap();
+    let json_of = |out: &std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    // No daemon: exit 3, and the error as JSON.
+    let out = run(&[
+        "status",
+        "--json",
+        "--socket",
+        "/nonexistent/driftlock.sock",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let v = json_of(&out);
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["exit"], 3);
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    // A missing state directory: an error, as JSON, and nothing created.
+    let dir = std::env::temp_dir().join(format!("driftlock-json-{}", std::process::id()));
+    let out = run(&[
+        "evidence",
+        "list",
+        "--json",
+        "--state-dir",
+        dir.join("state").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(json_of(&out)["ok"], false);
+    assert!(!dir.exists());
+    // config check: the verdict and the counts, or the reason it is refused.
+    fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    fs::write(
+        &good,
+        "mode = \"audit\"\n[[namespace]]\nname = \"shop\"\nmode = \"enforce\"\n",
+    )
+    .unwrap();
+    let out = run(&["config", "check", "--json", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v = json_of(&out);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["namespace_rules"], 1);
+    assert_eq!(v["file"], good.to_str().unwrap());
+    let bad = dir.join("bad.toml");
+    fs::write(&bad, "metrics_addr = \"0.0.0.0:9464\"\n").unwrap();
+    let out = run(&["config", "check", "--json", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json_of(&out);
+    assert_eq!(v["ok"], false);
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("would refuse")),
+        "{v}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+    if !crate::support::root_or_skip("json against a daemon") {
+        return;
+    }
+    let mut sb = crate::support::Sandbox::new("json-out");
+    sb.start_daemon(&[]);
+    sb.arm("j1", &[]);
+    // Refused by the daemon: exit 4, its code in the JSON.
+    let out = sb.client(&["disarm", "--json", "--container", "no-such-unit"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let v = json_of(&out);
+    assert_eq!(v["exit"], 4);
+    assert_eq!(v["code"], "not-found", "{v}");
+    let out = sb.client(&["disarm", "--json", "--container", "j1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(json_of(&out)["id"], "j1");
+}
