@@ -182,9 +182,10 @@ pub struct DoctorArgs {
     /// Print JSON for tools.
     #[arg(long)]
     pub json: bool,
-    /// The state directory.
-    #[arg(long, default_value = crate::DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
+    /// The state directory [default: `state_dir` in the configuration file, else
+    /// /var/lib/driftlock].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
     /// The daemon's configuration file (read for library_control).
     #[arg(long, default_value = crate::config::DEFAULT_CONFIG)]
     pub config: PathBuf,
@@ -291,8 +292,9 @@ pub enum EvidenceCommand {
     /// List kept files, oldest first.
     List {
         /// The daemon's state directory.
-        #[arg(long, default_value = crate::DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
+        /// [default: `state_dir` in the configuration file, else /var/lib/driftlock]
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
         /// Print JSON for tools (errors too).
         #[arg(long)]
         json: bool,
@@ -302,8 +304,9 @@ pub enum EvidenceCommand {
         /// SHA-256 (hex).
         id: String,
         /// The daemon's state directory.
-        #[arg(long, default_value = crate::DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
+        /// [default: `state_dir` in the configuration file, else /var/lib/driftlock]
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Copy one out for analysis (mode 0400).
     Export {
@@ -313,8 +316,9 @@ pub enum EvidenceCommand {
         #[arg(short = 'o', long)]
         output: PathBuf,
         /// The daemon's state directory.
-        #[arg(long, default_value = crate::DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
+        /// [default: `state_dir` in the configuration file, else /var/lib/driftlock]
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -369,7 +373,37 @@ pub enum BaselineCommand {
 /// The socket flag shared by client commands.
 #[derive(Debug, clap::Args)]
 pub struct SocketArg {
-    /// The daemon's socket.
-    #[arg(long, default_value = crate::DEFAULT_SOCKET, env = "DRIFTLOCK_SOCKET")]
-    pub socket: PathBuf,
+    /// The daemon's socket [default: `socket` in the configuration file, else
+    /// /run/driftlock/driftlock.sock].
+    #[arg(long, env = "DRIFTLOCK_SOCKET")]
+    pub socket: Option<PathBuf>,
+}
+
+impl SocketArg {
+    /// The socket to talk to: the flag (or `DRIFTLOCK_SOCKET`), else the configuration
+    /// file's, else the default.
+    pub fn path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .or_else(|| client_config().and_then(|c| c.socket))
+            .unwrap_or_else(|| PathBuf::from(crate::DEFAULT_SOCKET))
+    }
+}
+
+/// The configuration file a client command reads for the daemon's socket and state
+/// directory: `DRIFTLOCK_CONFIG`, else /etc/driftlock/config.toml (`None`: absent or
+/// unreadable; the daemon reports a broken file).
+pub fn client_config() -> Option<crate::config::Config> {
+    let path = std::env::var_os("DRIFTLOCK_CONFIG").map_or_else(
+        || PathBuf::from(crate::config::DEFAULT_CONFIG),
+        PathBuf::from,
+    );
+    crate::config::Config::load(&path).ok()
+}
+
+/// The state directory a client command reads: the flag, else the configuration file's,
+/// else the default.
+pub fn state_dir_or_configured(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| client_config().and_then(|c| c.state_dir))
+        .unwrap_or_else(|| PathBuf::from(crate::DEFAULT_STATE_DIR))
 }

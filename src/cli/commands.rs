@@ -98,10 +98,12 @@ pub(super) fn hook(
 pub(super) fn evidence(cmd: EvidenceCommand) -> Result<i32, CliError> {
     use crate::audit::evidence::{Limits, Quarantine};
     // Read-only commands create nothing: a state directory that is not there is an error.
-    let open = |dir: &Path| Quarantine::open_existing(dir, Limits::default());
+    let open = |dir: Option<PathBuf>| {
+        Quarantine::open_existing(&state_dir_or_configured(dir), Limits::default())
+    };
     match cmd {
         EvidenceCommand::List { state_dir, json } => {
-            let q = open(&state_dir)?;
+            let q = open(state_dir)?;
             let list = q.list();
             if json {
                 let metas: Vec<_> = list.iter().map(|(m, _)| m).collect();
@@ -131,7 +133,7 @@ pub(super) fn evidence(cmd: EvidenceCommand) -> Result<i32, CliError> {
             Ok(0)
         }
         EvidenceCommand::Show { id, state_dir } => {
-            let q = open(&state_dir)?;
+            let q = open(state_dir)?;
             q.path_of(&id)?;
             match q.list().into_iter().find(|(m, _)| m.sha256 == id) {
                 Some((m, _)) => {
@@ -146,7 +148,7 @@ pub(super) fn evidence(cmd: EvidenceCommand) -> Result<i32, CliError> {
             output,
             state_dir,
         } => {
-            let q = open(&state_dir)?;
+            let q = open(state_dir)?;
             let src = q.path_of(&id)?;
             let data = std::fs::read(&src).map_err(|source| CliError::Io {
                 path: src.clone(),
@@ -190,7 +192,7 @@ pub(super) fn arm(a: ArmArgs) -> Result<i32, CliError> {
         container_name: None,
     }));
     // A first snapshot of a large image can take a while.
-    let reply = ask(&a.socket.socket, &req, Duration::from_secs(600))?;
+    let reply = ask(&a.socket.path(), &req, Duration::from_secs(600))?;
     let Reply::Armed(r) = reply else {
         return Err(unexpected(&reply));
     };

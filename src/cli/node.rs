@@ -23,7 +23,8 @@ pub(super) fn doctor_cmd(args: DoctorArgs) -> Result<i32, CliError> {
         config,
         socket,
     } = args;
-    let report = crate::doctor::examine(&socket.socket, &state_dir, &config);
+    let state_dir = state_dir_or_configured(state_dir);
+    let report = crate::doctor::examine(&socket.path(), &state_dir, &config);
     if json {
         println!(
             "{}",

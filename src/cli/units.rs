@@ -12,13 +12,13 @@ pub(super) fn disarm_cmd(args: DisarmArgs) -> Result<i32, CliError> {
         json,
     } = args;
     let id = chosen_unit(
-        &socket.socket,
+        &socket.path(),
         id,
         pod.as_deref(),
         container_name.as_deref(),
     )?;
     match ask(
-        &socket.socket,
+        &socket.path(),
         &Request::Disarm { id },
         Duration::from_secs(30),
     )? {
@@ -56,7 +56,7 @@ pub(super) fn mode_cmd(args: ModeArgs) -> Result<i32, CliError> {
     }
     // A pod's containers, by their ids: one request each.
     let containers: Vec<Option<String>> = match &pod {
-        Some(pod) => units_of_pod(&socket.socket, pod, container_name.as_deref(), false)?
+        Some(pod) => units_of_pod(&socket.path(), pod, container_name.as_deref(), false)?
             .into_iter()
             .map(Some)
             .collect(),
@@ -75,7 +75,7 @@ pub(super) fn mode_cmd(args: ModeArgs) -> Result<i32, CliError> {
             by: commands::requester(),
             reason: reason.clone(),
         };
-        match ask(&socket.socket, &req, Duration::from_secs(30))? {
+        match ask(&socket.path(), &req, Duration::from_secs(30))? {
             Reply::ModeSet { mode_changes: c } => mode_changes.extend(c),
             other => return Err(unexpected(&other)),
         }
@@ -100,7 +100,7 @@ pub(super) fn mode_cmd(args: ModeArgs) -> Result<i32, CliError> {
 /// `driftlock status`.
 pub(super) fn status_cmd(args: StatusArgs) -> Result<i32, CliError> {
     let StatusArgs { json, socket } = args;
-    status(&socket.socket, json)
+    status(&socket.path(), json)
 }
 
 /// `driftlock explain`.
@@ -114,7 +114,7 @@ pub(super) fn explain_cmd(args: ExplainArgs) -> Result<i32, CliError> {
         socket,
     } = args;
     let id = chosen_unit(
-        &socket.socket,
+        &socket.path(),
         container,
         pod.as_deref(),
         container_name.as_deref(),
@@ -123,7 +123,7 @@ pub(super) fn explain_cmd(args: ExplainArgs) -> Result<i32, CliError> {
         id,
         path: path_arg(&path),
     };
-    let reply = ask(&socket.socket, &req, Duration::from_secs(120))?;
+    let reply = ask(&socket.path(), &req, Duration::from_secs(120))?;
     let Reply::Explained(e) = reply else {
         return Err(unexpected(&reply));
     };

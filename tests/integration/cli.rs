@@ -588,3 +588,41 @@ fn json_output_is_json_errors_included() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(json_of(&out)["id"], "j1");
 }
+
+/// Issue 29: client commands read the daemon's socket and state directory from the
+/// configuration file (`DRIFTLOCK_CONFIG`, else /etc/driftlock/config.toml) when no flag
+/// names them; a flag wins.
+#[test]
+fn clients_read_the_socket_and_state_dir_from_the_configuration_file() {
+    let dir = std::env::temp_dir().join(format!("driftlock-clientconf-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    fs::write(
+        &config,
+        "socket = \"/nonexistent/from-config.sock\"\nstate_dir = \"/nonexistent/state-from-config\"\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("DRIFTLOCK_CONFIG", &config)
+            .env_remove("DRIFTLOCK_SOCKET")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["status"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/from-config.sock"), "{err}");
+    let out = run(&["status", "--socket", "/nonexistent/flag.sock"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/flag.sock"),
+        "the flag wins: {err}"
+    );
+    let out = run(&["evidence", "list"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/state-from-config"), "{err}");
+    fs::remove_dir_all(&dir).unwrap();
+}
