@@ -360,6 +360,9 @@ pub enum BaselineCommand {
     Show {
         /// The file.
         file: PathBuf,
+        /// Print JSON for tools (errors too).
+        #[arg(long)]
+        json: bool,
     },
     /// Compare two baseline files by path; exit status 1 if they differ.
     Diff {
@@ -367,6 +370,9 @@ pub enum BaselineCommand {
         a: PathBuf,
         /// Second file.
         b: PathBuf,
+        /// Print JSON for tools (errors too).
+        #[arg(long)]
+        json: bool,
     },
 }
 

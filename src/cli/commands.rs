@@ -286,8 +286,33 @@ pub(super) fn baseline(cmd: BaselineCommand) -> Result<i32, CliError> {
             }
             Ok(0)
         }
-        BaselineCommand::Show { file } => {
+        BaselineCommand::Show { file, json } => {
             let b = read_baseline(&file)?;
+            if json {
+                let entries: Vec<_> = b
+                    .entries()
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "path": escape_bytes(&e.path),
+                            "blake3": e.blake3.to_string(),
+                            "size": e.size,
+                            "mode": e.mode,
+                        })
+                    })
+                    .collect();
+                let out = serde_json::json!({
+                    "key": escape_bytes(b.key()),
+                    "source": escape_bytes(b.source()),
+                    "created": crate::audit::rfc3339(
+                        std::time::UNIX_EPOCH + Duration::from_secs(b.created())
+                    ),
+                    "distinct_contents": b.distinct_contents(),
+                    "entries": entries,
+                });
+                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+                return Ok(0);
+            }
             println!("key:      {}", escape_bytes(b.key()));
             println!("source:   {}", escape_bytes(b.source()));
             println!(
@@ -310,9 +335,23 @@ pub(super) fn baseline(cmd: BaselineCommand) -> Result<i32, CliError> {
             }
             Ok(0)
         }
-        BaselineCommand::Diff { a, b } => {
+        BaselineCommand::Diff { a, b, json } => {
             let (ba, bb) = (read_baseline(&a)?, read_baseline(&b)?);
             let d = ba.diff(&bb);
+            if json {
+                let one = |e: &&crate::baseline::BaselineEntry| serde_json::json!({"path": escape_bytes(&e.path), "blake3": e.blake3.to_string()});
+                let out = serde_json::json!({
+                    "removed": d.removed.iter().map(one).collect::<Vec<_>>(),
+                    "added": d.added.iter().map(one).collect::<Vec<_>>(),
+                    "changed": d.changed.iter().map(|(x, y)| serde_json::json!({
+                        "path": escape_bytes(&x.path),
+                        "from": x.blake3.to_string(),
+                        "to": y.blake3.to_string(),
+                    })).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+                return Ok(if d.is_empty() { 0 } else { 1 });
+            }
             for e in &d.removed {
                 println!("- {}  {}", e.blake3, escape_bytes(&e.path));
             }

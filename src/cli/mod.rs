@@ -40,6 +40,8 @@ impl Cli {
             Command::Arm(a) => a.json,
             Command::Evidence(EvidenceCommand::List { json, .. }) => *json,
             Command::Config(ConfigCommand::Check { json, .. }) => *json,
+            Command::Baseline(BaselineCommand::Show { json, .. })
+            | Command::Baseline(BaselineCommand::Diff { json, .. }) => *json,
             _ => false,
         }
     }

@@ -75,6 +75,36 @@ fn snapshot_show_and_diff() {
         .status()
         .unwrap();
     assert_eq!(same.code(), Some(0));
+    // Issue 29: the same for tools, with --json.
+    let run_json = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        (out.status.code(), v)
+    };
+    let (code, v) = run_json(&[
+        "baseline".as_ref(),
+        "show".as_ref(),
+        "--json".as_ref(),
+        a.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0));
+    assert_eq!(v["entries"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(v["entries"][0]["path"], "/bin/a");
+    let (code, v) = run_json(&[
+        "baseline".as_ref(),
+        "diff".as_ref(),
+        "--json".as_ref(),
+        a.as_os_str(),
+        b.as_os_str(),
+    ]);
+    assert_eq!(code, Some(1));
+    assert_eq!(v["added"][0]["path"], "/bin/c", "{v}");
+    assert_eq!(v["changed"][0]["path"], "/bin/b", "{v}");
+    assert_eq!(
+        v["changed"][0]["to"],
+        blake3::hash(b"b2").to_hex().to_string()
+    );
 
     // A corrupt file is refused with the reason.
     let data = fs::read(&a).unwrap();
@@ -90,6 +120,14 @@ fn snapshot_show_and_diff() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
+    let (code, v) = run_json(&[
+        "baseline".as_ref(),
+        "show".as_ref(),
+        "--json".as_ref(),
+        a.as_os_str(),
+    ]);
+    assert_eq!(code, Some(1));
+    assert_eq!(v["ok"], false);
     fs::remove_dir_all(&dir).unwrap();
 }
 
