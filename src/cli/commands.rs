@@ -286,90 +286,96 @@ pub(super) fn baseline(cmd: BaselineCommand) -> Result<i32, CliError> {
             }
             Ok(0)
         }
-        BaselineCommand::Show { file, json } => {
-            let b = read_baseline(&file)?;
-            if json {
-                let entries: Vec<_> = b
-                    .entries()
-                    .iter()
-                    .map(|e| {
-                        serde_json::json!({
-                            "path": escape_bytes(&e.path),
-                            "blake3": e.blake3.to_string(),
-                            "size": e.size,
-                            "mode": e.mode,
-                        })
-                    })
-                    .collect();
-                let out = serde_json::json!({
-                    "key": escape_bytes(b.key()),
-                    "source": escape_bytes(b.source()),
-                    "created": crate::audit::rfc3339(
-                        std::time::UNIX_EPOCH + Duration::from_secs(b.created())
-                    ),
-                    "distinct_contents": b.distinct_contents(),
-                    "entries": entries,
-                });
-                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-                return Ok(0);
-            }
-            println!("key:      {}", escape_bytes(b.key()));
-            println!("source:   {}", escape_bytes(b.source()));
-            println!(
-                "created:  {}",
-                crate::audit::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(b.created()))
-            );
-            println!(
-                "entries:  {} ({} distinct contents)",
-                b.entries().len(),
-                b.distinct_contents()
-            );
-            for e in b.entries() {
-                println!(
-                    "{}  {:>10}  {:04o}  {}",
-                    e.blake3,
-                    e.size,
-                    e.mode,
-                    escape_bytes(&e.path)
-                );
-            }
-            Ok(0)
-        }
-        BaselineCommand::Diff { a, b, json } => {
-            let (ba, bb) = (read_baseline(&a)?, read_baseline(&b)?);
-            let d = ba.diff(&bb);
-            if json {
-                let one = |e: &&crate::baseline::BaselineEntry| serde_json::json!({"path": escape_bytes(&e.path), "blake3": e.blake3.to_string()});
-                let out = serde_json::json!({
-                    "removed": d.removed.iter().map(one).collect::<Vec<_>>(),
-                    "added": d.added.iter().map(one).collect::<Vec<_>>(),
-                    "changed": d.changed.iter().map(|(x, y)| serde_json::json!({
-                        "path": escape_bytes(&x.path),
-                        "from": x.blake3.to_string(),
-                        "to": y.blake3.to_string(),
-                    })).collect::<Vec<_>>(),
-                });
-                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-                return Ok(if d.is_empty() { 0 } else { 1 });
-            }
-            for e in &d.removed {
-                println!("- {}  {}", e.blake3, escape_bytes(&e.path));
-            }
-            for e in &d.added {
-                println!("+ {}  {}", e.blake3, escape_bytes(&e.path));
-            }
-            for (x, y) in &d.changed {
-                println!("~ {} -> {}  {}", x.blake3, y.blake3, escape_bytes(&x.path));
-            }
-            eprintln!(
-                "{} removed, {} added, {} changed",
-                d.removed.len(),
-                d.added.len(),
-                d.changed.len()
-            );
-            Ok(if d.is_empty() { 0 } else { 1 })
-        }
+        BaselineCommand::Show { file, json } => baseline_show(&file, json),
+        BaselineCommand::Diff { a, b, json } => baseline_diff(&a, &b, json),
     }
+}
+
+/// `driftlock baseline show`: a baseline file for people, or for tools (`--json`).
+fn baseline_show(file: &Path, json: bool) -> Result<i32, CliError> {
+    let b = read_baseline(file)?;
+    if json {
+        let entries: Vec<_> = b
+            .entries()
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "path": escape_bytes(&e.path),
+                    "blake3": e.blake3.to_string(),
+                    "size": e.size,
+                    "mode": e.mode,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "key": escape_bytes(b.key()),
+            "source": escape_bytes(b.source()),
+            "created": crate::audit::rfc3339(
+                std::time::UNIX_EPOCH + Duration::from_secs(b.created())
+            ),
+            "distinct_contents": b.distinct_contents(),
+            "entries": entries,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return Ok(0);
+    }
+    println!("key:      {}", escape_bytes(b.key()));
+    println!("source:   {}", escape_bytes(b.source()));
+    println!(
+        "created:  {}",
+        crate::audit::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(b.created()))
+    );
+    println!(
+        "entries:  {} ({} distinct contents)",
+        b.entries().len(),
+        b.distinct_contents()
+    );
+    for e in b.entries() {
+        println!(
+            "{}  {:>10}  {:04o}  {}",
+            e.blake3,
+            e.size,
+            e.mode,
+            escape_bytes(&e.path)
+        );
+    }
+    Ok(0)
+}
+
+/// `driftlock baseline diff`: two baseline files compared by path (exit 1 if they differ).
+fn baseline_diff(a: &Path, b: &Path, json: bool) -> Result<i32, CliError> {
+    let (ba, bb) = (read_baseline(a)?, read_baseline(b)?);
+    let d = ba.diff(&bb);
+    if json {
+        let one = |e: &&crate::baseline::BaselineEntry| serde_json::json!({"path": escape_bytes(&e.path), "blake3": e.blake3.to_string()});
+        let out = serde_json::json!({
+            "removed": d.removed.iter().map(one).collect::<Vec<_>>(),
+            "added": d.added.iter().map(one).collect::<Vec<_>>(),
+            "changed": d.changed.iter().map(|(x, y)| serde_json::json!({
+                "path": escape_bytes(&x.path),
+                "from": x.blake3.to_string(),
+                "to": y.blake3.to_string(),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return Ok(if d.is_empty() { 0 } else { 1 });
+    }
+    for e in &d.removed {
+        println!("- {}  {}", e.blake3, escape_bytes(&e.path));
+    }
+    for e in &d.added {
+        println!("+ {}  {}", e.blake3, escape_bytes(&e.path));
+    }
+    for (x, y) in &d.changed {
+        println!("~ {} -> {}  {}", x.blake3, y.blake3, escape_bytes(&x.path));
+    }
+    eprintln!(
+        "{} removed, {} added, {} changed",
+        d.removed.len(),
+        d.added.len(),
+        d.changed.len()
+    );
+    Ok(if d.is_empty() { 0 } else { 1 })
 }
 
 /// Who is asking, for the daemon's record: the user (and the one `sudo` ran for), the
