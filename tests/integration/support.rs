@@ -329,16 +329,22 @@ pub fn free_metrics_addr() -> String {
     format!("127.0.0.1:{port}")
 }
 
-/// The value of one series (name and labels, as exposed) in a scrape of `addr`; `None`
-/// when the endpoint does not answer or has no such series.
-pub fn metric(addr: &str, series: &str) -> Option<f64> {
+/// One scrape of the metrics endpoint at `addr` (`None`: it does not answer).
+pub fn scrape_metrics(addr: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
-    body.lines()
+    Some(body)
+}
+
+/// The value of one series (name and labels, as exposed) in a scrape of `addr`; `None`
+/// when the endpoint does not answer or has no such series.
+pub fn metric(addr: &str, series: &str) -> Option<f64> {
+    scrape_metrics(addr)?
+        .lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
@@ -346,13 +352,8 @@ pub fn metric(addr: &str, series: &str) -> Option<f64> {
 
 /// The labels of the first series of metric `name` in a scrape of `addr` (`{...}`).
 pub fn metric_labels(addr: &str, name: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines()
+    scrape_metrics(addr)?
+        .lines()
         .find_map(|l| l.strip_prefix(name).filter(|rest| rest.starts_with('{')))
         .and_then(|rest| rest.split_once(' '))
         .map(|(labels, _)| labels.to_string())
