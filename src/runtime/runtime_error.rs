@@ -29,8 +29,10 @@ pub enum RuntimeError {
         source: PatchError,
     },
     /// The settings file is malformed.
-    #[error("{CONFIG_FILE} line {line}: {reason}")]
+    #[error("{} line {line}: {reason}", file.display())]
     Settings {
+        /// The file read (`/etc/driftlock/runtime.conf` or `DRIFTLOCK_RUNTIME_CONF`).
+        file: PathBuf,
         /// Line.
         line: usize,
         /// Why.

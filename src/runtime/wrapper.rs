@@ -62,6 +62,7 @@ impl RuntimeConfig {
                 continue;
             }
             let err = |reason| RuntimeError::Settings {
+                file: PathBuf::from(CONFIG_FILE),
                 line: i + 1,
                 reason,
             };
@@ -119,7 +120,14 @@ impl RuntimeConfig {
         let file = std::env::var_os("DRIFTLOCK_RUNTIME_CONF")
             .map_or(PathBuf::from(CONFIG_FILE), PathBuf::from);
         if let Ok(text) = std::fs::read_to_string(&file) {
-            cfg.apply_settings(&text)?;
+            cfg.apply_settings(&text).map_err(|e| match e {
+                RuntimeError::Settings { line, reason, .. } => RuntimeError::Settings {
+                    file: file.clone(),
+                    line,
+                    reason,
+                },
+                other => other,
+            })?;
         }
         for (env, key) in [
             ("DRIFTLOCK_RUNC", "RUNC"),

@@ -227,8 +227,13 @@ fn kustomize_overlays_render_and_fit_together() {
             .clone()
     };
     let config_of = |docs: &[serde_yaml::Value]| -> driftlock::config::Config {
-        let cm = find(docs, "ConfigMap");
-        assert_eq!(cm["metadata"]["name"].as_str(), Some("driftlock-config"));
+        let cm = docs
+            .iter()
+            .find(|d| {
+                d["kind"].as_str() == Some("ConfigMap")
+                    && d["metadata"]["name"].as_str() == Some("driftlock-config")
+            })
+            .expect("the driftlock-config ConfigMap");
         let text = cm["data"]["config.toml"].as_str().expect("config.toml");
         driftlock::config::Config::parse(text, std::path::Path::new("config.toml"))
             .unwrap_or_else(|e| panic!("the ConfigMap's config.toml: {e}"))
@@ -288,7 +293,8 @@ fn kustomize_overlays_render_and_fit_together() {
         .chain(spec["containers"].as_sequence().unwrap())
     {
         assert_eq!(c["securityContext"]["privileged"].as_bool(), Some(true));
-        assert_eq!(c["image"].as_str(), Some("localhost/driftlock:0.1.0"));
+        // The image's name only: ../site sets it, for every overlay.
+        assert_eq!(c["image"].as_str(), Some("driftlock"));
         for m in c["volumeMounts"].as_sequence().unwrap() {
             let name = m["name"].as_str().unwrap();
             assert!(volumes.contains(&name), "mount {name} has no volume");
@@ -353,14 +359,15 @@ fn kustomize_overlays_render_and_fit_together() {
     assert_eq!(
         per_ns
             .iter()
-            .filter(|d| d["kind"].as_str() == Some("ConfigMap"))
+            .filter(|d| d["kind"].as_str() == Some("ConfigMap")
+                && d["metadata"]["name"].as_str() == Some("driftlock-config"))
             .count(),
         1,
         "the overlay replaces the base's ConfigMap"
     );
     assert_eq!(
         find(&per_ns, "DaemonSet"),
-        ds,
+        find(&overlay("enforce"), "DaemonSet"),
         "only the configuration differs"
     );
     // The admission policy requires the RuntimeClass the base ships, in labeled namespaces.
@@ -433,6 +440,115 @@ fn kustomize_overlays_render_and_fit_together() {
             .as_str(),
         Some("/etc/containerd/driftlock-base-spec.json")
     );
+}
+
+/// The image and the node's layout are set once, in `site/`, and every overlay renders
+/// them: a changed image reaches each overlay's DaemonSet (both containers), and the
+/// node settings are a ConfigMap both containers read, with the names driftlock-pod reads.
+#[test]
+fn the_image_and_node_layout_are_set_once_for_every_overlay() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let copy = std::env::temp_dir().join(format!("driftlock-site-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&copy);
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(&root)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let site = copy.join("site/kustomization.yaml");
+    let text = fs::read_to_string(&site).unwrap();
+    assert!(text.contains("newName: localhost/driftlock") && text.contains("newTag: 0.1.0"));
+    fs::write(
+        &site,
+        text.replace(
+            "newName: localhost/driftlock",
+            "newName: registry.example/ops/driftlock",
+        )
+        .replace("newTag: 0.1.0", "newTag: 9.9.9"),
+    )
+    .unwrap();
+    let pod_script = fs::read_to_string(root.join("../image/driftlock-pod")).unwrap();
+    for name in ["audit", "enforce", "per-namespace"] {
+        let Some(docs) = kustomize(&copy.join("overlays").join(name)) else {
+            eprintln!("skipping: kubectl is not installed (.ci/run installs kubernetes-client)");
+            let _ = fs::remove_dir_all(&copy);
+            return;
+        };
+        let ds = docs
+            .iter()
+            .find(|d| d["kind"].as_str() == Some("DaemonSet"))
+            .unwrap();
+        let spec = &ds["spec"]["template"]["spec"];
+        let node = docs
+            .iter()
+            .find(|d| {
+                d["kind"].as_str() == Some("ConfigMap")
+                    && d["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("driftlock-node"))
+            })
+            .unwrap_or_else(|| panic!("{name}: no driftlock-node ConfigMap"));
+        let node_name = node["metadata"]["name"].as_str().unwrap();
+        let keys: Vec<&str> = node["data"]
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        for key in [
+            "DRIFTLOCK_HOST_BIN",
+            "DRIFTLOCK_CONTAINERD_DROPIN_DIR",
+            "DRIFTLOCK_CONTAINERD_CONFIG_VERSION",
+            "DRIFTLOCK_RUNC",
+            "DRIFTLOCK_FAIL_OPEN",
+            "DRIFTLOCK_EXEMPT_NAMESPACES",
+        ] {
+            assert!(
+                keys.contains(&key),
+                "{name}: the node ConfigMap lacks {key}"
+            );
+        }
+        for key in &keys {
+            assert!(
+                pod_script.contains(&format!("${{{key}:-")),
+                "driftlock-pod does not read {key}"
+            );
+        }
+        for c in spec["initContainers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .chain(spec["containers"].as_sequence().unwrap())
+        {
+            assert_eq!(
+                c["image"].as_str(),
+                Some("registry.example/ops/driftlock:9.9.9"),
+                "{name}: {}",
+                c["name"].as_str().unwrap_or("?")
+            );
+            assert_eq!(
+                c["envFrom"][0]["configMapRef"]["name"].as_str(),
+                Some(node_name),
+                "{name}: {} does not read the node settings",
+                c["name"].as_str().unwrap_or("?")
+            );
+        }
+        let host_root = spec["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"].as_str() == Some("host-root"))
+            .unwrap();
+        assert_eq!(host_root["hostPath"]["path"].as_str(), Some("/"));
+        assert_eq!(
+            spec["initContainers"][0]["volumeMounts"][0]["mountPath"].as_str(),
+            Some("/host"),
+            "driftlock-pod install finds the host's / at /host"
+        );
+    }
+    fs::remove_dir_all(&copy).unwrap();
 }
 
 /// Issue 29: read-only commands create nothing; a state directory that is not there is
