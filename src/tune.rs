@@ -12,7 +12,7 @@ use crate::audit::AuditRecord;
 use crate::verdict::{Reason, Verdict};
 
 /// One proposed allow entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Proposal {
     /// Image name the records name (`*` when they carry none).
     pub image: String,

@@ -2,7 +2,17 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = driftlock::cli::Cli::parse();
+    let cli = match driftlock::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // --help and --version are not errors; a usage error under --json is JSON on
+            // stdout as well, like every other error of a --json command.
+            if err.use_stderr() && std::env::args().skip(1).any(|a| a == "--json") {
+                println!("{}", driftlock::cli::usage_error_json(&err));
+            }
+            err.exit();
+        }
+    };
     env_logger::Builder::new()
         .parse_filters(&cli.effective_log_level())
         .format_timestamp_micros()

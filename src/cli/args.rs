@@ -234,6 +234,9 @@ pub struct TuneArgs {
     /// (they apply to every container of the node).
     #[arg(long)]
     pub node_wide: bool,
+    /// Print the proposals (or, with --against, the differences) as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The arguments of `driftlock hook`.
@@ -284,6 +287,9 @@ pub struct GateUnpinArgs {
     /// and adopts the gate) or is being restarted.
     #[arg(long, value_name = "UNIT")]
     pub if_stopped: Option<String>,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `driftlock evidence ...`.
@@ -299,7 +305,7 @@ pub enum EvidenceCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show what is known about one (by SHA-256).
+    /// Show what is known about one (by SHA-256), as JSON.
     Show {
         /// SHA-256 (hex).
         id: String,
@@ -307,6 +313,9 @@ pub enum EvidenceCommand {
         /// [default: `state_dir` in the configuration file, else /var/lib/driftlock]
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Errors as JSON too (the answer is JSON anyway).
+        #[arg(long)]
+        json: bool,
     },
     /// Copy one out for analysis (mode 0400).
     Export {
@@ -319,6 +328,9 @@ pub enum EvidenceCommand {
         /// [default: `state_dir` in the configuration file, else /var/lib/driftlock]
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Print what was exported as JSON (errors too).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -355,6 +367,9 @@ pub enum BaselineCommand {
         /// Also check every file against this known-bad indicator list.
         #[arg(long)]
         indicators: Option<PathBuf>,
+        /// Print the summary as JSON on stdout (errors too); needs --output.
+        #[arg(long, requires = "output")]
+        json: bool,
     },
     /// Print a baseline file for people (verifies it first).
     Show {

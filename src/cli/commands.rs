@@ -132,7 +132,7 @@ pub(super) fn evidence(cmd: EvidenceCommand) -> Result<i32, CliError> {
             }
             Ok(0)
         }
-        EvidenceCommand::Show { id, state_dir } => {
+        EvidenceCommand::Show { id, state_dir, .. } => {
             let q = open(state_dir)?;
             q.path_of(&id)?;
             match q.list().into_iter().find(|(m, _)| m.sha256 == id) {
@@ -147,6 +147,7 @@ pub(super) fn evidence(cmd: EvidenceCommand) -> Result<i32, CliError> {
             id,
             output,
             state_dir,
+            json,
         } => {
             let q = open(state_dir)?;
             let src = q.path_of(&id)?;
@@ -157,11 +158,21 @@ pub(super) fn evidence(cmd: EvidenceCommand) -> Result<i32, CliError> {
             write_atomic(&output, &data)?;
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&output, std::fs::Permissions::from_mode(0o400));
-            println!(
-                "exported {} bytes to {} (mode 0400; it is a payload: do not run it)",
-                data.len(),
-                output.display()
-            );
+            if json {
+                let out = serde_json::json!({
+                    "ok": true,
+                    "sha256": id,
+                    "bytes": data.len(),
+                    "output": path_arg(&output),
+                });
+                println!("{out}");
+            } else {
+                println!(
+                    "exported {} bytes to {} (mode 0400; it is a payload: do not run it)",
+                    data.len(),
+                    output.display()
+                );
+            }
             Ok(0)
         }
     }
@@ -243,52 +254,81 @@ pub(super) fn baseline(cmd: BaselineCommand) -> Result<i32, CliError> {
             key,
             threads,
             indicators,
-        } => {
-            let indicators = match indicators {
-                Some(p) => Some(crate::baseline::indicators::Indicators::load(&p)?),
-                None => None,
-            };
-            let key = key.map_or_else(
-                || rootfs.as_os_str().as_bytes().to_vec(),
-                String::into_bytes,
-            );
-            let snap =
-                crate::baseline::snapshot_checked(&rootfs, key, threads, indicators.as_ref())?;
-            for bad in snap.baseline.known_bad() {
-                eprintln!(
-                    "KNOWN BAD: {} matches indicator {}",
-                    escape_bytes(&bad.path),
-                    bad.indicator
-                );
-            }
-            for e in &snap.errors {
-                eprintln!("skipped {e}");
-            }
-            let secs = snap.elapsed.as_secs_f64();
-            eprintln!(
-                "{} executables, {} distinct, {:.1} MB in {:.3} s ({:.0} MB/s), {} skipped",
-                snap.baseline.entries().len(),
-                snap.baseline.distinct_contents(),
-                snap.bytes as f64 / 1e6,
-                secs,
-                snap.bytes as f64 / 1e6 / secs.max(1e-9),
-                snap.errors.len()
-            );
-            let bytes = format::encode(&snap.baseline);
-            match output {
-                Some(path) => write_atomic(&path, &bytes)?,
-                None => std::io::stdout()
-                    .write_all(&bytes)
-                    .map_err(|source| CliError::Io {
-                        path: "-".into(),
-                        source,
-                    })?,
-            }
-            Ok(0)
-        }
+            json,
+        } => baseline_snapshot(&rootfs, output, key, threads, indicators, json),
         BaselineCommand::Show { file, json } => baseline_show(&file, json),
         BaselineCommand::Diff { a, b, json } => baseline_diff(&a, &b, json),
     }
+}
+
+/// `driftlock baseline snapshot`.
+fn baseline_snapshot(
+    rootfs: &Path,
+    output: Option<PathBuf>,
+    key: Option<String>,
+    threads: usize,
+    indicators: Option<PathBuf>,
+    json: bool,
+) -> Result<i32, CliError> {
+    let indicators = match indicators {
+        Some(p) => Some(crate::baseline::indicators::Indicators::load(&p)?),
+        None => None,
+    };
+    let key = key.map_or_else(
+        || rootfs.as_os_str().as_bytes().to_vec(),
+        String::into_bytes,
+    );
+    let snap = crate::baseline::snapshot_checked(rootfs, key, threads, indicators.as_ref())?;
+    for bad in snap.baseline.known_bad() {
+        eprintln!(
+            "KNOWN BAD: {} matches indicator {}",
+            escape_bytes(&bad.path),
+            bad.indicator
+        );
+    }
+    for e in &snap.errors {
+        eprintln!("skipped {e}");
+    }
+    let secs = snap.elapsed.as_secs_f64();
+    eprintln!(
+        "{} executables, {} distinct, {:.1} MB in {:.3} s ({:.0} MB/s), {} skipped",
+        snap.baseline.entries().len(),
+        snap.baseline.distinct_contents(),
+        snap.bytes as f64 / 1e6,
+        secs,
+        snap.bytes as f64 / 1e6 / secs.max(1e-9),
+        snap.errors.len()
+    );
+    let bytes = format::encode(&snap.baseline);
+    match &output {
+        Some(path) => write_atomic(path, &bytes)?,
+        None => std::io::stdout()
+            .write_all(&bytes)
+            .map_err(|source| CliError::Io {
+                path: "-".into(),
+                source,
+            })?,
+    }
+    if let (true, Some(path)) = (json, &output) {
+        let known_bad: Vec<_> = snap
+            .baseline
+            .known_bad()
+            .iter()
+            .map(|b| serde_json::json!({"path": escape_bytes(&b.path), "indicator": b.indicator}))
+            .collect();
+        let out = serde_json::json!({
+            "ok": true,
+            "output": path_arg(path),
+            "executables": snap.baseline.entries().len(),
+            "distinct": snap.baseline.distinct_contents(),
+            "bytes_hashed": snap.bytes,
+            "seconds": secs,
+            "skipped": snap.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            "known_bad": known_bad,
+        });
+        println!("{out}");
+    }
+    Ok(0)
 }
 
 /// `driftlock baseline show`: a baseline file for people, or for tools (`--json`).

@@ -43,36 +43,53 @@ pub struct DaemonArgs {
     pub snapshot_threads: Option<usize>,
     /// Set vm.memfd_noexec=2 in each container's PID namespace, so fileless execution
     /// (memfd_create + fexecve), which no fanotify mark can see, fails there [default: true].
-    #[arg(long, action = clap::ArgAction::Set)]
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub memfd_noexec: Option<bool>,
+    /// Off, over the configuration file: the same as --memfd-noexec=false.
+    #[arg(long = "no-memfd-noexec", conflicts_with = "memfd_noexec")]
+    pub no_memfd_noexec: bool,
     /// The BPF LSM mapping gate: refuse executable mappings (LD_PRELOAD, ld.so.preload,
     /// dlopen of dropped libraries) and direct loader execs in the kernel, pinned in
     /// /sys/fs/bpf/driftlock so that it keeps enforcing across restarts. Where the kernel
     /// refuses BPF LSM programs, the daemon says so at start and runs on fanotify alone
     /// [default: true].
-    #[arg(long, action = clap::ArgAction::Set)]
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub mapping_gate: Option<bool>,
+    /// Off, over the configuration file: the same as --mapping-gate=false.
+    #[arg(long = "no-mapping-gate", conflicts_with = "mapping_gate")]
+    pub no_mapping_gate: bool,
     /// Script control (opt-in): interpreters may not open files on a container's tmpfs
     /// mounts (/tmp, /run, /dev/shm, /dev) whose content is not in the baseline, so
     /// `sh /tmp/x.sh` fails. Every open on those mounts then waits for the daemon; an
-    /// interpreter reading data there (not a script) is refused too. See the README.
-    #[arg(long)]
-    pub script_control: bool,
+    /// interpreter reading data there (not a script) is refused too. See the README
+    /// [default: false].
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub script_control: Option<bool>,
+    /// Off, over the configuration file: the same as --script-control=false.
+    #[arg(long = "no-script-control", conflicts_with = "script_control")]
+    pub no_script_control: bool,
     /// Library control (opt-in): an open of an ELF shared object on a container's
     /// filesystems (rootfs, tmpfs, volumes) whose content is not in the baseline is refused
     /// in enforce mode and recorded in audit mode, so LD_PRELOAD, /etc/ld.so.preload and
     /// dlopen of a dropped library fail where the mapping gate cannot load. Every open on
-    /// those filesystems then waits for the daemon (cost: see BENCHMARKS.md).
-    #[arg(long)]
-    pub library_control: bool,
+    /// those filesystems then waits for the daemon (cost: see BENCHMARKS.md)
+    /// [default: false].
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub library_control: Option<bool>,
+    /// Off, over the configuration file: the same as --library-control=false.
+    #[arg(long = "no-library-control", conflicts_with = "library_control")]
+    pub no_library_control: bool,
     /// Interpreters for --script-control, by process name (comm); `name*` matches a prefix
     /// [default: sh,ash,dash,bash,zsh,ksh,python*,perl*,ruby*,node,php*,lua*,tclsh*].
     #[arg(long, value_delimiter = ',')]
     pub interpreters: Option<Vec<String>>,
     /// Also record every cache miss that was allowed (verbose; for tuning and debugging).
-    /// The log level never changes what is recorded.
-    #[arg(long)]
-    pub record_misses: bool,
+    /// The log level never changes what is recorded [default: false].
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub record_misses: Option<bool>,
+    /// Off, over the configuration file: the same as --record-misses=false.
+    #[arg(long = "no-record-misses", conflicts_with = "record_misses")]
+    pub no_record_misses: bool,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) [default: off]. A
     /// non-loopback address (a pod's or node's) needs --metrics-token-file.
     #[arg(long)]
@@ -85,8 +102,11 @@ pub struct DaemonArgs {
     /// Reload the configuration file when it changes, as SIGHUP does: for a Kubernetes
     /// ConfigMap, whose files the kubelet replaces by swapping a `..data` symlink
     /// [default: false].
-    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub watch_config: Option<bool>,
+    /// Off, over the configuration file: the same as --watch-config=false.
+    #[arg(long = "no-watch-config", conflicts_with = "watch_config")]
+    pub no_watch_config: bool,
     /// If a daemon already serves --socket, take its fanotify group (with every
     /// container's marks) and its place without a moment unprotected: the way a new
     /// Kubernetes pod replaces the old one in a rolling update. Without a daemon there,
@@ -110,6 +130,11 @@ pub struct DaemonArgs {
     pub indicators: Option<PathBuf>,
 }
 
+/// A boolean setting from `--x[=BOOL]` and `--no-x` (which clap keeps apart).
+fn switch(on: Option<bool>, off: bool) -> Option<bool> {
+    if off { Some(false) } else { on }
+}
+
 /// The default interpreters of the script control.
 pub const DEFAULT_INTERPRETERS: &[&str] = crate::settings::defaults::INTERPRETERS;
 
@@ -125,15 +150,15 @@ impl DaemonArgs {
             hash_timeout_ms: self.hash_timeout_ms,
             cache_capacity: self.cache_capacity,
             snapshot_threads: self.snapshot_threads,
-            memfd_noexec: self.memfd_noexec,
-            mapping_gate: self.mapping_gate,
-            script_control: self.script_control.then_some(true),
-            library_control: self.library_control.then_some(true),
+            memfd_noexec: switch(self.memfd_noexec, self.no_memfd_noexec),
+            mapping_gate: switch(self.mapping_gate, self.no_mapping_gate),
+            script_control: switch(self.script_control, self.no_script_control),
+            library_control: switch(self.library_control, self.no_library_control),
             interpreters: self.interpreters.clone(),
-            record_misses: self.record_misses.then_some(true),
+            record_misses: switch(self.record_misses, self.no_record_misses),
             metrics_addr: self.metrics_addr,
             metrics_token_file: self.metrics_token_file.clone(),
-            watch_config: self.watch_config,
+            watch_config: switch(self.watch_config, self.no_watch_config),
             annotations: self.annotations,
             falcosidekick_url: self.falcosidekick_url.clone(),
             indicators: self.indicators.clone(),
@@ -202,4 +227,58 @@ pub struct ArmArgs {
     /// The daemon's socket.
     #[command(flatten)]
     pub socket: SocketArg,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> crate::settings::Settings {
+        let argv = ["driftlock", "daemon"].iter().chain(args);
+        match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Daemon(d)) => d.settings(),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_boolean_setting_is_on_off_or_given() {
+        let none = settings(&[]);
+        for (on, off, value, get) in [
+            (
+                "--mapping-gate",
+                "--no-mapping-gate",
+                "=false",
+                (|s: &crate::settings::Settings| s.mapping_gate) as fn(&_) -> _,
+            ),
+            ("--memfd-noexec", "--no-memfd-noexec", "=false", |s| {
+                s.memfd_noexec
+            }),
+            ("--script-control", "--no-script-control", "=true", |s| {
+                s.script_control
+            }),
+            ("--library-control", "--no-library-control", "=true", |s| {
+                s.library_control
+            }),
+            ("--record-misses", "--no-record-misses", "=true", |s| {
+                s.record_misses
+            }),
+            ("--watch-config", "--no-watch-config", "=false", |s| {
+                s.watch_config
+            }),
+        ] {
+            assert_eq!(get(&none), None, "{on}: absent leaves it to the file");
+            assert_eq!(get(&settings(&[on])), Some(true), "{on}");
+            assert_eq!(get(&settings(&[off])), Some(false), "{off}");
+            let given = format!("{on}{value}");
+            assert_eq!(get(&settings(&[&given])), Some(value == "=true"), "{given}");
+            let argv = ["driftlock", "daemon", on, off];
+            assert!(Cli::try_parse_from(argv).is_err(), "{on} {off} conflict");
+        }
+        // The older spelling, a separate value, still reads.
+        assert_eq!(
+            settings(&["--mapping-gate", "false"]).mapping_gate,
+            Some(false)
+        );
+    }
 }

@@ -95,3 +95,24 @@ impl CliError {
         v.to_string()
     }
 }
+
+/// A usage error of the command line (clap's, exit 2) as the JSON error every `--json`
+/// command prints, for scripts that parse stdout whatever happened.
+pub fn usage_error_json(err: &clap::Error) -> String {
+    use clap::error::ErrorKind;
+    let message = err.to_string();
+    // clap's message starts "error: " and ends with a usage hint: the first line says it.
+    let first = message
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("error: ")
+        .to_string();
+    let kind = match err.kind() {
+        ErrorKind::UnknownArgument => "unknown-argument",
+        ErrorKind::MissingRequiredArgument => "missing-argument",
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation => "invalid-value",
+        _ => "usage",
+    };
+    serde_json::json!({"ok": false, "error": first, "exit": 2, "code": kind}).to_string()
+}

@@ -24,7 +24,7 @@ mod units;
 pub use args::*;
 use commands::*;
 pub use daemon_args::*;
-pub use error::CliError;
+pub use error::{CliError, usage_error_json};
 use node::*;
 use units::*;
 
@@ -38,7 +38,14 @@ impl Cli {
             Command::Doctor(a) => a.json,
             Command::Disarm(a) => a.json,
             Command::Arm(a) => a.json,
-            Command::Evidence(EvidenceCommand::List { json, .. }) => *json,
+            Command::GateUnpin(a) => a.json,
+            Command::Tune(a) => a.json,
+            Command::Evidence(
+                EvidenceCommand::List { json, .. }
+                | EvidenceCommand::Show { json, .. }
+                | EvidenceCommand::Export { json, .. },
+            ) => *json,
+            Command::Baseline(BaselineCommand::Snapshot { json, .. }) => *json,
             Command::Config(ConfigCommand::Check { json, .. }) => *json,
             Command::Baseline(BaselineCommand::Show { json, .. })
             | Command::Baseline(BaselineCommand::Diff { json, .. }) => *json,

@@ -43,6 +43,7 @@ pub(super) fn tune_cmd(args: TuneArgs) -> Result<i32, CliError> {
         against,
         current,
         node_wide,
+        json,
     } = args;
     let mut records = Vec::new();
     let mut skipped = 0;
@@ -66,9 +67,16 @@ pub(super) fn tune_cmd(args: TuneArgs) -> Result<i32, CliError> {
     }
     if records.is_empty() {
         // Nothing to learn from: the wrong file, or journalctl without `-o json`.
-        eprintln!(
+        let message = format!(
             "no driftlock records read ({skipped} other lines): give audit records (JSON lines: the audit log, or `journalctl -u driftlock -o json`)"
         );
+        eprintln!("driftlock: {message}");
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"ok": false, "error": message, "exit": 1})
+            );
+        }
         return Ok(1);
     }
     if let Some(candidate) = against {
@@ -79,6 +87,23 @@ pub(super) fn tune_cmd(args: TuneArgs) -> Result<i32, CliError> {
             crate::config::Config::default()
         };
         let c = crate::tune::compare(&records, &current, &candidate);
+        if json {
+            let list = |l: &[(String, String, String)]| -> Vec<serde_json::Value> {
+                l.iter()
+                    .map(|(unit, path, digest)| {
+                        serde_json::json!({"unit": unit, "path": path, "digest": digest})
+                    })
+                    .collect()
+            };
+            let out = serde_json::json!({
+                "ok": true,
+                "considered": c.considered,
+                "newly_allowed": list(&c.newly_allowed),
+                "newly_denied": list(&c.newly_denied),
+            });
+            println!("{out}");
+            return Ok(0);
+        }
         for (unit, path, digest) in &c.newly_allowed {
             println!("would allow: {unit} {path} {digest}");
         }
@@ -94,7 +119,12 @@ pub(super) fn tune_cmd(args: TuneArgs) -> Result<i32, CliError> {
         return Ok(0);
     }
     let proposals = crate::tune::propose_scoped(&records, node_wide);
-    print!("{}", crate::tune::render(&proposals));
+    if json {
+        let out = serde_json::json!({"ok": true, "records": records.len(), "proposals": proposals});
+        println!("{out}");
+    } else {
+        print!("{}", crate::tune::render(&proposals));
+    }
     eprintln!(
         "{} records read ({skipped} other lines skipped), {} entries proposed",
         records.len(),
@@ -127,23 +157,46 @@ pub(super) fn base_spec_cmd(args: BaseSpecArgs) -> Result<i32, CliError> {
 
 /// `driftlock gate-unpin`.
 pub(super) fn gate_unpin_cmd(args: GateUnpinArgs) -> Result<i32, CliError> {
-    let GateUnpinArgs { if_stopped } = args;
+    let GateUnpinArgs { if_stopped, json } = args;
     let dir = std::path::Path::new(crate::kernel::mapping_gate::DEFAULT_PIN_DIR);
+    let shown = escape_bytes(dir.as_os_str().as_bytes());
+    let say = |unpinned: bool, kept: bool, message: String| {
+        if json {
+            let out = serde_json::json!({
+                "ok": true,
+                "pin_dir": shown,
+                "unpinned": unpinned,
+                "kept_for_successor": kept,
+                "message": message,
+            });
+            println!("{out}");
+        } else {
+            println!("{message}");
+        }
+    };
     if let Some(unit) = if_stopped {
         let result = std::env::var("SERVICE_RESULT").ok();
         let jobs = crate::service::list_jobs().unwrap_or_default();
         if !crate::service::stopping_for_good(result.as_deref(), &jobs, &unit) {
-            println!(
-                "{unit} is not stopping for good (result {}): the mapping gate stays pinned for its successor",
-                result.as_deref().unwrap_or("unknown")
+            say(
+                false,
+                true,
+                format!(
+                    "{unit} is not stopping for good (result {}): the mapping gate stays pinned for its successor",
+                    result.as_deref().unwrap_or("unknown")
+                ),
             );
             return Ok(0);
         }
     }
     if crate::kernel::mapping_gate::unpin(dir) {
-        println!("removed the mapping gate pinned in {}", dir.display());
+        say(
+            true,
+            false,
+            format!("removed the mapping gate pinned in {shown}"),
+        );
     } else {
-        println!("no mapping gate pinned in {}", dir.display());
+        say(false, false, format!("no mapping gate pinned in {shown}"));
     }
     Ok(0)
 }

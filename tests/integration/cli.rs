@@ -687,6 +687,32 @@ fn json_output_is_json_errors_included() {
     assert_eq!(v["ok"], false);
     assert_eq!(v["exit"], 3);
     assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    // A usage error (clap's, exit 2): JSON too, with the usage on stderr.
+    let out = run(&["status", "--json", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    let v = json_of(&out);
+    assert_eq!(
+        (v["ok"].clone(), v["exit"].clone()),
+        (false.into(), 2.into())
+    );
+    assert_eq!(v["code"], "unknown-argument");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage:"));
+    // --help is no error, JSON asked for or not.
+    let out = run(&["status", "--json", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"));
+    // gate-unpin as a unit's ExecStopPost= for a daemon that failed: kept, said as JSON,
+    // nothing touched.
+    let out = Command::new(BIN)
+        .args(["gate-unpin", "--if-stopped", "driftlock.service", "--json"])
+        .env("SERVICE_RESULT", "exit-code")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v = json_of(&out);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["kept_for_successor"], true);
+    assert_eq!(v["unpinned"], false);
     // A missing state directory: an error, as JSON, and nothing created.
     let dir = std::env::temp_dir().join(format!("driftlock-json-{}", std::process::id()));
     let out = run(&[
@@ -725,6 +751,50 @@ fn json_output_is_json_errors_included() {
             .is_some_and(|e| e.contains("would refuse")),
         "{v}"
     );
+    // tune: no record read is exit 1, as JSON; records give the proposals as JSON.
+    let empty = dir.join("empty.log");
+    fs::write(&empty, "not a record\n").unwrap();
+    let out = run(&["tune", "--json", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json_of(&out)["ok"], false);
+    let records = dir.join("records.log");
+    fs::write(
+        &records,
+        r#"{"v":1,"time":"2026-12-01T00:00:00Z","unit":"u1","image_key":"k","image_name":"registry.example/app:1","k8s_namespace":"shop","mode":"audit","verdict":"would-deny","reason":"not-in-baseline","path":"/tmp/x","tid":1,"pid":1,"cmdline":[],"chain":[],"blake3":"aa","sha256":"bb","size":3}"#.to_string() + "\n",
+    )
+    .unwrap();
+    let out = run(&["tune", "--json", records.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v = json_of(&out);
+    assert_eq!(v["records"], 1, "{v}");
+    assert_eq!(v["proposals"][0]["sha256"], "bb", "{v}");
+    assert_eq!(v["proposals"][0]["namespace"], "shop", "{v}");
+    // baseline snapshot --json: the summary on stdout, the baseline in --output.
+    let tree = dir.join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("prog"), b"#!/bin/sh\n").unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut fs::metadata(tree.join("prog")).unwrap().permissions(),
+        0o755,
+    );
+    Command::new("chmod")
+        .arg("0755")
+        .arg(tree.join("prog"))
+        .status()
+        .unwrap();
+    let out_file = dir.join("tree.baseline");
+    let out = run(&[
+        "baseline",
+        "snapshot",
+        "--json",
+        "-o",
+        out_file.to_str().unwrap(),
+        tree.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v = json_of(&out);
+    assert_eq!(v["executables"], 1, "{v}");
+    assert!(out_file.exists());
     fs::remove_dir_all(&dir).unwrap();
     if !crate::support::root_or_skip("json against a daemon") {
         return;
