@@ -80,7 +80,7 @@ pub struct DaemonArgs {
     #[arg(long = "no-library-control", conflicts_with = "library_control")]
     pub no_library_control: bool,
     /// Interpreters for --script-control, by process name (comm); `name*` matches a prefix
-    /// [default: sh,ash,dash,bash,zsh,ksh,python*,perl*,ruby*,node,php*,lua*,tclsh*].
+    /// [default: sh, ash, dash, bash, zsh, ksh, python*, perl*, ruby*, node, php*, lua*, tclsh*].
     #[arg(long, value_delimiter = ',')]
     pub interpreters: Option<Vec<String>>,
     /// Also record every cache miss that was allowed (verbose; for tuning and debugging).
