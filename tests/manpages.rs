@@ -3,6 +3,7 @@
 //! own definitions, and this test fails when they differ. `DRIFTLOCK_BLESS=1 cargo test
 //! --test manpages` writes them again. The rest of each page is written by hand and must
 //! have the sections an operator looks for; groff must read every page without a warning.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use clap::CommandFactory;
 use std::path::{Path, PathBuf};
