@@ -68,7 +68,9 @@ DRIFTLOCK_SOCKET=$t/dl/d.sock containerd --config "$t/config.toml" >"$t/containe
 cpid=$!
 busybox httpd -f -p 127.0.0.1:18080 -h "$t/www" &
 hpid=$!
-ctr="ctr -a $t/c.sock"
+# containerd's CRI namespace: there the pods' Kubernetes annotations are the kubelet's
+# (this demo writes them as the kubelet would; in other namespaces they name nothing).
+ctr="ctr -a $t/c.sock -n k8s.io"
 cleanup() {
   for id in $($ctr tasks ls -q 2>/dev/null); do $ctr tasks kill -s SIGKILL "$id" >/dev/null 2>&1; done
   sleep 0.5

@@ -119,6 +119,25 @@ impl AnnotationPolicy {
     }
 }
 
+/// Where a container's identity (image name, Kubernetes namespace, pod) came from: the
+/// rules it selects are only as good as that source. Records carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdentitySource {
+    /// The kubelet's CRI annotations, on a container of containerd's CRI (`k8s.io`) or of
+    /// CRI-O: written by the kubelet, not by the pod.
+    Kubelet,
+    /// Docker's own record of the container (`config.v2.json`).
+    Docker,
+    /// Podman's own record of the container (containers-storage `containers.json`).
+    Podman,
+    /// The container's OCI annotations alone (`ctr run --annotation`): whoever created the
+    /// container wrote them; they name an image, never a namespace.
+    Annotations,
+    /// The operator's `driftlock arm` flags.
+    Operator,
+}
+
 impl std::fmt::Display for AnnotationPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -61,6 +61,7 @@ fn parse_record(line: &str) -> Option<AuditRecord> {
         k8s_namespace: None,
         k8s_pod: None,
         k8s_container: None,
+        identity: None,
         mode: m.mode,
         verdict: m.verdict,
         reason: Reason::NotInBaseline,
@@ -206,7 +207,20 @@ fn permitted(config: &crate::config::Config, r: &AuditRecord) -> bool {
             .and_then(|h| h.parse::<crate::baseline::Digest>().ok())
             .is_some_and(|d| set.contains(&d))
     };
-    has(&r.blake3, &list.blake3) || has(&r.sha256, &list.sha256)
+    let parse = |hex: &Option<String>| {
+        hex.as_deref()
+            .and_then(|h| h.parse::<crate::baseline::Digest>().ok())
+    };
+    let (blake3, sha256) = (parse(&r.blake3), parse(&r.sha256));
+    // Records carry paths escaped; a path glob is matched against that form.
+    let at_path = r.path.as_deref().is_some_and(|path| {
+        list.at_paths.iter().any(|p| {
+            let content = blake3.is_some_and(|b| p.is_content(&b, sha256.as_ref()))
+                || (p.sha256.is_some() && p.sha256 == sha256);
+            content && crate::config::matches(&p.path, path)
+        })
+    });
+    has(&r.blake3, &list.blake3) || has(&r.sha256, &list.sha256) || at_path
 }
 
 /// Replays records against a candidate configuration: which denials it would lift, and
@@ -341,6 +355,7 @@ mod tests {
             k8s_namespace: None,
             k8s_pod: None,
             k8s_container: None,
+            identity: None,
             mode: Mode::Audit,
             verdict,
             reason,

@@ -45,7 +45,7 @@ impl Armer {
                 source,
             },
         )?;
-        let mut e = self.engine.explain(id, d)?;
+        let mut e = self.engine.explain(id, d, bytes)?;
         e.path = shown;
         Ok(e)
     }

@@ -222,6 +222,7 @@ impl Armer {
                 namespace: req.namespace.clone(),
                 pod: req.pod.clone(),
                 container: req.container_name.clone(),
+                source: req.identity_source,
             },
             pid,
             mode,

@@ -54,6 +54,9 @@ pub struct UnitRequest {
     /// Container name in the pod (for records).
     #[serde(default)]
     pub container_name: Option<String>,
+    /// Where the image name and namespace came from (for records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_source: Option<crate::IdentitySource>,
 }
 
 impl UnitRequest {

@@ -75,6 +75,10 @@ pub struct AuditRecord {
     /// Container name in the pod, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k8s_container: Option<String>,
+    /// Where the image name and Kubernetes fields came from (`kubelet`, `docker`, `podman`,
+    /// `annotations`, `operator`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::IdentitySource>,
     /// Unit mode.
     pub mode: Mode,
     /// Verdict.

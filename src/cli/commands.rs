@@ -197,6 +197,10 @@ pub(super) fn arm(a: ArmArgs) -> Result<i32, CliError> {
         pid: a.pid,
         discover_mounts: a.discover_mounts,
         host_rootfs: None,
+        identity_source: a
+            .image_name
+            .is_some()
+            .then_some(crate::IdentitySource::Operator),
         image_name: a.image_name,
         namespace: None,
         pod: None,

@@ -227,6 +227,7 @@ pub(super) fn config_check(file: &Path, json: bool) -> Result<i32, CliError> {
         }
     };
     let node_wide = c.allow.iter().filter(|a| a.is_node_wide()).count();
+    let unmatchable = c.unmatchable_patterns();
     let ok = c.delegation_errors.is_empty();
     if json {
         let out = serde_json::json!({
@@ -238,6 +239,7 @@ pub(super) fn config_check(file: &Path, json: bool) -> Result<i32, CliError> {
             "node_wide_allow_entries": node_wide,
             "merged": c.delegated.iter().map(|p| shown(p)).collect::<Vec<_>>(),
             "refused": c.delegation_errors,
+            "warnings": unmatchable,
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(if ok { 0 } else { 1 });
@@ -247,6 +249,9 @@ pub(super) fn config_check(file: &Path, json: bool) -> Result<i32, CliError> {
     }
     for e in &c.delegation_errors {
         eprintln!("{e}");
+    }
+    for why in &unmatchable {
+        eprintln!("{}: warning: {why}", file.display());
     }
     if node_wide > 0 {
         eprintln!(

@@ -21,6 +21,12 @@ pub struct AllowEntry {
     /// Container name in its pod (a glob).
     #[serde(default)]
     pub container: Option<String>,
+    /// Where the content may run from, as the container sees the path (a glob:
+    /// `/tmp/jna*/libjnidispatch.so`): the same bytes anywhere else are not allowed by
+    /// this entry. Content allowed only at a path is judged at each exec (its verdict is
+    /// not cached, since one file may be reached by two paths).
+    #[serde(default)]
+    pub path: Option<String>,
     /// BLAKE3 of the content (64 hex digits).
     #[serde(default, deserialize_with = "de_digest")]
     pub blake3: Option<Digest>,
@@ -87,6 +93,46 @@ impl AllowEntry {
     }
 }
 
+/// Why a namespace pattern can match no Kubernetes namespace (lower-case letters, digits
+/// and `-`; the glob's `*` and `?` aside), if it cannot.
+pub fn unmatchable_namespace(pattern: &str) -> Option<String> {
+    let bad = pattern
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '*' | '?')));
+    bad.map(|c| {
+        format!("namespace pattern {pattern:?} can match no namespace (a namespace has no {c:?})")
+    })
+}
+
+impl AllowEntry {
+    /// Why some scope of the entry can match nothing, if one cannot: a namespace no
+    /// namespace is, a repository with a tag (a repository has none), a path that is not
+    /// absolute.
+    pub fn unmatchable(&self) -> Option<String> {
+        if let Some(ns) = &self.namespace {
+            if let Some(why) = unmatchable_namespace(ns) {
+                return Some(why);
+            }
+        }
+        if let Some(repo) = &self.repository {
+            let last = repo.rsplit('/').next().unwrap_or(repo);
+            if last.contains(':') || repo.contains('@') {
+                return Some(format!(
+                    "repository {repo:?} can match nothing: a repository has no tag or digest (use image = \"{repo}\", or drop the tag)"
+                ));
+            }
+        }
+        if let Some(path) = &self.path {
+            if !(path.starts_with('/') || path.starts_with('*')) {
+                return Some(format!(
+                    "path {path:?} can match nothing: paths are absolute, as the container sees them"
+                ));
+            }
+        }
+        None
+    }
+}
+
 /// Content an operator allowed for one container, besides its baseline.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AllowList {
@@ -94,16 +140,51 @@ pub struct AllowList {
     pub blake3: Vec<Digest>,
     /// By SHA-256 (the hash workers then compute SHA-256 too).
     pub sha256: Vec<Digest>,
+    /// Content allowed only at some paths.
+    pub at_paths: Vec<PathScoped>,
     /// The sizes the entries give.
     pub sizes: Vec<u64>,
     /// Some entry gives no size: content of any size may be allowed.
     pub unsized_entries: bool,
 }
 
+/// Content allowed at the paths a glob matches only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathScoped {
+    /// BLAKE3, if the entry gives it.
+    pub blake3: Option<Digest>,
+    /// SHA-256, if the entry gives it.
+    pub sha256: Option<Digest>,
+    /// The path glob, as the container sees the path.
+    pub path: String,
+}
+
+impl PathScoped {
+    /// True if this is the content (by either digest).
+    pub fn is_content(&self, blake3: &Digest, sha256: Option<&Digest>) -> bool {
+        self.blake3.as_ref() == Some(blake3)
+            || (self.sha256.is_some() && self.sha256.as_ref() == sha256)
+    }
+
+    /// True if `path` (bytes, as the container sees it) is one the glob matches. A path
+    /// that is not UTF-8 matches only a glob written with the same escapes records use.
+    pub fn admits_path(&self, path: &[u8]) -> bool {
+        match std::str::from_utf8(path) {
+            Ok(p) => matches(&self.path, p),
+            Err(_) => matches(&self.path, &crate::escape::escape_bytes(path)),
+        }
+    }
+}
+
 impl AllowList {
     /// True if nothing is allowed beyond the baseline.
     pub fn is_empty(&self) -> bool {
-        self.blake3.is_empty() && self.sha256.is_empty()
+        self.blake3.is_empty() && self.sha256.is_empty() && self.at_paths.is_empty()
+    }
+
+    /// True if some entry gives a SHA-256 (the hash workers must compute it too).
+    pub fn needs_sha256(&self) -> bool {
+        !self.sha256.is_empty() || self.at_paths.iter().any(|p| p.sha256.is_some())
     }
 }
 

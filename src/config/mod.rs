@@ -359,13 +359,35 @@ impl Config {
             })
     }
 
+    /// Patterns that can match nothing, each with why (`config check` warns of them).
+    pub fn unmatchable_patterns(&self) -> Vec<String> {
+        let rules = self
+            .namespace
+            .iter()
+            .filter_map(|r| unmatchable_namespace(&r.name));
+        let entries = self.allow.iter().enumerate().filter_map(|(i, a)| {
+            a.unmatchable()
+                .map(|why| format!("allow entry {}: {why}", i + 1))
+        });
+        rules.chain(entries).collect()
+    }
+
     /// The allow entries that apply to the container `who`.
     pub fn allowed_for(&self, who: &Identity<'_>) -> AllowList {
         let mut list = AllowList::default();
         for a in &self.allow {
             if a.applies_to(who) {
-                list.blake3.extend(a.blake3);
-                list.sha256.extend(a.sha256);
+                match &a.path {
+                    None => {
+                        list.blake3.extend(a.blake3);
+                        list.sha256.extend(a.sha256);
+                    }
+                    Some(path) => list.at_paths.push(PathScoped {
+                        blake3: a.blake3,
+                        sha256: a.sha256,
+                        path: path.clone(),
+                    }),
+                }
                 match a.size {
                     Some(n) => list.sizes.push(n),
                     None => list.unsized_entries = true,
@@ -504,6 +526,38 @@ mod tests {
         assert_eq!(c.allowed_for(&who("x", "y", "agent-apm")).blake3.len(), 1);
         assert!(c.allowed_for(&who("x", "y", "app")).blake3.is_empty());
         assert!(!c.allow[0].is_node_wide());
+    }
+
+    #[test]
+    fn path_scoped_entries_are_kept_apart_and_unmatchable_patterns_are_named() {
+        let a = "a".repeat(64);
+        let c = Config::parse(
+            &format!("[[namespace]]\nname = \"Payments\"\nmode = \"audit\"\n[[allow]]\npath = \"/tmp/jna*/libjnidispatch.so\"\nsha256 = \"{a}\"\nsize = 9\n[[allow]]\nrepository = \"registry.local/api:1\"\nsha256 = \"{a}\"\n[[allow]]\npath = \"tmp/x\"\nsha256 = \"{a}\"\n"),
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let list = c.allowed_for(&Identity::default());
+        assert!(
+            list.sha256.is_empty(),
+            "a path-scoped entry is not content anywhere"
+        );
+        assert_eq!(list.at_paths.len(), 2);
+        assert!(list.needs_sha256());
+        let scoped = &list.at_paths[0];
+        assert!(scoped.admits_path(b"/tmp/jna123/libjnidispatch.so"));
+        assert!(!scoped.admits_path(b"/var/tmp/libjnidispatch.so"));
+        assert!(scoped.is_content(&Digest([1; 32]), Some(&a.parse().unwrap())));
+        let warnings = c.unmatchable_patterns();
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].contains("\"Payments\""), "{warnings:?}");
+        assert!(
+            warnings[1].starts_with("allow entry 2: repository"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[2].starts_with("allow entry 3: path"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

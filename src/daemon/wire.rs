@@ -212,6 +212,7 @@ impl From<ArmRequest> for UnitRequest {
             namespace: r.namespace,
             pod: r.pod,
             container_name: r.container_name,
+            identity_source: r.identity_source,
         }
     }
 }
@@ -286,6 +287,7 @@ mod tests {
             namespace: Some("ns".into()),
             pod: Some("p".into()),
             container_name: Some("c".into()),
+            identity_source: Some(crate::IdentitySource::Kubelet),
         };
         let domain = UnitRequest::from(wire.clone());
         assert_eq!(

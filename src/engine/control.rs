@@ -58,8 +58,8 @@ impl<G: Gate> Engine<G> {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            Command::Explain(id, d, reply) => {
-                let _ = reply.send(self.explain(&id, &d));
+            Command::Explain(id, d, path, reply) => {
+                let _ = reply.send(self.explain(&id, &d, &path));
             }
             Command::RestoreDone => {
                 self.restore.active = false;

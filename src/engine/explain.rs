@@ -46,6 +46,7 @@ impl<G: Gate> Engine<G> {
         &self,
         id: &str,
         d: &crate::baseline::FileDigests,
+        path: &[u8],
     ) -> Result<Explanation, EngineError> {
         let handle = self
             .registry
@@ -66,7 +67,7 @@ impl<G: Gate> Engine<G> {
             .filter(|e| e.blake3 == d.blake3)
             .map(|e| escape_bytes(&e.path))
             .collect();
-        let allowed_by_entry = unit.allow.permits(d);
+        let allowed_by_entry = unit.allow.permits(d) || unit.allow.permits_at(d, path);
         let loader = unit.baseline.is_loader(&d.blake3);
         let known_bad = unit.baseline.is_known_bad(&d.blake3);
         let finding = content_finding(known_bad, !baseline_paths.is_empty(), allowed_by_entry);

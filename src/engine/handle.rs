@@ -95,10 +95,12 @@ pub enum Command {
         Vec<PlannedMark>,
         Sender<Result<AddedMarks, EngineError>>,
     ),
-    /// Explain the verdict for content with these digests and this stat in a unit.
+    /// Explain the verdict for content with these digests and this stat in a unit, at
+    /// this path (as the unit sees it).
     Explain(
         String,
         crate::baseline::FileDigests,
+        Vec<u8>,
         Sender<Result<Explanation, EngineError>>,
     ),
     /// Report status.
@@ -163,13 +165,15 @@ impl EngineHandle {
     pub fn add_marks(&self, id: &str, marks: Vec<PlannedMark>) -> Result<AddedMarks, EngineError> {
         self.call(|tx| Command::AddMarks(id.to_string(), marks, tx))?
     }
-    /// Explains the verdict for a hashed file in a unit.
+    /// Explains the verdict for a hashed file in a unit, found at `path` (as the unit
+    /// sees it: allow entries may be scoped to paths).
     pub fn explain(
         &self,
         id: &str,
         digests: crate::baseline::FileDigests,
+        path: Vec<u8>,
     ) -> Result<Explanation, EngineError> {
-        self.call(|tx| Command::Explain(id.to_string(), digests, tx))?
+        self.call(|tx| Command::Explain(id.to_string(), digests, path, tx))?
     }
     /// Current status.
     pub fn status(&self) -> Result<EngineStatus, EngineError> {

@@ -10,7 +10,7 @@ impl<G: Gate> Engine<G> {
     fn with_sha256(&self, unit: UnitHandle) -> bool {
         self.registry
             .get(unit)
-            .is_some_and(|u| !u.allow.sha256.is_empty())
+            .is_some_and(|u| u.allow.needs_sha256())
     }
 
     /// Hashes the claimed file (or joins the hash of it already under way).
@@ -110,17 +110,25 @@ impl<G: Gate> Engine<G> {
         mut flight: InFlight,
         done: &HashDone,
     ) {
+        // Content some entry allows at some paths only: judged per exec, never cached.
+        let mut at_paths = None;
         let (finding, digest) = match &done.result {
             Ok(d)
                 if d.stat.ino == file_key.ino
                     && same_content_fingerprint(&d.stat, &flight.stat) =>
             {
                 let finding = match self.registry.get(unit_h) {
-                    Some(u) => content_finding(
-                        u.baseline.is_known_bad(&d.blake3),
-                        u.baseline.contains(&d.blake3),
-                        u.allow.permits(d),
-                    ),
+                    Some(u) => {
+                        let f = content_finding(
+                            u.baseline.is_known_bad(&d.blake3),
+                            u.baseline.contains(&d.blake3),
+                            u.allow.permits(d),
+                        );
+                        if f == Finding::NotInBaseline && u.allow.scoped_to_paths(d) {
+                            at_paths = Some(*d);
+                        }
+                        f
+                    }
                     // Disarmed meanwhile: nothing is answered by this unit's rules.
                     None => Finding::InBaseline,
                 };
@@ -138,19 +146,32 @@ impl<G: Gate> Engine<G> {
                 (Finding::Unverifiable(Reason::Unreadable), None)
             }
         };
-        if flight.via == MarkKind::Filesystem {
+        if flight.via == MarkKind::Filesystem && at_paths.is_none() {
             if let (Some(unit), Some(d)) = (self.registry.get_mut(unit_h), digest) {
                 unit.cache.insert(&flight.stat, finding, d, done.started);
             }
         }
-        if flight.for_mapping && finding == Finding::InBaseline {
+        // Each waiter's finding: the content's, or allowed at the path it came by.
+        let waiters: Vec<(Waiter, Finding)> = flight
+            .waiters
+            .drain(..)
+            .map(|w| match &at_paths {
+                Some(d) if self.allowed_at_its_path(unit_h, d, &w.event) => {
+                    (w, Finding::InBaseline)
+                }
+                _ => (w, finding),
+            })
+            .collect();
+        let mappable = finding == Finding::InBaseline
+            || waiters.iter().any(|(_, f)| *f == Finding::InBaseline);
+        if flight.for_mapping && mappable {
             self.stats.mapping_prepared += 1;
             let generation = Some(flight.mapping_generation);
             self.make_mappable(unit_h, &flight.stat, digest, generation);
         }
         let stat = flight.stat;
         let generation = Some(flight.mapping_generation);
-        for w in flight.waiters.drain(..) {
+        for (w, finding) in waiters {
             let judged = Judgement {
                 generation,
                 ..Judgement::hashed(finding, digest, w.arrived)
@@ -163,6 +184,22 @@ impl<G: Gate> Engine<G> {
             };
             self.finish(claim, judged);
         }
+    }
+
+    /// True if an entry of the unit allows this content at the path the event's file was
+    /// reached by (as the exec'ing container sees it).
+    fn allowed_at_its_path(
+        &self,
+        unit: UnitHandle,
+        d: &crate::baseline::FileDigests,
+        event: &ExecEvent,
+    ) -> bool {
+        let Some(path) = event.fd().and_then(procfs::fd_path) else {
+            return false;
+        };
+        self.registry
+            .get(unit)
+            .is_some_and(|u| u.allow.permits_at(d, &path))
     }
 
     /// Answers by policy the waiters whose time budget ran out (a late result still fills

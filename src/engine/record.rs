@@ -178,6 +178,7 @@ pub(super) fn build_record(
         k8s_namespace: unit.k8s.namespace.clone(),
         k8s_pod: unit.k8s.pod.clone(),
         k8s_container: unit.k8s.container.clone(),
+        identity: unit.k8s.source,
         mode: unit.mode,
         verdict,
         reason,

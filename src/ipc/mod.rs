@@ -137,6 +137,9 @@ pub struct ContainerIdentity {
     /// The mode the container's own annotation asks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotated_mode: Option<Mode>,
+    /// Where the image name and namespace came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::IdentitySource>,
 }
 
 /// Parameters of `arm`.
@@ -183,6 +186,10 @@ pub struct ArmRequest {
     /// Container name in the pod (for records).
     #[serde(default)]
     pub container_name: Option<String>,
+    /// Where the image name and namespace came from (for records; sent only when known,
+    /// so an older daemon, which refuses unknown fields, is asked again without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_source: Option<crate::IdentitySource>,
 }
 
 /// The envelope on the wire.
@@ -287,6 +294,7 @@ mod tests {
             namespace: Some("default".into()),
             pod: Some("db-0".into()),
             container_name: Some("postgres".into()),
+            identity_source: None,
         }));
         let line = encode_request(&req);
         assert_eq!(parse_request(&line[..line.len() - 1]).unwrap(), req);

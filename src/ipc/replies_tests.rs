@@ -25,6 +25,7 @@ fn every_request_is_pinned() {
         namespace: Some("default".into()),
         pod: Some("db-0".into()),
         container_name: Some("postgres".into()),
+        identity_source: None,
     }));
     assert_eq!(
         line(&arm),
@@ -53,6 +54,7 @@ fn every_request_is_pinned() {
                 image_name: Some("img".into()),
                 namespace: Some("web".into()),
                 annotated_mode: None,
+                source: None,
             }
         }),
         json!({"v":1,"op":"modefor","image_name":"img","namespace":"web"})

@@ -79,7 +79,8 @@ pub struct Unit {
     pub records: crate::audit::RecordBudget,
 }
 
-/// Where a container sits in Kubernetes, when its annotations say.
+/// Where a container sits in Kubernetes, when the kubelet says, and where its identity
+/// (this and its image name) was read from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct K8sContext {
     /// Namespace.
@@ -88,6 +89,9 @@ pub struct K8sContext {
     pub pod: Option<String>,
     /// Container name.
     pub container: Option<String>,
+    /// Where the identity came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::IdentitySource>,
 }
 
 /// A unit's operator allow entries, as sets.
@@ -97,6 +101,8 @@ pub struct Allowed {
     pub blake3: std::collections::HashSet<crate::baseline::Digest>,
     /// By SHA-256.
     pub sha256: std::collections::HashSet<crate::baseline::Digest>,
+    /// Content allowed only at some paths (judged at each exec, never cached).
+    pub at_paths: Vec<crate::config::PathScoped>,
     /// Sizes the entries give.
     pub sizes: std::collections::HashSet<u64>,
     /// Some entry gives no size.
@@ -108,6 +114,7 @@ impl From<crate::config::AllowList> for Allowed {
         Self {
             blake3: l.blake3.into_iter().collect(),
             sha256: l.sha256.into_iter().collect(),
+            at_paths: l.at_paths,
             sizes: l.sizes.into_iter().collect(),
             unsized_entries: l.unsized_entries,
         }
@@ -117,7 +124,29 @@ impl From<crate::config::AllowList> for Allowed {
 impl Allowed {
     /// True if the operator allowed nothing beyond the baseline.
     pub fn is_empty(&self) -> bool {
-        self.blake3.is_empty() && self.sha256.is_empty()
+        self.blake3.is_empty() && self.sha256.is_empty() && self.at_paths.is_empty()
+    }
+
+    /// True if some entry gives a SHA-256 (the hash workers must compute it too).
+    pub fn needs_sha256(&self) -> bool {
+        !self.sha256.is_empty() || self.at_paths.iter().any(|p| p.sha256.is_some())
+    }
+
+    /// True if some entry allows this content at some paths only: its verdict depends on
+    /// the path of each exec.
+    pub fn scoped_to_paths(&self, d: &crate::baseline::FileDigests) -> bool {
+        let sha = d.sha256.map(crate::baseline::Digest);
+        self.at_paths
+            .iter()
+            .any(|p| p.is_content(&d.blake3, sha.as_ref()))
+    }
+
+    /// True if an entry allows this content at `path` (as the container sees it).
+    pub fn permits_at(&self, d: &crate::baseline::FileDigests, path: &[u8]) -> bool {
+        let sha = d.sha256.map(crate::baseline::Digest);
+        self.at_paths
+            .iter()
+            .any(|p| p.is_content(&d.blake3, sha.as_ref()) && p.admits_path(path))
     }
 
     /// True if some entry could allow content of `size` bytes.

@@ -150,7 +150,10 @@ pub fn arm_request(
     let rootfs = normal(&bundle.join(root))
         .ok_or_else(|| cfg_err(format!("root.path {root:?} is not a plain path")))?;
     let identity = container_identity(bundle, &id, &config, &read_config).map_err(cfg_err)?;
-    let annotation = |key: &str| annotation_of(&config, key);
+    // The pod and container names are the kubelet's only where the namespace is: a
+    // container-scoped allow entry must not be reached by a name its creator wrote.
+    let trusted = kubernetes_annotations_trusted(bundle, &config);
+    let annotation = |key: &str| annotation_of(&config, key).filter(|_| trusted);
     let pod = annotation("io.kubernetes.cri.sandbox-name")
         .or_else(|| annotation("io.kubernetes.pod.name"));
     let container_name = annotation("io.kubernetes.cri.container-name")
@@ -171,23 +174,42 @@ pub fn arm_request(
         namespace: identity.namespace,
         pod,
         container_name,
+        identity_source: identity.source,
     })
 }
 
-/// True only for an older daemon's refusal of the `annotated_mode` field itself: its
-/// request decoder's words at the start of an `invalid` (or, from the first release,
-/// uncoded) refusal. Any other refusal may echo a container's path or name, and a path
-/// holding those words must not turn the annotation's mode into the operator's.
-fn refuses_annotated_mode(e: &ClientError) -> bool {
-    matches!(e, ClientError::Refused { code: None | Some(crate::ipc::ErrorCode::Invalid), message }
-        if message.starts_with("malformed request: unknown field `annotated_mode`"))
+/// Which newer field an older daemon refused, if that is what it did: its request
+/// decoder's words at the start of an `invalid` (or, from the first release, uncoded)
+/// refusal. Any other refusal may echo a container's path or name, and a path holding
+/// those words must not turn the annotation's mode into the operator's.
+fn refused_newer_field(e: &ClientError) -> Option<&'static str> {
+    let ClientError::Refused {
+        code: None | Some(crate::ipc::ErrorCode::Invalid),
+        message,
+    } = e
+    else {
+        return None;
+    };
+    ["annotated_mode", "identity_source"]
+        .into_iter()
+        .find(|f| message.starts_with(&format!("malformed request: unknown field `{f}`")))
 }
 
-/// The request as a daemon before the annotation policy reads it: the annotation's mode
-/// in `mode`.
-fn legacy_request(req: &ArmRequest) -> ArmRequest {
+/// True only for an older daemon's refusal of the `annotated_mode` field itself.
+#[cfg(test)]
+fn refuses_annotated_mode(e: &ClientError) -> bool {
+    refused_newer_field(e) == Some("annotated_mode")
+}
+
+/// The request as an older daemon reads it: without the identity's source, and for a
+/// daemon before the annotation policy (it refused `annotated_mode`), the annotation's
+/// mode in `mode`.
+fn legacy_request(req: &ArmRequest, refused: &str) -> ArmRequest {
     let mut old = req.clone();
-    old.mode = old.mode.or(old.annotated_mode.take());
+    old.identity_source = None;
+    if refused == "annotated_mode" {
+        old.mode = old.mode.or(old.annotated_mode.take());
+    }
     old
 }
 
@@ -269,7 +291,10 @@ pub fn run(stage: Stage, opts: &HookOptions, stdin: impl Read) -> Result<String,
             let reply = match arm(&req) {
                 // A daemon one version older knows no `annotated_mode` (and lets every
                 // annotation win): ask it the way it understands.
-                Err(e) if refuses_annotated_mode(&e) => arm(&legacy_request(&req)),
+                Err(e) => match refused_newer_field(&e) {
+                    Some(field) => arm(&legacy_request(&req, field)),
+                    None => Err(e),
+                },
                 other => other,
             }
             .map_err(|source| HookError::Daemon {
@@ -358,20 +383,25 @@ mod tests {
 
     #[test]
     fn exempt_namespaces_are_kubernetes_and_never_a_podman_users_word() {
-        let dir = std::env::temp_dir().join(format!("driftlock-exempt-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let top = std::env::temp_dir().join(format!("driftlock-exempt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        // A container of containerd's CRI: its bundle in containerd namespace k8s.io.
+        let dir = top.join("io.containerd.runtime.v2.task/k8s.io/c1");
         std::fs::create_dir_all(dir.join("rootfs")).unwrap();
-        let state = format!(
-            r#"{{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":1,"bundle":"{}"}}"#,
-            dir.display()
-        );
+        let state_of = |dir: &Path| {
+            format!(
+                r#"{{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":1,"bundle":"{}"}}"#,
+                dir.display()
+            )
+        };
+        let state = state_of(&dir);
         let opts = HookOptions {
             socket: PathBuf::from("/nonexistent/driftlock.sock"),
             connect_wait: Duration::from_millis(10),
             arm_timeout: Duration::from_millis(50),
             exempt_namespaces: vec!["kube-*".into()],
         };
-        let write = |extra: &str| {
+        let write_in = |dir: &Path, extra: &str| {
             std::fs::write(
                 dir.join("config.json"),
                 format!(
@@ -380,13 +410,18 @@ mod tests {
             )
             .unwrap();
         };
-        write("");
+        write_in(&dir, "");
         let r = run(Stage::CreateRuntime, &opts, state.as_bytes()).unwrap();
         assert!(r.contains("not armed") && r.contains("kube-system"), "{r}");
         // The same claim on a Podman container: armed (here: no daemon, so it fails).
-        write(r#","io.container.manager":"libpod""#);
+        write_in(&dir, r#","io.container.manager":"libpod""#);
         assert!(run(Stage::CreateRuntime, &opts, state.as_bytes()).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
+        // And on a container `ctr run` made in another containerd namespace.
+        let other = top.join("io.containerd.runtime.v2.task/default/c1");
+        std::fs::create_dir_all(other.join("rootfs")).unwrap();
+        write_in(&other, "");
+        assert!(run(Stage::CreateRuntime, &opts, state_of(&other).as_bytes()).is_err());
+        let _ = std::fs::remove_dir_all(&top);
     }
 
     /// Issue 19: a daemon one version older rejects the new field by name; the hook then
@@ -410,6 +445,7 @@ mod tests {
             namespace: None,
             pod: None,
             container_name: None,
+            identity_source: None,
         };
         // Only the decoder's own refusal asks the old way: a refusal that merely names the
         // field (a path can hold any words) does not.
@@ -434,8 +470,16 @@ mod tests {
             Some(crate::ipc::ErrorCode::Invalid),
             "rootfs /a/unknown field `annotated_mode`/b is not a directory"
         )));
-        let old = legacy_request(&req);
+        let old = legacy_request(&req, "annotated_mode");
         assert_eq!((old.mode, old.annotated_mode), (Some(Mode::Audit), None));
+        // A daemon that knows the annotation policy but not the identity's source.
+        let newer = decoder(None, &err.replace("newer_field", "identity_source"));
+        assert_eq!(refused_newer_field(&newer), Some("identity_source"));
+        let mut with_source = req.clone();
+        with_source.identity_source = Some(crate::IdentitySource::Kubelet);
+        let old_source = legacy_request(&with_source, "identity_source");
+        assert_eq!(old_source.identity_source, None);
+        assert_eq!(old_source.annotated_mode, req.annotated_mode, "kept");
         let wire =
             String::from_utf8(crate::ipc::encode_request(&Request::Arm(Box::new(old)))).unwrap();
         assert!(!wire.contains("annotated_mode"), "{wire}");
@@ -523,6 +567,55 @@ mod tests {
         })
         .unwrap();
         assert_eq!(req.image_name, None);
+    }
+
+    /// The identity that selects rules comes from the kubelet where it wrote it, else from
+    /// the runtime's own record, and each request says which; annotations a container's
+    /// creator wrote name no namespace, pod or container, and lose to the runtime's record.
+    #[test]
+    fn identity_comes_from_the_runtime_that_cannot_be_told_otherwise() {
+        use crate::IdentitySource;
+        let cri = r#","annotations":{"io.kubernetes.cri.image-name":"registry.local/app:1","io.kubernetes.cri.sandbox-namespace":"shop","io.kubernetes.cri.sandbox-name":"web-7d9f","io.kubernetes.cri.container-name":"app"}"#;
+        // containerd's CRI (namespace k8s.io): the kubelet's annotations.
+        let kubelet = STATE.replace("/default/", "/k8s.io/");
+        let req = arm_request(kubelet.as_bytes(), config(cri)).unwrap();
+        assert_eq!(req.identity_source, Some(IdentitySource::Kubelet));
+        assert_eq!(req.namespace.as_deref(), Some("shop"));
+        assert_eq!(req.pod.as_deref(), Some("web-7d9f"));
+        assert_eq!(req.container_name.as_deref(), Some("app"));
+        // The same annotations from `ctr run` in another namespace: an image name at
+        // most, marked as the annotations', and no namespace, pod or container.
+        let req = arm_request(STATE.as_bytes(), config(cri)).unwrap();
+        assert_eq!(req.identity_source, Some(IdentitySource::Annotations));
+        assert_eq!(req.image_name.as_deref(), Some("registry.local/app:1"));
+        assert_eq!(
+            (req.namespace, req.pod, req.container_name),
+            (None, None, None)
+        );
+        // Podman with the same annotations: its own record names the image.
+        let state = r#"{"ociVersion":"1.0.2","id":"803c","status":"creating","pid":7,"bundle":"/var/lib/containers/storage/overlay-containers/803c/userdata"}"#;
+        let list =
+            r#"[{"id":"803c","metadata":"{\"image-name\":\"localhost/driftlock/glibc:latest\"}"}]"#;
+        let spoofed = format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"/x/merged"}}{}}}"#,
+            cri.replace("{\"", "{\"io.container.manager\":\"libpod\",\"")
+        );
+        let req = arm_request(state.as_bytes(), |p: &Path| {
+            if p.ends_with("userdata/config.json") {
+                Ok(spoofed.clone().into_bytes())
+            } else if p.ends_with("overlay-containers/containers.json") {
+                Ok(list.as_bytes().to_vec())
+            } else {
+                Err(format!("unexpected read of {}", p.display()))
+            }
+        })
+        .unwrap();
+        assert_eq!(req.identity_source, Some(IdentitySource::Podman));
+        assert_eq!(
+            req.image_name.as_deref(),
+            Some("localhost/driftlock/glibc:latest")
+        );
+        assert_eq!(req.namespace, None);
     }
 
     #[test]

@@ -95,18 +95,22 @@ pub(super) fn annotation_of(config: &Value, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Whether the Kubernetes annotations of a container can be the kubelet's: not for a
-/// container Podman made (`io.container.manager=libpod`: whoever runs `podman run
-/// --annotation` writes them) nor one Docker made (containerd namespace `moby`). A
-/// namespace read from them would choose the namespace's mode rules and exemptions.
+/// Whether the Kubernetes annotations of a container are the kubelet's: a container of
+/// containerd's CRI (its bundle in containerd namespace `k8s.io`) or of CRI-O
+/// (`io.container.manager=cri-o`). Not a container Podman made (`libpod`: whoever runs
+/// `podman run --annotation` writes them), Docker made (namespace `moby`) or `ctr run`
+/// made in another namespace. A namespace read from them chooses the namespace's mode
+/// rules, allow entries and exemptions.
 pub(super) fn kubernetes_annotations_trusted(bundle: &Path, config: &Value) -> bool {
-    if annotation_of(config, "io.container.manager").as_deref() == Some("libpod") {
-        return false;
+    match annotation_of(config, "io.container.manager").as_deref() {
+        Some("libpod") => return false,
+        Some("cri-o") => return true,
+        _ => {}
     }
     let parts: Vec<&std::ffi::OsStr> = bundle.iter().collect();
-    !parts.windows(2).any(|w| {
+    parts.windows(2).any(|w| {
         w[0] == std::ffi::OsStr::new("io.containerd.runtime.v2.task")
-            && w[1] == std::ffi::OsStr::new("moby")
+            && w[1] == std::ffi::OsStr::new("k8s.io")
     })
 }
 
@@ -144,25 +148,42 @@ pub fn container_identity(
             ));
         }
     };
-    let image_name = IMAGE_NAME_ANNOTATIONS
-        .iter()
-        .find_map(|k| annotation(k))
-        .or_else(|| {
-            docker
-                .as_ref()?
-                .pointer("/Config/Image")?
-                .as_str()
-                .map(str::to_string)
-        })
-        .or_else(|| storage_image_name(bundle, id, read_config));
-    let namespace = if kubernetes_annotations_trusted(bundle, config) {
+    let from_annotations = IMAGE_NAME_ANNOTATIONS.iter().find_map(|k| annotation(k));
+    let from_docker = docker
+        .as_ref()
+        .and_then(|d| d.pointer("/Config/Image")?.as_str().map(str::to_string));
+    let trusted = kubernetes_annotations_trusted(bundle, config);
+    // The runtime's own record first; annotations name the image only where the kubelet
+    // wrote them, or where no record exists (`ctr run`: root on the node wrote them).
+    let (image_name, source) = if let (true, Some(name)) = (trusted, from_annotations.clone()) {
+        (Some(name), Some(crate::IdentitySource::Kubelet))
+    } else if let Some(name) = from_docker {
+        (Some(name), Some(crate::IdentitySource::Docker))
+    } else if let Some(name) = storage_image_name(bundle, id, read_config) {
+        (Some(name), Some(crate::IdentitySource::Podman))
+    } else if let Some(name) = from_annotations {
+        let source = if trusted {
+            crate::IdentitySource::Kubelet
+        } else {
+            crate::IdentitySource::Annotations
+        };
+        (Some(name), Some(source))
+    } else {
+        (None, None)
+    };
+    let namespace = if trusted {
         NAMESPACE_ANNOTATIONS.iter().find_map(|k| annotation(k))
     } else {
         None
+    };
+    let source = match (source, &namespace) {
+        (None, Some(_)) => Some(crate::IdentitySource::Kubelet),
+        (s, _) => s,
     };
     Ok(crate::ipc::ContainerIdentity {
         image_name,
         namespace,
         annotated_mode: mode,
+        source,
     })
 }

@@ -450,6 +450,52 @@ fn podman_arms_through_the_packages_hooks_d_file_with_no_wrapper() {
         podman.exec("pod-audit", script)
     });
 
+    // Kubernetes annotations a podman user writes select no rule: a namespace the
+    // operator audits and an image name given that way are not the container's.
+    fs::write(
+        podman.node.config_path(),
+        "[[namespace]]\nname = \"tuning\"\nmode = \"audit\"\n[[image]]\nname = \"registry.local/spoof*\"\nmode = \"audit\"\n",
+    )
+    .unwrap();
+    let reloads = podman.node.status()["config_reloads"].as_u64().unwrap_or(0);
+    podman.node.signal_daemon(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the reload", Duration::from_secs(10), || {
+        podman.node.status()["config_reloads"].as_u64().unwrap_or(0) > reloads
+    });
+    let id = podman.run_detached(
+        "pod-claims-tuning",
+        &[
+            "--annotation",
+            "io.kubernetes.cri.sandbox-namespace=tuning",
+            "--annotation",
+            "io.kubernetes.cri.image-name=registry.local/spoof:1",
+        ],
+    );
+    image_runs_and_payload_is_denied(
+        &podman.node,
+        &id,
+        |script| podman.exec("pod-claims-tuning", script),
+        "localhost/driftlock/glibc:latest",
+    );
+    let unit = podman.node.status()["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(unit["mode"], "enforce", "{unit}");
+    assert!(unit["namespace"].is_null(), "{unit}");
+    let rec = records_of(&podman.node, &id, 1)
+        .into_iter()
+        .find(|r| r["path"] == "/tmp/kdevtmpfsi")
+        .expect("the denial's record");
+    assert_eq!(rec["identity"], "podman", "{rec}");
+    assert_eq!(
+        rec["image_name"], "localhost/driftlock/glibc:latest",
+        "{rec}"
+    );
+
     // A `podman run --rm` that drops and runs at once.
     let mut args = vec!["run", "--rm"];
     args.extend_from_slice(Podman::RUN);

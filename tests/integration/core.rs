@@ -645,6 +645,70 @@ fn sighup_reloads_allow_entries_without_dropping_marks() {
     );
 }
 
+/// An allow entry scoped to a path admits its content there only: the same bytes copied
+/// elsewhere in the container are denied, and the allowed path keeps running (the verdict
+/// is judged per exec, not cached for the content). `explain` says the same per path.
+#[test]
+fn a_path_scoped_entry_admits_the_content_at_its_path_only() {
+    if !root_or_skip("path-scoped allow entry") {
+        return;
+    }
+    let mut sb = Sandbox::new("pathscope");
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        fs::read(PAYLOAD_SOURCE).unwrap(),
+    ));
+    let config = sb.dir.join("config.toml");
+    fs::write(
+        &config,
+        format!("mode = \"enforce\"\n[[allow]]\nimage = \"registry.local/app:*\"\npath = \"*/jna-*/libpayload\"\nsha256 = \"{sha}\"\ncomment = \"unpacked by JNA at start\"\n"),
+    )
+    .unwrap();
+    sb.start_daemon(&["--config", config.to_str().unwrap()]);
+    sb.arm("c1", &["--image-name", "registry.local/app:1"]);
+    let allowed_dir = sb.tmp.join("jna-4711");
+    let other_dir = sb.tmp.join("elsewhere");
+    fs::create_dir_all(&allowed_dir).unwrap();
+    fs::create_dir_all(&other_dir).unwrap();
+    let allowed = allowed_dir.join("libpayload");
+    let elsewhere = other_dir.join("libpayload");
+    sb.install(PAYLOAD_SOURCE, &allowed);
+    sb.install(PAYLOAD_SOURCE, &elsewhere);
+    for round in 0..3 {
+        assert_eq!(exec(&allowed), Ok(0), "round {round}: at its path");
+        assert_eq!(
+            exec(&elsewhere),
+            EPERM,
+            "round {round}: the same bytes elsewhere"
+        );
+    }
+    let explain = |p: &std::path::Path| {
+        let out = sb.client(&[
+            "explain",
+            p.to_str().unwrap(),
+            "--container",
+            "c1",
+            "--json",
+        ]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {out:?}"))
+    };
+    assert_eq!(explain(&allowed)["allowed_by_entry"], true);
+    assert_eq!(explain(&elsewhere)["allowed_by_entry"], false);
+    // The path is judged at each exec: the denied copy moved into the allowed directory
+    // under another name is still denied, and under the allowed name it runs.
+    let moved = allowed_dir.join("moved");
+    fs::rename(&elsewhere, &moved).unwrap();
+    assert_eq!(exec(&moved), EPERM, "not the allowed name");
+    let second = sb.tmp.join("jna-2");
+    fs::create_dir_all(&second).unwrap();
+    fs::rename(&moved, second.join("libpayload")).unwrap();
+    assert_eq!(
+        exec(&second.join("libpayload")),
+        Ok(0),
+        "now at an allowed path"
+    );
+}
+
 /// Break-glass: `driftlock mode audit` relaxes a running container at once (the next exec
 /// of a payload runs and is recorded as would-deny), the change is recorded with who asked,
 /// survives a daemon crash and restart, and `driftlock mode enforce` puts it back.

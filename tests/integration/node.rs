@@ -316,10 +316,13 @@ impl Node {
         }
     }
 
+    /// `ctr` in containerd's CRI namespace (`k8s.io`), where the Kubernetes annotations the
+    /// tests give stand for the kubelet's (in any other namespace they name nothing).
     pub fn ctr(&self, args: &[&str]) -> Output {
         Command::new("ctr")
             .arg("-a")
             .arg(&self.socket)
+            .args(["-n", "k8s.io"])
             .args(args)
             .output()
             .unwrap()

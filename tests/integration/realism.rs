@@ -354,9 +354,27 @@ fn run_autotools_audit(record_misses: bool) {
     };
     let image = debian_image().expect("Debian image");
     node.import("localhost/driftlock/debian", image);
+    // With --record-misses: a tool the workload writes at start is allowed by an entry, so
+    // the records hold allowed-by-entry execs for `tune --against` below.
+    if record_misses {
+        std::fs::write(
+            node.config_path(),
+            format!(
+                "[[allow]]\nimage = \"*\"\nblake3 = \"{}\"\ncomment = \"the workload's own tool\"\n",
+                blake3::hash(ALLOWED_TOOL.as_bytes()).to_hex()
+            ),
+        )
+        .unwrap();
+        node.signal_daemon(nix::sys::signal::Signal::SIGHUP);
+        wait_for("the reload", std::time::Duration::from_secs(10), || {
+            node.status()["config_reloads"] == 1
+        });
+    }
     let before = exec_events(&node);
     let started = Instant::now();
-    let script = "set -e; cp -a /src/hello /tmp/hello; cd /tmp/hello; \
+    let script = "set -e; printf '#!/bin/sh\\nexit 0\\n' > /tmp/allowed-tool; chmod +x /tmp/allowed-tool; \
+                  /tmp/allowed-tool; /tmp/allowed-tool; \
+                  cp -a /src/hello /tmp/hello; cd /tmp/hello; \
                   ./configure --quiet >/tmp/configure.log 2>&1 || { tail -30 /tmp/configure.log; exit 1; }; \
                   make -j2 >/tmp/make.log 2>&1 || { tail -30 /tmp/make.log; exit 1; }; \
                   make -j2 check >/tmp/check.log 2>&1 || { tail -40 /tmp/check.log; exit 1; }; \
@@ -376,6 +394,9 @@ fn run_autotools_audit(record_misses: bool) {
             && r["path"].as_str().is_some_and(|p| p.ends_with("/hello"))),
         "the built hello is recorded as would-deny"
     );
+    if record_misses {
+        tune_against_replays_the_build(&node, &recs);
+    }
     figure(&format!(
         "realism: GNU hello configure+make+check in audit{}: {execs} exec events, {would_deny} would-deny (all build products), {records} records, 0 false denials, {:.0} s",
         if record_misses {
@@ -384,6 +405,91 @@ fn run_autotools_audit(record_misses: bool) {
             ""
         },
         started.elapsed().as_secs_f64()
+    ));
+}
+
+/// The tool the audit workload writes and runs at start (allowed by an entry there).
+const ALLOWED_TOOL: &str = "#!/bin/sh\nexit 0\n";
+
+/// `tune --against` over the build's records: a candidate that adds an entry for the built
+/// `hello` and drops the one for the workload's tool lifts exactly hello's would-deny
+/// records and would deny exactly the tool's allowed execs.
+fn tune_against_replays_the_build(node: &Node, recs: &[serde_json::Value]) {
+    let tool = blake3::hash(ALLOWED_TOOL.as_bytes()).to_hex().to_string();
+    let hello = recs
+        .iter()
+        .find(|r| {
+            r["verdict"] == "would-deny"
+                && r["path"].as_str().is_some_and(|p| p.ends_with("/hello"))
+        })
+        .and_then(|r| r["blake3"].as_str())
+        .expect("hello's would-deny record has a BLAKE3")
+        .to_string();
+    // `tune --against` names content as records do: SHA-256 where the record has one.
+    let key = |r: &serde_json::Value| {
+        r["sha256"]
+            .as_str()
+            .or(r["blake3"].as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let keys_of = |verdict: &str, digest: &str| -> HashSet<String> {
+        recs.iter()
+            .filter(|r| r["verdict"] == verdict && r["blake3"] == digest)
+            .map(key)
+            .collect()
+    };
+    let count = |verdict: &str, digest: &str| {
+        recs.iter()
+            .filter(|r| r["verdict"] == verdict && r["blake3"] == digest)
+            .count()
+    };
+    let (hello_denials, tool_allowed) = (count("would-deny", &hello), count("allow", &tool));
+    let (hello_keys, tool_keys) = (keys_of("would-deny", &hello), keys_of("allow", &tool));
+    assert!(
+        tool_allowed >= 2,
+        "the tool's execs are recorded as allowed (record_misses): {tool_allowed}"
+    );
+    let candidate = node.dir.join("dl/candidate.toml");
+    std::fs::write(
+        &candidate,
+        format!("[[allow]]\nrepository = \"localhost/driftlock/debian\"\nblake3 = \"{hello}\"\n"),
+    )
+    .unwrap();
+    let out = Command::new(crate::support::BIN)
+        .args(["tune", "--json", "--against"])
+        .arg(&candidate)
+        .arg("--current")
+        .arg(node.config_path())
+        .arg(&node.audit)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let digests = |key: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["digest"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let (allowed, denied) = (digests("newly_allowed"), digests("newly_denied"));
+    assert_eq!(allowed.len(), hello_denials, "{v}");
+    assert!(
+        allowed.iter().all(|d| hello_keys.contains(d)),
+        "only hello is lifted: {v}"
+    );
+    assert_eq!(denied.len(), tool_allowed, "{v}");
+    assert!(
+        denied.iter().all(|d| tool_keys.contains(d)),
+        "only the tool would be denied: {v}"
+    );
+    figure(&format!(
+        "realism: tune --against over {} records: {} denials lifted (hello), {} allowed execs newly denied (the dropped entry)",
+        v["considered"],
+        allowed.len(),
+        denied.len()
     ));
 }
 

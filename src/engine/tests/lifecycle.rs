@@ -266,6 +266,7 @@ fn operator_allow_entries_by_blake3_and_sha256_and_their_reload() {
     h.allow = crate::config::AllowList {
         blake3: vec![blake3::hash(b"runtime generated a").into()],
         sha256: vec![crate::baseline::Digest(sha)],
+        at_paths: vec![],
         // Sized entries (as `tune` writes them): "payload" has a size neither the image
         // nor an entry has, and is denied without hashing.
         sizes: vec![19, 19],
@@ -289,6 +290,7 @@ fn operator_allow_entries_by_blake3_and_sha256_and_their_reload() {
             crate::config::AllowList {
                 blake3: vec![blake3::hash(b"payload").into()],
                 sha256: vec![],
+                at_paths: vec![],
                 sizes: vec![],
                 // An entry without a size: every miss is hashed.
                 unsized_entries: true,
@@ -296,4 +298,34 @@ fn operator_allow_entries_by_blake3_and_sha256_and_their_reload() {
         )
         .unwrap();
     assert_eq!(h.exec(&other), Answer::Allow);
+}
+
+/// Content allowed at a path only: allowed each time it is exec'd there (never from a
+/// cached verdict of the content), denied at any other path, and by SHA-256 too.
+#[test]
+fn a_path_scoped_allow_entry_is_judged_by_the_path_of_each_exec() {
+    let mut h = Harness::new("allow-path", cfg(), None);
+    fs::create_dir_all(h.dir.join("jna-1")).unwrap();
+    let there = h.file("jna-1/libjnidispatch.so", b"jna native library");
+    let elsewhere = h.file("libjnidispatch.so", b"jna native library");
+    let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(b"jna native library").into();
+    h.allow = crate::config::AllowList {
+        at_paths: vec![crate::config::PathScoped {
+            blake3: None,
+            sha256: Some(crate::baseline::Digest(sha)),
+            path: "*/jna-*/libjnidispatch.so".into(),
+        }],
+        sizes: vec![18],
+        ..Default::default()
+    };
+    h.arm("c1", Mode::Enforce, &[b"image"]).unwrap();
+    for round in 0..3 {
+        assert_eq!(h.exec(&there), Answer::Allow, "round {round}");
+        assert_eq!(h.exec(&elsewhere), Answer::Deny, "round {round}");
+    }
+    assert_eq!(
+        h.unit("c1").counters.hashed,
+        6,
+        "judged per exec: the content's verdict is not cached"
+    );
 }
