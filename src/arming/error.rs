@@ -102,6 +102,9 @@ pub enum ExplainError {
         #[source]
         source: crate::baseline::HashError,
     },
+    /// The candidate configuration could not be read.
+    #[error("the candidate configuration: {0}")]
+    Candidate(String),
     /// The engine.
     #[error(transparent)]
     Engine(#[from] EngineError),

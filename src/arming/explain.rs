@@ -7,11 +7,13 @@ const EXPLAIN_HASH_BUDGET: std::time::Duration = std::time::Duration::from_secs(
 
 impl Armer {
     /// Hashes `path` (escaped, as unit `id` sees it) and asks the engine why it would or
-    /// would not run there.
+    /// would not run there: under the configuration in force, or under the allow entries a
+    /// candidate configuration file (`against`, escaped) gives the unit.
     pub fn explain(
         &self,
         id: &str,
         path: &str,
+        against: Option<&str>,
     ) -> Result<crate::engine::Explanation, ExplainError> {
         use nix::fcntl::OFlag;
         use std::os::fd::AsFd;
@@ -45,8 +47,29 @@ impl Armer {
                 source,
             },
         )?;
-        let mut e = self.engine.explain(id, d, bytes)?;
+        let candidate = match against {
+            None => None,
+            Some(file) => {
+                let file = unescape(file).map_err(|e| ExplainError::BadPath(e.to_string()))?;
+                let config = crate::config::Config::load(std::path::Path::new(
+                    std::ffi::OsStr::from_bytes(&file),
+                ))
+                .map_err(|e| ExplainError::Candidate(e.to_string()))?;
+                Some(config.allowed_for(&crate::config::Identity {
+                    image: unit.image_name.as_deref(),
+                    namespace: unit.namespace.as_deref(),
+                    container: unit.container_name.as_deref(),
+                }))
+            }
+        };
+        let mut e = self.engine.explain(crate::engine::ExplainQuery {
+            id: id.to_string(),
+            digests: d,
+            path: bytes,
+            candidate,
+        })?;
         e.path = shown;
+        e.against = against.map(str::to_string);
         Ok(e)
     }
 }

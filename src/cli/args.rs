@@ -212,6 +212,10 @@ pub struct ExplainArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Answer under the allow entries this candidate configuration file (with its conf.d)
+    /// gives the container, instead of those in force: a dry run before a reload.
+    #[arg(long, value_name = "CANDIDATE")]
+    pub against: Option<PathBuf>,
     /// The daemon's socket.
     #[command(flatten)]
     pub socket: SocketArg,

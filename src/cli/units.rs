@@ -111,6 +111,7 @@ pub(super) fn explain_cmd(args: ExplainArgs) -> Result<i32, CliError> {
         pod,
         container_name,
         json,
+        against,
         socket,
     } = args;
     let id = chosen_unit(
@@ -119,9 +120,20 @@ pub(super) fn explain_cmd(args: ExplainArgs) -> Result<i32, CliError> {
         pod.as_deref(),
         container_name.as_deref(),
     )?;
+    // The daemon reads the candidate: name it absolutely, as this command's directory.
+    let against = match against {
+        Some(file) => Some(path_arg(&std::path::absolute(&file).map_err(|source| {
+            CliError::Io {
+                path: file.clone(),
+                source,
+            }
+        })?)),
+        None => None,
+    };
     let req = Request::Explain {
         id,
         path: path_arg(&path),
+        against,
     };
     let reply = ask(&socket.path(), &req, Duration::from_secs(120))?;
     let Reply::Explained(e) = reply else {
@@ -135,6 +147,9 @@ pub(super) fn explain_cmd(args: ExplainArgs) -> Result<i32, CliError> {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
         println!("{} in {} ({} mode): {verdict}", e.path, e.unit, e.mode);
+        if let Some(candidate) = &e.against {
+            println!("  under the allow entries of {candidate} (not those in force)");
+        }
         println!("  {}", e.why);
         match e.mapping {
             Some(m) => {

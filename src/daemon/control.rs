@@ -54,7 +54,8 @@ pub(super) fn handle_request(ctx: &Armer, req: Request) -> Response {
             }
             Err(e) => Response::err(ErrorCode::from(&e), e.to_string()),
         },
-        Request::Explain { id, path } => match ctx.explain(&id, &path) {
+        Request::Explain { id, path, against } => match ctx.explain(&id, &path, against.as_deref())
+        {
             Ok(e) => Response::ok(&Reply::Explained(ExplainReply::from(&e))),
             Err(e) => Response::err(explain_error_code(&e), e.to_string()),
         },

@@ -156,6 +156,7 @@ impl From<&Explanation> for ExplainReply {
             mapping: e.mapping,
             mapping_why: e.mapping_why.clone(),
             why: e.why.clone(),
+            against: e.against.clone(),
         }
     }
 }
@@ -180,7 +181,7 @@ pub(super) fn arm_error_code(e: &ArmError) -> ErrorCode {
 pub(super) fn explain_error_code(e: &ExplainError) -> ErrorCode {
     match e {
         ExplainError::UnknownId(_) => ErrorCode::NotFound,
-        ExplainError::BadPath(_) => ErrorCode::Invalid,
+        ExplainError::BadPath(_) | ExplainError::Candidate(_) => ErrorCode::Invalid,
         ExplainError::Open { source, .. } if *source == nix::Error::ENOENT => ErrorCode::NotFound,
         ExplainError::Open { .. } | ExplainError::Hash { .. } => ErrorCode::Internal,
         ExplainError::Engine(e) => ErrorCode::from(e),

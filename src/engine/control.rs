@@ -17,7 +17,7 @@ impl<G: Gate> Engine<G> {
     pub(super) fn handle_command(&mut self, cmd: Command) {
         match cmd {
             Command::Arm(spec, reply) => {
-                let r = self.arm(spec);
+                let r = self.arm(*spec);
                 self.units_changed();
                 let _ = reply.send(r);
             }
@@ -58,8 +58,9 @@ impl<G: Gate> Engine<G> {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            Command::Explain(id, d, path, reply) => {
-                let _ = reply.send(self.explain(&id, &d, &path));
+            Command::Explain(q, reply) => {
+                let candidate = q.candidate.map(Allowed::from);
+                let _ = reply.send(self.explain(&q.id, &q.digests, &q.path, candidate.as_ref()));
             }
             Command::RestoreDone => {
                 self.restore.active = false;

@@ -39,6 +39,9 @@ pub struct Explanation {
     /// The mapping verdict in words (also why there is none).
     #[serde(default)]
     pub mapping_why: String,
+    /// The candidate configuration answered against (escaped path), if one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub against: Option<String>,
 }
 
 impl<G: Gate> Engine<G> {
@@ -47,6 +50,7 @@ impl<G: Gate> Engine<G> {
         id: &str,
         d: &crate::baseline::FileDigests,
         path: &[u8],
+        candidate: Option<&Allowed>,
     ) -> Result<Explanation, EngineError> {
         let handle = self
             .registry
@@ -67,7 +71,8 @@ impl<G: Gate> Engine<G> {
             .filter(|e| e.blake3 == d.blake3)
             .map(|e| escape_bytes(&e.path))
             .collect();
-        let allowed_by_entry = unit.allow.permits(d) || unit.allow.permits_at(d, path);
+        let allow = candidate.unwrap_or(&unit.allow);
+        let allowed_by_entry = allow.permits(d) || allow.permits_at(d, path);
         let loader = unit.baseline.is_loader(&d.blake3);
         let known_bad = unit.baseline.is_known_bad(&d.blake3);
         let finding = content_finding(known_bad, !baseline_paths.is_empty(), allowed_by_entry);
@@ -113,6 +118,7 @@ impl<G: Gate> Engine<G> {
         Ok(Explanation {
             mapping,
             mapping_why,
+            against: None,
             unit: unit.id.clone(),
             mode: unit.mode,
             path: String::new(),

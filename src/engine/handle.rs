@@ -73,10 +73,23 @@ pub struct UnitSpec {
     pub memory: crate::kernel::mapping_gate::MemoryRules,
 }
 
+/// What `explain` asks the engine: a hashed file in a unit.
+#[derive(Debug)]
+pub struct ExplainQuery {
+    /// The unit.
+    pub id: String,
+    /// The file's digests and stat.
+    pub digests: crate::baseline::FileDigests,
+    /// Where it was found, as the unit sees it (allow entries may be scoped to paths).
+    pub path: Vec<u8>,
+    /// Allow entries of a candidate configuration to answer with instead of the unit's.
+    pub candidate: Option<crate::config::AllowList>,
+}
+
 /// A request to the engine thread.
 pub enum Command {
     /// Arm a unit.
-    Arm(UnitSpec, Sender<Result<Vec<PlannedMark>, EngineError>>),
+    Arm(Box<UnitSpec>, Sender<Result<Vec<PlannedMark>, EngineError>>),
     /// Disarm a unit.
     Disarm(String, Sender<Result<UnitStatus, EngineError>>),
     /// Switch an armed unit to another mode (its marks, its gate entries); replies with
@@ -97,12 +110,7 @@ pub enum Command {
     ),
     /// Explain the verdict for content with these digests and this stat in a unit, at
     /// this path (as the unit sees it).
-    Explain(
-        String,
-        crate::baseline::FileDigests,
-        Vec<u8>,
-        Sender<Result<Explanation, EngineError>>,
-    ),
+    Explain(Box<ExplainQuery>, Sender<Result<Explanation, EngineError>>),
     /// Report status.
     Status(Sender<EngineStatus>),
     /// The recorded units are re-armed: judge the events parked meanwhile.
@@ -146,7 +154,7 @@ impl EngineHandle {
     }
     /// Arms a unit; returns once its marks are in place.
     pub fn arm(&self, spec: UnitSpec) -> Result<Vec<PlannedMark>, EngineError> {
-        self.call(|tx| Command::Arm(spec, tx))?
+        self.call(|tx| Command::Arm(Box::new(spec), tx))?
     }
     /// Disarms a unit; returns its final status.
     pub fn disarm(&self, id: &str) -> Result<UnitStatus, EngineError> {
@@ -165,15 +173,9 @@ impl EngineHandle {
     pub fn add_marks(&self, id: &str, marks: Vec<PlannedMark>) -> Result<AddedMarks, EngineError> {
         self.call(|tx| Command::AddMarks(id.to_string(), marks, tx))?
     }
-    /// Explains the verdict for a hashed file in a unit, found at `path` (as the unit
-    /// sees it: allow entries may be scoped to paths).
-    pub fn explain(
-        &self,
-        id: &str,
-        digests: crate::baseline::FileDigests,
-        path: Vec<u8>,
-    ) -> Result<Explanation, EngineError> {
-        self.call(|tx| Command::Explain(id.to_string(), digests, path, tx))?
+    /// Explains the verdict for a hashed file in a unit.
+    pub fn explain(&self, query: ExplainQuery) -> Result<Explanation, EngineError> {
+        self.call(|tx| Command::Explain(Box::new(query), tx))?
     }
     /// Current status.
     pub fn status(&self) -> Result<EngineStatus, EngineError> {

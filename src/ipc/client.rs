@@ -162,6 +162,7 @@ mod tests {
         let big = Request::Explain {
             id: "x".into(),
             path: "/".repeat(4 << 20),
+            against: None,
         };
         let err = request(&path, &big, Duration::from_secs(5)).unwrap_err();
         server.join().unwrap();

@@ -78,6 +78,10 @@ pub enum Request {
         id: String,
         /// Path (escaped) as the container sees it.
         path: String,
+        /// Answer under this candidate configuration file's allow entries (escaped path,
+        /// read by the daemon) instead of those in force.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        against: Option<String>,
     },
     /// Liveness check.
     Ping,

@@ -330,6 +330,9 @@ pub struct ExplainReply {
     /// The mapping verdict in words (also why there is none).
     #[serde(default)]
     pub mapping_why: String,
+    /// The candidate configuration answered against (escaped path), if one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub against: Option<String>,
 }
 
 /// A reply payload.

@@ -43,7 +43,8 @@ fn every_request_is_pinned() {
     assert_eq!(
         line(&Request::Explain {
             id: "c1".into(),
-            path: "/tmp/x".into()
+            path: "/tmp/x".into(),
+            against: None,
         }),
         json!({"v":1,"op":"explain","id":"c1","path":"/tmp/x"})
     );
@@ -267,6 +268,7 @@ fn every_reply_is_pinned() {
         why: "in the image".into(),
         mapping: Some(Verdict::WouldDeny),
         mapping_why: "not admitted".into(),
+        against: None,
     });
     assert_eq!(
         ok(&explained),

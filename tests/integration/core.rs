@@ -694,6 +694,34 @@ fn a_path_scoped_entry_admits_the_content_at_its_path_only() {
     };
     assert_eq!(explain(&allowed)["allowed_by_entry"], true);
     assert_eq!(explain(&elsewhere)["allowed_by_entry"], false);
+    // Against a candidate without the entry, and one that moves it: a dry run.
+    let candidate = sb.dir.join("candidate.toml");
+    fs::write(&candidate, "mode = \"enforce\"\n").unwrap();
+    let against = |p: &std::path::Path| {
+        let out = sb.client(&[
+            "explain",
+            p.to_str().unwrap(),
+            "--container",
+            "c1",
+            "--json",
+            "--against",
+            candidate.to_str().unwrap(),
+        ]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {out:?}"))
+    };
+    let v = against(&allowed);
+    assert_eq!(v["allowed_by_entry"], false, "{v}");
+    assert_eq!(v["verdict"], "deny", "{v}");
+    assert_eq!(v["against"], candidate.to_str().unwrap(), "{v}");
+    fs::write(
+        &candidate,
+        format!("[[allow]]\npath = \"*/elsewhere/*\"\nsha256 = \"{sha}\"\n"),
+    )
+    .unwrap();
+    assert_eq!(against(&elsewhere)["verdict"], "allow");
+    assert_eq!(against(&allowed)["verdict"], "deny");
+    assert_eq!(exec(&allowed), Ok(0), "a dry run changes nothing in force");
     // The path is judged at each exec: the denied copy moved into the allowed directory
     // under another name is still denied, and under the allowed name it runs.
     let moved = allowed_dir.join("moved");
