@@ -379,7 +379,13 @@ fn run_autotools_audit(record_misses: bool) {
                   make -j2 >/tmp/make.log 2>&1 || { tail -30 /tmp/make.log; exit 1; }; \
                   make -j2 check >/tmp/check.log 2>&1 || { tail -40 /tmp/check.log; exit 1; }; \
                   ./hello | grep -q 'Hello, world!'; echo RESULT hello-build 0; echo WORKLOAD-DONE";
-    let out = node.run_argv(DEBIAN, name, &[], &["bash", "-c", script]);
+    // Named as the kubelet names a pod's image (containerd's CRI namespace), so that
+    // records carry it and `tune` can scope entries by repository.
+    let named = [
+        "--annotation",
+        "io.kubernetes.cri.image-name=localhost/driftlock/debian:latest",
+    ];
+    let out = node.run_argv(DEBIAN, name, &named, &["bash", "-c", script]);
     check_results(name, &out);
     assert!(out.status.success(), "{}", text(&out));
     let execs = exec_events(&node) - before;
