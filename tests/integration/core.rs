@@ -681,35 +681,27 @@ fn a_path_scoped_entry_admits_the_content_at_its_path_only() {
             "round {round}: the same bytes elsewhere"
         );
     }
-    let explain = |p: &std::path::Path| {
-        let out = sb.client(&[
+    let explain_with = |p: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
             "explain",
             p.to_str().unwrap(),
             "--container",
             "c1",
             "--json",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let out = sb.client(&args);
         serde_json::from_slice::<serde_json::Value>(&out.stdout)
             .unwrap_or_else(|e| panic!("{e}: {out:?}"))
     };
+    let explain = |p: &std::path::Path| explain_with(p, &[]);
     assert_eq!(explain(&allowed)["allowed_by_entry"], true);
     assert_eq!(explain(&elsewhere)["allowed_by_entry"], false);
     // Against a candidate without the entry, and one that moves it: a dry run.
     let candidate = sb.dir.join("candidate.toml");
     fs::write(&candidate, "mode = \"enforce\"\n").unwrap();
-    let against = |p: &std::path::Path| {
-        let out = sb.client(&[
-            "explain",
-            p.to_str().unwrap(),
-            "--container",
-            "c1",
-            "--json",
-            "--against",
-            candidate.to_str().unwrap(),
-        ]);
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {out:?}"))
-    };
+    let against =
+        |p: &std::path::Path| explain_with(p, &["--against", candidate.to_str().unwrap()]);
     let v = against(&allowed);
     assert_eq!(v["allowed_by_entry"], false, "{v}");
     assert_eq!(v["verdict"], "deny", "{v}");
