@@ -212,6 +212,8 @@ fn issue_13_a_busy_daemon_makes_the_hook_wait_and_succeed() {
     std::thread::sleep(Duration::from_secs(1));
     drop(hogs);
     let out = hook.wait_with_output().unwrap();
+    // The container's init ends only after the check: its exit disarms the unit.
+    let status = sb.status_json();
     let _ = init.kill();
     let _ = init.wait();
     assert!(
@@ -220,7 +222,6 @@ fn issue_13_a_busy_daemon_makes_the_hook_wait_and_succeed() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(started.elapsed() >= Duration::from_millis(900));
-    let status = sb.status_json();
     assert!(
         status["units"]
             .as_array()
