@@ -46,7 +46,7 @@ pub use paths::derive_image_key;
 use paths::{ResolvedUnit, UnitView, container_key, container_start_time, resolve_unit, valid_id};
 pub use records::{PendingUnit, RearmError, RearmSummary, UnitRecord};
 pub use request::{Armed, Identity, ModeSwitch, Selector, UnitRequest};
-pub use watcher::watch_containers;
+pub use watcher::watch_mounts;
 
 /// Why a unit is being armed: a request, or the daemon re-arming a unit it recorded
 /// (after a restart, or retrying a re-arm that failed).

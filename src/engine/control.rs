@@ -21,16 +21,8 @@ impl<G: Gate> Engine<G> {
                 self.units_changed();
                 let _ = reply.send(r);
             }
-            Command::Disarm(id, pid, reply) => {
-                let armed_by = self
-                    .registry
-                    .find_id(&id)
-                    .and_then(|h| self.registry.get(h))
-                    .map(|u| u.pid);
-                let r = match (pid, armed_by) {
-                    (Some(p), Some(by)) if by != Some(p) => Err(EngineError::UnknownId(id)),
-                    _ => self.disarm(&id),
-                };
+            Command::Disarm(id, reply) => {
+                let r = self.disarm(&id);
                 self.units_changed();
                 // Another unit could arm the same filesystem with another baseline.
                 self.clear_ignored_execs();
