@@ -875,11 +875,7 @@ fn metrics_count_the_execs_generated() {
     if !root_or_skip("metrics") {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut sb = Sandbox::new("metrics");
     sb.start_daemon(&["--metrics-addr", &addr]);

@@ -74,11 +74,7 @@ fn dreambus(node: &Node, id: &str) -> String {
 fn issue_25_a_kernel_without_memfd_noexec_degrades_instead_of_refusing_containers() {
     let log = std::env::temp_dir().join(format!("driftlock-nomemfd-{}.log", std::process::id()));
     let _ = fs::remove_file(&log);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let addr = format!("127.0.0.1:{port}");
     let redirect = format!("exec \"$0\" \"$@\" 2>>{}", log.display());
     let Some(mut node) = Node::with_daemon(

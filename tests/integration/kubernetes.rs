@@ -295,11 +295,7 @@ fn a_configmap_swap_is_reloaded_without_a_restart() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    crate::support::free_port()
 }
 
 fn http_get(addr: &str, auth: Option<&str>) -> String {

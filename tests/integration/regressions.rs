@@ -212,7 +212,7 @@ fn issue_13_a_busy_daemon_makes_the_hook_wait_and_succeed() {
     std::thread::sleep(Duration::from_secs(1));
     drop(hogs);
     let out = hook.wait_with_output().unwrap();
-    // The container's init ends only after the check: its exit disarms the unit.
+    // Read while the container's init still runs, as a running container would be.
     let status = sb.status_json();
     let _ = init.kill();
     let _ = init.wait();
@@ -1131,11 +1131,7 @@ fn issue_14_every_documented_output_works_under_the_units_restrictions() {
         "{}",
         String::from_utf8_lossy(&cc.stderr)
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let metrics = format!("127.0.0.1:{port}");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let falco = format!("http://{}/", listener.local_addr().unwrap());
@@ -1232,11 +1228,7 @@ fn issue_15_where_the_kernel_refuses_the_mapping_gate_the_daemon_says_so() {
         return;
     }
     let loads = fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut sb = Sandbox::new("issue15degraded");
     sb.start_daemon(&["--metrics-addr", &addr]);

@@ -321,12 +321,33 @@ pub fn run_hook(
 
 /// A loopback address with a free port, for a daemon's metrics.
 pub fn free_metrics_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// A free TCP port for a daemon to listen on, chosen below the kernel's ephemeral range: a
+/// port taken from the ephemeral range and released could be handed at once to another
+/// test's listener bound to port 0 (a payload server), and a scrape would read that.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(12_000, 65_000);
+    let (first, span) = (10_000u32, low - 10_000);
+    let start = std::process::id() * 7919 % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = first + (start + n * 97) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }
 
 /// One scrape of the metrics endpoint at `addr` (`None`: it does not answer).
