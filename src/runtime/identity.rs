@@ -162,12 +162,8 @@ pub fn container_identity(
     } else if let Some(name) = storage_image_name(bundle, id, read_config) {
         (Some(name), Some(crate::IdentitySource::Podman))
     } else if let Some(name) = from_annotations {
-        let source = if trusted {
-            crate::IdentitySource::Kubelet
-        } else {
-            crate::IdentitySource::Annotations
-        };
-        (Some(name), Some(source))
+        // Not the kubelet's (the first branch took those): the creator's own words.
+        (Some(name), Some(crate::IdentitySource::Annotations))
     } else {
         (None, None)
     };
