@@ -100,7 +100,7 @@ rest=$(echo "$added - $explained" | bc -l)
 f() { printf %.1f "$1"; }
 echo "## Container start"
 echo
-echo "\`./scripts/bench-container-start.sh $rounds\`: \`ctr run --rm\` of busybox's \`/bin/true\` through plain runc and through \`driftlock-runtime\` (the hooks arm and disarm the container), alternating, $rounds rounds, medians, in a private containerd."
+echo "\`./scripts/bench-container-start.sh $rounds\`: \`ctr run --rm\` of busybox's \`/bin/true\` through plain runc and through \`driftlock-runtime\` (the hooks arm the container; where the kernel has pidfds the daemon disarms it when its init exits, else a poststop hook does), alternating, $rounds rounds, medians, in a private containerd."
 echo
 echo "| start | ms | added ms |"
 echo "|---|---|---|"
@@ -115,12 +115,12 @@ echo
 echo "| part | ms |"
 echo "|---|---|"
 echo "| the wrapper in front of runc: $wrapped invocations per \`ctr run --rm\` × $(f "$wrap_each") ms each (\`driftlock-runtime --version\` against \`runc --version\`, hyperfine medians) | $(f "$(echo "$wrapped * $wrap_each" | bc -l)") |"
-echo "| the hook processes: $hooks (createRuntime arms, poststop disarms) × $(f "$hook_start") ms to start one (\`driftlock --version\`) | $(f "$(echo "$hooks * $hook_start" | bc -l)") |"
+echo "| the hook processes: $hooks (createRuntime arms$([ "$hooks" -gt 1 ] && echo ', poststop disarms'; true)) × $(f "$hook_start") ms to start one (\`driftlock --version\`) | $(f "$(echo "$hooks * $hook_start" | bc -l)") |"
 echo "| the daemon's arm (its log, median): reading the mount tables $mounts, baseline from the store $base, \`vm.memfd_noexec\` helper $memfd, marks $marks, unit record $rec | $arm_total |"
 echo "| the rest: the hooks' own work (OCI state, bundle config, the socket round trips), the disarm, runc's running of hooks, noise | $(f "$rest") |"
 base_rest=$(echo "$base_added - $hooks * $hook_start - $arm_total" | bc -l)
 echo
-echo "Without the wrapper (the base runtime spec) its share is gone: $(f "$base_added") ms = the two hook processes $(f "$(echo "$hooks * $hook_start" | bc -l)") + the daemon's arm $arm_total + the rest (the hooks' own work, runc running them, the disarm, noise) $(f "$base_rest")."
+echo "Without the wrapper (the base runtime spec) its share is gone: $(f "$base_added") ms = the hook processes ($hooks) $(f "$(echo "$hooks * $hook_start" | bc -l)") + the daemon's arm $arm_total + the rest (the hooks' own work, runc running them, the disarm, noise) $(f "$base_rest")."
 if [ -n "${DRIFTLOCK_BENCH_RESULTS:-}" ]; then
   {
     echo "start_added_ms=$added"

@@ -46,7 +46,7 @@ pub use paths::derive_image_key;
 use paths::{ResolvedUnit, UnitView, container_key, container_start_time, resolve_unit, valid_id};
 pub use records::{PendingUnit, RearmError, RearmSummary, UnitRecord};
 pub use request::{Armed, Identity, ModeSwitch, Selector, UnitRequest};
-pub use watcher::watch_mounts;
+pub use watcher::watch_containers;
 
 /// Why a unit is being armed: a request, or the daemon re-arming a unit it recorded
 /// (after a restart, or retrying a re-arm that failed).
@@ -180,6 +180,9 @@ impl Armer {
         let started = Instant::now();
         if !valid_id(&req.id) {
             return Err(ArmError::BadId(req.id.chars().take(200).collect()));
+        }
+        if origin == ArmOrigin::Request {
+            self.disarm_if_exited(&req.id);
         }
         let pid = req.pid;
         let start_time = container_start_time(pid)?;

@@ -1,6 +1,8 @@
-//! The mount watcher: mounts that appear in a container after it started are armed
-//! within milliseconds and recorded (`mount-armed`, or `mount-not-armed` with the reason).
+//! The container watcher: mounts that appear in a container after it started are armed
+//! within milliseconds and recorded (`mount-armed`, or `mount-not-armed` with the reason),
+//! and a container whose init exits is disarmed at once (its pidfd), with no hook process.
 
+use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use super::Armer;
 use super::paths::{UnitView, current_mount_plan};
 use crate::audit::{AuditJob, AuditQueue, CoverageEvent, CoverageRecord, RECORD_VERSION, rfc3339};
 use crate::escape::escape_bytes;
-use crate::kernel::mountinfo::wait_for_mount_changes;
+use crate::kernel::pidfd::{pidfd_open, wait_for_mounts_or_exits};
 
 impl Armer {
     /// Marks every mount of container `id` (armed by `pid`) that is not covered yet, and
@@ -72,24 +74,76 @@ impl Armer {
 /// How often the mount watcher looks for newly armed or disarmed containers.
 const WATCH_TICK: Duration = Duration::from_millis(250);
 
-/// Watches the mount table of every container armed by pid and arms mounts that appear
-/// after start (a privileged container mounting a tmpfs, `nsenter` adding a mount).
-/// `/proc/<pid>/mountinfo` reports any change in that namespace as `POLLPRI`; between the
-/// mount and its mark an exec from it is unchecked for a few milliseconds, and a mount that
-/// cannot be marked is recorded as `mount-not-armed`.
-pub fn watch_mounts(
+/// One container the watcher follows: its init's pid, mount table and pidfd.
+struct Watched {
+    pid: i32,
+    mountinfo: std::fs::File,
+    /// `None` where the kernel has no pidfd (before 5.3): the poststop hook disarms.
+    exit: Option<std::os::fd::OwnedFd>,
+}
+
+impl Armer {
+    /// Disarms unit `id` because its container's init (`pid`) exited, and forgets its
+    /// record, as the poststop hook would.
+    pub fn disarm_exited(&self, id: &str, pid: i32) {
+        match self.engine.disarm_exited(id, pid) {
+            Ok(_) => {
+                self.forget(id);
+                log::info!("unit {id:?}: its container's init (pid {pid}) exited: disarmed");
+            }
+            // Disarmed already (a poststop hook, the operator), or armed again meanwhile.
+            Err(e) => log::debug!("unit {id:?}: init (pid {pid}) exited: {e}"),
+        }
+    }
+
+    /// Disarms unit `id` if the init it was armed by is gone, before the same id is armed
+    /// again (a restarted container may come back before the watcher saw its exit).
+    pub(super) fn disarm_if_exited(&self, id: &str) {
+        let Some(record) = self.load_record(id) else {
+            return;
+        };
+        let Some(pid) = record.request.pid else {
+            return;
+        };
+        let gone = match super::container_start_time(Some(pid)) {
+            Ok(now) => record.start_time.is_some() && now != record.start_time,
+            Err(_) => true,
+        };
+        if gone {
+            self.disarm_exited(id, pid);
+        }
+    }
+
+    /// The pidfd of unit `id`'s init `pid`, if that process is still the container's (its
+    /// start time is the recorded one): `Err` when the container is gone already.
+    fn init_pidfd(&self, id: &str, pid: i32) -> Result<Option<std::os::fd::OwnedFd>, ()> {
+        let fd = match pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(nix::Error::ESRCH) => return Err(()),
+            Err(_) => return Ok(None),
+        };
+        // Opened by pid: the recorded start time says it is still the container's init.
+        let recorded = self.load_record(id).and_then(|r| r.start_time);
+        match (recorded, super::container_start_time(Some(pid))) {
+            (Some(r), Ok(Some(now))) if r != now => Err(()),
+            (_, Err(_)) => Err(()),
+            _ => Ok(Some(fd)),
+        }
+    }
+}
+
+/// Watches every container armed by pid: arms mounts that appear after start (a
+/// privileged container mounting a tmpfs, `nsenter` adding a mount) and disarms the
+/// container when its init exits. `/proc/<pid>/mountinfo` reports any change in that
+/// namespace as `POLLPRI`; between the mount and its mark an exec from it is unchecked for
+/// a few milliseconds, and a mount that cannot be marked is recorded as
+/// `mount-not-armed`. The init's pidfd turns readable when it exits.
+pub fn watch_containers(
     armer: std::sync::Arc<Armer>,
     audit: AuditQueue,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
-    use std::collections::HashMap;
-    use std::io::{Read, Seek};
-    let mut watched: HashMap<String, (i32, std::fs::File)> = HashMap::new();
-    let drain = |f: &mut std::fs::File| {
-        let mut sink = Vec::new();
-        let _ = f.rewind();
-        let _ = f.read_to_end(&mut sink);
-    };
+    let mut watched: HashMap<String, Watched> = HashMap::new();
     // The status is asked for again only when the units changed: with a thousand units
     // armed it is real work on the event loop, four times a second otherwise.
     let mut seen: Option<(u64, crate::engine::EngineStatus)> = None;
@@ -107,44 +161,19 @@ pub fn watch_mounts(
         let Some((_, status)) = seen.as_ref() else {
             continue;
         };
-        watched.retain(|id, (pid, _)| {
-            status
-                .units
-                .iter()
-                .any(|u| u.id == *id && u.pid == Some(*pid))
-        });
-        for u in &status.units {
-            let Some(pid) = u.pid else { continue };
-            if watched.contains_key(&u.id) {
-                continue;
-            }
-            if let Ok(mut f) = std::fs::File::open(format!("/proc/{pid}/mountinfo")) {
-                drain(&mut f);
-                watched.insert(u.id.clone(), (pid, f));
-                // Mounts made between arming and now.
-                for rec in armer.refresh_mounts(&u.id, pid, &u.marks) {
-                    audit.send(AuditJob::Coverage(rec));
-                }
+        follow_new_units(&armer, &audit, status, &mut watched);
+        let (changed, exited) = wait_round(&watched);
+        for id in exited {
+            if let Some(w) = watched.remove(&id) {
+                armer.disarm_exited(&id, w.pid);
             }
         }
-        let ids: Vec<String> = watched.keys().cloned().collect();
-        let changed: Vec<String> = {
-            let files: Vec<&std::fs::File> = ids
-                .iter()
-                .filter_map(|id| watched.get(id))
-                .map(|(_, f)| f)
-                .collect();
-            wait_for_mount_changes(&files, WATCH_TICK)
-                .into_iter()
-                .filter_map(|i| ids.get(i).cloned())
-                .collect()
-        };
         for id in changed {
-            let Some((pid, f)) = watched.get_mut(&id) else {
+            let Some(w) = watched.get_mut(&id) else {
                 continue;
             };
-            drain(f);
-            let pid = *pid;
+            drain(&mut w.mountinfo);
+            let pid = w.pid;
             let marks = status
                 .units
                 .iter()
@@ -156,4 +185,81 @@ pub fn watch_mounts(
             }
         }
     }
+}
+
+/// Reads a mount table to its end, so that its next change is reported again.
+fn drain(f: &mut std::fs::File) {
+    use std::io::{Read, Seek};
+    let mut sink = Vec::new();
+    let _ = f.rewind();
+    let _ = f.read_to_end(&mut sink);
+}
+
+/// Follows the units of `status` armed by pid and not followed yet (a container whose
+/// init is gone already is disarmed), and stops following units no longer armed.
+fn follow_new_units(
+    armer: &Armer,
+    audit: &AuditQueue,
+    status: &crate::engine::EngineStatus,
+    watched: &mut HashMap<String, Watched>,
+) {
+    watched.retain(|id, w| {
+        status
+            .units
+            .iter()
+            .any(|u| u.id == *id && u.pid == Some(w.pid))
+    });
+    for u in &status.units {
+        let Some(pid) = u.pid else { continue };
+        if watched.contains_key(&u.id) {
+            continue;
+        }
+        let exit = match armer.init_pidfd(&u.id, pid) {
+            Ok(fd) => fd,
+            Err(()) => {
+                armer.disarm_exited(&u.id, pid);
+                continue;
+            }
+        };
+        if let Ok(mut f) = std::fs::File::open(format!("/proc/{pid}/mountinfo")) {
+            drain(&mut f);
+            let w = Watched {
+                pid,
+                mountinfo: f,
+                exit,
+            };
+            watched.insert(u.id.clone(), w);
+            // Mounts made between arming and now.
+            for rec in armer.refresh_mounts(&u.id, pid, &u.marks) {
+                audit.send(AuditJob::Coverage(rec));
+            }
+        }
+    }
+}
+
+/// Waits one tick for mount changes and exits: the ids whose mount table changed, and
+/// those whose init exited.
+fn wait_round(watched: &HashMap<String, Watched>) -> (Vec<String>, Vec<String>) {
+    let ids: Vec<&String> = watched.keys().collect();
+    let files: Vec<&std::fs::File> = ids
+        .iter()
+        .filter_map(|id| watched.get(*id))
+        .map(|w| &w.mountinfo)
+        .collect();
+    let with_pidfd: Vec<(&String, &std::os::fd::OwnedFd)> = ids
+        .iter()
+        .filter_map(|id| Some((*id, watched.get(*id)?.exit.as_ref()?)))
+        .collect();
+    let pidfds: Vec<&std::os::fd::OwnedFd> = with_pidfd.iter().map(|(_, fd)| *fd).collect();
+    let (changed, exited) = wait_for_mounts_or_exits(&files, &pidfds, WATCH_TICK);
+    (
+        changed
+            .into_iter()
+            .filter_map(|i| ids.get(i).map(|id| (*id).clone()))
+            .collect(),
+        exited
+            .into_iter()
+            .filter_map(|i| with_pidfd.get(i).map(|(id, _)| (*id).clone()))
+            .collect(),
+    )
 }

@@ -75,7 +75,8 @@ pub enum Command {
     ///
     /// createRuntime arms the container and exits 0 only once it is armed; on failure it
     /// prints one line and exits 1, so container creation fails (unless --fail-open).
-    /// poststop disarms it.
+    /// poststop disarms it (the daemon does so itself when the container's init exits,
+    /// where the kernel has pidfds; the wrapper then adds no poststop hook).
     Hook(HookArgs),
     /// Print an OCI runtime spec with driftlock's hooks added, for a runtime's base spec:
     /// containerd's CRI `base_runtime_spec` then runs the hooks for every container of

@@ -246,8 +246,8 @@ impl Running {
             record_fail_opens(&armer, &audit2, &dir, &stop)
         })?;
         let (armer, stop) = (Arc::clone(&self.armer), Arc::clone(&self.stop_watch));
-        spawn("driftlock-mounts", move || {
-            crate::arming::watch_mounts(armer, audit, stop)
+        spawn("driftlock-containers", move || {
+            crate::arming::watch_containers(armer, audit, stop)
         })?;
         let handler: Handler = {
             let (admission, armer) = (Arc::clone(&self.admission), Arc::clone(&self.armer));

@@ -21,8 +21,8 @@ impl<G: Gate> Engine<G> {
                 self.units_changed();
                 let _ = reply.send(r);
             }
-            Command::Disarm(id, reply) => {
-                let r = self.disarm(&id);
+            Command::Disarm(id, pid, reply) => {
+                let r = self.disarm(&id, pid);
                 self.units_changed();
                 // Another unit could arm the same filesystem with another baseline.
                 self.clear_ignored_execs();
@@ -277,34 +277,73 @@ impl<G: Gate> Engine<G> {
         m
     }
 
-    pub(super) fn disarm(&mut self, id: &str) -> Result<UnitStatus, EngineError> {
-        let handle = self
-            .registry
-            .find_id(id)
-            .ok_or_else(|| EngineError::UnknownId(id.to_string()))?;
-        let Some(unit) = self.registry.remove(handle) else {
-            return Err(EngineError::UnknownId(id.to_string()));
-        };
-        self.stats.retired.add(&unit);
+    /// Disarms unit `id` (only the one armed by `armed_by`, when given): its marks and
+    /// gate entries go at once; execs of its still waiting for a hash are answered, and
+    /// recorded, by its rules before it is forgotten (a container's init may exit while
+    /// the payload it ran is being hashed).
+    pub(super) fn disarm(
+        &mut self,
+        id: &str,
+        armed_by: Option<i32>,
+    ) -> Result<UnitStatus, EngineError> {
+        let unknown = || EngineError::UnknownId(id.to_string());
+        let handle = self.registry.find_id(id).ok_or_else(unknown)?;
+        let unit = self.registry.get(handle).ok_or_else(unknown)?;
+        if armed_by.is_some_and(|p| unit.pid != Some(p)) {
+            return Err(unknown());
+        }
+        let (pid, mode, marks) = (unit.pid, unit.mode, unit.marks.clone());
+        self.registry.retire(handle);
         self.mapping.disarm(handle, &self.registry);
-        for m in &unit.marks {
-            let m = &self.reachable_mark(unit.pid, m.clone());
+        for m in marks {
+            let m = &self.reachable_mark(pid, m);
             // Only remove a mark if the path still leads to the mount we marked: a path
             // whose mount is gone may now lead to another filesystem.
             if self.gate.mark_is_live(&m.path, m.mnt_id) {
-                if let Err(e) = self.gate.mark(&self.mark_of(m, unit.mode), false) {
+                if let Err(e) = self.gate.mark(&self.mark_of(m, mode), false) {
                     log::warn!("{e}");
                 }
             }
         }
-        log::info!("disarmed unit {id:?}");
-        Ok(unit.status())
+        let status = self.registry.get(handle).map(Unit::status);
+        if self.pool.has_waiters_for(handle) {
+            log::info!("disarmed unit {id:?} (kept until the execs it is hashing are answered)");
+        } else {
+            self.forget_unit(handle);
+            log::info!("disarmed unit {id:?}");
+        }
+        status.ok_or_else(unknown)
+    }
+
+    /// Drops a unit for good, its counters kept in the node's totals.
+    fn forget_unit(&mut self, handle: UnitHandle) {
+        if let Some(u) = self.registry.remove(handle) {
+            self.stats.retired.add(&u);
+        }
+    }
+
+    /// Forgets the disarmed units whose last waiting execs have been answered.
+    pub(super) fn forget_answered_units(&mut self) {
+        if self.registry.leaving().is_empty() {
+            return;
+        }
+        let done: Vec<UnitHandle> = self
+            .registry
+            .leaving()
+            .iter()
+            .copied()
+            .filter(|h| !self.pool.has_waiters_for(*h))
+            .collect();
+        for h in done {
+            self.forget_unit(h);
+        }
     }
 
     pub(super) fn status(&self) -> EngineStatus {
         let mut units: Vec<UnitStatus> = self
             .registry
             .iter()
+            .filter(|(h, _)| !self.registry.is_leaving(**h))
             .map(|(h, u)| {
                 let mut st = u.status();
                 st.mapping_gate = self.mapping.coverage(*h, u);

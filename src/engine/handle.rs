@@ -90,8 +90,8 @@ pub struct ExplainQuery {
 pub enum Command {
     /// Arm a unit.
     Arm(Box<UnitSpec>, Sender<Result<Vec<PlannedMark>, EngineError>>),
-    /// Disarm a unit.
-    Disarm(String, Sender<Result<UnitStatus, EngineError>>),
+    /// Disarm a unit (only if it was armed by this pid, when one is given).
+    Disarm(String, Option<i32>, Sender<Result<UnitStatus, EngineError>>),
     /// Switch an armed unit to another mode (its marks, its gate entries); replies with
     /// the mode it had.
     SetMode(String, Mode, Sender<Result<Mode, EngineError>>),
@@ -158,7 +158,12 @@ impl EngineHandle {
     }
     /// Disarms a unit; returns its final status.
     pub fn disarm(&self, id: &str) -> Result<UnitStatus, EngineError> {
-        self.call(|tx| Command::Disarm(id.to_string(), tx))?
+        self.call(|tx| Command::Disarm(id.to_string(), None, tx))?
+    }
+    /// Disarms a unit whose container's init, `pid`, exited: only the unit armed by that
+    /// pid (an id may be armed again by a new container meanwhile).
+    pub fn disarm_exited(&self, id: &str, pid: i32) -> Result<UnitStatus, EngineError> {
+        self.call(|tx| Command::Disarm(id.to_string(), Some(pid), tx))?
     }
     /// Switches an armed unit to `mode` at once (the next exec is judged in it); returns
     /// the mode it had.

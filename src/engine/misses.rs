@@ -100,6 +100,7 @@ impl<G: Gate> Engine<G> {
         for r in self.pool.dispatch_backlog(unit_h, with_sha256) {
             self.refuse(r);
         }
+        self.forget_answered_units();
     }
 
     /// Judges a finished hash's content in its unit and answers whoever waits for it.
@@ -164,7 +165,8 @@ impl<G: Gate> Engine<G> {
             .collect();
         let mappable = finding == Finding::InBaseline
             || waiters.iter().any(|(_, f)| *f == Finding::InBaseline);
-        if flight.for_mapping && mappable {
+        // A disarmed unit's gate entries are gone: none is made for it again.
+        if flight.for_mapping && mappable && !self.registry.is_leaving(unit_h) {
             self.stats.mapping_prepared += 1;
             let generation = Some(flight.mapping_generation);
             self.make_mappable(unit_h, &flight.stat, digest, generation);
@@ -219,5 +221,6 @@ impl<G: Gate> Engine<G> {
             };
             self.finish(claim, judged);
         }
+        self.forget_answered_units();
     }
 }

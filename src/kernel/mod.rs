@@ -16,6 +16,7 @@ pub mod mapping_gate;
 pub mod mountinfo;
 pub mod ns;
 pub mod overlay;
+pub mod pidfd;
 pub mod procfs;
 pub mod ring;
 mod stat;

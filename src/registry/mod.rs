@@ -173,6 +173,10 @@ pub struct Registry {
     units: HashMap<UnitHandle, Unit, BuildHasherDefault<KeyHasher>>,
     by_dev: HashMap<u64, UnitHandle, BuildHasherDefault<KeyHasher>>,
     by_mnt: HashMap<u64, UnitHandle, BuildHasherDefault<KeyHasher>>,
+    /// Units disarmed while execs of theirs still waited for a hash: attributed no more
+    /// and not found by id (the id may be armed again), kept until those execs are
+    /// answered, and recorded, by the unit's own rules.
+    leaving: Vec<UnitHandle>,
     next: UnitHandle,
 }
 
@@ -258,12 +262,37 @@ impl Registry {
         let unit = self.units.remove(&handle)?;
         self.by_dev.retain(|_, h| *h != handle);
         self.by_mnt.retain(|_, h| *h != handle);
+        self.leaving.retain(|h| *h != handle);
         Some(unit)
     }
 
-    /// The unit with this id.
+    /// Takes a unit out of attribution and of lookups by id, and keeps it (its rules, its
+    /// counters, its record budget) until [`Registry::remove`]: see `leaving`.
+    pub fn retire(&mut self, handle: UnitHandle) {
+        if !self.units.contains_key(&handle) || self.leaving.contains(&handle) {
+            return;
+        }
+        self.by_dev.retain(|_, h| *h != handle);
+        self.by_mnt.retain(|_, h| *h != handle);
+        self.leaving.push(handle);
+    }
+
+    /// True if the unit was disarmed and waits only for its last answers.
+    pub fn is_leaving(&self, handle: UnitHandle) -> bool {
+        self.leaving.contains(&handle)
+    }
+
+    /// The units disarmed but kept for their last answers.
+    pub fn leaving(&self) -> &[UnitHandle] {
+        &self.leaving
+    }
+
+    /// The armed (not leaving) unit with this id.
     pub fn find_id(&self, id: &str) -> Option<UnitHandle> {
-        self.units.iter().find(|(_, u)| u.id == id).map(|(h, _)| *h)
+        self.units
+            .iter()
+            .find(|(h, u)| u.id == id && !self.leaving.contains(h))
+            .map(|(h, _)| *h)
     }
 
     /// A unit by handle.
@@ -286,14 +315,14 @@ impl Registry {
         self.units.iter_mut()
     }
 
-    /// Number of armed units.
+    /// Number of armed units (not counting those leaving).
     pub fn len(&self) -> usize {
-        self.units.len()
+        self.units.len() - self.leaving.len()
     }
 
     /// True if nothing is armed.
     pub fn is_empty(&self) -> bool {
-        self.units.is_empty()
+        self.len() == 0
     }
 }
 

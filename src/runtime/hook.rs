@@ -316,14 +316,21 @@ pub fn run(stage: Stage, opts: &HookOptions, stdin: impl Read) -> Result<String,
             let state: State =
                 serde_json::from_slice(&state).map_err(|e| HookError::State(e.to_string()))?;
             let id = state.id().to_string();
-            with_retry(opts, Duration::from_secs(20), |left| {
+            let disarmed = with_retry(opts, Duration::from_secs(20), |left| {
                 request(&opts.socket, &Request::Disarm { id: id.clone() }, left)
-            })
-            .map_err(|source| HookError::Daemon {
-                id: id.clone(),
-                source,
-            })?;
-            Ok(format!("disarmed {id}"))
+            });
+            match disarmed {
+                Ok(_) => Ok(format!("disarmed {id}")),
+                // The daemon saw the container's init exit and disarmed it first.
+                Err(ClientError::Refused {
+                    code: Some(crate::ipc::ErrorCode::NotFound),
+                    ..
+                }) => Ok(format!("{id} was disarmed already")),
+                Err(source) => Err(HookError::Daemon {
+                    id: id.clone(),
+                    source,
+                }),
+            }
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! `driftlock-runtime` stands in for runc (containerd's `BinaryName`, `ctr run
 //! --runc-binary`, `dockerd --add-runtime`, or first in PATH as `runc`). On `create` and
-//! `run` it adds a `createRuntime` and a `poststop` hook to the bundle's `config.json`,
+//! `run` it adds a `createRuntime` hook (and, on kernels without pidfds, a `poststop`
+//! hook; elsewhere the daemon sees the container's init exit) to the bundle's `config.json`,
 //! then replaces itself with the real runc, argv untouched. At `createRuntime` the
 //! container's mounts are all in place, its first process (runc init) waits, and nothing
 //! of the image has run yet: `driftlock hook createRuntime` asks the daemon to arm the

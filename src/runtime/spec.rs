@@ -41,10 +41,17 @@ pub fn add_hooks(config: &mut Value, cfg: &RuntimeConfig) -> Result<bool, PatchE
     let hooks = root.entry("hooks").or_insert_with(|| json!({}));
     let hooks = hooks.as_object_mut().ok_or(PatchError::HooksNotAnObject)?;
     let mut changed = false;
-    for (stage, timeout, first) in [
-        ("createRuntime", CREATE_HOOK_TIMEOUT, true),
-        ("poststop", 30, false),
-    ] {
+    // The daemon disarms a container when its init exits (its pidfd): a poststop hook, one
+    // process more per container, is added only where the kernel has no pidfd.
+    let stages: &[(&str, u64, bool)] = if !cfg.poststop_hook {
+        &[("createRuntime", CREATE_HOOK_TIMEOUT, true)]
+    } else {
+        &[
+            ("createRuntime", CREATE_HOOK_TIMEOUT, true),
+            ("poststop", 30, false),
+        ]
+    };
+    for &(stage, timeout, first) in stages {
         let list = hooks.entry(stage).or_insert_with(|| json!([]));
         let list = list
             .as_array_mut()

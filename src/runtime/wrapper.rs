@@ -34,6 +34,9 @@ pub struct RuntimeConfig {
     pub refuse_user_namespaces: bool,
     /// Kubernetes namespaces whose containers are not armed (`*` ends a prefix).
     pub exempt_namespaces: Vec<String>,
+    /// Add a poststop hook that disarms the container: only where the kernel has no
+    /// pidfd, through which the daemon sees the container's init exit by itself.
+    pub poststop_hook: bool,
 }
 
 impl RuntimeConfig {
@@ -50,6 +53,7 @@ impl RuntimeConfig {
             fail_open: false,
             refuse_user_namespaces: true,
             exempt_namespaces: Vec::new(),
+            poststop_hook: !crate::kernel::pidfd::pidfd_supported(),
         }
     }
 
@@ -391,6 +395,7 @@ mod tests {
             fail_open: false,
             refuse_user_namespaces: true,
             exempt_namespaces: Vec::new(),
+            poststop_hook: true,
         }
     }
 
@@ -473,6 +478,15 @@ mod tests {
         assert_eq!(v["hooks"]["prestart"][0]["path"], "/p");
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
         assert_eq!(keys[0], "ociVersion", "key order kept");
+        // Where the daemon watches the container's init by pidfd: no poststop process.
+        let mut v = json!({"ociVersion": "1.0.2"});
+        let pidfd = RuntimeConfig {
+            poststop_hook: false,
+            ..cfg()
+        };
+        assert!(add_hooks(&mut v, &pidfd).unwrap());
+        assert!(v["hooks"].get("poststop").is_none(), "{v}");
+        assert_eq!(v["hooks"]["createRuntime"][0]["args"][2], "createRuntime");
     }
 
     #[test]

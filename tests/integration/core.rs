@@ -729,6 +729,51 @@ fn a_path_scoped_entry_admits_the_content_at_its_path_only() {
     );
 }
 
+/// A container armed by its init's pid is disarmed when that process exits, with no
+/// poststop hook (the daemon holds its pidfd), and its record is forgotten; a unit armed
+/// again under the same id by another process is not disarmed by the first one's exit.
+#[test]
+fn a_unit_is_disarmed_when_its_init_exits() {
+    if !root_or_skip("pidfd disarm") {
+        return;
+    }
+    if !driftlock::kernel::pidfd::pidfd_supported() {
+        eprintln!("skipping: no pidfd on this kernel (the poststop hook disarms there)");
+        return;
+    }
+    let mut sb = Sandbox::new("pidfd");
+    sb.start_daemon(&[]);
+    let mut init = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = init.id().to_string();
+    sb.arm("c1", &["--pid", &pid]);
+    let record = sb.dir.join("state/units/c1.json");
+    assert!(record.exists(), "{}", record.display());
+    let mut second = Command::new("sleep").arg("60").spawn().unwrap();
+    let started = std::time::Instant::now();
+    init.kill().unwrap();
+    init.wait().unwrap();
+    sb.wait_for_status("the disarm", |s| {
+        s["units"].as_array().is_some_and(|u| u.is_empty())
+    });
+    let took = started.elapsed();
+    assert!(!record.exists(), "the record is forgotten");
+    crate::support::figure(&format!(
+        "pidfd disarm: unit gone {:.0} ms after its init was killed",
+        took.as_secs_f64() * 1000.0
+    ));
+    // The same id armed again by another process: the first one is long gone, and only
+    // this one's exit disarms it.
+    let pid2 = second.id().to_string();
+    sb.arm("c1", &["--pid", &pid2]);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(sb.status_json()["units"].as_array().unwrap().len(), 1);
+    second.kill().unwrap();
+    second.wait().unwrap();
+    sb.wait_for_status("the second disarm", |s| {
+        s["units"].as_array().is_some_and(|u| u.is_empty())
+    });
+}
+
 /// Break-glass: `driftlock mode audit` relaxes a running container at once (the next exec
 /// of a payload runs and is recorded as would-deny), the change is recorded with who asked,
 /// survives a daemon crash and restart, and `driftlock mode enforce` puts it back.

@@ -350,6 +350,13 @@ impl HashPool {
         self.in_flight.values().any(|f| !f.waiters.is_empty())
     }
 
+    /// Some event of `unit` waits for a hash (queued or running).
+    pub(super) fn has_waiters_for(&self, unit: UnitHandle) -> bool {
+        self.in_flight
+            .iter()
+            .any(|(k, f)| k.0 == unit && !f.waiters.is_empty())
+    }
+
     /// Waits up to `timeout` for a worker's result.
     pub(super) fn recv_timeout(&self, timeout: Duration) -> Option<HashDone> {
         self.results.recv_timeout(timeout).ok()

@@ -157,6 +157,57 @@ fn unattributed_execs_are_refused_and_disarm_drops_the_unit() {
     ));
 }
 
+/// A container's init may exit while the payload it ran is still being hashed: the disarm
+/// takes the unit's marks and its id at once, and the exec is still judged and recorded by
+/// its rules before the unit is forgotten.
+#[test]
+fn a_unit_disarmed_while_hashing_still_records_its_exec() {
+    let h = Harness::new(
+        "leaving",
+        EngineConfig {
+            // No worker takes the job: the exec waits until its budget runs out.
+            hash_workers: 0,
+            hash_timeout: Duration::from_millis(300),
+            ..cfg()
+        },
+        None,
+    );
+    let payload = h.file("payload", b"miner");
+    h.arm("a1", Mode::Audit, &[b"image"]).unwrap();
+    h.push(&payload, libc::FAN_OPEN_EXEC, std::process::id() as i32);
+    for _ in 0..200 {
+        if h.handle.status().unwrap().in_flight == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(h.handle.status().unwrap().in_flight, 1);
+    h.handle.disarm("a1").unwrap();
+    let st = h.handle.status().unwrap();
+    assert!(st.units.is_empty(), "disarmed at once: {:?}", st.units);
+    assert!(matches!(
+        h.handle.disarm("a1"),
+        Err(EngineError::UnknownId(_))
+    ));
+    // The id and the filesystem are free for the container's next start.
+    h.arm("a1", Mode::Enforce, &[b"image"]).unwrap();
+    h.handle.disarm("a1").unwrap();
+    let recs = h.records(1);
+    assert_eq!(recs[0].unit, "a1");
+    assert_eq!(recs[0].verdict, Verdict::WouldDeny);
+    assert_eq!(recs[0].reason, Reason::HashTimeout);
+    // Then it is gone, its counters in the node's totals.
+    for _ in 0..200 {
+        if h.handle.status().unwrap().stats.retired.would_deny == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let st = h.handle.status().unwrap();
+    assert!(st.units.is_empty());
+    assert_eq!(st.stats.retired.would_deny, 1, "{:?}", st.stats.retired);
+}
+
 #[test]
 fn a_failed_mark_rolls_the_unit_back() {
     let h = Harness::new("rollback", cfg(), Some(1));
