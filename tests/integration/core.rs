@@ -772,6 +772,22 @@ fn a_unit_is_disarmed_when_its_init_exits() {
     sb.wait_for_status("the second disarm", |s| {
         s["units"].as_array().is_some_and(|u| u.is_empty())
     });
+    // A container restarted under the same id at once (Docker's restart): the arm does
+    // not wait for the watcher to see the old init's exit, and is never refused for it.
+    let mut third = Command::new("sleep").arg("60").spawn().unwrap();
+    let mut fourth = Command::new("sleep").arg("60").spawn().unwrap();
+    sb.arm("c2", &["--pid", &third.id().to_string()]);
+    third.kill().unwrap();
+    third.wait().unwrap();
+    sb.arm("c2", &["--pid", &fourth.id().to_string()]);
+    let units = sb.status_json()["units"].clone();
+    assert_eq!(units.as_array().unwrap().len(), 1, "{units}");
+    assert_eq!(units[0]["pid"], fourth.id(), "{units}");
+    fourth.kill().unwrap();
+    fourth.wait().unwrap();
+    sb.wait_for_status("the last disarm", |s| {
+        s["units"].as_array().is_some_and(|u| u.is_empty())
+    });
 }
 
 /// Break-glass: `driftlock mode audit` relaxes a running container at once (the next exec
