@@ -75,7 +75,10 @@ based=$(grep -c 'arm of "sb[0-9]*" took' "$t/daemon.log" || true)
 med() { sort -n "$1" | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)]/1000}'; }
 p=$(med "$t/plain"); c=$(med "$t/cold"); w=$(med "$t/warm")
 sp=$(med "$t/spec_plain"); sb=$(med "$t/spec_base")
-base_added=$(echo "$sb - $sp" | bc -l)
+# Added time: the median of each round's difference (the start against the plain start
+# of the same round), so that the VM's drift between rounds cancels out.
+paired() { paste "$1" "$2" | awk '{print $1 - $2}' > "$t/pair"; med "$t/pair"; }
+base_added=$(paired "$t/spec_base" "$t/spec_plain")
 # Where the later start's milliseconds go.
 # - The daemon's own arm, by phase (its log line per arm of a later start).
 phase() { grep -E "arm of \"w[0-9]+\" took" "$t/daemon.log" | sed -n "s/.*$1 \([0-9.]*\).*/\1/p" | sort -n | awk '{a[NR]=$1} END {if (NR) printf "%.2f", a[int((NR+1)/2)]; else printf "n/a"}'; }
@@ -94,18 +97,18 @@ hf() { hyperfine -N -w 5 -r 40 --export-json "$t/hf.json" "$@" >/dev/null 2>&1; 
 read -r runc_v wrap_v < <(hf "/usr/sbin/runc --version" "$bin/driftlock-runtime --version" | paste -sd' ')
 hook_start=$(hf "$bin/driftlock --version")
 wrap_each=$(echo "$wrap_v - $runc_v" | bc -l)
-added=$(echo "$w - $p" | bc -l)
+added=$(paired "$t/warm" "$t/plain")
 explained=$(echo "$wrapped * $wrap_each + $hooks * $hook_start + $arm_total" | bc -l)
 rest=$(echo "$added - $explained" | bc -l)
 f() { printf %.1f "$1"; }
 echo "## Container start"
 echo
-echo "\`./scripts/bench-container-start.sh $rounds\`: \`ctr run --rm\` of busybox's \`/bin/true\` through plain runc and through \`driftlock-runtime\` (the hooks arm the container; where the kernel has pidfds the daemon disarms it when its init exits, else a poststop hook does), alternating, $rounds rounds, medians, in a private containerd."
+echo "\`./scripts/bench-container-start.sh $rounds\`: \`ctr run --rm\` of busybox's \`/bin/true\` through plain runc and through \`driftlock-runtime\` (the hooks arm the container; where the kernel has pidfds the daemon disarms it when its init exits, else a poststop hook does), alternating, $rounds rounds, medians; *added* is the median of each round's difference from that round's plain start, in a private containerd."
 echo
 echo "| start | ms | added ms |"
 echo "|---|---|---|"
 echo "| runc alone | $(f "$p") | |"
-echo "| driftlock, the image's first start (snapshot) | $(f "$c") | $(f "$(echo "$c - $p" | bc -l)") |"
+echo "| driftlock, the image's first start (snapshot) | $(f "$c") | $(f "$(paired "$t/cold" "$t/plain")") |"
 echo "| driftlock, a later start (stored baseline) | $(f "$w") | $(f "$added") |"
 echo "| runc alone, containerd's default spec (\`ctr run --config\`, a fresh overlay of the image) | $(f "$sp") | |"
 echo "| driftlock without the wrapper: the same spec through \`driftlock base-spec\` (hooks, plain runc; $based of $rounds starts armed) | $(f "$sb") | $(f "$base_added") |"
@@ -124,7 +127,7 @@ echo "Without the wrapper (the base runtime spec) its share is gone: $(f "$base_
 if [ -n "${DRIFTLOCK_BENCH_RESULTS:-}" ]; then
   {
     echo "start_added_ms=$added"
-    echo "start_first_added_ms=$(echo "$c - $p" | bc -l)"
+    echo "start_first_added_ms=$(paired "$t/cold" "$t/plain")"
     echo "start_runc_ms=$p"
     echo "start_wrapper_ms=$(echo "$wrapped * $wrap_each" | bc -l)"
     echo "start_hooks_ms=$(echo "$hooks * $hook_start" | bc -l)"

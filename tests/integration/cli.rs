@@ -504,6 +504,8 @@ fn the_image_and_node_layout_are_set_once_for_every_overlay() {
             "DRIFTLOCK_RUNC",
             "DRIFTLOCK_FAIL_OPEN",
             "DRIFTLOCK_EXEMPT_NAMESPACES",
+            "DRIFTLOCK_CRI_HOOKS",
+            "DRIFTLOCK_CRI_DEFAULT_SPEC",
         ] {
             assert!(
                 keys.contains(&key),
