@@ -30,13 +30,16 @@ mkdir -p "$t/image/bin" "$t/image/tmp" "$t/image/dev/shm" "$t/state"
 cc -static -O2 -o "$t/image/bin/st" -x c - <<<'int main(void){return 0;}'
 bb=$(command -v busybox || true)
 [ -n "$bb" ] && cp "$bb" "$t/image/bin/busybox"
-for i in $(seq "$units"); do
-  u=$t/u$i
+mount_unit() {
+  local u=$t/u$1
   mkdir -p "$u"/{upper,work,root}
   mount -t overlay overlay -o "lowerdir=$t/image,upperdir=$u/upper,workdir=$u/work" "$u/root"
   mount -t tmpfs tmpfs "$u/root/tmp"
   mount -t tmpfs tmpfs "$u/root/dev/shm"
-done
+}
+# First a node of 31 containers: the later arm's cost where the mount table is small.
+small=$(( units < 31 ? units : 31 ))
+for i in $(seq "$small"); do mount_unit "$i"; done
 "$bin" daemon --log-level error --socket "$t/d.sock" --state-dir "$t/state" >/dev/null </dev/null &
 d=$!; pids+=("$d")
 while [ ! -S "$t/d.sock" ]; do sleep 0.05; done
@@ -68,6 +71,15 @@ rss0=$(rss_mb)
 first=$(arm_unit 1)
 "$t/execloop" "$t/u1/root/bin/st" 50 "$t/lat"   # fill the cache
 sleep 0.1
+# Arms among 30 containers (units 2 to 31 with only their mounts on the node), 3 times.
+: > "$t/arm_small"
+for r in 1 2 3; do
+  for i in $(seq 2 "$small"); do arm_unit "$i" >> "$t/arm_small"; done
+  for i in $(seq 2 "$small"); do disarm_unit "$i"; done
+done
+table_small=$(wc -l < /proc/self/mountinfo)
+for i in $(seq $((small + 1)) "$units"); do mount_unit "$i"; done
+table_all=$(wc -l < /proc/self/mountinfo)
 # Rounds alternate 1 unit and all UNITS: per round, the warm cost with unit 1 alone, then
 # units 2 to UNITS armed (timed) and each unit's program run once (a cache entry each), the
 # warm cost again, and units 2 to UNITS disarmed.
@@ -91,9 +103,9 @@ lat_ratio=$(awk '{print $3 / $1}' "$t/warm" | med)
 med2() { sort -n | awk '{a[NR]=$1} END {if (NR) printf "%.2f", a[int((NR+1)/2)]; else printf "n/a"}'; }
 arm_med=$(awk '{print $2}' "$t/arm_ms" | med)
 arm_p99=$(awk '{print $2}' "$t/arm_ms" | pct 0.99)
-# The arm among 30 containers (units 2 to 31) against the arm of the last 30 units (each
-# with nearly all units' mounts in the table), medians over every round.
-arm_30=$(awk '$1 <= 31 {print $2}' "$t/arm_ms" | med2)
+# The arm among 30 containers (units 2 to 31, only their mounts on the node) against the
+# arm of the last 30 units with every unit's mounts on the node, medians.
+arm_30=$(med2 < "$t/arm_small")
 arm_last=$(awk -v n="$units" '$1 > n - 30 {print $2}' "$t/arm_ms" | med2)
 arm_ratio=$(echo "$arm_last / $arm_30" | bc -l)
 total_s=$(echo "$(med < "$t/arm_total") / 1000" | bc -l)
@@ -151,7 +163,7 @@ echo "| figure | value |"
 echo "|---|---|"
 echo "| arm of the first unit (snapshot of the image) | $(printf %.1f "$first") ms |"
 echo "| arm of each later unit (stored baseline): median, p99 | $arm_med ms, $arm_p99 ms |"
-echo "| arm with 1 to 30 units armed (units 2 to 31), with $((units - 30)) to $((units - 1)) armed (the last 30): medians, and the ratio | $arm_30 ms, $arm_last ms ($(printf %.2f "$arm_ratio")x) |"
+echo "| arm of units 2 to 31 on a node of 31 units ($table_small mounts), of the last 30 of $units units ($table_all mounts): medians, and the ratio | $arm_30 ms, $arm_last ms ($(printf %.2f "$arm_ratio")x) |"
 echo "| arm of units 2 to $units in total (median over rounds) | $(printf %.1f "$total_s") s |"
 echo "| daemon RSS: no unit, $units units with a cache entry each | $rss0 MB, $rss1 MB |"
 echo "| warm exec with 1 unit armed: median µs, event thread CPU µs per exec | $w1_lat, $(printf %.1f "$w1_cpu") |"
