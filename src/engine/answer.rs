@@ -213,6 +213,10 @@ impl<G: Gate> Engine<G> {
         digest: Option<Digest>,
         judged: Option<u64>,
     ) {
+        // A disarmed unit's gate entries are gone: none is made for it again.
+        if self.registry.is_leaving(unit_h) {
+            return;
+        }
         if self
             .mapping
             .make_mappable(&self.registry, unit_h, stat, digest, judged)

@@ -165,8 +165,7 @@ impl<G: Gate> Engine<G> {
             .collect();
         let mappable = finding == Finding::InBaseline
             || waiters.iter().any(|(_, f)| *f == Finding::InBaseline);
-        // A disarmed unit's gate entries are gone: none is made for it again.
-        if flight.for_mapping && mappable && !self.registry.is_leaving(unit_h) {
+        if flight.for_mapping && mappable {
             self.stats.mapping_prepared += 1;
             let generation = Some(flight.mapping_generation);
             self.make_mappable(unit_h, &flight.stat, digest, generation);
