@@ -166,6 +166,9 @@ impl Armer {
             rootfs_dev: unit.rootfs_stat.dev,
             rootfs_mnt_id: unit.rootfs_stat.mnt_id,
             rootfs_ino: Some(unit.rootfs_stat.ino),
+            pid_namespace_init: req
+                .pid
+                .and_then(crate::kernel::procfs::is_pid_namespace_init),
         };
         if let Err(e) = self.save_record(&record) {
             if let Err(undo) = self.engine.disarm(&req.id) {

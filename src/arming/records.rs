@@ -30,6 +30,10 @@ pub struct UnitRecord {
     /// of a sandboxed unit one, with new mount ids).
     #[serde(default)]
     pub rootfs_ino: Option<u64>,
+    /// `request.pid` was the init of a PID namespace of its own when armed: its exit ends
+    /// the container (its unit is disarmed then, with no poststop hook).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_namespace_init: Option<bool>,
 }
 
 /// Re-arms at start stop after this long; the rest are retried once the daemon serves

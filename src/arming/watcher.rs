@@ -214,12 +214,19 @@ fn follow_new_units(
         if watched.contains_key(&u.id) {
             continue;
         }
+        // Only the init of a PID namespace of its own takes the container with it when it
+        // exits; any other init (a shared or the host's PID namespace) may leave processes
+        // running until the runtime kills them, and its container is disarmed by the
+        // poststop hook (which the wrapper adds for such a spec).
+        let own_namespace =
+            armer.load_record(&u.id).and_then(|r| r.pid_namespace_init) == Some(true);
         let exit = match armer.init_pidfd(&u.id, pid) {
-            Ok(fd) => fd,
-            Err(()) => {
+            Ok(fd) => fd.filter(|_| own_namespace),
+            Err(()) if own_namespace => {
                 armer.disarm_exited(&u.id, pid);
                 continue;
             }
+            Err(()) => None,
         };
         if let Ok(mut f) = std::fs::File::open(format!("/proc/{pid}/mountinfo")) {
             drain(&mut f);

@@ -140,6 +140,24 @@ pub fn pid_namespace(pid: i32) -> Option<u32> {
         .and_then(|m| u32::try_from(m.ino()).ok())
 }
 
+/// True if process `pid` is the init (pid 1) of its own PID namespace: when it exits, the
+/// kernel kills every other process of that namespace. `None` if its status is unreadable
+/// (gone, or a kernel before 4.1 without `NSpid`).
+pub fn is_pid_namespace_init(pid: i32) -> Option<bool> {
+    let status = std::fs::read(format!("/proc/{pid}/status")).ok()?;
+    nspid_is_init(&status)
+}
+
+fn nspid_is_init(status: &[u8]) -> Option<bool> {
+    let line = status
+        .split(|b| *b == b'\n')
+        .find_map(|l| l.strip_prefix(b"NSpid:"))?;
+    let last = line
+        .split(|b| *b == b' ' || *b == b'\t')
+        .rfind(|f| !f.is_empty())?;
+    Some(last == b"1")
+}
+
 /// Finds the file `(dev, ino)` (kernel device encoding) among the open fds of process
 /// `pid` (the first 1,024): its path as the process sees it, and its `/proc/<pid>/fd/N`.
 /// Opens nothing (an open of a marked file may raise an event).
@@ -163,6 +181,19 @@ pub fn find_open_file(pid: i32, dev: u64, ino: u64) -> Option<(Vec<u8>, std::pat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pid_namespace_init_is_told_from_its_nspid() {
+        assert_eq!(nspid_is_init(b"Name:\tsh\nNSpid:\t4242\t1\n"), Some(true));
+        assert_eq!(nspid_is_init(b"NSpid:\t4242\t17\n"), Some(false));
+        assert_eq!(nspid_is_init(b"NSpid:\t1\n"), Some(true));
+        assert_eq!(nspid_is_init(b"Name:\tsh\n"), None);
+        // This test runs in no PID namespace of its own.
+        assert_eq!(
+            is_pid_namespace_init(std::process::id() as i32),
+            Some(false)
+        );
+    }
 
     #[test]
     fn reads_own_process() {

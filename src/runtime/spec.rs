@@ -35,15 +35,34 @@ pub(super) fn is_ours(entry: &Value, stage: &str, cfg: &RuntimeConfig) -> bool {
         .is_some_and(|p| Path::new(p) == cfg.driftlock)
 }
 
+/// True if the config gives the container a PID namespace of its own (a `pid` namespace
+/// with no `path` to join).
+fn has_own_pid_namespace(config: &Value) -> bool {
+    config
+        .pointer("/linux/namespaces")
+        .and_then(Value::as_array)
+        .is_some_and(|ns| {
+            ns.iter().any(|n| {
+                n.get("type").and_then(Value::as_str) == Some("pid")
+                    && n.get("path")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+            })
+        })
+}
+
 /// Adds driftlock's hooks to a runtime config (idempotent). Returns whether it changed.
 pub fn add_hooks(config: &mut Value, cfg: &RuntimeConfig) -> Result<bool, PatchError> {
+    let own_pid_namespace = has_own_pid_namespace(config);
     let root = config.as_object_mut().ok_or(PatchError::NotAnObject)?;
     let hooks = root.entry("hooks").or_insert_with(|| json!({}));
     let hooks = hooks.as_object_mut().ok_or(PatchError::HooksNotAnObject)?;
     let mut changed = false;
-    // The daemon disarms a container when its init exits (its pidfd): a poststop hook, one
-    // process more per container, is added only where the kernel has no pidfd.
-    let stages: &[(&str, u64, bool)] = if !cfg.poststop_hook {
+    // The daemon disarms a container when its init exits (its pidfd), where that init is
+    // its own PID namespace's (its exit ends every process of the container): a poststop
+    // hook, one process more per container, is added where the kernel has no pidfd, or
+    // the container shares a PID namespace (its processes may outlive the init).
+    let stages: &[(&str, u64, bool)] = if !cfg.poststop_hook && own_pid_namespace {
         &[("createRuntime", CREATE_HOOK_TIMEOUT, true)]
     } else {
         &[

@@ -478,8 +478,10 @@ mod tests {
         assert_eq!(v["hooks"]["prestart"][0]["path"], "/p");
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
         assert_eq!(keys[0], "ociVersion", "key order kept");
-        // Where the daemon watches the container's init by pidfd: no poststop process.
-        let mut v = json!({"ociVersion": "1.0.2"});
+        // Where the daemon watches the container's init by pidfd and that init is its own
+        // PID namespace's: no poststop process.
+        let own = json!({"ociVersion": "1.0.2", "linux": {"namespaces": [{"type": "pid"}]}});
+        let mut v = own.clone();
         let pidfd = RuntimeConfig {
             poststop_hook: false,
             ..cfg()
@@ -487,6 +489,17 @@ mod tests {
         assert!(add_hooks(&mut v, &pidfd).unwrap());
         assert!(v["hooks"].get("poststop").is_none(), "{v}");
         assert_eq!(v["hooks"]["createRuntime"][0]["args"][2], "createRuntime");
+        // A shared (or the host's) PID namespace: the container's processes may outlive its
+        // init, so the poststop hook disarms it.
+        for linux in [
+            json!({"namespaces": [{"type": "pid", "path": "/proc/42/ns/pid"}]}),
+            json!({"namespaces": [{"type": "mount"}]}),
+            json!({}),
+        ] {
+            let mut v = json!({"ociVersion": "1.0.2", "linux": linux});
+            assert!(add_hooks(&mut v, &pidfd).unwrap());
+            assert_eq!(v["hooks"]["poststop"][0]["args"][2], "poststop", "{v}");
+        }
     }
 
     #[test]

@@ -729,9 +729,61 @@ fn a_path_scoped_entry_admits_the_content_at_its_path_only() {
     );
 }
 
-/// A container armed by its init's pid is disarmed when that process exits, with no
-/// poststop hook (the daemon holds its pidfd), and its record is forgotten; a unit armed
-/// again under the same id by another process is not disarmed by the first one's exit.
+/// A container's init in a PID namespace of its own (`unshare --pid --fork sleep`): its
+/// exit ends every process of that namespace, as a container's does.
+struct NamespaceInit {
+    unshare: std::process::Child,
+    pid: i32,
+}
+
+impl NamespaceInit {
+    fn start() -> Self {
+        let unshare = Command::new("unshare")
+            .args(["--pid", "--fork", "sleep", "60"])
+            .spawn()
+            .unwrap();
+        let children = format!("/proc/{0}/task/{0}/children", unshare.id());
+        let mut pid = 0;
+        for _ in 0..400 {
+            let text = fs::read_to_string(&children).unwrap_or_default();
+            if let Some(p) = text.split_whitespace().next() {
+                pid = p.parse().unwrap();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(pid > 0, "unshare started no child");
+        Self { unshare, pid }
+    }
+
+    fn pid(&self) -> String {
+        self.pid.to_string()
+    }
+
+    /// Kills the init (and so its namespace) and reaps `unshare`.
+    fn kill(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.unshare.wait();
+    }
+}
+
+impl Drop for NamespaceInit {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}
+
+/// A container armed by its init's pid is disarmed when that process exits, where the
+/// init is its own PID namespace's, with no poststop hook (the daemon holds its pidfd),
+/// and its record is forgotten; a unit armed again under the same id by another process
+/// is not disarmed by the first one's exit. An init in a shared (here the host's) PID
+/// namespace may leave processes running when it exits: its unit waits for the poststop
+/// hook's disarm.
 #[test]
 fn a_unit_is_disarmed_when_its_init_exits() {
     if !root_or_skip("pidfd disarm") {
@@ -743,18 +795,33 @@ fn a_unit_is_disarmed_when_its_init_exits() {
     }
     let mut sb = Sandbox::new("pidfd");
     sb.start_daemon(&[]);
-    let mut init = Command::new("sleep").arg("60").spawn().unwrap();
-    let pid = init.id().to_string();
-    sb.arm("c1", &["--pid", &pid]);
+    let no_units = |s: &serde_json::Value| s["units"].as_array().is_some_and(|u| u.is_empty());
+    // The host's PID namespace: its exit does not disarm.
+    let mut shared = Command::new("sleep").arg("60").spawn().unwrap();
+    sb.arm("h1", &["--pid", &shared.id().to_string()]);
+    shared.kill().unwrap();
+    shared.wait().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(
+        sb.status_json()["units"].as_array().unwrap().len(),
+        1,
+        "an init that shares its PID namespace was disarmed at its exit"
+    );
+    let out = sb.client(&["disarm", "--id", "h1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut init = NamespaceInit::start();
+    sb.arm("c1", &["--pid", &init.pid()]);
     let record = sb.dir.join("state/units/c1.json");
     assert!(record.exists(), "{}", record.display());
-    let mut second = Command::new("sleep").arg("60").spawn().unwrap();
+    let mut second = NamespaceInit::start();
     let started = std::time::Instant::now();
-    init.kill().unwrap();
-    init.wait().unwrap();
-    sb.wait_for_status("the disarm", |s| {
-        s["units"].as_array().is_some_and(|u| u.is_empty())
-    });
+    init.kill();
+    sb.wait_for_status("the disarm", no_units);
     let took = started.elapsed();
     assert!(!record.exists(), "the record is forgotten");
     crate::support::figure(&format!(
@@ -763,31 +830,23 @@ fn a_unit_is_disarmed_when_its_init_exits() {
     ));
     // The same id armed again by another process: the first one is long gone, and only
     // this one's exit disarms it.
-    let pid2 = second.id().to_string();
-    sb.arm("c1", &["--pid", &pid2]);
+    sb.arm("c1", &["--pid", &second.pid()]);
     std::thread::sleep(std::time::Duration::from_millis(600));
     assert_eq!(sb.status_json()["units"].as_array().unwrap().len(), 1);
-    second.kill().unwrap();
-    second.wait().unwrap();
-    sb.wait_for_status("the second disarm", |s| {
-        s["units"].as_array().is_some_and(|u| u.is_empty())
-    });
+    second.kill();
+    sb.wait_for_status("the second disarm", no_units);
     // A container restarted under the same id at once (Docker's restart): the arm does
     // not wait for the watcher to see the old init's exit, and is never refused for it.
-    let mut third = Command::new("sleep").arg("60").spawn().unwrap();
-    let mut fourth = Command::new("sleep").arg("60").spawn().unwrap();
-    sb.arm("c2", &["--pid", &third.id().to_string()]);
-    third.kill().unwrap();
-    third.wait().unwrap();
-    sb.arm("c2", &["--pid", &fourth.id().to_string()]);
+    let mut third = NamespaceInit::start();
+    let mut fourth = NamespaceInit::start();
+    sb.arm("c2", &["--pid", &third.pid()]);
+    third.kill();
+    sb.arm("c2", &["--pid", &fourth.pid()]);
     let units = sb.status_json()["units"].clone();
     assert_eq!(units.as_array().unwrap().len(), 1, "{units}");
-    assert_eq!(units[0]["pid"], fourth.id(), "{units}");
-    fourth.kill().unwrap();
-    fourth.wait().unwrap();
-    sb.wait_for_status("the last disarm", |s| {
-        s["units"].as_array().is_some_and(|u| u.is_empty())
-    });
+    assert_eq!(units[0]["pid"], fourth.pid, "{units}");
+    fourth.kill();
+    sb.wait_for_status("the last disarm", no_units);
 }
 
 /// Break-glass: `driftlock mode audit` relaxes a running container at once (the next exec
