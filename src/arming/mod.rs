@@ -159,6 +159,9 @@ impl Armer {
         start_time: Option<u64>,
         unit: &ResolvedUnit,
     ) -> Result<(), ArmError> {
+        let pid_namespace_init = req
+            .pid
+            .and_then(crate::kernel::procfs::is_pid_namespace_init);
         let record = UnitRecord {
             v: 1,
             request: req.clone(),
@@ -166,9 +169,11 @@ impl Armer {
             rootfs_dev: unit.rootfs_stat.dev,
             rootfs_mnt_id: unit.rootfs_stat.mnt_id,
             rootfs_ino: Some(unit.rootfs_stat.ino),
-            pid_namespace_init: req
-                .pid
-                .and_then(crate::kernel::procfs::is_pid_namespace_init),
+            pid_namespace_init,
+            cgroups: match (req.pid, pid_namespace_init) {
+                (Some(pid), Some(false)) => crate::kernel::procfs::cgroup_procs_files(pid),
+                _ => Vec::new(),
+            },
         };
         if let Err(e) = self.save_record(&record) {
             if let Err(undo) = self.engine.disarm(&req.id) {

@@ -34,6 +34,10 @@ pub struct UnitRecord {
     /// the container (its unit is disarmed then, with no poststop hook).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_namespace_init: Option<bool>,
+    /// For an init that shares its PID namespace: the `cgroup.procs` files of its cgroups
+    /// when armed. The container ends when one of them empties, not at the init's exit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// Re-arms at start stop after this long; the rest are retried once the daemon serves

@@ -77,9 +77,29 @@ const WATCH_TICK: Duration = Duration::from_millis(250);
 /// One container the watcher follows: its init's pid, mount table and pidfd.
 struct Watched {
     pid: i32,
-    mountinfo: std::fs::File,
-    /// `None` where the kernel has no pidfd (before 5.3): the poststop hook disarms.
+    /// `None` once the init exited (the namespace may outlive it, but is no longer
+    /// reachable through it).
+    mountinfo: Option<std::fs::File>,
+    /// `None` where the kernel has no pidfd (before 5.3), or once the init exited: the
+    /// poststop hook disarms.
     exit: Option<std::os::fd::OwnedFd>,
+    /// Where the init shares its PID namespace, its other processes may outlive it: the
+    /// container's cgroups (their `cgroup.procs`), and whether the init has exited. The
+    /// unit is disarmed once one of them is empty.
+    cgroups: Vec<std::path::PathBuf>,
+    init_exited: bool,
+}
+
+impl Watched {
+    /// The container is over: its init exited, and nothing of it can still run.
+    fn is_over(&self) -> bool {
+        self.init_exited
+            && (self.cgroups.is_empty()
+                || self
+                    .cgroups
+                    .iter()
+                    .any(|c| crate::kernel::procfs::cgroup_is_empty(c)))
+    }
 }
 
 impl Armer {
@@ -164,6 +184,18 @@ pub fn watch_containers(
         follow_new_units(&armer, &audit, status, &mut watched);
         let (changed, exited) = wait_round(&watched);
         for id in exited {
+            if let Some(w) = watched.get_mut(&id) {
+                w.init_exited = true;
+                w.exit = None;
+                w.mountinfo = None;
+            }
+        }
+        let over: Vec<String> = watched
+            .iter()
+            .filter(|(_, w)| w.is_over())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in over {
             if let Some(w) = watched.remove(&id) {
                 armer.disarm_exited(&id, w.pid);
             }
@@ -172,7 +204,10 @@ pub fn watch_containers(
             let Some(w) = watched.get_mut(&id) else {
                 continue;
             };
-            drain(&mut w.mountinfo);
+            let Some(mountinfo) = w.mountinfo.as_mut() else {
+                continue;
+            };
+            drain(mountinfo);
             let pid = w.pid;
             let marks = status
                 .units
@@ -216,24 +251,44 @@ fn follow_new_units(
         }
         // Only the init of a PID namespace of its own takes the container with it when it
         // exits; any other init (a shared or the host's PID namespace) may leave processes
-        // running until the runtime kills them, and its container is disarmed by the
-        // poststop hook (which the wrapper adds for such a spec).
-        let own_namespace =
-            armer.load_record(&u.id).and_then(|r| r.pid_namespace_init) == Some(true);
+        // running until the runtime kills them: its container ends when its cgroup empties
+        // (or at its poststop hook, which the wrapper adds for such a spec).
+        let record = armer.load_record(&u.id);
+        let own_namespace = record.as_ref().and_then(|r| r.pid_namespace_init) != Some(false);
+        let cgroups = record.map(|r| r.cgroups).unwrap_or_default();
+        if !own_namespace && cgroups.is_empty() {
+            log::info!(
+                "unit {:?}: its init shares a PID namespace and its cgroup is not visible \
+                 here: disarmed at the init's exit or by the poststop hook",
+                u.id
+            );
+        }
         let exit = match armer.init_pidfd(&u.id, pid) {
-            Ok(fd) => fd.filter(|_| own_namespace),
-            Err(()) if own_namespace => {
-                armer.disarm_exited(&u.id, pid);
+            Ok(fd) => fd,
+            Err(()) => {
+                let gone = Watched {
+                    pid,
+                    mountinfo: None,
+                    exit: None,
+                    cgroups: if own_namespace { Vec::new() } else { cgroups },
+                    init_exited: true,
+                };
+                if gone.is_over() {
+                    armer.disarm_exited(&u.id, pid);
+                } else {
+                    watched.insert(u.id.clone(), gone);
+                }
                 continue;
             }
-            Err(()) => None,
         };
         if let Ok(mut f) = std::fs::File::open(format!("/proc/{pid}/mountinfo")) {
             drain(&mut f);
             let w = Watched {
                 pid,
-                mountinfo: f,
+                mountinfo: Some(f),
                 exit,
+                cgroups: if own_namespace { Vec::new() } else { cgroups },
+                init_exited: false,
             };
             watched.insert(u.id.clone(), w);
             // Mounts made between arming and now.
@@ -247,22 +302,21 @@ fn follow_new_units(
 /// Waits one tick for mount changes and exits: the ids whose mount table changed, and
 /// those whose init exited.
 fn wait_round(watched: &HashMap<String, Watched>) -> (Vec<String>, Vec<String>) {
-    let ids: Vec<&String> = watched.keys().collect();
-    let files: Vec<&std::fs::File> = ids
+    let with_table: Vec<(&String, &std::fs::File)> = watched
         .iter()
-        .filter_map(|id| watched.get(*id))
-        .map(|w| &w.mountinfo)
+        .filter_map(|(id, w)| Some((id, w.mountinfo.as_ref()?)))
         .collect();
-    let with_pidfd: Vec<(&String, &std::os::fd::OwnedFd)> = ids
+    let files: Vec<&std::fs::File> = with_table.iter().map(|(_, f)| *f).collect();
+    let with_pidfd: Vec<(&String, &std::os::fd::OwnedFd)> = watched
         .iter()
-        .filter_map(|id| Some((*id, watched.get(*id)?.exit.as_ref()?)))
+        .filter_map(|(id, w)| Some((id, w.exit.as_ref()?)))
         .collect();
     let pidfds: Vec<&std::os::fd::OwnedFd> = with_pidfd.iter().map(|(_, fd)| *fd).collect();
     let (changed, exited) = wait_for_mounts_or_exits(&files, &pidfds, WATCH_TICK);
     (
         changed
             .into_iter()
-            .filter_map(|i| ids.get(i).map(|id| (*id).clone()))
+            .filter_map(|i| with_table.get(i).map(|(id, _)| (*id).clone()))
             .collect(),
         exited
             .into_iter()

@@ -3,7 +3,7 @@
 //! gone away; the record then says what is known.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 /// What `/proc` tells about one thread's process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -158,6 +158,62 @@ fn nspid_is_init(status: &[u8]) -> Option<bool> {
     Some(last == b"1")
 }
 
+/// The `cgroup.procs` files of the cgroups process `pid` is in, other than a hierarchy's
+/// root, as this process sees them under `/sys/fs/cgroup` (cgroup v2, or v1's
+/// controllers): a container's processes live in cgroups of their own, which empty when the
+/// last of them exits. Each is checked to list `pid`, so a path from another cgroup
+/// namespace (not visible here) is left out. Empty if none is found.
+pub fn cgroup_procs_files(pid: i32) -> Vec<std::path::PathBuf> {
+    let Ok(table) = std::fs::read(format!("/proc/{pid}/cgroup")) else {
+        return Vec::new();
+    };
+    let me = pid.to_string();
+    let lists_pid = |procs: &std::path::Path| {
+        std::fs::read(procs)
+            .is_ok_and(|text| text.split(|b| *b == b'\n').any(|l| l == me.as_bytes()))
+    };
+    let mut out = Vec::new();
+    for (controllers, path) in table.split(|b| *b == b'\n').filter_map(parse_cgroup_line) {
+        if path == b"/" || !path.starts_with(b"/") || path.windows(3).any(|w| w == b"/..") {
+            continue;
+        }
+        let roots: Vec<Vec<u8>> = if controllers.is_empty() {
+            vec![
+                b"/sys/fs/cgroup".to_vec(),
+                b"/sys/fs/cgroup/unified".to_vec(),
+            ]
+        } else {
+            let name = controllers.strip_prefix(b"name=").unwrap_or(controllers);
+            vec![[b"/sys/fs/cgroup/".as_slice(), name].concat()]
+        };
+        for root in roots {
+            let procs = std::path::PathBuf::from(std::ffi::OsString::from_vec(
+                [root.as_slice(), path, b"/cgroup.procs"].concat(),
+            ));
+            if !out.contains(&procs) && lists_pid(&procs) {
+                out.push(procs);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// `hierarchy-id:controllers:path` of `/proc/<pid>/cgroup`: the controllers and the path.
+fn parse_cgroup_line(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut fields = line.splitn(3, |b| *b == b':');
+    let _id = fields.next()?;
+    Some((fields.next()?, fields.next()?))
+}
+
+/// True if a cgroup listed by [`cgroup_procs_files`] holds no process any more (or is gone).
+pub fn cgroup_is_empty(procs: &std::path::Path) -> bool {
+    match std::fs::read(procs) {
+        Ok(text) => text.iter().all(u8::is_ascii_whitespace),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
 /// Finds the file `(dev, ino)` (kernel device encoding) among the open fds of process
 /// `pid` (the first 1,024): its path as the process sees it, and its `/proc/<pid>/fd/N`.
 /// Opens nothing (an open of a marked file may raise an event).
@@ -181,6 +237,26 @@ pub fn find_open_file(pid: i32, dev: u64, ino: u64) -> Option<(Vec<u8>, std::pat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_lines_give_controllers_and_path() {
+        assert_eq!(
+            parse_cgroup_line(b"0::/kubepods/pod1/abc"),
+            Some((b"".as_slice(), b"/kubepods/pod1/abc".as_slice()))
+        );
+        assert_eq!(
+            parse_cgroup_line(b"4:cpu,cpuacct:/docker/a:b"),
+            Some((b"cpu,cpuacct".as_slice(), b"/docker/a:b".as_slice()))
+        );
+        assert_eq!(parse_cgroup_line(b""), None);
+        // Whatever this process's cgroups, each file found lists it and is not yet empty.
+        for procs in cgroup_procs_files(std::process::id() as i32) {
+            assert!(!cgroup_is_empty(&procs), "{}", procs.display());
+        }
+        assert!(cgroup_is_empty(std::path::Path::new(
+            "/sys/fs/cgroup/driftlock-no-such-cgroup/cgroup.procs"
+        )));
+    }
 
     #[test]
     fn a_pid_namespace_init_is_told_from_its_nspid() {

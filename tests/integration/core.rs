@@ -770,6 +770,90 @@ impl NamespaceInit {
     }
 }
 
+/// A container's init that shares the host's PID namespace, in a cgroup of its own with a
+/// child that outlives it (as `--pid host` or a shared-namespace pod leaves processes
+/// running until the runtime kills the cgroup).
+struct SharedNamespaceInit {
+    init: std::process::Child,
+    child: i32,
+    cgroup: std::path::PathBuf,
+}
+
+impl SharedNamespaceInit {
+    /// `None` (with the reason printed) where no cgroup can be made here.
+    fn start(name: &str) -> Option<Self> {
+        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/pids"]
+            .into_iter()
+            .map(std::path::Path::new)
+            .find(|r| r.join("cgroup.procs").exists() && fs::metadata(r).is_ok())?;
+        let cgroup = root.join(format!("driftlock-it-{name}-{}", std::process::id()));
+        if let Err(e) = fs::create_dir(&cgroup) {
+            eprintln!("skipping the shared PID namespace part: cannot make a cgroup: {e}");
+            return None;
+        }
+        let child_file =
+            std::env::temp_dir().join(format!("driftlock-it-{name}-{}.child", std::process::id()));
+        let _ = fs::remove_file(&child_file);
+        let init = Command::new("sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$1/cgroup.procs" && { sleep 60 & echo $! > "$2.tmp"; mv "$2.tmp" "$2"; exec sleep 61; }"#)
+            .arg("sh")
+            .arg(&cgroup)
+            .arg(&child_file)
+            .spawn()
+            .unwrap();
+        let mut child = 0;
+        for _ in 0..400 {
+            if let Ok(text) = fs::read_to_string(&child_file) {
+                child = text.trim().parse().unwrap_or(0);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let _ = fs::remove_file(&child_file);
+        // Dropped (init killed, cgroup removed) should the child not have started.
+        let started = Self {
+            init,
+            child,
+            cgroup,
+        };
+        assert!(child > 0, "the shared-namespace init started no child");
+        Some(started)
+    }
+
+    fn pid(&self) -> String {
+        self.init.id().to_string()
+    }
+
+    fn kill_init(&mut self) {
+        let _ = self.init.kill();
+        let _ = self.init.wait();
+    }
+
+    fn kill_child(&mut self) {
+        if self.child <= 0 {
+            return;
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+impl Drop for SharedNamespaceInit {
+    fn drop(&mut self) {
+        self.kill_init();
+        self.kill_child();
+        for _ in 0..200 {
+            if fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
 impl Drop for NamespaceInit {
     fn drop(&mut self) {
         self.kill();
@@ -813,6 +897,20 @@ fn a_unit_is_disarmed_when_its_init_exits() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The same in a cgroup of its own: the unit stays armed while a process of the
+    // container outlives the init, and is disarmed once the cgroup is empty.
+    if let Some(mut shared) = SharedNamespaceInit::start("pidfd") {
+        sb.arm("h2", &["--pid", &shared.pid()]);
+        shared.kill_init();
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert_eq!(
+            sb.status_json()["units"].as_array().unwrap().len(),
+            1,
+            "disarmed while a process of the container still runs"
+        );
+        shared.kill_child();
+        sb.wait_for_status("the disarm once the cgroup is empty", no_units);
+    }
 
     let mut init = NamespaceInit::start();
     sb.arm("c1", &["--pid", &init.pid()]);
