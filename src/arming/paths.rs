@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use super::ArmError;
 use super::UnitRequest;
 use crate::escape::{escape_bytes, unescape};
-use crate::kernel::mountinfo::{MountEntry, read_mountinfo, read_mountinfo_of};
+use crate::kernel::mount_index::daemon_mount_table;
+use crate::kernel::mountinfo::{MountEntry, read_mountinfo_of};
 use crate::kernel::{PathStat, procfs, stat_path};
 use crate::registry::{MountTables, PlannedMark, discover_mounts, plan_marks};
 
@@ -97,7 +98,7 @@ pub(super) struct ResolvedUnit {
     /// Its stat (device and mount id are recorded for re-arming).
     pub(super) rootfs_stat: PathStat,
     /// The unit's mount table.
-    pub(super) mounts: Vec<MountEntry>,
+    pub(super) mounts: std::sync::Arc<Vec<MountEntry>>,
     /// The marks that cover it.
     pub(super) marks: Vec<PlannedMark>,
 }
@@ -107,10 +108,10 @@ pub(super) struct ResolvedUnit {
 pub(super) fn resolve_unit(req: &UnitRequest, view: &UnitView) -> Result<ResolvedUnit, ArmError> {
     let in_daemon_ns = view.in_daemon_ns();
     let rootfs = decode_path("rootfs", &req.rootfs, in_daemon_ns)?;
-    let daemon_mounts = read_mountinfo()?;
+    let daemon_mounts = daemon_mount_table()?;
     let unit_mounts = match req.pid {
-        Some(p) if !in_daemon_ns => read_mountinfo_of(p)?,
-        _ => daemon_mounts.clone(),
+        Some(p) if !in_daemon_ns => std::sync::Arc::new(read_mountinfo_of(p)?),
+        _ => std::sync::Arc::clone(&daemon_mounts),
     };
     let mut paths = vec![rootfs.clone()];
     for m in &req.mounts {
@@ -162,7 +163,7 @@ pub(super) fn current_mount_plan(
     host_rootfs: Option<&str>,
 ) -> Option<Vec<PlannedMark>> {
     let view = UnitView::of(Some(pid));
-    let (unit_mounts, daemon_mounts) = (read_mountinfo_of(pid).ok()?, read_mountinfo().ok()?);
+    let (unit_mounts, daemon_mounts) = (read_mountinfo_of(pid).ok()?, daemon_mount_table().ok()?);
     let rootfs = rootfs_by_dev(&unit_mounts, rootfs_dev)?;
     let stats: Vec<_> = discover_mounts(&unit_mounts, &rootfs)
         .into_iter()

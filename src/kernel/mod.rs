@@ -13,6 +13,7 @@ mod fanotify;
 pub mod fdpass;
 pub mod features;
 pub mod mapping_gate;
+pub mod mount_index;
 pub mod mountinfo;
 pub mod ns;
 pub mod overlay;

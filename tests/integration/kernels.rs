@@ -439,3 +439,89 @@ fn the_resident_memfd_helper_sets_the_sysctl_in_that_pid_namespace_only() {
     assert!(matches!(setter.set(inner, 2), Err(Some(_))));
     drop(setter);
 }
+
+/// Where the kernel has `listmount` and `statmount` with options (6.10+), the daemon keeps
+/// its mount table as an index by mount id instead of reading mountinfo at each arm. The
+/// index must be the very table mountinfo gives: here with overlays whose layer paths hold
+/// a space, a newline and non-UTF-8 bytes, a read-only tmpfs with options, and a bind mount.
+#[test]
+fn the_mount_index_is_the_table_mountinfo_gives() {
+    use std::os::unix::ffi::OsStrExt;
+    if !crate::support::root_or_skip("mount index") {
+        return;
+    }
+    let release = driftlock::kernel::features::kernel_release();
+    if driftlock::kernel::features::parse_version(&release).is_none_or(|v| v < (6, 10)) {
+        eprintln!("skipping: kernel {release} has no statmount with mount options");
+        return;
+    }
+    let dir = crate::private_ns::private_tmpfs("mountindex", "size=64m");
+    let odd = std::ffi::OsStr::from_bytes(b"lower one\ncaf\xe9");
+    let lower = dir.join(odd);
+    let lower2 = dir.join("lower two");
+    for d in [&lower, &lower2] {
+        fs::create_dir_all(d.join("bin")).unwrap();
+    }
+    for i in 0..3 {
+        let u = dir.join(format!("unit {i}"));
+        for sub in ["upper", "work", "root"] {
+            fs::create_dir_all(u.join(sub)).unwrap();
+        }
+        let mut opts = b"lowerdir=".to_vec();
+        opts.extend_from_slice(lower.as_os_str().as_bytes());
+        opts.push(b':');
+        opts.extend_from_slice(lower2.as_os_str().as_bytes());
+        opts.extend_from_slice(b",upperdir=");
+        opts.extend_from_slice(u.join("upper").as_os_str().as_bytes());
+        opts.extend_from_slice(b",workdir=");
+        opts.extend_from_slice(u.join("work").as_os_str().as_bytes());
+        mount(
+            Some("overlay"),
+            &u.join("root"),
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(std::ffi::OsStr::from_bytes(&opts)),
+        )
+        .unwrap();
+        mount(
+            Some("tmpfs"),
+            &u.join("root/bin"),
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID,
+            Some("size=1m,mode=0711"),
+        )
+        .unwrap();
+    }
+    let bound = dir.join("bound here");
+    fs::create_dir_all(&bound).unwrap();
+    mount(
+        Some(&dir.join("unit 0/root")),
+        &bound,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    // This thread's namespace (the test process's own `/proc/self` is another thread's).
+    let text = fs::read("/proc/thread-self/mountinfo").unwrap();
+    let mountinfo = driftlock::kernel::mountinfo::parse_mountinfo(&text).unwrap();
+    let index = driftlock::kernel::mount_index::table_by_statmount().unwrap();
+    let overlays = index.iter().filter(|m| m.fstype == "overlay").count();
+    assert!(overlays >= 4, "the overlays are listed: {index:?}");
+    assert!(
+        index.iter().any(|m| m
+            .mount_point
+            .as_os_str()
+            .as_bytes()
+            .ends_with(b"unit 1/root")
+            && m.super_options
+                .windows(odd.len())
+                .any(|w| w == odd.as_bytes())),
+        "the overlay's layer path is read back byte for byte: {index:?}"
+    );
+    assert_eq!(
+        driftlock::kernel::mount_index::differences(&index, &mountinfo),
+        None
+    );
+    let _ = umount2(&dir, MntFlags::MNT_DETACH);
+}

@@ -1,0 +1,411 @@
+//! The daemon's own mount table without reading `/proc/self/mountinfo` at each arm.
+//!
+//! With a thousand containers a node has three thousand mounts, and mountinfo prints every
+//! overlay's layer list: reading it costs 10–20 ms, at every arm. Where the kernel has
+//! `listmount` and `statmount` with mount options (Linux 6.10+), the table is kept as an
+//! index by unique mount id (never reused, and a mount's fields that matter here never
+//! change): each arm lists the ids (a fraction of a millisecond) and asks `statmount` about
+//! the new ones only. Elsewhere mountinfo is read as before.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::mountinfo::{MountEntry, MountInfoError, read_mountinfo};
+
+const SYS_STATMOUNT: libc::c_long = 457;
+const SYS_LISTMOUNT: libc::c_long = 458;
+const LSMT_ROOT: u64 = u64::MAX;
+const MNT_ID_REQ_SIZE_VER0: u32 = 24;
+
+const STATMOUNT_SB_BASIC: u64 = 0x1;
+const STATMOUNT_MNT_BASIC: u64 = 0x2;
+const STATMOUNT_MNT_ROOT: u64 = 0x8;
+const STATMOUNT_MNT_POINT: u64 = 0x10;
+const STATMOUNT_FS_TYPE: u64 = 0x20;
+const STATMOUNT_MNT_OPTS: u64 = 0x80;
+const STATMOUNT_FS_SUBTYPE: u64 = 0x100;
+const STATMOUNT_SB_SOURCE: u64 = 0x200;
+/// What every reply has. A string the kernel has nothing for (no options, no subtype, no
+/// source) is left out of the reply's mask, so those read as empty when absent; options
+/// are there from 6.10 on (checked by version), the subtype and source from 6.13.
+const NEEDED: u64 = STATMOUNT_SB_BASIC
+    | STATMOUNT_MNT_BASIC
+    | STATMOUNT_MNT_ROOT
+    | STATMOUNT_MNT_POINT
+    | STATMOUNT_FS_TYPE;
+const ASKED: u64 = NEEDED | STATMOUNT_MNT_OPTS | STATMOUNT_FS_SUBTYPE | STATMOUNT_SB_SOURCE;
+/// The first kernel whose `statmount` gives mount options.
+const FIRST_KERNEL: (u32, u32) = (6, 10);
+
+// The superblock flags mountinfo prints among the super options (`show_sb_opts`).
+const SB_RDONLY: u32 = 1;
+const SB_SYNCHRONOUS: u32 = 1 << 4;
+const SB_DIRSYNC: u32 = 1 << 7;
+const SB_LAZYTIME: u32 = 1 << 25;
+
+/// `struct mnt_id_req`, version 0.
+#[repr(C)]
+struct MntIdReq {
+    size: u32,
+    spare: u32,
+    mnt_id: u64,
+    param: u64,
+}
+
+// Offsets in `struct statmount` (include/uapi/linux/mount.h); its strings follow the
+// fixed 512 bytes.
+const SM_FIXED: usize = 512;
+const SM_MNT_OPTS: usize = 4;
+const SM_MASK: usize = 8;
+const SM_DEV_MAJOR: usize = 16;
+const SM_DEV_MINOR: usize = 20;
+const SM_SB_FLAGS: usize = 32;
+const SM_FS_TYPE: usize = 36;
+const SM_MNT_ID_OLD: usize = 56;
+const SM_MNT_PARENT_ID_OLD: usize = 60;
+const SM_MNT_ROOT: usize = 104;
+const SM_MNT_POINT: usize = 108;
+const SM_FS_SUBTYPE: usize = 120;
+const SM_SB_SOURCE: usize = 124;
+
+fn list_once(last: u64, ids: &mut [u64]) -> std::io::Result<usize> {
+    let req = MntIdReq {
+        size: MNT_ID_REQ_SIZE_VER0,
+        spare: 0,
+        mnt_id: LSMT_ROOT,
+        param: last,
+    };
+    // SAFETY: `req` is a valid version-0 `mnt_id_req`; `ids` is writable for `ids.len()`
+    // u64s, the count passed; the kernel writes at most that many.
+    let n = unsafe {
+        libc::syscall(
+            SYS_LISTMOUNT,
+            &req as *const MntIdReq,
+            ids.as_mut_ptr(),
+            ids.len(),
+            0u32,
+        )
+    };
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+}
+
+/// The unique ids of every mount in this process's mount namespace (below its root).
+fn list_mounts() -> std::io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    let mut chunk = vec![0u64; 4096];
+    loop {
+        let last = out.last().copied().unwrap_or(0);
+        let n = list_once(last, &mut chunk)?;
+        out.extend_from_slice(&chunk[..n.min(chunk.len())]);
+        if n < chunk.len() {
+            return Ok(out);
+        }
+    }
+}
+
+/// `statmount` of mount `id` into `buf` (grown while the kernel says it is too small).
+fn stat_mount(id: u64, buf: &mut Vec<u64>) -> std::io::Result<()> {
+    loop {
+        let req = MntIdReq {
+            size: MNT_ID_REQ_SIZE_VER0,
+            spare: 0,
+            mnt_id: id,
+            param: ASKED,
+        };
+        let bytes = buf.len() * 8;
+        // SAFETY: `req` is a valid version-0 `mnt_id_req`; `buf` is writable for `bytes`
+        // bytes (u64-aligned, as `struct statmount` needs), the size passed.
+        let rc = unsafe {
+            libc::syscall(
+                SYS_STATMOUNT,
+                &req as *const MntIdReq,
+                buf.as_mut_ptr(),
+                bytes,
+                0u32,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EOVERFLOW) && bytes < (16 << 20) {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        return Err(err);
+    }
+}
+
+/// The bytes of a `statmount` reply held in `buf`, as long as the reply says it is.
+fn reply_bytes(buf: &[u64]) -> &[u8] {
+    // SAFETY: a `[u64]` is readable as `8 * len` bytes of the same allocation, and `u8`
+    // has no alignment or validity requirement.
+    let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), buf.len() * 8) };
+    let size = le_u32(bytes, 0) as usize;
+    bytes.get(..size).unwrap_or(bytes)
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_ne_bytes)
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_ne_bytes)
+}
+
+/// The string at offset field `at` of a `statmount` reply (`None` if it is out of range).
+fn sm_string(b: &[u8], at: usize) -> Option<&[u8]> {
+    let start = SM_FIXED.checked_add(le_u32(b, at) as usize)?;
+    let rest = b.get(start..)?;
+    let end = rest.iter().position(|c| *c == 0)?;
+    Some(&rest[..end])
+}
+
+/// A `statmount` reply as the mountinfo line it stands for (`None` if the kernel left out
+/// a field mountinfo has).
+fn entry_from(reply: &[u8]) -> Option<MountEntry> {
+    let mask = le_u64(reply, SM_MASK);
+    if mask & NEEDED != NEEDED {
+        return None;
+    }
+    let mut fstype = String::from_utf8_lossy(sm_string(reply, SM_FS_TYPE)?).into_owned();
+    if mask & STATMOUNT_FS_SUBTYPE != 0 {
+        if let Some(sub) = sm_string(reply, SM_FS_SUBTYPE).filter(|s| !s.is_empty()) {
+            fstype.push('.');
+            fstype.push_str(&String::from_utf8_lossy(sub));
+        }
+    }
+    let sb_flags = le_u32(reply, SM_SB_FLAGS);
+    let mut options: Vec<u8> = if sb_flags & SB_RDONLY != 0 {
+        b"ro".to_vec()
+    } else {
+        b"rw".to_vec()
+    };
+    for (flag, name) in [
+        (SB_SYNCHRONOUS, b",sync".as_slice()),
+        (SB_DIRSYNC, b",dirsync"),
+        (SB_LAZYTIME, b",lazytime"),
+    ] {
+        if sb_flags & flag != 0 {
+            options.extend_from_slice(name);
+        }
+    }
+    let opts = if mask & STATMOUNT_MNT_OPTS != 0 {
+        sm_string(reply, SM_MNT_OPTS)?
+    } else {
+        b""
+    };
+    if !opts.is_empty() {
+        options.push(b',');
+        options.extend_from_slice(opts);
+    }
+    let source = if mask & STATMOUNT_SB_SOURCE != 0 {
+        sm_string(reply, SM_SB_SOURCE).unwrap_or_default().to_vec()
+    } else {
+        Vec::new()
+    };
+    Some(MountEntry {
+        mount_id: u64::from(le_u32(reply, SM_MNT_ID_OLD)),
+        parent_id: u64::from(le_u32(reply, SM_MNT_PARENT_ID_OLD)),
+        dev: libc::makedev(le_u32(reply, SM_DEV_MAJOR), le_u32(reply, SM_DEV_MINOR)),
+        root: PathBuf::from(OsString::from_vec(sm_string(reply, SM_MNT_ROOT)?.to_vec())),
+        mount_point: PathBuf::from(OsString::from_vec(sm_string(reply, SM_MNT_POINT)?.to_vec())),
+        fstype,
+        source,
+        super_options: super::mountinfo::unescape_octal(&options),
+    })
+}
+
+/// The daemon's mount table, kept by unique mount id.
+#[derive(Debug, Default)]
+struct MountIndex {
+    ids: Vec<u64>,
+    by_id: HashMap<u64, MountEntry>,
+    table: Arc<Vec<MountEntry>>,
+}
+
+impl MountIndex {
+    /// Brings the index up to date: lists the ids, asks about new ones, drops gone ones.
+    fn refresh(&mut self) -> std::io::Result<Arc<Vec<MountEntry>>> {
+        let ids = list_mounts()?;
+        if ids == self.ids {
+            return Ok(Arc::clone(&self.table));
+        }
+        let mut buf = vec![0u64; 8192];
+        let mut by_id = HashMap::with_capacity(ids.len());
+        let mut table = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let entry = match self.by_id.remove(id) {
+                Some(e) => e,
+                None => match stat_mount(*id, &mut buf) {
+                    Ok(()) => match entry_from(reply_bytes(&buf)) {
+                        Some(e) => e,
+                        None => {
+                            return Err(std::io::Error::other(
+                                "statmount left out a field mountinfo has",
+                            ));
+                        }
+                    },
+                    // Unmounted between the listing and now.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            table.push(entry.clone());
+            by_id.insert(*id, entry);
+        }
+        self.ids = ids;
+        self.by_id = by_id;
+        self.table = Arc::new(table);
+        Ok(Arc::clone(&self.table))
+    }
+}
+
+/// Whether the index is used: decided once, by comparing it with mountinfo.
+enum Source {
+    Unknown,
+    Index(MountIndex),
+    MountInfo,
+}
+
+static DAEMON_TABLE: Mutex<Source> = Mutex::new(Source::Unknown);
+
+/// This process's mount table, as `read_mountinfo` gives it (in mount order), from the
+/// index where the kernel has `listmount` and `statmount` with options, else from
+/// `/proc/self/mountinfo`.
+pub fn daemon_mount_table() -> Result<Arc<Vec<MountEntry>>, MountInfoError> {
+    let mut source = DAEMON_TABLE.lock().unwrap_or_else(PoisonError::into_inner);
+    if matches!(*source, Source::Unknown) {
+        *source = first_use();
+    }
+    if let Source::Index(index) = &mut *source {
+        match index.refresh() {
+            Ok(table) => return Ok(table),
+            Err(e) => {
+                log::warn!("mount index: {e}: reading /proc/self/mountinfo from now on");
+                *source = Source::MountInfo;
+            }
+        }
+    }
+    drop(source);
+    read_mountinfo().map(Arc::new)
+}
+
+/// Builds the index and checks it against mountinfo once (the same mounts, field by
+/// field, where neither changed in between); a kernel without the calls, or whose index
+/// differs, keeps mountinfo.
+fn first_use() -> Source {
+    let release = super::features::kernel_release();
+    if super::features::parse_version(&release).is_none_or(|v| v < FIRST_KERNEL) {
+        log::debug!("mount index: kernel {release} before 6.10: reading /proc/self/mountinfo");
+        return Source::MountInfo;
+    }
+    for _ in 0..3 {
+        let mut index = MountIndex::default();
+        let table = match index.refresh() {
+            Ok(t) => t,
+            Err(e) => {
+                log::debug!("mount index unavailable ({e}): reading /proc/self/mountinfo");
+                return Source::MountInfo;
+            }
+        };
+        let Ok(text) = read_mountinfo() else {
+            return Source::MountInfo;
+        };
+        if list_mounts().is_ok_and(|ids| ids != index.ids) {
+            continue; // mounts changed meanwhile: compare again
+        }
+        return match differences(&table, &text) {
+            None => {
+                log::debug!("mount index: listmount/statmount ({} mounts)", table.len());
+                Source::Index(index)
+            }
+            Some(why) => {
+                log::info!("mount index differs from mountinfo ({why}): reading mountinfo");
+                Source::MountInfo
+            }
+        };
+    }
+    Source::MountInfo
+}
+
+/// What differs between two mount tables, ignoring order and, where one of them lacks it,
+/// the mount source.
+pub fn differences(index: &[MountEntry], mountinfo: &[MountEntry]) -> Option<String> {
+    if index.len() != mountinfo.len() {
+        return Some(format!(
+            "{} mounts listed, {} in mountinfo",
+            index.len(),
+            mountinfo.len()
+        ));
+    }
+    let by_id: HashMap<u64, &MountEntry> = mountinfo.iter().map(|m| (m.mount_id, m)).collect();
+    for m in index {
+        let Some(other) = by_id.get(&m.mount_id) else {
+            return Some(format!("mount {} is not in mountinfo", m.mount_id));
+        };
+        let mut same = (*other).clone();
+        if m.source.is_empty() {
+            same.source.clear();
+        }
+        if *m != same {
+            return Some(format!("mount {}: {m:?} against {other:?}", m.mount_id));
+        }
+    }
+    None
+}
+
+/// The mount table through `listmount`/`statmount` alone (no fallback), for tests and
+/// `doctor`: `Err` where the kernel lacks them.
+pub fn table_by_statmount() -> std::io::Result<Vec<MountEntry>> {
+    let mut index = MountIndex::default();
+    index.refresh().map(|t| t.as_ref().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_is_the_mount_table_of_mountinfo() {
+        let release = crate::kernel::features::kernel_release();
+        if list_mounts().is_err()
+            || crate::kernel::features::parse_version(&release).is_none_or(|v| v < FIRST_KERNEL)
+        {
+            eprintln!("skipping: kernel {release} has no listmount or statmount options");
+            return;
+        }
+        let mut last = None;
+        for _ in 0..5 {
+            let index = table_by_statmount().expect("statmount of every mount");
+            let text = read_mountinfo().expect("mountinfo");
+            assert!(
+                index.iter().any(|m| m.super_options.contains(&b'=')),
+                "no mount has options: {index:?}"
+            );
+            match differences(&index, &text) {
+                None => return,
+                Some(why) => last = Some(why),
+            }
+        }
+        panic!("the index differs from mountinfo: {last:?}");
+    }
+
+    #[test]
+    fn a_reply_without_the_needed_fields_is_refused() {
+        let mut reply = vec![0u8; SM_FIXED + 16];
+        reply[SM_MASK..SM_MASK + 8].copy_from_slice(&STATMOUNT_SB_BASIC.to_ne_bytes());
+        assert!(entry_from(&reply).is_none());
+        // Offsets past the reply are refused, not read.
+        reply[SM_MASK..SM_MASK + 8].copy_from_slice(&NEEDED.to_ne_bytes());
+        reply[SM_FS_TYPE..SM_FS_TYPE + 4].copy_from_slice(&4096u32.to_ne_bytes());
+        assert!(entry_from(&reply).is_none());
+    }
+}
