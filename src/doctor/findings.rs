@@ -76,6 +76,7 @@ pub(super) fn gap_of(
         // Only slower, or a rare layout: not a gap in what is judged.
         n if n == name::EVICTABLE_MARKS
             || n == name::MOUNT_ID_UNIQUE
+            || n == name::MOUNT_INDEX
             || n == name::OVERLAY_LOWERDIR_PLUS =>
         {
             None

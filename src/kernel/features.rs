@@ -86,6 +86,8 @@ pub mod name {
     pub const MOUNT_ID_UNIQUE: &str = "mount_id_unique";
     /// `vm.memfd_noexec` (6.3).
     pub const MEMFD_NOEXEC: &str = "memfd_noexec";
+    /// `listmount` and `statmount` with mount options (6.10): the mount table as an index.
+    pub const MOUNT_INDEX: &str = "mount_index";
     /// BTF at `/sys/kernel/btf/vmlinux`.
     pub const BTF: &str = "btf";
     /// The BPF LSM in the active LSM list.
@@ -149,6 +151,15 @@ pub fn probe() -> KernelFeatures {
         name::MOUNT_ID_UNIQUE,
         probe_mount_id_unique(),
         "mounts are told apart by their reusable mount ids",
+    ));
+    features.push(optional(
+        name::MOUNT_INDEX,
+        since((6, 10), "added statmount's mount options").and_then(|()| {
+            super::mount_index::listmount_works()
+                .map(|()| "listmount and statmount (the mount table kept by mount id)".into())
+                .map_err(|e| format!("listmount fails: {e}"))
+        }),
+        "each arm reads the whole mount table as text (slower on nodes with thousands of mounts; nothing uncovered)",
     ));
     features.push(optional(
         name::MEMFD_NOEXEC,

@@ -362,6 +362,12 @@ pub fn differences(index: &[MountEntry], mountinfo: &[MountEntry]) -> Option<Str
     None
 }
 
+/// `Ok` if `listmount` answers here (Linux 6.8+, no seccomp filter refusing it).
+pub fn listmount_works() -> std::io::Result<()> {
+    let mut one = [0u64; 1];
+    list_once(0, &mut one).map(|_| ())
+}
+
 /// The mount table through `listmount`/`statmount` alone (no fallback), for tests and
 /// `doctor`: `Err` where the kernel lacks them.
 pub fn table_by_statmount() -> std::io::Result<Vec<MountEntry>> {
