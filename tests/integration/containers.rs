@@ -828,17 +828,19 @@ fn annotations_stricter_only_tighten_but_never_loosen() {
         "wget -q -O /tmp/p {} && chmod +x /tmp/p && /tmp/p; echo payload=$?",
         node.payload_url()
     );
-    let t = text(&node.run(
+    // Read from a file the script writes: `ctr run --rm` can lose a task's last output
+    // (this test once read an empty stdout under the full suite; see `Node::run_logged`).
+    let t = node.run_logged(
         BUSYBOX,
         "strict-1",
         &["--annotation", "driftlock.io/mode=enforce"],
         &script,
-    ));
+    );
     assert!(
         t.contains("payload=126"),
         "enforce asked, enforce given: {t}"
     );
-    let t = text(&node.run(BUSYBOX, "plain-1", &[], &script));
+    let t = node.run_logged(BUSYBOX, "plain-1", &[], &script);
     assert!(t.contains("payload=0"), "the rules say audit: {t}");
     let recs = node.records(2);
     let verdict_of = |unit: &str| {

@@ -524,4 +524,5 @@ fn the_mount_index_is_the_table_mountinfo_gives() {
         None
     );
     let _ = umount2(&dir, MntFlags::MNT_DETACH);
+    let _ = fs::remove_dir(&dir);
 }
