@@ -206,12 +206,44 @@ fn parse_cgroup_line(line: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((fields.next()?, fields.next()?))
 }
 
-/// True if a cgroup listed by [`cgroup_procs_files`] holds no process any more (or is gone).
+/// True if a cgroup listed by [`cgroup_procs_files`] holds no process any more, in itself or
+/// in any cgroup below it (a container may make cgroups of its own), or is gone. cgroup v2
+/// says so in `cgroup.events` (`populated`); v1 is walked (at most 4,096 cgroups; past that
+/// it counts as not empty). An unreadable cgroup counts as not empty.
 pub fn cgroup_is_empty(procs: &std::path::Path) -> bool {
-    match std::fs::read(procs) {
-        Ok(text) => text.iter().all(u8::is_ascii_whitespace),
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    let Some(dir) = procs.parent() else {
+        return false;
+    };
+    match std::fs::read(dir.join("cgroup.events")) {
+        Ok(events) => {
+            return events.split(|b| *b == b'\n').any(|l| l == b"populated 0");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => return true,
+        Err(_) => {}
     }
+    let mut pending = vec![dir.to_path_buf()];
+    let mut seen = 0;
+    while let Some(d) = pending.pop() {
+        seen += 1;
+        if seen > 4096 {
+            return false;
+        }
+        match std::fs::read(d.join("cgroup.procs")) {
+            Ok(text) if !text.iter().all(u8::is_ascii_whitespace) => return false,
+            Ok(_) => {}
+            // Removed while walked: nothing of it can run.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) => return false,
+        }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    pending.push(entry.path());
+                }
+            }
+        }
+    }
+    true
 }
 
 /// Finds the file `(dev, ino)` (kernel device encoding) among the open fds of process

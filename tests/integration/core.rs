@@ -771,7 +771,7 @@ impl NamespaceInit {
 }
 
 /// A container's init that shares the host's PID namespace, in a cgroup of its own with a
-/// child that outlives it (as `--pid host` or a shared-namespace pod leaves processes
+/// child (in a cgroup below it) that outlives it (as `--pid host` or a shared-namespace pod leaves processes
 /// running until the runtime kills the cgroup).
 struct SharedNamespaceInit {
     init: std::process::Child,
@@ -818,6 +818,11 @@ impl SharedNamespaceInit {
             cgroup,
         };
         assert!(child > 0, "the shared-namespace init started no child");
+        // The child in a cgroup below the container's (as a container running its own
+        // cgroups has): the container's own cgroup.procs then lists the init alone.
+        let below = started.cgroup.join("below");
+        fs::create_dir(&below).unwrap();
+        fs::write(below.join("cgroup.procs"), child.to_string()).unwrap();
         Some(started)
     }
 
@@ -846,6 +851,7 @@ impl Drop for SharedNamespaceInit {
         self.kill_init();
         self.kill_child();
         for _ in 0..200 {
+            let _ = fs::remove_dir(self.cgroup.join("below"));
             if fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
                 return;
             }
