@@ -156,7 +156,13 @@ pub fn probe() -> KernelFeatures {
         name::MOUNT_INDEX,
         since((6, 10), "added statmount's mount options").and_then(|()| {
             super::mount_index::listmount_works()
-                .map(|()| "listmount and statmount (the mount table kept by mount id)".into())
+                .map(|()| {
+                    if at_least((6, 15)) {
+                        "listmount and statmount (the mount table kept by mount id; mount notifications name the mounts that change)".into()
+                    } else {
+                        "listmount and statmount (the mount table kept by mount id; every mount read again after a change: no mount notifications before 6.15)".into()
+                    }
+                })
                 .map_err(|e| format!("listmount fails: {e}"))
         }),
         "each arm reads the whole mount table as text (slower on nodes with thousands of mounts; nothing uncovered)",

@@ -3,12 +3,16 @@
 //! With a thousand containers a node has three thousand mounts, and mountinfo prints every
 //! overlay's layer list: reading it costs 10–20 ms, at every arm. Where the kernel has
 //! `listmount` and `statmount` with mount options (Linux 6.10+), the table is kept as an
-//! index by unique mount id (never reused, and a mount's fields that matter here never
-//! change): each arm lists the ids (a fraction of a millisecond) and asks `statmount` about
-//! the new ones only. Elsewhere mountinfo is read as before.
+//! index by unique mount id (never reused): an arm with no mount change since the last
+//! reads nothing (mountinfo's `POLLPRI` says so); after a change it lists the ids (a
+//! fraction of a millisecond) and asks `statmount` about the new ones, and about those that
+//! moved: a mount notification (6.15+) names each attached, detached or moved mount; where
+//! there is none, or a change no notification names (a remount), every mount is read
+//! again. Elsewhere mountinfo is read as before.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -224,18 +228,243 @@ fn entry_from(reply: &[u8]) -> Option<MountEntry> {
 }
 
 /// The daemon's mount table, kept by unique mount id.
+/// What tells the index that mounts changed since it was last brought up to date.
+#[derive(Debug)]
+struct ChangeWatch {
+    /// This namespace's mountinfo, polled for `POLLPRI`: set by any mount, unmount, move
+    /// or remount since the last poll.
+    mountinfo: std::fs::File,
+    /// Mount notifications (Linux 6.15+): which mounts were attached or detached since the
+    /// last look (a move is both, on the same id).
+    notify: Option<std::os::fd::OwnedFd>,
+}
+
+/// The mounts a [`ChangeWatch`] says changed.
+#[derive(Debug, PartialEq, Eq)]
+enum Changed {
+    Nothing,
+    /// These mounts were attached, detached or moved: read them again.
+    Mounts(Vec<u64>),
+    /// Something changed that no notification names (a remount, a propagation change, a
+    /// kernel without mount notifications, a lost notification): read every mount again.
+    Unknown,
+}
+
+const FAN_REPORT_MNT: u32 = 0x0000_4000;
+const FAN_MARK_MNTNS: u32 = 0x0000_0110;
+const FAN_MNT_ATTACH: u64 = 0x0100_0000;
+const FAN_MNT_DETACH: u64 = 0x0200_0000;
+const FAN_Q_OVERFLOW: u64 = 0x0000_4000;
+const FAN_EVENT_INFO_TYPE_MNT: u8 = 7;
+/// `struct fanotify_event_metadata`.
+const FAN_METADATA_LEN: usize = 24;
+
+impl ChangeWatch {
+    /// Watches the calling thread's mount namespace (the daemon's threads share one).
+    fn open(notifications: bool) -> std::io::Result<Self> {
+        let mountinfo = std::fs::File::open("/proc/thread-self/mountinfo")?;
+        let notify = match notifications.then(mount_notifications) {
+            None => None,
+            Some(Ok(fd)) => Some(fd),
+            Some(Err(e)) => {
+                log::debug!(
+                    "mount index: no mount notifications ({e}): every mount is read again after a change"
+                );
+                None
+            }
+        };
+        Ok(Self { mountinfo, notify })
+    }
+
+    fn changed(&self) -> std::io::Result<Changed> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [PollFd::new(self.mountinfo.as_fd(), PollFlags::POLLPRI)];
+        poll(&mut fds, PollTimeout::ZERO).map_err(std::io::Error::from)?;
+        let flagged = fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLPRI | PollFlags::POLLERR));
+        // Notifications are read even without the flag: a change between the poll and the
+        // read leaves the flag for the next look, which reads them again harmlessly.
+        let named = match &self.notify {
+            Some(fd) => Some(drain_mount_notifications(fd.as_fd())?),
+            None => None,
+        };
+        Ok(match (flagged, named) {
+            // Notifications were lost.
+            (_, Some(None)) => Changed::Unknown,
+            (_, Some(Some(ids))) if !ids.is_empty() => Changed::Mounts(ids),
+            (false, _) => Changed::Nothing,
+            // A change that no notification names, or no notifications at all.
+            (true, _) => Changed::Unknown,
+        })
+    }
+}
+
+/// A mount notification group on the calling thread's mount namespace.
+fn mount_notifications() -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let ns = std::fs::File::open("/proc/thread-self/ns/mnt")?;
+    let flags = FAN_REPORT_MNT | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK;
+    // SAFETY: plain system call with integer arguments; a non-negative result is a new fd
+    // that nothing else owns.
+    let fd = unsafe { libc::fanotify_init(flags, libc::O_RDONLY as u32) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by fanotify_init and is owned here alone.
+    let group = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `group` and `ns` are open fds for the call's duration; a NULL path with
+    // FAN_MARK_MNTNS marks the namespace `ns` refers to.
+    let rc = unsafe {
+        libc::fanotify_mark(
+            group.as_raw_fd(),
+            libc::FAN_MARK_ADD | FAN_MARK_MNTNS,
+            FAN_MNT_ATTACH | FAN_MNT_DETACH,
+            ns.as_raw_fd(),
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(group)
+}
+
+/// The mounts named by the queued notifications; `None` if some were lost.
+fn drain_mount_notifications(
+    group: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<Option<Vec<u64>>> {
+    let mut ids = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match nix::unistd::read(group, &mut buf) {
+            Ok(0) => return Ok(Some(ids)),
+            Ok(n) => n,
+            Err(nix::errno::Errno::EAGAIN) => return Ok(Some(ids)),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if !parse_mount_notifications(&buf[..n], &mut ids) {
+            // Drain the rest; every mount is read again anyway.
+            while matches!(nix::unistd::read(group, &mut buf), Ok(n) if n > 0) {}
+            return Ok(None);
+        }
+    }
+}
+
+/// Adds the mount ids of `events` to `ids`; `false` on a lost event or a record it cannot
+/// read (then nothing it says can be trusted to be complete).
+fn parse_mount_notifications(events: &[u8], ids: &mut Vec<u64>) -> bool {
+    let mut at = 0;
+    while at + FAN_METADATA_LEN <= events.len() {
+        let len = le_u32(events, at) as usize;
+        let meta_len = usize::from(u16::from_ne_bytes([events[at + 6], events[at + 7]]));
+        let mask = le_u64(events, at + 8);
+        if len < FAN_METADATA_LEN || at + len > events.len() || meta_len > len {
+            return false;
+        }
+        if mask & FAN_Q_OVERFLOW != 0 {
+            return false;
+        }
+        let mut found = false;
+        let mut info = at + meta_len;
+        while info + 4 <= at + len {
+            let kind = events[info];
+            let info_len = usize::from(u16::from_ne_bytes([events[info + 2], events[info + 3]]));
+            if info_len < 4 || info + info_len > at + len {
+                return false;
+            }
+            // `struct fanotify_event_info_mnt`: the header, padding to 8, the mount id.
+            if kind == FAN_EVENT_INFO_TYPE_MNT && info_len >= 16 {
+                ids.push(le_u64(events, info + 8));
+                found = true;
+            }
+            info += info_len;
+        }
+        if !found && mask & (FAN_MNT_ATTACH | FAN_MNT_DETACH) != 0 {
+            return false;
+        }
+        at += len;
+    }
+    at == events.len()
+}
+
+/// The daemon's mount table kept by unique mount id: a mount is read (`statmount`) when it
+/// first appears and again when a notification says it moved; nothing is read while no
+/// change is flagged.
 #[derive(Debug, Default)]
-struct MountIndex {
+pub struct MountIndex {
     ids: Vec<u64>,
     by_id: HashMap<u64, MountEntry>,
     table: Arc<Vec<MountEntry>>,
+    watch: Option<ChangeWatch>,
+    /// Never asks for mount notifications (as on kernels before 6.15).
+    no_notifications: bool,
 }
 
 impl MountIndex {
-    /// Brings the index up to date: lists the ids, asks about new ones, drops gone ones.
+    /// An empty index of the calling thread's mount namespace: the first
+    /// [`MountIndex::table`] reads every mount.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An index that does without mount notifications, as on kernels before 6.15 (every
+    /// mount is read again after a change): for tests of that path on newer kernels.
+    pub fn without_notifications() -> Self {
+        Self {
+            no_notifications: true,
+            ..Self::default()
+        }
+    }
+
+    /// True where the kernel names the mounts that changed (Linux 6.15+ mount
+    /// notifications); elsewhere every mount is read again after any change.
+    pub fn has_notifications(&self) -> bool {
+        self.watch.as_ref().is_some_and(|w| w.notify.is_some())
+    }
+
+    /// The mount table now, in mount order (`Err` where the kernel lacks the calls).
+    pub fn table(&mut self) -> std::io::Result<Arc<Vec<MountEntry>>> {
+        self.refresh()
+    }
+
     fn refresh(&mut self) -> std::io::Result<Arc<Vec<MountEntry>>> {
+        let refreshed = self.bring_up_to_date();
+        if refreshed.is_err() {
+            // Half brought up to date: the next look reads every mount again.
+            self.watch = None;
+        }
+        refreshed
+    }
+
+    /// Brings the index up to date: lists the ids, asks about new (or moved) ones, drops
+    /// gone ones.
+    fn bring_up_to_date(&mut self) -> std::io::Result<Arc<Vec<MountEntry>>> {
+        let mut reread = false;
+        match &self.watch {
+            None => {
+                // Watching first: a change from here on is flagged for the next look.
+                self.watch = Some(ChangeWatch::open(!self.no_notifications)?);
+                self.by_id.clear();
+                self.ids.clear();
+                reread = true;
+            }
+            Some(watch) => match watch.changed()? {
+                Changed::Nothing => return Ok(Arc::clone(&self.table)),
+                Changed::Mounts(ids) => {
+                    for id in ids {
+                        reread |= self.by_id.remove(&id).is_some();
+                    }
+                }
+                Changed::Unknown => {
+                    self.by_id.clear();
+                    reread = true;
+                }
+            },
+        }
         let ids = list_mounts()?;
-        if ids == self.ids {
+        if ids == self.ids && !reread {
             return Ok(Arc::clone(&self.table));
         }
         let mut buf = vec![0u64; 8192];
@@ -402,6 +631,41 @@ mod tests {
             }
         }
         panic!("the index differs from mountinfo: {last:?}");
+    }
+
+    fn notification(mask: u64, id: u64) -> Vec<u8> {
+        let mut e = Vec::new();
+        e.extend_from_slice(&40u32.to_ne_bytes()); // event_len
+        e.extend_from_slice(&[3, 0]); // vers, reserved
+        e.extend_from_slice(&24u16.to_ne_bytes()); // metadata_len
+        e.extend_from_slice(&mask.to_ne_bytes());
+        e.extend_from_slice(&(-1i32).to_ne_bytes()); // fd
+        e.extend_from_slice(&0i32.to_ne_bytes()); // pid
+        e.extend_from_slice(&[FAN_EVENT_INFO_TYPE_MNT, 0]);
+        e.extend_from_slice(&16u16.to_ne_bytes());
+        e.extend_from_slice(&[0; 4]);
+        e.extend_from_slice(&id.to_ne_bytes());
+        e
+    }
+
+    #[test]
+    fn mount_notifications_name_their_mounts() {
+        let mut events = notification(FAN_MNT_ATTACH, 0x1_0000_0042);
+        events.extend(notification(FAN_MNT_ATTACH | FAN_MNT_DETACH, 7));
+        let mut ids = Vec::new();
+        assert!(parse_mount_notifications(&events, &mut ids));
+        assert_eq!(ids, [0x1_0000_0042, 7]);
+        // A lost event, a cut record and a mount event without its mount say "read all".
+        let mut overflow = notification(FAN_MNT_DETACH, 1);
+        overflow.extend(notification(FAN_Q_OVERFLOW, 0));
+        assert!(!parse_mount_notifications(&overflow, &mut Vec::new()));
+        assert!(!parse_mount_notifications(&events[..34], &mut Vec::new()));
+        let mut unnamed = notification(FAN_MNT_ATTACH, 9);
+        unnamed[24] = 1; // another kind of record
+        assert!(!parse_mount_notifications(&unnamed, &mut Vec::new()));
+        let mut short = notification(FAN_MNT_ATTACH, 9);
+        short[26..28].copy_from_slice(&2u16.to_ne_bytes());
+        assert!(!parse_mount_notifications(&short, &mut Vec::new()));
     }
 
     #[test]

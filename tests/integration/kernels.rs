@@ -440,6 +440,130 @@ fn the_resident_memfd_helper_sets_the_sysctl_in_that_pid_namespace_only() {
     drop(setter);
 }
 
+/// The mount index must follow mounts that keep their id: a mount moved elsewhere (from
+/// a container's rootfs, or into one) and a remount. Before mount notifications it read
+/// only new ids, and a moved mount kept its old mount point: an arm then planned marks
+/// from where mounts had been. Here each change is followed by a look at the index, which
+/// must be the table mountinfo gives; a look with nothing changed reads nothing.
+#[test]
+fn the_mount_index_follows_moved_and_remounted_mounts() {
+    if !crate::support::root_or_skip("mount index") {
+        return;
+    }
+    let release = driftlock::kernel::features::kernel_release();
+    if driftlock::kernel::features::parse_version(&release).is_none_or(|v| v < (6, 10)) {
+        eprintln!("skipping: kernel {release} has no statmount with mount options");
+        return;
+    }
+    let dir = crate::private_ns::private_tmpfs("mountmove", "size=16m");
+    for notifications in [true, false] {
+        let mut index = if notifications {
+            driftlock::kernel::mount_index::MountIndex::new()
+        } else {
+            driftlock::kernel::mount_index::MountIndex::without_notifications()
+        };
+        follow_moves_and_remounts(&dir.join(format!("notified {notifications}")), &mut index);
+        eprintln!(
+            "mount index on kernel {release}, notifications {}: {}",
+            if notifications {
+                "asked for"
+            } else {
+                "not asked for"
+            },
+            if index.has_notifications() {
+                "they name what changed"
+            } else {
+                "every mount is read again after a change"
+            }
+        );
+    }
+    let _ = umount2(&dir, MntFlags::MNT_DETACH);
+    let _ = fs::remove_dir(&dir);
+}
+
+fn follow_moves_and_remounts(
+    dir: &std::path::Path,
+    index: &mut driftlock::kernel::mount_index::MountIndex,
+) {
+    for d in ["a", "b", "c", "rootfs", "rootfs/tmp"] {
+        fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let agrees = |index: &mut driftlock::kernel::mount_index::MountIndex, after: &str| {
+        let table = index.table().unwrap();
+        let text = fs::read("/proc/thread-self/mountinfo").unwrap();
+        let mountinfo = driftlock::kernel::mountinfo::parse_mountinfo(&text).unwrap();
+        assert_eq!(
+            driftlock::kernel::mount_index::differences(&table, &mountinfo),
+            None,
+            "after {after}"
+        );
+        table
+    };
+    let first = agrees(index, "the first look");
+    let again = index.table().unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &again),
+        "nothing changed, yet the table was built again"
+    );
+    let at = |p: &str| dir.join(p);
+    mount(
+        Some("tmpfs"),
+        &at("a"),
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    agrees(index, "a mount");
+    // Moved into the "container's" rootfs: the arm must see it there.
+    mount(
+        Some(&at("a")),
+        &at("rootfs/tmp"),
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .unwrap();
+    let table = agrees(index, "a move");
+    assert!(
+        table.iter().any(|m| m.mount_point == at("rootfs/tmp")),
+        "the moved mount is where it went: {table:?}"
+    );
+    mount(
+        None::<&str>,
+        &at("rootfs/tmp"),
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        Some("size=2m"),
+    )
+    .unwrap();
+    agrees(index, "a remount");
+    // A move and a new mount between two looks, and a mount moved out again.
+    mount(
+        Some("tmpfs"),
+        &at("c"),
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    mount(
+        Some(&at("rootfs/tmp")),
+        &at("b"),
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .unwrap();
+    let table = agrees(index, "a mount and a move");
+    assert!(
+        !table
+            .iter()
+            .any(|m| m.mount_point.starts_with(at("rootfs"))),
+        "nothing is left under the rootfs: {table:?}"
+    );
+}
+
 /// Where the kernel has `listmount` and `statmount` with options (6.10+), the daemon keeps
 /// its mount table as an index by mount id instead of reading mountinfo at each arm. The
 /// index must be the very table mountinfo gives: here with overlays whose layer paths hold

@@ -1027,22 +1027,30 @@ fn issue_14_one_containers_hashing_cannot_starve_anothers_misses() {
         .iter()
         .map(|src| root2.join("bin").join(Path::new(src).file_name().unwrap()))
         .collect();
-    let (hog, victim) = std::thread::scope(|s| {
-        let hog: Vec<_> = files.iter().map(|p| s.spawn(move || exec(p))).collect();
-        // Let the hog's jobs take the pool, then time the other container's misses: each
-        // a fresh copy of one of its image programs (a new inode: hashed).
-        std::thread::sleep(Duration::from_millis(300));
-        let mut victim = Vec::new();
-        for i in 0..20 {
+    // The other container's misses: each a fresh copy of one of its image programs (a new
+    // inode: hashed). Written before the hog's threads fork: a child forked while a copy is
+    // open for writing holds that writer until its own exec, and the copy's exec would
+    // fail ETXTBSY (a race of this test's process, not of the daemon).
+    let copies: Vec<_> = (0..20)
+        .map(|i| {
             let bin = &victim_bins[i % 2];
             let copy = root2.join(format!("copy-{i}"));
             sb.install(bin.to_str().unwrap(), &copy);
+            (bin.clone(), copy)
+        })
+        .collect();
+    let (hog, victim) = std::thread::scope(|s| {
+        let hog: Vec<_> = files.iter().map(|p| s.spawn(move || exec(p))).collect();
+        // Let the hog's jobs take the pool, then time the other container's misses.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut victim = Vec::new();
+        for (bin, copy) in &copies {
             let t = Instant::now();
             let result = if bin.ends_with("true") {
-                exec(&copy)
+                exec(copy)
             } else {
                 // cat with no input: exits 0.
-                Command::new(&copy)
+                Command::new(copy)
                     .stdin(Stdio::null())
                     .status()
                     .map(|s| s.code().unwrap_or(-1))
