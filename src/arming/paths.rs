@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::ArmError;
 use super::UnitRequest;
 use crate::escape::{escape_bytes, unescape};
-use crate::kernel::mount_index::daemon_mount_table;
+use crate::kernel::mount_index::{daemon_mount_table, daemon_mount_table_read_again};
 use crate::kernel::mountinfo::{MountEntry, read_mountinfo_of};
 use crate::kernel::{PathStat, procfs, stat_path};
 use crate::registry::{MountTables, PlannedMark, discover_mounts, plan_marks};
@@ -106,9 +106,27 @@ pub(super) struct ResolvedUnit {
 /// Resolves the rootfs and mounts of a request (discovering mounts under the rootfs when
 /// asked) and plans the marks that cover them.
 pub(super) fn resolve_unit(req: &UnitRequest, view: &UnitView) -> Result<ResolvedUnit, ArmError> {
+    match resolve_unit_with(req, view, daemon_mount_table()?) {
+        // The daemon's table kept as an index may lag behind a rename above a mount point:
+        // once more with every mount read again.
+        Err(ArmError::Plan(e)) => match daemon_mount_table_read_again() {
+            Some(fresh) => {
+                log::debug!("arm: {e}: planning again with the mount table read anew");
+                resolve_unit_with(req, view, fresh)
+            }
+            None => Err(ArmError::Plan(e)),
+        },
+        resolved => resolved,
+    }
+}
+
+fn resolve_unit_with(
+    req: &UnitRequest,
+    view: &UnitView,
+    daemon_mounts: std::sync::Arc<Vec<MountEntry>>,
+) -> Result<ResolvedUnit, ArmError> {
     let in_daemon_ns = view.in_daemon_ns();
     let rootfs = decode_path("rootfs", &req.rootfs, in_daemon_ns)?;
-    let daemon_mounts = daemon_mount_table()?;
     let unit_mounts = match req.pid {
         Some(p) if !in_daemon_ns => std::sync::Arc::new(read_mountinfo_of(p)?),
         _ => std::sync::Arc::clone(&daemon_mounts),

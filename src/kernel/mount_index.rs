@@ -394,8 +394,8 @@ fn parse_mount_notifications(events: &[u8], ids: &mut Vec<u64>) -> bool {
 /// change is flagged.
 #[derive(Debug, Default)]
 pub struct MountIndex {
+    /// Unique ids in ascending order, one per entry of `table`.
     ids: Vec<u64>,
-    by_id: HashMap<u64, MountEntry>,
     table: Arc<Vec<MountEntry>>,
     watch: Option<ChangeWatch>,
     /// Never asks for mount notifications (as on kernels before 6.15).
@@ -441,59 +441,114 @@ impl MountIndex {
     /// Brings the index up to date: lists the ids, asks about new (or moved) ones, drops
     /// gone ones.
     fn bring_up_to_date(&mut self) -> std::io::Result<Arc<Vec<MountEntry>>> {
-        let mut reread = false;
         match &self.watch {
             None => {
                 // Watching first: a change from here on is flagged for the next look.
                 self.watch = Some(ChangeWatch::open(!self.no_notifications)?);
-                self.by_id.clear();
-                self.ids.clear();
-                reread = true;
+                self.read_every_mount()?;
             }
             Some(watch) => match watch.changed()? {
-                Changed::Nothing => return Ok(Arc::clone(&self.table)),
-                Changed::Mounts(ids) => {
-                    for id in ids {
-                        reread |= self.by_id.remove(&id).is_some();
-                    }
-                }
-                Changed::Unknown => {
-                    self.by_id.clear();
-                    reread = true;
-                }
+                Changed::Nothing => {}
+                Changed::Mounts(ids) => self.read_again(ids)?,
+                Changed::Unknown => self.read_every_mount()?,
             },
         }
-        let ids = list_mounts()?;
-        if ids == self.ids && !reread {
-            return Ok(Arc::clone(&self.table));
-        }
-        let mut buf = vec![0u64; 8192];
-        let mut by_id = HashMap::with_capacity(ids.len());
-        let mut table = Vec::with_capacity(ids.len());
-        for id in &ids {
-            let entry = match self.by_id.remove(id) {
-                Some(e) => e,
-                None => match stat_mount(*id, &mut buf) {
-                    Ok(()) => match entry_from(reply_bytes(&buf)) {
-                        Some(e) => e,
-                        None => {
-                            return Err(std::io::Error::other(
-                                "statmount left out a field mountinfo has",
-                            ));
-                        }
-                    },
-                    // Unmounted between the listing and now.
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                    Err(e) => return Err(e),
-                },
-            };
-            table.push(entry.clone());
-            by_id.insert(*id, entry);
-        }
-        self.ids = ids;
-        self.by_id = by_id;
-        self.table = Arc::new(table);
         Ok(Arc::clone(&self.table))
+    }
+
+    fn read_every_mount(&mut self) -> std::io::Result<()> {
+        let ids = list_mounts()?;
+        let mut buf = vec![0u64; 8192];
+        let mut kept = Vec::with_capacity(ids.len());
+        let mut table = Vec::with_capacity(ids.len());
+        for id in ids {
+            // `None`: unmounted between the listing and now.
+            if let Some(entry) = read_mount(id, &mut buf)? {
+                kept.push(id);
+                table.push(entry);
+            }
+        }
+        self.ids = kept;
+        self.table = Arc::new(table);
+        Ok(())
+    }
+
+    /// Reads the mounts a notification named (attached, detached or moved) and, below a
+    /// moved one, every mount it carried along (their mount points changed with it, and no
+    /// notification names them).
+    fn read_again(&mut self, mut named: Vec<u64>) -> std::io::Result<()> {
+        named.sort_unstable();
+        named.dedup();
+        let mut buf = vec![0u64; 8192];
+        let mut read: Vec<(u64, Option<MountEntry>)> = Vec::with_capacity(named.len());
+        let mut moved: Vec<u64> = Vec::new();
+        for id in named {
+            let now = read_mount(id, &mut buf)?;
+            if let (Some(e), Ok(at)) = (&now, self.ids.binary_search(&id)) {
+                if self.table[at].mount_point != e.mount_point
+                    || self.table[at].parent_id != e.parent_id
+                {
+                    moved.push(self.table[at].mount_id);
+                }
+            }
+            read.push((id, now));
+        }
+        let carried = self.below(&moved);
+        let table = Arc::make_mut(&mut self.table);
+        for at in carried {
+            let id = self.ids[at];
+            if read.iter().all(|(r, _)| *r != id) {
+                read.push((id, read_mount(id, &mut buf)?));
+            }
+        }
+        for (id, now) in read {
+            match (self.ids.binary_search(&id), now) {
+                (Ok(at), Some(e)) => table[at] = e,
+                (Ok(at), None) => {
+                    self.ids.remove(at);
+                    table.remove(at);
+                }
+                (Err(at), Some(e)) => {
+                    self.ids.insert(at, id);
+                    table.insert(at, e);
+                }
+                (Err(_), None) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The positions of the mounts below the mounts with these (legacy) ids, at any depth.
+    fn below(&self, parents: &[u64]) -> Vec<usize> {
+        let mut inside: std::collections::HashSet<u64> = parents.iter().copied().collect();
+        let mut found = Vec::new();
+        if inside.is_empty() {
+            return found;
+        }
+        // A child may have a lower id than its parent (mounted before a move): look again
+        // until a pass finds nothing new.
+        loop {
+            let before = found.len();
+            for (at, e) in self.table.iter().enumerate() {
+                if inside.contains(&e.parent_id) && inside.insert(e.mount_id) {
+                    found.push(at);
+                }
+            }
+            if found.len() == before {
+                return found;
+            }
+        }
+    }
+}
+
+/// A mount as `statmount` gives it now; `None` if it is no longer mounted here.
+fn read_mount(id: u64, buf: &mut Vec<u64>) -> std::io::Result<Option<MountEntry>> {
+    match stat_mount(id, buf) {
+        Ok(()) => entry_from(reply_bytes(buf))
+            .map(Some)
+            .ok_or_else(|| std::io::Error::other("statmount left out a field mountinfo has")),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -525,6 +580,26 @@ pub fn daemon_mount_table() -> Result<Arc<Vec<MountEntry>>, MountInfoError> {
     }
     drop(source);
     read_mountinfo().map(Arc::new)
+}
+
+/// The daemon's mount table read anew, every mount (`None` where the index is not used:
+/// mountinfo is read fresh each time anyway). For a caller whose paths disagree with the
+/// table: a directory renamed above a mount point changes its mount point, and neither
+/// mountinfo's `POLLPRI` nor a notification says so.
+pub fn daemon_mount_table_read_again() -> Option<Arc<Vec<MountEntry>>> {
+    let mut source = DAEMON_TABLE.lock().unwrap_or_else(PoisonError::into_inner);
+    let Source::Index(index) = &mut *source else {
+        return None;
+    };
+    match index.read_every_mount() {
+        Ok(()) => Some(Arc::clone(&index.table)),
+        Err(e) => {
+            log::warn!("mount index: {e}: reading /proc/self/mountinfo from now on");
+            *source = Source::MountInfo;
+            drop(source);
+            read_mountinfo().ok().map(Arc::new)
+        }
+    }
 }
 
 /// Builds the index and checks it against mountinfo once (the same mounts, field by

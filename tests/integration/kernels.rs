@@ -514,8 +514,18 @@ fn follow_moves_and_remounts(
         Some("size=1m"),
     )
     .unwrap();
-    agrees(index, "a mount");
-    // Moved into the "container's" rootfs: the arm must see it there.
+    fs::create_dir_all(at("a/sub")).unwrap();
+    mount(
+        Some("tmpfs"),
+        &at("a/sub"),
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    agrees(index, "two mounts");
+    // Moved into the "container's" rootfs with the mount below it, which no notification
+    // names: the arm must see both there.
     mount(
         Some(&at("a")),
         &at("rootfs/tmp"),
@@ -526,8 +536,9 @@ fn follow_moves_and_remounts(
     .unwrap();
     let table = agrees(index, "a move");
     assert!(
-        table.iter().any(|m| m.mount_point == at("rootfs/tmp")),
-        "the moved mount is where it went: {table:?}"
+        table.iter().any(|m| m.mount_point == at("rootfs/tmp"))
+            && table.iter().any(|m| m.mount_point == at("rootfs/tmp/sub")),
+        "the moved mounts are where they went: {table:?}"
     );
     mount(
         None::<&str>,
@@ -562,6 +573,75 @@ fn follow_moves_and_remounts(
             .any(|m| m.mount_point.starts_with(at("rootfs"))),
         "nothing is left under the rootfs: {table:?}"
     );
+}
+
+/// A directory renamed above a mount point moves the mount point with no mount event: the
+/// daemon's mount index (where the kernel has one) still holds the old path. An arm whose
+/// paths the index cannot place reads every mount again and plans once more, so the
+/// container is armed, with the mounts discovered under its new path.
+#[test]
+fn an_arm_after_a_rename_above_its_mounts_plans_from_the_table_read_anew() {
+    use crate::support::{EPERM, Sandbox, exec};
+    if !crate::support::root_or_skip("rename above a rootfs") {
+        return;
+    }
+    let mut sb = Sandbox::new("rename-above");
+    let old = sb.dir.join("x");
+    for d in ["y/upper", "y/work", "y/root"] {
+        fs::create_dir_all(old.join(d)).unwrap();
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        sb.dir.join("lower").display(),
+        old.join("y/upper").display(),
+        old.join("y/work").display()
+    );
+    mount(
+        Some("overlay"),
+        &old.join("y/root"),
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .unwrap();
+    fs::create_dir_all(old.join("y/root/tmp")).unwrap();
+    mount(
+        Some("tmpfs"),
+        &old.join("y/root/tmp"),
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=1777"),
+    )
+    .unwrap();
+    sb.start_daemon(&[]);
+    // The first arm reads the mount table (these mounts with it).
+    sb.arm("first", &[]);
+    let new = sb.dir.join("w");
+    fs::rename(&old, &new).unwrap();
+    let rootfs = new.join("y/root");
+    let out = sb.client(&[
+        "arm",
+        "--id",
+        "renamed",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--discover-mounts",
+    ]);
+    assert!(
+        out.status.success(),
+        "arm after the rename: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let payload = rootfs.join("tmp/payload");
+    sb.install(crate::support::PAYLOAD_SOURCE, &payload);
+    assert_eq!(
+        exec(&payload),
+        EPERM,
+        "the tmpfs below the renamed rootfs is armed"
+    );
+    sb.kill_daemon();
+    let _ = umount2(&rootfs.join("tmp"), MntFlags::MNT_DETACH);
+    let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
 }
 
 /// Where the kernel has `listmount` and `statmount` with options (6.10+), the daemon keeps
