@@ -107,15 +107,18 @@ pub(super) struct ResolvedUnit {
 /// asked) and plans the marks that cover them.
 pub(super) fn resolve_unit(req: &UnitRequest, view: &UnitView) -> Result<ResolvedUnit, ArmError> {
     match resolve_unit_with(req, view, daemon_mount_table()?) {
-        // The daemon's table kept as an index may lag behind a rename above a mount point:
-        // once more with every mount read again.
-        Err(ArmError::Plan(e)) => match daemon_mount_table_read_again() {
-            Some(fresh) => {
-                log::debug!("arm: {e}: planning again with the mount table read anew");
-                resolve_unit_with(req, view, fresh)
+        // The daemon's table kept as an index may lag behind a rename above a mount point
+        // (a mount point it no longer finds there, or a path that is gone): once more with
+        // every mount read again.
+        Err(e @ (ArmError::Plan(_) | ArmError::Stat { .. })) => {
+            match daemon_mount_table_read_again() {
+                Some(fresh) => {
+                    log::debug!("arm: {e}: planning again with the mount table read anew");
+                    resolve_unit_with(req, view, fresh)
+                }
+                None => Err(e),
             }
-            None => Err(ArmError::Plan(e)),
-        },
+        }
         resolved => resolved,
     }
 }

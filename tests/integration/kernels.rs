@@ -604,10 +604,10 @@ fn an_arm_after_a_rename_above_its_mounts_plans_from_the_table_read_anew() {
         Some(opts.as_str()),
     )
     .unwrap();
-    fs::create_dir_all(old.join("y/root/tmp")).unwrap();
+    fs::create_dir_all(old.join("y/root/a/tmp")).unwrap();
     mount(
         Some("tmpfs"),
-        &old.join("y/root/tmp"),
+        &old.join("y/root/a/tmp"),
         Some("tmpfs"),
         MsFlags::empty(),
         Some("mode=1777"),
@@ -616,31 +616,49 @@ fn an_arm_after_a_rename_above_its_mounts_plans_from_the_table_read_anew() {
     sb.start_daemon(&[]);
     // The first arm reads the mount table (these mounts with it).
     sb.arm("first", &[]);
+    let arm_discovering = |id: &str, rootfs: &std::path::Path, after: &str| {
+        let out = sb.client(&[
+            "arm",
+            "--id",
+            id,
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            "--discover-mounts",
+        ]);
+        assert!(
+            out.status.success(),
+            "arm after {after}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // Above the rootfs: the rootfs itself is not where the index has it.
     let new = sb.dir.join("w");
     fs::rename(&old, &new).unwrap();
     let rootfs = new.join("y/root");
-    let out = sb.client(&[
-        "arm",
-        "--id",
-        "renamed",
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-        "--discover-mounts",
-    ]);
-    assert!(
-        out.status.success(),
-        "arm after the rename: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let payload = rootfs.join("tmp/payload");
+    arm_discovering("renamed", &rootfs, "a rename above the rootfs");
+    let payload = rootfs.join("a/tmp/payload");
     sb.install(crate::support::PAYLOAD_SOURCE, &payload);
     assert_eq!(
         exec(&payload),
         EPERM,
         "the tmpfs below the renamed rootfs is armed"
     );
+    // Inside it, above its tmpfs: the rootfs is placed, the tmpfs's old path is gone.
+    let out = sb.client(&["disarm", "--id", "renamed"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::rename(rootfs.join("a"), rootfs.join("b")).unwrap();
+    arm_discovering("renamed-inside", &rootfs, "a rename inside the rootfs");
+    assert_eq!(
+        exec(&rootfs.join("b/tmp/payload")),
+        EPERM,
+        "the tmpfs below the renamed directory is armed"
+    );
     sb.kill_daemon();
-    let _ = umount2(&rootfs.join("tmp"), MntFlags::MNT_DETACH);
+    let _ = umount2(&rootfs.join("b/tmp"), MntFlags::MNT_DETACH);
     let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
 }
 
