@@ -440,6 +440,20 @@ fn the_resident_memfd_helper_sets_the_sysctl_in_that_pid_namespace_only() {
     drop(setter);
 }
 
+/// The kernel release, where the mount index can be tested (root, and `statmount` with
+/// mount options: 6.10+); `None` with the reason printed.
+fn mount_index_kernel_or_skip() -> Option<String> {
+    if !crate::support::root_or_skip("mount index") {
+        return None;
+    }
+    let release = driftlock::kernel::features::kernel_release();
+    if driftlock::kernel::features::parse_version(&release).is_none_or(|v| v < (6, 10)) {
+        eprintln!("skipping: kernel {release} has no statmount with mount options");
+        return None;
+    }
+    Some(release)
+}
+
 /// The mount index must follow mounts that keep their id: a mount moved elsewhere (from
 /// a container's rootfs, or into one) and a remount. Before mount notifications it read
 /// only new ids, and a moved mount kept its old mount point: an arm then planned marks
@@ -447,14 +461,9 @@ fn the_resident_memfd_helper_sets_the_sysctl_in_that_pid_namespace_only() {
 /// must be the table mountinfo gives; a look with nothing changed reads nothing.
 #[test]
 fn the_mount_index_follows_moved_and_remounted_mounts() {
-    if !crate::support::root_or_skip("mount index") {
+    let Some(release) = mount_index_kernel_or_skip() else {
         return;
-    }
-    let release = driftlock::kernel::features::kernel_release();
-    if driftlock::kernel::features::parse_version(&release).is_none_or(|v| v < (6, 10)) {
-        eprintln!("skipping: kernel {release} has no statmount with mount options");
-        return;
-    }
+    };
     let dir = crate::private_ns::private_tmpfs("mountmove", "size=16m");
     for notifications in [true, false] {
         let mut index = if notifications {
@@ -669,12 +678,7 @@ fn an_arm_after_a_rename_above_its_mounts_plans_from_the_table_read_anew() {
 #[test]
 fn the_mount_index_is_the_table_mountinfo_gives() {
     use std::os::unix::ffi::OsStrExt;
-    if !crate::support::root_or_skip("mount index") {
-        return;
-    }
-    let release = driftlock::kernel::features::kernel_release();
-    if driftlock::kernel::features::parse_version(&release).is_none_or(|v| v < (6, 10)) {
-        eprintln!("skipping: kernel {release} has no statmount with mount options");
+    if mount_index_kernel_or_skip().is_none() {
         return;
     }
     let dir = crate::private_ns::private_tmpfs("mountindex", "size=64m");
