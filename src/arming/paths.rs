@@ -109,8 +109,9 @@ pub(super) fn resolve_unit(req: &UnitRequest, view: &UnitView) -> Result<Resolve
     match resolve_unit_with(req, view, daemon_mount_table()?) {
         // The daemon's table kept as an index may lag behind a rename above a mount point
         // (a mount point it no longer finds there, or a path that is gone): once more with
-        // every mount read again.
-        Err(e @ (ArmError::Plan(_) | ArmError::Stat { .. })) => {
+        // every mount read again. A unit armed by pid is planned from its own namespace's
+        // mountinfo, read fresh: its errors are not the index's.
+        Err(e @ (ArmError::Plan(_) | ArmError::Stat { .. })) if view.in_daemon_ns() => {
             match daemon_mount_table_read_again() {
                 Some(fresh) => {
                     log::debug!("arm: {e}: planning again with the mount table read anew");

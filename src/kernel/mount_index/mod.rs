@@ -76,8 +76,8 @@ impl MountIndex {
         refreshed
     }
 
-    /// Brings the index up to date: lists the ids, asks about new (or moved) ones, drops
-    /// gone ones.
+    /// Brings the index up to date: nothing read without a flagged change; the mounts a
+    /// notification names read again; else every mount listed and read.
     fn bring_up_to_date(&mut self) -> std::io::Result<Arc<Vec<MountEntry>>> {
         match &self.watch {
             None => {
