@@ -60,16 +60,20 @@ tar -C "$t/layout" -xf "$images/busybox.tar"
 umoci unpack --image "$t/layout:latest" "$t/img" >/dev/null
 $ctr oci spec </dev/null > "$t/default.json"
 "$bin/driftlock" base-spec --from "$t/default.json" --socket "$t/dl/d.sock" --hook-binary "$bin/driftlock" > "$t/hooked.json"
+# The same spec with a createRuntime hook that does nothing: what runc's running of a hook
+# process costs by itself, the least any hook-based arm pays.
+jq '.hooks.createRuntime[0].path = "/usr/bin/true" | .hooks.createRuntime[0].args = ["true"]' "$t/hooked.json" > "$t/noop.json"
 spec_for() { # SPEC NAME: the spec with a fresh overlay rootfs and /bin/true, at $t/ov/NAME.json
   mkdir -p "$t/ov/$2"/{u,w,r}
   mount -t overlay overlay -o "lowerdir=$t/img/rootfs,upperdir=$t/ov/$2/u,workdir=$t/ov/$2/w" "$t/ov/$2/r"
   jq --arg r "$t/ov/$2/r" --arg c "/default/$2" '.root = {path: $r, readonly: false} | .process.args = ["/bin/true"] | .process.terminal = false | .process.env = ["PATH=/bin"] | .linux.cgroupsPath = $c' "$1" > "$t/ov/$2.json"
 }
 for i in $(seq "$rounds"); do
-  spec_for "$t/default.json" "sp$i"; spec_for "$t/hooked.json" "sb$i"
+  spec_for "$t/default.json" "sp$i"; spec_for "$t/hooked.json" "sb$i"; spec_for "$t/noop.json" "sn$i"
   ms $ctr run --rm --config "$t/ov/sp$i.json" "sp$i" >> "$t/spec_plain"
   ms $ctr run --rm --config "$t/ov/sb$i.json" "sb$i" >> "$t/spec_base"
-  umount "$t/ov/sp$i/r" "$t/ov/sb$i/r"; rm -rf "$t/ov/sp$i" "$t/ov/sb$i"
+  ms $ctr run --rm --config "$t/ov/sn$i.json" "sn$i" >> "$t/spec_noop"
+  umount "$t/ov/sp$i/r" "$t/ov/sb$i/r" "$t/ov/sn$i/r"; rm -rf "$t/ov/sp$i" "$t/ov/sb$i" "$t/ov/sn$i"
 done
 based=$(grep -c 'arm of "sb[0-9]*" took' "$t/daemon.log" || true)
 med() { sort -n "$1" | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)]/1000}'; }
@@ -79,6 +83,7 @@ sp=$(med "$t/spec_plain"); sb=$(med "$t/spec_base")
 # of the same round), so that the VM's drift between rounds cancels out.
 paired() { paste "$1" "$2" | awk '{print $1 - $2}' > "$t/pair"; med "$t/pair"; }
 base_added=$(paired "$t/spec_base" "$t/spec_plain")
+noop_added=$(paired "$t/spec_noop" "$t/spec_plain")
 # Where the later start's milliseconds go.
 # - The daemon's own arm, by phase (its log line per arm of a later start).
 phase() { grep -E "arm of \"w[0-9]+\" took" "$t/daemon.log" | sed -n "s/.*$1 \([0-9.]*\).*/\1/p" | sort -n | awk '{a[NR]=$1} END {if (NR) printf "%.2f", a[int((NR+1)/2)]; else printf "n/a"}'; }
@@ -121,9 +126,9 @@ echo "| the wrapper in front of runc: $wrapped invocations per \`ctr run --rm\` 
 echo "| the hook processes: $hooks (createRuntime arms$([ "$hooks" -gt 1 ] && echo ', poststop disarms'; true)) × $(f "$hook_start") ms to start one (\`driftlock --version\`) | $(f "$(echo "$hooks * $hook_start" | bc -l)") |"
 echo "| the daemon's arm (its log, median): reading the mount tables $mounts, baseline from the store $base, \`vm.memfd_noexec\` helper $memfd, marks $marks, unit record $rec | $arm_total |"
 echo "| the rest: the hooks' own work (OCI state, bundle config, the socket round trips), the disarm, runc's running of hooks, noise | $(f "$rest") |"
-base_rest=$(echo "$base_added - $hooks * $hook_start - $arm_total" | bc -l)
+base_rest=$(echo "$base_added - $noop_added - ($hooks - 1) * $hook_start - $arm_total" | bc -l)
 echo
-echo "Without the wrapper (the base runtime spec) its share is gone: $(f "$base_added") ms = the hook processes ($hooks) $(f "$(echo "$hooks * $hook_start" | bc -l)") + the daemon's arm $arm_total + the rest (the hooks' own work, runc running them, the disarm, noise) $(f "$base_rest")."
+echo "Without the wrapper (the base runtime spec) its share is gone: $(f "$base_added") ms = runc running a hook process at all $(f "$noop_added") (the same spec with \`/usr/bin/true\` as its createRuntime hook, paired against the plain spec: a fork and exec from runc, the state on its stdin, the wait) + the daemon's arm $arm_total + the rest (the \`driftlock\` binary's start beyond \`true\`'s, the hook's own work and socket round trip, the disarm, noise) $(f "$base_rest")."
 if [ -n "${DRIFTLOCK_BENCH_RESULTS:-}" ]; then
   {
     echo "start_added_ms=$added"
@@ -135,6 +140,7 @@ if [ -n "${DRIFTLOCK_BENCH_RESULTS:-}" ]; then
     echo "start_memfd_ms=$memfd"
     echo "start_base_spec_added_ms=$base_added"
     echo "start_base_spec_armed=$based/$rounds"
+    echo "start_noop_hook_ms=$noop_added"
   } >> "$DRIFTLOCK_BENCH_RESULTS"
 fi
 INNER

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::Armer;
 use super::paths::{UnitView, current_mount_plan};
 use crate::audit::{AuditJob, AuditQueue, CoverageEvent, CoverageRecord, RECORD_VERSION, rfc3339};
+use crate::engine::PidUnit;
 use crate::escape::escape_bytes;
 use crate::kernel::pidfd::{pidfd_open, wait_for_mounts_or_exits};
 
@@ -164,24 +165,28 @@ pub fn watch_containers(
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut watched: HashMap<String, Watched> = HashMap::new();
-    // The status is asked for again only when the units changed: with a thousand units
-    // armed it is real work on the event loop, four times a second otherwise.
-    let mut seen: Option<(u64, crate::engine::EngineStatus)> = None;
+    // The units are asked for again only when they changed, and only those armed by pid
+    // (id, pid, marks): the event loop answers between two arms, and a full status of a
+    // thousand units there delayed the next arm.
+    let mut seen: Option<(u64, HashMap<String, PidUnit>)> = None;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let generation = armer.engine.units_generation();
         if seen.as_ref().is_none_or(|(g, _)| *g != generation) {
-            match armer.engine.status() {
-                Ok(s) => seen = Some((generation, s)),
+            match armer.engine.pid_units() {
+                Ok(units) => {
+                    let by_id = units.into_iter().map(|u| (u.id.clone(), u)).collect();
+                    seen = Some((generation, by_id));
+                }
                 Err(_) => {
                     std::thread::sleep(WATCH_TICK);
                     continue;
                 }
             }
         }
-        let Some((_, status)) = seen.as_ref() else {
+        let Some((_, units)) = seen.as_ref() else {
             continue;
         };
-        follow_new_units(&armer, &audit, status, &mut watched);
+        follow_new_units(&armer, &audit, units, &mut watched);
         let (changed, exited) = wait_round(&watched);
         for id in exited {
             if let Some(w) = watched.get_mut(&id) {
@@ -209,13 +214,11 @@ pub fn watch_containers(
             };
             drain(mountinfo);
             let pid = w.pid;
-            let marks = status
-                .units
-                .iter()
-                .find(|u| u.id == id)
-                .map(|u| u.marks.clone())
+            let marks = units
+                .get(&id)
+                .map(|u| u.marks.as_slice())
                 .unwrap_or_default();
-            for rec in armer.refresh_mounts(&id, pid, &marks) {
+            for rec in armer.refresh_mounts(&id, pid, marks) {
                 audit.send(AuditJob::Coverage(rec));
             }
         }
@@ -235,17 +238,12 @@ fn drain(f: &mut std::fs::File) {
 fn follow_new_units(
     armer: &Armer,
     audit: &AuditQueue,
-    status: &crate::engine::EngineStatus,
+    units: &HashMap<String, PidUnit>,
     watched: &mut HashMap<String, Watched>,
 ) {
-    watched.retain(|id, w| {
-        status
-            .units
-            .iter()
-            .any(|u| u.id == *id && u.pid == Some(w.pid))
-    });
-    for u in &status.units {
-        let Some(pid) = u.pid else { continue };
+    watched.retain(|id, w| units.get(id).is_some_and(|u| u.pid == w.pid));
+    for u in units.values() {
+        let pid = u.pid;
         if watched.contains_key(&u.id) {
             continue;
         }

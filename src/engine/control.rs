@@ -58,6 +58,9 @@ impl<G: Gate> Engine<G> {
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
+            Command::PidUnits(reply) => {
+                let _ = reply.send(self.pid_units());
+            }
             Command::Explain(q, reply) => {
                 let candidate = q.candidate.map(Allowed::from);
                 let _ = reply.send(self.explain(&q.id, &q.digests, &q.path, candidate.as_ref()));
@@ -337,6 +340,20 @@ impl<G: Gate> Engine<G> {
         for h in done {
             self.forget_unit(h);
         }
+    }
+
+    pub(super) fn pid_units(&self) -> Vec<super::handle::PidUnit> {
+        self.registry
+            .iter()
+            .filter(|(h, _)| !self.registry.is_leaving(**h))
+            .filter_map(|(_, u)| {
+                Some(super::handle::PidUnit {
+                    id: u.id.clone(),
+                    pid: u.pid?,
+                    marks: u.marks.clone(),
+                })
+            })
+            .collect()
     }
 
     pub(super) fn status(&self) -> EngineStatus {

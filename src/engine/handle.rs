@@ -113,10 +113,25 @@ pub enum Command {
     Explain(Box<ExplainQuery>, Sender<Result<Explanation, EngineError>>),
     /// Report status.
     Status(Sender<EngineStatus>),
+    /// List the units armed by pid, for the container watcher.
+    PidUnits(Sender<Vec<PidUnit>>),
     /// The recorded units are re-armed: judge the events parked meanwhile.
     RestoreDone,
     /// Stop after answering everything in flight.
     Shutdown,
+}
+
+/// A unit armed by pid, as the container watcher follows it: far less than its
+/// [`crate::registry::UnitStatus`], which the watcher would otherwise ask for after every
+/// arm (with a thousand units, work on the event loop that delays the next arm).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PidUnit {
+    /// The unit's id.
+    pub id: String,
+    /// The container's first process.
+    pub pid: i32,
+    /// The marks in place.
+    pub marks: Vec<PlannedMark>,
 }
 
 /// The outcome of [`Command::AddMarks`].
@@ -185,6 +200,10 @@ impl EngineHandle {
     /// Current status.
     pub fn status(&self) -> Result<EngineStatus, EngineError> {
         self.call(Command::Status)
+    }
+    /// The units armed by pid (not those leaving), in no order.
+    pub fn pid_units(&self) -> Result<Vec<PidUnit>, EngineError> {
+        self.call(Command::PidUnits)
     }
     /// Seconds since the event loop last completed an iteration (it iterates at least
     /// once a second); large means stalled.

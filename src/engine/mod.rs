@@ -64,7 +64,7 @@ pub use config::{
 use exec::{Claimed, ExecEvent, Judgement};
 pub use explain::Explanation;
 use handle::LoopShared;
-pub use handle::{AddedMarks, Command, EngineError, EngineHandle, ExplainQuery, UnitSpec};
+pub use handle::{AddedMarks, Command, EngineError, EngineHandle, ExplainQuery, PidUnit, UnitSpec};
 use loader::{LOADER_INLINE_LOOKS, LoaderWait, LoaderWaits};
 use mapping::{GateUnit, MappingSide};
 use pool::{HashDone, HashPool, InFlight, Waiter};

@@ -10,6 +10,7 @@ mod compat;
 mod containers;
 mod core;
 mod faults;
+mod hot_path;
 mod kernels;
 mod kubernetes;
 mod node;
