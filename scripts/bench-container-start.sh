@@ -46,11 +46,21 @@ $ctr images import --base-name localhost/driftlock/busybox "$images/busybox.tar"
 img=localhost/driftlock/busybox:latest
 # ctr reads stdin: keep it off this script (bash -s reads the script from stdin).
 ms() { local s e; s=$(date +%s%N); "$@" >/dev/null </dev/null; e=$(date +%s%N); echo $(( (e - s) / 1000 )); }
+# A first start stores the image's baseline for the later ones.
+$ctr run --rm --runc-binary "$bin/driftlock-runtime" "$img" "w0" /bin/true >/dev/null </dev/null
 for i in $(seq "$rounds"); do
-  ms $ctr run --rm --runc-binary /usr/sbin/runc "$img" "p$i" /bin/true >> "$t/plain"
-  rm -f "$t"/dl/state/baselines/*.baseline
-  ms $ctr run --rm --runc-binary "$bin/driftlock-runtime" "$img" "c$i" /bin/true >> "$t/cold"
-  ms $ctr run --rm --runc-binary "$bin/driftlock-runtime" "$img" "w$i" /bin/true >> "$t/warm"
+  # Each round starts at another of the three (see the rounds without a wrapper below).
+  sides=(plain cold warm)
+  for k in 0 1 2; do
+    case ${sides[$(( (i + k) % 3 ))]} in
+      plain) ms $ctr run --rm --runc-binary /usr/sbin/runc "$img" "p$i" /bin/true >> "$t/plain" ;;
+      cold)
+        rm -f "$t"/dl/state/baselines/*.baseline
+        ms $ctr run --rm --runc-binary "$bin/driftlock-runtime" "$img" "c$i" /bin/true >> "$t/cold"
+        ;;
+      warm) ms $ctr run --rm --runc-binary "$bin/driftlock-runtime" "$img" "w$i" /bin/true >> "$t/warm" ;;
+    esac
+  done
 done
 # The path without a wrapper (containerd's CRI with a base runtime spec): `ctr run --config`
 # with containerd's default spec as it is (runc alone) and through `driftlock base-spec`
@@ -70,9 +80,16 @@ spec_for() { # SPEC NAME: the spec with a fresh overlay rootfs and /bin/true, at
 }
 for i in $(seq "$rounds"); do
   spec_for "$t/default.json" "sp$i"; spec_for "$t/hooked.json" "sb$i"; spec_for "$t/noop.json" "sn$i"
-  ms $ctr run --rm --config "$t/ov/sp$i.json" "sp$i" >> "$t/spec_plain"
-  ms $ctr run --rm --config "$t/ov/sb$i.json" "sb$i" >> "$t/spec_base"
-  ms $ctr run --rm --config "$t/ov/sn$i.json" "sn$i" >> "$t/spec_noop"
+  # Each round starts at another of the three, so that a cost of going first (or last)
+  # falls on each alike.
+  sides=(plain base noop)
+  for k in 0 1 2; do
+    case ${sides[$(( (i + k) % 3 ))]} in
+      plain) ms $ctr run --rm --config "$t/ov/sp$i.json" "sp$i" >> "$t/spec_plain" ;;
+      base) ms $ctr run --rm --config "$t/ov/sb$i.json" "sb$i" >> "$t/spec_base" ;;
+      noop) ms $ctr run --rm --config "$t/ov/sn$i.json" "sn$i" >> "$t/spec_noop" ;;
+    esac
+  done
   umount "$t/ov/sp$i/r" "$t/ov/sb$i/r" "$t/ov/sn$i/r"; rm -rf "$t/ov/sp$i" "$t/ov/sb$i" "$t/ov/sn$i"
 done
 based=$(grep -c 'arm of "sb[0-9]*" took' "$t/daemon.log" || true)
@@ -86,7 +103,7 @@ base_added=$(paired "$t/spec_base" "$t/spec_plain")
 noop_added=$(paired "$t/spec_noop" "$t/spec_plain")
 # Where the later start's milliseconds go.
 # - The daemon's own arm, by phase (its log line per arm of a later start).
-phase() { grep -E "arm of \"w[0-9]+\" took" "$t/daemon.log" | sed -n "s/.*$1 \([0-9.]*\).*/\1/p" | sort -n | awk '{a[NR]=$1} END {if (NR) printf "%.2f", a[int((NR+1)/2)]; else printf "n/a"}'; }
+phase() { grep -E "arm of \"w[1-9][0-9]*\" took" "$t/daemon.log" | sed -n "s/.*$1 \([0-9.]*\).*/\1/p" | sort -n | awk '{a[NR]=$1} END {if (NR) printf "%.2f", a[int((NR+1)/2)]; else printf "n/a"}'; }
 arm_total=$(phase took); mounts=$(phase "mounts"); base=$(phase "baseline"); memfd=$(phase "memfd_noexec"); marks=$(phase "marks"); rec=$(phase "record")
 # - The runtime's invocations of runc during one `ctr run --rm`, each through the wrapper
 #   (counted once under strace, which follows containerd's children).
