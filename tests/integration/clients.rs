@@ -418,9 +418,39 @@ impl Podman {
     }
 }
 
+impl Podman {
+    /// The processes this Podman left (conmon, and the `podman container cleanup` it runs):
+    /// their command lines name its private directory.
+    fn our_leftovers(&self) -> Vec<i32> {
+        let needle = self.node.dir.join("podman").to_string_lossy().into_owned();
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+            })
+            .collect()
+    }
+}
+
 impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.podman(&["rm", "-a", "-f", "-t", "0"]);
+        // conmon outlives `rm`: it writes the exit file and runs `podman container cleanup`,
+        // which writes into the tmpdir. Done after the node's tmpfs is gone, that recreated
+        // the directory on the host's /tmp; wait for them (then kill what is left).
+        let until = Instant::now() + Duration::from_secs(10);
+        while !self.our_leftovers().is_empty() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for pid in self.our_leftovers() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
