@@ -129,8 +129,9 @@ impl<G: Gate> Engine<G> {
 
     /// Performs a decision that is recorded. A denied task may exit (and be reaped) the
     /// moment it is answered: its own process (a few capped reads) is read while it is
-    /// held, by the denial-context thread (or here, when that thread is busy); its
-    /// ancestors by the record writer. An allowed one is described before its answer.
+    /// held, by the denial-context thread, which reads its ancestors too before answering
+    /// (or here, when that thread is busy; the ancestors are then read by the record
+    /// writer). An allowed one is described before its answer.
     fn conclude_recorded(
         &mut self,
         claim: Claimed,

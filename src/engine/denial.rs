@@ -1,7 +1,8 @@
 //! Recorded denials answered off the event thread: the denied task's own process (a few
 //! capped `/proc` reads) must be read while it is still held, since it may exit (and be
-//! reaped) the moment it is answered. A small thread of its own reads it and answers, so
-//! the event thread pays for a recorded denial about what it pays for a hit.
+//! reaped) the moment it is answered, and so must its ancestors (its parent may end with
+//! it). A small thread of its own reads them and answers, so the event thread pays for a
+//! recorded denial about what it pays for a hit.
 
 use std::os::fd::OwnedFd;
 
@@ -42,7 +43,10 @@ impl DenialReader {
                 for mut d in rx {
                     let info = procfs::read_process(d.tid);
                     fill_process(&mut d.record, info);
-                    d.record.fit(crate::audit::MAX_RECORD_BYTES);
+                    // Its ancestors too, while the exec is held: the parent waiting for it
+                    // is there now, and may be gone a few milliseconds after the answer
+                    // (a container's shell that ends with the failed command).
+                    d.process.read_into(&mut d.record);
                     if let ExecEvent::Permission(p)
                     | ExecEvent::Open(p)
                     | ExecEvent::LibraryOpen(p) = d.event
@@ -54,7 +58,7 @@ impl DenialReader {
                     audit.send(AuditJob::Exec {
                         record: d.record,
                         file: d.file,
-                        process: Some(d.process),
+                        process: None,
                     });
                 }
             })

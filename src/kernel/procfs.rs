@@ -66,13 +66,15 @@ pub fn read_process(tid: i32) -> Option<ProcessInfo> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(u32::MAX);
+    // A process reaped between the two reads is gone: no half-read entry with an empty name.
+    let comm = std::fs::read(format!("{base}/comm"))
+        .ok()
+        .map(trim_newline)?;
     Some(ProcessInfo {
         pid: num("Tgid").unwrap_or(tid),
         ppid: num("PPid").unwrap_or(0),
         uid,
-        comm: std::fs::read(format!("{base}/comm"))
-            .map(trim_newline)
-            .unwrap_or_default(),
+        comm,
         cmdline: read_capped(&format!("{base}/cmdline"))
             .map(|mut v| {
                 while v.last() == Some(&0) {

@@ -60,6 +60,9 @@ fn dreambus_payload_fetched_into_tmp_is_denied_under_containerd() {
         chain.iter().all(|p| p["comm"] == "sh"),
         "the chain stays inside the container: {r}"
     );
+    // The forked shell and the container's init, which ends right after the denial: read
+    // while the exec was held, not after the answer.
+    assert_eq!(chain.len(), 2, "{r}");
     // The container is gone: disarmed when its init exited (pidfd), or by poststop.
     wait_for("the disarm", Duration::from_secs(10), || {
         node.status()["units"]
