@@ -56,9 +56,20 @@ impl Load {
                     let path: PathBuf = match (i, n % 3) {
                         (0, _) => {
                             // A new file with image content: a cache miss every time.
+                            // Written by a `cp` child, never through a descriptor of this
+                            // process: a child another thread forks while this process
+                            // holds the copy open for writing keeps that writer until its
+                            // own exec is answered, and the copy's exec fails ETXTBSY all
+                            // that time (CI saw a fresh copy "wait" 2 s, exactly as long
+                            // as the huge files' execs were held).
                             let p = tmp.join(format!("fresh-{}", n % 64));
                             let _ = fs::remove_file(&p);
-                            fs::copy(rootfs.join("bin/true"), &p).unwrap();
+                            let copied = Command::new("cp")
+                                .arg(rootfs.join("bin/true"))
+                                .arg(&p)
+                                .status()
+                                .is_ok_and(|s| s.success());
+                            assert!(copied, "cp into {}", p.display());
                             p
                         }
                         (_, 0) => rootfs.join("bin/cat"),
@@ -69,20 +80,7 @@ impl Load {
                     if path.ends_with("cat") {
                         cmd.arg("/dev/null");
                     }
-                    // A fresh copy may still be open for writing in a child another thread
-                    // is forking (ETXTBSY): a harness race, not a verdict; try again.
-                    // (Under load that child may take a while to exec: seen past 100 ms.)
-                    let mut result = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
-                    let busy_until = Instant::now() + Duration::from_secs(5);
-                    while Instant::now() < busy_until {
-                        match &result {
-                            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                                std::thread::sleep(Duration::from_millis(1));
-                                result = cmd.status();
-                            }
-                            _ => break,
-                        }
-                    }
+                    let result = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
                     let took = started.elapsed();
                     match result {
                         Ok(s) if s.success() => {}
